@@ -1,0 +1,110 @@
+//! JSON string escaping exactly as NIP-01's canonical form requires, and a depth pre-scan.
+//!
+//! NIP-01 names the short escapes (`\n \" \\ \r \t \b \f`); every other byte is verbatim
+//! except the remaining control characters below 0x20, which JSON forbids raw and which
+//! every signer (JSON.stringify, serde_json) writes as `\u00xx` with lowercase hex.
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `0` means verbatim, `b'u'` means `\u00xx`, anything else is the short escape letter.
+const ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        table[c] = b'u';
+        c += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+/// Append `text` as a quoted JSON string in canonical form.
+pub fn write_str(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        let escape = ESCAPE[usize::from(byte)];
+        if escape == 0 {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..index]);
+        start = index + 1;
+        out.push(b'\\');
+        out.push(escape);
+        if escape == b'u' {
+            out.extend_from_slice(b"00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0x0f)]);
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Whether the nesting of arrays and objects in `bytes` goes deeper than `depth_max`.
+/// Strings are skipped with their escapes; malformed input is left for the parser to reject.
+pub fn depth_exceeds(bytes: &[u8], depth_max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > depth_max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: &str) {
+        let mut out = Vec::new();
+        write_str(&mut out, input);
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        // serde_json is what most Rust signers use; the forms must agree.
+        assert_eq!(serde_json::to_string(input).unwrap(), expected);
+    }
+
+    #[test]
+    fn escapes_match_nip01() {
+        check("plain", "\"plain\"");
+        check("a\nb\"c\\d\re\tf\u{8}g\u{c}h", "\"a\\nb\\\"c\\\\d\\re\\tf\\bg\\fh\"");
+        check("\u{1}\u{1f}\u{7f}", "\"\\u0001\\u001f\u{7f}\"");
+        check("日本語 🎉 \u{2028}/", "\"日本語 🎉 \u{2028}/\"");
+        check("", "\"\"");
+    }
+
+    #[test]
+    fn depth() {
+        assert!(!depth_exceeds(br#"{"a":[["x"]]}"#, 3));
+        assert!(depth_exceeds(br#"{"a":[[["x"]]]}"#, 3));
+        assert!(!depth_exceeds(br#"{"a":"[[[[[[\"[[["}"#, 1));
+    }
+}

@@ -1,0 +1,16 @@
+//! The Nostr event, sans-IO: wire JSON in, a [`VerifiedEvent`] out.
+//!
+//! Reading order: [`ids`] (newtypes), [`kind`] (kind classes), [`json`] (escaping and depth),
+//! [`parse`] (bounded parse, served bytes, id check), [`verify`] (BIP-340 signature).
+//! Nothing here imports the runtime.
+
+pub mod ids;
+pub mod json;
+pub mod kind;
+pub mod parse;
+pub mod verify;
+
+pub use ids::{EventId, Pubkey};
+pub use kind::KindClass;
+pub use parse::{parse_event, EventError, IndexTag, ParsedEvent};
+pub use verify::VerifiedEvent;

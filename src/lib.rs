@@ -1,0 +1,26 @@
+//! ringrelay: a thread-per-core Nostr relay on io_uring.
+//!
+//! Modules in the order an event travels through them:
+//! - [`limits`]: every maximum, in one place.
+//! - [`hex`]: lowercase hex for ids, keys and signatures.
+//! - [`event`]: parse, canonical form, id and signature check (sans-IO).
+//! - [`filter`]: NIP-01 filters and the naive match (sans-IO).
+//! - [`store`]: segments, indexes, storage rules, queries, group commit.
+//! - [`tools`]: the offline commands: import, export, verify, compact.
+
+pub mod event;
+pub mod filter;
+pub mod hex;
+pub mod limits;
+pub mod store;
+pub mod tools;
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

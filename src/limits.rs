@@ -1,0 +1,91 @@
+//! Every maximum in one place. Defaults are what an operator gets without a config file;
+//! the `_MAX` hard caps are what no configuration may exceed. Relations are `const` asserts.
+
+/// Largest event JSON accepted, in bytes (the whole `{"id":...}` object).
+pub const EVENT_SIZE_MAX: usize = 256 * 1024;
+/// Largest `content` string, in bytes after unescaping.
+pub const CONTENT_SIZE_MAX: usize = 192 * 1024;
+/// Most tags on one event.
+pub const TAG_COUNT_MAX: usize = 2_500;
+/// Most strings in one tag.
+pub const TAG_ELEMENT_COUNT_MAX: usize = 64;
+/// Largest single tag string, in bytes after unescaping.
+pub const TAG_ELEMENT_SIZE_MAX: usize = 4 * 1024;
+/// Deepest JSON nesting in an event (an event needs 3: object, tags, tag).
+pub const JSON_DEPTH_MAX: usize = 8;
+
+/// Block size for direct I/O and the segment header; a multiple of every device's alignment.
+pub const BLOCK_SIZE: usize = 4096;
+/// Default size at which a segment is sealed and a new one begun.
+pub const SEGMENT_SIZE_DEFAULT: usize = 64 * 1024 * 1024;
+/// Smallest segment an operator may configure.
+pub const SEGMENT_SIZE_MIN: usize = 1024 * 1024;
+/// Offsets inside a segment are `u32`.
+pub const SEGMENT_SIZE_MAX: usize = 1 << 31;
+/// Most records one shard may hold (event numbers are `u32`).
+pub const SHARD_EVENT_COUNT_MAX: usize = (1 << 31) - 1;
+/// Most shards one data directory may have (the nonce carries the shard as `u16`).
+pub const SHARD_COUNT_MAX: usize = 256;
+
+/// Candidates a query examines before it yields, so a huge scan never stalls a core.
+pub const QUERY_STEP_CANDIDATE_COUNT: usize = 4_096;
+/// Most events with the same `created_at` a query gathers past its `limit` to order ties by id.
+pub const QUERY_TIE_COUNT_MAX: usize = 100_000;
+
+const _: () = assert!(CONTENT_SIZE_MAX < EVENT_SIZE_MAX);
+const _: () = assert!(TAG_ELEMENT_SIZE_MAX < EVENT_SIZE_MAX);
+// A record (event JSON plus index fields, encryption tag) must always fit in a fresh segment.
+const _: () = assert!(EVENT_SIZE_MAX * 3 < SEGMENT_SIZE_MIN);
+const _: () = assert!(SEGMENT_SIZE_MIN % BLOCK_SIZE == 0);
+const _: () = assert!(SEGMENT_SIZE_DEFAULT % BLOCK_SIZE == 0);
+const _: () = assert!(SEGMENT_SIZE_MAX <= u32::MAX as usize);
+const _: () = assert!(SHARD_COUNT_MAX <= u16::MAX as usize);
+
+/// The per-event limits the parser enforces; configurable, each capped by the constant above.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventLimits {
+    pub event_size_max: usize,
+    pub content_size_max: usize,
+    pub tag_count_max: usize,
+    pub tag_element_count_max: usize,
+    pub tag_element_size_max: usize,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits {
+            event_size_max: 128 * 1024,
+            content_size_max: 96 * 1024,
+            tag_count_max: 2_000,
+            tag_element_count_max: 32,
+            tag_element_size_max: 2 * 1024,
+        }
+    }
+}
+
+impl EventLimits {
+    /// The hard caps, used by offline tools that must accept whatever a relay could have stored.
+    pub fn hard_caps() -> Self {
+        EventLimits {
+            event_size_max: EVENT_SIZE_MAX,
+            content_size_max: CONTENT_SIZE_MAX,
+            tag_count_max: TAG_COUNT_MAX,
+            tag_element_count_max: TAG_ELEMENT_COUNT_MAX,
+            tag_element_size_max: TAG_ELEMENT_SIZE_MAX,
+        }
+    }
+
+    /// Clamp every field to its hard cap.
+    pub fn clamped(mut self) -> Self {
+        self.event_size_max = self.event_size_max.min(EVENT_SIZE_MAX);
+        self.content_size_max = self.content_size_max.min(CONTENT_SIZE_MAX);
+        self.tag_count_max = self.tag_count_max.min(TAG_COUNT_MAX);
+        self.tag_element_count_max = self.tag_element_count_max.min(TAG_ELEMENT_COUNT_MAX);
+        self.tag_element_size_max = self.tag_element_size_max.min(TAG_ELEMENT_SIZE_MAX);
+        self
+    }
+}
+
+/// Memory each glommio executor registers with io_uring for direct I/O (it is locked memory:
+/// `ulimit -l` must allow this plus the rings, per core; see tuning/).
+pub const IO_MEMORY_SIZE: usize = 2 * 1024 * 1024;

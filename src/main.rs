@@ -1,0 +1,153 @@
+//! The `ringrelay` command line.
+
+use std::io::{self, BufReader};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use ringrelay::filter::Filter;
+use ringrelay::limits::SEGMENT_SIZE_DEFAULT;
+use ringrelay::tools::{self, StoreOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ringrelay", version, about = "A thread-per-core Nostr relay on io_uring")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import events from JSON lines (a file, or stdin with `-`), verifying every signature.
+    Import {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Shards of a new data directory (one per core); an existing one keeps its own.
+        #[arg(long)]
+        shards: Option<u16>,
+        /// JSON lines to read; `-` for stdin.
+        #[arg(default_value = "-")]
+        input: String,
+    },
+    /// Write every live event as JSON lines to stdout, oldest first.
+    Export {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Only events matching this NIP-01 filter (repeat for OR), e.g. '{"kinds":[1]}'.
+        #[arg(long = "filter")]
+        filters: Vec<String>,
+    },
+    /// Check every segment and record of a data directory; changes nothing.
+    Verify {
+        /// The data directory (default ./ringrelay-data).
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Also re-verify every stored event's id and signature.
+        #[arg(long)]
+        signatures: bool,
+    },
+    /// Rewrite segments without replaced, deleted and expired events (offline).
+    Compact {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// The data directory.
+    #[arg(long, default_value = "ringrelay-data")]
+    data_dir: PathBuf,
+    /// A file holding the AES-256 at-rest key: 32 raw bytes or 64 hex characters.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Size at which a segment is sealed, in bytes.
+    #[arg(long, default_value_t = SEGMENT_SIZE_DEFAULT)]
+    segment_size: usize,
+}
+
+impl StoreArgs {
+    fn options(self) -> anyhow::Result<StoreOptions> {
+        let size = self.segment_size;
+        let valid = (ringrelay::limits::SEGMENT_SIZE_MIN..=ringrelay::limits::SEGMENT_SIZE_MAX).contains(&size)
+            && size % ringrelay::limits::BLOCK_SIZE == 0;
+        anyhow::ensure!(
+            valid,
+            "--segment-size must be a multiple of {} between {} and {}",
+            ringrelay::limits::BLOCK_SIZE,
+            ringrelay::limits::SEGMENT_SIZE_MIN,
+            ringrelay::limits::SEGMENT_SIZE_MAX
+        );
+        Ok(StoreOptions { data_dir: self.data_dir, key_file: self.key_file, segment_size: size })
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(io::stderr)
+        .init();
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ringrelay: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Import { store, shards, input } => {
+            let shards = shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
+            let reader: Box<dyn io::BufRead + Send> = match input.as_str() {
+                "-" => Box::new(BufReader::new(io::stdin())),
+                path => Box::new(BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {path}"))?)),
+            };
+            let summary = tools::import::run(&store.options()?, shards, reader)?;
+            eprint!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export { store, filters } => {
+            let filters = filters
+                .iter()
+                .map(|text| Filter::from_text(text).map_err(|e| anyhow::anyhow!("--filter {text}: {}", e.reason())))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let stdout = io::stdout();
+            let mut out = io::BufWriter::new(stdout.lock());
+            let count = tools::export::run(&store.options()?, &filters, &mut out)?;
+            eprintln!("exported {count} events");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { data_dir, key_file, signatures } => {
+            let options = StoreOptions {
+                data_dir: data_dir.unwrap_or_else(|| PathBuf::from("ringrelay-data")),
+                key_file,
+                segment_size: SEGMENT_SIZE_DEFAULT,
+            };
+            let report = tools::verify::run(&options, signatures)?;
+            for problem in &report.problems {
+                println!("{problem}");
+            }
+            println!("{} segments, {} records, {} problems", report.segments, report.records, report.problems.len());
+            Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Compact { store } => {
+            let summary = tools::compact::run(&store.options()?)?;
+            println!(
+                "compacted {} segments ({} records) into {} segments ({} records)",
+                summary.segments_before, summary.records_before, summary.segments_after, summary.records_after
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

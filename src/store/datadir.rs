@@ -1,0 +1,128 @@
+//! The data directory: its manifest (format, shard count, routing seed), its lock, and
+//! `owner_shard`, the single rule that says which shard stores an author's events.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::segment;
+use super::shard::{io_error, StoreError};
+use crate::limits::SHARD_COUNT_MAX;
+
+const MANIFEST_FILE: &str = "ringrelay.manifest";
+const LOCK_FILE: &str = "LOCK";
+const MANIFEST_FORMAT: u32 = 1;
+
+/// How a process holds the data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Writers (serve, import, compact): alone.
+    Exclusive,
+    /// Readers (verify, export): alongside other readers, never beside a writer.
+    Shared,
+}
+
+pub struct DataDir {
+    pub path: PathBuf,
+    pub shard_count: u16,
+    seed: [u8; 32],
+    _lock: fs::File,
+}
+
+impl DataDir {
+    /// Open a data directory, creating it with `shard_count` shards if it has no manifest.
+    pub fn open_or_create(path: &Path, shard_count: u16) -> Result<DataDir, StoreError> {
+        assert!(shard_count >= 1 && usize::from(shard_count) <= SHARD_COUNT_MAX);
+        fs::create_dir_all(path).map_err(io_error(path))?;
+        let lock = lock(path, Access::Exclusive)?;
+        let manifest = path.join(MANIFEST_FILE);
+        if !manifest.exists() {
+            let mut seed = [0u8; 32];
+            fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut seed))
+                .map_err(io_error(Path::new("/dev/urandom")))?;
+            let text = format!("format {MANIFEST_FORMAT}\nshards {shard_count}\nseed {}\n", crate::hex::encode(&seed));
+            segment::write_durably(&manifest, text.as_bytes()).map_err(io_error(&manifest))?;
+        }
+        DataDir::read(path, lock)
+    }
+
+    /// Open an existing data directory.
+    pub fn open(path: &Path, access: Access) -> Result<DataDir, StoreError> {
+        if !path.join(MANIFEST_FILE).exists() {
+            return Err(StoreError::DataDir(format!(
+                "{} is not a ringrelay data directory (no {MANIFEST_FILE})",
+                path.display()
+            )));
+        }
+        let lock = lock(path, access)?;
+        DataDir::read(path, lock)
+    }
+
+    fn read(path: &Path, lock: fs::File) -> Result<DataDir, StoreError> {
+        let manifest = path.join(MANIFEST_FILE);
+        let text = fs::read_to_string(&manifest).map_err(io_error(&manifest))?;
+        let bad = |what: &str| StoreError::DataDir(format!("{}: {what}", manifest.display()));
+        let mut format = None;
+        let mut shard_count = None;
+        let mut seed = None;
+        for line in text.lines() {
+            match line.split_once(' ') {
+                Some(("format", value)) => format = value.parse::<u32>().ok(),
+                Some(("shards", value)) => shard_count = value.parse::<u16>().ok(),
+                Some(("seed", value)) => seed = crate::hex::decode_lower::<32>(value.as_bytes()),
+                _ => {}
+            }
+        }
+        match format {
+            Some(MANIFEST_FORMAT) => {}
+            Some(other) => return Err(bad(&format!("unsupported manifest format {other}"))),
+            None => return Err(bad("missing `format`")),
+        }
+        let shard_count = shard_count
+            .filter(|&n| n >= 1 && usize::from(n) <= SHARD_COUNT_MAX)
+            .ok_or_else(|| bad("missing or invalid `shards`"))?;
+        let seed = seed.ok_or_else(|| bad("missing or invalid `seed`"))?;
+        Ok(DataDir { path: path.to_owned(), shard_count, seed, _lock: lock })
+    }
+
+    pub fn shard_dir(&self, shard: u16) -> PathBuf {
+        self.path.join(format!("shard-{shard:03}"))
+    }
+
+    /// The shard that stores every event of `pubkey`. Keyed by the directory's secret seed, so
+    /// nobody can pick keys that pile onto one shard.
+    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> u16 {
+        let hash = blake3::keyed_hash(&self.seed, pubkey);
+        let value = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        (value % u64::from(self.shard_count)) as u16
+    }
+}
+
+fn lock(path: &Path, access: Access) -> Result<fs::File, StoreError> {
+    let lock_path = path.join(LOCK_FILE);
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error(&lock_path))?;
+    let operation = match access {
+        Access::Exclusive => libc::LOCK_EX,
+        Access::Shared => libc::LOCK_SH,
+    } | libc::LOCK_NB;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+        return Err(StoreError::DataDir(format!(
+            "{} is in use by another ringrelay process (could not lock {})",
+            path.display(),
+            lock_path.display()
+        )));
+    }
+    if access == Access::Exclusive {
+        let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
+    }
+    Ok(file)
+}

@@ -1,0 +1,546 @@
+//! One shard's in-memory indexes and the storage rules that use them (duplicates,
+//! replaceable and addressable versions, NIP-09 deletions, NIP-40 expiration).
+//! Sans-IO: the shard tells it where records lie; it never touches a file.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::BuildHasher;
+
+use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
+
+use crate::event::kind::KIND_DELETION;
+use crate::event::KindClass;
+use crate::limits::SHARD_EVENT_COUNT_MAX;
+
+/// A record's ordinal within its shard, in append order.
+pub type EventNo = u32;
+
+/// Where a record lies: the shard's segment slot and the byte offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Loc {
+    pub segment: u32,
+    pub offset: u32,
+}
+
+/// What the indexes keep of every event: 56 bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub id: [u8; 32],
+    pub created_at: u64,
+    pub loc: Loc,
+    pub author: u32,
+    pub kind: u16,
+    pub flags: u8,
+}
+
+pub const FLAG_DEAD: u8 = 1;
+pub const FLAG_EXPIRES: u8 = 2;
+
+impl Entry {
+    pub fn is_dead(&self) -> bool {
+        self.flags & FLAG_DEAD != 0
+    }
+    /// Newest first, ties by lowest id (NIP-01); `Less` sorts first.
+    pub fn order_key(&self) -> (std::cmp::Reverse<u64>, [u8; 32]) {
+        (std::cmp::Reverse(self.created_at), self.id)
+    }
+}
+
+/// What the rules need to know of an event, from the wire or from a stored record.
+pub struct Facts<'a> {
+    pub id: &'a [u8; 32],
+    pub pubkey: &'a [u8; 32],
+    pub created_at: u64,
+    pub kind: u16,
+    pub expiration: Option<u64>,
+    /// Single-letter tags with their first value, in event order.
+    pub tags: &'a [(u8, &'a [u8])],
+}
+
+impl Facts<'_> {
+    fn d_tag(&self) -> &[u8] {
+        self.tags.iter().find(|(letter, _)| *letter == b'd').map(|(_, value)| *value).unwrap_or_default()
+    }
+}
+
+/// Why the rules refuse an event; `reason()` is the NIP-01 `OK` message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// Its author deleted it (NIP-09), by id or by address.
+    Deleted,
+    /// A newer version of this replaceable or addressable event is stored.
+    Superseded,
+    /// Its NIP-40 expiration has passed.
+    Expired,
+    /// The shard holds its maximum number of records.
+    ShardFull,
+}
+
+impl Rejection {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::Deleted => "blocked: this event was deleted by its author",
+            Rejection::Superseded => "duplicate: a newer version of this event is stored",
+            Rejection::Expired => "invalid: this event has expired",
+            Rejection::ShardFull => "error: this relay's storage is full",
+        }
+    }
+}
+
+/// The rules' decision on one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Store it, and retire these records once it is durable.
+    Store {
+        kills: Vec<EventNo>,
+    },
+    /// Already stored (`OK true` with `duplicate:`).
+    Duplicate,
+    /// Ephemeral: broadcast, never stored.
+    Ephemeral,
+    Rejected(Rejection),
+}
+
+/// (author, kind, `d`): the key of a replaceable or addressable event.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct VersionKey {
+    author: u32,
+    kind: u16,
+    d: Box<[u8]>,
+}
+
+/// Event numbers sorted by (created_at, number), oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct Postings(Vec<EventNo>);
+
+const TAG_LIST_BIT: u32 = 1 << 31;
+const _: () = assert!(SHARD_EVENT_COUNT_MAX < TAG_LIST_BIT as usize);
+const ENTRY_CHUNK_SIZE: usize = 1 << 16;
+
+/// Per-segment record counts, for compaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentStat {
+    pub records: u32,
+    pub dead: u32,
+}
+
+#[derive(Default)]
+pub struct Index {
+    /// Entries in chunks of `ENTRY_CHUNK_SIZE`, so growth never copies or over-allocates much.
+    chunks: Vec<Vec<Entry>>,
+    len: u32,
+    hasher: DefaultHashBuilder,
+    by_id: HashTable<EventNo>,
+    authors: HashMap<[u8; 32], u32>,
+    author_keys: Vec<[u8; 32]>,
+    by_author: Vec<Postings>,
+    by_kind: HashMap<u16, Postings>,
+    /// Keyed hash of (letter, value) to one event number, or `TAG_LIST_BIT | list index`.
+    by_tag: HashMap<u64, u32>,
+    tag_lists: Vec<Postings>,
+    global: Postings,
+    versions: HashMap<VersionKey, EventNo>,
+    deleted_ids: HashMap<[u8; 32], u32>,
+    deleted_addresses: HashMap<VersionKey, u64>,
+    expiring: BTreeSet<(u64, EventNo)>,
+    expiration_of: HashMap<EventNo, u64>,
+    /// (killer, victim): the victim retires when the killer becomes durable.
+    pending_kills: VecDeque<(EventNo, EventNo)>,
+    durable_count: u32,
+    segment_stats: Vec<SegmentStat>,
+    live_count: u64,
+    /// While loading, postings are appended unsorted and sorted once by `finish_bulk`.
+    bulk: bool,
+}
+
+impl Index {
+    /// An empty index that appends postings unsorted until [`Index::finish_bulk`].
+    pub fn new_bulk() -> Index {
+        Index { bulk: true, ..Index::default() }
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn live_count(&self) -> u64 {
+        self.live_count
+    }
+    /// Events numbered below this are on disk and may be served.
+    pub fn durable_count(&self) -> u32 {
+        self.durable_count
+    }
+    pub fn segment_stats(&self) -> &[SegmentStat] {
+        &self.segment_stats
+    }
+
+    pub fn entry(&self, no: EventNo) -> &Entry {
+        let no = no as usize;
+        &self.chunks[no / ENTRY_CHUNK_SIZE][no % ENTRY_CHUNK_SIZE]
+    }
+
+    fn entry_mut(&mut self, no: EventNo) -> &mut Entry {
+        let no = no as usize;
+        &mut self.chunks[no / ENTRY_CHUNK_SIZE][no % ENTRY_CHUNK_SIZE]
+    }
+
+    pub fn lookup_id(&self, id: &[u8; 32]) -> Option<EventNo> {
+        let hash = self.hasher.hash_one(id);
+        self.by_id.find(hash, |&no| &self.entry(no).id == id).copied()
+    }
+
+    pub fn author_of(&self, pubkey: &[u8; 32]) -> Option<u32> {
+        self.authors.get(pubkey).copied()
+    }
+    pub fn author_key(&self, author: u32) -> &[u8; 32] {
+        &self.author_keys[author as usize]
+    }
+    pub fn author_postings(&self, author: u32) -> &Postings {
+        &self.by_author[author as usize]
+    }
+    pub fn kind_postings(&self, kind: u16) -> Option<&Postings> {
+        self.by_kind.get(&kind)
+    }
+    pub fn global_postings(&self) -> &Postings {
+        &self.global
+    }
+
+    /// The events carrying tag `letter` = `value`, as a slice; hash collisions are possible,
+    /// so callers check the record's tags.
+    pub fn tag_postings(&self, letter: u8, value: &[u8]) -> &[EventNo] {
+        match self.by_tag.get(&self.tag_hash(letter, value)) {
+            None => &[],
+            Some(slot) if slot & TAG_LIST_BIT != 0 => &self.tag_lists[(slot & !TAG_LIST_BIT) as usize].0,
+            Some(slot) => std::slice::from_ref(slot),
+        }
+    }
+
+    fn tag_hash(&self, letter: u8, value: &[u8]) -> u64 {
+        self.hasher.hash_one((letter, value))
+    }
+
+    /// Whether `no` may be served at `now`: durable, live and not expired.
+    pub fn is_visible(&self, no: EventNo, now: u64) -> bool {
+        if no >= self.durable_count {
+            return false;
+        }
+        let entry = self.entry(no);
+        if entry.is_dead() {
+            return false;
+        }
+        entry.flags & FLAG_EXPIRES == 0 || self.expiration_of.get(&no).is_none_or(|&at| at > now)
+    }
+
+    /// Decide what to do with an event, without changing anything.
+    pub fn admit(&self, facts: &Facts<'_>, now: u64) -> Admit {
+        let class = KindClass::of(facts.kind);
+        if class == KindClass::Ephemeral {
+            return Admit::Ephemeral;
+        }
+        let author = self.author_of(facts.pubkey);
+        let deleted_by_id =
+            author.is_some() && facts.kind != KIND_DELETION && self.deleted_ids.get(facts.id).copied() == author;
+        if deleted_by_id {
+            return Admit::Rejected(Rejection::Deleted);
+        }
+        if self.lookup_id(facts.id).is_some() {
+            return Admit::Duplicate;
+        }
+        if facts.expiration.is_some_and(|at| at <= now) {
+            return Admit::Rejected(Rejection::Expired);
+        }
+        if self.len as usize >= SHARD_EVENT_COUNT_MAX {
+            return Admit::Rejected(Rejection::ShardFull);
+        }
+        let mut kills = Vec::new();
+        if let (true, Some(author)) = (class.is_versioned(), author) {
+            let key = version_key(author, facts.kind, class, facts.d_tag());
+            if self.deleted_addresses.get(&key).is_some_and(|&until| facts.created_at <= until) {
+                return Admit::Rejected(Rejection::Deleted);
+            }
+            if let Some(&current) = self.versions.get(&key) {
+                let current_entry = self.entry(current);
+                if (facts.created_at, std::cmp::Reverse(*facts.id))
+                    <= (current_entry.created_at, std::cmp::Reverse(current_entry.id))
+                {
+                    return Admit::Rejected(Rejection::Superseded);
+                }
+                kills.push(current);
+            }
+        }
+        if facts.kind == KIND_DELETION {
+            if let Some(author) = author {
+                self.deletion_targets(facts, author, &mut kills);
+            }
+        }
+        Admit::Store { kills }
+    }
+
+    /// The live records a deletion request retires: by `e` id, and by `a` address up to its
+    /// `created_at`; only the requester's own, and never another deletion request.
+    fn deletion_targets(&self, facts: &Facts<'_>, author: u32, kills: &mut Vec<EventNo>) {
+        for &(letter, value) in facts.tags {
+            let target = match letter {
+                b'e' => crate::hex::decode_lower::<32>(value).and_then(|id| self.lookup_id(&id)),
+                b'a' => parse_address(value)
+                    .filter(|address| &address.pubkey == facts.pubkey)
+                    .and_then(|address| {
+                        let class = KindClass::of(address.kind);
+                        class.is_versioned().then(|| version_key(author, address.kind, class, address.d))
+                    })
+                    .and_then(|key| self.versions.get(&key).copied())
+                    .filter(|&no| self.entry(no).created_at <= facts.created_at),
+                _ => None,
+            };
+            let Some(no) = target else { continue };
+            let entry = self.entry(no);
+            if entry.author == author && entry.kind != KIND_DELETION && !entry.is_dead() && !kills.contains(&no) {
+                kills.push(no);
+            }
+        }
+    }
+
+    /// Add an admitted event stored at `loc`; its kills wait until it is durable.
+    pub fn insert(&mut self, facts: &Facts<'_>, loc: Loc, kills: Vec<EventNo>) -> EventNo {
+        assert!((self.len as usize) < SHARD_EVENT_COUNT_MAX);
+        let no = self.len;
+        let author = self.intern_author(facts.pubkey);
+        let mut flags = 0;
+        if let Some(at) = facts.expiration {
+            flags |= FLAG_EXPIRES;
+            self.expiring.insert((at, no));
+            self.expiration_of.insert(no, at);
+        }
+        let entry = Entry { id: *facts.id, created_at: facts.created_at, loc, author, kind: facts.kind, flags };
+        if self.chunks.last().is_none_or(|chunk| chunk.len() == ENTRY_CHUNK_SIZE) {
+            self.chunks.push(Vec::with_capacity(ENTRY_CHUNK_SIZE));
+        }
+        self.chunks.last_mut().expect("a chunk with room").push(entry);
+        self.len += 1;
+        self.live_count += 1;
+
+        let hash = self.hasher.hash_one(facts.id);
+        let Index { by_id, chunks, hasher, .. } = self;
+        by_id.insert_unique(hash, no, |&other| {
+            let other = other as usize;
+            hasher.hash_one(chunks[other / ENTRY_CHUNK_SIZE][other % ENTRY_CHUNK_SIZE].id)
+        });
+        self.post(no, author, facts);
+        self.remember(no, author, facts);
+
+        let segment = loc.segment as usize;
+        if self.segment_stats.len() <= segment {
+            self.segment_stats.resize(segment + 1, SegmentStat::default());
+        }
+        self.segment_stats[segment].records += 1;
+        self.pending_kills.extend(kills.into_iter().map(|victim| (no, victim)));
+        no
+    }
+
+    fn intern_author(&mut self, pubkey: &[u8; 32]) -> u32 {
+        if let Some(&author) = self.authors.get(pubkey) {
+            return author;
+        }
+        let author = self.author_keys.len() as u32;
+        self.authors.insert(*pubkey, author);
+        self.author_keys.push(*pubkey);
+        self.by_author.push(Postings::default());
+        author
+    }
+
+    fn post(&mut self, no: EventNo, author: u32, facts: &Facts<'_>) {
+        let bulk = self.bulk;
+        let Index { chunks, by_author, by_kind, global, by_tag, tag_lists, hasher, .. } = self;
+        let key = |n: EventNo| {
+            let n = n as usize;
+            (chunks[n / ENTRY_CHUNK_SIZE][n % ENTRY_CHUNK_SIZE].created_at, n as EventNo)
+        };
+        global.insert(no, bulk, key);
+        by_author[author as usize].insert(no, bulk, key);
+        by_kind.entry(facts.kind).or_default().insert(no, bulk, key);
+        for (index, &(letter, value)) in facts.tags.iter().enumerate() {
+            // The same (letter, value) twice on one event is posted once.
+            if facts.tags[..index].iter().any(|&(l, v)| l == letter && v == value) {
+                continue;
+            }
+            let hash = hasher.hash_one((letter, value));
+            match by_tag.get_mut(&hash) {
+                None => {
+                    by_tag.insert(hash, no);
+                }
+                Some(slot) if *slot & TAG_LIST_BIT != 0 => {
+                    tag_lists[(*slot & !TAG_LIST_BIT) as usize].insert(no, bulk, key);
+                }
+                Some(slot) if *slot == no => {}
+                Some(slot) => {
+                    let mut list = Postings(vec![*slot]);
+                    list.insert(no, bulk, key);
+                    *slot = TAG_LIST_BIT | tag_lists.len() as u32;
+                    tag_lists.push(list);
+                }
+            }
+        }
+    }
+
+    /// Versions and deletions: what later arrivals are checked against.
+    fn remember(&mut self, no: EventNo, author: u32, facts: &Facts<'_>) {
+        let class = KindClass::of(facts.kind);
+        if class.is_versioned() {
+            self.versions.insert(version_key(author, facts.kind, class, facts.d_tag()), no);
+        }
+        if facts.kind != KIND_DELETION {
+            return;
+        }
+        for &(letter, value) in facts.tags {
+            match letter {
+                b'e' => {
+                    if let Some(id) = crate::hex::decode_lower::<32>(value) {
+                        self.deleted_ids.insert(id, author);
+                    }
+                }
+                b'a' => {
+                    let Some(address) = parse_address(value).filter(|a| &a.pubkey == facts.pubkey) else { continue };
+                    let class = KindClass::of(address.kind);
+                    if class.is_versioned() {
+                        let until = self
+                            .deleted_addresses
+                            .entry(version_key(author, address.kind, class, address.d))
+                            .or_insert(0);
+                        *until = (*until).max(facts.created_at);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Events below `count` are durable: serve them and apply the kills they carry.
+    pub fn set_durable(&mut self, count: u32) {
+        assert!(count <= self.len && count >= self.durable_count);
+        self.durable_count = count;
+        while let Some(&(killer, victim)) = self.pending_kills.front() {
+            if killer >= count {
+                break;
+            }
+            self.pending_kills.pop_front();
+            self.kill(victim);
+        }
+    }
+
+    /// Retire a record: never served again, dropped by compaction.
+    pub fn kill(&mut self, no: EventNo) {
+        let entry = self.entry_mut(no);
+        if entry.is_dead() {
+            return;
+        }
+        entry.flags |= FLAG_DEAD;
+        let segment = entry.loc.segment as usize;
+        self.segment_stats[segment].dead += 1;
+        self.live_count -= 1;
+    }
+
+    /// Count a record that replay found dead on arrival (never indexed).
+    pub fn note_dead_record(&mut self, segment: u32) {
+        let segment = segment as usize;
+        if self.segment_stats.len() <= segment {
+            self.segment_stats.resize(segment + 1, SegmentStat::default());
+        }
+        self.segment_stats[segment].records += 1;
+        self.segment_stats[segment].dead += 1;
+    }
+
+    /// Retire every event whose expiration is at or before `now`; returns how many.
+    pub fn sweep_expired(&mut self, now: u64) -> usize {
+        let mut count = 0;
+        while let Some(&(at, no)) = self.expiring.first() {
+            if at > now || no >= self.durable_count {
+                break;
+            }
+            self.expiring.pop_first();
+            self.expiration_of.remove(&no);
+            self.kill(no);
+            count += 1;
+        }
+        count
+    }
+
+    /// Sort every postings list once after a bulk load.
+    pub fn finish_bulk(&mut self) {
+        let Index { chunks, by_author, by_kind, global, tag_lists, .. } = self;
+        let key = |n: &EventNo| {
+            let i = *n as usize;
+            (chunks[i / ENTRY_CHUNK_SIZE][i % ENTRY_CHUNK_SIZE].created_at, *n)
+        };
+        global.0.sort_unstable_by_key(key);
+        by_author.iter_mut().for_each(|p| p.0.sort_unstable_by_key(key));
+        by_kind.values_mut().for_each(|p| p.0.sort_unstable_by_key(key));
+        tag_lists.iter_mut().for_each(|p| p.0.sort_unstable_by_key(key));
+        self.bulk = false;
+    }
+
+    /// Heap bytes held by the indexes (capacities, not lengths), for the memory figure.
+    pub fn memory_size(&self) -> usize {
+        use std::mem::size_of;
+        let postings = |p: &Postings| p.0.capacity() * 4 + size_of::<Postings>();
+        let table = |capacity: usize, item: usize| capacity * (item + 1);
+        self.chunks.iter().map(|c| c.capacity() * size_of::<Entry>()).sum::<usize>()
+            + table(self.by_id.capacity(), 4)
+            + table(self.authors.capacity(), 36)
+            + self.author_keys.capacity() * 32
+            + self.by_author.iter().map(postings).sum::<usize>()
+            + self.by_kind.values().map(postings).sum::<usize>()
+            + table(self.by_kind.capacity(), 2 + size_of::<Postings>())
+            + table(self.by_tag.capacity(), 16)
+            + self.tag_lists.iter().map(postings).sum::<usize>()
+            + postings(&self.global)
+            + table(self.versions.capacity(), size_of::<(VersionKey, EventNo)>())
+            + self.versions.keys().map(|k| k.d.len()).sum::<usize>()
+            + table(self.deleted_ids.capacity(), 36)
+            + table(self.expiration_of.capacity(), 12)
+            + self.expiring.len() * 16
+    }
+}
+
+impl Postings {
+    pub fn as_slice(&self) -> &[EventNo] {
+        &self.0
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Insert keeping (created_at, number) order; arrivals are nearly sorted, so the
+    /// position is found from the end and little moves.
+    fn insert(&mut self, no: EventNo, bulk: bool, key: impl Fn(EventNo) -> (u64, EventNo)) {
+        let new_key = key(no);
+        if bulk || self.0.last().is_none_or(|&last| key(last) < new_key) {
+            self.0.push(no);
+            return;
+        }
+        let position = self.0.partition_point(|&other| key(other) < new_key);
+        self.0.insert(position, no);
+    }
+}
+
+fn version_key(author: u32, kind: u16, class: KindClass, d: &[u8]) -> VersionKey {
+    let d = if class == KindClass::Addressable { d } else { &[] };
+    VersionKey { author, kind, d: d.into() }
+}
+
+struct Address<'a> {
+    kind: u16,
+    pubkey: [u8; 32],
+    d: &'a [u8],
+}
+
+/// `<kind>:<pubkey hex>:<d>` from an `a` tag.
+fn parse_address(value: &[u8]) -> Option<Address<'_>> {
+    let mut parts = value.splitn(3, |&b| b == b':');
+    let kind = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let pubkey = crate::hex::decode_lower::<32>(parts.next()?)?;
+    Some(Address { kind, pubkey, d: parts.next()? })
+}

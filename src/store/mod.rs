@@ -1,0 +1,75 @@
+//! Storage: per-shard append-only segments, in-memory indexes, the storage rules and the
+//! query engine.
+//!
+//! Reading order: [`format`] (bytes on disk), [`record`] (the archived record), [`crypto`]
+//! (at-rest encryption), [`segment`] (files, maps, scan), [`index`] (indexes and rules),
+//! [`query`] (planner, scan, merge), [`shard`] (open, replay, append), [`writer`] (group
+//! commit on glommio), [`datadir`] (manifest, lock, `owner_shard`).
+
+pub mod crypto;
+pub mod datadir;
+pub mod format;
+pub mod index;
+pub mod query;
+pub mod record;
+pub mod segment;
+pub mod shard;
+pub mod writer;
+
+pub use datadir::{Access, DataDir};
+pub use index::{EventNo, Rejection};
+pub use query::{FilterScan, Hit, Ordered};
+pub use shard::{Appended, OpenMode, ShardConfig, ShardState, StoreError};
+pub use writer::{Admission, Durable, Shard};
+
+use crate::filter::Filter;
+use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
+
+/// A hit tagged with its shard, for merging across shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardHit {
+    pub shard: u16,
+    pub hit: Hit,
+}
+
+impl Ordered for ShardHit {
+    fn created_at(&self) -> u64 {
+        self.hit.created_at
+    }
+    fn id(&self) -> &[u8; 32] {
+        &self.hit.id
+    }
+}
+
+/// The `limit` a filter is served with: its own, capped at `max`, or `default` when absent.
+pub fn effective_limit(filter: &Filter, default: usize, max: usize) -> usize {
+    filter.limit.map_or(default, |limit| usize::try_from(limit).unwrap_or(usize::MAX).min(max))
+}
+
+/// Answer a whole `REQ` over every shard to completion: per filter, each shard's newest
+/// `limit`, merged across shards; then the union, each event once, newest first.
+/// (The server runs the same steps interleaved with other work.)
+pub fn query_shards(
+    shards: &[&ShardState],
+    filters: &[Filter],
+    default_limit: usize,
+    max_limit: usize,
+    now: u64,
+) -> Vec<ShardHit> {
+    let per_filter = filters
+        .iter()
+        .map(|filter| {
+            let limit = effective_limit(filter, default_limit, max_limit);
+            let per_shard = shards
+                .iter()
+                .map(|shard| {
+                    let mut scan = FilterScan::new(filter, limit, &shard.index);
+                    while !scan.step(&shard.index, *shard, now, QUERY_STEP_CANDIDATE_COUNT) {}
+                    scan.into_hits().into_iter().map(|hit| ShardHit { shard: shard.shard_id, hit }).collect()
+                })
+                .collect();
+            query::merge_newest_first(per_shard, limit)
+        })
+        .collect();
+    query::union_filters(per_filter)
+}

@@ -1,0 +1,244 @@
+//! The query engine: plan a filter onto the most selective index, scan newest first in
+//! bounded steps that can resume, and merge per-shard results (created_at desc, id asc).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use super::index::{EventNo, Index};
+use super::record::ArchivedRecord;
+use crate::filter::Filter;
+use crate::limits::QUERY_TIE_COUNT_MAX;
+
+/// Anything with the NIP-01 order: newest first, ties by lowest id.
+pub trait Ordered {
+    fn created_at(&self) -> u64;
+    fn id(&self) -> &[u8; 32];
+    fn order_key(&self) -> (Reverse<u64>, &[u8; 32]) {
+        (Reverse(self.created_at()), self.id())
+    }
+}
+
+/// One matching event in one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub created_at: u64,
+    pub id: [u8; 32],
+    pub no: EventNo,
+}
+
+impl Ordered for Hit {
+    fn created_at(&self) -> u64 {
+        self.created_at
+    }
+    fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+}
+
+/// Reads stored records for the checks the indexes cannot answer (tag values).
+pub trait RecordSource {
+    fn with_record<R>(&self, no: EventNo, f: impl FnOnce(&ArchivedRecord) -> R) -> R;
+}
+
+/// Which postings a filter scan walks.
+#[derive(Clone, Debug)]
+enum List {
+    Owned(Vec<EventNo>),
+    Author(u32),
+    Kind(u16),
+    Tag(u8, Box<[u8]>),
+    Global,
+}
+
+impl List {
+    fn slice<'a>(&'a self, index: &'a Index) -> &'a [EventNo] {
+        match self {
+            List::Owned(nos) => nos,
+            List::Author(author) => index.author_postings(*author).as_slice(),
+            List::Kind(kind) => index.kind_postings(*kind).map(|p| p.as_slice()).unwrap_or_default(),
+            List::Tag(letter, value) => index.tag_postings(*letter, value),
+            List::Global => index.global_postings().as_slice(),
+        }
+    }
+}
+
+/// A resumable scan of one filter over one shard.
+#[derive(Debug)]
+pub struct FilterScan {
+    filter: Filter,
+    limit: usize,
+    lists: Vec<List>,
+    /// Resolved `authors`; `None` when the filter has none.
+    authors: Option<Vec<u32>>,
+    /// Events numbered at or above this arrived after the scan began and are left to live fan-out.
+    snapshot: EventNo,
+    /// The next candidates are strictly below this (created_at, number).
+    resume_below: (u64, EventNo),
+    hits: Vec<Hit>,
+    done: bool,
+}
+
+impl FilterScan {
+    /// Plan `filter` with its resolved `limit` on `index`.
+    pub fn new(filter: &Filter, limit: usize, index: &Index) -> FilterScan {
+        let mut scan = FilterScan {
+            filter: filter.clone(),
+            limit,
+            lists: Vec::new(),
+            authors: None,
+            snapshot: index.durable_count(),
+            resume_below: (filter.until.unwrap_or(u64::MAX), EventNo::MAX),
+            hits: Vec::new(),
+            done: limit == 0 || filter.since.zip(filter.until).is_some_and(|(since, until)| since > until),
+        };
+        if let Some(authors) = &filter.authors {
+            let resolved: Vec<u32> = authors.iter().filter_map(|a| index.author_of(&a.0)).collect();
+            scan.done |= resolved.is_empty();
+            scan.authors = Some(resolved);
+        }
+        if !scan.done {
+            scan.lists = scan.plan(index);
+        }
+        scan
+    }
+
+    /// The cheapest way in: the index whose candidate lists are shortest.
+    fn plan(&self, index: &Index) -> Vec<List> {
+        let mut best = (index.global_postings().len(), vec![List::Global]);
+        let mut consider = |cost: usize, lists: Vec<List>| {
+            if cost < best.0 {
+                best = (cost, lists);
+            }
+        };
+        if let Some(ids) = &self.filter.ids {
+            let mut nos: Vec<EventNo> = ids.iter().filter_map(|id| index.lookup_id(&id.0)).collect();
+            nos.sort_unstable_by_key(|&no| (index.entry(no).created_at, no));
+            nos.dedup();
+            consider(nos.len(), vec![List::Owned(nos)]);
+        }
+        if let Some(authors) = &self.authors {
+            let cost = authors.iter().map(|&a| index.author_postings(a).len()).sum();
+            consider(cost, authors.iter().map(|&a| List::Author(a)).collect());
+        }
+        if let Some(kinds) = &self.filter.kinds {
+            let cost = kinds.iter().map(|&k| index.kind_postings(k).map_or(0, |p| p.len())).sum();
+            consider(cost, kinds.iter().map(|&k| List::Kind(k)).collect());
+        }
+        for tag in &self.filter.tags {
+            let cost = tag.values.iter().map(|v| index.tag_postings(tag.letter, v).len()).sum();
+            consider(cost, tag.values.iter().map(|v| List::Tag(tag.letter, v.clone())).collect());
+        }
+        best.1
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Examine at most `budget` candidates; returns whether the scan is finished.
+    pub fn step(&mut self, index: &Index, records: &impl RecordSource, now: u64, budget: usize) -> bool {
+        if self.done {
+            return true;
+        }
+        let since = self.filter.since.unwrap_or(0);
+        let mut heads = BinaryHeap::with_capacity(self.lists.len());
+        for (list_index, list) in self.lists.iter().enumerate() {
+            let nos = list.slice(index);
+            let below = self.resume_below;
+            let end = nos.partition_point(|&no| (index.entry(no).created_at, no) < below);
+            if end > 0 {
+                let no = nos[end - 1];
+                heads.push(((index.entry(no).created_at, no), list_index, end - 1));
+            }
+        }
+        let mut examined = 0;
+        let mut previous = None;
+        while let Some((key, list_index, position)) = heads.pop() {
+            if key.0 < since {
+                break;
+            }
+            if examined == budget {
+                self.resume_below = (key.0, key.1 + 1);
+                return false;
+            }
+            examined += 1;
+            if position > 0 {
+                let no = self.lists[list_index].slice(index)[position - 1];
+                heads.push(((index.entry(no).created_at, no), list_index, position - 1));
+            }
+            if previous == Some(key) {
+                continue;
+            }
+            previous = Some(key);
+            self.resume_below = key;
+            if self.past_limit(key.0) {
+                break;
+            }
+            if self.accepts(key.1, index, records, now) {
+                let entry = index.entry(key.1);
+                self.hits.push(Hit { created_at: entry.created_at, id: entry.id, no: key.1 });
+            }
+        }
+        self.finish();
+        true
+    }
+
+    /// Whether a candidate at `created_at` can no longer make the first `limit`: it is
+    /// older than the limit-th hit, or past the most ties we gather.
+    fn past_limit(&self, created_at: u64) -> bool {
+        let Some(boundary) = self.hits.get(self.limit.saturating_sub(1)) else { return false };
+        created_at < boundary.created_at || self.hits.len() >= self.limit + QUERY_TIE_COUNT_MAX
+    }
+
+    fn accepts(&self, no: EventNo, index: &Index, records: &impl RecordSource, now: u64) -> bool {
+        if no >= self.snapshot || !index.is_visible(no, now) {
+            return false;
+        }
+        let entry = index.entry(no);
+        let filter = &self.filter;
+        filter.kinds.as_ref().is_none_or(|kinds| kinds.contains(&entry.kind))
+            && self.authors.as_ref().is_none_or(|authors| authors.contains(&entry.author))
+            && filter.ids.as_ref().is_none_or(|ids| ids.iter().any(|id| id.0 == entry.id))
+            && (filter.tags.is_empty() || records.with_record(no, |record| filter.matches_tags(record)))
+    }
+
+    fn finish(&mut self) {
+        self.hits.sort_unstable_by(|a, b| a.order_key().cmp(&b.order_key()));
+        self.hits.truncate(self.limit);
+        self.done = true;
+    }
+
+    /// The hits, newest first; complete once `step` has returned true.
+    pub fn hits(&self) -> &[Hit] {
+        &self.hits
+    }
+
+    pub fn into_hits(self) -> Vec<Hit> {
+        self.hits
+    }
+}
+
+/// Merge newest-first lists (one per shard) of one filter, keeping the first `limit`.
+pub fn merge_newest_first<T: Ordered>(lists: Vec<Vec<T>>, limit: usize) -> Vec<T> {
+    let mut iters: Vec<_> = lists.into_iter().map(|list| list.into_iter().peekable()).collect();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let next = iters
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, iter)| iter.peek().map(|item| (item.order_key(), i)))
+            .min()
+            .map(|(_, i)| i);
+        let Some(i) = next else { break };
+        out.extend(iters[i].next());
+    }
+    out
+}
+
+/// The answer to a whole `REQ`: the union of its filters' results, each event once, newest first.
+pub fn union_filters<T: Ordered>(per_filter: Vec<Vec<T>>) -> Vec<T> {
+    let mut all: Vec<T> = per_filter.into_iter().flatten().collect();
+    all.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+    all.dedup_by(|a, b| a.id() == b.id());
+    all
+}

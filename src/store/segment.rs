@@ -1,0 +1,212 @@
+//! Segment files of one shard: naming, the in-memory image of the segment being written,
+//! read-only maps of sealed ones, and the scan that checks every record at open.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use super::crypto::{self, SegmentKey, TAG_SIZE};
+use super::format::{read_slot, FormatError, RecordSpan, SegmentHeader, Slot, SEGMENT_HEADER_SIZE};
+use super::record::{self, ArchivedRecord};
+use crate::limits::BLOCK_SIZE;
+
+/// A zeroed, block-aligned buffer: the image of the segment being written, from which
+/// direct I/O copies, and in which rkyv archives are aligned.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    size: usize,
+}
+
+impl AlignedBuf {
+    pub fn zeroed(size: usize) -> AlignedBuf {
+        assert!(size > 0 && size % BLOCK_SIZE == 0);
+        let layout = Layout::from_size_align(size, BLOCK_SIZE).expect("valid layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, size }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `size` initialized (zeroed) bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.size, BLOCK_SIZE).expect("valid layout");
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { dealloc(self.ptr.as_ptr(), layout) }
+    }
+}
+
+/// The bytes of a segment: a read-only map once sealed, the write image while open.
+pub enum SegmentBytes {
+    Mapped(memmap2::Mmap),
+    Image(AlignedBuf),
+    /// A file of zero length.
+    Empty,
+}
+
+impl SegmentBytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            SegmentBytes::Mapped(map) => map,
+            SegmentBytes::Image(image) => image.as_slice(),
+            SegmentBytes::Empty => &[],
+        }
+    }
+}
+
+/// Map a segment file read-only.
+pub fn map_file(path: &Path) -> std::io::Result<SegmentBytes> {
+    let file = fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(SegmentBytes::Empty);
+    }
+    // SAFETY: segment files are append-only and sealed segments are never written again;
+    // the data directory is locked against other ringrelay processes.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    Ok(SegmentBytes::Mapped(map))
+}
+
+pub fn segment_file_name(segment_id: u32) -> String {
+    format!("seg-{segment_id:010}.rr")
+}
+
+/// The segment files of a shard directory, by ascending id.
+pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(id) = name.to_str().and_then(|n| n.strip_prefix("seg-")).and_then(|n| n.strip_suffix(".rr")) else {
+            continue;
+        };
+        if let Ok(id) = id.parse::<u32>() {
+            segments.push((id, entry.path()));
+        }
+    }
+    segments.sort_unstable();
+    Ok(segments)
+}
+
+/// A record decoded from a segment: borrowed in place, or decrypted into a scratch buffer.
+pub struct RecordBytes<'a> {
+    plain: PlainBytes<'a>,
+}
+
+enum PlainBytes<'a> {
+    InPlace(&'a [u8]),
+    Decrypted(rkyv::util::AlignedVec<16>),
+}
+
+impl RecordBytes<'_> {
+    pub fn bytes(&self) -> &[u8] {
+        match &self.plain {
+            PlainBytes::InPlace(bytes) => bytes,
+            PlainBytes::Decrypted(buffer) => buffer,
+        }
+    }
+}
+
+/// The plaintext archive of the record at `span`, decrypting when it is encrypted.
+pub fn record_bytes<'a>(
+    segment: &'a [u8],
+    span: &RecordSpan,
+    key: Option<&SegmentKey>,
+    nonce: impl FnOnce() -> [u8; 12],
+) -> Result<RecordBytes<'a>, FormatError> {
+    let payload = &segment[span.payload_range()];
+    if !span.is_encrypted() {
+        return Ok(RecordBytes { plain: PlainBytes::InPlace(payload) });
+    }
+    let key = key.ok_or(FormatError::Decrypt)?;
+    let split = payload.len().checked_sub(TAG_SIZE).ok_or(FormatError::Decrypt)?;
+    let mut buffer = rkyv::util::AlignedVec::<16>::with_capacity(split);
+    buffer.extend_from_slice(&payload[..split]);
+    key.open(nonce(), span.header_prefix(segment), &mut buffer, &payload[split..])?;
+    Ok(RecordBytes { plain: PlainBytes::Decrypted(buffer) })
+}
+
+/// What a scan of one segment found.
+pub struct ScanReport {
+    pub header: SegmentHeader,
+    /// Offset just past the last valid record.
+    pub valid_end: usize,
+    /// The first bad record, if the scan stopped at one.
+    pub corrupt: Option<(usize, FormatError)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyMismatch {
+    #[error("segment is encrypted and no key was given")]
+    Missing,
+    #[error("segment was encrypted with a different key")]
+    Wrong,
+}
+
+/// Check a segment header against the key the operator gave.
+pub fn check_key(header: &SegmentHeader, key: Option<&SegmentKey>) -> Result<(), KeyMismatch> {
+    match (header.key_check, key) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(KeyMismatch::Missing),
+        (Some(check), Some(key)) if check == key.check_value() => Ok(()),
+        (Some(_), Some(_)) => Err(KeyMismatch::Wrong),
+    }
+}
+
+/// Walk every record of `segment`, checking checksum, decryption and archive, and hand each
+/// valid one to `visit`. Stops at the end of data or at the first bad record.
+pub fn scan(
+    segment: &[u8],
+    key: Option<&SegmentKey>,
+    mut visit: impl FnMut(&RecordSpan, &ArchivedRecord),
+) -> Result<ScanReport, FormatError> {
+    let header = SegmentHeader::decode(segment)?;
+    let mut offset = SEGMENT_HEADER_SIZE;
+    let corrupt = loop {
+        let span = match read_slot(segment, offset) {
+            Slot::End => break None,
+            Slot::Corrupt(error) => break Some((offset, error)),
+            Slot::Record(span) => span,
+        };
+        let nonce = || crypto::nonce(header.shard_id, header.segment_id, offset as u32);
+        let checked = record_bytes(segment, &span, key, nonce)
+            .and_then(|bytes| record::access(bytes.bytes()).map(|record| visit(&span, record)));
+        if let Err(error) = checked {
+            break Some((offset, error));
+        }
+        offset = span.end();
+    };
+    Ok(ScanReport { header, valid_end: offset, corrupt })
+}
+
+/// Cut a segment file at `length` and make the cut durable.
+pub fn truncate_file(path: &Path, length: usize) -> std::io::Result<()> {
+    let file = fs::OpenOptions::new().write(true).open(path)?;
+    file.set_len(length as u64)?;
+    file.sync_all()
+}
+
+/// Write `contents` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = path.with_extension("tmp");
+    let mut file = fs::File::create(&temp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}

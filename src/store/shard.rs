@@ -1,0 +1,380 @@
+//! One shard's storage, synchronous part: open and replay segments, apply the rules,
+//! encode records into the segment image, and read records back. The glommio committer
+//! that makes appends durable lives in `writer`.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use glommio::io::DmaFile;
+
+use super::crypto::{self, SegmentKey, TAG_SIZE};
+use super::format::{
+    self, record_end, FormatError, SegmentHeader, RECORD_FLAG_ENCRYPTED, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+};
+use super::index::{Admit, EventNo, Facts, Index, Loc, Rejection};
+use super::query::RecordSource;
+use super::record::{self, ArchivedRecord, Record};
+use super::segment::{self, AlignedBuf, KeyMismatch, SegmentBytes};
+use crate::event::VerifiedEvent;
+use crate::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: corrupt record at offset {offset}: {error}")]
+    Corrupt { path: PathBuf, offset: usize, error: FormatError },
+    #[error("{path}: {error}")]
+    Key { path: PathBuf, error: KeyMismatch },
+    #[error("storage failed and refuses writes until restarted: {0}")]
+    Failed(String),
+    #[error("{0}")]
+    DataDir(String),
+}
+
+pub fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_owned(), source }
+}
+
+/// How a shard is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Cut a torn tail, start a fresh segment, accept appends.
+    ReadWrite,
+    /// Change nothing on disk (verify, export).
+    ReadOnly,
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub segment_size: usize,
+    pub key: Option<SegmentKey>,
+}
+
+impl ShardConfig {
+    pub fn new(segment_size: usize, key: Option<SegmentKey>) -> ShardConfig {
+        assert!((SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&segment_size));
+        assert!(segment_size % BLOCK_SIZE == 0);
+        ShardConfig { segment_size, key }
+    }
+}
+
+/// What became of an append, before durability.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appended {
+    /// Written to the image; durable once the committer's fsync covers it.
+    Stored(EventNo),
+    Duplicate,
+    Ephemeral,
+    Rejected(Rejection),
+}
+
+/// One segment of the shard.
+pub(super) struct Segment {
+    pub id: u32,
+    pub path: PathBuf,
+    pub bytes: SegmentBytes,
+    /// Bytes in use: header plus records.
+    pub len: usize,
+    /// Bytes known to be on disk.
+    pub durable_len: usize,
+    /// Open for direct-I/O writes while the segment is being written.
+    pub file: Option<Rc<DmaFile>>,
+}
+
+impl Segment {
+    /// Bytes not yet on disk; a segment with no record yet gets its file with its first record.
+    pub fn needs_flush(&self) -> bool {
+        self.durable_len < self.len && self.len > SEGMENT_HEADER_SIZE
+    }
+}
+
+/// A problem found when opening a shard, and what was done about it.
+#[derive(Clone, Debug)]
+pub struct Repair {
+    pub path: PathBuf,
+    pub offset: usize,
+    pub cut_bytes: usize,
+    pub reason: String,
+}
+
+pub struct ShardState {
+    pub shard_id: u16,
+    pub dir: PathBuf,
+    config: ShardConfig,
+    pub index: Index,
+    pub(super) segments: Vec<Segment>,
+    writable: bool,
+    next_segment_id: u32,
+    pub(super) waiters: VecDeque<(EventNo, oneshot::Sender<Result<(), String>>)>,
+    pub(super) failed: Option<String>,
+    /// What open found and cut, for the operator.
+    pub repairs: Vec<Repair>,
+}
+
+const HIGH_WATER_FILE: &str = "NEXT_SEGMENT";
+
+impl ShardState {
+    /// Open a shard directory: replay every segment into the indexes, cut a torn tail of the
+    /// last segment (read-write), and begin a fresh segment for appends.
+    pub fn open(dir: &Path, shard_id: u16, config: ShardConfig, mode: OpenMode) -> Result<ShardState, StoreError> {
+        if mode == OpenMode::ReadWrite {
+            std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        }
+        let files = match segment::list_segments(dir) {
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && mode == OpenMode::ReadOnly => Vec::new(),
+            other => other.map_err(io_error(dir))?,
+        };
+        let mut state = ShardState {
+            shard_id,
+            dir: dir.to_owned(),
+            config,
+            index: Index::new_bulk(),
+            segments: Vec::new(),
+            writable: false,
+            next_segment_id: 1,
+            waiters: VecDeque::new(),
+            failed: None,
+            repairs: Vec::new(),
+        };
+        let last = files.len().checked_sub(1);
+        for (position, (id, path)) in files.iter().enumerate() {
+            state.replay_segment(*id, path, Some(position) == last, mode)?;
+            state.next_segment_id = state.next_segment_id.max(id + 1);
+        }
+        state.index.finish_bulk();
+        state.index.set_durable(state.index.len());
+        state.index.sweep_expired(crate::now_unix());
+        if mode == OpenMode::ReadWrite {
+            state.next_segment_id = state.next_segment_id.max(read_high_water(dir));
+            state.begin_segment()?;
+            state.writable = true;
+        }
+        Ok(state)
+    }
+
+    fn replay_segment(&mut self, id: u32, path: &Path, is_last: bool, mode: OpenMode) -> Result<(), StoreError> {
+        let bytes = segment::map_file(path).map_err(io_error(path))?;
+        let header = match SegmentHeader::decode(bytes.as_slice()) {
+            Ok(header) => header,
+            // A crash while the newest segment's header was being written: nothing in it was acknowledged.
+            Err(error) if is_last => {
+                self.repairs.push(Repair {
+                    path: path.to_owned(),
+                    offset: 0,
+                    cut_bytes: bytes.as_slice().len(),
+                    reason: format!("{error}; empty segment removed"),
+                });
+                if mode == OpenMode::ReadWrite {
+                    std::fs::remove_file(path).map_err(io_error(path))?;
+                }
+                return Ok(());
+            }
+            Err(error) => return Err(StoreError::Corrupt { path: path.to_owned(), offset: 0, error }),
+        };
+        segment::check_key(&header, self.config.key.as_ref())
+            .map_err(|error| StoreError::Key { path: path.to_owned(), error })?;
+        let slot = self.segments.len() as u32;
+        let index = &mut self.index;
+        let report = segment::scan(bytes.as_slice(), self.config.key.as_ref(), |span, record| {
+            replay_record(index, record, Loc { segment: slot, offset: span.offset as u32 });
+        })
+        .map_err(|error| StoreError::Corrupt { path: path.to_owned(), offset: 0, error })?;
+        let mut valid_end = report.valid_end;
+        if let Some((offset, error)) = report.corrupt {
+            if !is_last {
+                return Err(StoreError::Corrupt { path: path.to_owned(), offset, error });
+            }
+            let cut_bytes = bytes.as_slice().len() - offset;
+            tracing::warn!(path = %path.display(), offset, cut_bytes, %error, "cutting torn tail of the newest segment");
+            self.repairs.push(Repair { path: path.to_owned(), offset, cut_bytes, reason: error.to_string() });
+            valid_end = offset;
+        }
+        let bytes = if mode == OpenMode::ReadWrite && valid_end < bytes.as_slice().len() {
+            drop(bytes);
+            segment::truncate_file(path, valid_end).map_err(io_error(path))?;
+            segment::map_file(path).map_err(io_error(path))?
+        } else {
+            bytes
+        };
+        self.segments.push(Segment {
+            id,
+            path: path.to_owned(),
+            bytes,
+            len: valid_end,
+            durable_len: valid_end,
+            file: None,
+        });
+        Ok(())
+    }
+
+    /// Start a new segment image; its file is created by the committer on first flush.
+    fn begin_segment(&mut self) -> Result<(), StoreError> {
+        let id = self.next_segment_id;
+        assert!(id < u32::MAX, "segment ids exhausted");
+        self.next_segment_id = id + 1;
+        // Persist the high-water mark first, so a segment id (and so a nonce) is never reused.
+        let high_water = self.dir.join(HIGH_WATER_FILE);
+        segment::write_durably(&high_water, self.next_segment_id.to_string().as_bytes())
+            .map_err(io_error(&high_water))?;
+        let mut image = AlignedBuf::zeroed(self.config.segment_size);
+        let header = SegmentHeader {
+            shard_id: self.shard_id,
+            segment_id: id,
+            created_unix_ms: crate::now_unix_ms(),
+            key_check: self.config.key.as_ref().map(SegmentKey::check_value),
+        };
+        header.encode(image.as_mut_slice());
+        self.segments.push(Segment {
+            id,
+            path: self.dir.join(segment::segment_file_name(id)),
+            bytes: SegmentBytes::Image(image),
+            len: SEGMENT_HEADER_SIZE,
+            durable_len: 0,
+            file: None,
+        });
+        Ok(())
+    }
+
+    /// Apply the rules to `event` and, when it is to be stored, write its record into the
+    /// segment image. Durability comes from the committer.
+    pub fn append(&mut self, event: &VerifiedEvent, now: u64) -> Result<Appended, StoreError> {
+        assert!(self.writable, "append on a read-only shard");
+        if let Some(reason) = &self.failed {
+            return Err(StoreError::Failed(reason.clone()));
+        }
+        let tags: Vec<(u8, &[u8])> = event.index_tags().iter().map(|t| (t.letter, &t.value[..])).collect();
+        let facts = Facts {
+            id: &event.id().0,
+            pubkey: &event.pubkey().0,
+            created_at: event.created_at(),
+            kind: event.kind(),
+            expiration: event.expiration(),
+            tags: &tags,
+        };
+        let kills = match self.index.admit(&facts, now) {
+            Admit::Store { kills } => kills,
+            Admit::Duplicate => return Ok(Appended::Duplicate),
+            Admit::Ephemeral => return Ok(Appended::Ephemeral),
+            Admit::Rejected(rejection) => return Ok(Appended::Rejected(rejection)),
+        };
+        let archive =
+            rkyv::to_bytes::<rkyv::rancor::Error>(&Record::from_event(event)).expect("records always serialize");
+        let loc = self.write_record(&archive)?;
+        Ok(Appended::Stored(self.index.insert(&facts, loc, kills)))
+    }
+
+    /// Copy an archived record into the image (sealing it when encrypted) and return where.
+    pub fn write_record(&mut self, archive: &[u8]) -> Result<Loc, StoreError> {
+        let encrypted = self.config.key.is_some();
+        let payload_size = archive.len() + if encrypted { TAG_SIZE } else { 0 };
+        let active = self.segments.last().expect("a writable shard has an active segment");
+        if record_end(active.len, payload_size) > self.config.segment_size {
+            self.begin_segment()?;
+        }
+        let slot = self.segments.len() - 1;
+        let shard_id = self.shard_id;
+        let segment = &mut self.segments[slot];
+        let offset = segment.len;
+        let SegmentBytes::Image(image) = &mut segment.bytes else { unreachable!("the active segment is an image") };
+        let image = image.as_mut_slice();
+        let flags = if encrypted { RECORD_FLAG_ENCRYPTED } else { 0 };
+        let payload_start = offset + RECORD_HEADER_SIZE;
+        image[payload_start..payload_start + archive.len()].copy_from_slice(archive);
+        if let Some(key) = &self.config.key {
+            let prefix = format::record_prefix(payload_size, flags);
+            let nonce = crypto::nonce(shard_id, segment.id, offset as u32);
+            let (plain, rest) = image[payload_start..].split_at_mut(archive.len());
+            let tag = key.seal(nonce, &prefix, plain);
+            rest[..TAG_SIZE].copy_from_slice(&tag);
+        }
+        format::seal_record(image, offset, payload_size, flags);
+        segment.len = record_end(offset, payload_size);
+        Ok(Loc { segment: slot as u32, offset: offset as u32 })
+    }
+
+    /// Whether bytes written to images are not yet on disk.
+    pub fn has_unflushed(&self) -> bool {
+        self.segments.iter().any(Segment::needs_flush)
+    }
+
+    /// Paths of the segments that were on disk when the shard was opened.
+    pub fn sealed_segment_paths(&self) -> Vec<PathBuf> {
+        let sealed = self.segments.len() - usize::from(self.writable);
+        self.segments[..sealed].iter().map(|s| s.path.clone()).collect()
+    }
+
+    /// The plaintext rkyv archive of event `no`, as it would be written again.
+    pub fn record_archive(&self, no: EventNo) -> Vec<u8> {
+        self.plain_record(no).bytes().to_vec()
+    }
+
+    /// The plaintext archive of an indexed record: in place, or decrypted.
+    fn plain_record(&self, no: EventNo) -> segment::RecordBytes<'_> {
+        let loc = self.index.entry(no).loc;
+        let segment = &self.segments[loc.segment as usize];
+        let bytes = segment.bytes.as_slice();
+        let format::Slot::Record(span) = format::read_slot(bytes, loc.offset as usize) else {
+            panic!("record {no} of shard {} was valid when indexed", self.shard_id);
+        };
+        let nonce = || crypto::nonce(self.shard_id, segment.id, loc.offset);
+        segment::record_bytes(bytes, &span, self.config.key.as_ref(), nonce)
+            .expect("a record that decrypted at open decrypts again")
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    pub fn config(&self) -> &ShardConfig {
+        &self.config
+    }
+
+    /// The stored JSON of event `no`.
+    pub fn event_json(&self, no: EventNo) -> Vec<u8> {
+        self.with_record(no, |record| record.json.to_vec())
+    }
+
+    /// Ids of the segments, oldest first, with their record counts (for compaction and tests).
+    pub fn segment_ids(&self) -> Vec<u32> {
+        self.segments.iter().map(|s| s.id).collect()
+    }
+}
+
+impl RecordSource for ShardState {
+    fn with_record<R>(&self, no: EventNo, f: impl FnOnce(&ArchivedRecord) -> R) -> R {
+        let plain = self.plain_record(no);
+        // SAFETY: every indexed record passed `record::access` when its segment was opened,
+        // or was written by this process; segments are never modified in place.
+        f(unsafe { record::access_trusted(plain.bytes()) })
+    }
+}
+
+/// Index one record read back from disk, retiring it when the rules say it is dead.
+fn replay_record(index: &mut Index, record: &ArchivedRecord, loc: Loc) {
+    let tags: Vec<(u8, &[u8])> = record.tag_pairs().collect();
+    let facts = Facts {
+        id: &record.id,
+        pubkey: &record.pubkey,
+        created_at: record.created_at(),
+        kind: record.kind(),
+        expiration: record.expiration(),
+        tags: &tags,
+    };
+    // Expiry is applied after replay, so that an expired version still retires older ones.
+    match index.admit(&facts, 0) {
+        Admit::Store { kills } => {
+            index.insert(&facts, loc, kills);
+            index.set_durable(index.len());
+        }
+        // A duplicate (a compaction interrupted before it removed the old segments) or a
+        // record the rules now refuse: it stays on disk until compaction, never indexed.
+        _ => index.note_dead_record(loc.segment),
+    }
+}
+
+fn read_high_water(dir: &Path) -> u32 {
+    std::fs::read_to_string(dir.join(HIGH_WATER_FILE)).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(1)
+}

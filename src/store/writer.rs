@@ -1,0 +1,215 @@
+//! Group commit on glommio direct I/O: appends write into the segment image and wait; one
+//! committer task per shard writes everything pending with `DmaFile::write_at`, issues one
+//! `fdatasync` for the whole batch, and only then resolves the appends it covered.
+//!
+//! The partially filled last block is written again by the next commit. Its already
+//! durable prefix is rewritten with identical bytes, so a torn sector write cannot change
+//! acknowledged data.
+
+use std::cell::{Ref, RefCell, RefMut};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use futures_channel::{mpsc, oneshot};
+use futures_lite::StreamExt;
+use glommio::io::OpenOptions;
+
+use super::index::{EventNo, Rejection};
+use super::segment::{self, SegmentBytes};
+use super::shard::{io_error, Appended, ShardState, StoreError};
+use crate::event::VerifiedEvent;
+use crate::limits::BLOCK_SIZE;
+
+/// Largest single direct-I/O write a commit issues.
+const WRITE_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+/// A shard with its committer running on the current glommio executor.
+pub struct Shard {
+    state: Rc<RefCell<ShardState>>,
+    doorbell: Option<mpsc::Sender<()>>,
+    committer: Option<glommio::Task<()>>,
+}
+
+/// The outcome of an append; `Stored` resolves once the record is durable.
+pub enum Admission {
+    Stored(Durable),
+    Duplicate,
+    Ephemeral,
+    Rejected(Rejection),
+}
+
+/// Resolves when the append's record is covered by an fdatasync.
+pub struct Durable(oneshot::Receiver<Result<(), String>>);
+
+impl Future for Durable {
+    type Output = Result<(), StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|outcome| match outcome {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::Failed(reason)),
+            Err(oneshot::Canceled) => {
+                Err(StoreError::Failed("the shard was closed before the append was durable".into()))
+            }
+        })
+    }
+}
+
+impl Shard {
+    /// Start the committer for an opened, writable shard. Must run inside a glommio executor.
+    pub fn start(state: ShardState) -> Shard {
+        assert!(state.is_writable());
+        let state = Rc::new(RefCell::new(state));
+        let (doorbell, rings) = mpsc::channel(1);
+        let committer = glommio::spawn_local(run_committer(state.clone(), rings));
+        Shard { state, doorbell: Some(doorbell), committer: Some(committer) }
+    }
+
+    /// Apply the rules and append; a stored event is acknowledged by awaiting its `Durable`.
+    pub fn append(&self, event: &VerifiedEvent, now: u64) -> Result<Admission, StoreError> {
+        let mut state = self.state.borrow_mut();
+        let no = match state.append(event, now)? {
+            Appended::Stored(no) => no,
+            Appended::Duplicate => return Ok(Admission::Duplicate),
+            Appended::Ephemeral => return Ok(Admission::Ephemeral),
+            Appended::Rejected(rejection) => return Ok(Admission::Rejected(rejection)),
+        };
+        Ok(Admission::Stored(self.wait_for(&mut state, no)))
+    }
+
+    /// Register a waiter for event `no` and wake the committer.
+    pub(crate) fn wait_for(&self, state: &mut ShardState, no: EventNo) -> Durable {
+        let (sender, receiver) = oneshot::channel();
+        state.waiters.push_back((no, sender));
+        if let Some(doorbell) = &self.doorbell {
+            // Full means a ring is already pending; the committer will see this append too.
+            let _ = doorbell.clone().try_send(());
+        }
+        Durable(receiver)
+    }
+
+    pub fn state(&self) -> Ref<'_, ShardState> {
+        self.state.borrow()
+    }
+
+    pub fn state_mut(&self) -> RefMut<'_, ShardState> {
+        self.state.borrow_mut()
+    }
+
+    /// Make everything appended durable, stop the committer and hand the state back.
+    pub async fn close(mut self) -> Result<ShardState, StoreError> {
+        self.doorbell = None;
+        if let Some(committer) = self.committer.take() {
+            committer.await;
+        }
+        let state =
+            Rc::try_unwrap(self.state).map_err(|_| StoreError::Failed("shard still borrowed at close".into()))?;
+        let state = state.into_inner();
+        match &state.failed {
+            Some(reason) => Err(StoreError::Failed(reason.clone())),
+            None => Ok(state),
+        }
+    }
+}
+
+async fn run_committer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<()>) {
+    loop {
+        let closing = rings.next().await.is_none();
+        while state.borrow().has_unflushed() && state.borrow().failed.is_none() {
+            if let Err(error) = commit(&state).await {
+                let reason = error.to_string();
+                tracing::error!(shard = state.borrow().shard_id, %reason, "commit failed; shard refuses writes");
+                let mut state = state.borrow_mut();
+                state.failed = Some(reason.clone());
+                for (_, waiter) in state.waiters.drain(..) {
+                    let _ = waiter.send(Err(reason.clone()));
+                }
+            }
+        }
+        if closing {
+            return;
+        }
+    }
+}
+
+/// One group commit: write every pending byte, one fdatasync per touched file, then
+/// publish durability and resolve the covered appends.
+async fn commit(state: &Rc<RefCell<ShardState>>) -> Result<(), StoreError> {
+    let target_count = state.borrow().index.len();
+    let slots: Vec<usize> = {
+        let state = state.borrow();
+        (0..state.segments.len()).filter(|&slot| state.segments[slot].needs_flush()).collect()
+    };
+    for slot in slots {
+        flush_segment(state, slot).await?;
+    }
+    let mut state = state.borrow_mut();
+    state.index.set_durable(target_count);
+    while state.waiters.front().is_some_and(|(no, _)| *no < target_count) {
+        let (_, waiter) = state.waiters.pop_front().expect("front exists");
+        let _ = waiter.send(Ok(()));
+    }
+    Ok(())
+}
+
+async fn flush_segment(state: &Rc<RefCell<ShardState>>, slot: usize) -> Result<(), StoreError> {
+    let (path, existing, end, is_active) = {
+        let state = state.borrow();
+        let segment = &state.segments[slot];
+        (segment.path.clone(), segment.file.clone(), segment.len, slot + 1 == state.segments.len())
+    };
+    let file = match existing {
+        Some(file) => file,
+        None => {
+            let file =
+                OpenOptions::new().write(true).create_new(true).dma_open(&path).await.map_err(glommio_error(&path))?;
+            assert!(file.alignment() as usize <= BLOCK_SIZE, "device alignment above {BLOCK_SIZE}");
+            let file = Rc::new(file);
+            state.borrow_mut().segments[slot].file = Some(file.clone());
+            file
+        }
+    };
+    let start = state.borrow().segments[slot].durable_len / BLOCK_SIZE * BLOCK_SIZE;
+    let write_end = end.next_multiple_of(BLOCK_SIZE);
+    let mut at = start;
+    while at < write_end {
+        let size = (write_end - at).min(WRITE_CHUNK_SIZE);
+        let mut buffer = file.alloc_dma_buffer(size);
+        {
+            let state = state.borrow();
+            let SegmentBytes::Image(image) = &state.segments[slot].bytes else {
+                unreachable!("an unflushed segment is an image")
+            };
+            buffer.as_bytes_mut().copy_from_slice(&image.as_slice()[at..at + size]);
+        }
+        file.write_at(buffer, at as u64).await.map_err(glommio_error(&path))?;
+        at += size;
+    }
+    file.fdatasync().await.map_err(glommio_error(&path))?;
+    let first_flush = start == 0;
+    if first_flush {
+        let dir = path.parent().expect("segments live in a shard directory").to_owned();
+        segment::sync_dir(&dir).map_err(io_error(&dir))?;
+    }
+    let mut state = state.borrow_mut();
+    state.segments[slot].durable_len = end;
+    if !is_active && end == state.segments[slot].len {
+        seal(&mut state, slot)?;
+    }
+    Ok(())
+}
+
+/// A full, durable segment: trim its padding, drop the image and serve it from a map.
+fn seal(state: &mut ShardState, slot: usize) -> Result<(), StoreError> {
+    let segment = &mut state.segments[slot];
+    segment.file = None;
+    segment::truncate_file(&segment.path, segment.len).map_err(io_error(&segment.path))?;
+    segment.bytes = segment::map_file(&segment.path).map_err(io_error(&segment.path))?;
+    Ok(())
+}
+
+fn glommio_error(path: &std::path::Path) -> impl FnOnce(glommio::GlommioError<()>) -> StoreError + '_ {
+    move |error| StoreError::Io { path: path.to_owned(), source: error.into() }
+}

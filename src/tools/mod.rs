@@ -1,0 +1,62 @@
+//! The offline commands an operator runs against a data directory: [`import`], [`export`],
+//! [`verify`], [`compact`]. They share the data directory lock with the server, so they never
+//! run beside it (export and verify may run beside each other).
+
+pub mod compact;
+pub mod export;
+pub mod import;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::store::crypto::SegmentKey;
+use crate::store::{Access, DataDir, OpenMode, ShardConfig, ShardState};
+
+/// What every offline command needs to find and open the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub data_dir: PathBuf,
+    pub key_file: Option<PathBuf>,
+    pub segment_size: usize,
+}
+
+impl StoreOptions {
+    pub fn key(&self) -> anyhow::Result<Option<SegmentKey>> {
+        self.key_file.as_deref().map(SegmentKey::from_file).transpose().context("loading the at-rest key")
+    }
+
+    pub fn shard_config(&self) -> anyhow::Result<ShardConfig> {
+        Ok(ShardConfig::new(self.segment_size, self.key()?))
+    }
+}
+
+/// Open every shard of an existing data directory without changing anything on disk.
+pub fn open_read_only(options: &StoreOptions) -> anyhow::Result<(DataDir, Vec<ShardState>)> {
+    let dir = DataDir::open(&options.data_dir, Access::Shared)?;
+    let config = options.shard_config()?;
+    let shards = (0..dir.shard_count)
+        .map(|shard| ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadOnly))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((dir, shards))
+}
+
+/// Run `work` on a single glommio executor on this thread's core set.
+pub fn run_local<T: Send + 'static>(
+    name: &str,
+    work: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> anyhow::Result<T> {
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(name)
+        .io_memory(crate::limits::IO_MEMORY_SIZE)
+        .spawn(work)
+        .map_err(|error| {
+            anyhow::anyhow!("starting a glommio executor: {error} (is `ulimit -l` at least 8 MiB? see tuning/)")
+        })?;
+    handle.join().map_err(|error| anyhow::anyhow!("executor {name} failed: {error}"))
+}
+
+pub fn display(path: &Path) -> String {
+    path.display().to_string()
+}

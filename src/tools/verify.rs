@@ -1,0 +1,137 @@
+//! `ringrelay verify`: check every segment of a data directory and report every problem,
+//! changing nothing.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::event::VerifiedEvent;
+use crate::limits::EventLimits;
+use crate::store::crypto::{self, SegmentKey};
+use crate::store::format::{read_slot, SegmentHeader, Slot, RECORD_ALIGN, SEGMENT_HEADER_SIZE};
+use crate::store::{record, segment, Access, DataDir};
+
+use super::StoreOptions;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: PathBuf,
+    pub offset: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.offset {
+            Some(offset) => write!(f, "{} @ {offset}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub segments: u64,
+    pub records: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// Check every segment; with `signatures`, also re-verify every stored event's id and signature.
+pub fn run(options: &StoreOptions, signatures: bool) -> anyhow::Result<VerifyReport> {
+    let dir = DataDir::open(&options.data_dir, Access::Shared)?;
+    let key = options.key()?;
+    let mut report = VerifyReport::default();
+    for shard in 0..dir.shard_count {
+        let shard_dir = dir.shard_dir(shard);
+        if !shard_dir.exists() {
+            continue;
+        }
+        let files = segment::list_segments(&shard_dir)?;
+        for (position, (_, path)) in files.iter().enumerate() {
+            report.segments += 1;
+            let is_last = position + 1 == files.len();
+            verify_segment(path, shard, key.as_ref(), signatures, is_last, &mut report);
+        }
+    }
+    Ok(report)
+}
+
+fn verify_segment(
+    path: &Path,
+    shard: u16,
+    key: Option<&SegmentKey>,
+    signatures: bool,
+    is_last: bool,
+    report: &mut VerifyReport,
+) {
+    let mut problem = |offset: Option<usize>, message: String| {
+        report.problems.push(Problem { path: path.to_owned(), offset, message });
+    };
+    let bytes = match segment::map_file(path) {
+        Ok(bytes) => bytes,
+        Err(error) => return problem(None, format!("cannot read: {error}")),
+    };
+    let bytes = bytes.as_slice();
+    let header = match SegmentHeader::decode(bytes) {
+        Ok(header) => header,
+        Err(error) => return problem(Some(0), format!("bad segment header: {error}")),
+    };
+    if header.shard_id != shard {
+        problem(Some(0), format!("header says shard {}, directory says shard {shard}", header.shard_id));
+    }
+    if let Err(error) = segment::check_key(&header, key) {
+        problem(Some(0), format!("{error}: record contents not checked"));
+    }
+    let contents_readable = segment::check_key(&header, key).is_ok();
+    let limits = EventLimits::hard_caps();
+    let mut offset = SEGMENT_HEADER_SIZE;
+    let mut records = 0;
+    while offset < bytes.len() {
+        let span = match read_slot(bytes, offset) {
+            Slot::End => break,
+            Slot::Record(span) => span,
+            Slot::Corrupt(error) => {
+                let tail = if is_last { " (torn tail of the newest segment: cut on next open)" } else { "" };
+                problem(Some(offset), format!("{error}{tail}"));
+                match resync(bytes, offset + RECORD_ALIGN) {
+                    Some(next) => {
+                        offset = next;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+        };
+        records += 1;
+        if contents_readable {
+            let nonce = || crypto::nonce(header.shard_id, header.segment_id, offset as u32);
+            let checked =
+                segment::record_bytes(bytes, &span, key, nonce).map_err(|e| e.to_string()).and_then(|plain| {
+                    let archived = record::access(plain.bytes()).map_err(|e| e.to_string())?;
+                    if signatures {
+                        check_event(archived, &limits)?;
+                    }
+                    Ok(())
+                });
+            if let Err(message) = checked {
+                problem(Some(offset), message);
+            }
+        }
+        offset = span.end();
+    }
+    report.records += records;
+}
+
+/// The stored JSON must still verify and agree with the indexed fields.
+fn check_event(archived: &record::ArchivedRecord, limits: &EventLimits) -> Result<(), String> {
+    let event = VerifiedEvent::from_json(&archived.json, limits).map_err(|e| format!("stored event fails: {e}"))?;
+    let agrees = event.id().0 == archived.id
+        && event.pubkey().0 == archived.pubkey
+        && event.created_at() == archived.created_at()
+        && event.kind() == archived.kind();
+    agrees.then_some(()).ok_or_else(|| "record fields disagree with its event json".to_owned())
+}
+
+/// The next offset at which a valid record starts, after damage.
+fn resync(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len()).step_by(RECORD_ALIGN).find(|&offset| matches!(read_slot(bytes, offset), Slot::Record(_)))
+}

@@ -1,0 +1,1 @@
+//! The offline commands, run as the operator runs them: the real binary on real files.

@@ -1,0 +1,602 @@
+//! The storage engine through its public API on real files: rules, a differential test of
+//! the query engine against a naive model, reopen, crash cuts, and encryption.
+
+use std::cell::Ref;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use ringrelay::event::{KindClass, VerifiedEvent};
+use ringrelay::filter::{Filter, TagFilter};
+use ringrelay::store::crypto::SegmentKey;
+use ringrelay::store::{
+    query_shards, Admission, DataDir, OpenMode, Rejection, Shard, ShardConfig, ShardState, StoreError,
+};
+
+use crate::support::{keys, now, run_glommio, signed, verified};
+
+const SEGMENT_SIZE: usize = 1024 * 1024;
+const DEFAULT_LIMIT: usize = 500;
+const MAX_LIMIT: usize = 5_000;
+
+/// What an append came to, in terms the model can produce too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Outcome {
+    Stored,
+    Duplicate,
+    Ephemeral,
+    Rejected(Rejection),
+}
+
+/// A data directory with its shards running on the current glommio executor.
+struct Store {
+    dir: DataDir,
+    shards: Vec<Shard>,
+}
+
+impl Store {
+    fn open(path: &Path, shard_count: u16, key: Option<SegmentKey>) -> Result<Store, StoreError> {
+        let dir = DataDir::open_or_create(path, shard_count)?;
+        let config = ShardConfig::new(SEGMENT_SIZE, key);
+        let mut shards = Vec::new();
+        for shard in 0..dir.shard_count {
+            let state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
+            shards.push(Shard::start(state));
+        }
+        Ok(Store { dir, shards })
+    }
+
+    async fn append(&self, event: &VerifiedEvent, now: u64) -> Outcome {
+        let shard = &self.shards[usize::from(self.dir.owner_shard(&event.pubkey().0))];
+        match shard.append(event, now).expect("append works") {
+            Admission::Stored(durable) => {
+                durable.await.expect("durable");
+                Outcome::Stored
+            }
+            Admission::Duplicate => Outcome::Duplicate,
+            Admission::Ephemeral => Outcome::Ephemeral,
+            Admission::Rejected(rejection) => Outcome::Rejected(rejection),
+        }
+    }
+
+    /// The JSON of every event a REQ with `filters` returns, in order.
+    fn query(&self, filters: &[Filter], now: u64) -> Vec<String> {
+        let states: Vec<Ref<'_, ShardState>> = self.shards.iter().map(|s| s.state()).collect();
+        let refs: Vec<&ShardState> = states.iter().map(|s| &**s).collect();
+        query_shards(&refs, filters, DEFAULT_LIMIT, MAX_LIMIT, now)
+            .into_iter()
+            .map(|hit| String::from_utf8(refs[usize::from(hit.shard)].event_json(hit.hit.no)).unwrap())
+            .collect()
+    }
+
+    async fn close(self) {
+        for shard in self.shards {
+            shard.close().await.expect("close flushes");
+        }
+    }
+}
+
+fn filter(text: &str) -> Filter {
+    Filter::from_text(text).unwrap()
+}
+
+fn served(json: &str) -> String {
+    String::from_utf8(verified(json).json().to_vec()).unwrap()
+}
+
+/// Each rule as a sequence of (event, expected outcome), then a query and its expected answer.
+#[test]
+fn storage_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&path, 2, None).unwrap();
+            let now = now();
+            let alice = keys(10);
+            let bob = keys(11);
+            let check = |json: &str, expected: Outcome| {
+                let event = verified(json);
+                let json = json.to_owned();
+                let store = &store;
+                async move { assert_eq!(store.append(&event, now).await, expected, "{json}") }
+            };
+
+            // Duplicates and ephemeral events.
+            let note = signed(&alice, 1, 1000, &[], "note");
+            check(&note, Outcome::Stored).await;
+            check(&note, Outcome::Duplicate).await;
+            check(&signed(&alice, 20001, 1000, &[], "ephemeral"), Outcome::Ephemeral).await;
+            assert!(store.query(&[filter(r#"{"kinds":[20001]}"#)], now).is_empty());
+
+            // Replaceable: newer replaces, older is refused, ties go to the lowest id.
+            let profile_1 = signed(&alice, 0, 2000, &[], "v1");
+            let profile_2 = signed(&alice, 0, 2001, &[], "v2");
+            check(&profile_1, Outcome::Stored).await;
+            check(&profile_2, Outcome::Stored).await;
+            check(&signed(&alice, 0, 1999, &[], "older"), Outcome::Rejected(Rejection::Superseded)).await;
+            assert_eq!(store.query(&[filter(r#"{"kinds":[0]}"#)], now), vec![served(&profile_2)]);
+            let (mut tie_a, mut tie_b) = (signed(&alice, 0, 2002, &[], "tie a"), signed(&alice, 0, 2002, &[], "tie b"));
+            if verified(&tie_a).id() > verified(&tie_b).id() {
+                std::mem::swap(&mut tie_a, &mut tie_b);
+            }
+            check(&tie_b, Outcome::Stored).await;
+            check(&tie_a, Outcome::Stored).await;
+            check(&tie_b, Outcome::Duplicate).await;
+            check(&signed(&alice, 0, 2002, &[], "tie c"), Outcome::Rejected(Rejection::Superseded)).await;
+            assert_eq!(store.query(&[filter(r#"{"kinds":[0]}"#)], now), vec![served(&tie_a)]);
+
+            // Addressable: keyed by d, each d separately.
+            let article_x1 = signed(&alice, 30023, 3000, &[&["d", "x"]], "x1");
+            let article_y1 = signed(&alice, 30023, 3000, &[&["d", "y"]], "y1");
+            let article_x2 = signed(&alice, 30023, 3001, &[&["d", "x"]], "x2");
+            check(&article_x1, Outcome::Stored).await;
+            check(&article_y1, Outcome::Stored).await;
+            check(&article_x2, Outcome::Stored).await;
+            let got = store.query(&[filter(r#"{"kinds":[30023]}"#)], now);
+            assert_eq!(got, vec![served(&article_x2), served(&article_y1)]);
+
+            // NIP-09 by e: own events only; the deleted event stays refused.
+            let bobs = signed(&bob, 1, 4000, &[], "bob's");
+            check(&bobs, Outcome::Stored).await;
+            let note_id = verified(&note).id().to_hex();
+            let bobs_id = verified(&bobs).id().to_hex();
+            check(&signed(&alice, 5, 4001, &[&["e", &note_id], &["e", &bobs_id]], ""), Outcome::Stored).await;
+            assert!(store.query(&[filter(&format!(r#"{{"ids":["{note_id}"]}}"#))], now).is_empty());
+            assert_eq!(store.query(&[filter(&format!(r#"{{"ids":["{bobs_id}"]}}"#))], now), vec![served(&bobs)]);
+            check(&note, Outcome::Rejected(Rejection::Deleted)).await;
+
+            // NIP-09 by a: versions up to the deletion's created_at go; newer ones are welcome.
+            let alice_hex = alice.public_key().to_hex();
+            let address = format!("30023:{alice_hex}:x");
+            check(&signed(&alice, 5, 3500, &[&["a", &address]], ""), Outcome::Stored).await;
+            let got = store.query(&[filter(r#"{"kinds":[30023]}"#)], now);
+            assert_eq!(got, vec![served(&article_y1)]);
+            check(&signed(&alice, 30023, 3400, &[&["d", "x"]], "x old"), Outcome::Rejected(Rejection::Deleted)).await;
+            let article_x3 = signed(&alice, 30023, 3600, &[&["d", "x"]], "x3");
+            check(&article_x3, Outcome::Stored).await;
+            let got = store.query(&[filter(r#"{"kinds":[30023]}"#)], now);
+            assert_eq!(got, vec![served(&article_x3), served(&article_y1)]);
+
+            // NIP-40: expired on arrival is refused; a stored one stops being served when it expires.
+            let past = (now - 10).to_string();
+            let soon = (now + 100).to_string();
+            check(&signed(&alice, 1, 5000, &[&["expiration", &past]], ""), Outcome::Rejected(Rejection::Expired)).await;
+            let expiring = signed(&alice, 1, 5001, &[&["expiration", &soon]], "short-lived");
+            check(&expiring, Outcome::Stored).await;
+            assert_eq!(store.query(&[filter(r#"{"since":5001}"#)], now), vec![served(&expiring)]);
+            assert!(store.query(&[filter(r#"{"since":5001}"#)], now + 100).is_empty());
+
+            // Ordering ties by lowest id, limit honoured across ties, limit 0, no event twice.
+            let mut same_second: Vec<String> =
+                (0..6).map(|i| signed(&keys(20 + i), 1, 6000, &[&["t", "tie"]], &format!("tie {i}"))).collect();
+            for json in &same_second {
+                check(json, Outcome::Stored).await;
+            }
+            same_second.sort_by_key(|json| verified(json).id().0);
+            let expected: Vec<String> = same_second.iter().map(|j| served(j)).collect();
+            assert_eq!(store.query(&[filter(r##"{"#t":["tie"]}"##)], now), expected);
+            assert_eq!(store.query(&[filter(r##"{"#t":["tie"],"limit":2}"##)], now), expected[..2]);
+            assert!(store.query(&[filter(r##"{"#t":["tie"],"limit":0}"##)], now).is_empty());
+            let both = [filter(r##"{"#t":["tie"],"limit":3}"##), filter(r#"{"kinds":[1],"since":6000}"#)];
+            assert_eq!(store.query(&both, now), expected);
+            store.close().await;
+        })
+    });
+}
+
+/// The naive model of the storage rules: every decision by scanning everything.
+#[derive(Default)]
+struct Model {
+    stored: Vec<(VerifiedEvent, bool)>,
+    deleted_ids: Vec<([u8; 32], [u8; 32])>,
+    deleted_addresses: Vec<(VersionKey, u64)>,
+    latest: Vec<(VersionKey, (u64, [u8; 32]))>,
+}
+
+type VersionKey = (u16, [u8; 32], Vec<u8>);
+
+fn version_key(event: &VerifiedEvent) -> VersionKey {
+    let d = if event.class() == KindClass::Addressable { event.d_tag().to_vec() } else { Vec::new() };
+    (event.kind(), event.pubkey().0, d)
+}
+
+impl Model {
+    fn submit(&mut self, event: &VerifiedEvent, now: u64) -> Outcome {
+        if event.class() == KindClass::Ephemeral {
+            return Outcome::Ephemeral;
+        }
+        let id = event.id().0;
+        let pubkey = event.pubkey().0;
+        if event.kind() != 5 && self.deleted_ids.contains(&(id, pubkey)) {
+            return Outcome::Rejected(Rejection::Deleted);
+        }
+        if self.stored.iter().any(|(e, _)| e.id().0 == id) {
+            return Outcome::Duplicate;
+        }
+        if event.expiration().is_some_and(|at| at <= now) {
+            return Outcome::Rejected(Rejection::Expired);
+        }
+        if event.class().is_versioned() {
+            let key = version_key(event);
+            if self.deleted_addresses.iter().any(|(k, until)| *k == key && event.created_at() <= *until) {
+                return Outcome::Rejected(Rejection::Deleted);
+            }
+            let mine = (event.created_at(), std::cmp::Reverse(id));
+            if let Some((_, (at, latest_id))) = self.latest.iter().find(|(k, _)| *k == key) {
+                if mine <= (*at, std::cmp::Reverse(*latest_id)) {
+                    return Outcome::Rejected(Rejection::Superseded);
+                }
+            }
+            for (stored, alive) in &mut self.stored {
+                if version_key(stored) == key {
+                    *alive = false;
+                }
+            }
+            self.latest.retain(|(k, _)| *k != key);
+            self.latest.push((key, (event.created_at(), id)));
+        }
+        if event.kind() == 5 {
+            self.apply_deletion(event);
+        }
+        self.stored.push((event.clone(), true));
+        Outcome::Stored
+    }
+
+    fn apply_deletion(&mut self, deletion: &VerifiedEvent) {
+        let pubkey = deletion.pubkey().0;
+        for tag in deletion.index_tags() {
+            if tag.letter == b'e' {
+                let Some(target) = ringrelay::hex::decode_lower::<32>(&tag.value) else { continue };
+                self.deleted_ids.push((target, pubkey));
+                for (stored, alive) in &mut self.stored {
+                    if stored.id().0 == target && stored.pubkey().0 == pubkey && stored.kind() != 5 {
+                        *alive = false;
+                    }
+                }
+            }
+            if tag.letter == b'a' {
+                let text = std::str::from_utf8(&tag.value).unwrap();
+                let mut parts = text.splitn(3, ':');
+                let (Some(kind), Some(author), Some(d)) = (parts.next(), parts.next(), parts.next()) else { continue };
+                let (Ok(kind), Some(author)) =
+                    (kind.parse::<u16>(), ringrelay::hex::decode_lower::<32>(author.as_bytes()))
+                else {
+                    continue;
+                };
+                let class = KindClass::of(kind);
+                if author != pubkey || !class.is_versioned() {
+                    continue;
+                }
+                let d = if class == KindClass::Addressable { d.as_bytes().to_vec() } else { Vec::new() };
+                let key = (kind, author, d);
+                for (stored, alive) in &mut self.stored {
+                    if version_key(stored) == key && stored.created_at() <= deletion.created_at() {
+                        *alive = false;
+                    }
+                }
+                self.deleted_addresses.push((key, deletion.created_at()));
+            }
+        }
+    }
+
+    fn query(&self, filters: &[Filter], now: u64) -> Vec<String> {
+        let order = |e: &&VerifiedEvent| (std::cmp::Reverse(e.created_at()), e.id().0);
+        let mut all: Vec<&VerifiedEvent> = Vec::new();
+        for filter in filters {
+            let limit = ringrelay::store::effective_limit(filter, DEFAULT_LIMIT, MAX_LIMIT);
+            let mut matching: Vec<&VerifiedEvent> = self
+                .stored
+                .iter()
+                .filter(|(e, alive)| *alive && e.expiration().is_none_or(|at| at > now) && filter.matches(e))
+                .map(|(e, _)| e)
+                .collect();
+            matching.sort_by_key(order);
+            all.extend(matching.into_iter().take(limit));
+        }
+        all.sort_by_key(order);
+        all.dedup_by_key(|e| e.id().0);
+        all.iter().map(|e| String::from_utf8(e.json().to_vec()).unwrap()).collect()
+    }
+}
+
+const AUTHOR_COUNT: u32 = 8;
+const KINDS: [u16; 9] = [0, 1, 1, 3, 5, 7, 10002, 20001, 30023];
+const WORDS: [&str; 4] = ["nostr", "relay", "rust", "日本"];
+const BASE_TIME: u64 = 1_700_000_000;
+
+fn random_event(rng: &mut StdRng, earlier: &[VerifiedEvent], now: u64) -> String {
+    let author = keys(100 + rng.gen_range(0..AUTHOR_COUNT));
+    let kind = KINDS[rng.gen_range(0..KINDS.len())];
+    let created_at = BASE_TIME + rng.gen_range(0..40);
+    let mut tags: Vec<Vec<String>> = Vec::new();
+    for _ in 0..rng.gen_range(0..4) {
+        let tag = match rng.gen_range(0..4) {
+            0 => vec!["t".to_owned(), WORDS[rng.gen_range(0..WORDS.len())].to_owned()],
+            1 => vec!["p".to_owned(), keys(100 + rng.gen_range(0..AUTHOR_COUNT)).public_key().to_hex()],
+            2 if !earlier.is_empty() => vec!["e".to_owned(), earlier[rng.gen_range(0..earlier.len())].id().to_hex()],
+            _ => vec!["T".to_owned(), WORDS[rng.gen_range(0..WORDS.len())].to_owned()],
+        };
+        tags.push(tag);
+    }
+    if kind == 30023 || rng.gen_bool(0.05) {
+        tags.push(vec!["d".to_owned(), WORDS[rng.gen_range(0..2)].to_owned()]);
+    }
+    if kind == 5 && !earlier.is_empty() {
+        let target = &earlier[rng.gen_range(0..earlier.len())];
+        if rng.gen_bool(0.5) {
+            tags.push(vec!["e".to_owned(), target.id().to_hex()]);
+        } else {
+            let d = String::from_utf8(target.d_tag().to_vec()).unwrap();
+            tags.push(vec!["a".to_owned(), format!("{}:{}:{d}", target.kind(), target.pubkey().to_hex())]);
+        }
+    }
+    if rng.gen_bool(0.05) {
+        let at = if rng.gen_bool(0.5) { now - 1 } else { now + 1_000 };
+        tags.push(vec!["expiration".to_owned(), at.to_string()]);
+    }
+    let tag_refs: Vec<Vec<&str>> = tags.iter().map(|t| t.iter().map(String::as_str).collect()).collect();
+    let tag_slices: Vec<&[&str]> = tag_refs.iter().map(Vec::as_slice).collect();
+    let content = format!("{} {}", WORDS[rng.gen_range(0..WORDS.len())], rng.gen::<u32>());
+    signed(&author, kind, created_at, &tag_slices, &content)
+}
+
+fn random_filter(rng: &mut StdRng, events: &[VerifiedEvent]) -> Filter {
+    let mut filter = Filter::default();
+    let pick = |rng: &mut StdRng| &events[rng.gen_range(0..events.len())];
+    if rng.gen_bool(0.1) {
+        let mut ids: Vec<_> = (0..rng.gen_range(1..4)).map(|_| *pick(rng).id()).collect();
+        ids.push(ringrelay::event::EventId([7; 32]));
+        filter.ids = Some(ids);
+    }
+    if rng.gen_bool(0.4) {
+        filter.authors = Some((0..rng.gen_range(1..3)).map(|_| *pick(rng).pubkey()).collect());
+    }
+    if rng.gen_bool(0.4) {
+        filter.kinds = Some((0..rng.gen_range(1..3)).map(|_| KINDS[rng.gen_range(0..KINDS.len())]).collect());
+    }
+    if rng.gen_bool(0.3) {
+        let letter = [b't', b'T', b'd'][rng.gen_range(0..3)];
+        let values = (0..rng.gen_range(1..3)).map(|_| WORDS[rng.gen_range(0..WORDS.len())].as_bytes().into()).collect();
+        filter.tags.push(TagFilter { letter, values });
+    }
+    if rng.gen_bool(0.15) {
+        filter.tags.push(TagFilter { letter: b'p', values: vec![pick(rng).pubkey().to_hex().into_bytes().into()] });
+    }
+    if rng.gen_bool(0.3) {
+        filter.since = Some(BASE_TIME + rng.gen_range(0..40));
+    }
+    if rng.gen_bool(0.3) {
+        filter.until = Some(BASE_TIME + rng.gen_range(0..40));
+    }
+    if rng.gen_bool(0.7) {
+        filter.limit = Some([0, 1, 2, 5, 20, 100, 10_000][rng.gen_range(0..7)]);
+    }
+    filter
+}
+
+/// Thousands of random events and filters: the store must answer exactly as the naive model,
+/// before and after a reopen.
+#[test]
+fn differential_against_naive_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let now = now();
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut events = Vec::new();
+    for _ in 0..2_500 {
+        let json = random_event(&mut rng, &events, now);
+        events.push(verified(&json));
+    }
+    // Some resubmissions: duplicates, and deleted or superseded events coming back.
+    for _ in 0..300 {
+        let again = events[rng.gen_range(0..events.len())].clone();
+        events.push(again);
+    }
+    let requests: Vec<Vec<Filter>> =
+        (0..400).map(|_| (0..rng.gen_range(1..4)).map(|_| random_filter(&mut rng, &events)).collect()).collect();
+    let mut model = Model::default();
+    let expected_outcomes: Vec<Outcome> = events.iter().map(|e| model.submit(e, now)).collect();
+    let expected: Vec<Vec<String>> = requests.iter().map(|filters| model.query(filters, now)).collect();
+    let stored = expected_outcomes.iter().filter(|o| **o == Outcome::Stored).count();
+    assert!(stored > 1_000, "the generator must store a good share of events, stored {stored}");
+    assert!(expected.iter().filter(|answer| !answer.is_empty()).count() > 200, "most queries must match something");
+
+    run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&path, 2, None).unwrap();
+            for (event, expected) in events.iter().zip(&expected_outcomes) {
+                assert_eq!(&store.append(event, now).await, expected, "{event:?}");
+            }
+            for (filters, expected) in requests.iter().zip(&expected) {
+                assert_eq!(&store.query(filters, now), expected, "{filters:?}");
+            }
+            store.close().await;
+            let store = Store::open(&path, 2, None).unwrap();
+            for (filters, expected) in requests.iter().zip(&expected) {
+                assert_eq!(&store.query(filters, now), expected, "after reopen: {filters:?}");
+            }
+            store.close().await;
+        })
+    });
+}
+
+/// Write `count` events to a one-shard store and return their JSON in append order.
+fn write_events(path: &Path, count: u32, key: Option<SegmentKey>) -> Vec<String> {
+    let run = rand::random::<u32>();
+    let events: Vec<String> = (0..count)
+        .map(|i| signed(&keys(200 + i % 3), 1, BASE_TIME + u64::from(i), &[], &format!("event {i} of run {run}")))
+        .collect();
+    let path = path.to_owned();
+    let to_store = events.clone();
+    run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&path, 1, key).unwrap();
+            for json in &to_store {
+                assert_eq!(store.append(&verified(json), now()).await, Outcome::Stored);
+            }
+            store.close().await;
+        })
+    });
+    events
+}
+
+fn open_one(path: &Path, key: Option<SegmentKey>, mode: OpenMode) -> Result<ShardState, StoreError> {
+    let dir = DataDir::open_or_create(path, 1)?;
+    ShardState::open(&dir.shard_dir(0), 0, ShardConfig::new(SEGMENT_SIZE, key), mode)
+}
+
+fn stored_json(state: &ShardState) -> Vec<String> {
+    (0..state.index.len()).map(|no| String::from_utf8(state.event_json(no)).unwrap()).collect()
+}
+
+fn only_segment(path: &Path) -> PathBuf {
+    let files = ringrelay::store::segment::list_segments(&path.join("shard-000")).unwrap();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].1.clone()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Cut the newest segment at every byte of its last records: reopening never panics, keeps
+/// every record written in full before the cut, and returns nothing else.
+#[test]
+fn crash_cut_at_every_byte_of_the_tail() {
+    for key in [None, Some(SegmentKey::from_bytes([3; 32]))] {
+        let original = tempfile::tempdir().unwrap();
+        let events = write_events(original.path(), 12, key.clone());
+        let segment = only_segment(original.path());
+        let bytes = std::fs::read(&segment).unwrap();
+        let mut spans = Vec::new();
+        ringrelay::store::segment::scan(&bytes, key.as_ref(), |span, _| spans.push(*span)).unwrap();
+        let payload_ends: Vec<usize> = spans.iter().map(|span| span.payload_range().end).collect();
+        assert_eq!(payload_ends.len(), events.len());
+        let tail_start = payload_ends[payload_ends.len() - 4];
+        let scratch_root = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
+        for cut in tail_start..=bytes.len() {
+            let scratch = tempfile::tempdir_in(scratch_root).unwrap();
+            copy_dir(original.path(), scratch.path());
+            let segment_copy = scratch.path().join("shard-000").join(segment.file_name().unwrap());
+            std::fs::OpenOptions::new().write(true).open(&segment_copy).unwrap().set_len(cut as u64).unwrap();
+            let state = open_one(scratch.path(), key.clone(), OpenMode::ReadWrite).unwrap();
+            let survivors = payload_ends.iter().filter(|&&end| end <= cut).count();
+            assert_eq!(
+                stored_json(&state),
+                events[..survivors].iter().map(|j| served(j)).collect::<Vec<_>>(),
+                "cut {cut}"
+            );
+            let torn = spans.iter().any(|span| span.offset < cut && cut < span.payload_range().end);
+            assert_eq!(!state.repairs.is_empty(), torn, "cut {cut}: {:?}", state.repairs);
+        }
+    }
+}
+
+/// Appended but never fsynced: gone after a crash; everything acknowledged is there.
+#[test]
+fn crash_between_append_and_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let acknowledged = write_events(dir.path(), 5, None);
+    let mut state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+    let unsynced = signed(&keys(300), 1, BASE_TIME, &[], "never synced");
+    assert!(matches!(state.append(&verified(&unsynced), now()), Ok(ringrelay::store::Appended::Stored(_))));
+    // Not yet durable: not served.
+    assert!(!state.index.is_visible(state.index.len() - 1, now()));
+    drop(state);
+    let state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+    assert_eq!(stored_json(&state), acknowledged.iter().map(|j| served(j)).collect::<Vec<_>>());
+}
+
+/// A damaged record inside a sealed segment is a loud error naming the file and offset.
+#[test]
+fn corruption_in_a_sealed_segment_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(dir.path(), 3, None);
+    write_events(dir.path(), 3, None); // a second run makes the first segment sealed
+    let files = ringrelay::store::segment::list_segments(&dir.path().join("shard-000")).unwrap();
+    assert_eq!(files.len(), 2);
+    let mut bytes = std::fs::read(&files[0].1).unwrap();
+    bytes[4096 + 100] ^= 0x40;
+    std::fs::write(&files[0].1, &bytes).unwrap();
+    match open_one(dir.path(), None, OpenMode::ReadWrite) {
+        Err(StoreError::Corrupt { path, offset, .. }) => {
+            assert_eq!(path, files[0].1);
+            assert_eq!(offset, 4096);
+        }
+        Err(other) => panic!("wrong error {other}"),
+        Ok(_) => panic!("corruption went unnoticed"),
+    }
+}
+
+#[test]
+fn encryption_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SegmentKey::from_bytes([9; 32]);
+    let events = write_events(dir.path(), 4, Some(key.clone()));
+    let bytes = std::fs::read(only_segment(dir.path())).unwrap();
+    assert!(!bytes.windows(7).any(|w| w == b"event 1"), "content must not be on disk in clear");
+    let state = open_one(dir.path(), Some(key), OpenMode::ReadOnly).unwrap();
+    assert_eq!(stored_json(&state), events.iter().map(|j| served(j)).collect::<Vec<_>>());
+    drop(state);
+    let wrong = open_one(dir.path(), Some(SegmentKey::from_bytes([8; 32])), OpenMode::ReadOnly);
+    assert!(matches!(wrong, Err(StoreError::Key { .. })), "wrong key must fail at open");
+    let missing = open_one(dir.path(), None, OpenMode::ReadOnly);
+    assert!(matches!(missing, Err(StoreError::Key { .. })), "missing key must fail at open");
+}
+
+/// Segments rotate at the configured size and everything reads back after reopen.
+#[test]
+fn rotation_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(60_000);
+    let events: Vec<String> =
+        (0..40).map(|i| signed(&keys(400), 1, BASE_TIME + i, &[], &format!("{i} {big}"))).collect();
+    let path = dir.path().to_owned();
+    let to_store = events.clone();
+    run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&path, 1, None).unwrap();
+            for json in &to_store {
+                assert_eq!(store.append(&verified(json), now()).await, Outcome::Stored);
+            }
+            store.close().await;
+        })
+    });
+    let files = ringrelay::store::segment::list_segments(&dir.path().join("shard-000")).unwrap();
+    assert!(files.len() >= 3, "40 x 60 KB must span several 1 MiB segments, got {}", files.len());
+    let state = open_one(dir.path(), None, OpenMode::ReadOnly).unwrap();
+    assert_eq!(stored_json(&state), events.iter().map(|j| served(j)).collect::<Vec<_>>());
+}
+
+#[test]
+fn data_dir_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _held = DataDir::open_or_create(dir.path(), 1).unwrap();
+    assert!(matches!(DataDir::open_or_create(dir.path(), 1), Err(StoreError::DataDir(_))));
+}
+
+#[test]
+fn routing_is_stable_and_spread() {
+    let dir = tempfile::tempdir().unwrap();
+    let first: Vec<u16> = {
+        let data = DataDir::open_or_create(dir.path(), 4).unwrap();
+        (0..64).map(|i| data.owner_shard(&keys(i).public_key().to_bytes())).collect()
+    };
+    let data = DataDir::open_or_create(dir.path(), 2).unwrap();
+    assert_eq!(data.shard_count, 4, "the manifest keeps the shard count it was created with");
+    let again: Vec<u16> = (0..64).map(|i| data.owner_shard(&keys(i).public_key().to_bytes())).collect();
+    assert_eq!(first, again);
+    for shard in 0..4 {
+        assert!(first.contains(&shard), "64 authors must reach all 4 shards: {first:?}");
+    }
+}
