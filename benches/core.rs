@@ -1,1 +1,135 @@
-fn main() {}
+//! Hot paths of the event core and storage, per event.
+//! `cargo bench --bench core`; figures go to docs/benchmarks.md.
+
+use std::hint::black_box;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use nostr::{EventBuilder, JsonUtil, Keys, Kind, Tag, Timestamp};
+use ringrelay::event::{parse_event, VerifiedEvent};
+use ringrelay::limits::EventLimits;
+use ringrelay::store::{OpenMode, Shard, ShardConfig, ShardState};
+use secp256k1::{schnorr::Signature, Message, XOnlyPublicKey, SECP256K1};
+
+/// A typical kind-1 note: ~300 bytes of content, an e, a p and a t tag.
+fn typical_event(keys: &Keys, i: u64) -> String {
+    let tags = vec![
+        Tag::parse(["e", &format!("{:064x}", i * 7919)]).unwrap(),
+        Tag::parse(["p", &"cd".repeat(32)]).unwrap(),
+        Tag::parse(["t", "nostr"]).unwrap(),
+    ];
+    let content =
+        format!("{i}: the quick brown fox jumps over the lazy dog. {}", "lorem ipsum dolor sit amet ".repeat(9));
+    EventBuilder::new(Kind::TextNote, content)
+        .tags(tags)
+        .custom_created_at(Timestamp::from(1_700_000_000 + i))
+        .sign_with_keys(keys)
+        .unwrap()
+        .as_json()
+}
+
+fn signed_events(count: u64) -> Vec<VerifiedEvent> {
+    let keys: Vec<Keys> = (0..64).map(|_| Keys::generate()).collect();
+    (0..count)
+        .map(|i| {
+            let json = typical_event(&keys[(i % 64) as usize], i);
+            VerifiedEvent::from_json(json.as_bytes(), &EventLimits::default()).unwrap()
+        })
+        .collect()
+}
+
+fn event_core(c: &mut Criterion) {
+    let keys = Keys::generate();
+    let json = typical_event(&keys, 1);
+    let limits = EventLimits::default();
+    let mut group = c.benchmark_group("event");
+    group.throughput(Throughput::Elements(1));
+    group
+        .bench_function("parse_and_id_check", |b| b.iter(|| parse_event(black_box(json.as_bytes()), &limits).unwrap()));
+    let parsed = parse_event(json.as_bytes(), &limits).unwrap();
+    group.bench_function("verify_signature", |b| {
+        b.iter_batched(|| parsed.clone(), |p| VerifiedEvent::verify(p).unwrap(), BatchSize::SmallInput)
+    });
+    // The floor: libsecp256k1 alone, with the key and signature parse the relay must also do.
+    let (pubkey, sig, id) = (parsed.pubkey.0, parsed.sig, parsed.id.0);
+    group.bench_function("raw_libsecp256k1_verify", |b| {
+        b.iter(|| {
+            let pk = XOnlyPublicKey::from_slice(black_box(&pubkey)).unwrap();
+            let sig = Signature::from_slice(black_box(&sig)).unwrap();
+            SECP256K1.verify_schnorr(&sig, &Message::from_digest(id), &pk).unwrap()
+        })
+    });
+    group.bench_function("parse_and_full_verify", |b| {
+        b.iter(|| VerifiedEvent::from_json(black_box(json.as_bytes()), &limits).unwrap())
+    });
+    group.finish();
+}
+
+const APPEND_BATCH: usize = 20_000;
+
+fn storage_append(c: &mut Criterion) {
+    let events = signed_events(APPEND_BATCH as u64);
+    let mut group = c.benchmark_group("store");
+    group.throughput(Throughput::Elements(APPEND_BATCH as u64));
+    group.sample_size(20);
+    // Rules, rkyv encoding, copy into the segment image and indexing; no I/O.
+    group.bench_function("append_no_fsync_x20000", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let state =
+                    ShardState::open(dir.path(), 0, ShardConfig::new(64 << 20, None), OpenMode::ReadWrite).unwrap();
+                (dir, state)
+            },
+            |(dir, mut state)| {
+                for event in &events {
+                    state.append(event, 1_800_000_000).unwrap();
+                }
+                (dir, state)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    // The same, durable: appends share group commits on glommio direct I/O, 256 in flight.
+    group.bench_function("ingest_group_commit_x20000", |b| {
+        b.iter_custom(|iterations| {
+            let events = events.clone();
+            ringrelay::tools::run_local("bench", move || {
+                Box::pin(async move {
+                    let mut total = std::time::Duration::ZERO;
+                    for _ in 0..iterations {
+                        let dir = tempfile::tempdir().unwrap();
+                        let state =
+                            ShardState::open(dir.path(), 0, ShardConfig::new(64 << 20, None), OpenMode::ReadWrite)
+                                .unwrap();
+                        let shard = Shard::start(state);
+                        let started = std::time::Instant::now();
+                        for window in events.chunks(256) {
+                            let mut pending = Vec::with_capacity(window.len());
+                            for event in window {
+                                if let ringrelay::store::Admission::Stored(durable) =
+                                    shard.append(event, 1_800_000_000).unwrap()
+                                {
+                                    pending.push(durable);
+                                }
+                            }
+                            for durable in pending {
+                                durable.await.unwrap();
+                            }
+                        }
+                        total += started.elapsed();
+                        shard.close().await.unwrap();
+                    }
+                    total
+                })
+            })
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, event_core, storage_append);
+criterion_main!(benches);

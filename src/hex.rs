@@ -5,6 +5,17 @@
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// The two hex digits of every byte, so encoding is one lookup per byte.
+const PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
+        byte += 1;
+    }
+    pairs
+};
+
 /// Decode exactly `N` bytes from `2 * N` lowercase hex digits.
 pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != 2 * N {
@@ -27,11 +38,7 @@ fn nibble(digit: u8) -> Option<u8> {
 
 /// Append the lowercase hex of `bytes` to `out`.
 pub fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)]);
-        out.push(DIGITS[usize::from(b & 0x0f)]);
-    }
+    out.extend(bytes.iter().flat_map(|&b| PAIRS[usize::from(b)]));
 }
 
 /// The lowercase hex of `bytes`.

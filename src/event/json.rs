@@ -1,4 +1,4 @@
-//! JSON string escaping exactly as NIP-01's canonical form requires, and a depth pre-scan.
+//! JSON string escaping exactly as NIP-01's canonical form requires.
 //!
 //! NIP-01 names the short escapes (`\n \" \\ \r \t \b \f`); every other byte is verbatim
 //! except the remaining control characters below 0x20, which JSON forbids raw and which
@@ -49,37 +49,6 @@ pub fn write_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
-/// Whether the nesting of arrays and objects in `bytes` goes deeper than `depth_max`.
-/// Strings are skipped with their escapes; malformed input is left for the parser to reject.
-pub fn depth_exceeds(bytes: &[u8], depth_max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > depth_max {
-                    return true;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,12 +68,5 @@ mod tests {
         check("\u{1}\u{1f}\u{7f}", "\"\\u0001\\u001f\u{7f}\"");
         check("日本語 🎉 \u{2028}/", "\"日本語 🎉 \u{2028}/\"");
         check("", "\"\"");
-    }
-
-    #[test]
-    fn depth() {
-        assert!(!depth_exceeds(br#"{"a":[["x"]]}"#, 3));
-        assert!(depth_exceeds(br#"{"a":[[["x"]]]}"#, 3));
-        assert!(!depth_exceeds(br#"{"a":"[[[[[[\"[[["}"#, 1));
     }
 }

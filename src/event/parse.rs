@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use sha2::{Digest, Sha256};
 
 use super::ids::{EventId, Pubkey};
@@ -110,9 +110,6 @@ pub const CREATED_AT_MAX: u64 = (1 << 53) - 1;
 pub fn parse_event(bytes: &[u8], limits: &EventLimits) -> Result<ParsedEvent, EventError> {
     if bytes.len() > limits.event_size_max {
         return Err(EventError::TooLarge { size: bytes.len(), max: limits.event_size_max });
-    }
-    if json::depth_exceeds(bytes, JSON_DEPTH_MAX) {
-        return Err(EventError::TooDeep(JSON_DEPTH_MAX));
     }
     let refusal = Cell::new(None);
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
@@ -315,9 +312,7 @@ impl<'de> Visitor<'de> for EventSeed<'_> {
                     }
                     set_once(self, &mut content, "content", value)?
                 }
-                Field::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                Field::Other => map.next_value_seed(BoundedIgnore { seed: self, depth_left: JSON_DEPTH_MAX - 1 })?,
             }
         }
         let missing = |name| self.refuse::<A::Error>(EventError::MissingField(name));
@@ -410,6 +405,72 @@ impl<'de> Visitor<'de> for TagSeed<'_> {
             tag.push(element);
         }
         Ok(tag)
+    }
+}
+
+/// Skips a value of an unknown field, refusing nesting deeper than the depth limit. (The
+/// known fields have a fixed shape, so this is the only place depth can grow.)
+#[derive(Clone, Copy)]
+struct BoundedIgnore<'l> {
+    seed: EventSeed<'l>,
+    depth_left: usize,
+}
+
+impl BoundedIgnore<'_> {
+    fn nested<E: de::Error>(self) -> Result<Self, E> {
+        match self.depth_left {
+            0 => Err(self.seed.refuse(EventError::TooDeep(JSON_DEPTH_MAX))),
+            depth_left => Ok(BoundedIgnore { depth_left: depth_left - 1, ..self }),
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for BoundedIgnore<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BoundedIgnore<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any json value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.nested()?;
+        while map.next_key_seed(inner)?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(())
     }
 }
 

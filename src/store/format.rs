@@ -191,6 +191,15 @@ pub fn record_prefix(payload_size: usize, flags: u16) -> [u8; 16] {
     prefix
 }
 
+/// The span of a record already checked at open (or written by this process), without
+/// checking its checksum again.
+pub fn trusted_span(segment: &[u8], offset: usize) -> RecordSpan {
+    let header = &segment[offset..offset + RECORD_HEADER_SIZE];
+    let payload_size = read_u32(header, 0) as usize;
+    assert!(payload_size > 0 && payload_size <= RECORD_PAYLOAD_SIZE_MAX, "indexed record at {offset} has a bad size");
+    RecordSpan { offset, flags: u16::from_le_bytes([header[6], header[7]]), payload_size }
+}
+
 /// Write a record header for `payload` (already in place after the header) at `offset`.
 pub fn seal_record(segment: &mut [u8], offset: usize, payload_size: usize, flags: u16) {
     assert!(offset % RECORD_ALIGN == 0);

@@ -112,6 +112,8 @@ pub struct ShardState {
     pub(super) failed: Option<String>,
     /// What open found and cut, for the operator.
     pub repairs: Vec<Repair>,
+    /// Reused for every record's rkyv encoding.
+    scratch: rkyv::util::AlignedVec<16>,
 }
 
 const HIGH_WATER_FILE: &str = "NEXT_SEGMENT";
@@ -138,6 +140,7 @@ impl ShardState {
             waiters: VecDeque::new(),
             failed: None,
             repairs: Vec::new(),
+            scratch: rkyv::util::AlignedVec::new(),
         };
         let last = files.len().checked_sub(1);
         for (position, (id, path)) in files.iter().enumerate() {
@@ -260,10 +263,13 @@ impl ShardState {
             Admit::Ephemeral => return Ok(Appended::Ephemeral),
             Admit::Rejected(rejection) => return Ok(Appended::Rejected(rejection)),
         };
-        let archive =
-            rkyv::to_bytes::<rkyv::rancor::Error>(&Record::from_event(event)).expect("records always serialize");
-        let loc = self.write_record(&archive)?;
-        Ok(Appended::Stored(self.index.insert(&facts, loc, kills)))
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let scratch = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&Record::from_event(event), scratch)
+            .expect("records always serialize");
+        let written = self.write_record(&scratch);
+        self.scratch = scratch;
+        Ok(Appended::Stored(self.index.insert(&facts, written?, kills)))
     }
 
     /// Copy an archived record into the image (sealing it when encrypted) and return where.
@@ -316,9 +322,7 @@ impl ShardState {
         let loc = self.index.entry(no).loc;
         let segment = &self.segments[loc.segment as usize];
         let bytes = segment.bytes.as_slice();
-        let format::Slot::Record(span) = format::read_slot(bytes, loc.offset as usize) else {
-            panic!("record {no} of shard {} was valid when indexed", self.shard_id);
-        };
+        let span = format::trusted_span(bytes, loc.offset as usize);
         let nonce = || crypto::nonce(self.shard_id, segment.id, loc.offset);
         segment::record_bytes(bytes, &span, self.config.key.as_ref(), nonce)
             .expect("a record that decrypted at open decrypts again")

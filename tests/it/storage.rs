@@ -600,3 +600,48 @@ fn routing_is_stable_and_spread() {
         assert!(first.contains(&shard), "64 authors must reach all 4 shards: {first:?}");
     }
 }
+
+/// A scan that yields after every candidate, with new events arriving between steps, returns
+/// exactly what one uninterrupted scan returned when it began.
+#[test]
+fn scans_are_time_bounded_and_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+    let now = now();
+    let mut rng = StdRng::seed_from_u64(7);
+    for i in 0..300u32 {
+        let tags: &[&[&str]] = if i % 3 == 0 { &[&["t", "three"]] } else { &[] };
+        let json = signed(&keys(800 + i % 5), 1, BASE_TIME + rng.gen_range(0..50), tags, &format!("{i}"));
+        state.append(&verified(&json), now).unwrap();
+    }
+    state.index.set_durable(state.index.len());
+    let filters = [
+        r#"{"limit":40}"#,
+        r##"{"#t":["three"],"limit":25}"##,
+        r#"{"kinds":[1],"since":1700000010,"until":1700000030}"#,
+        &format!(
+            r#"{{"authors":["{}","{}"],"limit":30}}"#,
+            keys(801).public_key().to_hex(),
+            keys(803).public_key().to_hex()
+        ),
+    ];
+    for text in filters {
+        let filter = filter(text);
+        let limit = ringrelay::store::effective_limit(&filter, DEFAULT_LIMIT, MAX_LIMIT);
+        let mut whole = ringrelay::store::FilterScan::new(&filter, limit, &state.index);
+        assert!(whole.step(&state.index, &state, now, usize::MAX), "one unbounded step finishes");
+        let expected = whole.into_hits();
+        assert!(!expected.is_empty(), "{text}");
+
+        let mut sliced = ringrelay::store::FilterScan::new(&filter, limit, &state.index);
+        let mut steps = 0;
+        while !sliced.step(&state.index, &state, now, 1) {
+            steps += 1;
+            let json = signed(&keys(801), 1, BASE_TIME + 25, &[&["t", "three"]], &format!("late {steps} {text}"));
+            state.append(&verified(&json), now).unwrap();
+            state.index.set_durable(state.index.len());
+        }
+        assert!(steps >= expected.len(), "{text}: a budget of 1 must take many steps, took {steps}");
+        assert_eq!(sliced.into_hits(), expected, "{text}");
+    }
+}
