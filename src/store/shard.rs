@@ -177,6 +177,15 @@ impl ShardState {
             }
             Err(error) => return Err(StoreError::Corrupt { path: path.to_owned(), offset: 0, error }),
         };
+        if header.segment_id != id || header.shard_id != self.shard_id {
+            return Err(StoreError::DataDir(format!(
+                "{}: header says shard {} segment {}, but the file belongs to shard {} segment {id}",
+                path.display(),
+                header.shard_id,
+                header.segment_id,
+                self.shard_id
+            )));
+        }
         segment::check_key(&header, self.config.key.as_ref())
             .map_err(|error| StoreError::Key { path: path.to_owned(), error })?;
         let slot = self.segments.len() as u32;

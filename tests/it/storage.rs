@@ -645,3 +645,17 @@ fn scans_are_time_bounded_and_resumable() {
         assert_eq!(sliced.into_hits(), expected, "{text}");
     }
 }
+
+/// A segment file moved under another name is refused at open, not misread later.
+#[test]
+fn renamed_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(dir.path(), 2, Some(SegmentKey::from_bytes([5; 32])));
+    let segment = only_segment(dir.path());
+    std::fs::rename(&segment, segment.with_file_name("seg-0000000007.rr")).unwrap();
+    match open_one(dir.path(), Some(SegmentKey::from_bytes([5; 32])), OpenMode::ReadOnly) {
+        Err(StoreError::DataDir(message)) => assert!(message.contains("header says shard 0 segment 1"), "{message}"),
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a renamed segment was accepted"),
+    }
+}
