@@ -5,6 +5,8 @@
 //! - [`hex`]: lowercase hex for ids, keys and signatures.
 //! - [`event`]: parse, canonical form, id and signature check (sans-IO).
 //! - [`filter`]: NIP-01 filters and the naive match (sans-IO).
+//! - [`proto`]: client messages in, relay messages out (sans-IO).
+//! - [`subs`]: the live-subscription index of one core (sans-IO).
 //! - [`store`]: segments, indexes, storage rules, queries, group commit.
 //! - [`tools`]: the offline commands: import, export, verify, compact.
 
@@ -12,7 +14,9 @@ pub mod event;
 pub mod filter;
 pub mod hex;
 pub mod limits;
+pub mod proto;
 pub mod store;
+pub mod subs;
 pub mod tools;
 
 /// Seconds since the Unix epoch.

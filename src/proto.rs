@@ -1,0 +1,326 @@
+//! NIP-01 messages on the wire, sans-IO: parse what a client sends (bounded, never
+//! panics) and frame what the relay sends. Stored event JSON is framed as is, never
+//! re-serialized.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::event::json;
+use crate::filter::Filter;
+
+/// Most characters in a subscription id (NIP-01).
+pub const SUB_ID_CHAR_COUNT_MAX: usize = 64;
+
+/// A subscription id as the client sent it: 1 to 64 characters.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubId(Box<str>);
+
+impl SubId {
+    pub fn new(text: &str) -> Option<SubId> {
+        let count = text.chars().count();
+        (1..=SUB_ID_CHAR_COUNT_MAX).contains(&count).then(|| SubId(text.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The bounds a client message is parsed under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// Most filters in one REQ or COUNT.
+    pub filter_count_max: usize,
+}
+
+impl Default for MessageLimits {
+    fn default() -> Self {
+        MessageLimits { filter_count_max: 10 }
+    }
+}
+
+/// A client message; `Event` and `Auth` keep the event object unparsed for the event core.
+#[derive(Debug)]
+pub enum ClientMessage<'a> {
+    Event(&'a RawValue),
+    Req { sub_id: SubId, filters: Vec<Filter> },
+    Count { sub_id: SubId, filters: Vec<Filter> },
+    Close { sub_id: SubId },
+    Auth(&'a RawValue),
+}
+
+/// How to answer a message that cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `["NOTICE", reason]`: the message as a whole is malformed.
+    Notice(String),
+    /// `["CLOSED", sub_id, reason]`: a REQ or COUNT that is well-formed enough to name its id.
+    Closed { sub_id: SubId, reason: String },
+}
+
+/// Parse one text frame from a client.
+pub fn parse_client_message<'a>(text: &'a str, limits: &MessageLimits) -> Result<ClientMessage<'a>, Refusal> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let outcome = deserializer.deserialize_seq(MessageVisitor { limits });
+    let message = match outcome {
+        Ok(Ok(message)) => message,
+        Ok(Err(refusal)) => return Err(refusal),
+        Err(error) => return Err(Refusal::Notice(format!("invalid: malformed message: {error}"))),
+    };
+    deserializer.end().map_err(|error| Refusal::Notice(format!("invalid: malformed message: {error}")))?;
+    Ok(message)
+}
+
+struct MessageVisitor<'l> {
+    limits: &'l MessageLimits,
+}
+
+impl<'de> Visitor<'de> for MessageVisitor<'_> {
+    type Value = Result<ClientMessage<'de>, Refusal>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a json array whose first element is the message type")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let message = self.message(&mut seq)?;
+        // Whatever was refused early, the frame is still read to its end.
+        let mut extra = false;
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {
+            extra = true;
+        }
+        Ok(match message {
+            Ok(_) if extra => Err(Refusal::Notice("invalid: unexpected extra elements in message".to_owned())),
+            other => other,
+        })
+    }
+}
+
+impl MessageVisitor<'_> {
+    fn message<'de, A: SeqAccess<'de>>(&self, seq: &mut A) -> Result<Result<ClientMessage<'de>, Refusal>, A::Error> {
+        let notice = |text: &str| Ok(Err(Refusal::Notice(text.to_owned())));
+        let Some(verb) = seq.next_element::<&str>()? else { return notice("invalid: empty message") };
+        let message = match verb {
+            "EVENT" | "AUTH" => {
+                let Some(event) = seq.next_element::<&RawValue>()? else {
+                    return notice("invalid: EVENT and AUTH need an event object");
+                };
+                if verb == "EVENT" {
+                    ClientMessage::Event(event)
+                } else {
+                    ClientMessage::Auth(event)
+                }
+            }
+            "REQ" | "COUNT" => {
+                let Some(sub_id) = sub_id(seq)? else {
+                    return notice("invalid: subscription id must be a string of 1 to 64 characters");
+                };
+                let filters = match filters(seq, self.limits.filter_count_max)? {
+                    Ok(filters) => filters,
+                    Err(reason) => return Ok(Err(Refusal::Closed { sub_id, reason })),
+                };
+                if verb == "REQ" {
+                    ClientMessage::Req { sub_id, filters }
+                } else {
+                    ClientMessage::Count { sub_id, filters }
+                }
+            }
+            "CLOSE" => match sub_id(seq)? {
+                Some(sub_id) => ClientMessage::Close { sub_id },
+                None => return notice("invalid: subscription id must be a string of 1 to 64 characters"),
+            },
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Ok(Err(Refusal::Notice(format!("invalid: unknown message type {shown:?}"))));
+            }
+        };
+        Ok(Ok(message))
+    }
+}
+
+fn sub_id<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<Option<SubId>, A::Error> {
+    let Some(value) = seq.next_element::<std::borrow::Cow<'de, str>>()? else { return Ok(None) };
+    Ok(SubId::new(&value))
+}
+
+/// The filters of a REQ or COUNT, at most `count_max`, at least one.
+fn filters<'de, A: SeqAccess<'de>>(seq: &mut A, count_max: usize) -> Result<Result<Vec<Filter>, String>, A::Error> {
+    let mut filters = Vec::new();
+    while let Some(value) = seq.next_element::<serde_json::Value>()? {
+        if filters.len() == count_max {
+            return Ok(Err(format!("invalid: more than {count_max} filters")));
+        }
+        match Filter::from_json(&value) {
+            Ok(filter) => filters.push(filter),
+            Err(error) => return Ok(Err(error.reason())),
+        }
+    }
+    if filters.is_empty() {
+        return Ok(Err("invalid: at least one filter is needed".to_owned()));
+    }
+    Ok(Ok(filters))
+}
+
+/// The `id` of an event object that failed to parse, when it has a readable one, so the
+/// refusal can be an `OK` rather than a `NOTICE`.
+pub fn event_id_hint(event: &RawValue) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    let IdOnly { id } = serde_json::from_str(event.get()).ok()?;
+    crate::hex::decode_lower::<32>(id.as_bytes()).map(|_| id.into_owned())
+}
+
+/// `["EVENT",<sub_id>,<stored event json>]`, the stored bytes copied in as they are.
+pub fn frame_event(sub_id: &SubId, event_json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(event_json.len() + sub_id.0.len() + 16);
+    out.extend_from_slice(b"[\"EVENT\",");
+    json::write_str(&mut out, sub_id.as_str());
+    out.push(b',');
+    out.extend_from_slice(event_json);
+    out.push(b']');
+    out
+}
+
+/// `["OK",<event id hex>,<accepted>,<reason>]`.
+pub fn frame_ok(event_id_hex: &str, accepted: bool, reason: &str) -> String {
+    let mut out = Vec::with_capacity(96 + reason.len());
+    out.extend_from_slice(b"[\"OK\",");
+    json::write_str(&mut out, event_id_hex);
+    out.extend_from_slice(if accepted { b",true," } else { b",false," });
+    json::write_str(&mut out, reason);
+    out.push(b']');
+    String::from_utf8(out).expect("json of strings is utf-8")
+}
+
+/// `["EOSE",<sub_id>]`.
+pub fn frame_eose(sub_id: &SubId) -> String {
+    frame_strings(&["EOSE", sub_id.as_str()])
+}
+
+/// `["CLOSED",<sub_id>,<reason>]`.
+pub fn frame_closed(sub_id: &SubId, reason: &str) -> String {
+    frame_strings(&["CLOSED", sub_id.as_str(), reason])
+}
+
+/// `["NOTICE",<message>]`.
+pub fn frame_notice(message: &str) -> String {
+    frame_strings(&["NOTICE", message])
+}
+
+/// `["COUNT",<sub_id>,{"count":<n>}]` (NIP-45).
+pub fn frame_count(sub_id: &SubId, count: u64) -> String {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"[\"COUNT\",");
+    json::write_str(&mut out, sub_id.as_str());
+    out.extend_from_slice(format!(",{{\"count\":{count}}}]").as_bytes());
+    String::from_utf8(out).expect("json of strings is utf-8")
+}
+
+fn frame_strings(parts: &[&str]) -> String {
+    let mut out = vec![b'['];
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        json::write_str(&mut out, part);
+    }
+    out.push(b']');
+    String::from_utf8(out).expect("json of strings is utf-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClientMessage<'_>, Refusal> {
+        parse_client_message(text, &MessageLimits { filter_count_max: 2 })
+    }
+
+    fn check_notice(text: &str, expected: &str) {
+        match parse(text) {
+            Err(Refusal::Notice(reason)) => assert!(reason.starts_with(expected), "{text}: {reason}"),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    fn check_closed(text: &str, expected_sub: &str, expected: &str) {
+        match parse(text) {
+            Err(Refusal::Closed { sub_id, reason }) => {
+                assert_eq!(sub_id.as_str(), expected_sub);
+                assert!(reason.starts_with(expected), "{text}: {reason}");
+            }
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn well_formed_messages() {
+        assert!(
+            matches!(parse(r#"["EVENT",{"id":"x"}]"#), Ok(ClientMessage::Event(raw)) if raw.get() == r#"{"id":"x"}"#)
+        );
+        match parse(r#"["REQ","sub 1",{"kinds":[1]},{"limit":5}]"#) {
+            Ok(ClientMessage::Req { sub_id, filters }) => {
+                assert_eq!(sub_id.as_str(), "sub 1");
+                assert_eq!(filters.len(), 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(parse(r#"["COUNT","c",{}]"#), Ok(ClientMessage::Count { .. })));
+        assert!(
+            matches!(parse(r#"["CLOSE","sub 1"]"#), Ok(ClientMessage::Close { sub_id }) if sub_id.as_str() == "sub 1")
+        );
+        assert!(matches!(parse(r#"["AUTH",{}]"#), Ok(ClientMessage::Auth(_))));
+        let sixty_four = "é".repeat(64);
+        assert!(matches!(parse(&format!(r#"["CLOSE","{sixty_four}"]"#)), Ok(ClientMessage::Close { .. })));
+    }
+
+    #[test]
+    fn malformed_messages_get_a_notice_or_closed() {
+        check_notice("", "invalid: malformed message");
+        check_notice("{}", "invalid: malformed message");
+        check_notice("[", "invalid: malformed message");
+        check_notice("[]", "invalid: empty message");
+        check_notice("[1]", "invalid: malformed message");
+        check_notice(r#"["HELLO",1,2]"#, "invalid: unknown message type \"HELLO\"");
+        check_notice(r#"["EVENT"]"#, "invalid: EVENT and AUTH need an event object");
+        check_notice(r#"["REQ",""]"#, "invalid: subscription id");
+        check_notice(&format!(r#"["REQ","{}",{{}}]"#, "x".repeat(65)), "invalid: subscription id");
+        check_notice(r#"["REQ",5,{}]"#, "invalid: malformed message");
+        check_notice(r#"["CLOSE","a","b"]"#, "invalid: unexpected extra elements");
+        check_notice(r#"["CLOSE","a"] trailing"#, "invalid: malformed message");
+        check_closed(r#"["REQ","s"]"#, "s", "invalid: at least one filter");
+        check_closed(r#"["REQ","s",{},{},{}]"#, "s", "invalid: more than 2 filters");
+        check_closed(r#"["REQ","s",{"kinds":"x"}]"#, "s", "invalid: filter field `kinds`");
+        check_closed(r#"["COUNT","s",{"nope":1},{"more":[1,2]}]"#, "s", "unsupported: filter field `nope`");
+        check_closed(r#"["REQ","s",[]]"#, "s", "invalid: filter is not a json object");
+    }
+
+    #[test]
+    fn frames() {
+        let sub = SubId::new("a\"b").unwrap();
+        assert_eq!(frame_event(&sub, br#"{"id":"x"}"#), br#"["EVENT","a\"b",{"id":"x"}]"#);
+        assert_eq!(frame_ok("ab", true, ""), r#"["OK","ab",true,""]"#);
+        assert_eq!(frame_ok("ab", false, "invalid: bad\n"), r#"["OK","ab",false,"invalid: bad\n"]"#);
+        assert_eq!(frame_eose(&sub), r#"["EOSE","a\"b"]"#);
+        assert_eq!(frame_closed(&sub, "error: slow consumer"), r#"["CLOSED","a\"b","error: slow consumer"]"#);
+        assert_eq!(frame_notice("hi"), r#"["NOTICE","hi"]"#);
+        assert_eq!(frame_count(&sub, 7), r#"["COUNT","a\"b",{"count":7}]"#);
+        for frame in [frame_ok("ab", false, "x"), frame_closed(&sub, "y"), frame_count(&sub, 1)] {
+            serde_json::from_str::<serde_json::Value>(&frame).expect("frames are json");
+        }
+    }
+
+    #[test]
+    fn id_hint() {
+        let id = "ab".repeat(32);
+        let raw: Box<RawValue> = serde_json::from_str(&format!(r#"{{"id":"{id}","kind":"bad"}}"#)).unwrap();
+        assert_eq!(event_id_hint(&raw), Some(id));
+        let raw: Box<RawValue> = serde_json::from_str(r#"{"id":"short"}"#).unwrap();
+        assert_eq!(event_id_hint(&raw), None);
+    }
+}
