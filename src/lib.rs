@@ -10,11 +10,13 @@
 //! - [`store`]: segments, indexes, storage rules, queries, group commit.
 //! - [`tools`]: the offline commands: import, export, verify, compact.
 
+pub mod config;
 pub mod event;
 pub mod filter;
 pub mod hex;
 pub mod limits;
 pub mod proto;
+pub mod server;
 pub mod store;
 pub mod subs;
 pub mod tools;

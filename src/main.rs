@@ -23,6 +23,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the relay (defaults: 0.0.0.0:7777, data in ./ringrelay-data, every core).
+    Serve {
+        /// A TOML config file; flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:7777.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Executors, one pinned per core (default: every online core).
+        #[arg(long)]
+        cores: Option<usize>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
     /// Import events from JSON lines (a file, or stdin with `-`), verifying every signature.
     Import {
         #[command(flatten)]
@@ -92,7 +108,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio::reactor=off")),
         )
         .with_writer(io::stderr)
         .init();
@@ -107,6 +123,18 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Serve { config, listen, data_dir, cores, key_file } => {
+            let mut config = match config {
+                Some(path) => ringrelay::config::Config::from_file(&path)?,
+                None => ringrelay::config::Config::default(),
+            };
+            config.listen = listen.unwrap_or(config.listen);
+            config.data_dir = data_dir.unwrap_or(config.data_dir);
+            config.cores = cores.unwrap_or(config.cores);
+            config.key_file = key_file.or(config.key_file);
+            ringrelay::server::serve(config)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Import { store, shards, input } => {
             let shards = shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
             let reader: Box<dyn io::BufRead + Send> = match input.as_str() {

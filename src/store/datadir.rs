@@ -26,8 +26,29 @@ pub enum Access {
 pub struct DataDir {
     pub path: PathBuf,
     pub shard_count: u16,
-    seed: [u8; 32],
+    router: Router,
     _lock: fs::File,
+}
+
+/// `owner_shard` alone, cheap to copy to every core.
+#[derive(Clone, Debug)]
+pub struct Router {
+    shard_count: u16,
+    seed: [u8; 32],
+}
+
+impl Router {
+    /// The shard that stores every event of `pubkey`. Keyed by the directory's secret seed, so
+    /// nobody can pick keys that pile onto one shard.
+    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> u16 {
+        let hash = blake3::keyed_hash(&self.seed, pubkey);
+        let value = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
+        (value % u64::from(self.shard_count)) as u16
+    }
+
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
 }
 
 impl DataDir {
@@ -84,19 +105,19 @@ impl DataDir {
             .filter(|&n| n >= 1 && usize::from(n) <= SHARD_COUNT_MAX)
             .ok_or_else(|| bad("missing or invalid `shards`"))?;
         let seed = seed.ok_or_else(|| bad("missing or invalid `seed`"))?;
-        Ok(DataDir { path: path.to_owned(), shard_count, seed, _lock: lock })
+        Ok(DataDir { path: path.to_owned(), shard_count, router: Router { shard_count, seed }, _lock: lock })
     }
 
     pub fn shard_dir(&self, shard: u16) -> PathBuf {
         self.path.join(format!("shard-{shard:03}"))
     }
 
-    /// The shard that stores every event of `pubkey`. Keyed by the directory's secret seed, so
-    /// nobody can pick keys that pile onto one shard.
     pub fn owner_shard(&self, pubkey: &[u8; 32]) -> u16 {
-        let hash = blake3::keyed_hash(&self.seed, pubkey);
-        let value = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
-        (value % u64::from(self.shard_count)) as u16
+        self.router.owner_shard(pubkey)
+    }
+
+    pub fn router(&self) -> Router {
+        self.router.clone()
     }
 }
 

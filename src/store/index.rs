@@ -244,7 +244,10 @@ impl Index {
         if deleted_by_id {
             return Admit::Rejected(Rejection::Deleted);
         }
-        if self.lookup_id(facts.id).is_some() {
+        // A live copy is a duplicate; a dead one (replaced, deleted by address, expired) falls
+        // through so the reply says why it is not served.
+        let known = self.lookup_id(facts.id);
+        if known.is_some_and(|no| !self.entry(no).is_dead()) {
             return Admit::Duplicate;
         }
         if facts.expiration.is_some_and(|at| at <= now) {
@@ -268,6 +271,9 @@ impl Index {
                 }
                 kills.push(current);
             }
+        }
+        if known.is_some() {
+            return Admit::Duplicate;
         }
         if facts.kind == KIND_DELETION {
             if let Some(author) = author {

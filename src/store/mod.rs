@@ -16,7 +16,7 @@ pub mod segment;
 pub mod shard;
 pub mod writer;
 
-pub use datadir::{Access, DataDir};
+pub use datadir::{Access, DataDir, Router};
 pub use index::{EventNo, Rejection};
 pub use query::{FilterScan, Hit, Ordered};
 pub use shard::{Appended, OpenMode, ShardConfig, ShardState, StoreError};

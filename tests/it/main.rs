@@ -2,5 +2,6 @@
 
 mod cli;
 mod event_vectors;
+mod relay;
 mod storage;
 mod support;

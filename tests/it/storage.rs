@@ -122,7 +122,7 @@ fn storage_rules() {
             }
             check(&tie_b, Outcome::Stored).await;
             check(&tie_a, Outcome::Stored).await;
-            check(&tie_b, Outcome::Duplicate).await;
+            check(&tie_b, Outcome::Rejected(Rejection::Superseded)).await;
             check(&signed(&alice, 0, 2002, &[], "tie c"), Outcome::Rejected(Rejection::Superseded)).await;
             assert_eq!(store.query(&[filter(r#"{"kinds":[0]}"#)], now), vec![served(&tie_a)]);
 
@@ -211,9 +211,10 @@ impl Model {
         if event.kind() != 5 && self.deleted_ids.contains(&(id, pubkey)) {
             return Outcome::Rejected(Rejection::Deleted);
         }
-        if self.stored.iter().any(|(e, _)| e.id().0 == id) {
+        if self.stored.iter().any(|(e, alive)| *alive && e.id().0 == id) {
             return Outcome::Duplicate;
         }
+        let known = self.stored.iter().any(|(e, _)| e.id().0 == id);
         if event.expiration().is_some_and(|at| at <= now) {
             return Outcome::Rejected(Rejection::Expired);
         }
@@ -233,8 +234,14 @@ impl Model {
                     *alive = false;
                 }
             }
+            if known {
+                return Outcome::Duplicate;
+            }
             self.latest.retain(|(k, _)| *k != key);
             self.latest.push((key, (event.created_at(), id)));
+        }
+        if known {
+            return Outcome::Duplicate;
         }
         if event.kind() == 5 {
             self.apply_deletion(event);

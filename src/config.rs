@@ -1,0 +1,186 @@
+//! The server's configuration: embedded defaults, an optional TOML file, then flags.
+//! Every per-connection and per-request maximum lives in [`RelayLimits`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits::{EventLimits, SEGMENT_SIZE_DEFAULT};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Executors, one pinned per core; 0 means every online core.
+    pub cores: usize,
+    pub key_file: Option<PathBuf>,
+    pub segment_size: usize,
+    pub info: RelayInfo,
+    pub limits: RelayLimits,
+}
+
+/// What NIP-11 tells clients about the relay.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayInfo {
+    pub name: String,
+    pub description: String,
+    pub pubkey: Option<String>,
+    pub contact: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayLimits {
+    /// Largest WebSocket message (and frame) a client may send, in bytes.
+    pub message_size_max: usize,
+    pub event_size_max: usize,
+    pub content_size_max: usize,
+    pub tag_count_max: usize,
+    pub subscriptions_per_connection_max: usize,
+    pub filters_per_req_max: usize,
+    /// Largest `limit` served; larger ones are capped.
+    pub limit_max: usize,
+    /// The `limit` of a filter that has none.
+    pub limit_default: usize,
+    /// Most events a COUNT counts exactly.
+    pub count_max: usize,
+    /// Refuse events older than this many seconds; 0 accepts any age.
+    pub created_at_past_max_secs: u64,
+    /// Refuse events dated more than this many seconds ahead.
+    pub created_at_future_max_secs: u64,
+    /// Open connections from one IP address, summed over cores.
+    pub connections_per_ip_max: usize,
+    /// Messages queued to one connection before it is a slow consumer and is dropped.
+    pub outbound_queue_max: usize,
+    /// Live events buffered for a subscription while its stored events are being sent.
+    pub pending_live_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:7777".parse().expect("valid address"),
+            data_dir: PathBuf::from("ringrelay-data"),
+            cores: 0,
+            key_file: None,
+            segment_size: SEGMENT_SIZE_DEFAULT,
+            info: RelayInfo::default(),
+            limits: RelayLimits::default(),
+        }
+    }
+}
+
+impl Default for RelayInfo {
+    fn default() -> Self {
+        RelayInfo {
+            name: "ringrelay".to_owned(),
+            description: "A thread-per-core Nostr relay on io_uring".to_owned(),
+            pubkey: None,
+            contact: None,
+        }
+    }
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        let event = EventLimits::default();
+        RelayLimits {
+            message_size_max: event.event_size_max + 4 * 1024,
+            event_size_max: event.event_size_max,
+            content_size_max: event.content_size_max,
+            tag_count_max: event.tag_count_max,
+            subscriptions_per_connection_max: 32,
+            filters_per_req_max: 10,
+            limit_max: 5_000,
+            limit_default: 500,
+            count_max: 100_000,
+            created_at_past_max_secs: 0,
+            created_at_future_max_secs: 15 * 60,
+            connections_per_ip_max: 256,
+            outbound_queue_max: 4_096,
+            pending_live_max: 1_024,
+        }
+    }
+}
+
+impl RelayLimits {
+    pub fn event_limits(&self) -> EventLimits {
+        EventLimits {
+            event_size_max: self.event_size_max,
+            content_size_max: self.content_size_max,
+            tag_count_max: self.tag_count_max,
+            ..EventLimits::default()
+        }
+        .clamped()
+    }
+}
+
+impl Config {
+    /// Read a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let limits = &self.limits;
+        anyhow::ensure!(limits.limit_default <= limits.limit_max, "limits.limit_default exceeds limits.limit_max");
+        anyhow::ensure!(
+            limits.message_size_max >= limits.event_size_max,
+            "limits.message_size_max must be at least limits.event_size_max"
+        );
+        anyhow::ensure!(limits.filters_per_req_max >= 1, "limits.filters_per_req_max must be at least 1");
+        anyhow::ensure!(limits.outbound_queue_max >= 16, "limits.outbound_queue_max must be at least 16");
+        let size = self.segment_size;
+        anyhow::ensure!(
+            (crate::limits::SEGMENT_SIZE_MIN..=crate::limits::SEGMENT_SIZE_MAX).contains(&size)
+                && size % crate::limits::BLOCK_SIZE == 0,
+            "segment_size must be a multiple of {} between {} and {}",
+            crate::limits::BLOCK_SIZE,
+            crate::limits::SEGMENT_SIZE_MIN,
+            crate::limits::SEGMENT_SIZE_MAX
+        );
+        Ok(())
+    }
+
+    /// The executors to run: `cores`, or every online core.
+    pub fn core_count(&self) -> usize {
+        match self.cores {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_file() {
+        Config::default().validate().unwrap();
+        let dir = std::env::temp_dir().join(format!("ringrelay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("relay.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\n[info]\nname = \"test\"\n[limits]\nlimit_max = 10\nlimit_default = 5\n",
+        )
+        .unwrap();
+        let config = Config::from_file(&path).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.info.name, "test");
+        assert_eq!(config.limits.limit_max, 10);
+        assert_eq!(config.limits.subscriptions_per_connection_max, 32);
+        std::fs::write(&path, "[limits]\nlimit_max = 10\n").unwrap();
+        assert!(Config::from_file(&path).unwrap_err().to_string().contains("limit_default"));
+        std::fs::write(&path, "bogus = 1\n").unwrap();
+        assert!(Config::from_file(&path).unwrap_err().to_string().contains("unknown field"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,237 @@
+//! One client connection: the HTTP head, then either a plain HTTP answer or a WebSocket
+//! session that reads client messages and writes what the core queues for it.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use async_tungstenite::WebSocketStream;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_util::SinkExt;
+use glommio::net::TcpStream;
+
+use super::core::{Core, Out};
+use super::http::{self, Route};
+use crate::event::{parse_event, VerifiedEvent};
+use crate::proto::{self, ClientMessage, MessageLimits, Refusal};
+use crate::subs::ConnId;
+
+/// A client must finish its request head within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages written before one flush.
+const WRITE_BATCH_COUNT: usize = 64;
+
+pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
+    let peer = match stream.peer_addr() {
+        Ok(peer) => peer,
+        Err(_) => return,
+    };
+    let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
+    let Ok(Some((route, leftover))) = head else { return };
+    let response = http::response(&route, &core.config);
+    if stream.write_all(&response).await.is_err() {
+        return;
+    }
+    let Route::Upgrade { .. } = route else {
+        let _ = stream.close().await;
+        return;
+    };
+    let Some((conn, outbound)) = core.open_conn(peer.ip()) else {
+        let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
+        let reason = "too many connections from your address";
+        let _ = ws.close(Some(CloseFrame { code: CloseCode::Again, reason: reason.into() })).await;
+        return;
+    };
+    let limits = &core.config.limits;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limits.message_size_max))
+        .max_frame_size(Some(limits.message_size_max));
+    let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
+    tracing::debug!(core = core.id, conn = conn.0, %peer, "websocket open");
+    session(&core, conn, ws, outbound).await;
+    core.close_conn(conn);
+    tracing::debug!(core = core.id, conn = conn.0, "websocket closed");
+}
+
+/// Read until a complete request head; returns the route and the bytes after the head.
+async fn read_head(stream: &mut TcpStream) -> Option<(Route, Vec<u8>)> {
+    let mut buffer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let read = stream.read(&mut chunk).await.ok()?;
+        if read == 0 {
+            return None;
+        }
+        buffer.extend_from_slice(&chunk[..read]);
+        match http::parse_request(&buffer) {
+            Ok(Some((route, consumed))) => return Some((route, buffer.split_off(consumed))),
+            Ok(None) => continue,
+            Err(reason) => {
+                let _ = stream.write_all(&http::response(&Route::BadRequest(reason), &Default::default())).await;
+                return None;
+            }
+        }
+    }
+}
+
+enum Next {
+    Incoming(Option<Result<Message, WsError>>),
+    Outgoing(Option<Out>),
+}
+
+async fn session(
+    core: &Rc<Core>,
+    conn: ConnId,
+    mut ws: WebSocketStream<TcpStream>,
+    outbound: glommio::channels::local_channel::LocalReceiver<Out>,
+) {
+    loop {
+        let next = futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
+            Next::Outgoing(outbound.recv().await)
+        })
+        .await;
+        match next {
+            Next::Incoming(Some(Ok(Message::Text(text)))) => handle_text(core, conn, text.as_str()),
+            Next::Incoming(Some(Ok(Message::Binary(_)))) => {
+                core.send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
+            }
+            Next::Incoming(Some(Ok(Message::Close(_)))) | Next::Incoming(None) => break,
+            Next::Incoming(Some(Ok(_))) => {}
+            Next::Incoming(Some(Err(WsError::Capacity(error)))) => {
+                let reason = format!("message too large: {error}");
+                let _ = ws.close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() })).await;
+                break;
+            }
+            Next::Incoming(Some(Err(_))) => break,
+            Next::Outgoing(Some(Out::Text(text))) => {
+                if write_batch(&mut ws, &outbound, text).await.is_err() {
+                    break;
+                }
+            }
+            Next::Outgoing(Some(Out::Close(reason))) => {
+                let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: reason.into() })).await;
+                break;
+            }
+            Next::Outgoing(None) => {
+                let reason = "slow consumer: the outbound queue is full";
+                let _ = ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: reason.into() })).await;
+                break;
+            }
+        }
+    }
+}
+
+/// Write `first` and whatever else is queued, up to a batch, with one flush.
+async fn write_batch(
+    ws: &mut WebSocketStream<TcpStream>,
+    outbound: &glommio::channels::local_channel::LocalReceiver<Out>,
+    first: String,
+) -> Result<(), WsError> {
+    ws.feed(Message::text(first)).await?;
+    for _ in 1..WRITE_BATCH_COUNT {
+        match futures_lite::future::poll_once(outbound.recv()).await.flatten() {
+            Some(Out::Text(text)) => ws.feed(Message::text(text)).await?,
+            Some(Out::Close(reason)) => {
+                ws.flush().await?;
+                let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: reason.into() })).await;
+                return Err(WsError::ConnectionClosed);
+            }
+            None => break,
+        }
+    }
+    ws.flush().await
+}
+
+fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) {
+    let limits = MessageLimits { filter_count_max: core.config.limits.filters_per_req_max };
+    let message = match proto::parse_client_message(text, &limits) {
+        Ok(message) => message,
+        Err(Refusal::Notice(reason)) => {
+            core.send(conn, proto::frame_notice(&reason));
+            return;
+        }
+        Err(Refusal::Closed { sub_id, reason }) => {
+            core.send(conn, proto::frame_closed(&sub_id, &reason));
+            return;
+        }
+    };
+    match message {
+        ClientMessage::Event(raw) => handle_event(core, conn, raw),
+        ClientMessage::Req { sub_id, filters } => match core.subscribe(conn, &sub_id, &filters) {
+            Ok(token) => {
+                glommio::spawn_local(core.clone().serve_req(conn, sub_id, filters, token)).detach();
+            }
+            Err(reason) => {
+                core.send(conn, proto::frame_closed(&sub_id, &reason));
+            }
+        },
+        ClientMessage::Count { sub_id, filters } => {
+            let core = core.clone();
+            glommio::spawn_local(async move {
+                let count = core.clone().count(filters).await;
+                core.send(conn, proto::frame_count(&sub_id, count));
+            })
+            .detach();
+        }
+        ClientMessage::Close { sub_id } => core.unsubscribe(conn, &sub_id),
+        ClientMessage::Auth(_) => {
+            core.send(conn, proto::frame_notice("unsupported: AUTH (NIP-42) is not supported yet"));
+        }
+    }
+}
+
+/// EVENT: bounded parse, id, policy, duplicate fast path, signature; then to the owner core.
+fn handle_event(core: &Rc<Core>, conn: ConnId, raw: &serde_json::value::RawValue) {
+    let limits = core.config.limits.event_limits();
+    let parsed = match parse_event(raw.get().as_bytes(), &limits) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            let reply = match proto::event_id_hint(raw) {
+                Some(id) => proto::frame_ok(&id, false, &error.reason()),
+                None => proto::frame_notice(&error.reason()),
+            };
+            core.send(conn, reply);
+            return;
+        }
+    };
+    let id = parsed.id.to_hex();
+    if let Some(reason) = policy_refusal(core, &parsed) {
+        core.send(conn, proto::frame_ok(&id, false, &reason));
+        return;
+    }
+    if core.is_known_duplicate(&parsed.id, &parsed.pubkey.0) {
+        core.send(conn, proto::frame_ok(&id, true, "duplicate: already have this event"));
+        return;
+    }
+    match VerifiedEvent::verify(parsed) {
+        Ok(event) => core.publish(conn, event),
+        Err(error) => {
+            core.send(conn, proto::frame_ok(&id, false, &error.reason()));
+        }
+    }
+}
+
+/// What the relay refuses before looking at the signature: protected events (no NIP-42
+/// yet) and dates outside the configured window.
+fn policy_refusal(core: &Core, event: &crate::event::ParsedEvent) -> Option<String> {
+    let limits = &core.config.limits;
+    let now = crate::now_unix();
+    if event.protected {
+        return Some("auth-required: this event may only be published by its author".to_owned());
+    }
+    if event.created_at > now.saturating_add(limits.created_at_future_max_secs) {
+        return Some(format!(
+            "invalid: created_at is more than {} seconds in the future",
+            limits.created_at_future_max_secs
+        ));
+    }
+    if limits.created_at_past_max_secs > 0 && event.created_at < now.saturating_sub(limits.created_at_past_max_secs) {
+        return Some(format!(
+            "invalid: created_at is more than {} seconds in the past",
+            limits.created_at_past_max_secs
+        ));
+    }
+    None
+}

@@ -1,0 +1,547 @@
+//! One core of the relay: its storage shards, its connections and their subscriptions,
+//! and its side of the mesh to the other cores. Everything here is touched only by the
+//! core's own executor; cores exchange [`CoreMsg`]s over bounded glommio channels.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use futures_channel::mpsc;
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::Senders;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use crate::config::Config;
+use crate::event::{EventId, KindClass, VerifiedEvent};
+use crate::filter::{Filter, Matchable};
+use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
+use crate::proto::{self, SubId};
+use crate::store::query::{merge_newest_first, union_filters, Ordered};
+use crate::store::{effective_limit, Admission, FilterScan, Router, Shard};
+use crate::subs::{ConnId, SubscriptionIndex};
+
+/// Everything one core says to another: one closed enum.
+pub enum CoreMsg {
+    /// To the owner of the author's shard: store this verified event.
+    Append { event: Box<VerifiedEvent>, reply: Reply },
+    /// Back to the publishing connection's core: the `OK` to send.
+    Ack { reply: Reply, accepted: bool, reason: String },
+    /// A durable (or ephemeral) event, to match against every core's subscriptions.
+    Live(Arc<LiveEvent>),
+    /// History for a REQ or COUNT from core `from`, over this core's shards.
+    Query { request: u64, from: usize, filters: Arc<[Filter]>, limits: QueryLimits },
+    /// The answer: per filter, this core's newest events, merged over its shards.
+    QueryResult { request: u64, per_filter: Vec<Vec<WireHit>> },
+}
+
+/// Where an `OK` goes.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub core: usize,
+    pub conn: ConnId,
+    pub event_id: EventId,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct QueryLimits {
+    pub default: usize,
+    pub max: usize,
+    pub now: u64,
+}
+
+/// A stored event on its way to a client.
+#[derive(Clone, Debug)]
+pub struct WireHit {
+    pub created_at: u64,
+    pub id: [u8; 32],
+    pub json: Arc<[u8]>,
+}
+
+impl Ordered for WireHit {
+    fn created_at(&self) -> u64 {
+        self.created_at
+    }
+    fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+}
+
+/// An event for live fan-out: its JSON once, and what matching needs.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub json: Arc<[u8]>,
+    id: [u8; 32],
+    pubkey: [u8; 32],
+    created_at: u64,
+    kind: u16,
+    tags: Vec<(u8, Box<[u8]>)>,
+}
+
+impl LiveEvent {
+    pub fn from_event(event: &VerifiedEvent) -> LiveEvent {
+        LiveEvent {
+            json: event.json().into(),
+            id: event.id().0,
+            pubkey: event.pubkey().0,
+            created_at: event.created_at(),
+            kind: event.kind(),
+            tags: event.index_tags().iter().map(|t| (t.letter, t.value.clone())).collect(),
+        }
+    }
+}
+
+impl Matchable for LiveEvent {
+    fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+    fn pubkey(&self) -> &[u8; 32] {
+        &self.pubkey
+    }
+    fn created_at(&self) -> u64 {
+        self.created_at
+    }
+    fn kind(&self) -> u16 {
+        self.kind
+    }
+    fn has_tag(&self, letter: u8, value: &[u8]) -> bool {
+        self.tags.iter().any(|(l, v)| *l == letter && &v[..] == value)
+    }
+}
+
+/// What a connection's writer sends next.
+pub enum Out {
+    Text(String),
+    Close(String),
+}
+
+/// A subscription's state on its connection.
+enum SubState {
+    /// Stored events are still being sent; live ones wait here, in order.
+    Pending {
+        token: u64,
+        buffered: Vec<Arc<LiveEvent>>,
+        overflowed: bool,
+    },
+    Live {
+        token: u64,
+    },
+}
+
+impl SubState {
+    fn token(&self) -> u64 {
+        match self {
+            SubState::Pending { token, .. } | SubState::Live { token } => *token,
+        }
+    }
+}
+
+struct ConnState {
+    outbound: LocalSender<Out>,
+    ip: IpAddr,
+    subs: HashMap<SubId, SubState>,
+}
+
+pub struct Core {
+    pub id: usize,
+    pub core_count: usize,
+    pub config: Arc<Config>,
+    router: Router,
+    shards: RefCell<HashMap<u16, Shard>>,
+    subs: RefCell<SubscriptionIndex>,
+    conns: RefCell<HashMap<ConnId, ConnState>>,
+    connections_per_ip: RefCell<HashMap<IpAddr, usize>>,
+    mesh: Senders<CoreMsg>,
+    next_id: Cell<u64>,
+    pending_queries: RefCell<HashMap<u64, mpsc::UnboundedSender<Vec<Vec<WireHit>>>>>,
+}
+
+impl Core {
+    pub fn new(config: Arc<Config>, router: Router, shards: HashMap<u16, Shard>, mesh: Senders<CoreMsg>) -> Rc<Core> {
+        Rc::new(Core {
+            id: mesh.peer_id(),
+            core_count: mesh.nr_consumers(),
+            config,
+            router,
+            shards: RefCell::new(shards),
+            subs: RefCell::new(SubscriptionIndex::default()),
+            conns: RefCell::new(HashMap::new()),
+            connections_per_ip: RefCell::new(HashMap::new()),
+            mesh,
+            next_id: Cell::new(1),
+            pending_queries: RefCell::new(HashMap::new()),
+        })
+    }
+
+    fn fresh_id(&self) -> u64 {
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        id
+    }
+
+    /// The core that owns the shard of `pubkey`.
+    fn owner_core(&self, pubkey: &[u8; 32]) -> usize {
+        usize::from(self.router.owner_shard(pubkey)) % self.core_count
+    }
+
+    /// Send to another core without blocking the caller; the mesh is bounded.
+    fn send_to(self: &Rc<Self>, core: usize, message: CoreMsg) {
+        debug_assert_ne!(core, self.id);
+        if let Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(message))) =
+            self.mesh.try_send_to(core, message)
+        {
+            let this = self.clone();
+            glommio::spawn_local(async move {
+                // The peer is gone only while shutting down; nothing is waiting then.
+                let _ = this.mesh.send_to(core, message).await;
+            })
+            .detach();
+        }
+    }
+
+    /// Register a connection; `None` when its IP holds its share of connections already.
+    pub fn open_conn(&self, ip: IpAddr) -> Option<(ConnId, LocalReceiver<Out>)> {
+        let share = self.config.limits.connections_per_ip_max.div_ceil(self.core_count);
+        let mut per_ip = self.connections_per_ip.borrow_mut();
+        let count = per_ip.entry(ip).or_default();
+        if *count >= share {
+            return None;
+        }
+        *count += 1;
+        let conn = ConnId(self.fresh_id());
+        let (outbound, receiver) = local_channel::new_bounded(self.config.limits.outbound_queue_max);
+        self.conns.borrow_mut().insert(conn, ConnState { outbound, ip, subs: HashMap::new() });
+        Some((conn, receiver))
+    }
+
+    pub fn close_conn(&self, conn: ConnId) {
+        self.subs.borrow_mut().remove_conn(conn);
+        let Some(state) = self.conns.borrow_mut().remove(&conn) else { return };
+        let mut per_ip = self.connections_per_ip.borrow_mut();
+        if let Some(count) = per_ip.get_mut(&state.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&state.ip);
+            }
+        }
+    }
+
+    /// Queue a message to a connection. A connection whose queue is full is a slow
+    /// consumer: it is dropped, and its writer closes it once the queue drains.
+    pub fn send(&self, conn: ConnId, text: String) -> bool {
+        let sent = match self.conns.borrow().get(&conn) {
+            None => return false,
+            Some(state) => state.outbound.try_send(Out::Text(text)).is_ok(),
+        };
+        if !sent {
+            tracing::info!(core = self.id, conn = conn.0, "dropping a slow consumer");
+            self.close_conn(conn);
+        }
+        sent
+    }
+
+    /// Tell every connection the relay is going away.
+    pub fn close_all(&self, reason: &str) {
+        let conns: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
+        for conn in conns {
+            if let Some(state) = self.conns.borrow().get(&conn) {
+                let _ = state.outbound.try_send(Out::Close(reason.to_owned()));
+            }
+            self.close_conn(conn);
+        }
+    }
+
+    pub fn handle_message(self: &Rc<Self>, message: CoreMsg) {
+        match message {
+            CoreMsg::Append { event, reply } => self.append_owned(*event, reply),
+            CoreMsg::Ack { reply, accepted, reason } => self.deliver_ok(&reply, accepted, &reason),
+            CoreMsg::Live(event) => self.fan_out(&event),
+            CoreMsg::Query { request, from, filters, limits } => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    let per_filter = this.query_own_shards(&filters, limits).await;
+                    this.send_to(from, CoreMsg::QueryResult { request, per_filter });
+                })
+                .detach();
+            }
+            CoreMsg::QueryResult { request, per_filter } => {
+                if let Some(collector) = self.pending_queries.borrow().get(&request) {
+                    let _ = collector.unbounded_send(per_filter);
+                }
+            }
+        }
+    }
+
+    /// A verified event from a connection of this core: broadcast it if ephemeral, else
+    /// hand it to the owner of its author's shard.
+    pub fn publish(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent) {
+        let reply = Reply { core: self.id, conn, event_id: *event.id() };
+        if event.class() == KindClass::Ephemeral {
+            self.broadcast(Arc::new(LiveEvent::from_event(&event)));
+            self.deliver_ok(&reply, true, "");
+            return;
+        }
+        match self.owner_core(&event.pubkey().0) {
+            owner if owner == self.id => self.append_owned(event, reply),
+            owner => self.send_to(owner, CoreMsg::Append { event: Box::new(event), reply }),
+        }
+    }
+
+    /// Whether this core owns `event`'s shard and already serves it (checked before the
+    /// signature, which costs 20 times the rest of ingest).
+    pub fn is_known_duplicate(&self, id: &EventId, pubkey: &[u8; 32]) -> bool {
+        if self.owner_core(pubkey) != self.id {
+            return false;
+        }
+        let shard_id = self.router.owner_shard(pubkey);
+        let shards = self.shards.borrow();
+        shards.get(&shard_id).is_some_and(|shard| {
+            let state = shard.state();
+            state.index.lookup_id(&id.0).is_some_and(|no| !state.index.entry(no).is_dead())
+        })
+    }
+
+    /// On the owner core: apply the rules, append, and acknowledge once durable.
+    fn append_owned(self: &Rc<Self>, event: VerifiedEvent, reply: Reply) {
+        let shard_id = self.router.owner_shard(&event.pubkey().0);
+        let admission = {
+            let shards = self.shards.borrow();
+            match shards.get(&shard_id) {
+                Some(shard) => shard.append(&event, crate::now_unix()),
+                None => return self.deliver_ok(&reply, false, "error: the relay is shutting down"),
+            }
+        };
+        match admission {
+            Ok(Admission::Stored(durable)) => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    match durable.await {
+                        Ok(()) => {
+                            this.deliver_ok(&reply, true, "");
+                            this.broadcast(Arc::new(LiveEvent::from_event(&event)));
+                        }
+                        Err(error) => {
+                            tracing::error!(core = this.id, %error, "append failed");
+                            this.deliver_ok(&reply, false, "error: could not store the event");
+                        }
+                    }
+                })
+                .detach();
+            }
+            Ok(Admission::Duplicate) => self.deliver_ok(&reply, true, "duplicate: already have this event"),
+            Ok(Admission::Ephemeral) => {
+                self.broadcast(Arc::new(LiveEvent::from_event(&event)));
+                self.deliver_ok(&reply, true, "");
+            }
+            Ok(Admission::Rejected(rejection)) => self.deliver_ok(&reply, false, rejection.reason()),
+            Err(error) => {
+                tracing::error!(core = self.id, %error, "storage refuses writes");
+                self.deliver_ok(&reply, false, "error: storage is failing");
+            }
+        }
+    }
+
+    fn deliver_ok(self: &Rc<Self>, reply: &Reply, accepted: bool, reason: &str) {
+        if reply.core == self.id {
+            self.send(reply.conn, proto::frame_ok(&reply.event_id.to_hex(), accepted, reason));
+        } else {
+            let reason = reason.to_owned();
+            self.send_to(reply.core, CoreMsg::Ack { reply: reply.clone(), accepted, reason });
+        }
+    }
+
+    fn broadcast(self: &Rc<Self>, event: Arc<LiveEvent>) {
+        for core in (0..self.core_count).filter(|&core| core != self.id) {
+            self.send_to(core, CoreMsg::Live(event.clone()));
+        }
+        self.fan_out(&event);
+    }
+
+    /// Match a live event against this core's subscriptions and queue it to each once.
+    fn fan_out(&self, event: &Arc<LiveEvent>) {
+        let tags: Vec<(u8, &[u8])> = event.tags.iter().map(|(l, v)| (*l, &v[..])).collect();
+        let mut matches = Vec::new();
+        self.subs.borrow_mut().matches(&**event, &tags, &mut matches);
+        let pending_max = self.config.limits.pending_live_max;
+        for (conn, sub_id) in matches {
+            let frame = {
+                let mut conns = self.conns.borrow_mut();
+                let Some(state) = conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&sub_id)) else { continue };
+                match state {
+                    SubState::Pending { buffered, overflowed, .. } => {
+                        if buffered.len() < pending_max {
+                            buffered.push(event.clone());
+                        } else {
+                            *overflowed = true;
+                        }
+                        continue;
+                    }
+                    SubState::Live { .. } => proto::frame_event(&sub_id, &event.json),
+                }
+            };
+            self.send(conn, String::from_utf8(frame).expect("stored json is utf-8"));
+        }
+    }
+
+    /// Open (or replace) a subscription: live events wait until its stored ones are sent.
+    /// Returns the token of this REQ, or the refusal to send.
+    pub fn subscribe(&self, conn: ConnId, sub_id: &SubId, filters: &[Filter]) -> Result<u64, String> {
+        let max = self.config.limits.subscriptions_per_connection_max;
+        let token = self.fresh_id();
+        {
+            let mut conns = self.conns.borrow_mut();
+            let Some(state) = conns.get_mut(&conn) else { return Err("error: connection closed".to_owned()) };
+            if !state.subs.contains_key(sub_id) && state.subs.len() >= max {
+                return Err(format!("error: too many subscriptions on this connection (max {max})"));
+            }
+            state.subs.insert(sub_id.clone(), SubState::Pending { token, buffered: Vec::new(), overflowed: false });
+        }
+        self.subs.borrow_mut().insert(conn, sub_id.clone(), filters.to_vec());
+        Ok(token)
+    }
+
+    pub fn unsubscribe(&self, conn: ConnId, sub_id: &SubId) {
+        self.subs.borrow_mut().remove(conn, sub_id);
+        if let Some(state) = self.conns.borrow_mut().get_mut(&conn) {
+            state.subs.remove(sub_id);
+        }
+    }
+
+    /// Send a REQ's stored events, then EOSE, then what arrived live meanwhile.
+    pub async fn serve_req(self: Rc<Self>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>, token: u64) {
+        let hits = self.query_everywhere(filters.into(), self.query_limits()).await;
+        let hits = union_filters(hits);
+        let current = |core: &Core| {
+            core.conns.borrow().get(&conn).and_then(|c| c.subs.get(&sub_id)).is_some_and(|s| s.token() == token)
+        };
+        if !current(&self) {
+            return;
+        }
+        let mut sent = HashSet::with_capacity(hits.len());
+        for hit in &hits {
+            let frame = proto::frame_event(&sub_id, &hit.json);
+            if !self.send(conn, String::from_utf8(frame).expect("stored json is utf-8")) {
+                return;
+            }
+            sent.insert(hit.id);
+        }
+        if !self.send(conn, proto::frame_eose(&sub_id)) || !current(&self) {
+            return;
+        }
+        let (buffered, overflowed) = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(state) = conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&sub_id)) else { return };
+            match std::mem::replace(state, SubState::Live { token }) {
+                SubState::Pending { buffered, overflowed, .. } => (buffered, overflowed),
+                SubState::Live { .. } => (Vec::new(), false),
+            }
+        };
+        if overflowed {
+            self.unsubscribe(conn, &sub_id);
+            self.send(
+                conn,
+                proto::frame_closed(&sub_id, "error: slow consumer: too many live events during the query"),
+            );
+            return;
+        }
+        for event in buffered.iter().filter(|event| !sent.contains(&event.id)) {
+            let frame = proto::frame_event(&sub_id, &event.json);
+            if !self.send(conn, String::from_utf8(frame).expect("stored json is utf-8")) {
+                return;
+            }
+        }
+    }
+
+    /// NIP-45: how many stored events match any of the filters (exact up to `count_max`).
+    pub async fn count(self: Rc<Self>, filters: Vec<Filter>) -> u64 {
+        let max = self.config.limits.count_max;
+        let limits = QueryLimits { default: max, max, now: crate::now_unix() };
+        let hits = union_filters(self.query_everywhere(filters.into(), limits).await);
+        hits.len() as u64
+    }
+
+    fn query_limits(&self) -> QueryLimits {
+        let limits = &self.config.limits;
+        QueryLimits { default: limits.limit_default, max: limits.limit_max, now: crate::now_unix() }
+    }
+
+    /// Per filter, the newest `limit` events over every shard of every core.
+    async fn query_everywhere(self: &Rc<Self>, filters: Arc<[Filter]>, limits: QueryLimits) -> Vec<Vec<WireHit>> {
+        let request = self.fresh_id();
+        let (collector, mut results) = mpsc::unbounded();
+        self.pending_queries.borrow_mut().insert(request, collector);
+        let others: Vec<usize> = (0..self.core_count).filter(|&core| core != self.id).collect();
+        for &core in &others {
+            self.send_to(core, CoreMsg::Query { request, from: self.id, filters: filters.clone(), limits });
+        }
+        let mut per_core = vec![self.query_own_shards(&filters, limits).await];
+        while per_core.len() < others.len() + 1 {
+            match results.next().await {
+                Some(part) => per_core.push(part),
+                None => break,
+            }
+        }
+        self.pending_queries.borrow_mut().remove(&request);
+        (0..filters.len())
+            .map(|index| {
+                let limit = effective_limit(&filters[index], limits.default, limits.max);
+                let lists = per_core.iter_mut().map(|part| std::mem::take(&mut part[index])).collect();
+                merge_newest_first(lists, limit)
+            })
+            .collect()
+    }
+
+    /// Per filter, the newest `limit` events of this core's shards; scans yield between steps.
+    async fn query_own_shards(&self, filters: &[Filter], limits: QueryLimits) -> Vec<Vec<WireHit>> {
+        let shard_ids: Vec<u16> = self.shards.borrow().keys().copied().collect();
+        let mut per_filter = Vec::with_capacity(filters.len());
+        for filter in filters {
+            let limit = effective_limit(filter, limits.default, limits.max);
+            let mut lists = Vec::with_capacity(shard_ids.len());
+            for &shard_id in &shard_ids {
+                lists.push(self.scan_shard(shard_id, filter, limit, limits.now).await);
+            }
+            per_filter.push(merge_newest_first(lists, limit));
+        }
+        per_filter
+    }
+
+    async fn scan_shard(&self, shard_id: u16, filter: &Filter, limit: usize, now: u64) -> Vec<WireHit> {
+        let mut scan = {
+            let shards = self.shards.borrow();
+            let Some(shard) = shards.get(&shard_id) else { return Vec::new() };
+            let state = shard.state();
+            FilterScan::new(filter, limit, &state.index)
+        };
+        loop {
+            let done = {
+                let shards = self.shards.borrow();
+                let Some(shard) = shards.get(&shard_id) else { return Vec::new() };
+                let state = shard.state();
+                scan.step(&state.index, &*state, now, QUERY_STEP_CANDIDATE_COUNT)
+            };
+            if done {
+                break;
+            }
+            glommio::yield_if_needed().await;
+        }
+        let shards = self.shards.borrow();
+        let Some(shard) = shards.get(&shard_id) else { return Vec::new() };
+        let state = shard.state();
+        scan.into_hits()
+            .into_iter()
+            .map(|hit| WireHit { created_at: hit.created_at, id: hit.id, json: state.event_json(hit.no).into() })
+            .collect()
+    }
+
+    /// Stop storing: finish every pending append and fsync, and close the shards.
+    pub async fn close_shards(&self) {
+        let shards: Vec<(u16, Shard)> = self.shards.borrow_mut().drain().collect();
+        for (shard_id, shard) in shards {
+            if let Err(error) = shard.close().await {
+                tracing::error!(core = self.id, shard = shard_id, %error, "closing shard");
+            }
+        }
+    }
+}

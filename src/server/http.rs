@@ -1,0 +1,176 @@
+//! The HTTP side of a connection, sans-IO: read the request head, then answer with the
+//! NIP-11 document, a small page, `/healthz`, or the WebSocket upgrade.
+
+use crate::config::Config;
+
+/// Largest request head accepted, in bytes.
+pub const REQUEST_HEAD_SIZE_MAX: usize = 8 * 1024;
+const HEADER_COUNT_MAX: usize = 48;
+
+/// What the client asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// A WebSocket upgrade, with the `Sec-WebSocket-Accept` value to answer.
+    Upgrade {
+        accept_key: String,
+    },
+    Nip11,
+    Page,
+    Health,
+    Preflight,
+    NotFound,
+    BadRequest(&'static str),
+}
+
+/// Parse a request head from the start of `buffer`. `Ok(None)`: read more.
+/// On success, returns the route and how many bytes the head took.
+pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_MAX];
+    let mut request = httparse::Request::new(&mut headers);
+    let consumed = match request.parse(buffer) {
+        Ok(httparse::Status::Complete(consumed)) => consumed,
+        Ok(httparse::Status::Partial) if buffer.len() >= REQUEST_HEAD_SIZE_MAX => return Err("request head too large"),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed request"),
+    };
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
+    };
+    let method = request.method.unwrap_or("");
+    let path = request.path.unwrap_or("/").split('?').next().unwrap_or("/");
+    let route = match method {
+        "GET" if has_token("upgrade", "websocket") => match header("sec-websocket-key") {
+            Some(key) if header("sec-websocket-version") == Some("13") => Route::Upgrade {
+                accept_key: async_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
+            },
+            _ => Route::BadRequest("a websocket upgrade needs Sec-WebSocket-Key and version 13"),
+        },
+        "GET" | "HEAD" if path == "/healthz" => Route::Health,
+        "GET" | "HEAD" if header("accept").is_some_and(|accept| accept.contains("application/nostr+json")) => {
+            Route::Nip11
+        }
+        "GET" | "HEAD" if path == "/" => Route::Page,
+        "OPTIONS" => Route::Preflight,
+        "GET" | "HEAD" => Route::NotFound,
+        _ => Route::BadRequest("method not allowed"),
+    };
+    Ok(Some((route, consumed)))
+}
+
+const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\nAccess-Control-Allow-Methods: GET, OPTIONS\r\n";
+
+/// The full response for a route other than `Upgrade`.
+pub fn response(route: &Route, config: &Config) -> Vec<u8> {
+    match route {
+        Route::Upgrade { accept_key } => format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
+        )
+        .into_bytes(),
+        Route::Nip11 => respond("200 OK", "application/nostr+json", &nip11_document(config)),
+        Route::Page => respond("200 OK", "text/html; charset=utf-8", &page(config)),
+        Route::Health => respond("200 OK", "text/plain", "ok\n"),
+        Route::Preflight => respond("204 No Content", "text/plain", ""),
+        Route::NotFound => respond("404 Not Found", "text/plain", "not found\n"),
+        Route::BadRequest(reason) => respond("400 Bad Request", "text/plain", &format!("{reason}\n")),
+    }
+}
+
+fn respond(status: &str, content_type: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{CORS}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// NIP-11: who the relay is, and the real limits it enforces.
+pub fn nip11_document(config: &Config) -> String {
+    let limits = &config.limits;
+    let mut limitation = serde_json::json!({
+        "max_message_length": limits.message_size_max,
+        "max_subscriptions": limits.subscriptions_per_connection_max,
+        "max_filters": limits.filters_per_req_max,
+        "max_limit": limits.limit_max,
+        "default_limit": limits.limit_default,
+        "max_subid_length": crate::proto::SUB_ID_CHAR_COUNT_MAX,
+        "max_event_tags": limits.event_limits().tag_count_max,
+        "max_content_length": limits.event_limits().content_size_max,
+        "min_pow_difficulty": 0,
+        "auth_required": false,
+        "payment_required": false,
+        "restricted_writes": false,
+        "created_at_upper_limit": limits.created_at_future_max_secs,
+    });
+    if limits.created_at_past_max_secs > 0 {
+        limitation["created_at_lower_limit"] = limits.created_at_past_max_secs.into();
+    }
+    let mut document = serde_json::json!({
+        "name": config.info.name,
+        "description": config.info.description,
+        "supported_nips": [1, 9, 11, 40, 45, 70],
+        "software": "https://github.com/ringrelay/ringrelay",
+        "version": env!("CARGO_PKG_VERSION"),
+        "limitation": limitation,
+    });
+    if let Some(pubkey) = &config.info.pubkey {
+        document["pubkey"] = pubkey.clone().into();
+    }
+    if let Some(contact) = &config.info.contact {
+        document["contact"] = contact.clone().into();
+    }
+    document.to_string()
+}
+
+fn page(config: &Config) -> String {
+    let escape = |text: &str| text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    format!(
+        "<!doctype html><meta charset=utf-8><title>{name}</title><h1>{name}</h1><p>{description}</p>\
+         <p>This is a Nostr relay: connect a Nostr client to this address with <code>ws://</code> or <code>wss://</code>.</p>\
+         <p>ringrelay {version}</p>\n",
+        name = escape(&config.info.name),
+        description = escape(&config.info.description),
+        version = env!("CARGO_PKG_VERSION")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(head: &str) -> Route {
+        parse_request(head.as_bytes()).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn routes() {
+        let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+        assert_eq!(route(upgrade), Route::Upgrade { accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() });
+        assert_eq!(route("GET / HTTP/1.1\r\nAccept: application/nostr+json\r\n\r\n"), Route::Nip11);
+        assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::Page);
+        assert_eq!(route("GET /healthz HTTP/1.1\r\n\r\n"), Route::Health);
+        assert_eq!(route("OPTIONS / HTTP/1.1\r\n\r\n"), Route::Preflight);
+        assert_eq!(route("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert!(matches!(route("POST / HTTP/1.1\r\n\r\n"), Route::BadRequest(_)));
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost:"), Ok(None));
+        assert!(parse_request(b"\x00\x01 garbage\r\n\r\n").is_err());
+        assert!(parse_request(&vec![b'a'; REQUEST_HEAD_SIZE_MAX]).is_err());
+    }
+
+    #[test]
+    fn nip11_carries_the_limits() {
+        let document: serde_json::Value = serde_json::from_str(&nip11_document(&Config::default())).unwrap();
+        assert_eq!(document["limitation"]["max_limit"], 5000);
+        assert_eq!(document["limitation"]["max_subid_length"], 64);
+        assert!(document["supported_nips"].as_array().unwrap().contains(&1.into()));
+        let response = String::from_utf8(response(&Route::Nip11, &Config::default())).unwrap();
+        assert!(response.contains("Access-Control-Allow-Origin: *"));
+        assert!(response.contains("Content-Type: application/nostr+json"));
+    }
+}

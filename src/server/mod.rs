@@ -1,0 +1,196 @@
+//! `ringrelay serve`: one glommio executor pinned per core, each with its own
+//! SO_REUSEPORT listener, connections, subscriptions and storage shards.
+//!
+//! Reading order: [`http`] (request head, NIP-11), [`conn`] (a connection's session),
+//! [`core`] (per-core state, cross-core messages, ingest, fan-out, queries).
+
+pub mod conn;
+pub mod core;
+pub mod http;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use self::core::{Core, CoreMsg};
+use crate::config::Config;
+use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardState};
+
+/// Capacity of each core-to-core channel.
+const MESH_CHANNEL_SIZE: usize = 4_096;
+/// How often a core looks for a shutdown request.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+
+/// Run the relay until SIGTERM or SIGINT; returns once every core has shut down cleanly.
+pub fn serve(config: Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let core_count = config.core_count();
+    let data_dir = DataDir::open_or_create(&config.data_dir, core_count.min(crate::limits::SHARD_COUNT_MAX) as u16)
+        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+    let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
+    let shard_config = ShardConfig::new(config.segment_size, key);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let config = Arc::new(config);
+    let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+    let cpus: Vec<usize> =
+        glommio::CpuSet::online().map(|set| set.into_iter().map(|cpu| cpu.cpu).collect()).unwrap_or_default();
+    let mut handles = Vec::with_capacity(core_count);
+    for index in 0..core_count {
+        let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));
+        let start = CoreStart {
+            config: config.clone(),
+            router: data_dir.router(),
+            shard_dirs: (0..data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
+            shard_config: shard_config.clone(),
+            mesh: mesh.clone(),
+            stop: stop.clone(),
+            ready: ready_tx.clone(),
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("core-{index}"))
+            .io_memory(crate::limits::IO_MEMORY_SIZE)
+            .spawn(move || run_core(start))
+            .map_err(|error| {
+                stop.store(true, Ordering::SeqCst);
+                anyhow::anyhow!(
+                    "cannot start the executor for core {index}: {error}\n\
+                     glommio locks memory for io_uring: raise `ulimit -l` (or LimitMEMLOCK) to at least {} KiB; see tuning/",
+                    core_count * 4096
+                )
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut failure = None;
+    for _ in 0..core_count {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(message)) => {
+                failure.get_or_insert(message);
+                stop.store(true, Ordering::SeqCst);
+            }
+            Err(_) => {
+                failure.get_or_insert_with(|| "a core stopped during startup".to_owned());
+                stop.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        eprintln!(
+            "ringrelay: listening on {} with {core_count} cores, data in {}",
+            config.listen,
+            config.data_dir.display()
+        );
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    match failure {
+        Some(message) => Err(anyhow::anyhow!(message)),
+        None => {
+            eprintln!("ringrelay: stopped");
+            Ok(())
+        }
+    }
+}
+
+struct CoreStart {
+    config: Arc<Config>,
+    router: Router,
+    shard_dirs: Vec<(u16, std::path::PathBuf)>,
+    shard_config: ShardConfig,
+    mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+    ready: mpsc::Sender<Result<String, String>>,
+}
+
+async fn run_core(start: CoreStart) {
+    let (senders, mut receivers) = match start.mesh.join().await {
+        Ok(joined) => joined,
+        Err(error) => {
+            let _ = start.ready.send(Err(format!("joining the core mesh failed: {error}")));
+            return;
+        }
+    };
+    let id = senders.peer_id();
+    let core_count = senders.nr_consumers();
+    let mut shards = HashMap::new();
+    for (shard_id, dir) in &start.shard_dirs {
+        if usize::from(*shard_id) % core_count != id {
+            continue;
+        }
+        match ShardState::open(dir, *shard_id, start.shard_config.clone(), OpenMode::ReadWrite) {
+            Ok(state) => {
+                shards.insert(*shard_id, Shard::start(state));
+            }
+            Err(error) => {
+                let _ = start.ready.send(Err(format!("opening shard {shard_id}: {error}")));
+                return;
+            }
+        }
+    }
+    let listener = match TcpListener::bind(start.config.listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = start.ready.send(Err(format!("cannot listen on {}: {error}", start.config.listen)));
+            return;
+        }
+    };
+    let core = Core::new(start.config.clone(), start.router, shards, senders);
+    for (_, receiver) in receivers.streams() {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            let mut receiver = receiver;
+            while let Some(message) = receiver.next().await {
+                core.handle_message(message);
+            }
+        })
+        .detach();
+    }
+    let _ = start.ready.send(Ok(format!("core {id}")));
+    accept_until_stopped(&core, &listener, &start.stop).await;
+    drop(listener);
+    // Finish in-flight appends (their OKs go out), then say goodbye to every client.
+    core.close_shards().await;
+    core.close_all("relay shutting down");
+    glommio::timer::sleep(Duration::from_millis(200)).await;
+}
+
+async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &AtomicBool) {
+    enum Step {
+        Accepted(glommio::Result<glommio::net::TcpStream, ()>),
+        Stop,
+    }
+    loop {
+        let step = futures_lite::future::or(async { Step::Accepted(listener.accept().await) }, async {
+            while !stop.load(Ordering::SeqCst) {
+                glommio::timer::sleep(SHUTDOWN_POLL).await;
+            }
+            Step::Stop
+        })
+        .await;
+        match step {
+            Step::Accepted(Ok(stream)) => {
+                glommio::spawn_local(conn::serve_connection(core.clone(), stream)).detach();
+            }
+            Step::Accepted(Err(error)) => {
+                tracing::warn!(core = core.id, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+            Step::Stop => return,
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The relay as clients see it: the real binary, real sockets, messages built and parsed by
+//! the `nostr` client library, real restarts and `kill -9`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nostr::{ClientMessage, Filter as NostrFilter, JsonUtil, Kind, RelayMessage, SubscriptionId};
+use serde_json::{json, Value};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+use crate::support::{keys, now, signed, verified};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Relay {
+    child: Child,
+    pub port: u16,
+}
+
+impl Relay {
+    pub fn start(data_dir: &Path, cores: usize) -> Relay {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the relay starts");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = ready_tx.send(());
+                }
+                eprintln!("relay: {line}");
+            }
+        });
+        ready_rx.recv_timeout(Duration::from_secs(30)).expect("the relay reports it is listening");
+        Relay { child, port }
+    }
+
+    pub fn connect(&self) -> Client {
+        let (mut ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{}", self.port)).expect("websocket connects");
+        if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
+            stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        }
+        Client { ws }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the relay did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+}
+
+impl Client {
+    pub fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// The next relay message, parsed by the nostr library (so it must be well-formed) and as JSON.
+    pub fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.read().expect("a message before the timeout") {
+                Message::Text(text) => {
+                    RelayMessage::from_json(text.as_str()).unwrap_or_else(|e| panic!("nostr rejects {text}: {e}"));
+                    return serde_json::from_str(text.as_str()).unwrap();
+                }
+                Message::Close(frame) => panic!("closed by the relay: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Publish and return the OK's (accepted, reason).
+    pub fn publish(&mut self, event_json: &str) -> (bool, String) {
+        let event = nostr::Event::from_json(event_json).unwrap();
+        self.send(&ClientMessage::event(event.clone()).as_json());
+        loop {
+            let message = self.recv();
+            if message[0] == "OK" && message[1] == event.id.to_hex() {
+                return (message[2].as_bool().unwrap(), message[3].as_str().unwrap().to_owned());
+            }
+        }
+    }
+
+    /// Send a REQ with raw filter JSON and collect its stored events until EOSE.
+    pub fn req(&mut self, sub: &str, filters: &[Value]) -> Vec<Value> {
+        let mut message = vec![json!("REQ"), json!(sub)];
+        message.extend(filters.iter().cloned());
+        self.send(&Value::Array(message).to_string());
+        self.until_eose(sub)
+    }
+
+    pub fn until_eose(&mut self, sub: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let message = self.recv();
+            match message[0].as_str().unwrap() {
+                "EVENT" if message[1] == sub => events.push(message[2].clone()),
+                "EOSE" if message[1] == sub => return events,
+                "CLOSED" if message[1] == sub => panic!("subscription closed: {message}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next message that is not an EVENT of another subscription.
+    pub fn expect(&mut self, verb: &str) -> Value {
+        let message = self.recv();
+        assert_eq!(message[0], verb, "{message}");
+        message
+    }
+}
+
+fn ids(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+}
+
+fn id_of(json: &str) -> String {
+    verified(json).id().to_hex()
+}
+
+#[test]
+fn publish_duplicate_and_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let note = signed(&keys(900), 1, now(), &[&["t", "hello"]], "hello relay");
+    assert_eq!(client.publish(&note), (true, String::new()));
+    let (accepted, reason) = client.publish(&note);
+    assert!(accepted && reason.starts_with("duplicate:"), "{reason}");
+    let events = client.req("by-id", &[json!({"ids": [id_of(&note)]})]);
+    assert_eq!(events, vec![serde_json::from_str::<Value>(&note).unwrap()]);
+    // A filter built by the client library itself.
+    let filter = NostrFilter::new().kind(Kind::TextNote).hashtag("hello");
+    client.send(&ClientMessage::req(SubscriptionId::new("lib"), vec![filter]).as_json());
+    assert_eq!(ids(&client.until_eose("lib")), vec![id_of(&note)]);
+}
+
+#[test]
+fn ordering_ties_and_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let base = now() - 1000;
+    let mut tied: Vec<String> =
+        (0..5).map(|i| signed(&keys(910 + i), 1, base + 10, &[], &format!("tie {i}"))).collect();
+    let newer = signed(&keys(920), 1, base + 20, &[], "newer");
+    let older = signed(&keys(921), 1, base, &[], "older");
+    for json in tied.iter().chain([&newer, &older]) {
+        assert!(client.publish(json).0);
+    }
+    tied.sort_by_key(|json| id_of(json));
+    let mut expected = vec![id_of(&newer)];
+    expected.extend(tied.iter().map(|j| id_of(j)));
+    expected.push(id_of(&older));
+    assert_eq!(ids(&client.req("all", &[json!({"kinds": [1], "since": base})])), expected);
+    assert_eq!(ids(&client.req("three", &[json!({"kinds": [1], "since": base, "limit": 3})])), expected[..3]);
+    assert!(client.req("none", &[json!({"kinds": [1], "limit": 0})]).is_empty());
+    // Two filters: the union, each event once, in order.
+    let both = client.req(
+        "both",
+        &[json!({"kinds": [1], "since": base, "limit": 2}), json!({"ids": [id_of(&older), id_of(&newer)]})],
+    );
+    assert_eq!(ids(&both), vec![expected[0].clone(), expected[1].clone(), id_of(&older)]);
+}
+
+#[test]
+fn replaceable_deletion_expiration_and_protection() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let alice = keys(930);
+    let t = now() - 100;
+    let (mut a, mut b) = (signed(&alice, 0, t, &[], "profile a"), signed(&alice, 0, t, &[], "profile b"));
+    if id_of(&a) > id_of(&b) {
+        std::mem::swap(&mut a, &mut b);
+    }
+    assert!(client.publish(&b).0);
+    assert!(client.publish(&a).0, "the lower id wins a tie");
+    let (accepted, reason) = client.publish(&signed(&alice, 0, t - 1, &[], "older profile"));
+    assert!(!accepted && reason.starts_with("duplicate:"), "{reason}");
+    assert_eq!(
+        ids(&client.req("profile", &[json!({"kinds": [0], "authors": [alice.public_key().to_hex()]})])),
+        vec![id_of(&a)]
+    );
+
+    let article = signed(&alice, 30023, t, &[&["d", "post"]], "article");
+    assert!(client.publish(&article).0);
+    let address = format!("30023:{}:post", alice.public_key().to_hex());
+    assert!(client.publish(&signed(&alice, 5, t + 1, &[&["a", &address]], "")).0);
+    assert!(client.req("article", &[json!({"kinds": [30023]})]).is_empty());
+    let (accepted, reason) = client.publish(&article);
+    assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+
+    let note = signed(&alice, 1, t, &[], "to delete");
+    let bobs = signed(&keys(931), 1, t, &[], "bob's note");
+    assert!(client.publish(&note).0 && client.publish(&bobs).0);
+    assert!(client.publish(&signed(&alice, 5, t + 2, &[&["e", &id_of(&note)], &["e", &id_of(&bobs)]], "")).0);
+    let left = client.req("notes", &[json!({"ids": [id_of(&note), id_of(&bobs)]})]);
+    assert_eq!(ids(&left), vec![id_of(&bobs)], "only the author's own event is deleted");
+    assert!(!client.publish(&note).0, "a deleted event stays deleted");
+
+    let (accepted, reason) =
+        client.publish(&signed(&alice, 1, t, &[&["expiration", &(now() - 5).to_string()]], "gone"));
+    assert!(!accepted && reason.starts_with("invalid:"), "{reason}");
+    let (accepted, reason) = client.publish(&signed(&alice, 1, t, &[&["-"]], "protected"));
+    assert!(!accepted && reason.starts_with("auth-required:"), "{reason}");
+    let (accepted, reason) = client.publish(&signed(&alice, 1, now() + 3600, &[], "from the future"));
+    assert!(!accepted && reason.starts_with("invalid:"), "{reason}");
+    let ephemeral = signed(&alice, 20001, now(), &[], "ephemeral");
+    assert_eq!(client.publish(&ephemeral), (true, String::new()));
+    assert!(client.req("ephemeral", &[json!({"kinds": [20001]})]).is_empty());
+}
+
+#[test]
+fn live_events_reach_every_matching_subscriber_once_across_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut subscribers: Vec<Client> = (0..8).map(|_| relay.connect()).collect();
+    for subscriber in &mut subscribers {
+        assert!(subscriber.req("live", &[json!({"kinds": [1], "#t": ["live"]})]).is_empty());
+    }
+    let mut bystander = relay.connect();
+    assert!(bystander.req("other", &[json!({"kinds": [7]})]).is_empty());
+    let mut publishers: Vec<Client> = (0..4).map(|_| relay.connect()).collect();
+    let mut published = Vec::new();
+    for (p, publisher) in publishers.iter_mut().enumerate() {
+        for i in 0..5 {
+            let json = signed(&keys(940 + p as u32), 1, now(), &[&["t", "live"]], &format!("live {p} {i}"));
+            assert!(publisher.publish(&json).0);
+            published.push(id_of(&json));
+        }
+    }
+    published.sort();
+    for subscriber in &mut subscribers {
+        let mut got = Vec::new();
+        while got.len() < published.len() {
+            let message = subscriber.expect("EVENT");
+            assert_eq!(message[1], "live");
+            got.push(message[2]["id"].as_str().unwrap().to_owned());
+        }
+        got.sort();
+        assert_eq!(got, published, "each event exactly once");
+    }
+    // Nothing more arrives, and the bystander got nothing: a probe REQ answers first.
+    for client in subscribers.iter_mut().chain([&mut bystander]) {
+        assert!(client.req("probe", &[json!({"kinds": [9999]})]).is_empty());
+    }
+}
+
+#[test]
+fn req_replaces_and_close_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 1);
+    let mut subscriber = relay.connect();
+    let mut publisher = relay.connect();
+    assert!(subscriber.req("s", &[json!({"kinds": [1]})]).is_empty());
+    assert!(subscriber.req("s", &[json!({"kinds": [7]})]).is_empty());
+    assert!(publisher.publish(&signed(&keys(950), 1, now(), &[], "kind 1")).0);
+    let reaction = signed(&keys(950), 7, now(), &[], "+");
+    assert!(publisher.publish(&reaction).0);
+    let message = subscriber.expect("EVENT");
+    assert_eq!(message[2]["id"], id_of(&reaction), "the replaced REQ no longer matches kind 1");
+    subscriber.send(r#"["CLOSE","s"]"#);
+    assert!(publisher.publish(&signed(&keys(950), 7, now(), &[], "after close")).0);
+    assert!(subscriber.req("probe", &[json!({"kinds": [9999]})]).is_empty(), "nothing after CLOSE");
+}
+
+#[test]
+fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let check_notice = |client: &mut Client, text: &str| {
+        client.send(text);
+        let message = client.expect("NOTICE");
+        assert!(message[1].as_str().unwrap().starts_with("invalid:"), "{text}: {message}");
+    };
+    check_notice(&mut client, "not json");
+    check_notice(&mut client, "{}");
+    check_notice(&mut client, r#"["HELLO"]"#);
+    check_notice(&mut client, r#"["REQ",""]"#);
+    check_notice(&mut client, &format!(r#"["REQ","{}",{{}}]"#, "x".repeat(65)));
+    check_notice(&mut client, r#"["EVENT",{"kind":1}]"#);
+    client.ws.send(Message::binary(vec![1, 2, 3])).unwrap();
+    assert!(client.expect("NOTICE")[1].as_str().unwrap().contains("binary"));
+    client.send(r#"["REQ","bad",{"kinds":"one"}]"#);
+    let closed = client.expect("CLOSED");
+    assert!(closed[1] == "bad" && closed[2].as_str().unwrap().starts_with("invalid:"), "{closed}");
+    // A bad signature with a readable id gets an OK false.
+    let good = signed(&keys(960), 1, now(), &[], "tampered");
+    let tampered = good.replace("tampered", "Tampered");
+    client.send(&format!(r#"["EVENT",{tampered}]"#));
+    let ok = client.expect("OK");
+    assert!(ok[2] == false && ok[3].as_str().unwrap().starts_with("invalid:"), "{ok}");
+    // 10,000 subscriptions: the first 32 open, every other one is refused, nothing breaks.
+    let mut refused = 0;
+    for i in 0..10_000 {
+        client.send(&format!(r#"["REQ","sub{i}",{{"kinds":[{}]}}]"#, 40_000 + i % 100));
+    }
+    let mut eose = 0;
+    while eose + refused < 10_000 {
+        let message = client.recv();
+        match message[0].as_str().unwrap() {
+            "EOSE" => eose += 1,
+            "CLOSED" => {
+                assert!(message[2].as_str().unwrap().starts_with("error: too many subscriptions"), "{message}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(eose, 32);
+    // A message over the size limit closes that connection.
+    let mut big = relay.connect();
+    big.send(&format!(r#"["EVENT",{{"content":"{}"}}]"#, "x".repeat(200_000)));
+    assert!(matches!(big.ws.read(), Ok(Message::Close(_)) | Err(_)));
+    // Half a frame, then gone.
+    let mut raw = TcpStream::connect(("127.0.0.1", relay.port)).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
+    raw.write_all(&[0x81, 0xfe, 0x01]).unwrap();
+    drop(raw);
+    // Everyone else is still served.
+    let mut fresh = relay.connect();
+    assert!(fresh.publish(&signed(&keys(961), 1, now(), &[], "still here")).0);
+    assert_eq!(fresh.req("after", &[json!({"authors": [keys(961).public_key().to_hex()]})]).len(), 1);
+}
+
+#[test]
+fn count_and_nip11() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    for i in 0..7 {
+        assert!(client.publish(&signed(&keys(970 + i % 3), 1, now() - 10, &[&["t", "count"]], &format!("{i}"))).0);
+    }
+    client.send(r##"["COUNT","c",{"#t":["count"]},{"kinds":[1],"authors":[]}]"##);
+    let count = client.expect("COUNT");
+    assert_eq!(count, json!(["COUNT", "c", {"count": 7}]));
+
+    let mut http = TcpStream::connect(("127.0.0.1", relay.port)).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: application/nostr+json\r\n\r\n").unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("Access-Control-Allow-Origin: *"));
+    let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["limitation"]["max_subscriptions"], 32);
+    assert!(body["supported_nips"].as_array().unwrap().contains(&json!(11)));
+}
+
+#[test]
+fn kill_9_loses_nothing_acknowledged_and_sigterm_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut publishers: Vec<Client> = (0..3).map(|_| relay.connect()).collect();
+    let mut acknowledged = Vec::new();
+    for i in 0..60u32 {
+        let json = signed(&keys(980 + i % 6), 1, now() - 5, &[&["t", "durable"]], &format!("durable {i}"));
+        if publishers[i as usize % 3].publish(&json).0 {
+            acknowledged.push(id_of(&json));
+        }
+    }
+    assert_eq!(acknowledged.len(), 60);
+    relay.kill9();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let mut stored = ids(&client.req("after-crash", &[json!({"#t": ["durable"]})]));
+    stored.sort();
+    acknowledged.sort();
+    assert_eq!(stored, acknowledged);
+    drop(client);
+    assert!(relay.terminate().success(), "SIGTERM exits 0");
+}
