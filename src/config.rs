@@ -161,6 +161,19 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The sample in the README is a valid config file.
+    #[test]
+    fn readme_sample_parses() {
+        let readme = include_str!("../README.md");
+        let sample = readme.split("```toml\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml block");
+        let config: Config = toml::from_str(sample).expect("the README sample parses");
+        config.validate().unwrap();
+        assert_eq!(
+            config.limits.subscriptions_per_connection_max,
+            RelayLimits::default().subscriptions_per_connection_max
+        );
+    }
+
     #[test]
     fn defaults_and_file() {
         Config::default().validate().unwrap();

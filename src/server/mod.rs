@@ -41,6 +41,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
+    // split the traffic; a plain bind first makes "port in use" an error.
+    drop(std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
     let config = Arc::new(config);
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();

@@ -409,3 +409,35 @@ fn kill_9_loses_nothing_acknowledged_and_sigterm_exits_cleanly() {
     drop(client);
     assert!(relay.terminate().success(), "SIGTERM exits 0");
 }
+
+#[test]
+fn startup_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 1);
+    let other = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        .args(["serve", "--cores", "1", "--listen", &format!("127.0.0.1:{}", relay.port)])
+        .arg("--data-dir")
+        .arg(other.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains(&format!("cannot listen on 127.0.0.1:{}", relay.port)), "{stderr}");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        .args(["serve", "--cores", "1"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("in use by another ringrelay process"), "{stderr}");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "listen = 7\n").unwrap();
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_ringrelay")).arg("serve").arg("--config").arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("bad.toml") && stderr.contains("listen"), "{stderr}");
+}
