@@ -98,8 +98,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config.data_dir.display()
         );
     }
-    for handle in handles {
-        let _ = handle.join();
+    for (index, handle) in handles.into_iter().enumerate() {
+        if let Err(error) = handle.join() {
+            failure = Some(format!(
+                "core {index} failed: {error}\n\
+                 glommio locks memory for io_uring: raise `ulimit -l` (or LimitMEMLOCK) to at least {} KiB; see tuning/",
+                core_count * 4096
+            ));
+        }
     }
     match failure {
         Some(message) => Err(anyhow::anyhow!(message)),

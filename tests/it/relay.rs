@@ -24,9 +24,19 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(data_dir: &Path, cores: usize) -> Relay {
+        Relay::start_with_config(data_dir, cores, "")
+    }
+
+    /// Start with a config file holding `config` (TOML); flags set address, cores and data.
+    pub fn start_with_config(data_dir: &Path, cores: usize, config: &str) -> Relay {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::create_dir_all(data_dir).unwrap();
+        let config_path = data_dir.join("test-config.toml");
+        std::fs::write(&config_path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string()])
+            .arg("--config")
+            .arg(&config_path)
             .arg("--data-dir")
             .arg(data_dir)
             .env("RUST_LOG", "warn")
@@ -440,4 +450,64 @@ fn startup_errors_are_clear() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("bad.toml") && stderr.contains("listen"), "{stderr}");
+}
+
+#[test]
+fn a_slow_consumer_is_dropped_and_others_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_queue_max = 16\n");
+    let mut slow = relay.connect();
+    assert!(slow.req("all", &[json!({"kinds": [1]})]).is_empty());
+    let mut fast = relay.connect();
+    assert!(fast.req("all", &[json!({"kinds": [1]})]).is_empty());
+    let mut publisher = relay.connect();
+    let big = "x".repeat(60_000);
+    let count = 200;
+    for i in 0..count {
+        assert!(publisher.publish(&signed(&keys(990), 1, now(), &[], &format!("{i} {big}"))).0);
+        // The fast subscriber keeps up.
+        assert_eq!(fast.expect("EVENT")[1], "all");
+    }
+    // The slow one never read: the relay dropped it once 12 MB did not fit in its queue
+    // and the socket buffers. Reading now ends in a close, before all events.
+    let mut received = 0;
+    let closed = loop {
+        match slow.ws.read() {
+            Ok(Message::Text(_)) => received += 1,
+            Ok(Message::Close(frame)) => break frame.map(|f| f.reason.to_string()).unwrap_or_default(),
+            Ok(_) => {}
+            Err(_) => break String::new(),
+        }
+    };
+    assert!(received < count, "a slow consumer must not get everything: {received}");
+    assert!(closed.is_empty() || closed.contains("slow consumer"), "{closed}");
+    assert!(publisher.publish(&signed(&keys(991), 1, now(), &[], "still serving")).0);
+}
+
+#[test]
+fn connections_per_ip_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\nconnections_per_ip_max = 2\n");
+    let mut first = relay.connect();
+    let _second = relay.connect();
+    let mut third = relay.connect();
+    match third.ws.read() {
+        Ok(Message::Close(Some(frame))) => assert!(frame.reason.contains("too many connections"), "{frame:?}"),
+        other => panic!("the third connection must be closed: {other:?}"),
+    }
+    assert!(first.publish(&signed(&keys(992), 1, now(), &[], "first still works")).0);
+}
+
+#[test]
+fn too_little_locked_memory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "ulimit -l 64 && exec {} serve --cores 1 --listen 127.0.0.1:0 --data-dir {}",
+        env!("CARGO_BIN_EXE_ringrelay"),
+        dir.path().display()
+    );
+    let output = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("ulimit -l"), "{stderr}");
 }
