@@ -14,12 +14,15 @@ use glommio::net::TcpStream;
 
 use super::core::{Core, Out};
 use super::http::{self, Route};
+use super::outbox::Outbox;
 use crate::event::{parse_event, VerifiedEvent};
 use crate::proto::{self, ClientMessage, MessageLimits, Refusal};
 use crate::subs::ConnId;
 
 /// A client must finish its request head within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Initial read buffer and write-flush threshold of a WebSocket, in bytes.
+const CONNECTION_BUFFER_SIZE: usize = 4 * 1024;
 /// Messages written before one flush.
 const WRITE_BATCH_COUNT: usize = 64;
 
@@ -45,7 +48,12 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         return;
     };
     let limits = &core.config.limits;
+    // tungstenite reserves 128 KiB each way by default; Nostr messages are small, and the
+    // buffers grow on demand, so an idle connection stays light.
     let config = WebSocketConfig::default()
+        .read_buffer_size(CONNECTION_BUFFER_SIZE)
+        .write_buffer_size(CONNECTION_BUFFER_SIZE)
+        .max_write_buffer_size(limits.message_size_max + CONNECTION_BUFFER_SIZE)
         .max_message_size(Some(limits.message_size_max))
         .max_frame_size(Some(limits.message_size_max));
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
@@ -81,12 +89,7 @@ enum Next {
     Outgoing(Option<Out>),
 }
 
-async fn session(
-    core: &Rc<Core>,
-    conn: ConnId,
-    mut ws: WebSocketStream<TcpStream>,
-    outbound: glommio::channels::local_channel::LocalReceiver<Out>,
-) {
+async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) {
     loop {
         let next = futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
             Next::Outgoing(outbound.recv().await)
@@ -124,14 +127,10 @@ async fn session(
 }
 
 /// Write `first` and whatever else is queued, up to a batch, with one flush.
-async fn write_batch(
-    ws: &mut WebSocketStream<TcpStream>,
-    outbound: &glommio::channels::local_channel::LocalReceiver<Out>,
-    first: String,
-) -> Result<(), WsError> {
+async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, first: String) -> Result<(), WsError> {
     ws.feed(Message::text(first)).await?;
     for _ in 1..WRITE_BATCH_COUNT {
-        match futures_lite::future::poll_once(outbound.recv()).await.flatten() {
+        match outbound.try_recv() {
             Some(Out::Text(text)) => ws.feed(Message::text(text)).await?,
             Some(Out::Close(reason)) => {
                 ws.flush().await?;

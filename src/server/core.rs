@@ -11,8 +11,8 @@ use std::sync::Arc;
 use futures_channel::mpsc;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::Senders;
-use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
+use super::outbox::{outbox, Outbox, OutboxSender};
 use crate::config::Config;
 use crate::event::{EventId, KindClass, VerifiedEvent};
 use crate::filter::{Filter, Matchable};
@@ -138,7 +138,7 @@ impl SubState {
 }
 
 struct ConnState {
-    outbound: LocalSender<Out>,
+    outbound: OutboxSender,
     ip: IpAddr,
     subs: HashMap<SubId, SubState>,
 }
@@ -201,7 +201,7 @@ impl Core {
     }
 
     /// Register a connection; `None` when its IP holds its share of connections already.
-    pub fn open_conn(&self, ip: IpAddr) -> Option<(ConnId, LocalReceiver<Out>)> {
+    pub fn open_conn(&self, ip: IpAddr) -> Option<(ConnId, Outbox)> {
         let share = self.config.limits.connections_per_ip_max.div_ceil(self.core_count);
         let mut per_ip = self.connections_per_ip.borrow_mut();
         let count = per_ip.entry(ip).or_default();
@@ -210,7 +210,7 @@ impl Core {
         }
         *count += 1;
         let conn = ConnId(self.fresh_id());
-        let (outbound, receiver) = local_channel::new_bounded(self.config.limits.outbound_queue_max);
+        let (outbound, receiver) = outbox(self.config.limits.outbound_queue_max);
         self.conns.borrow_mut().insert(conn, ConnState { outbound, ip, subs: HashMap::new() });
         Some((conn, receiver))
     }

@@ -2,11 +2,13 @@
 //! SO_REUSEPORT listener, connections, subscriptions and storage shards.
 //!
 //! Reading order: [`http`] (request head, NIP-11), [`conn`] (a connection's session),
-//! [`core`] (per-core state, cross-core messages, ingest, fan-out, queries).
+//! [`outbox`] (a connection's bounded queue), [`core`] (per-core state, cross-core
+//! messages, ingest, fan-out, queries).
 
 pub mod conn;
 pub mod core;
 pub mod http;
+pub mod outbox;
 
 use std::collections::HashMap;
 use std::rc::Rc;

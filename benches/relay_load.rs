@@ -1,0 +1,258 @@
+//! A small load client for any NIP-01 relay, with pre-signed events, until loadgen exists.
+//!
+//! cargo bench --bench relay_load -- MODE URL [options]
+//!   ingest  URL [events] [connections]          unique events as fast as OKs come back
+//!   fanout  URL [subscribers] [events]          deliveries per second to N subscribers
+//!   latency URL [rate/s] [seconds]              publish->OK latency at a fixed offered rate
+//!   idle    URL PID [connections]               resident memory per idle connection
+//! Runs are bounded in count and time and connect only to URL.
+
+use std::io::ErrorKind;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use nostr::{EventBuilder, JsonUtil, Keys, Kind, Tag, Timestamp};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(url: &str) -> Socket {
+    let (mut ws, _) = tungstenite::connect(url).expect("connect to the relay");
+    if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_nodelay(true).unwrap();
+    }
+    ws
+}
+
+/// `count` signed kind-1 notes from 64 authors, ~300 bytes of content, tagged `tag`.
+fn presign(count: usize, tag: &str) -> Vec<String> {
+    let keys: Vec<Keys> = (0..64).map(|_| Keys::generate()).collect();
+    let now = Timestamp::now().as_secs();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|scope| {
+        let chunks: Vec<_> = (0..threads)
+            .map(|t| {
+                let keys = &keys;
+                scope.spawn(move || {
+                    (t..count)
+                        .step_by(threads)
+                        .map(|i| {
+                            let content = format!("bench {i} {}", "lorem ipsum dolor sit amet ".repeat(11));
+                            let event = EventBuilder::new(Kind::TextNote, content)
+                                .tags([Tag::parse(["t", tag]).unwrap()])
+                                .custom_created_at(Timestamp::from(now - (i % 600) as u64))
+                                .sign_with_keys(&keys[i % keys.len()])
+                                .unwrap();
+                            format!(r#"["EVENT",{}]"#, event.as_json())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        chunks.into_iter().flat_map(|c| c.join().unwrap()).collect()
+    })
+}
+
+fn read_text(ws: &mut Socket) -> Option<String> {
+    loop {
+        match ws.read() {
+            Ok(Message::Text(text)) => return Some(text.to_string()),
+            Ok(Message::Close(_)) => return None,
+            Ok(_) => continue,
+            Err(tungstenite::Error::Io(e)) if e.kind() == ErrorKind::WouldBlock => return None,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn ingest(url: &str, count: usize, connections: usize) {
+    eprintln!("signing {count} events...");
+    let events = Arc::new(presign(count, "bench-ingest"));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(connections + 1));
+    let workers: Vec<_> = (0..connections)
+        .map(|c| {
+            let (events, accepted, barrier, url) = (events.clone(), accepted.clone(), barrier.clone(), url.to_owned());
+            std::thread::spawn(move || {
+                let mut ws = connect(&url);
+                let mine: Vec<&String> = events.iter().skip(c).step_by(connections).collect();
+                barrier.wait();
+                const WINDOW: usize = 64;
+                let (mut sent, mut done) = (0, 0);
+                while done < mine.len() {
+                    while sent < mine.len() && sent - done < WINDOW {
+                        ws.write(Message::text(mine[sent].clone())).unwrap();
+                        sent += 1;
+                    }
+                    ws.flush().unwrap();
+                    let Some(reply) = read_text(&mut ws) else { break };
+                    if reply.starts_with("[\"OK\"") {
+                        done += 1;
+                        if reply.contains(",true,") {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = Instant::now();
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = accepted.load(Ordering::Relaxed);
+    println!(
+        "ingest: {count} events over {connections} connections in {elapsed:.2} s: {:.0} events/s, {ok} OK true",
+        count as f64 / elapsed
+    );
+}
+
+fn fanout(url: &str, subscribers: usize, count: usize) {
+    let events = presign(count, "bench-fanout");
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(Barrier::new(subscribers + 1));
+    let threads: Vec<_> = (0..subscribers)
+        .map(|s| {
+            let (delivered, ready, url) = (delivered.clone(), ready.clone(), url.to_owned());
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let mut ws = connect(&url);
+                    ws.send(Message::text(format!(
+                        r##"["REQ","f{s}",{{"kinds":[1],"#t":["bench-fanout"],"limit":0}}]"##
+                    )))
+                    .unwrap();
+                    while read_text(&mut ws).is_some_and(|m| !m.starts_with("[\"EOSE\"")) {}
+                    ready.wait();
+                    let mut got = 0;
+                    while got < count {
+                        match read_text(&mut ws) {
+                            Some(m) if m.starts_with("[\"EVENT\"") => got += 1,
+                            Some(_) => {}
+                            None => break,
+                        }
+                    }
+                    delivered.fetch_add(got, Ordering::Relaxed);
+                })
+                .unwrap()
+        })
+        .collect();
+    ready.wait();
+    let mut publisher = connect(url);
+    let started = Instant::now();
+    for event in &events {
+        publisher.write(Message::text(event.clone())).unwrap();
+    }
+    publisher.flush().unwrap();
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    let elapsed = started.elapsed().as_secs_f64();
+    let total = delivered.load(Ordering::Relaxed);
+    println!(
+        "fanout: {count} events to {subscribers} subscribers: {total} of {} deliveries in {elapsed:.2} s: {:.0} deliveries/s",
+        count * subscribers,
+        total as f64 / elapsed
+    );
+}
+
+fn latency(url: &str, rate: f64, seconds: f64) {
+    let count = (rate * seconds) as usize;
+    let events = presign(count, "bench-latency");
+    let connections = 4;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let results: Vec<Histogram<u64>> = std::thread::scope(|scope| {
+        let started = Instant::now() + Duration::from_millis(200);
+        let workers: Vec<_> = (0..connections)
+            .map(|c| {
+                let events = &events;
+                scope.spawn(move || {
+                    let mut ws = connect(url);
+                    if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
+                        stream.set_read_timeout(Some(Duration::from_micros(200))).unwrap();
+                    }
+                    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    let mine: Vec<(usize, &String)> = events.iter().enumerate().skip(c).step_by(connections).collect();
+                    let mut pending = std::collections::VecDeque::new();
+                    let mut next = 0;
+                    let deadline = started + Duration::from_secs_f64(seconds + 30.0);
+                    while (next < mine.len() || !pending.is_empty()) && Instant::now() < deadline {
+                        // Open loop: send everything whose intended time has come.
+                        while next < mine.len() {
+                            let intended = started + Duration::from_secs_f64(mine[next].0 as f64 / rate);
+                            if Instant::now() < intended {
+                                break;
+                            }
+                            ws.send(Message::text(mine[next].1.clone())).unwrap();
+                            pending.push_back(intended);
+                            next += 1;
+                        }
+                        if let Some(reply) = read_text(&mut ws) {
+                            if reply.starts_with("[\"OK\"") {
+                                let intended = pending.pop_front().expect("an OK answers a sent event");
+                                histogram.record(intended.elapsed().as_micros().max(1) as u64).unwrap();
+                            }
+                        }
+                    }
+                    histogram
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for part in results {
+        histogram.add(part).unwrap();
+    }
+    println!(
+        "latency: {count} events offered at {rate:.0}/s: publish->OK p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} OKs)",
+        histogram.value_at_quantile(0.5) as f64 / 1000.0,
+        histogram.value_at_quantile(0.9) as f64 / 1000.0,
+        histogram.value_at_quantile(0.99) as f64 / 1000.0,
+        histogram.max() as f64 / 1000.0,
+        histogram.len()
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the relay's /proc status");
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+fn idle(url: &str, pid: u32, connections: usize) {
+    // Warm up allocator pools with one round, then measure a second.
+    let warm: Vec<Socket> = (0..64).map(|_| connect(url)).collect();
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kib(pid);
+    let sockets: Vec<Socket> = (0..connections).map(|_| connect(url)).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rss_kib(pid);
+    println!(
+        "idle: {connections} connections: RSS {before} KiB -> {after} KiB: {:.1} KiB per idle connection",
+        (after.saturating_sub(before)) as f64 / connections as f64
+    );
+    drop(sockets);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_owned());
+    match args.first().map(String::as_str) {
+        Some("ingest") => {
+            ingest(&arg(1, "ws://127.0.0.1:7777"), arg(2, "20000").parse().unwrap(), arg(3, "8").parse().unwrap())
+        }
+        Some("fanout") => {
+            fanout(&arg(1, "ws://127.0.0.1:7777"), arg(2, "1000").parse().unwrap(), arg(3, "200").parse().unwrap())
+        }
+        Some("latency") => {
+            latency(&arg(1, "ws://127.0.0.1:7777"), arg(2, "5000").parse().unwrap(), arg(3, "10").parse().unwrap())
+        }
+        Some("idle") => {
+            idle(&arg(1, "ws://127.0.0.1:7777"), arg(2, "0").parse().unwrap(), arg(3, "2000").parse().unwrap())
+        }
+        _ => eprintln!("usage: relay_load ingest|fanout|latency|idle URL ... (see the file header)"),
+    }
+}
