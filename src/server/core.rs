@@ -22,6 +22,10 @@ use crate::store::query::{merge_newest_first, union_filters, Ordered};
 use crate::store::{effective_limit, Admission, FilterScan, Router, Shard};
 use crate::subs::{ConnId, SubscriptionIndex};
 
+/// How long a REQ's answer waits for room in a connection's queue before the connection
+/// is dropped.
+const HISTORY_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Everything one core says to another: one closed enum.
 pub enum CoreMsg {
     /// To the owner of the author's shard: store this verified event.
@@ -241,6 +245,29 @@ impl Core {
         sent
     }
 
+    /// Queue part of an answer the connection asked for (stored events, EOSE): a reader
+    /// that is merely behind is waited for, up to `HISTORY_SEND_TIMEOUT`, not dropped.
+    pub async fn send_waiting(&self, conn: ConnId, text: String) -> bool {
+        let deadline = std::time::Instant::now() + HISTORY_SEND_TIMEOUT;
+        let mut out = Out::Text(text);
+        loop {
+            let refused = match self.conns.borrow().get(&conn) {
+                None => return false,
+                Some(state) => state.outbound.try_send(out),
+            };
+            match refused {
+                Ok(()) => return true,
+                Err(back) => out = back,
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::info!(core = self.id, conn = conn.0, "dropping a reader that stopped reading its answer");
+                self.close_conn(conn);
+                return false;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// Tell every connection the relay is going away.
     pub fn close_all(&self, reason: &str) {
         let conns: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
@@ -421,12 +448,15 @@ impl Core {
         let mut sent = HashSet::with_capacity(hits.len());
         for hit in &hits {
             let frame = proto::frame_event(&sub_id, &hit.json);
-            if !self.send(conn, String::from_utf8(frame).expect("stored json is utf-8")) {
+            if !self.send_waiting(conn, String::from_utf8(frame).expect("stored json is utf-8")).await {
+                return;
+            }
+            if !current(&self) {
                 return;
             }
             sent.insert(hit.id);
         }
-        if !self.send(conn, proto::frame_eose(&sub_id)) || !current(&self) {
+        if !self.send_waiting(conn, proto::frame_eose(&sub_id)).await || !current(&self) {
             return;
         }
         let (buffered, overflowed) = {
@@ -447,7 +477,7 @@ impl Core {
         }
         for event in buffered.iter().filter(|event| !sent.contains(&event.id)) {
             let frame = proto::frame_event(&sub_id, &event.json);
-            if !self.send(conn, String::from_utf8(frame).expect("stored json is utf-8")) {
+            if !self.send_waiting(conn, String::from_utf8(frame).expect("stored json is utf-8")).await {
                 return;
             }
         }

@@ -511,3 +511,18 @@ fn too_little_locked_memory_is_a_clear_error() {
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("ulimit -l"), "{stderr}");
 }
+
+#[test]
+fn a_large_history_answer_reaches_a_reader_with_a_small_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_queue_max = 16\n");
+    let mut client = relay.connect();
+    let mut published = Vec::new();
+    for i in 0..120 {
+        let json = signed(&keys(995 + i % 4), 1, now() - 100 + u64::from(i), &[&["t", "history"]], &format!("{i}"));
+        assert!(client.publish(&json).0);
+        published.push(id_of(&json));
+    }
+    published.reverse();
+    assert_eq!(ids(&client.req("history", &[json!({"#t": ["history"]})])), published);
+}
