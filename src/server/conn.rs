@@ -31,6 +31,11 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         Ok(peer) => peer,
         Err(_) => return,
     };
+    // Replies are small frames written as soon as they are ready; Nagle would hold them
+    // back behind the client's delayed ACKs.
+    if stream.set_nodelay(true).is_err() {
+        return;
+    }
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
     let Ok(Some((route, leftover))) = head else { return };
     let response = http::response(&route, &core.config);
