@@ -147,7 +147,7 @@ fn fixture_store_reads_back() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("store");
-    copy_tree(&fixture.join("data"), &copy);
+    crate::support::copy_dir(&fixture.join("data"), &copy);
     let copy = copy.to_str().unwrap();
     let output = ringrelay(&["export", "--data-dir", copy], None);
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -159,19 +159,6 @@ fn fixture_store_reads_back() {
     let header = ringrelay::store::format::SegmentHeader::decode(&segment).unwrap();
     assert_eq!((header.shard_id, header.segment_id, header.key_check), (0, 1, None));
     assert_eq!(&segment[8..12], &1u32.to_le_bytes(), "format version 1");
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// The writer must still produce format version 1 byte for byte: importing the fixture's

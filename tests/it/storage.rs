@@ -463,19 +463,6 @@ fn only_segment(path: &Path) -> PathBuf {
     files[0].1.clone()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 /// Cut the newest segment at every byte of its last records: reopening never panics, keeps
 /// every record written in full before the cut, and returns nothing else.
 #[test]
@@ -493,7 +480,7 @@ fn crash_cut_at_every_byte_of_the_tail() {
         let scratch_root = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
         for cut in tail_start..=bytes.len() {
             let scratch = tempfile::tempdir_in(scratch_root).unwrap();
-            copy_dir(original.path(), scratch.path());
+            crate::support::copy_dir(original.path(), scratch.path());
             let segment_copy = scratch.path().join("shard-000").join(segment.file_name().unwrap());
             std::fs::OpenOptions::new().write(true).open(&segment_copy).unwrap().set_len(cut as u64).unwrap();
             let state = open_one(scratch.path(), key.clone(), OpenMode::ReadWrite).unwrap();

@@ -48,3 +48,17 @@ pub fn run_glommio<T: Send + 'static>(work: impl FnOnce() -> Pin<Box<dyn Future<
 pub fn now() -> u64 {
     ringrelay::now_unix()
 }
+
+/// Copy a directory tree (a data directory) file by file.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
