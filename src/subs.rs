@@ -7,9 +7,54 @@
 //! candidate subscriptions, and checks each candidate's filters in full.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use crate::event::VerifiedEvent;
 use crate::filter::{Filter, Matchable};
 use crate::proto::SubId;
+
+/// An event for live fan-out: its JSON once, and what matching needs. Shared by every core
+/// (`Arc`), so the JSON is copied once per event, not per core.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub json: Arc<[u8]>,
+    id: [u8; 32],
+    pubkey: [u8; 32],
+    created_at: u64,
+    kind: u16,
+    tags: Vec<(u8, Box<[u8]>)>,
+}
+
+impl LiveEvent {
+    pub fn from_event(event: &VerifiedEvent) -> LiveEvent {
+        LiveEvent {
+            json: event.json().into(),
+            id: event.id().0,
+            pubkey: event.pubkey().0,
+            created_at: event.created_at(),
+            kind: event.kind(),
+            tags: event.index_tags().iter().map(|t| (t.letter, t.value.clone())).collect(),
+        }
+    }
+}
+
+impl Matchable for LiveEvent {
+    fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+    fn pubkey(&self) -> &[u8; 32] {
+        &self.pubkey
+    }
+    fn created_at(&self) -> u64 {
+        self.created_at
+    }
+    fn kind(&self) -> u16 {
+        self.kind
+    }
+    fn has_tag(&self, letter: u8, value: &[u8]) -> bool {
+        self.tags.iter().any(|(l, v)| *l == letter && &v[..] == value)
+    }
+}
 
 /// A connection on this core.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -117,7 +162,7 @@ impl SubscriptionIndex {
     }
 
     /// Every (connection, subscription) whose filters `event` matches, each once.
-    pub fn matches(&mut self, event: &impl Matchable, tags: &[(u8, &[u8])], out: &mut Vec<(ConnId, SubId)>) {
+    pub fn matches(&mut self, event: &LiveEvent, out: &mut Vec<(ConnId, SubId)>) {
         self.generation += 1;
         let generation = self.generation;
         let mut visit = |slot: Slot, slots: &[Option<Subscription>], seen: &mut [u64]| {
@@ -138,8 +183,8 @@ impl SubscriptionIndex {
         lookup(&Key::Id(*event.id()));
         lookup(&Key::Author(*event.pubkey()));
         lookup(&Key::Kind(event.kind()));
-        for &(letter, value) in tags {
-            lookup(&Key::Tag(letter, value.into()));
+        for (letter, value) in &event.tags {
+            lookup(&Key::Tag(*letter, value.clone()));
         }
         for &slot in &self.scan {
             visit(slot, &self.slots, &mut self.seen);
@@ -166,32 +211,6 @@ mod tests {
     use super::*;
     use crate::event::{EventId, Pubkey};
     use crate::filter::TagFilter;
-
-    struct Event {
-        id: [u8; 32],
-        pubkey: [u8; 32],
-        kind: u16,
-        created_at: u64,
-        tags: Vec<(u8, Box<[u8]>)>,
-    }
-
-    impl Matchable for Event {
-        fn id(&self) -> &[u8; 32] {
-            &self.id
-        }
-        fn pubkey(&self) -> &[u8; 32] {
-            &self.pubkey
-        }
-        fn created_at(&self) -> u64 {
-            self.created_at
-        }
-        fn kind(&self) -> u16 {
-            self.kind
-        }
-        fn has_tag(&self, letter: u8, value: &[u8]) -> bool {
-            self.tags.iter().any(|(l, v)| *l == letter && &v[..] == value)
-        }
-    }
 
     /// A tiny deterministic generator, so the test needs no dependency.
     struct Lcg(u64);
@@ -253,7 +272,8 @@ mod tests {
                     naive.push((conn, sub_id, filters));
                 }
                 _ => {
-                    let event = Event {
+                    let event = LiveEvent {
+                        json: Arc::from(&b"{}"[..]),
                         id: key(rng.below(20)),
                         pubkey: key(100 + rng.below(5)),
                         kind: rng.below(4) as u16,
@@ -262,9 +282,8 @@ mod tests {
                             .map(|_| (b"tp"[rng.below(2) as usize], vec![b'a' + rng.below(3) as u8].into()))
                             .collect(),
                     };
-                    let tags: Vec<(u8, &[u8])> = event.tags.iter().map(|(l, v)| (*l, &v[..])).collect();
                     let mut got = Vec::new();
-                    index.matches(&event, &tags, &mut got);
+                    index.matches(&event, &mut got);
                     got.sort();
                     let mut expected: Vec<(ConnId, SubId)> = naive
                         .iter()

@@ -20,7 +20,7 @@ use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
 use crate::proto::{self, SubId};
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
 use crate::store::{effective_limit, Admission, FilterScan, Router, Shard};
-use crate::subs::{ConnId, SubscriptionIndex};
+use crate::subs::{ConnId, LiveEvent, SubscriptionIndex};
 
 /// How long a REQ's answer waits for room in a connection's queue before the connection
 /// is dropped.
@@ -69,48 +69,6 @@ impl Ordered for WireHit {
     }
     fn id(&self) -> &[u8; 32] {
         &self.id
-    }
-}
-
-/// An event for live fan-out: its JSON once, and what matching needs.
-#[derive(Debug)]
-pub struct LiveEvent {
-    pub json: Arc<[u8]>,
-    id: [u8; 32],
-    pubkey: [u8; 32],
-    created_at: u64,
-    kind: u16,
-    tags: Vec<(u8, Box<[u8]>)>,
-}
-
-impl LiveEvent {
-    pub fn from_event(event: &VerifiedEvent) -> LiveEvent {
-        LiveEvent {
-            json: event.json().into(),
-            id: event.id().0,
-            pubkey: event.pubkey().0,
-            created_at: event.created_at(),
-            kind: event.kind(),
-            tags: event.index_tags().iter().map(|t| (t.letter, t.value.clone())).collect(),
-        }
-    }
-}
-
-impl Matchable for LiveEvent {
-    fn id(&self) -> &[u8; 32] {
-        &self.id
-    }
-    fn pubkey(&self) -> &[u8; 32] {
-        &self.pubkey
-    }
-    fn created_at(&self) -> u64 {
-        self.created_at
-    }
-    fn kind(&self) -> u16 {
-        self.kind
-    }
-    fn has_tag(&self, letter: u8, value: &[u8]) -> bool {
-        self.tags.iter().any(|(l, v)| *l == letter && &v[..] == value)
     }
 }
 
@@ -251,20 +209,26 @@ impl Core {
         let deadline = std::time::Instant::now() + HISTORY_SEND_TIMEOUT;
         let mut out = Out::Text(text);
         loop {
-            let refused = match self.conns.borrow().get(&conn) {
+            let room = match self.conns.borrow().get(&conn) {
                 None => return false,
-                Some(state) => state.outbound.try_send(out),
+                Some(state) => match state.outbound.try_send(out) {
+                    Ok(()) => return true,
+                    Err(back) => {
+                        out = back;
+                        state.outbound.room()
+                    }
+                },
             };
-            match refused {
-                Ok(()) => return true,
-                Err(back) => out = back,
-            }
-            if std::time::Instant::now() >= deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let waited = glommio::timer::timeout(left, async {
+                room.await;
+                Ok(())
+            });
+            if waited.await.is_err() {
                 tracing::info!(core = self.id, conn = conn.0, "dropping a reader that stopped reading its answer");
                 self.close_conn(conn);
                 return false;
             }
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 
@@ -387,9 +351,8 @@ impl Core {
 
     /// Match a live event against this core's subscriptions and queue it to each once.
     fn fan_out(&self, event: &Arc<LiveEvent>) {
-        let tags: Vec<(u8, &[u8])> = event.tags.iter().map(|(l, v)| (*l, &v[..])).collect();
         let mut matches = Vec::new();
-        self.subs.borrow_mut().matches(&**event, &tags, &mut matches);
+        self.subs.borrow_mut().matches(event, &mut matches);
         let pending_max = self.config.limits.pending_live_max;
         for (conn, sub_id) in matches {
             let frame = {
@@ -475,7 +438,7 @@ impl Core {
             );
             return;
         }
-        for event in buffered.iter().filter(|event| !sent.contains(&event.id)) {
+        for event in buffered.iter().filter(|event| !sent.contains(event.id())) {
             let frame = proto::frame_event(&sub_id, &event.json);
             if !self.send_waiting(conn, String::from_utf8(frame).expect("stored json is utf-8")).await {
                 return;

@@ -17,6 +17,8 @@ struct Shared {
     queue: RefCell<VecDeque<Out>>,
     capacity: usize,
     waker: Cell<Option<Waker>>,
+    /// Senders waiting for room (answers to REQs); woken when the writer takes a message.
+    room_wakers: RefCell<Vec<Waker>>,
     closed: Cell<bool>,
 }
 
@@ -30,6 +32,7 @@ pub fn outbox(capacity: usize) -> (OutboxSender, Outbox) {
         queue: RefCell::new(VecDeque::new()),
         capacity,
         waker: Cell::new(None),
+        room_wakers: RefCell::new(Vec::new()),
         closed: Cell::new(false),
     });
     (OutboxSender(shared.clone()), Outbox(shared))
@@ -50,9 +53,25 @@ impl OutboxSender {
     }
 }
 
+impl OutboxSender {
+    /// Resolves once the queue has room (or the connection is gone). Holds no borrow of the
+    /// sender, so the caller need not keep the connection's state borrowed while it waits.
+    pub fn room(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let shared = self.0.clone();
+        poll_fn(move |cx| {
+            if shared.closed.get() || shared.queue.borrow().len() < shared.capacity {
+                return Poll::Ready(());
+            }
+            shared.room_wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
 impl Drop for OutboxSender {
     fn drop(&mut self) {
         self.0.closed.set(true);
+        self.0.room_wakers.borrow_mut().drain(..).for_each(Waker::wake);
         if let Some(waker) = self.0.waker.take() {
             waker.wake();
         }
@@ -79,6 +98,9 @@ impl Outbox {
         if queue.is_empty() && queue.capacity() > RETAINED_CAPACITY {
             queue.shrink_to(RETAINED_CAPACITY);
         }
+        if out.is_some() {
+            self.0.room_wakers.borrow_mut().drain(..).for_each(Waker::wake);
+        }
         out
     }
 }
@@ -98,5 +120,15 @@ mod tests {
         let next = futures_lite::future::block_on(outbox.recv());
         assert!(matches!(next, Some(Out::Text(t)) if t == "b"), "queued messages survive the sender");
         assert!(futures_lite::future::block_on(outbox.recv()).is_none());
+    }
+
+    #[test]
+    fn a_sender_waits_for_room() {
+        let (sender, outbox) = outbox(1);
+        assert!(sender.try_send(Out::Text("a".into())).is_ok());
+        let mut room = Box::pin(sender.room());
+        assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut room)).is_none(), "full");
+        assert!(outbox.try_recv().is_some());
+        assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut room)).is_some(), "room again");
     }
 }
