@@ -30,6 +30,9 @@ use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardState};
 const MESH_CHANNEL_SIZE: usize = 4_096;
 /// How often a core looks for a shutdown request.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How long the cores get, once a stop is asked for, to finish their appends and close their
+/// clients. Past it the process exits anyway: every acknowledged event is already on disk.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Run the relay until SIGTERM or SIGINT; returns once every core has shut down cleanly.
 pub fn serve(config: Config) -> anyhow::Result<()> {
@@ -100,14 +103,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             config.data_dir.display()
         );
     }
-    for (index, handle) in handles.into_iter().enumerate() {
-        if let Err(error) = handle.join() {
-            failure = Some(format!(
-                "core {index} failed: {error}\n\
-                 glommio locks memory for io_uring: raise `ulimit -l` (or LimitMEMLOCK) to at least {} KiB; see tuning/",
-                core_count * 4096
-            ));
-        }
+    // A core's own failure says more than the startup report that it stopped.
+    if let Err(message) = join_cores(handles, &stop) {
+        failure = Some(message);
     }
     match failure {
         Some(message) => Err(anyhow::anyhow!(message)),
@@ -126,6 +124,51 @@ struct CoreStart {
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<String, String>>,
+}
+
+/// Wait for every core: without limit while the relay serves, then for at most
+/// [`SHUTDOWN_DEADLINE`] once a stop was asked for. A core that has not finished by then is
+/// left behind (the process exits with it) and named in the log.
+fn join_cores(handles: Vec<glommio::ExecutorJoinHandle<()>>, stop: &AtomicBool) -> Result<(), String> {
+    let count = handles.len();
+    let (joined_tx, joined_rx) = mpsc::channel();
+    for (index, handle) in handles.into_iter().enumerate() {
+        let joined = joined_tx.clone();
+        // A plain join has no timeout; a helper thread per core turns it into a message.
+        std::thread::spawn(move || {
+            let _ = joined.send((index, handle.join().map_err(|error| error.to_string())));
+        });
+    }
+    drop(joined_tx);
+    let mut running: Vec<bool> = vec![true; count];
+    let mut deadline = None;
+    let mut failure = None;
+    while running.contains(&true) {
+        if deadline.is_none() && stop.load(Ordering::SeqCst) {
+            deadline = Some(std::time::Instant::now() + SHUTDOWN_DEADLINE);
+        }
+        if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
+            let stuck: Vec<usize> = (0..count).filter(|&i| running[i]).collect();
+            tracing::error!(?stuck, "cores did not stop within {SHUTDOWN_DEADLINE:?}; exiting without them");
+            return Err(format!("cores {stuck:?} did not stop within {SHUTDOWN_DEADLINE:?}"));
+        }
+        match joined_rx.recv_timeout(SHUTDOWN_POLL) {
+            Ok((index, result)) => {
+                running[index] = false;
+                if let Err(error) = result {
+                    stop.store(true, Ordering::SeqCst);
+                    failure.get_or_insert(format!(
+                        "core {index} failed: {error}\n\
+                         glommio locks memory for io_uring: raise `ulimit -l` (or LimitMEMLOCK) to at least {} KiB; see tuning/",
+                        count * 4096
+                    ));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 async fn run_core(start: CoreStart) {
