@@ -12,6 +12,7 @@ use futures_channel::mpsc;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::Senders;
 
+use super::ip_slots::{IpSlot, IpSlots};
 use super::outbox::{outbox, Outbox, OutboxSender};
 use crate::config::Config;
 use crate::event::{EventId, KindClass, VerifiedEvent};
@@ -101,7 +102,7 @@ impl SubState {
 
 struct ConnState {
     outbound: OutboxSender,
-    ip: IpAddr,
+    _slot: IpSlot,
     subs: HashMap<SubId, SubState>,
 }
 
@@ -113,14 +114,20 @@ pub struct Core {
     shards: RefCell<HashMap<u16, Shard>>,
     subs: RefCell<SubscriptionIndex>,
     conns: RefCell<HashMap<ConnId, ConnState>>,
-    connections_per_ip: RefCell<HashMap<IpAddr, usize>>,
+    ip_slots: IpSlots,
     mesh: Senders<CoreMsg>,
     next_id: Cell<u64>,
     pending_queries: RefCell<HashMap<u64, mpsc::UnboundedSender<Vec<Vec<WireHit>>>>>,
 }
 
 impl Core {
-    pub fn new(config: Arc<Config>, router: Router, shards: HashMap<u16, Shard>, mesh: Senders<CoreMsg>) -> Rc<Core> {
+    pub fn new(
+        config: Arc<Config>,
+        router: Router,
+        shards: HashMap<u16, Shard>,
+        mesh: Senders<CoreMsg>,
+        ip_slots: IpSlots,
+    ) -> Rc<Core> {
         Rc::new(Core {
             id: mesh.peer_id(),
             core_count: mesh.nr_consumers(),
@@ -129,7 +136,7 @@ impl Core {
             shards: RefCell::new(shards),
             subs: RefCell::new(SubscriptionIndex::default()),
             conns: RefCell::new(HashMap::new()),
-            connections_per_ip: RefCell::new(HashMap::new()),
+            ip_slots,
             mesh,
             next_id: Cell::new(1),
             pending_queries: RefCell::new(HashMap::new()),
@@ -162,31 +169,18 @@ impl Core {
         }
     }
 
-    /// Register a connection; `None` when its IP holds its share of connections already.
+    /// Register a connection; `None` when its IP holds `connections_per_ip_max` already.
     pub fn open_conn(&self, ip: IpAddr) -> Option<(ConnId, Outbox)> {
-        let share = self.config.limits.connections_per_ip_max.div_ceil(self.core_count);
-        let mut per_ip = self.connections_per_ip.borrow_mut();
-        let count = per_ip.entry(ip).or_default();
-        if *count >= share {
-            return None;
-        }
-        *count += 1;
+        let slot = self.ip_slots.take(ip, self.config.limits.connections_per_ip_max)?;
         let conn = ConnId(self.fresh_id());
         let (outbound, receiver) = outbox(self.config.limits.outbound_queue_max);
-        self.conns.borrow_mut().insert(conn, ConnState { outbound, ip, subs: HashMap::new() });
+        self.conns.borrow_mut().insert(conn, ConnState { outbound, _slot: slot, subs: HashMap::new() });
         Some((conn, receiver))
     }
 
     pub fn close_conn(&self, conn: ConnId) {
         self.subs.borrow_mut().remove_conn(conn);
-        let Some(state) = self.conns.borrow_mut().remove(&conn) else { return };
-        let mut per_ip = self.connections_per_ip.borrow_mut();
-        if let Some(count) = per_ip.get_mut(&state.ip) {
-            *count -= 1;
-            if *count == 0 {
-                per_ip.remove(&state.ip);
-            }
-        }
+        self.conns.borrow_mut().remove(&conn);
     }
 
     /// Queue a message to a connection. A connection whose queue is full is a slow

@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod core;
 pub mod http;
+pub mod ip_slots;
 pub mod outbox;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use glommio::net::TcpListener;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use self::core::{Core, CoreMsg};
+use self::ip_slots::IpSlots;
 use crate::config::Config;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardState};
 
@@ -50,6 +52,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // split the traffic; a plain bind first makes "port in use" an error.
     drop(std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
     let config = Arc::new(config);
+    let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
     let cpus: Vec<usize> =
@@ -65,6 +68,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             mesh: mesh.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
+            ip_slots: ip_slots.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{index}"))
@@ -124,6 +128,7 @@ struct CoreStart {
     mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<String, String>>,
+    ip_slots: IpSlots,
 }
 
 /// Wait for every core: without limit while the relay serves, then for at most
@@ -203,7 +208,7 @@ async fn run_core(start: CoreStart) {
             return;
         }
     };
-    let core = Core::new(start.config.clone(), start.router, shards, senders);
+    let core = Core::new(start.config.clone(), start.router, shards, senders, start.ip_slots);
     for (_, receiver) in receivers.streams() {
         let core = core.clone();
         glommio::spawn_local(async move {
