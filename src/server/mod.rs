@@ -201,7 +201,7 @@ async fn run_core(start: CoreStart) {
             }
         }
     }
-    let listener = match TcpListener::bind(start.config.listen) {
+    let listener = match listen(start.config.listen) {
         Ok(listener) => listener,
         Err(error) => {
             let _ = start.ready.send(Err(format!("cannot listen on {}: {error}", start.config.listen)));
@@ -226,6 +226,23 @@ async fn run_core(start: CoreStart) {
     core.close_shards().await;
     core.close_all("relay shutting down");
     glommio::timer::sleep(Duration::from_millis(200)).await;
+}
+
+/// Pending connections a listener queues (the kernel caps it at `net.core.somaxconn`).
+const LISTEN_BACKLOG: i32 = 4_096;
+
+/// This core's listener. SO_REUSEPORT lets every core listen on the address; SO_REUSEADDR,
+/// which glommio's own `bind` leaves out, is inherited by accepted sockets so that their
+/// TIME_WAIT remains do not stop a restarted relay from binding for a minute.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that we own and hand over.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &AtomicBool) {

@@ -30,6 +30,11 @@ impl Relay {
     /// Start with a config file holding `config` (TOML); flags set address, cores and data.
     pub fn start_with_config(data_dir: &Path, cores: usize, config: &str) -> Relay {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Relay::start_on(data_dir, cores, config, port)
+    }
+
+    /// Start on a given port (a restart on the port a stopped relay used).
+    pub fn start_on(data_dir: &Path, cores: usize, config: &str, port: u16) -> Relay {
         std::fs::create_dir_all(data_dir).unwrap();
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -565,4 +570,25 @@ fn a_large_history_answer_reaches_a_reader_with_a_small_queue() {
     }
     published.reverse();
     assert_eq!(ids(&client.req("history", &[json!({"#t": ["history"]})])), published);
+}
+
+#[test]
+fn a_restarted_relay_binds_its_port_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[limits]\nconnections_per_ip_max = 1\n";
+    let relay = Relay::start_with_config(dir.path(), 2, config);
+    let port = relay.port;
+    let mut kept = relay.connect();
+    assert!(kept.publish(&signed(&keys(993), 1, now(), &[], "before")).0);
+    // Refused connections are closed by the relay first, which leaves its side of each in
+    // TIME_WAIT: exactly what used to keep a restarted relay from binding for a minute.
+    for _ in 0..10 {
+        let mut refused = relay.connect();
+        assert!(matches!(refused.read_within(), Some(Ok(Message::Close(_)))));
+        while let Some(Ok(_)) = refused.read_within() {}
+    }
+    assert!(relay.terminate().success());
+    let relay = Relay::start_on(dir.path(), 2, config, port);
+    let mut client = relay.connect();
+    assert!(client.publish(&signed(&keys(993), 1, now(), &[], "after")).0);
 }
