@@ -2,6 +2,7 @@
 
 mod cli;
 mod event_vectors;
+mod loadgen_runs;
 mod relay;
 mod storage;
 mod support;

@@ -1,0 +1,551 @@
+//! The engine. The main thread builds and signs the workload, preloads the store for
+//! `query`, then starts one glommio executor per generator thread. Each thread owns its
+//! connections and records into its own histograms; once a second it hands what it measured
+//! to the main thread, which prints progress, decides when the drain is over and builds the
+//! report. Schedules are open loop: send `i` of a connection is due at t0 + phase + i/rate
+//! whatever the replies, and latency is taken from that due time (coordinated omission
+//! corrected, as wrk2 does), so a stalled relay shows up as latency, not as a lower rate.
+
+mod connect;
+mod fanout;
+mod net;
+mod publish;
+mod query;
+mod worker;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::bail;
+use glommio::{LocalExecutorBuilder, Placement};
+use secp256k1::Keypair;
+
+use crate::plan::Plan;
+use crate::stats::{GeneratorReport, Latency, Metric, Report, Sample, ScenarioReport};
+use crate::workload::{self, status, EventTable, Follow};
+
+pub use self::net::Target;
+pub use self::query::check_answer;
+use self::query::{preload_store, Known};
+use self::worker::worker;
+
+/// io_uring memory locked per generator executor; the generator does no file I/O.
+const IO_MEMORY_SIZE: usize = 256 * 1024;
+/// A generator thread busier than this during the measured phase is saturated.
+const SATURATED_BUSY: f64 = 0.9;
+/// Sends this late (p99) mean the generator did not keep its schedule.
+const SEND_LAG_WARN_MS: f64 = 1.0;
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// CPU time (user + system) of the calling thread.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_THREAD is the calling thread.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+/// Many connections need many descriptors: take the hard limit.
+fn raise_open_files_limit() {
+    // SAFETY: plain get/setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Everything the generator threads share, read-only but for atomics.
+struct Shared {
+    target: Target,
+    plan: Plan,
+    table: EventTable,
+    publish: Range<usize>,
+    fanout: Range<usize>,
+    follows: Vec<Follow>,
+    fanout_authors: Vec<Keypair>,
+    history_authors: Vec<Keypair>,
+    /// For each fanout event (by offset in `fanout`), how many subscribers want it.
+    wanted_by: Vec<u32>,
+    /// Fanout events (offsets) per topic and per author, for the missing-delivery count.
+    topic_events: Vec<Vec<u32>>,
+    author_events: Vec<Vec<u32>>,
+    known: Known,
+    since: u64,
+    threads: usize,
+    warmup_ns: u64,
+    end_ns: u64,
+    t0: OnceLock<Instant>,
+    finish: AtomicBool,
+}
+
+impl Shared {
+    fn t0(&self) -> Instant {
+        *self.t0.get().expect("started")
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        self.t0().elapsed().as_nanos() as u64
+    }
+
+    fn measured(&self, due_ns: u64) -> bool {
+        (self.warmup_ns..self.end_ns).contains(&due_ns)
+    }
+
+    fn finishing(&self) -> bool {
+        self.finish.load(Ordering::Acquire)
+    }
+
+    /// Sleep until `due_ns` after t0.
+    async fn sleep_until(&self, due_ns: u64) {
+        let now = self.elapsed_ns();
+        if due_ns > now {
+            glommio::timer::sleep(Duration::from_nanos(due_ns - now)).await;
+        }
+    }
+
+    /// Deliveries the relay owes for fanout events it accepted; with `measured_only`, only
+    /// for events due in the measured phase.
+    fn expected_deliveries(&self, measured_only: bool) -> u64 {
+        self.fanout
+            .clone()
+            .zip(&self.wanted_by)
+            .filter(|(index, _)| self.table.status(*index) == status::ACCEPTED)
+            .filter(|(index, _)| !measured_only || self.table.scheduled_ns(*index).is_some_and(|d| self.measured(d)))
+            .map(|(_, wanted)| u64::from(*wanted))
+            .sum()
+    }
+}
+
+/// A generator thread's report to the main thread.
+struct Tick {
+    worker: usize,
+    /// Which second after t0 this closes (0 for the final tick).
+    second: u64,
+    sample: Sample,
+    cpu: Duration,
+    /// The thread's CPU share over the measured phase, on its final tick.
+    final_busy: Option<f64>,
+}
+
+/// Run a plan against a relay and report; `progress` prints a line per second on stderr.
+pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Report> {
+    plan.validate()?;
+    raise_open_files_limit();
+    let threads = match plan.run.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let seed = plan.run.seed;
+    let warmup = plan.run.warmup.0;
+    let duration = plan.run.duration.0;
+    let total_secs = (warmup + duration).as_secs_f64();
+    let now = unix_now();
+    let log = |text: String| {
+        if progress {
+            eprintln!("{text}");
+        }
+    };
+
+    // The workload, signed now: publish, then fanout, then preload events in one table.
+    let started = Instant::now();
+    let publish_authors = workload::authors(seed, "publish", plan.run.authors);
+    let mut drafts = Vec::new();
+    if let Some(p) = &plan.publish {
+        let count = (p.rate * total_secs).ceil() as usize + p.connections;
+        let per_second = p.rate;
+        drafts
+            .extend(workload::publish_drafts(seed, count, &publish_authors, |i| now + (i as f64 / per_second) as u64));
+    }
+    let publish = 0..drafts.len();
+    let fanout_author_count = plan.fanout.as_ref().map_or(1, |f| f.topics);
+    let fanout_authors = workload::authors(seed, "fanout", fanout_author_count);
+    if let Some(f) = &plan.fanout {
+        let count = (f.rate * total_secs).ceil() as usize + f.publishers;
+        let per_second = f.rate;
+        drafts.extend(workload::fanout_drafts(seed, count, fanout_author_count, f.topics, |i| {
+            now + (i as f64 / per_second) as u64
+        }));
+    }
+    let fanout = publish.end..drafts.len();
+    let history_count = plan.query.as_ref().map_or(1, |q| (q.preload / 100).clamp(1, plan.run.authors));
+    let history_authors = workload::authors(seed, "history", history_count);
+    if let Some(q) = &plan.query {
+        drafts.extend(workload::preload_drafts(seed, q.preload, history_count, now));
+    }
+    let preload = fanout.end..drafts.len();
+    let mut events = Vec::with_capacity(drafts.len());
+    let pools = [&publish_authors, &fanout_authors, &history_authors];
+    // Each pool signs with its own keys; split the drafts by range.
+    let mut rest = drafts;
+    for (range, keys) in [publish.clone(), fanout.clone(), preload.clone()].into_iter().zip(pools) {
+        let tail = rest.split_off(range.len());
+        events.extend(workload::sign_all(std::mem::replace(&mut rest, tail), keys));
+    }
+    let table = EventTable::new(events);
+    log(format!("loadgen: signed {} events in {:.1}s", table.events.len(), started.elapsed().as_secs_f64()));
+
+    if let Some(q) = &plan.query {
+        let accepted = preload_store(target, &table, preload.clone(), q.connections)?;
+        log(format!("loadgen: preloaded {accepted} of {} events", preload.len()));
+        anyhow::ensure!(accepted > 0, "the relay accepted none of the preloaded events; a query run needs a store");
+    }
+    let known = Known::build(&table, preload.clone());
+
+    let follows = plan.fanout.as_ref().map_or_else(Vec::new, |f| {
+        workload::follows(seed, f.subscribers, f.topics, fanout_author_count, f.author_ratio, f.idle_ratio)
+    });
+    let topics = plan.fanout.as_ref().map_or(0, |f| f.topics);
+    let mut topic_events = vec![Vec::new(); topics];
+    let mut author_events = vec![Vec::new(); fanout_author_count];
+    for (offset, index) in fanout.clone().enumerate() {
+        let event = &table.events[index];
+        if let Some(topic) = event.topic {
+            topic_events[topic as usize].push(offset as u32);
+        }
+        author_events[event.author as usize].push(offset as u32);
+    }
+    let mut wanted_by = vec![0u32; fanout.len()];
+    for follow in &follows {
+        let list = match *follow {
+            Follow::Topic(topic) => &topic_events[topic as usize],
+            Follow::Author(author) => &author_events[author as usize],
+            Follow::Nothing => continue,
+        };
+        for &offset in list {
+            wanted_by[offset as usize] += 1;
+        }
+    }
+
+    let shared = Arc::new(Shared {
+        target: target.clone(),
+        plan: plan.clone(),
+        table,
+        publish,
+        fanout,
+        follows,
+        fanout_authors,
+        history_authors,
+        wanted_by,
+        topic_events,
+        author_events,
+        known,
+        since: now.saturating_sub(1),
+        threads,
+        warmup_ns: warmup.as_nanos() as u64,
+        end_ns: (warmup + duration).as_nanos() as u64,
+        t0: OnceLock::new(),
+        finish: AtomicBool::new(false),
+    });
+
+    let (tick_tx, tick_rx) = mpsc::channel::<Tick>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+    let mut handles = Vec::new();
+    for worker_index in 0..threads {
+        let shared = shared.clone();
+        let ticks = tick_tx.clone();
+        let ready = ready_tx.clone();
+        let handle = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("loadgen-{worker_index}"))
+            .io_memory(IO_MEMORY_SIZE)
+            .spawn(move || worker(shared, worker_index, ticks, ready))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot start generator thread {worker_index}: {e}\n\
+                     glommio locks memory for io_uring: raise `ulimit -l` to at least {} KiB",
+                    threads * 512
+                )
+            })?;
+        handles.push(handle);
+    }
+    drop(tick_tx);
+    drop(ready_tx);
+    let setup_started = Instant::now();
+    let mut setup_error = None;
+    for _ in 0..threads {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                setup_error.get_or_insert(message);
+            }
+            Err(_) => {
+                setup_error.get_or_insert_with(|| "a generator thread stopped during setup".to_owned());
+                break;
+            }
+        }
+    }
+    if let Some(message) = setup_error {
+        shared.finish.store(true, Ordering::Release);
+        let _ = shared.t0.set(Instant::now());
+        for handle in handles {
+            let _ = handle.join();
+        }
+        bail!("setting up connections to {} failed: {message}", target.url);
+    }
+    log(format!(
+        "loadgen: {} connections open in {:.1}s on {threads} threads; warm-up {:?}, then {:?} measured",
+        count_connections(plan),
+        setup_started.elapsed().as_secs_f64(),
+        warmup,
+        duration
+    ));
+
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let _ = shared.t0.set(t0);
+    let end = t0 + warmup + duration;
+    let drain_deadline = end + plan.run.drain.0;
+    let mut total = Sample::default();
+    let mut interval = Sample::default();
+    let mut interval_cpu = vec![Duration::ZERO; threads];
+    let mut seen_second: Vec<u64> = vec![0; threads];
+    let mut printed_second = 0;
+    loop {
+        match tick_rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(tick) => {
+                total.merge(&tick.sample);
+                interval.merge(&tick.sample);
+                interval_cpu[tick.worker] += tick.cpu;
+                seen_second[tick.worker] = seen_second[tick.worker].max(tick.second);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        let complete_second = seen_second.iter().copied().min().unwrap_or(0);
+        if complete_second > printed_second && Instant::now() < end + Duration::from_millis(500) {
+            let seconds = (complete_second - printed_second) as f64;
+            printed_second = complete_second;
+            log(progress_line(&shared, complete_second, seconds, &interval, &total, &interval_cpu));
+            interval = Sample::default();
+            interval_cpu.iter_mut().for_each(|cpu| *cpu = Duration::ZERO);
+        }
+        let now = Instant::now();
+        if now >= end && (now >= drain_deadline || drained(&shared, &total)) {
+            break;
+        }
+    }
+    shared.finish.store(true, Ordering::Release);
+    let mut busy = vec![0.0; threads];
+    let mut finals = 0;
+    let final_deadline = Instant::now() + Duration::from_secs(30);
+    while finals < threads {
+        let left = final_deadline.saturating_duration_since(Instant::now());
+        match tick_rx.recv_timeout(left) {
+            Ok(tick) => {
+                total.merge(&tick.sample);
+                if let Some(share) = tick.final_busy {
+                    busy[tick.worker] = share;
+                    finals += 1;
+                }
+            }
+            Err(_) => bail!("generator threads did not report their final counts"),
+        }
+    }
+    for handle in handles {
+        handle.join().map_err(|e| anyhow::anyhow!("generator thread failed: {e}"))?;
+    }
+    Ok(build_report(&shared, total, busy))
+}
+
+fn count_connections(plan: &Plan) -> usize {
+    plan.publish.as_ref().map_or(0, |p| p.connections)
+        + plan.fanout.as_ref().map_or(0, |f| f.publishers + f.subscribers)
+        + plan.query.as_ref().map_or(0, |q| q.connections)
+}
+
+/// Every send has its reply and every accepted fanout event all its deliveries.
+fn drained(shared: &Shared, total: &Sample) -> bool {
+    let count = |key: &str| total.counts.get(key).copied().unwrap_or(0);
+    count("publish.replies") >= count("publish.sent")
+        && count("fanout.replies") >= count("fanout.sent")
+        && count("query.done") >= count("query.sent")
+        && count("fanout.delivered") >= shared.expected_deliveries(false)
+}
+
+fn progress_line(
+    shared: &Shared,
+    second: u64,
+    seconds: f64,
+    interval: &Sample,
+    total: &Sample,
+    cpu: &[Duration],
+) -> String {
+    let count = |key: &str| interval.counts.get(key).copied().unwrap_or(0) as f64 / seconds;
+    let p99 = |metric: Metric| Latency::of(&total.latency[metric as usize]).p99_ms;
+    let phase = if second * 1_000_000_000 <= shared.warmup_ns { "warm-up " } else { "measured" };
+    let mut parts = vec![format!("[{second:>4}s {phase}]")];
+    if let Some(p) = &shared.plan.publish {
+        parts.push(format!(
+            "publish {:.0}/{:.0}/s p99 {:.2}ms",
+            count("publish.accepted"),
+            p.rate,
+            p99(Metric::Publish)
+        ));
+    }
+    if shared.plan.fanout.is_some() {
+        parts.push(format!(
+            "fanout {:.0} ev/s {:.0} deliveries/s p99 {:.2}ms",
+            count("fanout.sent"),
+            count("fanout.delivered"),
+            p99(Metric::Fanout)
+        ));
+    }
+    if let Some(q) = &shared.plan.query {
+        parts.push(format!("query {:.0}/{:.0}/s p99 {:.2}ms", count("query.done"), q.rate, p99(Metric::Query)));
+    }
+    if shared.plan.connect.is_some() {
+        parts.push(format!(
+            "connect {:.0}/s p99 {:.2}ms open {}",
+            count("connect.open"),
+            p99(Metric::Connect),
+            total.counts.get("connect.open").copied().unwrap_or(0)
+                - total.counts.get("connect.dropped").copied().unwrap_or(0)
+        ));
+    }
+    parts.push(format!("errors {}", total.error_total()));
+    let busy: Vec<String> = cpu.iter().map(|cpu| format!("{:.0}%", 100.0 * cpu.as_secs_f64() / seconds)).collect();
+    parts.push(format!("generator busy {}", busy.join(" ")));
+    parts.join(" | ")
+}
+
+fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
+    let plan = &shared.plan;
+    let seconds = plan.run.duration.0.as_secs_f64();
+    // Sends of the measured phase that never got an OK.
+    for (range, name) in [(&shared.publish, "publish.no_reply"), (&shared.fanout, "fanout.no_reply")] {
+        let unanswered = range
+            .clone()
+            .filter(|&i| shared.table.status(i) == status::SENT)
+            .filter(|&i| shared.table.scheduled_ns(i).is_some_and(|d| shared.measured(d)))
+            .count() as u64;
+        if unanswered > 0 {
+            *total.errors.entry(name.to_owned()).or_default() += unanswered;
+        }
+    }
+    let count = |key: &str| total.counts.get(key).copied().unwrap_or(0);
+    let errors_of = |prefix: &str| -> BTreeMap<String, u64> {
+        total.errors.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    let mut scenarios = Vec::new();
+    let mut scenario =
+        |name: &'static str, metric: Metric, offered: u64, offered_rate: f64, counts: Vec<(&str, u64)>| {
+            let completed = total.completed[metric as usize];
+            scenarios.push(ScenarioReport {
+                name,
+                offered_rate,
+                achieved_rate: completed as f64 / seconds,
+                offered,
+                completed,
+                latency: Latency::of(&total.latency[metric as usize]),
+                counts: counts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                errors: errors_of(&format!("{name}.")),
+            });
+        };
+    if let Some(p) = &plan.publish {
+        let offered = total.offered[Metric::Publish as usize];
+        scenario(
+            "publish",
+            Metric::Publish,
+            offered,
+            p.rate,
+            vec![
+                ("sent", count("publish.sent")),
+                ("accepted", count("publish.accepted")),
+                ("connections", p.connections as u64),
+            ],
+        );
+    }
+    if let Some(f) = &plan.fanout {
+        let offered = shared.expected_deliveries(true);
+        scenario(
+            "fanout",
+            Metric::Fanout,
+            offered,
+            offered as f64 / seconds,
+            vec![
+                ("events_sent", count("fanout.sent")),
+                ("events_accepted", count("fanout.accepted")),
+                ("deliveries", count("fanout.delivered")),
+                ("deliveries_expected", shared.expected_deliveries(false)),
+                ("subscribers", f.subscribers as u64),
+            ],
+        );
+    }
+    if let Some(q) = &plan.query {
+        let offered = total.offered[Metric::Query as usize];
+        let answered = total.completed[Metric::Query as usize].max(1);
+        scenario(
+            "query",
+            Metric::Query,
+            offered,
+            q.rate,
+            vec![
+                ("events_returned", count("query.events")),
+                ("events_per_query", count("query.measured_events") / answered),
+                ("preloaded", shared.known.accepted.len() as u64),
+            ],
+        );
+    }
+    if let Some(c) = &plan.connect {
+        let offered = total.offered[Metric::Connect as usize];
+        // The ramp may end before the measured phase does; its rate is over the ramp.
+        let ramp_seconds = (c.connections as f64 / c.rate).min(seconds);
+        scenario(
+            "connect",
+            Metric::Connect,
+            offered,
+            c.rate,
+            vec![("opened", count("connect.open")), ("target", c.connections as u64)],
+        );
+        if let Some(connect) = scenarios.last_mut() {
+            connect.achieved_rate = connect.completed as f64 / ramp_seconds;
+        }
+    }
+    let operations: u64 = scenarios.iter().map(|s| s.offered).sum();
+    let error_total = total.error_total();
+    let send_lag = Latency::of(&total.latency[Metric::SendLag as usize]);
+    let mut warnings = Vec::new();
+    for (thread, share) in busy.iter().enumerate() {
+        if *share > SATURATED_BUSY {
+            warnings.push(format!(
+                "generator thread {thread} was {:.0}% busy: the generator may be the bottleneck; \
+                 use more --threads or run it on another machine",
+                share * 100.0
+            ));
+        }
+    }
+    if send_lag.p99_ms > SEND_LAG_WARN_MS {
+        warnings.push(format!(
+            "sends left {:.2} ms late at p99: the generator did not keep its schedule, latencies include that",
+            send_lag.p99_ms
+        ));
+    }
+    let saturated = !warnings.is_empty();
+    if let Some(dropped) = total.errors.get("connect.dropped") {
+        warnings.push(format!(
+            "the relay closed {dropped} held connections: is there a per-address connection limit? \
+             (ringrelay: [limits] connections_per_ip_max)"
+        ));
+    }
+    Report {
+        relay: shared.target.url.clone(),
+        seed: plan.run.seed,
+        warmup_s: plan.run.warmup.0.as_secs_f64(),
+        duration_s: seconds,
+        scenarios,
+        errors: total.errors.clone(),
+        error_ratio: if operations == 0 { 0.0 } else { error_total as f64 / operations as f64 },
+        generator: GeneratorReport { threads: shared.threads, thread_busy: busy, send_lag, saturated, warnings },
+    }
+}

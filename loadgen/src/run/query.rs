@@ -1,0 +1,448 @@
+//! History queries: the preloaded store, what each query must return, the open-loop
+//! REQ schedule and the checks at EOSE.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::ops::Range;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use async_tungstenite::tungstenite::Message;
+use async_tungstenite::WebSocketReceiver;
+use futures_lite::StreamExt;
+use futures_util::SinkExt;
+use glommio::net::TcpStream;
+use glommio::{LocalExecutorBuilder, Placement};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::stats::{Metric, Sample};
+use crate::wire::{self, Reply};
+use crate::workload::{self, status, EventTable};
+
+use super::net::{connect, next_text, Target, Ws};
+use super::worker::lost;
+use super::{Shared, IO_MEMORY_SIZE};
+
+/// Answered query subscriptions a connection remembers, to tell late live events from strays.
+pub(super) const FINISHED_QUERIES_KEPT: usize = 4_096;
+/// Preload: EVENTs in flight per connection.
+pub(super) const PRELOAD_WINDOW: usize = 256;
+
+/// What queries expect of the preloaded store: acknowledged events, newest first with ties
+/// by lowest id, per author, kind and tag.
+#[derive(Default)]
+pub(super) struct Known {
+    pub(super) accepted: Vec<u32>,
+    by_author: HashMap<u32, Vec<Entry>>,
+    by_kind: HashMap<u16, Vec<Entry>>,
+    by_tag: HashMap<u32, Vec<Entry>>,
+}
+
+/// `(created_at, id)`; ordered the way a relay must return events.
+pub(super) type Entry = (u64, [u8; 32]);
+
+pub(super) fn newest_first(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+}
+
+impl Known {
+    pub(super) fn build(table: &EventTable, range: Range<usize>) -> Known {
+        let mut known = Known::default();
+        for index in range {
+            if table.status(index) != status::ACCEPTED {
+                continue;
+            }
+            let event = &table.events[index];
+            let entry = (event.created_at, event.id);
+            known.accepted.push(index as u32);
+            known.by_author.entry(event.author).or_default().push(entry);
+            known.by_kind.entry(event.kind).or_default().push(entry);
+            if let Some(tag) = event.topic {
+                known.by_tag.entry(tag).or_default().push(entry);
+            }
+        }
+        for list in known.by_author.values_mut().chain(known.by_kind.values_mut()).chain(known.by_tag.values_mut()) {
+            list.sort_by(newest_first);
+        }
+        known
+    }
+}
+
+/// Publish the preload events (untimed, a window of EVENTs in flight per connection) and
+/// wait for their OKs; returns how many were accepted.
+pub(super) fn preload_store(
+    target: &Target,
+    table: &EventTable,
+    range: Range<usize>,
+    connections: usize,
+) -> anyhow::Result<usize> {
+    let target = target.clone();
+    // The executor needs 'static data; the table outlives the thread because we join it.
+    let events: Vec<(usize, [u8; 32], async_tungstenite::tungstenite::Utf8Bytes)> =
+        range.clone().map(|i| (i, table.events[i].id, table.events[i].message.clone())).collect();
+    let results = LocalExecutorBuilder::new(Placement::Unbound)
+        .name("loadgen-preload")
+        .io_memory(IO_MEMORY_SIZE)
+        .spawn(move || async move {
+            let events = Rc::new(events);
+            let mut tasks = Vec::new();
+            for conn in 0..connections.max(1) {
+                let ws = connect(&target).await?;
+                let events = events.clone();
+                tasks.push(glommio::spawn_local(preload_connection(ws, events, conn, connections.max(1))));
+            }
+            let mut results = Vec::new();
+            for task in tasks {
+                results.extend(task.await?);
+            }
+            Ok::<_, anyhow::Error>(results)
+        })
+        .map_err(|e| anyhow::anyhow!("cannot start the preload thread: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("preload thread failed: {e}"))??;
+    let mut accepted = 0;
+    for (index, ok) in results {
+        table.set_status(index, if ok { status::ACCEPTED } else { status::REJECTED });
+        accepted += usize::from(ok);
+    }
+    Ok(accepted)
+}
+
+pub(super) async fn preload_connection(
+    ws: Ws,
+    events: Rc<Vec<(usize, [u8; 32], async_tungstenite::tungstenite::Utf8Bytes)>>,
+    conn: usize,
+    connections: usize,
+) -> anyhow::Result<Vec<(usize, bool)>> {
+    let mine: Vec<usize> = (conn..events.len()).step_by(connections).collect();
+    let by_id: HashMap<[u8; 32], usize> = mine.iter().map(|&i| (events[i].1, events[i].0)).collect();
+    let (mut sender, mut receiver) = ws.split();
+    let mut results = Vec::with_capacity(mine.len());
+    let mut sent = 0;
+    while results.len() < mine.len() {
+        while sent < mine.len() && sent - results.len() < PRELOAD_WINDOW {
+            sender.feed(Message::Text(events[mine[sent]].2.clone())).await?;
+            sent += 1;
+        }
+        sender.flush().await?;
+        let next = glommio::timer::timeout(Duration::from_secs(30), async { Ok(receiver.next().await) }).await;
+        match next {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                if let Ok(Reply::Ok { id, accepted, .. }) = wire::parse(&text) {
+                    if let Some(&index) = by_id.get(&id) {
+                        // Stored before, by an earlier run: as good as accepted now.
+                        results.push((index, accepted || wire::reason_prefix(&reason_of(&text)) == "duplicate"));
+                    }
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => bail!("preload connection failed: {e}"),
+            Ok(None) => bail!("the relay closed a preload connection"),
+            Err(_) => bail!("no OK for a preloaded event within 30 s"),
+        }
+    }
+    let _ = sender.close(None).await;
+    Ok(results)
+}
+
+pub(super) fn reason_of(text: &str) -> String {
+    match wire::parse(text) {
+        Ok(Reply::Ok { reason, .. }) => reason,
+        _ => String::new(),
+    }
+}
+
+/// A history query and what it must return.
+pub(super) enum Shape {
+    Ids(Vec<[u8; 32]>),
+    Author(u32),
+    Kind(u16),
+    Tag(u32),
+}
+
+pub(super) struct Pending {
+    due: u64,
+    shape: Shape,
+    limit: usize,
+    events: Vec<Entry>,
+    mismatched: bool,
+}
+
+impl Shape {
+    fn filter(&self, shared: &Shared, limit: usize) -> serde_json::Value {
+        let seed = shared.plan.run.seed;
+        match self {
+            Shape::Ids(ids) => json!({"ids": ids.iter().map(|id| workload::hex(id)).collect::<Vec<_>>()}),
+            Shape::Author(a) => {
+                json!({"authors": [workload::pubkey_hex(&shared.history_authors[*a as usize])], "limit": limit})
+            }
+            Shape::Kind(k) => json!({"kinds": [k], "limit": limit}),
+            Shape::Tag(t) => json!({"#t": [workload::query_tag(seed, *t)], "limit": limit}),
+        }
+    }
+
+    fn matches(&self, shared: &Shared, event: &wire::EventFields<'_>) -> bool {
+        match self {
+            Shape::Ids(ids) => workload::decode_id(event.id.as_bytes()).is_some_and(|id| ids.contains(&id)),
+            Shape::Author(a) => event.pubkey == workload::pubkey_hex(&shared.history_authors[*a as usize]),
+            Shape::Kind(k) => event.kind == u64::from(*k),
+            Shape::Tag(t) => {
+                let tag = workload::query_tag(shared.plan.run.seed, *t);
+                event.tags.iter().any(|pair| pair.len() >= 2 && pair[0] == "t" && pair[1] == tag)
+            }
+        }
+    }
+
+    /// The acknowledged preload events this query must see, newest first.
+    fn expected(&self, shared: &Shared) -> Vec<Entry> {
+        let known = &shared.known;
+        match self {
+            Shape::Ids(ids) => {
+                let mut entries: Vec<Entry> = ids
+                    .iter()
+                    .filter_map(|id| shared.table.by_id.get(id))
+                    .map(|&i| (shared.table.events[i as usize].created_at, shared.table.events[i as usize].id))
+                    .collect();
+                entries.sort_by(newest_first);
+                entries
+            }
+            Shape::Author(a) => known.by_author.get(a).cloned().unwrap_or_default(),
+            Shape::Kind(k) => known.by_kind.get(k).cloned().unwrap_or_default(),
+            Shape::Tag(t) => known.by_tag.get(t).cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// The errors a query's answer shows: out of order, over its limit, or missing an
+/// acknowledged event that ranks above the last one returned.
+pub fn check_answer(got: &[Entry], expected: &[Entry], limit: usize) -> Vec<&'static str> {
+    let mut errors = Vec::new();
+    if got.windows(2).any(|pair| newest_first(&pair[0], &pair[1]) != std::cmp::Ordering::Less) {
+        errors.push("query.order");
+    }
+    if got.len() > limit {
+        errors.push("query.over_limit");
+    }
+    let returned: HashSet<&[u8; 32]> = got.iter().map(|(_, id)| id).collect();
+    let must_have = |entry: &&Entry| match got.last() {
+        Some(last) if got.len() >= limit => newest_first(entry, last) == std::cmp::Ordering::Less,
+        _ => true,
+    };
+    if expected.iter().filter(must_have).any(|(_, id)| !returned.contains(id)) {
+        errors.push("query.incomplete");
+    }
+    errors
+}
+
+/// A query connection: REQs on an open-loop schedule, answers checked at EOSE, then CLOSE.
+pub(super) async fn run_queries(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>, ws: Ws, conn: usize) {
+    let plan = shared.plan.query.as_ref().expect("query plan");
+    let (mut sender, receiver) = ws.split();
+    let pending: Rc<RefCell<HashMap<String, Pending>>> = Rc::new(RefCell::new(HashMap::new()));
+    let (close_tx, close_rx) = glommio::channels::local_channel::new_unbounded::<String>();
+    glommio::spawn_local(read_answers(shared.clone(), stats.clone(), receiver, pending.clone(), close_tx)).detach();
+    let interval = 1e9 * plan.connections as f64 / plan.rate;
+    let phase = interval * conn as f64 / plan.connections as f64;
+    let due = |i: u64| (phase + interval * i as f64) as u64;
+    let mut rng = StdRng::seed_from_u64(shared.plan.run.seed ^ (conn as u64) << 32 ^ 0x7175);
+    let weights = [plan.ids, plan.author, plan.kind, plan.tag];
+    let weight_total: u32 = weights.iter().sum();
+    let mut next = 0u64;
+    enum Step {
+        Due,
+        Close(Option<String>),
+    }
+    while !shared.finishing() {
+        let sending = due(next) < shared.end_ns;
+        let step = futures_lite::future::or(
+            async {
+                if sending {
+                    shared.sleep_until(due(next)).await;
+                } else {
+                    while !shared.finishing() {
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                Step::Due
+            },
+            async { Step::Close(close_rx.recv().await) },
+        )
+        .await;
+        let result = match step {
+            Step::Close(Some(sub)) => sender.send(Message::text(json!(["CLOSE", sub]).to_string())).await,
+            Step::Close(None) => break,
+            Step::Due if !sending => continue,
+            Step::Due => {
+                let now = shared.elapsed_ns();
+                let mut result = Ok(());
+                while due(next) <= now && due(next) < shared.end_ns {
+                    let scheduled = due(next);
+                    let mut pick = rng.gen_range(0..weight_total);
+                    let shape_index = weights
+                        .iter()
+                        .position(|w| {
+                            if pick < *w {
+                                true
+                            } else {
+                                pick -= w;
+                                false
+                            }
+                        })
+                        .unwrap_or(0);
+                    let shape = match shape_index {
+                        0 => {
+                            let count = rng.gen_range(1..=5);
+                            let accepted = &shared.known.accepted;
+                            Shape::Ids(
+                                (0..count)
+                                    .map(|_| {
+                                        shared.table.events[accepted[rng.gen_range(0..accepted.len())] as usize].id
+                                    })
+                                    .collect::<HashSet<_>>()
+                                    .into_iter()
+                                    .collect(),
+                            )
+                        }
+                        1 => Shape::Author(rng.gen_range(0..shared.history_authors.len()) as u32),
+                        2 => Shape::Kind(if rng.gen_bool(0.75) { 1 } else { 7 }),
+                        _ => Shape::Tag(rng.gen_range(0..workload::QUERY_TAGS)),
+                    };
+                    let limit = match &shape {
+                        Shape::Ids(ids) => ids.len(),
+                        _ => plan.limit,
+                    };
+                    let sub = format!("q{conn}-{next}");
+                    let request = json!(["REQ", sub, shape.filter(&shared, limit)]).to_string();
+                    {
+                        let mut sample = stats.borrow_mut();
+                        sample.count("query.sent", 1);
+                        if shared.measured(scheduled) {
+                            sample.offered[Metric::Query as usize] += 1;
+                            sample.record(Metric::SendLag, (now - scheduled) / 1_000);
+                        }
+                    }
+                    pending
+                        .borrow_mut()
+                        .insert(sub, Pending { due: scheduled, shape, limit, events: Vec::new(), mismatched: false });
+                    result = sender.feed(Message::text(request)).await;
+                    if result.is_err() {
+                        break;
+                    }
+                    next += 1;
+                }
+                match result {
+                    Ok(()) => sender.flush().await,
+                    error => error,
+                }
+            }
+        };
+        if result.is_err() {
+            lost(&shared, &stats);
+            return;
+        }
+    }
+    let _ = sender.close(None).await;
+}
+
+pub(super) async fn read_answers(
+    shared: Arc<Shared>,
+    stats: Rc<RefCell<Sample>>,
+    mut receiver: WebSocketReceiver<TcpStream>,
+    pending: Rc<RefCell<HashMap<String, Pending>>>,
+    closes: glommio::channels::local_channel::LocalSender<String>,
+) {
+    // After EOSE a subscription is live until the relay has read our CLOSE: events for it
+    // in between are the relay doing its job, not errors.
+    let mut finished: (HashSet<String>, std::collections::VecDeque<String>) = Default::default();
+    while let Some(text) = next_text(&mut receiver).await {
+        let now = shared.elapsed_ns();
+        let mut sample = stats.borrow_mut();
+        match wire::parse(&text) {
+            Ok(Reply::Event { sub, event, .. }) => {
+                let mut pending = pending.borrow_mut();
+                let Some(query) = pending.get_mut(sub.as_ref()) else {
+                    if finished.0.contains(sub.as_ref()) {
+                        sample.count("query.live_after_eose", 1);
+                    } else {
+                        sample.error("query.unexpected");
+                    }
+                    continue;
+                };
+                match wire::event_fields(event).and_then(|fields| {
+                    let id = workload::decode_id(fields.id.as_bytes())?;
+                    Some((fields.created_at, id, query.shape.matches(&shared, &fields)))
+                }) {
+                    Some((created_at, id, matches)) => {
+                        query.events.push((created_at, id));
+                        query.mismatched |= !matches;
+                    }
+                    None => sample.error("unreadable"),
+                }
+            }
+            Ok(Reply::Eose { sub }) => {
+                let Some(query) = pending.borrow_mut().remove(&sub) else {
+                    sample.error("query.unexpected");
+                    continue;
+                };
+                sample.count("query.done", 1);
+                sample.count("query.events", query.events.len() as u64);
+                if shared.measured(query.due) {
+                    sample.completed[Metric::Query as usize] += 1;
+                    sample.count("query.measured_events", query.events.len() as u64);
+                    sample.record(Metric::Query, now.saturating_sub(query.due) / 1_000);
+                }
+                if query.mismatched {
+                    sample.error("query.mismatch");
+                }
+                for error in check_answer(&query.events, &query.shape.expected(&shared), query.limit) {
+                    sample.error(error);
+                }
+                if finished.1.len() >= FINISHED_QUERIES_KEPT {
+                    if let Some(oldest) = finished.1.pop_front() {
+                        finished.0.remove(&oldest);
+                    }
+                }
+                finished.0.insert(sub.clone());
+                finished.1.push_back(sub.clone());
+                let _ = closes.try_send(sub);
+            }
+            Ok(Reply::Closed { sub, reason }) => {
+                if pending.borrow_mut().remove(&sub).is_some() {
+                    sample.count("query.done", 1);
+                    sample.error(&format!("query.closed.{}", wire::reason_prefix(&reason)));
+                }
+            }
+            Ok(Reply::Notice(_)) => sample.error("notice"),
+            Ok(_) => {}
+            Err(_) => sample.error("unreadable"),
+        }
+    }
+    lost(&shared, &stats);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> [u8; 32] {
+        [n; 32]
+    }
+
+    #[test]
+    fn answers_are_checked_for_order_limit_and_completeness() {
+        let expected = vec![(30, id(1)), (20, id(2)), (20, id(3)), (10, id(4))];
+        assert!(check_answer(&expected, &expected, 10).is_empty());
+        assert!(check_answer(&expected[..2], &expected, 2).is_empty(), "the newest two, in order");
+        assert_eq!(check_answer(&[(20, id(3)), (20, id(2))], &expected, 2), ["query.order", "query.incomplete"]);
+        assert_eq!(check_answer(&[(30, id(1)), (10, id(4))], &expected, 2), ["query.incomplete"]);
+        assert_eq!(check_answer(&expected, &expected, 3), ["query.over_limit"]);
+        // Events the relay has from elsewhere may rank in between; ours must still be there.
+        let foreign = vec![(40, id(9)), (30, id(1))];
+        assert!(check_answer(&foreign, &expected, 2).is_empty());
+        assert_eq!(check_answer(&[(30, id(1))], &expected, 5), ["query.incomplete"]);
+    }
+}

@@ -1,0 +1,225 @@
+//! loadgen against a live ringrelay: short runs whose counts must add up, the command line
+//! (objectives, JSON, sweep plot), and a deliberately broken relay whose faults it must catch.
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use loadgen::plan::{ConnectPlan, FanoutPlan, Plan, PublishPlan, QueryPlan, Span};
+use loadgen::{Report, Target};
+use tungstenite::Message;
+
+use crate::relay::Relay;
+
+const UNCAPPED: &str = "[limits]\nconnections_per_ip_max = 100000\n";
+
+fn short_plan() -> Plan {
+    let mut plan = Plan::default();
+    plan.run.duration = Span(Duration::from_millis(1500));
+    plan.run.warmup = Span(Duration::from_millis(300));
+    plan.run.drain = Span(Duration::from_secs(5));
+    plan.run.threads = 2;
+    plan.run.authors = 50;
+    plan
+}
+
+fn run(port: u16, plan: &Plan) -> Report {
+    let target = Target::parse(&format!("ws://127.0.0.1:{port}")).unwrap();
+    loadgen::run(&target, plan, false).expect("the run takes place")
+}
+
+fn count(report: &Report, scenario: &str, key: &str) -> u64 {
+    report.scenario(scenario).unwrap().counts[key]
+}
+
+#[test]
+fn published_events_reach_every_matching_subscriber_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 2, UNCAPPED);
+    let mut plan = short_plan();
+    plan.publish = Some(PublishPlan { rate: 400.0, connections: 4 });
+    plan.fanout = Some(FanoutPlan {
+        subscribers: 80,
+        rate: 100.0,
+        publishers: 2,
+        topics: 5,
+        author_ratio: 0.25,
+        idle_ratio: 0.1,
+    });
+    let report = run(relay.port, &plan);
+    assert!(report.errors.is_empty(), "{}", report.render());
+    let publish = report.scenario("publish").unwrap();
+    assert!(publish.offered >= 500, "{}", report.render());
+    assert_eq!(publish.completed, publish.offered, "every measured EVENT got OK true");
+    assert_eq!(count(&report, "publish", "accepted"), count(&report, "publish", "sent"));
+    // 8 idle subscribers match nothing; the 72 others share 180 events among them.
+    let delivered = count(&report, "fanout", "deliveries");
+    assert!(delivered > 180, "{}", report.render());
+    assert_eq!(delivered, count(&report, "fanout", "deliveries_expected"));
+    let fanout = report.scenario("fanout").unwrap();
+    assert_eq!(fanout.completed, fanout.offered);
+    assert!(fanout.latency.samples > 0 && fanout.latency.p50_ms > 0.0);
+}
+
+#[test]
+fn history_queries_come_back_complete_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 2, UNCAPPED);
+    let mut plan = short_plan();
+    plan.query = Some(QueryPlan { rate: 60.0, connections: 2, preload: 400, limit: 20, ..QueryPlan::default() });
+    let report = run(relay.port, &plan);
+    assert!(report.errors.is_empty(), "{}", report.render());
+    let query = report.scenario("query").unwrap();
+    assert!(query.offered >= 60, "{}", report.render());
+    assert_eq!(query.completed, query.offered);
+    assert_eq!(count(&report, "query", "preloaded"), 400);
+    assert!(count(&report, "query", "events_returned") > query.completed, "queries return events");
+}
+
+#[test]
+fn connections_ramp_and_are_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 2, UNCAPPED);
+    let mut plan = short_plan();
+    plan.connect = Some(ConnectPlan { connections: 60, rate: 100.0 });
+    let report = run(relay.port, &plan);
+    assert!(report.errors.is_empty(), "{}", report.render());
+    let connect = report.scenario("connect").unwrap();
+    assert_eq!(count(&report, "connect", "opened"), 60);
+    assert_eq!((connect.offered, connect.completed), (60, 60));
+}
+
+#[test]
+fn the_command_line_sets_the_exit_status_and_writes_json_and_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(&dir.path().join("data"), 2, UNCAPPED);
+    let url = format!("ws://127.0.0.1:{}", relay.port);
+    let json = dir.path().join("run.json");
+    let args = |extra: &[&str]| {
+        let mut args = vec!["loadgen", url.as_str(), "--publish", "200", "-d", "0.6s", "-w", "0.2s", "--quiet"];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let broke = loadgen::main_with_args(args(&["--slo", "publish.p99<1ns", "--json", json.to_str().unwrap()]));
+    assert_eq!(broke, loadgen::EXIT_BROKE);
+    let document: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(document["held"], false);
+    assert_eq!(document["report"]["scenarios"][0]["name"], "publish");
+    assert!(document["report"]["scenarios"][0]["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(document["slo"][0]["held"], false);
+
+    let held = loadgen::main_with_args(args(&["--slo", "publish.p99<60s,publish.achieved>=50%,errors<=1%"]));
+    assert_eq!(held, loadgen::EXIT_HELD);
+
+    let plot = dir.path().join("sweep.svg");
+    let sweep_json = dir.path().join("sweep.json");
+    let swept = loadgen::main_with_args(args(&[
+        "--sweep",
+        "--sweep-steps",
+        "2",
+        "--sweep-factor",
+        "2",
+        "--slo",
+        "publish.p99<60s",
+        "--plot",
+        plot.to_str().unwrap(),
+        "--json",
+        sweep_json.to_str().unwrap(),
+    ]));
+    assert_eq!(swept, loadgen::EXIT_HELD);
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("publish p99"), "{}", &svg[..svg.len().min(300)]);
+    let sweep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sweep_json).unwrap()).unwrap();
+    assert_eq!(sweep["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(sweep["highest_held"], 400.0);
+
+    assert_eq!(loadgen::main_with_args(["loadgen", "wss://127.0.0.1:1", "--publish", "10"]), loadgen::EXIT_FAILED);
+    assert_eq!(loadgen::main_with_args(["loadgen", url.as_str()]), loadgen::EXIT_FAILED, "no scenario");
+    assert_eq!(loadgen::main_with_args(["loadgen", url.as_str(), "--publish", "10", "--slo", "p99<1"]), 2);
+}
+
+/// How the fake relay gets fan-out wrong.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Every event to every subscriber, twice, whatever its filter.
+    EveryoneTwice,
+    /// Events are acknowledged and never delivered.
+    Nobody,
+}
+
+/// A subscription of the fake relay and the queue to its connection.
+type Subscriber = (String, std::sync::mpsc::Sender<String>);
+
+/// A minimal, wrong relay: answers REQ with EOSE and EVENT with OK true, and fans out as
+/// `fault` says. One thread per connection; stops when the test process ends.
+fn broken_relay(fault: Fault) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let subscribers: Arc<Mutex<Vec<Subscriber>>> = Arc::default();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let subscribers = subscribers.clone();
+            std::thread::spawn(move || {
+                stream.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+                let Ok(mut ws) = tungstenite::accept(stream) else { return };
+                let (tx, rx) = std::sync::mpsc::channel::<String>();
+                loop {
+                    while let Ok(text) = rx.try_recv() {
+                        if ws.send(Message::text(text)).is_err() {
+                            return;
+                        }
+                    }
+                    let text = match ws.read() {
+                        Ok(Message::Text(text)) => text,
+                        Ok(Message::Close(_)) => return,
+                        Ok(_) => continue,
+                        Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => return,
+                    };
+                    let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    match message[0].as_str() {
+                        Some("REQ") => {
+                            let sub = message[1].as_str().unwrap().to_owned();
+                            subscribers.lock().unwrap().push((sub.clone(), tx.clone()));
+                            let _ = ws.send(Message::text(serde_json::json!(["EOSE", sub]).to_string()));
+                        }
+                        Some("EVENT") => {
+                            let event = &message[1];
+                            let ok = serde_json::json!(["OK", event["id"], true, ""]).to_string();
+                            let _ = ws.send(Message::text(ok));
+                            if let Fault::EveryoneTwice = fault {
+                                for (sub, subscriber) in subscribers.lock().unwrap().iter() {
+                                    let frame = serde_json::json!(["EVENT", sub, event]).to_string();
+                                    let _ = subscriber.send(frame.clone());
+                                    let _ = subscriber.send(frame);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_relay_that_gets_fanout_wrong_is_caught() {
+    let mut plan = short_plan();
+    plan.run.drain = Span(Duration::from_millis(500));
+    plan.fanout =
+        Some(FanoutPlan { subscribers: 20, rate: 40.0, publishers: 1, topics: 4, author_ratio: 0.2, idle_ratio: 0.2 });
+    let report = run(broken_relay(Fault::EveryoneTwice), &plan);
+    let errors = |key: &str| report.errors.get(key).copied().unwrap_or(0);
+    assert!(errors("fanout.unexpected") > 0, "{}", report.render());
+    assert!(errors("fanout.duplicate") > 0, "{}", report.render());
+    assert_eq!(errors("fanout.missing"), 0, "{}", report.render());
+    assert!(report.error_ratio > 0.0);
+
+    let report = run(broken_relay(Fault::Nobody), &plan);
+    let expected = count(&report, "fanout", "deliveries_expected");
+    assert!(expected > 0);
+    assert_eq!(report.errors.get("fanout.missing").copied(), Some(expected), "{}", report.render());
+    assert_eq!(count(&report, "fanout", "deliveries"), 0);
+}
