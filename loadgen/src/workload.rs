@@ -373,17 +373,18 @@ impl Follow {
         }
     }
 
-    /// The REQ filter: live only (`limit: 0` and `since` the run's start).
+    /// The REQ filter: live events only, through `since` the run's start. Not `limit: 0`:
+    /// nostr-rs-relay 0.8 never answers such a REQ with EOSE.
     pub fn filter(&self, seed: u64, since: u64, fanout_authors: &[Keypair]) -> serde_json::Value {
         match *self {
             Follow::Topic(topic) => {
-                json!({"kinds": [1], "#t": [fanout_topic(seed, topic)], "since": since, "limit": 0})
+                json!({"kinds": [1], "#t": [fanout_topic(seed, topic)], "since": since})
             }
             Follow::Author(author) => {
-                json!({"authors": [pubkey_hex(&fanout_authors[author as usize])], "since": since, "limit": 0})
+                json!({"authors": [pubkey_hex(&fanout_authors[author as usize])], "since": since})
             }
             Follow::Nothing => {
-                json!({"kinds": [1], "#t": [format!("loadgen-{seed}-nobody")], "since": since, "limit": 0})
+                json!({"kinds": [1], "#t": [format!("loadgen-{seed}-nobody")], "since": since})
             }
         }
     }

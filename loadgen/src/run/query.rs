@@ -167,13 +167,14 @@ pub(super) enum Shape {
 pub(super) struct Pending {
     due: u64,
     shape: Shape,
-    limit: usize,
+    /// `None` for an ids query, which has no limit and no required order.
+    limit: Option<usize>,
     events: Vec<Entry>,
     mismatched: bool,
 }
 
 impl Shape {
-    fn filter(&self, shared: &Shared, limit: usize) -> serde_json::Value {
+    fn filter(&self, shared: &Shared, limit: Option<usize>) -> serde_json::Value {
         let seed = shared.plan.run.seed;
         match self {
             Shape::Ids(ids) => json!({"ids": ids.iter().map(|id| workload::hex(id)).collect::<Vec<_>>()}),
@@ -217,19 +218,27 @@ impl Shape {
     }
 }
 
-/// The errors a query's answer shows: out of order, over its limit, or missing an
-/// acknowledged event that ranks above the last one returned.
-pub fn check_answer(got: &[Entry], expected: &[Entry], limit: usize) -> Vec<&'static str> {
+/// The errors a query's answer shows. With a `limit` (NIP-01 orders only those): not newest
+/// first (`query.order`), equal `created_at` not by lowest id first (`query.tie_order`), more
+/// than the limit (`query.over_limit`). Always: missing an acknowledged event it must return
+/// (`query.incomplete`); with a limit that was reached, those ranking above the last one
+/// returned, otherwise all of them.
+pub fn check_answer(got: &[Entry], expected: &[Entry], limit: Option<usize>) -> Vec<&'static str> {
     let mut errors = Vec::new();
-    if got.windows(2).any(|pair| newest_first(&pair[0], &pair[1]) != std::cmp::Ordering::Less) {
-        errors.push("query.order");
-    }
-    if got.len() > limit {
-        errors.push("query.over_limit");
+    if let Some(limit) = limit {
+        if got.windows(2).any(|pair| pair[0].0 < pair[1].0) {
+            errors.push("query.order");
+        }
+        if got.windows(2).any(|pair| pair[0].0 == pair[1].0 && pair[0].1 >= pair[1].1) {
+            errors.push("query.tie_order");
+        }
+        if got.len() > limit {
+            errors.push("query.over_limit");
+        }
     }
     let returned: HashSet<&[u8; 32]> = got.iter().map(|(_, id)| id).collect();
-    let must_have = |entry: &&Entry| match got.last() {
-        Some(last) if got.len() >= limit => newest_first(entry, last) == std::cmp::Ordering::Less,
+    let must_have = |entry: &&Entry| match (limit, got.last()) {
+        (Some(limit), Some(last)) if got.len() >= limit => newest_first(entry, last) == std::cmp::Ordering::Less,
         _ => true,
     };
     if expected.iter().filter(must_have).any(|(_, id)| !returned.contains(id)) {
@@ -312,8 +321,8 @@ pub(super) async fn run_queries(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>,
                         _ => Shape::Tag(rng.gen_range(0..workload::QUERY_TAGS)),
                     };
                     let limit = match &shape {
-                        Shape::Ids(ids) => ids.len(),
-                        _ => plan.limit,
+                        Shape::Ids(_) => None,
+                        _ => Some(plan.limit),
                     };
                     let sub = format!("q{conn}-{next}");
                     let request = json!(["REQ", sub, shape.filter(&shared, limit)]).to_string();
@@ -435,14 +444,22 @@ mod tests {
     #[test]
     fn answers_are_checked_for_order_limit_and_completeness() {
         let expected = vec![(30, id(1)), (20, id(2)), (20, id(3)), (10, id(4))];
-        assert!(check_answer(&expected, &expected, 10).is_empty());
-        assert!(check_answer(&expected[..2], &expected, 2).is_empty(), "the newest two, in order");
-        assert_eq!(check_answer(&[(20, id(3)), (20, id(2))], &expected, 2), ["query.order", "query.incomplete"]);
-        assert_eq!(check_answer(&[(30, id(1)), (10, id(4))], &expected, 2), ["query.incomplete"]);
-        assert_eq!(check_answer(&expected, &expected, 3), ["query.over_limit"]);
+        assert!(check_answer(&expected, &expected, Some(10)).is_empty());
+        assert!(check_answer(&expected[..2], &expected, Some(2)).is_empty(), "the newest two, in order");
+        assert_eq!(
+            check_answer(&[(20, id(3)), (20, id(2))], &expected, Some(2)),
+            ["query.tie_order", "query.incomplete"]
+        );
+        assert_eq!(check_answer(&[(20, id(2)), (30, id(1))], &expected, Some(2)), ["query.order"]);
+        assert_eq!(check_answer(&[(30, id(1)), (10, id(4))], &expected, Some(2)), ["query.incomplete"]);
+        assert_eq!(check_answer(&expected, &expected, Some(3)), ["query.over_limit"]);
         // Events the relay has from elsewhere may rank in between; ours must still be there.
         let foreign = vec![(40, id(9)), (30, id(1))];
-        assert!(check_answer(&foreign, &expected, 2).is_empty());
-        assert_eq!(check_answer(&[(30, id(1))], &expected, 5), ["query.incomplete"]);
+        assert!(check_answer(&foreign, &expected, Some(2)).is_empty());
+        assert_eq!(check_answer(&[(30, id(1))], &expected, Some(5)), ["query.incomplete"]);
+        // Without a limit (an ids query) any order will do, but all must be there.
+        let reversed: Vec<Entry> = expected.iter().rev().copied().collect();
+        assert!(check_answer(&reversed, &expected, None).is_empty());
+        assert_eq!(check_answer(&reversed[1..], &expected, None), ["query.incomplete"]);
     }
 }
