@@ -12,26 +12,13 @@ cargo build --release --quiet
 cargo bench --bench relay_load --no-run --quiet 2>/dev/null
 load=$(ls -t target/release/deps/relay_load-* | grep -v '\.d$' | head -1)
 
-printf '[limits]\nconnections_per_ip_max = 100000\n' > "$work/ringrelay.toml"
-mkdir -p "$work/nrr-data"
-cat > "$work/nrr.toml" <<TOML
-[info]
-name = "nostr-rs-relay"
-[database]
-data_directory = "$work/nrr-data"
-[network]
-address = "127.0.0.1"
-port = 7812
-[limits]
-max_event_bytes = 131072
-max_ws_message_bytes = 135168
-max_ws_frame_bytes = 135168
-TOML
+. benches/relay-configs.sh
+relay_configs "$work" 7812
 
 run() { # name url pid
   echo "== $1"
   "$load" idle "$2" "$3" 2000 | tail -1
-  "$load" ingest "$2" "$events" 8 | tail -1
+  "$load" ingest "$2" "$events" 8 | tail -2
   "$load" latency "$2" "$rate" 10 | tail -1
   "$load" fanout "$2" 1000 100 | tail -1
 }

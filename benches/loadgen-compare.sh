@@ -14,21 +14,8 @@ cargo build --release --quiet -p ringrelay -p loadgen
 lg="./target/release/loadgen"
 common=(-d "${seconds}s" -w 2s --drain 10s)
 
-printf '[limits]\nconnections_per_ip_max = 100000\n' > "$work/ringrelay.toml"
-mkdir -p "$work/nrr-data"
-cat > "$work/nrr.toml" <<TOML
-[info]
-name = "nostr-rs-relay"
-[database]
-data_directory = "$work/nrr-data"
-[network]
-address = "127.0.0.1"
-port = 7842
-[limits]
-max_event_bytes = 131072
-max_ws_message_bytes = 135168
-max_ws_frame_bytes = 135168
-TOML
+. benches/relay-configs.sh
+relay_configs "$work" 7842
 
 scenarios() { # name url
   local name=$1 url=$2
