@@ -108,9 +108,20 @@ struct VersionKey {
     d: Box<[u8]>,
 }
 
-/// Event numbers sorted by (created_at, number), oldest first.
+/// Event numbers in (created_at, number) order, oldest first, held as two sorted runs:
+/// `main`, which in-order arrivals extend at its end, and a small `side` run for arrivals
+/// older than the newest event already posted. `side` is merged into `main` once it
+/// outgrows the square root of `main`, so an out-of-order arrival costs O(√n) moves,
+/// amortized, instead of the O(n) of inserting into one vector; old-dated events (imports,
+/// sync, or a client replaying history) cannot turn ingest quadratic.
 #[derive(Clone, Debug, Default)]
-pub struct Postings(Vec<EventNo>);
+pub struct Postings {
+    main: Vec<EventNo>,
+    side: Vec<EventNo>,
+}
+
+/// `side` is merged into `main` once it holds more than this, or √(main), whichever is larger.
+const SIDE_RUN_COUNT_MIN: usize = 64;
 
 const TAG_LIST_BIT: u32 = 1 << 31;
 const _: () = assert!(SHARD_EVENT_COUNT_MAX < TAG_LIST_BIT as usize);
@@ -206,14 +217,21 @@ impl Index {
         &self.global
     }
 
-    /// The events carrying tag `letter` = `value`, as a slice; hash collisions are possible,
-    /// so callers check the record's tags.
-    pub fn tag_postings(&self, letter: u8, value: &[u8]) -> &[EventNo] {
+    /// The events carrying tag `letter` = `value`, as sorted runs (see [`Postings`]); hash
+    /// collisions are possible, so callers check the record's tags.
+    pub fn tag_postings(&self, letter: u8, value: &[u8]) -> [&[EventNo]; 2] {
         match self.by_tag.get(&self.tag_hash(letter, value)) {
-            None => &[],
-            Some(slot) if slot & TAG_LIST_BIT != 0 => &self.tag_lists[(slot & !TAG_LIST_BIT) as usize].0,
-            Some(slot) => std::slice::from_ref(slot),
+            None => [&[], &[]],
+            Some(slot) if slot & TAG_LIST_BIT != 0 => self.tag_lists[(slot & !TAG_LIST_BIT) as usize].runs(),
+            Some(slot) => [std::slice::from_ref(slot), &[]],
         }
+    }
+
+    /// Every posted event, oldest first (one merged copy of the global postings).
+    pub fn all_oldest_first(&self) -> Vec<EventNo> {
+        let mut all = self.global.clone();
+        all.merge_side(|n| (self.entry(n).created_at, n));
+        all.main
     }
 
     fn tag_hash(&self, letter: u8, value: &[u8]) -> u64 {
@@ -380,7 +398,7 @@ impl Index {
                 }
                 Some(slot) if *slot == no => {}
                 Some(slot) => {
-                    let mut list = Postings(vec![*slot]);
+                    let mut list = Postings::single(*slot);
                     list.insert(no, bulk, key);
                     *slot = TAG_LIST_BIT | tag_lists.len() as u32;
                     tag_lists.push(list);
@@ -478,17 +496,17 @@ impl Index {
             let i = *n as usize;
             (chunks[i / ENTRY_CHUNK_SIZE][i % ENTRY_CHUNK_SIZE].created_at, *n)
         };
-        global.0.sort_unstable_by_key(key);
-        by_author.iter_mut().for_each(|p| p.0.sort_unstable_by_key(key));
-        by_kind.values_mut().for_each(|p| p.0.sort_unstable_by_key(key));
-        tag_lists.iter_mut().for_each(|p| p.0.sort_unstable_by_key(key));
+        global.sort(key);
+        by_author.iter_mut().for_each(|p| p.sort(key));
+        by_kind.values_mut().for_each(|p| p.sort(key));
+        tag_lists.iter_mut().for_each(|p| p.sort(key));
         self.bulk = false;
     }
 
     /// Heap bytes held by the indexes (capacities, not lengths), for the memory figure.
     pub fn memory_size(&self) -> usize {
         use std::mem::size_of;
-        let postings = |p: &Postings| p.0.capacity() * 4 + size_of::<Postings>();
+        let postings = |p: &Postings| p.capacity() * 4 + size_of::<Postings>();
         let table = |capacity: usize, item: usize| capacity * (item + 1);
         self.chunks.iter().map(|c| c.capacity() * size_of::<Entry>()).sum::<usize>()
             + table(self.by_id.capacity(), 4)
@@ -509,26 +527,68 @@ impl Index {
 }
 
 impl Postings {
-    pub fn as_slice(&self) -> &[EventNo] {
-        &self.0
-    }
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    fn single(no: EventNo) -> Postings {
+        Postings { main: vec![no], side: Vec::new() }
     }
 
-    /// Insert keeping (created_at, number) order; arrivals are nearly sorted, so the
-    /// position is found from the end and little moves.
+    /// The two sorted runs; a scan walks both and merges them.
+    pub fn runs(&self) -> [&[EventNo]; 2] {
+        [&self.main, &self.side]
+    }
+    pub fn len(&self) -> usize {
+        self.main.len() + self.side.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.main.is_empty() && self.side.is_empty()
+    }
+
+    /// Insert keeping (created_at, number) order. An arrival newer than every posted event
+    /// (the common case) is pushed; an older one goes into `side`.
     fn insert(&mut self, no: EventNo, bulk: bool, key: impl Fn(EventNo) -> (u64, EventNo)) {
         let new_key = key(no);
-        if bulk || self.0.last().is_none_or(|&last| key(last) < new_key) {
-            self.0.push(no);
+        if bulk || self.main.last().is_none_or(|&last| key(last) < new_key) {
+            self.main.push(no);
             return;
         }
-        let position = self.0.partition_point(|&other| key(other) < new_key);
-        self.0.insert(position, no);
+        let position = self.side.partition_point(|&other| key(other) < new_key);
+        self.side.insert(position, no);
+        if self.side.len() > SIDE_RUN_COUNT_MIN.max(self.main.len().isqrt()) {
+            self.merge_side(key);
+        }
+    }
+
+    /// Merge `side` into `main` in place. Each side event's place is found by binary search
+    /// (the key of a posting is a lookup into the entries, so keys are read O(side · log n)
+    /// times, not n), then `main` is moved in whole runs from the back.
+    fn merge_side(&mut self, key: impl Fn(EventNo) -> (u64, EventNo)) {
+        let mut places = Vec::with_capacity(self.side.len());
+        let mut from = 0;
+        for &no in &self.side {
+            let new_key = key(no);
+            from += self.main[from..].partition_point(|&other| key(other) < new_key);
+            places.push(from);
+        }
+        let mut read_end = self.main.len();
+        self.main.resize(read_end + self.side.len(), 0);
+        let mut write_end = self.main.len();
+        for (&no, &place) in self.side.iter().zip(&places).rev() {
+            let count = read_end - place;
+            self.main.copy_within(place..read_end, write_end - count);
+            write_end -= count + 1;
+            self.main[write_end] = no;
+            read_end = place;
+        }
+        self.side.clear();
+    }
+
+    /// Sort after a bulk load (everything went to `main` unsorted).
+    fn sort(&mut self, key: impl Fn(&EventNo) -> (u64, EventNo)) {
+        self.main.append(&mut self.side);
+        self.main.sort_unstable_by_key(key);
+    }
+
+    fn capacity(&self) -> usize {
+        self.main.capacity() + self.side.capacity()
     }
 }
 
@@ -549,4 +609,41 @@ fn parse_address(value: &[u8]) -> Option<Address<'_>> {
     let kind = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let pubkey = crate::hex::decode_lower::<32>(parts.next()?)?;
     Some(Address { kind, pubkey, d: parts.next()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out-of-order arrivals land in the side run and are merged into the main one; at every
+    /// point the two runs hold each posted event once, each in (created_at, number) order.
+    #[test]
+    fn postings_stay_ordered_through_side_runs_and_merges() {
+        let mut created_at = Vec::new();
+        let mut postings = Postings::default();
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut merges = 0;
+        for no in 0..20_000u32 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Mostly in order, a third of the time up to a day old.
+            let t = 1_000_000 + u64::from(no) - if state % 3 == 0 { state % 86_400 } else { 0 };
+            created_at.push(t);
+            let side_before = postings.side.len();
+            postings.insert(no, false, |n| (created_at[n as usize], n));
+            merges += usize::from(side_before > 0 && postings.side.is_empty());
+            if no % 997 == 0 || no == 19_999 {
+                let key = |n: &EventNo| (created_at[*n as usize], *n);
+                for run in postings.runs() {
+                    assert!(run.windows(2).all(|w| key(&w[0]) < key(&w[1])));
+                }
+                let mut all: Vec<EventNo> = postings.runs().concat();
+                all.sort_unstable();
+                assert_eq!(all, (0..=no).collect::<Vec<_>>());
+            }
+        }
+        assert!(merges > 10, "the side run was merged {merges} times");
+        assert!(postings.side.len() <= SIDE_RUN_COUNT_MIN.max(postings.main.len().isqrt()));
+    }
 }

@@ -51,13 +51,14 @@ enum List {
 }
 
 impl List {
-    fn slice<'a>(&'a self, index: &'a Index) -> &'a [EventNo] {
+    /// The list's sorted runs (see `index::Postings`), walked together.
+    fn runs<'a>(&'a self, index: &'a Index) -> [&'a [EventNo]; 2] {
         match self {
-            List::Owned(nos) => nos,
-            List::Author(author) => index.author_postings(*author).as_slice(),
-            List::Kind(kind) => index.kind_postings(*kind).map(|p| p.as_slice()).unwrap_or_default(),
+            List::Owned(nos) => [nos, &[]],
+            List::Author(author) => index.author_postings(*author).runs(),
+            List::Kind(kind) => index.kind_postings(*kind).map_or([&[], &[]], |p| p.runs()),
             List::Tag(letter, value) => index.tag_postings(*letter, value),
-            List::Global => index.global_postings().as_slice(),
+            List::Global => index.global_postings().runs(),
         }
     }
 }
@@ -125,7 +126,11 @@ impl FilterScan {
             consider(cost, kinds.iter().map(|&k| List::Kind(k)).collect());
         }
         for tag in &self.filter.tags {
-            let cost = tag.values.iter().map(|v| index.tag_postings(tag.letter, v).len()).sum();
+            let cost = tag
+                .values
+                .iter()
+                .map(|v| index.tag_postings(tag.letter, v).iter().map(|r| r.len()).sum::<usize>())
+                .sum();
             consider(cost, tag.values.iter().map(|v| List::Tag(tag.letter, v.clone())).collect());
         }
         best.1
@@ -143,17 +148,18 @@ impl FilterScan {
         let since = self.filter.since.unwrap_or(0);
         let mut heads = BinaryHeap::with_capacity(self.lists.len());
         for (list_index, list) in self.lists.iter().enumerate() {
-            let nos = list.slice(index);
-            let below = self.resume_below;
-            let end = nos.partition_point(|&no| (index.entry(no).created_at, no) < below);
-            if end > 0 {
-                let no = nos[end - 1];
-                heads.push(((index.entry(no).created_at, no), list_index, end - 1));
+            for (run, nos) in list.runs(index).into_iter().enumerate() {
+                let below = self.resume_below;
+                let end = nos.partition_point(|&no| (index.entry(no).created_at, no) < below);
+                if end > 0 {
+                    let no = nos[end - 1];
+                    heads.push(((index.entry(no).created_at, no), (list_index, run), end - 1));
+                }
             }
         }
         let mut examined = 0;
         let mut previous = None;
-        while let Some((key, list_index, position)) = heads.pop() {
+        while let Some((key, (list_index, run), position)) = heads.pop() {
             if key.0 < since {
                 break;
             }
@@ -163,8 +169,8 @@ impl FilterScan {
             }
             examined += 1;
             if position > 0 {
-                let no = self.lists[list_index].slice(index)[position - 1];
-                heads.push(((index.entry(no).created_at, no), list_index, position - 1));
+                let no = self.lists[list_index].runs(index)[run][position - 1];
+                heads.push(((index.entry(no).created_at, no), (list_index, run), position - 1));
             }
             if previous == Some(key) {
                 continue;

@@ -12,13 +12,16 @@ use super::StoreOptions;
 pub fn run(options: &StoreOptions, filters: &[Filter], out: &mut dyn Write) -> anyhow::Result<u64> {
     let (_dir, shards) = super::open_read_only(options)?;
     let now = crate::now_unix();
+    let orders: Vec<Vec<u32>> = shards.iter().map(|state| state.index.all_oldest_first()).collect();
     let mut cursors: Vec<usize> = vec![0; shards.len()];
     let mut count = 0;
     loop {
         let next = shards
             .iter()
             .enumerate()
-            .filter_map(|(shard, state)| next_visible(state, &mut cursors[shard], now).map(|no| (state, no)))
+            .filter_map(|(shard, state)| {
+                next_visible(state, &orders[shard], &mut cursors[shard], now).map(|no| (state, no))
+            })
             .min_by_key(|(state, no)| {
                 let entry = state.index.entry(*no);
                 (entry.created_at, entry.id)
@@ -39,9 +42,8 @@ pub fn run(options: &StoreOptions, filters: &[Filter], out: &mut dyn Write) -> a
     Ok(count)
 }
 
-/// Advance `cursor` over the shard's oldest-first postings to the next visible event.
-fn next_visible(state: &ShardState, cursor: &mut usize, now: u64) -> Option<u32> {
-    let all = state.index.global_postings().as_slice();
+/// Advance `cursor` over the shard's events, oldest first, to the next visible one.
+fn next_visible(state: &ShardState, all: &[u32], cursor: &mut usize, now: u64) -> Option<u32> {
     while let Some(&no) = all.get(*cursor) {
         if state.index.is_visible(no, now) {
             return Some(no);
