@@ -111,6 +111,10 @@ pub struct Args {
     /// Where the sweep draws latency against rate (SVG).
     #[arg(long, value_name = "FILE.svg", default_value = "loadgen-sweep.svg")]
     pub plot: PathBuf,
+    /// The relay's process id, when it runs on this host: its CPU use over the measured
+    /// phase is reported, and what it completed per CPU-second.
+    #[arg(long, value_name = "PID")]
+    pub relay_pid: Option<u32>,
     /// No progress lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -190,7 +194,8 @@ fn execute(args: &Args) -> anyhow::Result<u8> {
         Some(spec) => slo::parse(spec).map_err(|e| anyhow::anyhow!("--slo: {e}"))?,
         None => Vec::new(),
     };
-    let target = Target::parse(&args.url)?;
+    let mut target = Target::parse(&args.url)?;
+    target.pid = args.relay_pid;
     let progress = !args.quiet;
     if args.sweep {
         let result = sweep::sweep(&target, &plan, &objectives, args.sweep_factor, args.sweep_steps, progress)?;

@@ -48,7 +48,7 @@ pub struct Sample {
     pub latency: [Histogram<u64>; 5],
     /// Operations due in the measured phase, per scenario metric (index as `latency`).
     pub offered: [u64; 4],
-    /// Of those, completed (OK true, delivered, EOSE, connected).
+    /// Of those, completed (OK true, delivered, EOSE, connected) before the measured phase ended.
     pub completed: [u64; 4],
     /// Errors by kind (`publish.rejected.rate-limited`, `fanout.missing`, ...).
     pub errors: BTreeMap<String, u64>,
@@ -71,6 +71,17 @@ impl Default for Sample {
 impl Sample {
     pub fn record(&mut self, metric: Metric, micros: u64) {
         self.latency[metric as usize].saturating_record(micros.clamp(1, LATENCY_MAX_US));
+    }
+
+    /// An operation due (at `due_ns` after t0) in the measured phase completed at `now_ns`.
+    /// Its latency is recorded whenever it arrives; it counts towards the achieved rate only
+    /// if it arrived before the measured phase ended at `end_ns`, so that a backlog drained
+    /// afterwards does not pass for throughput.
+    pub fn complete(&mut self, metric: Metric, due_ns: u64, now_ns: u64, end_ns: u64) {
+        self.record(metric, now_ns.saturating_sub(due_ns) / 1_000);
+        if now_ns < end_ns {
+            self.completed[metric as usize] += 1;
+        }
     }
 
     pub fn error(&mut self, kind: &str) {
@@ -189,6 +200,18 @@ pub struct Report {
     /// Errors over every operation of the measured phase.
     pub error_ratio: f64,
     pub generator: GeneratorReport,
+    /// With `--relay-pid`: the relay's CPU use over the measured phase.
+    pub relay_cpu: Option<RelayCpu>,
+}
+
+/// A relay process's CPU use, when it runs on the generator's host.
+#[derive(Clone, Debug, Serialize)]
+pub struct RelayCpu {
+    pub pid: u32,
+    /// User + system CPU seconds over the measured phase.
+    pub cpu_seconds: f64,
+    /// CPU seconds per wall second: how many cores it kept busy.
+    pub cores_busy: f64,
 }
 
 impl Report {
@@ -246,6 +269,21 @@ impl Report {
             g.send_lag.p99_ms,
             g.send_lag.max_ms
         );
+        if let Some(relay) = &self.relay_cpu {
+            let per_cpu: Vec<String> = self
+                .scenarios
+                .iter()
+                .map(|s| format!("{} {:.0}", s.name, s.completed as f64 / relay.cpu_seconds.max(1e-9)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "relay (pid {}): {:.2} CPU-seconds, {:.2} cores busy; completed per relay CPU-second: {}",
+                relay.pid,
+                relay.cpu_seconds,
+                relay.cores_busy,
+                per_cpu.join(", ")
+            );
+        }
         for warning in &g.warnings {
             let _ = writeln!(out, "WARNING: {warning}");
         }

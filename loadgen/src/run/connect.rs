@@ -48,8 +48,7 @@ pub(super) async fn ramp_connections(
                 let mut sample = stats.borrow_mut();
                 sample.count("connect.open", 1);
                 if measured {
-                    sample.completed[Metric::Connect as usize] += 1;
-                    sample.record(Metric::Connect, shared.elapsed_ns().saturating_sub(scheduled) / 1_000);
+                    sample.complete(Metric::Connect, scheduled, shared.elapsed_ns(), shared.end_ns);
                 }
             }
             // Hold: the relay may send nothing; a close before the end is a dropped connection.

@@ -68,8 +68,7 @@ pub(super) async fn read_deliveries(
                 bits[word] |= bit;
                 sample.count("fanout.delivered", 1);
                 if let Some(due) = shared.table.scheduled_ns(index).filter(|due| shared.measured(*due)) {
-                    sample.completed[Metric::Fanout as usize] += 1;
-                    sample.record(Metric::Fanout, now.saturating_sub(due) / 1_000);
+                    sample.complete(Metric::Fanout, due, now, shared.end_ns);
                 }
             }
             Ok(Reply::Closed { reason, .. }) => {

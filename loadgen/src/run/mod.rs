@@ -24,7 +24,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use secp256k1::Keypair;
 
 use crate::plan::Plan;
-use crate::stats::{GeneratorReport, Latency, Metric, Report, Sample, ScenarioReport};
+use crate::stats::{GeneratorReport, Latency, Metric, RelayCpu, Report, Sample, ScenarioReport};
 use crate::workload::{self, status, EventTable, Follow};
 
 pub use self::net::Target;
@@ -311,6 +311,8 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
     let mut interval_cpu = vec![Duration::ZERO; threads];
     let mut seen_second: Vec<u64> = vec![0; threads];
     let mut printed_second = 0;
+    let measure_start = t0 + warmup;
+    let mut relay_cpu = RelayCpuProbe::new(target.pid);
     loop {
         match tick_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(tick) => {
@@ -331,6 +333,7 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
             interval_cpu.iter_mut().for_each(|cpu| *cpu = Duration::ZERO);
         }
         let now = Instant::now();
+        relay_cpu.observe(now, measure_start, end);
         if now >= end && (now >= drain_deadline || drained(&shared, &total)) {
             break;
         }
@@ -355,7 +358,54 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
     for handle in handles {
         handle.join().map_err(|e| anyhow::anyhow!("generator thread failed: {e}"))?;
     }
-    Ok(build_report(&shared, total, busy))
+    let mut report = build_report(&shared, total, busy);
+    report.relay_cpu = relay_cpu.finish()?;
+    Ok(report)
+}
+
+/// The relay's CPU time over the measured phase, read from /proc when its pid is known.
+struct RelayCpuProbe {
+    pid: Option<u32>,
+    start: Option<(Instant, f64)>,
+    end: Option<(Instant, f64)>,
+}
+
+impl RelayCpuProbe {
+    fn new(pid: Option<u32>) -> RelayCpuProbe {
+        RelayCpuProbe { pid, start: None, end: None }
+    }
+
+    /// Called every loop turn: takes a reading once the measured phase starts and once it ends.
+    fn observe(&mut self, now: Instant, start: Instant, end: Instant) {
+        let Some(pid) = self.pid else { return };
+        if self.start.is_none() && now >= start {
+            self.start = process_cpu_seconds(pid).map(|cpu| (now, cpu));
+        } else if self.end.is_none() && now >= end {
+            self.end = process_cpu_seconds(pid).map(|cpu| (now, cpu));
+        }
+    }
+
+    fn finish(self) -> anyhow::Result<Option<RelayCpu>> {
+        let Some(pid) = self.pid else { return Ok(None) };
+        match (self.start, self.end) {
+            (Some((t1, c1)), Some((t2, c2))) => {
+                let cpu_seconds = c2 - c1;
+                Ok(Some(RelayCpu { pid, cpu_seconds, cores_busy: cpu_seconds / (t2 - t1).as_secs_f64().max(1e-9) }))
+            }
+            _ => bail!("cannot read the CPU time of relay process {pid} from /proc"),
+        }
+    }
+}
+
+/// User + system CPU seconds of a process, from /proc/PID/stat.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields we want follow its closing parenthesis.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
 }
 
 fn count_connections(plan: &Plan) -> usize {
@@ -484,7 +534,7 @@ fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
     }
     if let Some(q) = &plan.query {
         let offered = total.offered[Metric::Query as usize];
-        let answered = total.completed[Metric::Query as usize].max(1);
+        let answered = total.latency[Metric::Query as usize].len().max(1);
         scenario(
             "query",
             Metric::Query,
@@ -547,5 +597,6 @@ fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
         errors: total.errors.clone(),
         error_ratio: if operations == 0 { 0.0 } else { error_total as f64 / operations as f64 },
         generator: GeneratorReport { threads: shared.threads, thread_busy: busy, send_lag, saturated, warnings },
+        relay_cpu: None,
     }
 }

@@ -22,6 +22,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
+    /// The relay's process, when it runs on this host: its CPU time is then reported.
+    pub pid: Option<u32>,
 }
 
 impl Target {
@@ -39,7 +41,7 @@ impl Target {
             .with_context(|| format!("cannot resolve {host}"))?
             .next()
             .with_context(|| format!("{host} has no address"))?;
-        Ok(Target { url: url.to_owned(), addr })
+        Ok(Target { url: url.to_owned(), addr, pid: None })
     }
 }
 

@@ -145,8 +145,7 @@ pub(super) async fn read_replies(
                     shared.table.set_status(index, status::ACCEPTED);
                     sample.count(scenario.key("accepted"), 1);
                     if shared.measured(due) && scenario == Scenario::Publish {
-                        sample.completed[Metric::Publish as usize] += 1;
-                        sample.record(Metric::Publish, now.saturating_sub(due) / 1_000);
+                        sample.complete(Metric::Publish, due, now, shared.end_ns);
                     }
                 } else {
                     shared.table.set_status(index, status::REJECTED);

@@ -400,9 +400,8 @@ pub(super) async fn read_answers(
                 sample.count("query.done", 1);
                 sample.count("query.events", query.events.len() as u64);
                 if shared.measured(query.due) {
-                    sample.completed[Metric::Query as usize] += 1;
                     sample.count("query.measured_events", query.events.len() as u64);
-                    sample.record(Metric::Query, now.saturating_sub(query.due) / 1_000);
+                    sample.complete(Metric::Query, query.due, now, shared.end_ns);
                 }
                 if query.mismatched {
                     sample.error("query.mismatch");
