@@ -557,21 +557,16 @@ impl Postings {
         }
     }
 
-    /// Merge `side` into `main` in place. Each side event's place is found by binary search
-    /// (the key of a posting is a lookup into the entries, so keys are read O(side · log n)
-    /// times, not n), then `main` is moved in whole runs from the back.
+    /// Merge `side` into `main` in place, from the back. Each side event's place is found by
+    /// galloping back from the end of what is left of `main`: the key of a posting is a
+    /// lookup into the entries, and old-dated arrivals are mostly recent, so a place costs
+    /// O(log distance) lookups near the hot end of `main`. `main` moves in whole runs.
     fn merge_side(&mut self, key: impl Fn(EventNo) -> (u64, EventNo)) {
-        let mut places = Vec::with_capacity(self.side.len());
-        let mut from = 0;
-        for &no in &self.side {
-            let new_key = key(no);
-            from += self.main[from..].partition_point(|&other| key(other) < new_key);
-            places.push(from);
-        }
         let mut read_end = self.main.len();
         self.main.resize(read_end + self.side.len(), 0);
         let mut write_end = self.main.len();
-        for (&no, &place) in self.side.iter().zip(&places).rev() {
+        for &no in self.side.iter().rev() {
+            let place = gallop_back(&self.main[..read_end], key(no), &key);
             let count = read_end - place;
             self.main.copy_within(place..read_end, write_end - count);
             write_end -= count + 1;
@@ -590,6 +585,22 @@ impl Postings {
     fn capacity(&self) -> usize {
         self.main.capacity() + self.side.capacity()
     }
+}
+
+/// The number of leading postings of the sorted `run` whose key is below `new_key`,
+/// searched from the end: exponential steps back, then a binary search in the last step.
+fn gallop_back(run: &[EventNo], new_key: (u64, EventNo), key: impl Fn(EventNo) -> (u64, EventNo)) -> usize {
+    let mut above = run.len(); // run[above..] are all above new_key
+    let mut step = 1;
+    while above > 0 {
+        let probe = above.saturating_sub(step);
+        if key(run[probe]) < new_key {
+            return probe + 1 + run[probe + 1..above].partition_point(|&other| key(other) < new_key);
+        }
+        above = probe;
+        step *= 2;
+    }
+    0
 }
 
 fn version_key(author: u32, kind: u16, class: KindClass, d: &[u8]) -> VersionKey {
@@ -645,5 +656,16 @@ mod tests {
         }
         assert!(merges > 10, "the side run was merged {merges} times");
         assert!(postings.side.len() <= SIDE_RUN_COUNT_MIN.max(postings.main.len().isqrt()));
+    }
+
+    #[test]
+    fn gallop_back_finds_the_partition_point() {
+        let run: Vec<EventNo> = (0..1000).map(|n| n * 2).collect();
+        let key = |n: EventNo| (u64::from(n), n);
+        for probe in [0u32, 1, 2, 3, 998, 999, 1000, 1997, 1998, 1999, 5000] {
+            let expected = run.partition_point(|&n| key(n) < key(probe));
+            assert_eq!(gallop_back(&run, key(probe), key), expected, "probe {probe}");
+        }
+        assert_eq!(gallop_back(&[], (5, 5), key), 0);
     }
 }
