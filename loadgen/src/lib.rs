@@ -43,7 +43,7 @@ pub const EXIT_FAILED: u8 = 2;
         Exit status: 0 objectives held, 1 an objective broke, 2 the run could not take place."
 )]
 pub struct Args {
-    /// The relay (ws://HOST:PORT[/PATH]); loadgen connects nowhere else.
+    /// The relay (ws://HOST:PORT[/PATH] or wss://HOST[:PORT][/PATH]); loadgen connects nowhere else.
     pub url: String,
     /// A TOML scenario file (see loadgen/scenarios/); flags below override it.
     #[arg(short, long, value_name = "FILE")]
@@ -115,6 +115,10 @@ pub struct Args {
     /// phase is reported, and what it completed per CPU-second.
     #[arg(long, value_name = "PID")]
     pub relay_pid: Option<u32>,
+    /// Also trust the certificates in this PEM file for a wss:// relay (a private CA or a
+    /// self-signed relay certificate); the web's usual roots are always trusted.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
     /// No progress lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -194,7 +198,7 @@ fn execute(args: &Args) -> anyhow::Result<u8> {
         Some(spec) => slo::parse(spec).map_err(|e| anyhow::anyhow!("--slo: {e}"))?,
         None => Vec::new(),
     };
-    let mut target = Target::parse(&args.url)?;
+    let mut target = Target::parse_trusting(&args.url, args.tls_ca.as_deref())?;
     target.pid = args.relay_pid;
     let progress = !args.quiet;
     if args.sweep {

@@ -1,5 +1,6 @@
 //! loadgen against a live ringrelay: short runs whose counts must add up, the command line
-//! (objectives, JSON, sweep plot), and a deliberately broken relay whose faults it must catch.
+//! (objectives, JSON, sweep plot), wss:// through a TLS terminator, and a deliberately
+//! broken relay whose faults it must catch.
 
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
@@ -145,7 +146,7 @@ fn the_command_line_sets_the_exit_status_and_writes_json_and_a_plot() {
     assert_eq!(sweep["steps"].as_array().unwrap().len(), 2);
     assert_eq!(sweep["highest_held"], 400.0);
 
-    assert_eq!(loadgen::main_with_args(["loadgen", "wss://127.0.0.1:1", "--publish", "10"]), loadgen::EXIT_FAILED);
+    assert_eq!(loadgen::main_with_args(["loadgen", "http://127.0.0.1:1", "--publish", "10"]), loadgen::EXIT_FAILED);
     assert_eq!(loadgen::main_with_args(["loadgen", url.as_str()]), loadgen::EXIT_FAILED, "no scenario");
     assert_eq!(loadgen::main_with_args(["loadgen", url.as_str(), "--publish", "10", "--slo", "p99<1"]), 2);
 }
@@ -234,4 +235,78 @@ fn a_relay_that_gets_fanout_wrong_is_caught() {
     assert!(expected > 0);
     assert_eq!(report.errors.get("fanout.missing").copied(), Some(expected), "{}", report.render());
     assert_eq!(count(&report, "fanout", "deliveries"), 0);
+}
+
+/// A TLS terminator in front of `relay_port`, with a fresh self-signed certificate for
+/// 127.0.0.1 (written as PEM to `ca_path`): one thread per connection, copying both ways.
+fn tls_front(relay_port: u16, ca_path: &std::path::Path) -> u16 {
+    use std::io::{ErrorKind, Read, Write};
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    std::fs::write(ca_path, certified.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.key_pair.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap();
+    let config = Arc::new(config);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming().map_while(Result::ok) {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let poll = Some(Duration::from_millis(1));
+                client.set_read_timeout(poll).unwrap();
+                let mut tls = rustls::StreamOwned::new(rustls::ServerConnection::new(config).unwrap(), client);
+                let mut relay = std::net::TcpStream::connect(("127.0.0.1", relay_port)).unwrap();
+                relay.set_read_timeout(poll).unwrap();
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    for from_tls in [true, false] {
+                        let read = if from_tls { tls.read(&mut buffer) } else { relay.read(&mut buffer) };
+                        let n = match read {
+                            Ok(0) => return,
+                            Ok(n) => n,
+                            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
+                            Err(_) => return,
+                        };
+                        let written = if from_tls {
+                            relay.write_all(&buffer[..n])
+                        } else {
+                            tls.write_all(&buffer[..n]).and_then(|()| tls.flush())
+                        };
+                        if written.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn runs_over_wss_with_a_private_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(&dir.path().join("data"), 2, UNCAPPED);
+    let ca = dir.path().join("relay-ca.pem");
+    let port = tls_front(relay.port, &ca);
+    let url = format!("wss://127.0.0.1:{port}");
+    // Without the certificate the relay is not trusted, and the run says so.
+    let refused = loadgen::main_with_args(["loadgen", url.as_str(), "--publish", "50", "-d", "0.3s", "--quiet"]);
+    assert_eq!(refused, loadgen::EXIT_FAILED);
+    let target = Target::parse_trusting(&url, Some(&ca)).unwrap();
+    let mut plan = short_plan();
+    plan.publish = Some(PublishPlan { rate: 200.0, connections: 2 });
+    plan.fanout =
+        Some(FanoutPlan { subscribers: 10, rate: 40.0, publishers: 1, topics: 2, author_ratio: 0.2, idle_ratio: 0.1 });
+    let report = loadgen::run(&target, &plan, false).expect("the run takes place over TLS");
+    assert!(report.errors.is_empty(), "{}", report.render());
+    assert_eq!(count(&report, "publish", "accepted"), count(&report, "publish", "sent"));
+    assert!(count(&report, "fanout", "deliveries") > 0);
+    assert_eq!(count(&report, "fanout", "deliveries"), count(&report, "fanout", "deliveries_expected"));
 }

@@ -1,54 +1,157 @@
-//! Connecting: the relay URL, the WebSocket handshake, and reading why a relay closed.
+//! Connecting: the relay URL (`ws://` or `wss://`), TLS, the WebSocket handshake, and
+//! reading why a relay closed.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::{WebSocketReceiver, WebSocketStream};
-use futures_lite::StreamExt;
+use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
+use futures_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use futures_rustls::rustls::{ClientConfig, RootCertStore};
+use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
+use rustls_pki_types::pem::PemObject;
 
 use crate::wire::{self, Reply};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<Stream>;
+
+/// A relay connection: plain TCP for `ws://`, TLS over TCP for `wss://`.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_close(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+        }
+    }
+}
+
+/// TLS for a `wss://` target: the server name to verify and the trusted roots.
+#[derive(Clone)]
+pub struct Tls {
+    server_name: ServerName<'static>,
+    config: Arc<ClientConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls({:?})", self.server_name)
+    }
+}
 
 /// A connection or its handshake that takes longer than this has failed.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where to connect: a `ws://` URL, resolved once.
+/// Where to connect: a `ws://` or `wss://` URL, resolved once.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
+    /// For `wss://`.
+    pub tls: Option<Tls>,
     /// The relay's process, when it runs on this host: its CPU time is then reported.
     pub pid: Option<u32>,
 }
 
 impl Target {
     pub fn parse(url: &str) -> anyhow::Result<Target> {
+        Target::parse_trusting(url, None)
+    }
+
+    /// As [`Target::parse`]; a `wss://` relay may also present a certificate signed by (or
+    /// equal to) one in the PEM file `ca_file`, besides the usual web roots.
+    pub fn parse_trusting(url: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Target> {
         let parsed = url::Url::parse(url).with_context(|| format!("not a relay URL: {url}"))?;
-        match parsed.scheme() {
-            "ws" => {}
-            "wss" => bail!("wss:// is not supported yet: point loadgen at the relay's plain ws:// listener"),
-            other => bail!("unsupported scheme {other}:// (use ws://HOST:PORT)"),
-        }
+        let secure = match parsed.scheme() {
+            "ws" => false,
+            "wss" => true,
+            other => bail!("unsupported scheme {other}:// (use ws://HOST:PORT or wss://HOST)"),
+        };
         let host = parsed.host_str().context("the URL has no host")?;
-        let port = parsed.port_or_known_default().unwrap_or(80);
+        let port = parsed.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
         let addr = (host, port)
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve {host}"))?
             .next()
             .with_context(|| format!("{host} has no address"))?;
-        Ok(Target { url: url.to_owned(), addr, pid: None })
+        let tls = if secure { Some(tls_for(host, ca_file)?) } else { None };
+        Ok(Target { url: url.to_owned(), addr, tls, pid: None })
     }
+}
+
+fn tls_for(host: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Tls> {
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(path) = ca_file {
+        let mut added = 0;
+        let certificates =
+            CertificateDer::pem_file_iter(path).with_context(|| format!("cannot read {}", path.display()))?;
+        for certificate in certificates {
+            let certificate = certificate.with_context(|| format!("a certificate in {}", path.display()))?;
+            roots.add(certificate).with_context(|| format!("a certificate in {}", path.display()))?;
+            added += 1;
+        }
+        anyhow::ensure!(added > 0, "{} holds no PEM certificate", path.display());
+    }
+    let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let server_name =
+        ServerName::try_from(host.to_owned()).with_context(|| format!("{host} is not a TLS server name"))?;
+    Ok(Tls { server_name, config: Arc::new(config) })
 }
 
 pub(super) async fn connect(target: &Target) -> anyhow::Result<Ws> {
     let handshake = async {
-        let stream = TcpStream::connect(target.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
-        stream.set_nodelay(true).map_err(|e| anyhow::anyhow!("TCP_NODELAY: {e}"))?;
+        let tcp = TcpStream::connect(target.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| anyhow::anyhow!("TCP_NODELAY: {e}"))?;
+        let stream = match &target.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let connector = TlsConnector::from(tls.config.clone());
+                let stream = connector
+                    .connect(tls.server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("TLS handshake: {e}"))?;
+                Stream::Tls(Box::new(stream))
+            }
+        };
         // Small buffers that grow on demand: a connect run holds many idle sockets.
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
         let (ws, _) = async_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
@@ -102,7 +205,7 @@ pub(super) async fn await_eose(ws: &mut Ws, sub: &str) -> anyhow::Result<()> {
 
 /// The next text message; `None` once the connection is closed or broken. Pings, pongs
 /// and binary frames are skipped.
-pub(super) async fn next_text(receiver: &mut WebSocketReceiver<TcpStream>) -> Option<Utf8Bytes> {
+pub(super) async fn next_text(receiver: &mut WebSocketReceiver<Stream>) -> Option<Utf8Bytes> {
     loop {
         match receiver.next().await? {
             Ok(Message::Text(text)) => return Some(text),

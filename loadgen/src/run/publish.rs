@@ -9,13 +9,12 @@ use std::time::Duration;
 use async_tungstenite::tungstenite::Message;
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_util::SinkExt;
-use glommio::net::TcpStream;
 
 use crate::stats::{Metric, Sample};
 use crate::wire::{self, Reply};
 use crate::workload::status;
 
-use super::net::{next_text, Ws};
+use super::net::{next_text, Stream, Ws};
 use super::worker::lost;
 use super::Shared;
 
@@ -79,7 +78,7 @@ impl Scenario {
 pub(super) async fn send_events(
     shared: Arc<Shared>,
     stats: Rc<RefCell<Sample>>,
-    mut sender: WebSocketSender<TcpStream>,
+    mut sender: WebSocketSender<Stream>,
     events: Vec<u32>,
     interval: f64,
     phase: f64,
@@ -126,7 +125,7 @@ pub(super) async fn send_events(
 pub(super) async fn read_replies(
     shared: Arc<Shared>,
     stats: Rc<RefCell<Sample>>,
-    mut receiver: WebSocketReceiver<TcpStream>,
+    mut receiver: WebSocketReceiver<Stream>,
     scenario: Scenario,
 ) {
     while let Some(text) = next_text(&mut receiver).await {

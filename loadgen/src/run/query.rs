@@ -13,7 +13,6 @@ use async_tungstenite::tungstenite::Message;
 use async_tungstenite::WebSocketReceiver;
 use futures_lite::StreamExt;
 use futures_util::SinkExt;
-use glommio::net::TcpStream;
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,7 +22,7 @@ use crate::stats::{Metric, Sample};
 use crate::wire::{self, Reply};
 use crate::workload::{self, status, EventTable};
 
-use super::net::{connect, next_text, Target, Ws};
+use super::net::{connect, next_text, Stream, Target, Ws};
 use super::worker::lost;
 use super::{Shared, IO_MEMORY_SIZE};
 
@@ -360,7 +359,7 @@ pub(super) async fn run_queries(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>,
 pub(super) async fn read_answers(
     shared: Arc<Shared>,
     stats: Rc<RefCell<Sample>>,
-    mut receiver: WebSocketReceiver<TcpStream>,
+    mut receiver: WebSocketReceiver<Stream>,
     pending: Rc<RefCell<HashMap<String, Pending>>>,
     closes: glommio::channels::local_channel::LocalSender<String>,
 ) {
