@@ -17,8 +17,8 @@ else
   fail "locked memory: ${memlock} KiB; need at least $((cores * 4096 > 8192 ? cores * 4096 : 8192)) KiB (ulimit -l / LimitMEMLOCK)"
 fi
 
-nofile=$(ulimit -n)
-if [ "$nofile" = "unlimited" ] || [ "$nofile" -ge 65536 ]; then ok "open files: $nofile"; else warn "open files: $nofile (LimitNOFILE=1048576 recommended)"; fi
+nofile=$(ulimit -Hn)  # the relay raises its soft limit to this
+if [ "$nofile" = "unlimited" ] || [ "$nofile" -ge 65536 ]; then ok "open files: $nofile"; else warn "open files (hard limit): $nofile (LimitNOFILE=1048576 recommended)"; fi
 
 if [ -e /proc/sys/kernel/io_uring_disabled ] && [ "$(cat /proc/sys/kernel/io_uring_disabled)" != "0" ]; then
   fail "io_uring is disabled (kernel.io_uring_disabled=$(cat /proc/sys/kernel/io_uring_disabled))"

@@ -51,6 +51,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
     // split the traffic; a plain bind first makes "port in use" an error.
     drop(std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
+    let open_files = raise_open_files_limit();
     let config = Arc::new(config);
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
@@ -102,7 +103,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     if failure.is_none() {
         eprintln!(
-            "ringrelay: listening on {} with {core_count} cores, data in {}",
+            "ringrelay: listening on {} with {core_count} cores, data in {}, up to {open_files} open files",
             config.listen,
             config.data_dir.display()
         );
@@ -226,6 +227,26 @@ async fn run_core(start: CoreStart) {
     core.close_shards().await;
     core.close_all("relay shutting down");
     glommio::timer::sleep(Duration::from_millis(200)).await;
+}
+
+/// Every connection is a descriptor: take the hard limit on open files, as a login shell's
+/// soft limit (often 1,024) would refuse connections long before memory runs out. Returns
+/// the limit in force.
+fn raise_open_files_limit() -> u64 {
+    // SAFETY: get/setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+        limit.rlim_cur
+    }
 }
 
 /// Pending connections a listener queues (the kernel caps it at `net.core.somaxconn`).

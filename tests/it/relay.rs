@@ -39,10 +39,34 @@ impl Relay {
 
     /// Start on a given port (a restart on the port a stopped relay used).
     pub fn start_on(data_dir: &Path, cores: usize, config: &str, port: u16) -> Relay {
+        Relay::spawn(data_dir, cores, config, port, None)
+    }
+
+    /// Start with a soft limit of `open_files` descriptors, as a fresh login shell has.
+    pub fn start_with_open_files(data_dir: &Path, cores: usize, config: &str, open_files: u64) -> Relay {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Relay::spawn(data_dir, cores, config, port, Some(open_files))
+    }
+
+    fn spawn(data_dir: &Path, cores: usize, config: &str, port: u16, open_files: Option<u64>) -> Relay {
+        use std::os::unix::process::CommandExt;
         std::fs::create_dir_all(data_dir).unwrap();
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ringrelay"));
+        if let Some(soft) = open_files {
+            // SAFETY: only async-signal-safe calls (getrlimit/setrlimit) between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut limit: libc::rlimit = std::mem::zeroed();
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    limit.rlim_cur = soft;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string()])
             .arg("--config")
             .arg(&config_path)
@@ -68,11 +92,14 @@ impl Relay {
         Relay { child, port }
     }
 
+    /// A WebSocket client; the TCP connect and the handshake are bounded by `READ_TIMEOUT`.
     pub fn connect(&self) -> Client {
-        let (mut ws, _) = tungstenite::connect(format!("ws://127.0.0.1:{}", self.port)).expect("websocket connects");
-        if let MaybeTlsStream::Plain(stream) = ws.get_mut() {
-            stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        }
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let stream = TcpStream::connect_timeout(&address, READ_TIMEOUT).expect("TCP connects");
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{}", self.port), MaybeTlsStream::Plain(stream))
+            .expect("websocket handshake within the read timeout");
         Client { ws }
     }
 
@@ -595,4 +622,14 @@ fn a_restarted_relay_binds_its_port_at_once() {
     let relay = Relay::start_on(dir.path(), 2, config, port);
     let mut client = relay.connect();
     assert!(client.publish(&signed(&keys(993), 1, now(), &[], "after")).0);
+}
+
+#[test]
+fn the_relay_takes_the_open_files_it_is_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    // A soft limit of 128 (hard limit unchanged) would refuse the 200th connection.
+    let relay = Relay::start_with_open_files(dir.path(), 1, "[limits]\nconnections_per_ip_max = 1000\n", 128);
+    let mut clients: Vec<Client> = (0..200).map(|_| relay.connect()).collect();
+    let last = clients.last_mut().unwrap();
+    assert!(last.publish(&signed(&keys(996), 1, now(), &[], "the 200th connection works")).0);
 }
