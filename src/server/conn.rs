@@ -113,14 +113,14 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 break;
             }
             Next::Incoming(Some(Err(_))) => break,
-            Next::Outgoing(Some(Out::Text(text))) => {
-                if write_batch(&mut ws, &outbound, text).await.is_err() {
-                    break;
-                }
-            }
             Next::Outgoing(Some(Out::Close(reason))) => {
                 let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: reason.into() })).await;
                 break;
+            }
+            Next::Outgoing(Some(out)) => {
+                if write_batch(&mut ws, &outbound, out).await.is_err() {
+                    break;
+                }
             }
             Next::Outgoing(None) => {
                 let reason = "slow consumer: the outbound queue is full";
@@ -131,18 +131,23 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
     }
 }
 
-/// Write `first` and whatever else is queued, up to a batch, with one flush.
-async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, first: String) -> Result<(), WsError> {
-    ws.feed(Message::text(first)).await?;
-    for _ in 1..WRITE_BATCH_COUNT {
-        match outbound.try_recv() {
-            Some(Out::Text(text)) => ws.feed(Message::text(text)).await?,
-            Some(Out::Close(reason)) => {
+/// Write `first` (a message, not a close) and whatever else is queued, up to a batch, with
+/// one flush.
+async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, first: Out) -> Result<(), WsError> {
+    let mut next = Some(first);
+    for _ in 0..WRITE_BATCH_COUNT {
+        let Some(out) = next.take().or_else(|| outbound.try_recv()) else { break };
+        match out {
+            Out::Close(reason) => {
                 ws.flush().await?;
                 let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: reason.into() })).await;
                 return Err(WsError::ConnectionClosed);
             }
-            None => break,
+            message => {
+                if let Some(text) = message.into_text() {
+                    ws.feed(Message::text(text)).await?;
+                }
+            }
         }
     }
     ws.flush().await

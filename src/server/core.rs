@@ -76,7 +76,27 @@ impl Ordered for WireHit {
 /// What a connection's writer sends next.
 pub enum Out {
     Text(String),
+    /// A live event for subscription `sub`: the queue holds the event's shared JSON, and the
+    /// frame is assembled as it is written, so a burst queued for many subscribers holds one
+    /// copy of each event, not one per subscriber.
+    Event {
+        sub: SubId,
+        json: Arc<[u8]>,
+    },
     Close(String),
+}
+
+impl Out {
+    /// The text of a message to write; `None` for a close.
+    pub fn into_text(self) -> Option<String> {
+        match self {
+            Out::Text(text) => Some(text),
+            Out::Event { sub, json } => {
+                Some(String::from_utf8(proto::frame_event(&sub, &json)).expect("stored json is utf-8"))
+            }
+            Out::Close(_) => None,
+        }
+    }
 }
 
 /// A subscription's state on its connection.
@@ -186,9 +206,13 @@ impl Core {
     /// Queue a message to a connection. A connection whose queue is full is a slow
     /// consumer: it is dropped, and its writer closes it once the queue drains.
     pub fn send(&self, conn: ConnId, text: String) -> bool {
+        self.send_out(conn, Out::Text(text))
+    }
+
+    fn send_out(&self, conn: ConnId, out: Out) -> bool {
         let sent = match self.conns.borrow().get(&conn) {
             None => return false,
-            Some(state) => state.outbound.try_send(Out::Text(text)).is_ok(),
+            Some(state) => state.outbound.try_send(out).is_ok(),
         };
         if !sent {
             tracing::info!(core = self.id, conn = conn.0, "dropping a slow consumer");
@@ -349,22 +373,19 @@ impl Core {
         self.subs.borrow_mut().matches(event, &mut matches);
         let pending_max = self.config.limits.pending_live_max;
         for (conn, sub_id) in matches {
-            let frame = {
+            {
                 let mut conns = self.conns.borrow_mut();
                 let Some(state) = conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&sub_id)) else { continue };
-                match state {
-                    SubState::Pending { buffered, overflowed, .. } => {
-                        if buffered.len() < pending_max {
-                            buffered.push(event.clone());
-                        } else {
-                            *overflowed = true;
-                        }
-                        continue;
+                if let SubState::Pending { buffered, overflowed, .. } = state {
+                    if buffered.len() < pending_max {
+                        buffered.push(event.clone());
+                    } else {
+                        *overflowed = true;
                     }
-                    SubState::Live { .. } => proto::frame_event(&sub_id, &event.json),
+                    continue;
                 }
-            };
-            self.send(conn, String::from_utf8(frame).expect("stored json is utf-8"));
+            }
+            self.send_out(conn, Out::Event { sub: sub_id, json: event.json.clone() });
         }
     }
 
