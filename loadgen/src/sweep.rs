@@ -22,6 +22,7 @@ pub struct Step {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Sweep {
+    pub relay: String,
     pub rate_label: String,
     pub steps: Vec<Step>,
     /// The highest primary rate at which every objective held.
@@ -41,7 +42,8 @@ pub fn sweep(
     anyhow::ensure!(factor > 1.0, "the sweep factor must be above 1");
     anyhow::ensure!(!objectives.is_empty(), "a sweep needs --slo to know when to stop");
     let (label, _) = plan.primary_rate();
-    let mut result = Sweep { rate_label: label.to_owned(), steps: Vec::new(), highest_held: None };
+    let mut result =
+        Sweep { relay: target.url.clone(), rate_label: label.to_owned(), steps: Vec::new(), highest_held: None };
     for k in 0..steps {
         let step_plan = plan.scaled(factor.powi(k as i32));
         let rate = step_plan.primary_rate().1;
@@ -94,17 +96,30 @@ pub fn plot(sweep: &Sweep, path: &Path) -> anyhow::Result<()> {
     anyhow::ensure!(!series.is_empty(), "nothing to plot: no step recorded latency");
     let x_max = sweep.steps.iter().map(|s| s.rate).fold(1.0, f64::max) * 1.05;
     let y_values = series.iter().flat_map(|(_, p)| p.iter().map(|(_, y)| *y));
-    let y_max = y_values.clone().fold(0.01, f64::max) * 2.0;
-    let y_min = y_values.fold(f64::MAX, f64::min).min(y_max / 10.0) / 2.0;
+    // Whole decades at both ends, so the log axis is labelled at each end.
+    let y_max = 10f64.powf(y_values.clone().fold(0.01, f64::max).log10().ceil());
+    let y_min = 10f64.powf(y_values.fold(f64::MAX, f64::min).log10().floor()).min(y_max / 10.0);
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("latency against offered rate", ("sans-serif", 22))
+        .caption(format!("{}: latency against offered rate", sweep.relay), ("sans-serif", 22))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
         .build_cartesian_2d(0.0..x_max, (y_min..y_max).log_scale())?;
-    chart.configure_mesh().x_desc(sweep.rate_label.as_str()).y_desc("latency (ms, log)").draw()?;
+    chart
+        .configure_mesh()
+        .x_desc(sweep.rate_label.as_str())
+        .y_desc("latency (ms, log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_labels(8)
+        .y_label_formatter(&|y| match *y {
+            y if y >= 1.0 => format!("{y:.0}"),
+            y if y >= 0.1 => format!("{y:.1}"),
+            y => format!("{y:.2}"),
+        })
+        .light_line_style(WHITE)
+        .draw()?;
     for (i, (name, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
@@ -119,7 +134,12 @@ pub fn plot(sweep: &Sweep, path: &Path) -> anyhow::Result<()> {
             BLACK.mix(0.4).stroke_width(1),
         )))?;
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.9)).draw()?;
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
     root.present()?;
     Ok(())
 }
