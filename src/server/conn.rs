@@ -96,10 +96,15 @@ enum Next {
 
 async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) {
     loop {
-        let next = futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
+        // A client that sends faster than it reads is not read until its replies drain.
+        let next = if outbound.accepts_input() {
+            futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
+                Next::Outgoing(outbound.recv().await)
+            })
+            .await
+        } else {
             Next::Outgoing(outbound.recv().await)
-        })
-        .await;
+        };
         match next {
             Next::Incoming(Some(Ok(Message::Text(text)))) => handle_text(core, conn, text.as_str()),
             Next::Incoming(Some(Ok(Message::Binary(_)))) => {

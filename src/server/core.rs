@@ -205,8 +205,12 @@ impl Core {
 
     /// Queue a message to a connection. A connection whose queue is full is a slow
     /// consumer: it is dropped, and its writer closes it once the queue drains.
-    pub fn send(&self, conn: ConnId, text: String) -> bool {
-        self.send_out(conn, Out::Text(text))
+    /// Queue a reply to something the connection sent (NOTICE, CLOSED, COUNT, an immediate
+    /// OK): always queued; the session holds back input instead (see `outbox`).
+    pub fn send(&self, conn: ConnId, text: String) {
+        if let Some(state) = self.conns.borrow().get(&conn) {
+            state.outbound.send_reply(Out::Text(text), false);
+        }
     }
 
     fn send_out(&self, conn: ConnId, out: Out) -> bool {
@@ -286,6 +290,9 @@ impl Core {
     /// hand it to the owner of its author's shard.
     pub fn publish(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent) {
         let reply = Reply { core: self.id, conn, event_id: *event.id() };
+        if let Some(state) = self.conns.borrow().get(&conn) {
+            state.outbound.owe_reply();
+        }
         if event.class() == KindClass::Ephemeral {
             self.broadcast(Arc::new(LiveEvent::from_event(&event)));
             self.deliver_ok(&reply, true, "");
@@ -353,7 +360,10 @@ impl Core {
 
     fn deliver_ok(self: &Rc<Self>, reply: &Reply, accepted: bool, reason: &str) {
         if reply.core == self.id {
-            self.send(reply.conn, proto::frame_ok(&reply.event_id.to_hex(), accepted, reason));
+            if let Some(state) = self.conns.borrow().get(&reply.conn) {
+                let ok = proto::frame_ok(&reply.event_id.to_hex(), accepted, reason);
+                state.outbound.send_reply(Out::Text(ok), true);
+            }
         } else {
             let reason = reason.to_owned();
             self.send_to(reply.core, CoreMsg::Ack { reply: reply.clone(), accepted, reason });

@@ -633,3 +633,46 @@ fn the_relay_takes_the_open_files_it_is_allowed() {
     let last = clients.last_mut().unwrap();
     assert!(last.publish(&signed(&keys(996), 1, now(), &[], "the 200th connection works")).0);
 }
+
+#[test]
+fn a_client_that_writes_faster_than_it_reads_is_slowed_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_queue_max = 16\n");
+    let mut client = relay.connect();
+    // The same event with its id broken: each copy is refused at once (no signature check)
+    // with an OK false, about 150 bytes. 60,000 of them outgrow every socket buffer on the
+    // way back while the client is not reading, and the relay's queue holds 16: the relay
+    // must stop reading, then resume, and lose no reply. (OKs that arrive after an fsync,
+    // which used to overflow the queue of a busy core, are held to the same rule; the outbox
+    // unit tests check it and loadgen's overload runs showed it.)
+    let mut event: Value = serde_json::from_str(&signed(&keys(997), 1, now(), &[], "x")).unwrap();
+    event["id"] = json!("0".repeat(64));
+    let payload = json!(["EVENT", event]).to_string().into_bytes();
+    const COUNT: usize = 60_000;
+    let MaybeTlsStream::Plain(stream) = client.ws.get_ref() else { unreachable!() };
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        // Client frames, masked with the (valid) all-zero key, written raw beside tungstenite.
+        let mut frame = vec![0x81, 0x80 | 126];
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0]);
+        frame.extend_from_slice(&payload);
+        for _ in 0..COUNT {
+            writer.write_all(&frame).expect("the relay keeps reading, slowly");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut oks = 0;
+    while oks < COUNT {
+        match client.ws.read() {
+            Ok(Message::Text(text)) => {
+                assert!(text.starts_with("[\"OK\",") && text.contains("false"), "{text}");
+                oks += 1;
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            other => panic!("after {oks} OKs: {other:?}"),
+        }
+    }
+    sending.join().unwrap();
+    assert!(client.publish(&signed(&keys(997), 1, now(), &[], "still connected")).0);
+}
