@@ -146,20 +146,20 @@ impl FilterScan {
             return true;
         }
         let since = self.filter.since.unwrap_or(0);
-        let mut heads = BinaryHeap::with_capacity(self.lists.len());
-        for (list_index, list) in self.lists.iter().enumerate() {
-            for (run, nos) in list.runs(index).into_iter().enumerate() {
-                let below = self.resume_below;
-                let end = nos.partition_point(|&no| (index.entry(no).created_at, no) < below);
-                if end > 0 {
-                    let no = nos[end - 1];
-                    heads.push(((index.entry(no).created_at, no), (list_index, run), end - 1));
-                }
+        // Every run of every list, looked up once per step (a tag list is a hash lookup).
+        let runs: Vec<&[EventNo]> = self.lists.iter().flat_map(|list| list.runs(index)).collect();
+        let mut heads = BinaryHeap::with_capacity(runs.len());
+        for (run, nos) in runs.iter().enumerate() {
+            let below = self.resume_below;
+            let end = nos.partition_point(|&no| (index.entry(no).created_at, no) < below);
+            if end > 0 {
+                let no = nos[end - 1];
+                heads.push(((index.entry(no).created_at, no), run, end - 1));
             }
         }
         let mut examined = 0;
         let mut previous = None;
-        while let Some((key, (list_index, run), position)) = heads.pop() {
+        while let Some((key, run, position)) = heads.pop() {
             if key.0 < since {
                 break;
             }
@@ -169,8 +169,8 @@ impl FilterScan {
             }
             examined += 1;
             if position > 0 {
-                let no = self.lists[list_index].runs(index)[run][position - 1];
-                heads.push(((index.entry(no).created_at, no), (list_index, run), position - 1));
+                let no = runs[run][position - 1];
+                heads.push(((index.entry(no).created_at, no), run, position - 1));
             }
             if previous == Some(key) {
                 continue;
