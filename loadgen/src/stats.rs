@@ -202,6 +202,9 @@ pub struct Report {
     pub generator: GeneratorReport,
     /// With `--relay-pid`: the relay's CPU use over the measured phase.
     pub relay_cpu: Option<RelayCpu>,
+    /// NOTICEs received: human-readable remarks, not failed operations (a refusal shows up
+    /// as a missing OK, CLOSED or EOSE), but worth seeing.
+    pub notices: u64,
 }
 
 /// A relay process's CPU use, when it runs on the generator's host.
@@ -258,6 +261,9 @@ impl Report {
         } else {
             let errors: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(out, "errors: {:.4}% — {}", self.error_ratio * 100.0, errors.join(", "));
+        }
+        if self.notices > 0 {
+            let _ = writeln!(out, "notices from the relay: {}", self.notices);
         }
         let g = &self.generator;
         let busy: Vec<String> = g.thread_busy.iter().map(|b| format!("{:.0}%", b * 100.0)).collect();

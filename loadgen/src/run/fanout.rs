@@ -74,7 +74,7 @@ pub(super) async fn read_deliveries(
             Ok(Reply::Closed { reason, .. }) => {
                 sample.error(&format!("fanout.closed.{}", wire::reason_prefix(&reason)));
             }
-            Ok(Reply::Notice(_)) => sample.error("notice"),
+            Ok(Reply::Notice(_)) => sample.count("notices", 1),
             Ok(Reply::Other) => {}
             Ok(_) => sample.error("unexpected_reply"),
             Err(_) => sample.error("unreadable"),

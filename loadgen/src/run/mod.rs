@@ -598,5 +598,6 @@ fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
         error_ratio: if operations == 0 { 0.0 } else { error_total as f64 / operations as f64 },
         generator: GeneratorReport { threads: shared.threads, thread_busy: busy, send_lag, saturated, warnings },
         relay_cpu: None,
+        notices: count("notices"),
     }
 }

@@ -153,7 +153,7 @@ pub(super) async fn read_replies(
                     }
                 }
             }
-            Ok(Reply::Notice(_)) => sample.error("notice"),
+            Ok(Reply::Notice(_)) => sample.count("notices", 1),
             Ok(Reply::Other) => {}
             Ok(_) => sample.error("unexpected_reply"),
             Err(_) => sample.error("unreadable"),

@@ -423,7 +423,7 @@ pub(super) async fn read_answers(
                     sample.error(&format!("query.closed.{}", wire::reason_prefix(&reason)));
                 }
             }
-            Ok(Reply::Notice(_)) => sample.error("notice"),
+            Ok(Reply::Notice(_)) => sample.count("notices", 1),
             Ok(_) => {}
             Err(_) => sample.error("unreadable"),
         }
