@@ -175,15 +175,17 @@ pub fn event_id_hint(event: &RawValue) -> Option<String> {
     crate::hex::decode_lower::<32>(id.as_bytes()).map(|_| id.into_owned())
 }
 
-/// `["EVENT",<sub_id>,<stored event json>]`, the stored bytes copied in as they are.
-pub fn frame_event(sub_id: &SubId, event_json: &[u8]) -> Vec<u8> {
+/// `["EVENT",<sub_id>,<stored event json>]`, the stored bytes copied in as they are. They
+/// were valid UTF-8 when accepted and are checksummed on disk; were they not, the frame is
+/// sent with replacement characters rather than the relay stopping.
+pub fn frame_event(sub_id: &SubId, event_json: &[u8]) -> String {
     let mut out = Vec::with_capacity(event_json.len() + sub_id.0.len() + 16);
     out.extend_from_slice(b"[\"EVENT\",");
     json::write_str(&mut out, sub_id.as_str());
     out.push(b',');
     out.extend_from_slice(event_json);
     out.push(b']');
-    out
+    String::from_utf8(out).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
 }
 
 /// `["OK",<event id hex>,<accepted>,<reason>]`.
@@ -303,7 +305,7 @@ mod tests {
     #[test]
     fn frames() {
         let sub = SubId::new("a\"b").unwrap();
-        assert_eq!(frame_event(&sub, br#"{"id":"x"}"#), br#"["EVENT","a\"b",{"id":"x"}]"#);
+        assert_eq!(frame_event(&sub, br#"{"id":"x"}"#), r#"["EVENT","a\"b",{"id":"x"}]"#);
         assert_eq!(frame_ok("ab", true, ""), r#"["OK","ab",true,""]"#);
         assert_eq!(frame_ok("ab", false, "invalid: bad\n"), r#"["OK","ab",false,"invalid: bad\n"]"#);
         assert_eq!(frame_eose(&sub), r#"["EOSE","a\"b"]"#);

@@ -91,9 +91,7 @@ impl Out {
     pub fn into_text(self) -> Option<String> {
         match self {
             Out::Text(text) => Some(text),
-            Out::Event { sub, json } => {
-                Some(String::from_utf8(proto::frame_event(&sub, &json)).expect("stored json is utf-8"))
-            }
+            Out::Event { sub, json } => Some(proto::frame_event(&sub, &json)),
             Out::Close(_) => None,
         }
     }
@@ -203,8 +201,6 @@ impl Core {
         self.conns.borrow_mut().remove(&conn);
     }
 
-    /// Queue a message to a connection. A connection whose queue is full is a slow
-    /// consumer: it is dropped, and its writer closes it once the queue drains.
     /// Queue a reply to something the connection sent (NOTICE, CLOSED, COUNT, an immediate
     /// OK): always queued; the session holds back input instead (see `outbox`).
     pub fn send(&self, conn: ConnId, text: String) {
@@ -213,16 +209,17 @@ impl Core {
         }
     }
 
-    fn send_out(&self, conn: ConnId, out: Out) -> bool {
+    /// Queue a live event. A connection whose queue is full is a slow consumer: it is
+    /// dropped, and its writer closes it once the queue drains.
+    fn send_live(&self, conn: ConnId, sub: SubId, json: Arc<[u8]>) {
         let sent = match self.conns.borrow().get(&conn) {
-            None => return false,
-            Some(state) => state.outbound.try_send(out).is_ok(),
+            None => return,
+            Some(state) => state.outbound.try_send(Out::Event { sub, json }).is_ok(),
         };
         if !sent {
             tracing::info!(core = self.id, conn = conn.0, "dropping a slow consumer");
             self.close_conn(conn);
         }
-        sent
     }
 
     /// Queue part of an answer the connection asked for (stored events, EOSE): a reader
@@ -395,7 +392,7 @@ impl Core {
                     continue;
                 }
             }
-            self.send_out(conn, Out::Event { sub: sub_id, json: event.json.clone() });
+            self.send_live(conn, sub_id, event.json.clone());
         }
     }
 
@@ -435,8 +432,7 @@ impl Core {
         }
         let mut sent = HashSet::with_capacity(hits.len());
         for hit in &hits {
-            let frame = proto::frame_event(&sub_id, &hit.json);
-            if !self.send_waiting(conn, String::from_utf8(frame).expect("stored json is utf-8")).await {
+            if !self.send_waiting(conn, proto::frame_event(&sub_id, &hit.json)).await {
                 return;
             }
             if !current(&self) {
@@ -464,8 +460,7 @@ impl Core {
             return;
         }
         for event in buffered.iter().filter(|event| !sent.contains(event.id())) {
-            let frame = proto::frame_event(&sub_id, &event.json);
-            if !self.send_waiting(conn, String::from_utf8(frame).expect("stored json is utf-8")).await {
+            if !self.send_waiting(conn, proto::frame_event(&sub_id, &event.json)).await {
                 return;
             }
         }
