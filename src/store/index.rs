@@ -109,18 +109,28 @@ struct VersionKey {
 }
 
 /// Event numbers in (created_at, number) order, oldest first, held as two sorted runs:
-/// `main`, which in-order arrivals extend at its end, and a small `side` run for arrivals
-/// older than the newest event already posted. `side` is merged into `main` once it
+/// `main`, which in-order arrivals extend at its end, and a small side run for arrivals
+/// older than the newest event already posted. The side run is merged into `main` once it
 /// outgrows the square root of `main`, so an out-of-order arrival costs O(√n) moves,
 /// amortized, instead of the O(n) of inserting into one vector; old-dated events (imports,
-/// sync, or a client replaying history) cannot turn ingest quadratic.
+/// sync, or a client replaying history) cannot turn ingest quadratic. Most lists never see
+/// one, so the side run is allocated only when needed.
 #[derive(Clone, Debug, Default)]
 pub struct Postings {
     main: Vec<EventNo>,
-    side: Vec<EventNo>,
+    side: Option<Box<SideRun>>,
 }
 
-/// `side` is merged into `main` once it holds more than this, or √(main), whichever is larger.
+/// The side run, with each event's `created_at` beside it so that placing an arrival reads
+/// no entries.
+#[derive(Clone, Debug, Default)]
+struct SideRun {
+    nos: Vec<EventNo>,
+    created_at: Vec<u64>,
+}
+
+/// The side run is merged into `main` once it holds more than this, or √(main), whichever
+/// is larger.
 const SIDE_RUN_COUNT_MIN: usize = 64;
 
 const TAG_LIST_BIT: u32 = 1 << 31;
@@ -506,7 +516,7 @@ impl Index {
     /// Heap bytes held by the indexes (capacities, not lengths), for the memory figure.
     pub fn memory_size(&self) -> usize {
         use std::mem::size_of;
-        let postings = |p: &Postings| p.capacity() * 4 + size_of::<Postings>();
+        let postings = |p: &Postings| p.heap_size() + size_of::<Postings>();
         let table = |capacity: usize, item: usize| capacity * (item + 1);
         self.chunks.iter().map(|c| c.capacity() * size_of::<Entry>()).sum::<usize>()
             + table(self.by_id.capacity(), 4)
@@ -528,62 +538,81 @@ impl Index {
 
 impl Postings {
     fn single(no: EventNo) -> Postings {
-        Postings { main: vec![no], side: Vec::new() }
+        Postings { main: vec![no], side: None }
     }
 
     /// The two sorted runs; a scan walks both and merges them.
     pub fn runs(&self) -> [&[EventNo]; 2] {
-        [&self.main, &self.side]
+        [&self.main, self.side.as_ref().map_or(&[], |side| &side.nos)]
     }
     pub fn len(&self) -> usize {
-        self.main.len() + self.side.len()
+        self.main.len() + self.side_len()
     }
     pub fn is_empty(&self) -> bool {
-        self.main.is_empty() && self.side.is_empty()
+        self.len() == 0
+    }
+    fn side_len(&self) -> usize {
+        self.side.as_ref().map_or(0, |side| side.nos.len())
     }
 
     /// Insert keeping (created_at, number) order. An arrival newer than every posted event
-    /// (the common case) is pushed; an older one goes into `side`.
+    /// (the common case) is pushed; an older one goes into the side run.
     fn insert(&mut self, no: EventNo, bulk: bool, key: impl Fn(EventNo) -> (u64, EventNo)) {
         let new_key = key(no);
         if bulk || self.main.last().is_none_or(|&last| key(last) < new_key) {
             self.main.push(no);
             return;
         }
-        let position = self.side.partition_point(|&other| key(other) < new_key);
-        self.side.insert(position, no);
-        if self.side.len() > SIDE_RUN_COUNT_MIN.max(self.main.len().isqrt()) {
+        let side = self.side.get_or_insert_with(Box::default);
+        let (mut position, mut above) = (0, side.nos.len());
+        while position < above {
+            let middle = (position + above) / 2;
+            if (side.created_at[middle], side.nos[middle]) < new_key {
+                position = middle + 1;
+            } else {
+                above = middle;
+            }
+        }
+        side.nos.insert(position, no);
+        side.created_at.insert(position, new_key.0);
+        if side.nos.len() > SIDE_RUN_COUNT_MIN.max(self.main.len().isqrt()) {
             self.merge_side(key);
         }
     }
 
-    /// Merge `side` into `main` in place, from the back. Each side event's place is found by
-    /// galloping back from the end of what is left of `main`: the key of a posting is a
-    /// lookup into the entries, and old-dated arrivals are mostly recent, so a place costs
-    /// O(log distance) lookups near the hot end of `main`. `main` moves in whole runs.
+    /// Merge the side run into `main` in place, from the back. Each side event's place is
+    /// found by galloping back from the end of what is left of `main`: the key of a posting
+    /// is a lookup into the entries, and old-dated arrivals are mostly recent, so a place
+    /// costs O(log distance) lookups near the hot end of `main`. `main` moves in whole runs.
     fn merge_side(&mut self, key: impl Fn(EventNo) -> (u64, EventNo)) {
+        let Some(side) = self.side.take() else { return };
         let mut read_end = self.main.len();
-        self.main.resize(read_end + self.side.len(), 0);
+        self.main.resize(read_end + side.nos.len(), 0);
         let mut write_end = self.main.len();
-        for &no in self.side.iter().rev() {
-            let place = gallop_back(&self.main[..read_end], key(no), &key);
+        for (&no, &created_at) in side.nos.iter().zip(&side.created_at).rev() {
+            let place = gallop_back(&self.main[..read_end], (created_at, no), &key);
             let count = read_end - place;
             self.main.copy_within(place..read_end, write_end - count);
             write_end -= count + 1;
             self.main[write_end] = no;
             read_end = place;
         }
-        self.side.clear();
     }
 
     /// Sort after a bulk load (everything went to `main` unsorted).
     fn sort(&mut self, key: impl Fn(&EventNo) -> (u64, EventNo)) {
-        self.main.append(&mut self.side);
+        if let Some(side) = self.side.take() {
+            self.main.extend(side.nos);
+        }
         self.main.sort_unstable_by_key(key);
     }
 
-    fn capacity(&self) -> usize {
-        self.main.capacity() + self.side.capacity()
+    /// Heap bytes held.
+    fn heap_size(&self) -> usize {
+        self.main.capacity() * 4
+            + self.side.as_ref().map_or(0, |side| {
+                std::mem::size_of::<SideRun>() + side.nos.capacity() * 4 + side.created_at.capacity() * 8
+            })
     }
 }
 
@@ -641,9 +670,9 @@ mod tests {
             // Mostly in order, a third of the time up to a day old.
             let t = 1_000_000 + u64::from(no) - if state % 3 == 0 { state % 86_400 } else { 0 };
             created_at.push(t);
-            let side_before = postings.side.len();
+            let side_before = postings.side_len();
             postings.insert(no, false, |n| (created_at[n as usize], n));
-            merges += usize::from(side_before > 0 && postings.side.is_empty());
+            merges += usize::from(side_before > 0 && postings.side_len() == 0);
             if no % 997 == 0 || no == 19_999 {
                 let key = |n: &EventNo| (created_at[*n as usize], *n);
                 for run in postings.runs() {
@@ -655,7 +684,7 @@ mod tests {
             }
         }
         assert!(merges > 10, "the side run was merged {merges} times");
-        assert!(postings.side.len() <= SIDE_RUN_COUNT_MIN.max(postings.main.len().isqrt()));
+        assert!(postings.side_len() <= SIDE_RUN_COUNT_MIN.max(postings.main.len().isqrt()));
     }
 
     #[test]
