@@ -61,6 +61,14 @@ fn event_core(c: &mut Criterion) {
             SECP256K1.verify_schnorr(&sig, &Message::from_digest(id), &pk).unwrap()
         })
     });
+    // What a per-core cache of parsed keys would leave: the key's square root is paid once.
+    let parsed_key = XOnlyPublicKey::from_slice(&pubkey).unwrap();
+    group.bench_function("raw_verify_key_parsed", |b| {
+        b.iter(|| {
+            let sig = Signature::from_slice(black_box(&sig)).unwrap();
+            SECP256K1.verify_schnorr(&sig, &Message::from_digest(id), black_box(&parsed_key)).unwrap()
+        })
+    });
     group.bench_function("parse_and_full_verify", |b| {
         b.iter(|| VerifiedEvent::from_json(black_box(json.as_bytes()), &limits).unwrap())
     });

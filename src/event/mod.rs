@@ -13,4 +13,4 @@ pub mod verify;
 pub use ids::{EventId, Pubkey};
 pub use kind::KindClass;
 pub use parse::{parse_event, EventError, IndexTag, ParsedEvent};
-pub use verify::VerifiedEvent;
+pub use verify::{KeyCache, VerifiedEvent};

@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 use super::core::{Core, Out};
 use super::http::{self, Route};
 use super::outbox::Outbox;
-use crate::event::{parse_event, VerifiedEvent};
+use crate::event::parse_event;
 use crate::proto::{self, ClientMessage, MessageLimits, Refusal};
 use crate::subs::ConnId;
 
@@ -219,7 +219,7 @@ fn handle_event(core: &Rc<Core>, conn: ConnId, raw: &serde_json::value::RawValue
         core.send(conn, proto::frame_ok(&id, true, "duplicate: already have this event"));
         return;
     }
-    match VerifiedEvent::verify(parsed) {
+    match core.verify(parsed) {
         Ok(event) => core.publish(conn, event),
         Err(error) => {
             core.send(conn, proto::frame_ok(&id, false, &error.reason()));

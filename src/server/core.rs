@@ -15,7 +15,7 @@ use glommio::channels::channel_mesh::Senders;
 use super::ip_slots::{IpSlot, IpSlots};
 use super::outbox::{outbox, Outbox, OutboxSender};
 use crate::config::Config;
-use crate::event::{EventId, KindClass, VerifiedEvent};
+use crate::event::{EventError, EventId, KeyCache, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::{Filter, Matchable};
 use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
 use crate::proto::{self, SubId};
@@ -136,6 +136,7 @@ pub struct Core {
     mesh: Senders<CoreMsg>,
     next_id: Cell<u64>,
     pending_queries: RefCell<HashMap<u64, mpsc::UnboundedSender<Vec<Vec<WireHit>>>>>,
+    keys: RefCell<KeyCache>,
 }
 
 impl Core {
@@ -158,6 +159,7 @@ impl Core {
             mesh,
             next_id: Cell::new(1),
             pending_queries: RefCell::new(HashMap::new()),
+            keys: RefCell::new(KeyCache::new()),
         })
     }
 
@@ -299,6 +301,11 @@ impl Core {
             owner if owner == self.id => self.append_owned(event, reply),
             owner => self.send_to(owner, CoreMsg::Append { event: Box::new(event), reply }),
         }
+    }
+
+    /// The signature check, with this core's cache of authors' keys.
+    pub fn verify(&self, event: ParsedEvent) -> Result<VerifiedEvent, EventError> {
+        VerifiedEvent::verify_cached(event, &mut self.keys.borrow_mut())
     }
 
     /// Whether this core owns `event`'s shard and already serves it (checked before the
