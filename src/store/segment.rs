@@ -11,12 +11,21 @@ use super::format::{read_slot, FormatError, RecordSpan, SegmentHeader, Slot, SEG
 use super::record::{self, ArchivedRecord};
 use crate::limits::BLOCK_SIZE;
 
-/// A zeroed, block-aligned buffer: the image of the segment being written, from which
-/// direct I/O copies, and in which rkyv archives are aligned.
+/// A block-aligned buffer: the image of the segment being written, from which direct I/O
+/// copies, and in which rkyv archives are aligned.
+///
+/// Bytes before `dirty_from` are zero or written since; bytes from it on may hold a previous
+/// segment's records when the buffer is [recycled](AlignedBuf::recycle), and
+/// [`AlignedBuf::clean_through`] zeroes them just ahead of the writer.
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     size: usize,
+    dirty_from: usize,
 }
+
+/// How far ahead of the writer a recycled image is zeroed at a time: one memset per 64 KiB
+/// instead of one per record.
+const CLEAN_AHEAD: usize = 64 * 1024;
 
 impl AlignedBuf {
     pub fn zeroed(size: usize) -> AlignedBuf {
@@ -25,7 +34,31 @@ impl AlignedBuf {
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, size }
+        AlignedBuf { ptr, size, dirty_from: size }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The same memory for a new segment: its old bytes count as dirty. Reusing the image
+    /// spares the kernel faulting in and zeroing fresh pages while events are written (on
+    /// this VM a 2 MiB huge-page fault zeroed at ~0.6 GB/s: milliseconds on the event loop).
+    pub fn recycle(mut self) -> AlignedBuf {
+        self.dirty_from = 0;
+        self
+    }
+
+    /// Make every byte before `end` zero or written: zero the dirty bytes up to `end`, and a
+    /// little further so that the next records find them clean.
+    pub fn clean_through(&mut self, end: usize) {
+        if end <= self.dirty_from {
+            return;
+        }
+        let to = end.max(self.dirty_from + CLEAN_AHEAD).min(self.size);
+        let from = self.dirty_from;
+        self.as_mut_slice()[from..to].fill(0);
+        self.dirty_from = to;
     }
 
     pub fn as_slice(&self) -> &[u8] {

@@ -114,6 +114,8 @@ pub struct ShardState {
     pub repairs: Vec<Repair>,
     /// Reused for every record's rkyv encoding.
     scratch: rkyv::util::AlignedVec<16>,
+    /// The image of the last sealed segment, kept for the next one (see [`AlignedBuf::recycle`]).
+    pub(super) spare_image: Option<AlignedBuf>,
 }
 
 const HIGH_WATER_FILE: &str = "NEXT_SEGMENT";
@@ -141,6 +143,7 @@ impl ShardState {
             failed: None,
             repairs: Vec::new(),
             scratch: rkyv::util::AlignedVec::new(),
+            spare_image: None,
         };
         let last = files.len().checked_sub(1);
         for (position, (id, path)) in files.iter().enumerate() {
@@ -231,7 +234,10 @@ impl ShardState {
         let high_water = self.dir.join(HIGH_WATER_FILE);
         segment::write_durably(&high_water, self.next_segment_id.to_string().as_bytes())
             .map_err(io_error(&high_water))?;
-        let mut image = AlignedBuf::zeroed(self.config.segment_size);
+        let size = self.config.segment_size;
+        let mut image =
+            self.spare_image.take().filter(|spare| spare.size() == size).unwrap_or_else(|| AlignedBuf::zeroed(size));
+        image.clean_through(SEGMENT_HEADER_SIZE.next_multiple_of(BLOCK_SIZE));
         let header = SegmentHeader {
             shard_id: self.shard_id,
             segment_id: id,
@@ -294,6 +300,8 @@ impl ShardState {
         let segment = &mut self.segments[slot];
         let offset = segment.len;
         let SegmentBytes::Image(image) = &mut segment.bytes else { unreachable!("the active segment is an image") };
+        // Direct I/O writes whole blocks: the rest of the record's last block must be zero.
+        image.clean_through(record_end(offset, payload_size).next_multiple_of(BLOCK_SIZE));
         let image = image.as_mut_slice();
         let flags = if encrypted { RECORD_FLAG_ENCRYPTED } else { 0 };
         let payload_start = offset + RECORD_HEADER_SIZE;
@@ -313,6 +321,12 @@ impl ShardState {
     /// Whether bytes written to images are not yet on disk.
     pub fn has_unflushed(&self) -> bool {
         self.segments.iter().any(Segment::needs_flush)
+    }
+
+    /// Segments held in memory as write images: the active one, and one rotated out whose
+    /// last bytes are not yet on disk. Every other segment is served from a map.
+    pub fn images_in_memory(&self) -> usize {
+        self.segments.iter().filter(|s| matches!(s.bytes, SegmentBytes::Image(_))).count()
     }
 
     /// Paths of the segments that were on disk when the shard was opened.

@@ -146,6 +146,7 @@ async fn commit(state: &Rc<RefCell<ShardState>>) -> Result<(), StoreError> {
         flush_segment(state, slot).await?;
     }
     let mut state = state.borrow_mut();
+    seal_rotated(&mut state)?;
     state.index.set_durable(target_count);
     while state.waiters.front().is_some_and(|(no, _)| *no < target_count) {
         let (_, waiter) = state.waiters.pop_front().expect("front exists");
@@ -155,10 +156,10 @@ async fn commit(state: &Rc<RefCell<ShardState>>) -> Result<(), StoreError> {
 }
 
 async fn flush_segment(state: &Rc<RefCell<ShardState>>, slot: usize) -> Result<(), StoreError> {
-    let (path, existing, end, is_active) = {
+    let (path, existing, end) = {
         let state = state.borrow();
         let segment = &state.segments[slot];
-        (segment.path.clone(), segment.file.clone(), segment.len, slot + 1 == state.segments.len())
+        (segment.path.clone(), segment.file.clone(), segment.len)
     };
     let file = match existing {
         Some(file) => file,
@@ -193,10 +194,21 @@ async fn flush_segment(state: &Rc<RefCell<ShardState>>, slot: usize) -> Result<(
         let dir = path.parent().expect("segments live in a shard directory").to_owned();
         segment::sync_dir(&dir).map_err(io_error(&dir))?;
     }
-    let mut state = state.borrow_mut();
-    state.segments[slot].durable_len = end;
-    if !is_active && end == state.segments[slot].len {
-        seal(&mut state, slot)?;
+    state.borrow_mut().segments[slot].durable_len = end;
+    Ok(())
+}
+
+/// Seal every segment that rotation left behind once it is all on disk. Rotation happens
+/// whether or not the old segment still had bytes to write, so this runs after each commit
+/// rather than after a flush: a segment flushed in full before it rotated would otherwise
+/// keep its image in memory for good.
+fn seal_rotated(state: &mut ShardState) -> Result<(), StoreError> {
+    let active = state.segments.len() - 1;
+    for slot in 0..active {
+        let segment = &state.segments[slot];
+        if matches!(segment.bytes, SegmentBytes::Image(_)) && segment.durable_len == segment.len {
+            seal(state, slot)?;
+        }
     }
     Ok(())
 }
@@ -206,7 +218,10 @@ fn seal(state: &mut ShardState, slot: usize) -> Result<(), StoreError> {
     let segment = &mut state.segments[slot];
     segment.file = None;
     segment::truncate_file(&segment.path, segment.len).map_err(io_error(&segment.path))?;
-    segment.bytes = segment::map_file(&segment.path).map_err(io_error(&segment.path))?;
+    let mapped = segment::map_file(&segment.path).map_err(io_error(&segment.path))?;
+    if let SegmentBytes::Image(image) = std::mem::replace(&mut segment.bytes, mapped) {
+        state.spare_image = Some(image.recycle());
+    }
     Ok(())
 }
 

@@ -434,18 +434,25 @@ fn write_events(path: &Path, count: u32, key: Option<SegmentKey>) -> Vec<String>
     let events: Vec<String> = (0..count)
         .map(|i| signed(&keys(200 + i % 3), 1, BASE_TIME + u64::from(i), &[], &format!("event {i} of run {run}")))
         .collect();
+    store_all(path, &events, key);
+    events
+}
+
+/// Store `events` in a one-shard store, each durable before the next.
+fn store_all(path: &Path, events: &[String], key: Option<SegmentKey>) {
     let path = path.to_owned();
-    let to_store = events.clone();
+    let to_store = events.to_vec();
     run_glommio(move || {
         Box::pin(async move {
             let store = Store::open(&path, 1, key).unwrap();
             for json in &to_store {
                 assert_eq!(store.append(&verified(json), now()).await, Outcome::Stored);
+                // Durable, so every segment but the active one is sealed and mapped.
+                assert_eq!(store.shards[0].state().images_in_memory(), 1);
             }
             store.close().await;
         })
     });
-    events
 }
 
 fn open_one(path: &Path, key: Option<SegmentKey>, mode: OpenMode) -> Result<ShardState, StoreError> {
@@ -555,20 +562,31 @@ fn rotation_and_reopen() {
     let big = "x".repeat(60_000);
     let events: Vec<String> =
         (0..40).map(|i| signed(&keys(400), 1, BASE_TIME + i, &[], &format!("{i} {big}"))).collect();
-    let path = dir.path().to_owned();
-    let to_store = events.clone();
-    run_glommio(move || {
-        Box::pin(async move {
-            let store = Store::open(&path, 1, None).unwrap();
-            for json in &to_store {
-                assert_eq!(store.append(&verified(json), now()).await, Outcome::Stored);
-            }
-            store.close().await;
-        })
-    });
+    store_all(dir.path(), &events, None);
     let files = ringrelay::store::segment::list_segments(&dir.path().join("shard-000")).unwrap();
     assert!(files.len() >= 3, "40 x 60 KB must span several 1 MiB segments, got {}", files.len());
     let state = open_one(dir.path(), None, OpenMode::ReadOnly).unwrap();
+    assert_eq!(stored_json(&state), events.iter().map(|j| served(j)).collect::<Vec<_>>());
+}
+
+/// Segment images are reused once their segment is sealed (`store_all` checks that rotated
+/// segments are sealed). Records of many sizes over six 1 MiB segments: a reused image must
+/// never put an old segment's bytes into a new file, so reopening finds every record and
+/// nothing to cut.
+#[test]
+fn reused_segment_images_leave_no_old_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<String> = (0..150u64)
+        .map(|i| {
+            let size = 1_000 + (i * 7_919) % 60_000;
+            signed(&keys(500), 1, BASE_TIME + i, &[], &format!("{i} {}", "y".repeat(size as usize)))
+        })
+        .collect();
+    store_all(dir.path(), &events, None);
+    let files = ringrelay::store::segment::list_segments(&dir.path().join("shard-000")).unwrap();
+    assert!(files.len() >= 5, "150 events of ~30 KB must span at least five 1 MiB segments, got {}", files.len());
+    let state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+    assert!(state.repairs.is_empty(), "reopen cut something: {:?}", state.repairs);
     assert_eq!(stored_json(&state), events.iter().map(|j| served(j)).collect::<Vec<_>>());
 }
 
