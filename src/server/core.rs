@@ -14,6 +14,8 @@ use glommio::channels::channel_mesh::Senders;
 
 use super::ip_slots::{IpSlot, IpSlots};
 use super::outbox::{outbox, Outbox, OutboxSender};
+use super::throttle::LogThrottle;
+use super::REPEATED_ERROR_LOG_INTERVAL;
 use crate::config::Config;
 use crate::event::{EventError, EventId, KeyCache, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::{Filter, Matchable};
@@ -137,6 +139,8 @@ pub struct Core {
     next_id: Cell<u64>,
     pending_queries: RefCell<HashMap<u64, mpsc::UnboundedSender<Vec<Vec<WireHit>>>>>,
     keys: RefCell<KeyCache>,
+    /// Storage errors repeat once per event; they are logged once per interval.
+    storage_errors: LogThrottle,
 }
 
 impl Core {
@@ -160,6 +164,7 @@ impl Core {
             next_id: Cell::new(1),
             pending_queries: RefCell::new(HashMap::new()),
             keys: RefCell::new(KeyCache::new()),
+            storage_errors: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
         })
     }
 
@@ -342,7 +347,9 @@ impl Core {
                             this.broadcast(Arc::new(LiveEvent::from_event(&event)));
                         }
                         Err(error) => {
-                            tracing::error!(core = this.id, %error, "append failed");
+                            if let Some(held_back) = this.storage_errors.admit() {
+                                tracing::error!(core = this.id, %error, held_back, "append failed");
+                            }
                             this.deliver_ok(&reply, false, "error: could not store the event");
                         }
                     }
@@ -356,7 +363,9 @@ impl Core {
             }
             Ok(Admission::Rejected(rejection)) => self.deliver_ok(&reply, false, rejection.reason()),
             Err(error) => {
-                tracing::error!(core = self.id, %error, "storage refuses writes");
+                if let Some(held_back) = self.storage_errors.admit() {
+                    tracing::error!(core = self.id, %error, held_back, "storage refuses writes");
+                }
                 self.deliver_ok(&reply, false, "error: storage is failing");
             }
         }

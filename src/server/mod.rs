@@ -10,6 +10,7 @@ pub mod core;
 pub mod http;
 pub mod ip_slots;
 pub mod outbox;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -35,6 +36,9 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// How long the cores get, once a stop is asked for, to finish their appends and close their
 /// clients. Past it the process exits anyway: every acknowledged event is already on disk.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// Errors that repeat per event or per accept (a full disk, a descriptor limit) are logged
+/// at most once per this interval, with the count held back.
+pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Run the relay until SIGTERM or SIGINT; returns once every core has shut down cleanly.
 pub fn serve(config: Config) -> anyhow::Result<()> {
@@ -271,6 +275,7 @@ async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &At
         Accepted(glommio::Result<glommio::net::TcpStream, ()>),
         Stop,
     }
+    let accept_errors = throttle::LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL);
     loop {
         let step = futures_lite::future::or(async { Step::Accepted(listener.accept().await) }, async {
             while !stop.load(Ordering::SeqCst) {
@@ -284,7 +289,9 @@ async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &At
                 glommio::spawn_local(conn::serve_connection(core.clone(), stream)).detach();
             }
             Step::Accepted(Err(error)) => {
-                tracing::warn!(core = core.id, %error, "accept failed");
+                if let Some(held_back) = accept_errors.admit() {
+                    tracing::warn!(core = core.id, %error, held_back, "accept failed");
+                }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
             Step::Stop => return,
