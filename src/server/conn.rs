@@ -21,8 +21,11 @@ use crate::subs::ConnId;
 
 /// A client must finish its request head within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Initial read buffer and write-flush threshold of a WebSocket, in bytes.
+/// Initial read buffer of a WebSocket, in bytes.
 const CONNECTION_BUFFER_SIZE: usize = 4 * 1024;
+/// Bytes of frames gathered before a `send()`; the buffer grows to this only on a
+/// connection that has had that much queued at once.
+const WRITE_FLUSH_SIZE: usize = 16 * 1024;
 /// Messages written before one flush.
 const WRITE_BATCH_COUNT: usize = 64;
 
@@ -57,8 +60,8 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     // buffers grow on demand, so an idle connection stays light.
     let config = WebSocketConfig::default()
         .read_buffer_size(CONNECTION_BUFFER_SIZE)
-        .write_buffer_size(CONNECTION_BUFFER_SIZE)
-        .max_write_buffer_size(limits.message_size_max + CONNECTION_BUFFER_SIZE)
+        .write_buffer_size(WRITE_FLUSH_SIZE)
+        .max_write_buffer_size(limits.message_size_max + WRITE_FLUSH_SIZE)
         .max_message_size(Some(limits.message_size_max))
         .max_frame_size(Some(limits.message_size_max));
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
