@@ -69,6 +69,22 @@ fn event_core(c: &mut Criterion) {
             SECP256K1.verify_schnorr(&sig, &Message::from_digest(id), black_box(&parsed_key)).unwrap()
         })
     });
+    // Distinct events, as a relay sees them: each signature reads other entries of
+    // libsecp256k1's 1 MiB of precomputed tables (the same signature again and again stays in
+    // cache).
+    let distinct: Vec<_> = signed_events(4096).iter().map(|e| parse_event(e.json(), &limits).unwrap()).collect();
+    let mut keys = ringrelay::event::KeyCache::new();
+    let mut next = 0;
+    group.bench_function("verify_distinct_cached_keys", |b| {
+        b.iter_batched(
+            || {
+                next = (next + 1) % distinct.len();
+                distinct[next].clone()
+            },
+            |p| VerifiedEvent::verify_cached(p, &mut keys).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
     group.bench_function("parse_and_full_verify", |b| {
         b.iter(|| VerifiedEvent::from_json(black_box(json.as_bytes()), &limits).unwrap())
     });

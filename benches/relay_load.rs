@@ -1,7 +1,8 @@
 //! A small load client for any NIP-01 relay, with pre-signed events, until loadgen exists.
 //!
 //! cargo bench --bench relay_load -- MODE URL [options]
-//!   ingest  URL [events] [connections]          unique events as fast as OKs come back
+//!   ingest  URL [events] [connections] [pid]    unique events as fast as OKs come back;
+//!                                               with the relay's pid, also per relay CPU-second
 //!   fanout  URL [subscribers] [events]          deliveries per second to N subscribers
 //!   latency URL [rate/s] [seconds]              publish->OK latency at a fixed offered rate
 //!   idle    URL PID [connections]               resident memory per idle connection
@@ -70,21 +71,48 @@ fn read_text(ws: &mut Socket) -> Option<String> {
     }
 }
 
-fn ingest(url: &str, count: usize, connections: usize) {
+fn ingest(url: &str, count: usize, connections: usize, relay_pid: Option<u32>) {
     eprintln!("signing {count} events...");
     let events = Arc::new(presign(count, "bench-ingest"));
+    // Wall-clock rates swing ±10% between runs on a shared VM; the relay's CPU time per event
+    // is the steadier figure.
+    let relay_cpu = || relay_pid.map(cpu_seconds);
+    let per_cpu = |before: Option<f64>| match (before, relay_cpu()) {
+        (Some(before), Some(after)) => {
+            format!(
+                ", relay {:.2} CPU-s: {:.0} events per relay CPU-second",
+                after - before,
+                count as f64 / (after - before)
+            )
+        }
+        _ => String::new(),
+    };
+    let before = relay_cpu();
     let (elapsed, ok) = ingest_pass(url, &events, connections);
     println!(
-        "ingest: {count} events over {connections} connections in {elapsed:.2} s: {:.0} events/s, {ok} OK true",
-        count as f64 / elapsed
+        "ingest: {count} events over {connections} connections in {elapsed:.2} s: {:.0} events/s, {ok} OK true{}",
+        count as f64 / elapsed,
+        per_cpu(before)
     );
     // The same events again: every one is a duplicate, answered before verification when the
     // receiving core owns the author's shard, after it otherwise.
+    let before = relay_cpu();
     let (elapsed, ok) = ingest_pass(url, &events, connections);
     println!(
-        "duplicates: the same {count} events again in {elapsed:.2} s: {:.0} events/s, {ok} OK true",
-        count as f64 / elapsed
+        "duplicates: the same {count} events again in {elapsed:.2} s: {:.0} events/s, {ok} OK true{}",
+        count as f64 / elapsed,
+        per_cpu(before)
     );
+}
+
+/// User + system CPU time of process `pid` so far, in seconds (/proc/PID/stat fields 14, 15).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the relay's /proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
 /// Send every event over `connections` connections, 64 in flight each; (seconds, OK true).
@@ -253,7 +281,8 @@ fn main() {
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.to_owned());
     match args.first().map(String::as_str) {
         Some("ingest") => {
-            ingest(&arg(1, "ws://127.0.0.1:7777"), arg(2, "20000").parse().unwrap(), arg(3, "8").parse().unwrap())
+            let pid = args.get(4).map(|pid| pid.parse().expect("a pid"));
+            ingest(&arg(1, "ws://127.0.0.1:7777"), arg(2, "20000").parse().unwrap(), arg(3, "8").parse().unwrap(), pid)
         }
         Some("fanout") => {
             fanout(&arg(1, "ws://127.0.0.1:7777"), arg(2, "1000").parse().unwrap(), arg(3, "200").parse().unwrap())

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::index::{EventNo, Index};
+use super::index::{EventNo, Index, Runs, NO_RUNS};
 use super::record::ArchivedRecord;
 use crate::filter::Filter;
 use crate::limits::QUERY_TIE_COUNT_MAX;
@@ -52,11 +52,11 @@ enum List {
 
 impl List {
     /// The list's sorted runs (see `index::Postings`), walked together.
-    fn runs<'a>(&'a self, index: &'a Index) -> [&'a [EventNo]; 2] {
+    fn runs<'a>(&'a self, index: &'a Index) -> Runs<'a> {
         match self {
-            List::Owned(nos) => [nos, &[]],
+            List::Owned(nos) => [nos, &[], &[]],
             List::Author(author) => index.author_postings(*author).runs(),
-            List::Kind(kind) => index.kind_postings(*kind).map_or([&[], &[]], |p| p.runs()),
+            List::Kind(kind) => index.kind_postings(*kind).map_or(NO_RUNS, |p| p.runs()),
             List::Tag(letter, value) => index.tag_postings(*letter, value),
             List::Global => index.global_postings().runs(),
         }
