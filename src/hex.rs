@@ -16,24 +16,32 @@ const PAIRS: [[u8; 2]; 256] = {
     pairs
 };
 
-/// Decode exactly `N` bytes from `2 * N` lowercase hex digits.
+/// The value of every lowercase hex digit, and `NOT_A_DIGIT` for every other byte.
+const NIBBLES: [u8; 256] = {
+    let mut nibbles = [NOT_A_DIGIT; 256];
+    let mut value = 0;
+    while value < 16 {
+        nibbles[DIGITS[value] as usize] = value as u8;
+        value += 1;
+    }
+    nibbles
+};
+const NOT_A_DIGIT: u8 = 0xff;
+
+/// Decode exactly `N` bytes from `2 * N` lowercase hex digits. Branch-free over the digits,
+/// with one check at the end: ids, keys and signatures are decoded for every event.
 pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     if text.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
+    let mut seen = 0u8;
     for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        seen |= high | low;
+        *byte = (high << 4) | (low & 0x0f);
     }
-    Some(out)
-}
-
-fn nibble(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        _ => None,
-    }
+    (seen & 0xf0 == 0).then_some(out)
 }
 
 /// Append the lowercase hex of `bytes` to `out`.
@@ -60,5 +68,14 @@ mod tests {
         assert_eq!(decode_lower::<4>(b"009FA5ff"), None);
         assert_eq!(decode_lower::<4>(b"009fa5f"), None);
         assert_eq!(decode_lower::<4>(b"009fa5fg"), None);
+    }
+
+    #[test]
+    fn decoding_accepts_exactly_the_lowercase_digits() {
+        for byte in 0..=255u8 {
+            let expected = DIGITS.iter().position(|&d| d == byte).map(|value| value as u8);
+            assert_eq!(decode_lower::<1>(&[b'0', byte]), expected.map(|v| [v]), "digit {byte:#04x}");
+            assert_eq!(decode_lower::<1>(&[byte, b'0']), expected.map(|v| [v << 4]), "digit {byte:#04x}");
+        }
     }
 }
