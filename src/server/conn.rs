@@ -99,6 +99,10 @@ enum Next {
 
 async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) {
     loop {
+        // A read that finds data ready does not yield, so a client that keeps its socket full
+        // would otherwise hold the core: other clients, and the group commit whose fsync has
+        // finished, would wait until it paused.
+        glommio::yield_if_needed().await;
         // A client that sends faster than it reads is not read until its replies drain.
         let next = if outbound.accepts_input() {
             futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
