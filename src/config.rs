@@ -13,7 +13,7 @@ use crate::limits::{EventLimits, SEGMENT_SIZE_DEFAULT};
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    /// Executors, one pinned per core; 0 means every online core.
+    /// Executors, one pinned per core; 0 means every CPU this process may run on.
     pub cores: usize,
     pub key_file: Option<PathBuf>,
     pub segment_size: usize,
@@ -148,7 +148,7 @@ impl Config {
         Ok(())
     }
 
-    /// The executors to run: `cores`, or every online core.
+    /// The executors to run: `cores`, or every CPU this process may run on (its affinity mask).
     pub fn core_count(&self) -> usize {
         match self.cores {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

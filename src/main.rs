@@ -33,7 +33,7 @@ enum Command {
         listen: Option<std::net::SocketAddr>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Executors, one pinned per core (default: every online core).
+        /// Executors, one pinned per core (default: every CPU this process may run on).
         #[arg(long)]
         cores: Option<usize>,
         #[arg(long)]

@@ -45,6 +45,23 @@ const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 /// at most once per this interval, with the count held back.
 pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The CPUs this process may run on (its affinity mask, as set by taskset or a cpuset
+/// cgroup), lowest first; executor i is pinned to the i-th. glommio's `CpuSet::online()`
+/// is not used: it lists every online CPU whatever the mask, in hash order, so `--cores 1`
+/// landed on a random CPU and could share it with the very client it was measured against.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data, and sched_getaffinity writes at most its size.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        set
+    };
+    // SAFETY: CPU_ISSET reads the set within CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+}
+
 /// Run the relay until SIGTERM or SIGINT; returns once every core has shut down cleanly.
 pub fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
@@ -65,8 +82,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-    let cpus: Vec<usize> =
-        glommio::CpuSet::online().map(|set| set.into_iter().map(|cpu| cpu.cpu).collect()).unwrap_or_default();
+    let cpus = allowed_cpus();
+    if core_count > cpus.len() {
+        tracing::warn!(
+            cores = core_count,
+            allowed = cpus.len(),
+            "more cores asked for than CPUs this process may use; the extra executors are not pinned"
+        );
+    }
     let mut handles = Vec::with_capacity(core_count);
     for index in 0..core_count {
         let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));

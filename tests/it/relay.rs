@@ -22,6 +22,15 @@ pub struct Relay {
     pub port: u16,
 }
 
+/// How the relay's process is set up before it starts.
+#[derive(Clone, Copy, Default)]
+struct Process {
+    /// A soft limit on open descriptors.
+    open_files: Option<u64>,
+    /// The one CPU the process may run on.
+    cpu: Option<usize>,
+}
+
 impl Relay {
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -39,32 +48,46 @@ impl Relay {
 
     /// Start on a given port (a restart on the port a stopped relay used).
     pub fn start_on(data_dir: &Path, cores: usize, config: &str, port: u16) -> Relay {
-        Relay::spawn(data_dir, cores, config, port, None)
+        Relay::spawn(data_dir, cores, config, port, Process::default())
     }
 
     /// Start with a soft limit of `open_files` descriptors, as a fresh login shell has.
     pub fn start_with_open_files(data_dir: &Path, cores: usize, config: &str, open_files: u64) -> Relay {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Relay::spawn(data_dir, cores, config, port, Some(open_files))
+        Relay::spawn(data_dir, cores, config, port, Process { open_files: Some(open_files), cpu: None })
     }
 
-    fn spawn(data_dir: &Path, cores: usize, config: &str, port: u16, open_files: Option<u64>) -> Relay {
+    /// Start one core, with the process allowed to run on `cpu` only (as `taskset -c CPU`).
+    pub fn start_on_cpu(data_dir: &Path, cpu: usize) -> Relay {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Relay::spawn(data_dir, 1, "", port, Process { open_files: None, cpu: Some(cpu) })
+    }
+
+    fn spawn(data_dir: &Path, cores: usize, config: &str, port: u16, process: Process) -> Relay {
         use std::os::unix::process::CommandExt;
         std::fs::create_dir_all(data_dir).unwrap();
         let config_path = data_dir.join("test-config.toml");
         std::fs::write(&config_path, config).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringrelay"));
-        if let Some(soft) = open_files {
-            // SAFETY: only async-signal-safe calls (getrlimit/setrlimit) between fork and exec.
-            unsafe {
-                command.pre_exec(move || {
+        // SAFETY: only async-signal-safe calls (getrlimit, setrlimit, sched_setaffinity)
+        // between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some(soft) = process.open_files {
                     let mut limit: libc::rlimit = std::mem::zeroed();
                     libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
                     limit.rlim_cur = soft;
                     libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-                    Ok(())
-                });
-            }
+                }
+                if let Some(cpu) = process.cpu {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         let mut child = command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string()])
@@ -632,6 +655,39 @@ fn the_relay_takes_the_open_files_it_is_allowed() {
     let mut clients: Vec<Client> = (0..200).map(|_| relay.connect()).collect();
     let last = clients.last_mut().unwrap();
     assert!(last.publish(&signed(&keys(996), 1, now(), &[], "the 200th connection works")).0);
+}
+
+/// An executor is pinned to a CPU the process may run on: the highest CPU this test may use
+/// (not CPU 0, which a relay that ignored its affinity mask would often pick), and the
+/// relay must still serve.
+#[test]
+fn executors_stay_on_the_cpus_the_process_is_given() {
+    // SAFETY: plain data, and sched_getaffinity writes at most its size.
+    let allowed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect::<Vec<_>>()
+    };
+    let cpu = *allowed.last().expect("this test runs somewhere");
+    for attempt in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = Relay::start_on_cpu(dir.path(), cpu);
+        let mut client = relay.connect();
+        assert!(client.publish(&signed(&keys(998), 1, now(), &[], &format!("on cpu {cpu}, {attempt}"))).0);
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", relay.pid())).unwrap();
+        let executors: Vec<String> = tasks
+            .filter_map(|task| {
+                let path = task.unwrap().path();
+                let name = std::fs::read_to_string(path.join("comm")).ok()?;
+                let status = std::fs::read_to_string(path.join("status")).ok()?;
+                let cpus = status.lines().find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?.trim().to_owned();
+                name.starts_with("core-").then_some(cpus)
+            })
+            .collect();
+        // The executor and its helper threads carry the core's name.
+        assert!(!executors.is_empty(), "no executor thread found");
+        assert!(executors.iter().all(|cpus| *cpus == cpu.to_string()), "executor threads on {executors:?}, not {cpu}");
+    }
 }
 
 #[test]
