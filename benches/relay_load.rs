@@ -76,33 +76,23 @@ fn ingest(url: &str, count: usize, connections: usize, relay_pid: Option<u32>) {
     let events = Arc::new(presign(count, "bench-ingest"));
     // Wall-clock rates swing ±10% between runs on a shared VM; the relay's CPU time per event
     // is the steadier figure.
-    let relay_cpu = || relay_pid.map(cpu_seconds);
-    let per_cpu = |before: Option<f64>| match (before, relay_cpu()) {
-        (Some(before), Some(after)) => {
-            format!(
+    let pass = |what: &str| {
+        let before = relay_pid.map(cpu_seconds);
+        let (elapsed, ok) = ingest_pass(url, &events, connections);
+        let per_cpu = match (before, relay_pid.map(cpu_seconds)) {
+            (Some(before), Some(after)) => format!(
                 ", relay {:.2} CPU-s: {:.0} events per relay CPU-second",
                 after - before,
                 count as f64 / (after - before)
-            )
-        }
-        _ => String::new(),
+            ),
+            _ => String::new(),
+        };
+        println!("{what} in {elapsed:.2} s: {:.0} events/s, {ok} OK true{per_cpu}", count as f64 / elapsed);
     };
-    let before = relay_cpu();
-    let (elapsed, ok) = ingest_pass(url, &events, connections);
-    println!(
-        "ingest: {count} events over {connections} connections in {elapsed:.2} s: {:.0} events/s, {ok} OK true{}",
-        count as f64 / elapsed,
-        per_cpu(before)
-    );
+    pass(&format!("ingest: {count} events over {connections} connections"));
     // The same events again: every one is a duplicate, answered before verification when the
     // receiving core owns the author's shard, after it otherwise.
-    let before = relay_cpu();
-    let (elapsed, ok) = ingest_pass(url, &events, connections);
-    println!(
-        "duplicates: the same {count} events again in {elapsed:.2} s: {:.0} events/s, {ok} OK true{}",
-        count as f64 / elapsed,
-        per_cpu(before)
-    );
+    pass(&format!("duplicates: the same {count} events again"));
 }
 
 /// User + system CPU time of process `pid` so far, in seconds (/proc/PID/stat fields 14, 15).

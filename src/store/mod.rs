@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod datadir;
 pub mod format;
 pub mod index;
+pub mod postings;
 pub mod query;
 pub mod record;
 pub mod segment;
