@@ -93,7 +93,7 @@ impl KeyCache {
 
     /// The key for `x`, lifted once; `None` when `x` is not on the curve.
     pub fn lift(&mut self, x: &[u8; 32]) -> Option<XOnlyPublicKey> {
-        let slot = &mut self.slots[usize::from(u16::from_le_bytes([x[0], x[1]])) % KeyCache::SLOTS];
+        let slot = &mut self.slots[KeyCache::slot_of(x)];
         if let Some((cached_x, key)) = slot {
             if cached_x == x {
                 return Some(*key);
@@ -102,6 +102,10 @@ impl KeyCache {
         let key = XOnlyPublicKey::from_slice(x).ok()?;
         *slot = Some((*x, key));
         Some(key)
+    }
+
+    fn slot_of(x: &[u8; 32]) -> usize {
+        usize::from(u16::from_le_bytes([x[0], x[1]])) % KeyCache::SLOTS
     }
 }
 
@@ -129,10 +133,6 @@ mod tests {
         keypair.x_only_public_key().0.serialize()
     }
 
-    fn slot_of(x: &[u8; 32]) -> usize {
-        usize::from(u16::from_le_bytes([x[0], x[1]])) % KeyCache::SLOTS
-    }
-
     #[test]
     fn a_cached_key_is_the_key_from_slice_gives() {
         let mut keys = KeyCache::new();
@@ -146,7 +146,8 @@ mod tests {
     #[test]
     fn keys_sharing_a_slot_each_get_their_own_point() {
         let a = x_only(0);
-        let b = (1..100_000).map(x_only).find(|x| slot_of(x) == slot_of(&a)).expect("a colliding key");
+        let b =
+            (1..100_000).map(x_only).find(|x| KeyCache::slot_of(x) == KeyCache::slot_of(&a)).expect("a colliding key");
         let mut keys = KeyCache::new();
         for x in [a, b, a, b, b, a] {
             assert_eq!(keys.lift(&x).unwrap(), XOnlyPublicKey::from_slice(&x).unwrap());
@@ -161,6 +162,6 @@ mod tests {
         assert!(XOnlyPublicKey::from_slice(&off_curve).is_err(), "test premise");
         let mut keys = KeyCache::new();
         assert!(keys.lift(&off_curve).is_none());
-        assert!(keys.slots[slot_of(&off_curve)].is_none());
+        assert!(keys.slots[KeyCache::slot_of(&off_curve)].is_none());
     }
 }

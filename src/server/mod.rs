@@ -38,7 +38,7 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a core runs tasks before it polls for finished I/O again (glommio's default is
 /// 100 ms). A group commit's fdatasync completion is only seen when the core polls, so
-/// under load this bounds how long acknowledged-to-be events wait after they are on disk.
+/// under load this bounds how long events wait for their OK once they are on disk.
 /// Sessions call `yield_if_needed` between messages, which gives way once this has passed.
 const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 /// Errors that repeat per event or per accept (a full disk, a descriptor limit) are logged
