@@ -46,7 +46,8 @@ const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The CPUs this process may run on (its affinity mask, as set by taskset or a cpuset
-/// cgroup), lowest first; executor i is pinned to the i-th. glommio's `CpuSet::online()`
+/// cgroup), lowest first; executor i is pinned to the i-th, and there are never more
+/// executors than these. glommio's `CpuSet::online()`
 /// is not used: it lists every online CPU whatever the mask, in hash order, so `--cores 1`
 /// landed on a random CPU and could share it with the very client it was measured against.
 fn allowed_cpus() -> Vec<usize> {
@@ -66,6 +67,18 @@ fn allowed_cpus() -> Vec<usize> {
 pub fn serve(config: Config) -> anyhow::Result<()> {
     config.validate()?;
     let core_count = config.core_count();
+    let cpus = allowed_cpus();
+    // Two executors on one CPU can hang at startup, in glommio's channel-mesh join (seen in
+    // ~1 start of 8, `taskset -c 1 ringrelay serve --cores 2`), and would share the CPU anyway.
+    if !cpus.is_empty() && core_count > cpus.len() {
+        anyhow::bail!(
+            "{core_count} cores asked for, but this process may run on {} CPU{} ({}): lower `cores` \
+             (or --cores), or widen the CPUs it is given (taskset, systemd CPUAffinity=, the cpuset)",
+            cpus.len(),
+            if cpus.len() == 1 { "" } else { "s" },
+            cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+        );
+    }
     let data_dir = DataDir::open_or_create(&config.data_dir, core_count.min(crate::limits::SHARD_COUNT_MAX) as u16)
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
@@ -82,14 +95,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-    let cpus = allowed_cpus();
-    if core_count > cpus.len() {
-        tracing::warn!(
-            cores = core_count,
-            allowed = cpus.len(),
-            "more cores asked for than CPUs this process may use; the extra executors are not pinned"
-        );
-    }
     let mut handles = Vec::with_capacity(core_count);
     for index in 0..core_count {
         let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));
@@ -135,9 +140,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
     if failure.is_none() {
+        let on: Vec<String> = cpus.iter().take(core_count).map(usize::to_string).collect();
         eprintln!(
-            "ringrelay: listening on {} with {core_count} cores, data in {}, up to {open_files} open files",
+            "ringrelay: listening on {} with {core_count} core{} on CPU{} {}, data in {}, up to {open_files} open files",
             config.listen,
+            if core_count == 1 { "" } else { "s" },
+            if on.len() == 1 { "" } else { "s" },
+            on.join(","),
             config.data_dir.display()
         );
     }

@@ -657,18 +657,52 @@ fn the_relay_takes_the_open_files_it_is_allowed() {
     assert!(last.publish(&signed(&keys(996), 1, now(), &[], "the 200th connection works")).0);
 }
 
+/// The CPUs this test process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: plain data, and sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect()
+    }
+}
+
+/// More cores than the CPUs the process is given is a clear error, not executors sharing a
+/// CPU (glommio's mesh join can hang then).
+#[test]
+fn more_cores_than_allowed_cpus_is_a_clear_error() {
+    use std::os::unix::process::CommandExt;
+    let cpu = *allowed_cpus().last().expect("this test runs somewhere");
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringrelay"));
+    // SAFETY: only sched_setaffinity between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            match libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let output = command
+        .args(["serve", "--cores", "2", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("2 cores asked for, but this process may run on 1 CPU ({cpu})")), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing is created before the check");
+}
+
 /// An executor is pinned to a CPU the process may run on: the highest CPU this test may use
 /// (not CPU 0, which a relay that ignored its affinity mask would often pick), and the
 /// relay must still serve.
 #[test]
 fn executors_stay_on_the_cpus_the_process_is_given() {
-    // SAFETY: plain data, and sched_getaffinity writes at most its size.
-    let allowed = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
-        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| libc::CPU_ISSET(cpu, &set)).collect::<Vec<_>>()
-    };
-    let cpu = *allowed.last().expect("this test runs somewhere");
+    let cpu = *allowed_cpus().last().expect("this test runs somewhere");
     for attempt in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let relay = Relay::start_on_cpu(dir.path(), cpu);
