@@ -22,7 +22,7 @@ use anyhow::Context;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 
 use self::core::{Core, CoreMsg};
 use self::ip_slots::IpSlots;
@@ -36,11 +36,14 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// How long the cores get, once a stop is asked for, to finish their appends and close their
 /// clients. Past it the process exits anyway: every acknowledged event is already on disk.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-/// How long a core runs tasks before it polls for finished I/O again (glommio's default is
+/// How long sessions run before the core polls for finished I/O again (glommio's default is
 /// 100 ms). A group commit's fdatasync completion is only seen when the core polls, so
 /// under load this bounds how long events wait for their OK once they are on disk.
 /// Sessions call `yield_if_needed` between messages, which gives way once this has passed.
-const PREEMPT_TIMER: Duration = Duration::from_millis(2);
+/// It is the latency of the sessions' task queue, created once the core has joined the
+/// mesh: set as the executor's preempt timer instead, it made ~1 start in 10 hang in
+/// glommio's mesh join when many relays started at once.
+const SESSION_LATENCY: Duration = Duration::from_millis(2);
 /// Errors that repeat per event or per accept (a full disk, a descriptor limit) are logged
 /// at most once per this interval, with the count held back.
 pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -111,7 +114,6 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{index}"))
             .io_memory(crate::limits::IO_MEMORY_SIZE)
-            .preempt_timer(PREEMPT_TIMER)
             .spawn(move || run_core(start))
             .map_err(|error| {
                 stop.store(true, Ordering::SeqCst);
@@ -262,8 +264,10 @@ async fn run_core(start: CoreStart) {
         })
         .detach();
     }
+    let sessions =
+        glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
     let _ = start.ready.send(Ok(format!("core {id}")));
-    accept_until_stopped(&core, &listener, &start.stop).await;
+    accept_until_stopped(&core, &listener, &start.stop, sessions).await;
     drop(listener);
     // Finish in-flight appends (their OKs go out), then say goodbye to every client.
     core.close_shards().await;
@@ -308,7 +312,7 @@ fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &AtomicBool) {
+async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &AtomicBool, sessions: TaskQueueHandle) {
     enum Step {
         Accepted(glommio::Result<glommio::net::TcpStream, ()>),
         Stop,
@@ -324,7 +328,12 @@ async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &At
         .await;
         match step {
             Step::Accepted(Ok(stream)) => {
-                glommio::spawn_local(conn::serve_connection(core.clone(), stream)).detach();
+                match glommio::spawn_local_into(conn::serve_connection(core.clone(), stream), sessions) {
+                    Ok(task) => {
+                        task.detach();
+                    }
+                    Err(error) => tracing::error!(core = core.id, %error, "cannot start a session"),
+                }
             }
             Step::Accepted(Err(error)) => {
                 if let Some(held_back) = accept_errors.admit() {

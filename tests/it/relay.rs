@@ -79,14 +79,10 @@ impl Relay {
                     limit.rlim_cur = soft;
                     libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
                 }
-                if let Some(cpu) = process.cpu {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                match process.cpu {
+                    Some(cpu) => run_only_on(cpu),
+                    None => Ok(()),
                 }
-                Ok(())
             });
         }
         let mut child = command
@@ -657,6 +653,20 @@ fn the_relay_takes_the_open_files_it_is_allowed() {
     assert!(last.publish(&signed(&keys(996), 1, now(), &[], "the 200th connection works")).0);
 }
 
+/// Restrict the calling process to `cpu`, as `taskset -c CPU` does; async-signal-safe, for
+/// use between fork and exec.
+fn run_only_on(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: plain data, set with CPU_SET within CPU_SETSIZE.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        match libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+}
+
 /// The CPUs this test process may run on.
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: plain data, and sched_getaffinity writes at most its size.
@@ -677,14 +687,7 @@ fn more_cores_than_allowed_cpus_is_a_clear_error() {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringrelay"));
     // SAFETY: only sched_setaffinity between fork and exec.
     unsafe {
-        command.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            match libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            }
-        });
+        command.pre_exec(move || run_only_on(cpu));
     }
     let output = command
         .args(["serve", "--cores", "2", "--listen", "127.0.0.1:0", "--data-dir"])
