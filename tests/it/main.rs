@@ -4,5 +4,6 @@ mod cli;
 mod event_vectors;
 mod loadgen_runs;
 mod relay;
+mod rules;
 mod storage;
 mod support;
