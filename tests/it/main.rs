@@ -1,6 +1,7 @@
 //! The integration suite: one binary, one module per concern.
 
 mod cli;
+mod clients;
 mod event_vectors;
 mod loadgen_runs;
 mod relay;
