@@ -3,6 +3,7 @@
 //! re-serialized.
 
 use std::fmt;
+use std::rc::Rc;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -13,9 +14,10 @@ use crate::filter::Filter;
 /// Most characters in a subscription id (NIP-01).
 pub const SUB_ID_CHAR_COUNT_MAX: usize = 64;
 
-/// A subscription id as the client sent it: 1 to 64 characters.
+/// A subscription id as the client sent it: 1 to 64 characters. Shared, not copied, by every
+/// live event queued for the subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SubId(Box<str>);
+pub struct SubId(Rc<str>);
 
 impl SubId {
     pub fn new(text: &str) -> Option<SubId> {
@@ -175,28 +177,39 @@ pub fn event_id_hint(event: &RawValue) -> Option<String> {
     crate::hex::decode_lower::<32>(id.as_bytes()).map(|_| id.into_owned())
 }
 
-/// `["EVENT",<sub_id>,<stored event json>]`, the stored bytes copied in as they are. They
-/// were valid UTF-8 when accepted and are checksummed on disk; were they not, the frame is
-/// sent with replacement characters rather than the relay stopping.
-pub fn frame_event(sub_id: &SubId, event_json: &[u8]) -> String {
-    let mut out = Vec::with_capacity(event_json.len() + sub_id.0.len() + 16);
-    out.extend_from_slice(b"[\"EVENT\",");
+/// `["EVENT",<sub_id>,<event json>]`, the event's JSON copied in as it is.
+///
+/// Allocated at its exact length: the WebSocket crate turns the frame into `Bytes`, which
+/// takes over a buffer as it is only when length equals capacity, and otherwise allocates a
+/// shared header for it and frees it with an atomic decrement, once per delivery.
+pub fn frame_event(sub_id: &SubId, event_json: &str) -> String {
+    let length = "[\"EVENT\",".len() + json::quoted_len(sub_id.as_str()) + 1 + event_json.len() + 1;
+    let mut out = String::with_capacity(length);
+    out.push_str("[\"EVENT\",");
     json::write_str(&mut out, sub_id.as_str());
-    out.push(b',');
-    out.extend_from_slice(event_json);
-    out.push(b']');
-    String::from_utf8(out).unwrap_or_else(|error| String::from_utf8_lossy(error.as_bytes()).into_owned())
+    out.push(',');
+    out.push_str(event_json);
+    out.push(']');
+    debug_assert_eq!((out.len(), out.capacity()), (length, length));
+    out
+}
+
+/// [`frame_event`] for stored bytes. They were valid UTF-8 when accepted and are checksummed
+/// on disk; were they not, the frame is sent with replacement characters rather than the
+/// relay stopping.
+pub fn frame_stored_event(sub_id: &SubId, event_json: &[u8]) -> String {
+    frame_event(sub_id, &String::from_utf8_lossy(event_json))
 }
 
 /// `["OK",<event id hex>,<accepted>,<reason>]`.
 pub fn frame_ok(event_id_hex: &str, accepted: bool, reason: &str) -> String {
-    let mut out = Vec::with_capacity(96 + reason.len());
-    out.extend_from_slice(b"[\"OK\",");
+    let mut out = String::with_capacity(96 + reason.len());
+    out.push_str("[\"OK\",");
     json::write_str(&mut out, event_id_hex);
-    out.extend_from_slice(if accepted { b",true," } else { b",false," });
+    out.push_str(if accepted { ",true," } else { ",false," });
     json::write_str(&mut out, reason);
-    out.push(b']');
-    String::from_utf8(out).expect("json of strings is utf-8")
+    out.push(']');
+    out
 }
 
 /// `["EOSE",<sub_id>]`.
@@ -216,23 +229,22 @@ pub fn frame_notice(message: &str) -> String {
 
 /// `["COUNT",<sub_id>,{"count":<n>}]` (NIP-45).
 pub fn frame_count(sub_id: &SubId, count: u64) -> String {
-    let mut out = Vec::new();
-    out.extend_from_slice(b"[\"COUNT\",");
+    let mut out = String::from("[\"COUNT\",");
     json::write_str(&mut out, sub_id.as_str());
-    out.extend_from_slice(format!(",{{\"count\":{count}}}]").as_bytes());
-    String::from_utf8(out).expect("json of strings is utf-8")
+    out.push_str(&format!(",{{\"count\":{count}}}]"));
+    out
 }
 
 fn frame_strings(parts: &[&str]) -> String {
-    let mut out = vec![b'['];
+    let mut out = String::from("[");
     for (index, part) in parts.iter().enumerate() {
         if index > 0 {
-            out.push(b',');
+            out.push(',');
         }
         json::write_str(&mut out, part);
     }
-    out.push(b']');
-    String::from_utf8(out).expect("json of strings is utf-8")
+    out.push(']');
+    out
 }
 
 #[cfg(test)]
@@ -305,7 +317,9 @@ mod tests {
     #[test]
     fn frames() {
         let sub = SubId::new("a\"b").unwrap();
-        assert_eq!(frame_event(&sub, br#"{"id":"x"}"#), r#"["EVENT","a\"b",{"id":"x"}]"#);
+        assert_eq!(frame_event(&sub, r#"{"id":"x"}"#), r#"["EVENT","a\"b",{"id":"x"}]"#);
+        assert_eq!(frame_stored_event(&sub, br#"{"id":"x"}"#), r#"["EVENT","a\"b",{"id":"x"}]"#);
+        assert_eq!(frame_stored_event(&sub, b"{\"c\":\"\xff\"}"), "[\"EVENT\",\"a\\\"b\",{\"c\":\"\u{fffd}\"}]");
         assert_eq!(frame_ok("ab", true, ""), r#"["OK","ab",true,""]"#);
         assert_eq!(frame_ok("ab", false, "invalid: bad\n"), r#"["OK","ab",false,"invalid: bad\n"]"#);
         assert_eq!(frame_eose(&sub), r#"["EOSE","a\"b"]"#);

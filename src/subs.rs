@@ -17,7 +17,7 @@ use crate::proto::SubId;
 /// (`Arc`), so the JSON is copied once per event, not per core.
 #[derive(Debug)]
 pub struct LiveEvent {
-    pub json: Arc<[u8]>,
+    pub json: Arc<str>,
     id: [u8; 32],
     pubkey: [u8; 32],
     created_at: u64,
@@ -28,7 +28,7 @@ pub struct LiveEvent {
 impl LiveEvent {
     pub fn from_event(event: &VerifiedEvent) -> LiveEvent {
         LiveEvent {
-            json: event.json().into(),
+            json: String::from_utf8_lossy(event.json()).into(),
             id: event.id().0,
             pubkey: event.pubkey().0,
             created_at: event.created_at(),
@@ -273,7 +273,7 @@ mod tests {
                 }
                 _ => {
                     let event = LiveEvent {
-                        json: Arc::from(&b"{}"[..]),
+                        json: Arc::from("{}"),
                         id: key(rng.below(20)),
                         pubkey: key(100 + rng.below(5)),
                         kind: rng.below(4) as u16,

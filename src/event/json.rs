@@ -24,29 +24,75 @@ const ESCAPE: [u8; 256] = {
     table
 };
 
+/// Where escaped JSON goes: bytes (an event's stored form) or a `String` (a frame to send,
+/// built without validating UTF-8 again: only `&str` pieces and ASCII go in).
+pub trait JsonOut {
+    fn reserve_more(&mut self, additional: usize);
+    fn push_text(&mut self, text: &str);
+    fn push_ascii(&mut self, byte: u8);
+}
+
+impl JsonOut for Vec<u8> {
+    fn reserve_more(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+    fn push_text(&mut self, text: &str) {
+        self.extend_from_slice(text.as_bytes());
+    }
+    fn push_ascii(&mut self, byte: u8) {
+        self.push(byte);
+    }
+}
+
+impl JsonOut for String {
+    fn reserve_more(&mut self, additional: usize) {
+        self.reserve(additional);
+    }
+    fn push_text(&mut self, text: &str) {
+        self.push_str(text);
+    }
+    fn push_ascii(&mut self, byte: u8) {
+        debug_assert!(byte.is_ascii());
+        self.push(char::from(byte));
+    }
+}
+
+/// The length of `text` written by [`write_str`], quotes included.
+pub fn quoted_len(text: &str) -> usize {
+    2 + text
+        .bytes()
+        .map(|byte| match ESCAPE[usize::from(byte)] {
+            0 => 1,
+            b'u' => 6,
+            _ => 2,
+        })
+        .sum::<usize>()
+}
+
 /// Append `text` as a quoted JSON string in canonical form.
-pub fn write_str(out: &mut Vec<u8>, text: &str) {
+pub fn write_str<O: JsonOut>(out: &mut O, text: &str) {
     let bytes = text.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
+    out.reserve_more(bytes.len() + 2);
+    out.push_ascii(b'"');
     let mut start = 0;
     for (index, &byte) in bytes.iter().enumerate() {
         let escape = ESCAPE[usize::from(byte)];
         if escape == 0 {
             continue;
         }
-        out.extend_from_slice(&bytes[start..index]);
+        // Escaped bytes are ASCII, so `index` is a character boundary.
+        out.push_text(&text[start..index]);
         start = index + 1;
-        out.push(b'\\');
-        out.push(escape);
+        out.push_ascii(b'\\');
+        out.push_ascii(escape);
         if escape == b'u' {
-            out.extend_from_slice(b"00");
-            out.push(HEX[usize::from(byte >> 4)]);
-            out.push(HEX[usize::from(byte & 0x0f)]);
+            out.push_text("00");
+            out.push_ascii(HEX[usize::from(byte >> 4)]);
+            out.push_ascii(HEX[usize::from(byte & 0x0f)]);
         }
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.push_text(&text[start..]);
+    out.push_ascii(b'"');
 }
 
 #[cfg(test)]
@@ -57,6 +103,10 @@ mod tests {
         let mut out = Vec::new();
         write_str(&mut out, input);
         assert_eq!(String::from_utf8(out).unwrap(), expected);
+        let mut text = String::new();
+        write_str(&mut text, input);
+        assert_eq!(text, expected);
+        assert_eq!(quoted_len(input), expected.len());
         // serde_json is what most Rust signers use; the forms must agree.
         assert_eq!(serde_json::to_string(input).unwrap(), expected);
     }

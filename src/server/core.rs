@@ -83,7 +83,7 @@ pub enum Out {
     /// copy of each event, not one per subscriber.
     Event {
         sub: SubId,
-        json: Arc<[u8]>,
+        json: Arc<str>,
     },
     Close(String),
 }
@@ -218,7 +218,7 @@ impl Core {
 
     /// Queue a live event. A connection whose queue is full is a slow consumer: it is
     /// dropped, and its writer closes it once the queue drains.
-    fn send_live(&self, conn: ConnId, sub: SubId, json: Arc<[u8]>) {
+    fn send_live(&self, conn: ConnId, sub: SubId, json: Arc<str>) {
         let sent = match self.conns.borrow().get(&conn) {
             None => return,
             Some(state) => state.outbound.try_send(Out::Event { sub, json }).is_ok(),
@@ -448,7 +448,7 @@ impl Core {
         }
         let mut sent = HashSet::with_capacity(hits.len());
         for hit in &hits {
-            if !self.send_waiting(conn, proto::frame_event(&sub_id, &hit.json)).await {
+            if !self.send_waiting(conn, proto::frame_stored_event(&sub_id, &hit.json)).await {
                 return;
             }
             if !current(&self) {
