@@ -201,14 +201,18 @@ pub fn frame_stored_event(sub_id: &SubId, event_json: &[u8]) -> String {
     frame_event(sub_id, &String::from_utf8_lossy(event_json))
 }
 
-/// `["OK",<event id hex>,<accepted>,<reason>]`.
+/// `["OK",<event id hex>,<accepted>,<reason>]`, at its exact length like [`frame_event`]:
+/// one goes out per event received.
 pub fn frame_ok(event_id_hex: &str, accepted: bool, reason: &str) -> String {
-    let mut out = String::with_capacity(96 + reason.len());
+    let verdict = if accepted { ",true," } else { ",false," };
+    let length = "[\"OK\",".len() + json::quoted_len(event_id_hex) + verdict.len() + json::quoted_len(reason) + 1;
+    let mut out = String::with_capacity(length);
     out.push_str("[\"OK\",");
     json::write_str(&mut out, event_id_hex);
-    out.push_str(if accepted { ",true," } else { ",false," });
+    out.push_str(verdict);
     json::write_str(&mut out, reason);
     out.push(']');
+    debug_assert_eq!((out.len(), out.capacity()), (length, length));
     out
 }
 
