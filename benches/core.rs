@@ -155,5 +155,36 @@ fn storage_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, event_core, storage_append);
+criterion_group!(benches, event_core, storage_append, fan_out);
 criterion_main!(benches);
+
+/// The relay's own work per live event on one core with 1,000 matching subscribers, network
+/// aside: match the event through the subscription index, then build each subscriber's frame
+/// as the connection writer does. Per delivery, it is what a core spends besides `send()`.
+fn fan_out(c: &mut Criterion) {
+    use ringrelay::filter::Filter;
+    use ringrelay::proto::{frame_event, SubId};
+    use ringrelay::subs::{ConnId, LiveEvent, SubscriptionIndex};
+    let event = &signed_events(1)[0];
+    let live = LiveEvent::from_event(event);
+    let mut index = SubscriptionIndex::default();
+    let filter = Filter::from_json(&serde_json::json!({"kinds": [1], "#t": ["nostr"]})).unwrap();
+    for conn in 0..1000 {
+        index.insert(ConnId(conn), SubId::new(&format!("sub-{conn}")).unwrap(), vec![filter.clone()]);
+    }
+    let mut group = c.benchmark_group("fanout");
+    group.throughput(Throughput::Elements(1000));
+    let mut matches = Vec::with_capacity(1000);
+    group.bench_function("match_and_frame_1000_subscribers", |b| {
+        b.iter(|| {
+            matches.clear();
+            index.matches(black_box(&live), &mut matches);
+            let mut bytes = 0;
+            for (_, sub) in matches.drain(..) {
+                bytes += black_box(frame_event(&sub, &live.json)).len();
+            }
+            bytes
+        })
+    });
+    group.finish();
+}
