@@ -222,12 +222,13 @@ fn handle_event(core: &Rc<Core>, conn: ConnId, raw: &serde_json::value::RawValue
         core.send(conn, proto::frame_ok(&id, false, &reason));
         return;
     }
-    if core.is_known_duplicate(&parsed.id, &parsed.pubkey.0) {
+    let shard = core.owner_shard(&parsed.pubkey.0);
+    if core.is_known_duplicate(&parsed.id, shard) {
         core.send(conn, proto::frame_ok(&id, true, "duplicate: already have this event"));
         return;
     }
     match core.verify(parsed) {
-        Ok(event) => core.publish(conn, event),
+        Ok(event) => core.publish(conn, event, shard),
         Err(error) => {
             core.send(conn, proto::frame_ok(&id, false, &error.reason()));
         }

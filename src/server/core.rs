@@ -32,7 +32,7 @@ const HISTORY_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 /// Everything one core says to another: one closed enum.
 pub enum CoreMsg {
     /// To the owner of the author's shard: store this verified event.
-    Append { event: Box<VerifiedEvent>, reply: Reply },
+    Append { event: Box<VerifiedEvent>, shard: u16, reply: Reply },
     /// Back to the publishing connection's core: the `OK` to send.
     Ack { reply: Reply, accepted: bool, reason: String },
     /// A durable (or ephemeral) event, to match against every core's subscriptions.
@@ -174,9 +174,15 @@ impl Core {
         id
     }
 
-    /// The core that owns the shard of `pubkey`.
-    fn owner_core(&self, pubkey: &[u8; 32]) -> usize {
-        usize::from(self.router.owner_shard(pubkey)) % self.core_count
+    /// The shard that stores `pubkey`'s events: a keyed hash, computed once per event and
+    /// passed along with it.
+    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> u16 {
+        self.router.owner_shard(pubkey)
+    }
+
+    /// The core that owns `shard`.
+    fn owner_core(&self, shard: u16) -> usize {
+        usize::from(shard) % self.core_count
     }
 
     /// Send to another core without blocking the caller; the mesh is bounded.
@@ -271,7 +277,7 @@ impl Core {
 
     pub fn handle_message(self: &Rc<Self>, message: CoreMsg) {
         match message {
-            CoreMsg::Append { event, reply } => self.append_owned(*event, reply),
+            CoreMsg::Append { event, shard, reply } => self.append_owned(*event, shard, reply),
             CoreMsg::Ack { reply, accepted, reason } => self.deliver_ok(&reply, accepted, &reason),
             CoreMsg::Live(event) => self.fan_out(&event),
             CoreMsg::Query { request, from, filters, limits } => {
@@ -292,7 +298,7 @@ impl Core {
 
     /// A verified event from a connection of this core: broadcast it if ephemeral, else
     /// hand it to the owner of its author's shard.
-    pub fn publish(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent) {
+    pub fn publish(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
         let reply = Reply { core: self.id, conn, event_id: *event.id() };
         if let Some(state) = self.conns.borrow().get(&conn) {
             state.outbound.owe_reply();
@@ -302,9 +308,9 @@ impl Core {
             self.deliver_ok(&reply, true, "");
             return;
         }
-        match self.owner_core(&event.pubkey().0) {
-            owner if owner == self.id => self.append_owned(event, reply),
-            owner => self.send_to(owner, CoreMsg::Append { event: Box::new(event), reply }),
+        match self.owner_core(shard) {
+            owner if owner == self.id => self.append_owned(event, shard, reply),
+            owner => self.send_to(owner, CoreMsg::Append { event: Box::new(event), shard, reply }),
         }
     }
 
@@ -315,24 +321,22 @@ impl Core {
 
     /// Whether this core owns `event`'s shard and already serves it (checked before the
     /// signature, which costs 20 times the rest of ingest).
-    pub fn is_known_duplicate(&self, id: &EventId, pubkey: &[u8; 32]) -> bool {
-        if self.owner_core(pubkey) != self.id {
+    pub fn is_known_duplicate(&self, id: &EventId, shard: u16) -> bool {
+        if self.owner_core(shard) != self.id {
             return false;
         }
-        let shard_id = self.router.owner_shard(pubkey);
         let shards = self.shards.borrow();
-        shards.get(&shard_id).is_some_and(|shard| {
+        shards.get(&shard).is_some_and(|shard| {
             let state = shard.state();
             state.index.lookup_id(&id.0).is_some_and(|no| !state.index.entry(no).is_dead())
         })
     }
 
     /// On the owner core: apply the rules, append, and acknowledge once durable.
-    fn append_owned(self: &Rc<Self>, event: VerifiedEvent, reply: Reply) {
-        let shard_id = self.router.owner_shard(&event.pubkey().0);
+    fn append_owned(self: &Rc<Self>, event: VerifiedEvent, shard: u16, reply: Reply) {
         let admission = {
             let shards = self.shards.borrow();
-            match shards.get(&shard_id) {
+            match shards.get(&shard) {
                 Some(shard) => shard.append(&event, crate::now_unix()),
                 None => return self.deliver_ok(&reply, false, "error: the relay is shutting down"),
             }
