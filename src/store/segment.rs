@@ -1,25 +1,22 @@
 //! Segment files of one shard: naming, the in-memory image of the segment being written,
 //! read-only maps of sealed ones, and the scan that checks every record at open.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 
 use super::crypto::{self, SegmentKey, TAG_SIZE};
 use super::format::{read_slot, FormatError, RecordSpan, SegmentHeader, Slot, SEGMENT_HEADER_SIZE};
 use super::record::{self, ArchivedRecord};
 use crate::limits::BLOCK_SIZE;
 
-/// A block-aligned buffer: the image of the segment being written, from which direct I/O
+/// A page-aligned buffer: the image of the segment being written, from which direct I/O
 /// copies, and in which rkyv archives are aligned.
 ///
 /// Bytes before `dirty_from` are zero or written since; bytes from it on may hold a previous
 /// segment's records when the buffer is [recycled](AlignedBuf::recycle), and
 /// [`AlignedBuf::clean_through`] zeroes them just ahead of the writer.
 pub struct AlignedBuf {
-    ptr: NonNull<u8>,
-    size: usize,
+    map: memmap2::MmapMut,
     dirty_from: usize,
 }
 
@@ -28,22 +25,26 @@ pub struct AlignedBuf {
 const CLEAN_AHEAD: usize = 64 * 1024;
 
 impl AlignedBuf {
-    pub fn zeroed(size: usize) -> AlignedBuf {
+    /// A fresh image, zeroed by the kernel page by page as the writer first touches it.
+    ///
+    /// On small pages: a transparent huge page is zeroed whole on its first touch, which on
+    /// this VM (~0.6 GB/s) held the event loop ~3 ms every 2 MiB of events. Publish→OK p99 at
+    /// 12,500 events/s on one core was 8.4–10.4 ms with huge pages and 5.8–7.0 ms without
+    /// (docs/benchmarks.md); the CPU per event did not change.
+    pub fn zeroed(size: usize) -> std::io::Result<AlignedBuf> {
         assert!(size > 0 && size % BLOCK_SIZE == 0);
-        let layout = Layout::from_size_align(size, BLOCK_SIZE).expect("valid layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, size, dirty_from: size }
+        let map = memmap2::MmapMut::map_anon(size)?;
+        // Only a hint: a kernel without transparent huge pages refuses it, and has none to avoid.
+        let _ = map.advise(memmap2::Advice::NoHugePage);
+        Ok(AlignedBuf { map, dirty_from: size })
     }
 
     pub fn size(&self) -> usize {
-        self.size
+        self.map.len()
     }
 
     /// The same memory for a new segment: its old bytes count as dirty. Reusing the image
-    /// spares the kernel faulting in and zeroing fresh pages while events are written (on
-    /// this VM a 2 MiB huge-page fault zeroed at ~0.6 GB/s: milliseconds on the event loop).
+    /// spares the kernel faulting in and zeroing fresh pages while events are written.
     pub fn recycle(mut self) -> AlignedBuf {
         self.dirty_from = 0;
         self
@@ -55,28 +56,18 @@ impl AlignedBuf {
         if end <= self.dirty_from {
             return;
         }
-        let to = end.max(self.dirty_from + CLEAN_AHEAD).min(self.size);
+        let to = end.max(self.dirty_from + CLEAN_AHEAD).min(self.size());
         let from = self.dirty_from;
-        self.as_mut_slice()[from..to].fill(0);
+        self.map[from..to].fill(0);
         self.dirty_from = to;
     }
 
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` points to `size` initialized (zeroed) bytes owned by `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.size) }
+        &self.map
     }
 
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and `&mut self` makes the borrow unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.size) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.size, BLOCK_SIZE).expect("valid layout");
-        // SAFETY: allocated in `zeroed` with this layout.
-        unsafe { dealloc(self.ptr.as_ptr(), layout) }
+        &mut self.map
     }
 }
 

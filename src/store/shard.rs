@@ -235,8 +235,11 @@ impl ShardState {
         segment::write_durably(&high_water, self.next_segment_id.to_string().as_bytes())
             .map_err(io_error(&high_water))?;
         let size = self.config.segment_size;
-        let mut image =
-            self.spare_image.take().filter(|spare| spare.size() == size).unwrap_or_else(|| AlignedBuf::zeroed(size));
+        let path = self.dir.join(segment::segment_file_name(id));
+        let mut image = match self.spare_image.take().filter(|spare| spare.size() == size) {
+            Some(spare) => spare,
+            None => AlignedBuf::zeroed(size).map_err(io_error(&path))?,
+        };
         image.clean_through(SEGMENT_HEADER_SIZE.next_multiple_of(BLOCK_SIZE));
         let header = SegmentHeader {
             shard_id: self.shard_id,
@@ -247,7 +250,7 @@ impl ShardState {
         header.encode(image.as_mut_slice());
         self.segments.push(Segment {
             id,
-            path: self.dir.join(segment::segment_file_name(id)),
+            path,
             bytes: SegmentBytes::Image(image),
             len: SEGMENT_HEADER_SIZE,
             durable_len: 0,
