@@ -222,19 +222,6 @@ impl Core {
         }
     }
 
-    /// Queue a live event. A connection whose queue is full is a slow consumer: it is
-    /// dropped, and its writer closes it once the queue drains.
-    fn send_live(&self, conn: ConnId, sub: SubId, json: Arc<str>) {
-        let sent = match self.conns.borrow().get(&conn) {
-            None => return,
-            Some(state) => state.outbound.try_send(Out::Event { sub, json }).is_ok(),
-        };
-        if !sent {
-            tracing::info!(core = self.id, conn = conn.0, "dropping a slow consumer");
-            self.close_conn(conn);
-        }
-    }
-
     /// Queue part of an answer the connection asked for (stored events, EOSE): a reader
     /// that is merely behind is waited for, up to `HISTORY_SEND_TIMEOUT`, not dropped.
     pub async fn send_waiting(&self, conn: ConnId, text: String) -> bool {
@@ -394,25 +381,39 @@ impl Core {
         self.fan_out(&event);
     }
 
-    /// Match a live event against this core's subscriptions and queue it to each once.
+    /// Match a live event against this core's subscriptions and queue it to each once. A
+    /// connection whose queue is full is a slow consumer: it is dropped, and its writer closes
+    /// it once the queue drains.
     fn fan_out(&self, event: &Arc<LiveEvent>) {
         let mut matches = Vec::new();
         self.subs.borrow_mut().matches(event, &mut matches);
         let pending_max = self.config.limits.pending_live_max;
-        for (conn, sub_id) in matches {
-            {
-                let mut conns = self.conns.borrow_mut();
-                let Some(state) = conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&sub_id)) else { continue };
-                if let SubState::Pending { buffered, overflowed, .. } = state {
-                    if buffered.len() < pending_max {
-                        buffered.push(event.clone());
-                    } else {
-                        *overflowed = true;
+        let mut slow = Vec::new();
+        {
+            let mut conns = self.conns.borrow_mut();
+            for (conn, sub_id) in matches {
+                let Some(state) = conns.get_mut(&conn) else { continue };
+                match state.subs.get_mut(&sub_id) {
+                    None => continue,
+                    Some(SubState::Pending { buffered, overflowed, .. }) => {
+                        if buffered.len() < pending_max {
+                            buffered.push(event.clone());
+                        } else {
+                            *overflowed = true;
+                        }
+                        continue;
                     }
-                    continue;
+                    Some(SubState::Live { .. }) => {}
+                }
+                let queued = state.outbound.try_send(Out::Event { sub: sub_id, json: event.json.clone() });
+                if queued.is_err() && !slow.contains(&conn) {
+                    slow.push(conn);
                 }
             }
-            self.send_live(conn, sub_id, event.json.clone());
+        }
+        for conn in slow {
+            tracing::info!(core = self.id, conn = conn.0, "dropping a slow consumer");
+            self.close_conn(conn);
         }
     }
 
