@@ -29,7 +29,7 @@ impl AlignedBuf {
     ///
     /// On small pages: a transparent huge page is zeroed whole on its first touch, which on
     /// this VM (~0.6 GB/s) held the event loop ~3 ms every 2 MiB of events. Publish→OK p99 at
-    /// 12,500 events/s on one core was 8.4–10.4 ms with huge pages and 5.8–7.0 ms without
+    /// 12,500 events/s on one core was 8.0–10.4 ms with huge pages and 4.1–7.0 ms without
     /// (docs/benchmarks.md); the CPU per event did not change.
     pub fn zeroed(size: usize) -> std::io::Result<AlignedBuf> {
         assert!(size > 0 && size % BLOCK_SIZE == 0);
