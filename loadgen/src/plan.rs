@@ -285,6 +285,6 @@ mod tests {
             names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
         }
         names.sort();
-        assert_eq!(names, ["connect", "fanout", "mixed", "publish", "query"]);
+        assert_eq!(names, ["broadcast", "connect", "fanout", "mixed", "publish", "query"]);
     }
 }
