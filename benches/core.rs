@@ -72,7 +72,8 @@ fn event_core(c: &mut Criterion) {
     // Distinct events, as a relay sees them: each signature reads other entries of
     // libsecp256k1's 1 MiB of precomputed tables (the same signature again and again stays in
     // cache).
-    let distinct: Vec<_> = signed_events(4096).iter().map(|e| parse_event(e.json(), &limits).unwrap()).collect();
+    let distinct: Vec<_> =
+        signed_events(4096).iter().map(|e| parse_event(e.json().as_bytes(), &limits).unwrap()).collect();
     let mut keys = ringrelay::event::KeyCache::new();
     let mut next = 0;
     group.bench_function("verify_distinct_cached_keys", |b| {

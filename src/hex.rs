@@ -44,16 +44,24 @@ pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     (seen & 0xf0 == 0).then_some(out)
 }
 
-/// Append the lowercase hex of `bytes` to `out`.
-pub fn encode_into(bytes: &[u8], out: &mut Vec<u8>) {
-    out.extend(bytes.iter().flat_map(|&b| PAIRS[usize::from(b)]));
+/// Append the lowercase hex of `bytes` to a string; the digits go through a stack buffer so
+/// the string grows by whole slices.
+pub fn encode_into(bytes: &[u8], out: &mut String) {
+    out.reserve(bytes.len() * 2);
+    let mut digits = [0u8; 128];
+    for piece in bytes.chunks(64) {
+        for (pair, &byte) in digits.chunks_exact_mut(2).zip(piece) {
+            pair.copy_from_slice(&PAIRS[usize::from(byte)]);
+        }
+        out.push_str(std::str::from_utf8(&digits[..piece.len() * 2]).expect("hex digits are ascii"));
+    }
 }
 
 /// The lowercase hex of `bytes`.
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 2);
+    let mut out = String::with_capacity(bytes.len() * 2);
     encode_into(bytes, &mut out);
-    String::from_utf8(out).expect("hex digits are ascii")
+    out
 }
 
 #[cfg(test)]
@@ -68,6 +76,16 @@ mod tests {
         assert_eq!(decode_lower::<4>(b"009FA5ff"), None);
         assert_eq!(decode_lower::<4>(b"009fa5f"), None);
         assert_eq!(decode_lower::<4>(b"009fa5fg"), None);
+    }
+
+    #[test]
+    fn encoding_past_one_buffer_appends_every_byte() {
+        let bytes: Vec<u8> = (0..=200u8).collect();
+        let mut out = String::from("x");
+        encode_into(&bytes, &mut out);
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(out, format!("x{expected}"));
+        assert_eq!(decode_lower::<201>(&out.as_bytes()[1..]).map(|d| d.to_vec()), Some(bytes));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct LiveEvent {
 impl LiveEvent {
     pub fn from_event(event: &VerifiedEvent) -> LiveEvent {
         LiveEvent {
-            json: String::from_utf8_lossy(event.json()).into(),
+            json: event.json().into(),
             id: event.id().0,
             pubkey: event.pubkey().0,
             created_at: event.created_at(),

@@ -99,7 +99,7 @@ pub struct ParsedEvent {
     /// NIP-70 `["-"]`.
     pub protected: bool,
     /// The compact JSON the relay stores and serves.
-    pub json: Vec<u8>,
+    pub json: String,
 }
 
 /// Largest `created_at` accepted: JavaScript's largest safe integer, so every client can
@@ -137,44 +137,47 @@ struct WireEvent<'a> {
 
 impl WireEvent<'_> {
     fn into_parsed(self) -> Result<ParsedEvent, EventError> {
-        let mut out = Vec::with_capacity(256 + self.content.len());
-        out.extend_from_slice(b"{\"id\":\"");
+        // Built as a `String` from parsed strings and ASCII, so it is known to be UTF-8
+        // without checking it again when it is served.
+        let mut out = String::with_capacity(256 + self.content.len());
+        out.push_str("{\"id\":\"");
         crate::hex::encode_into(&self.id, &mut out);
-        out.extend_from_slice(b"\",\"pubkey\":\"");
+        out.push_str("\",\"pubkey\":\"");
         let pubkey_at = out.len();
         crate::hex::encode_into(&self.pubkey, &mut out);
-        out.extend_from_slice(b"\",\"created_at\":");
+        out.push_str("\",\"created_at\":");
         let created_at_at = out.len();
-        out.extend_from_slice(itoa::Buffer::new().format(self.created_at).as_bytes());
+        out.push_str(itoa::Buffer::new().format(self.created_at));
         let created_at_end = out.len();
-        out.extend_from_slice(b",\"kind\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.kind).as_bytes());
+        out.push_str(",\"kind\":");
+        out.push_str(itoa::Buffer::new().format(self.kind));
         let kind_end = out.len();
-        out.extend_from_slice(b",\"tags\":");
+        out.push_str(",\"tags\":");
         let tags_at = out.len();
         write_tags(&mut out, &self.tags);
         let tags_end = out.len();
-        out.extend_from_slice(b",\"content\":");
+        out.push_str(",\"content\":");
         let content_at = out.len();
         json::write_str(&mut out, &self.content);
         let content_end = out.len();
-        out.extend_from_slice(b",\"sig\":\"");
+        out.push_str(",\"sig\":\"");
         crate::hex::encode_into(&self.sig, &mut out);
-        out.extend_from_slice(b"\"}");
+        out.push_str("\"}");
+        let served = out.as_bytes();
 
         // Canonical form: [0,"<pubkey>",<created_at>,<kind>,<tags>,<content>], hashed from
         // the pieces of the served JSON without building it.
         let mut hasher = Sha256::new();
         hasher.update(b"[0,\"");
-        hasher.update(&out[pubkey_at..pubkey_at + 64]);
+        hasher.update(&served[pubkey_at..pubkey_at + 64]);
         hasher.update(b"\",");
-        hasher.update(&out[created_at_at..created_at_end]);
+        hasher.update(&served[created_at_at..created_at_end]);
         hasher.update(b",");
-        hasher.update(&out[created_at_end + 8..kind_end]);
+        hasher.update(&served[created_at_end + 8..kind_end]);
         hasher.update(b",");
-        hasher.update(&out[tags_at..tags_end]);
+        hasher.update(&served[tags_at..tags_end]);
         hasher.update(b",");
-        hasher.update(&out[content_at..content_end]);
+        hasher.update(&served[content_at..content_end]);
         hasher.update(b"]");
         if hasher.finalize().as_slice() != self.id {
             return Err(EventError::IdMismatch);
@@ -195,22 +198,22 @@ impl WireEvent<'_> {
     }
 }
 
-fn write_tags(out: &mut Vec<u8>, tags: &[Vec<Cow<'_, str>>]) {
-    out.push(b'[');
+fn write_tags(out: &mut String, tags: &[Vec<Cow<'_, str>>]) {
+    out.push('[');
     for (tag_index, tag) in tags.iter().enumerate() {
         if tag_index > 0 {
-            out.push(b',');
+            out.push(',');
         }
-        out.push(b'[');
+        out.push('[');
         for (element_index, element) in tag.iter().enumerate() {
             if element_index > 0 {
-                out.push(b',');
+                out.push(',');
             }
             json::write_str(out, element);
         }
-        out.push(b']');
+        out.push(']');
     }
-    out.push(b']');
+    out.push(']');
 }
 
 /// Index tags, NIP-40 expiration and NIP-70 protection, read once from the tags.

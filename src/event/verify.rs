@@ -60,7 +60,7 @@ impl VerifiedEvent {
         self.0.protected
     }
     /// The compact JSON the relay stores and serves.
-    pub fn json(&self) -> &[u8] {
+    pub fn json(&self) -> &str {
         &self.0.json
     }
     /// The `d` tag value that keys an addressable event; empty when absent.

@@ -38,7 +38,7 @@ impl Record {
                 .iter()
                 .map(|tag| RecordTag { letter: tag.letter, value: tag.value.to_vec() })
                 .collect(),
-            json: event.json().to_vec(),
+            json: event.json().as_bytes().to_vec(),
         }
     }
 }

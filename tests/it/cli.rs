@@ -25,7 +25,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn served(json: &str) -> String {
-    String::from_utf8(verified(json).json().to_vec()).unwrap()
+    verified(json).json().to_owned()
 }
 
 fn sample_events() -> Vec<String> {

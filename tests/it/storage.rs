@@ -81,7 +81,7 @@ fn filter(text: &str) -> Filter {
 }
 
 fn served(json: &str) -> String {
-    String::from_utf8(verified(json).json().to_vec()).unwrap()
+    verified(json).json().to_owned()
 }
 
 /// Each rule as a sequence of (event, expected outcome), then a query and its expected answer.
@@ -303,7 +303,7 @@ impl Model {
         }
         all.sort_by_key(order);
         all.dedup_by_key(|e| e.id().0);
-        all.iter().map(|e| String::from_utf8(e.json().to_vec()).unwrap()).collect()
+        all.iter().map(|e| e.json().to_owned()).collect()
     }
 }
 
