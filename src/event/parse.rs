@@ -136,10 +136,19 @@ struct WireEvent<'a> {
 }
 
 impl WireEvent<'_> {
+    /// The served JSON's length when nothing needs escaping: fields, hex, punctuation, and
+    /// each tag element and the content quoted. Escapes grow the buffer, rarely.
+    fn served_len_estimate(&self) -> usize {
+        const FIXED: usize = r#"{"id":"","pubkey":"","created_at":,"kind":,"tags":,"content":"","sig":""}"#.len();
+        let tags: usize =
+            self.tags.iter().map(|tag| 3 + tag.iter().map(|element| element.len() + 3).sum::<usize>()).sum();
+        FIXED + 2 * (32 + 32 + 64) + 20 + 5 + 2 + tags + self.content.len()
+    }
+
     fn into_parsed(self) -> Result<ParsedEvent, EventError> {
         // Built as a `String` from parsed strings and ASCII, so it is known to be UTF-8
         // without checking it again when it is served.
-        let mut out = String::with_capacity(256 + self.content.len());
+        let mut out = String::with_capacity(self.served_len_estimate());
         out.push_str("{\"id\":\"");
         crate::hex::encode_into(&self.id, &mut out);
         out.push_str("\",\"pubkey\":\"");

@@ -49,6 +49,27 @@ fn signed_events_verify_and_round_trip() {
 }
 
 #[test]
+fn the_served_json_is_built_without_growing_its_buffer() {
+    let k = keys(0);
+    let limits = EventLimits::default();
+    for json in [
+        signed(&k, 1, 1_700_000_000, &[], ""),
+        signed(&k, 1, 9_007_199_254_740_991, &[&["t", "nostr"], &["p", &"cd".repeat(32), "wss://r.example"]], "hi"),
+        signed(&k, 65535, 1, &[&["e", &"ab".repeat(32)], &["alt", ""], &["x"]], &"lorem ipsum ".repeat(40)),
+    ] {
+        let parsed = parse_event(json.as_bytes(), &limits).unwrap();
+        // A grown buffer would at least double: the estimate is an upper bound within 64 bytes.
+        assert!(parsed.json.len() <= parsed.json.capacity(), "{json}");
+        assert!(
+            parsed.json.capacity() - parsed.json.len() < 64,
+            "{} of {}: {json}",
+            parsed.json.len(),
+            parsed.json.capacity()
+        );
+    }
+}
+
+#[test]
 fn tag_facts_are_extracted() {
     let k = keys(1);
     let event = verified(&signed(
