@@ -28,6 +28,9 @@ const CONNECTION_BUFFER_SIZE: usize = 4 * 1024;
 const WRITE_FLUSH_SIZE: usize = 16 * 1024;
 /// Messages written before one flush.
 const WRITE_BATCH_COUNT: usize = 64;
+/// After the relay's close frame, how long the client has to answer with its own (RFC 6455
+/// §7.1.1: the server closes the TCP connection once the handshake is done).
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
 pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     let peer = match stream.peer_addr() {
@@ -51,8 +54,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     };
     let Some((conn, outbound)) = core.open_conn(peer.ip()) else {
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
-        let reason = "too many connections from your address";
-        let _ = ws.close(Some(CloseFrame { code: CloseCode::Again, reason: reason.into() })).await;
+        close_session(&mut ws, CloseCode::Again, "too many connections from your address").await;
         return;
     };
     let limits = &core.config.limits;
@@ -117,16 +119,20 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
             Next::Incoming(Some(Ok(Message::Binary(_)))) => {
                 core.send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
             }
-            Next::Incoming(Some(Ok(Message::Close(_)))) | Next::Incoming(None) => break,
+            Next::Incoming(Some(Ok(Message::Close(_)))) => {
+                // tungstenite has queued the answering close frame; it goes out on a flush.
+                let _ = glommio::timer::timeout(CLOSE_REPLY_WAIT, async { Ok(ws.flush().await) }).await;
+                break;
+            }
+            Next::Incoming(None) => break,
             Next::Incoming(Some(Ok(_))) => {}
             Next::Incoming(Some(Err(WsError::Capacity(error)))) => {
-                let reason = format!("message too large: {error}");
-                let _ = ws.close(Some(CloseFrame { code: CloseCode::Size, reason: reason.into() })).await;
+                close_session(&mut ws, CloseCode::Size, &format!("message too large: {error}")).await;
                 break;
             }
             Next::Incoming(Some(Err(_))) => break,
             Next::Outgoing(Some(Out::Close(reason))) => {
-                let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: reason.into() })).await;
+                close_session(&mut ws, CloseCode::Away, &reason).await;
                 break;
             }
             Next::Outgoing(Some(out)) => {
@@ -135,12 +141,27 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 }
             }
             Next::Outgoing(None) => {
-                let reason = "slow consumer: the outbound queue is full";
-                let _ = ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: reason.into() })).await;
+                close_session(&mut ws, CloseCode::Policy, "slow consumer: the outbound queue is full").await;
                 break;
             }
         }
     }
+}
+
+/// Send the relay's close frame, then read (and drop) what the client still sends until its
+/// own close frame or [`CLOSE_REPLY_WAIT`], so the client sees a clean close with the code
+/// and reason rather than a reset.
+async fn close_session(ws: &mut WebSocketStream<TcpStream>, code: CloseCode, reason: &str) {
+    let close = ws.close(Some(CloseFrame { code, reason: reason.into() }));
+    let closed = glommio::timer::timeout(CLOSE_REPLY_WAIT, async { Ok(close.await) }).await;
+    if !matches!(closed, Ok(Ok(()))) {
+        return;
+    }
+    let _ = glommio::timer::timeout(CLOSE_REPLY_WAIT, async {
+        while let Some(Ok(_)) = ws.next().await {}
+        Ok(())
+    })
+    .await;
 }
 
 /// Write `first` (a message, not a close) and whatever else is queued, up to a batch, with
@@ -152,7 +173,7 @@ async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, fir
         match out {
             Out::Close(reason) => {
                 ws.flush().await?;
-                let _ = ws.close(Some(CloseFrame { code: CloseCode::Away, reason: reason.into() })).await;
+                close_session(ws, CloseCode::Away, &reason).await;
                 return Err(WsError::ConnectionClosed);
             }
             message => {

@@ -363,6 +363,33 @@ fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
 }
 
 #[test]
+fn close_frames_are_answered_both_ways() {
+    use tungstenite::protocol::frame::coding::CloseCode;
+    use tungstenite::protocol::CloseFrame;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    // The client closes: the relay answers with a close frame (RFC 6455 §5.5.1), not a reset.
+    let mut leaving = relay.connect();
+    leaving.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).unwrap();
+    match leaving.ws.read() {
+        Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Normal),
+        other => panic!("the relay answers a close frame with its own: {other:?}"),
+    }
+    assert!(matches!(leaving.ws.read(), Err(tungstenite::Error::ConnectionClosed)));
+    // The relay closes (here on SIGTERM): the code and reason say why.
+    let mut staying = relay.connect();
+    staying.req("before-shutdown", &[json!({"kinds": [1], "limit": 1})]);
+    let stopping = std::thread::spawn(move || relay.terminate());
+    match staying.ws.read() {
+        Ok(Message::Close(Some(frame))) => {
+            assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::Away, "relay shutting down"))
+        }
+        other => panic!("a close frame before the connection ends: {other:?}"),
+    }
+    assert!(stopping.join().unwrap().success(), "SIGTERM exits 0");
+}
+
+#[test]
 fn nip11_document_carries_the_real_limits() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start(dir.path(), 2);
