@@ -156,7 +156,49 @@ fn storage_append(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, event_core, storage_append, fan_out);
+/// Events indexed into one shard, as relay_load sends them: 64 authors, one `t` tag, kind 1.
+const INDEX_EVENTS: u32 = 300_000;
+
+/// Indexing alone (no record, no I/O): in `created_at` order, and in relay_load's order,
+/// where each arrival is dated a second before the one before it, 600 times over: every
+/// arrival lands somewhere in the middle of the global, kind and tag lists.
+fn index_insert(c: &mut Criterion) {
+    use ringrelay::store::index::{Facts, Index, Loc};
+    let mut group = c.benchmark_group("index");
+    group.throughput(Throughput::Elements(u64::from(INDEX_EVENTS)));
+    group.sample_size(10);
+    let authors: Vec<[u8; 32]> = (0..64u8).map(|a| [a; 32]).collect();
+    let ids: Vec<[u8; 32]> = (0..INDEX_EVENTS).map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes()).collect();
+    let tags: [(u8, &[u8]); 1] = [(b't', b"bench")];
+    for (name, created_at) in [
+        ("insert_in_order_x300000", (|i: u32| 1_700_000_000 + u64::from(i)) as fn(u32) -> u64),
+        ("insert_relay_load_order_x300000", |i: u32| 1_700_000_000 - u64::from(i % 600)),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                Index::default,
+                |mut index| {
+                    for i in 0..INDEX_EVENTS {
+                        let facts = Facts {
+                            id: &ids[i as usize],
+                            pubkey: &authors[i as usize % 64],
+                            created_at: created_at(i),
+                            kind: 1,
+                            expiration: None,
+                            tags: &tags,
+                        };
+                        index.insert(&facts, Loc { segment: 0, offset: i * 16 }, Vec::new());
+                    }
+                    index
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, event_core, storage_append, fan_out, index_insert);
 criterion_main!(benches);
 
 /// The relay's own work per live event on one core with 1,000 matching subscribers, network
