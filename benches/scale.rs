@@ -65,9 +65,10 @@ fn config() -> ShardConfig {
     ShardConfig::new(ringrelay::limits::SEGMENT_SIZE_DEFAULT, None)
 }
 
-/// Build a shard of the events `i` with `i % stride == offset` once; later runs reuse it.
+/// Build a shard of the events `i` with `i % stride == offset` once; later runs reuse it,
+/// until the segment format changes.
 fn ensure_shard(dir: &Path, stride: u64, offset: u64) {
-    let done = dir.join("COMPLETE");
+    let done = dir.join(format!("COMPLETE-v{}", ringrelay::store::format::FORMAT_VERSION));
     if done.exists() {
         return;
     }

@@ -11,12 +11,13 @@ use glommio::io::DmaFile;
 
 use super::crypto::{self, SegmentKey, TAG_SIZE};
 use super::format::{
-    self, record_end, FormatError, SegmentHeader, RECORD_FLAG_ENCRYPTED, RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE,
+    self, record_end, FormatError, SegmentHeader, RECORD_FLAG_ENCRYPTED, RECORD_HEADER_SIZE, SEAL_RECORD_SIZE,
+    SEGMENT_HEADER_SIZE,
 };
 use super::index::{Admit, EventNo, Facts, Index, Loc, Rejection};
 use super::query::RecordSource;
 use super::record::{self, ArchivedRecord, Record};
-use super::segment::{self, AlignedBuf, KeyMismatch, SegmentBytes};
+use super::segment::{self, AlignedBuf, KeyMismatch, SealHasher, SegmentBytes};
 use crate::event::VerifiedEvent;
 use crate::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 
@@ -116,6 +117,10 @@ pub struct ShardState {
     scratch: rkyv::util::AlignedVec<16>,
     /// The image of the last sealed segment, kept for the next one (see [`AlignedBuf::recycle`]).
     pub(super) spare_image: Option<AlignedBuf>,
+    /// The active segment's bytes so far, hashed for its seal record.
+    seal_hash: SealHasher,
+    /// The active segment ends in its seal record: the next record begins a new segment.
+    active_sealed: bool,
 }
 
 const HIGH_WATER_FILE: &str = "NEXT_SEGMENT";
@@ -144,6 +149,8 @@ impl ShardState {
             repairs: Vec::new(),
             scratch: rkyv::util::AlignedVec::new(),
             spare_image: None,
+            seal_hash: SealHasher::new(),
+            active_sealed: false,
         };
         let last = files.len().checked_sub(1);
         for (position, (id, path)) in files.iter().enumerate() {
@@ -248,6 +255,8 @@ impl ShardState {
             key_check: self.config.key.as_ref().map(SegmentKey::check_value),
         };
         header.encode(image.as_mut_slice());
+        self.seal_hash = SealHasher::new();
+        self.active_sealed = false;
         self.segments.push(Segment {
             id,
             path,
@@ -295,7 +304,8 @@ impl ShardState {
         let encrypted = self.config.key.is_some();
         let payload_size = archive.len() + if encrypted { TAG_SIZE } else { 0 };
         let active = self.segments.last().expect("a writable shard has an active segment");
-        if record_end(active.len, payload_size) > self.config.segment_size {
+        if self.active_sealed || record_end(active.len, payload_size) + SEAL_RECORD_SIZE > self.config.segment_size {
+            self.seal_active();
             self.begin_segment()?;
         }
         let slot = self.segments.len() - 1;
@@ -316,9 +326,27 @@ impl ShardState {
             let tag = key.seal(nonce, &prefix, plain);
             rest[..TAG_SIZE].copy_from_slice(&tag);
         }
-        format::seal_record(image, offset, payload_size, flags);
+        format::finish_record(image, offset, payload_size, flags);
         segment.len = record_end(offset, payload_size);
+        self.seal_hash.feed(&image[..segment.len]);
         Ok(Loc { segment: slot as u32, offset: offset as u32 })
+    }
+
+    /// End the active segment with its seal record: a blake3 of every byte before it, which
+    /// the next open checks in one pass instead of record by record. Done when the segment is
+    /// full and when the shard closes; a segment with no record (never written) gets none.
+    pub fn seal_active(&mut self) {
+        let Some(segment) = self.segments.last_mut() else { return };
+        if !self.writable || self.active_sealed || segment.len == SEGMENT_HEADER_SIZE {
+            return;
+        }
+        let SegmentBytes::Image(image) = &mut segment.bytes else { unreachable!("the active segment is an image") };
+        let offset = segment.len;
+        image.clean_through((offset + SEAL_RECORD_SIZE).next_multiple_of(BLOCK_SIZE));
+        let hash = std::mem::take(&mut self.seal_hash).finish(&image.as_slice()[..offset]);
+        format::write_seal(image.as_mut_slice(), offset, &hash);
+        segment.len = offset + SEAL_RECORD_SIZE;
+        self.active_sealed = true;
     }
 
     /// Whether bytes written to images are not yet on disk.

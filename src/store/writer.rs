@@ -98,8 +98,12 @@ impl Shard {
         self.state.borrow_mut()
     }
 
-    /// Make everything appended durable, stop the committer and hand the state back.
+    /// Seal the active segment, make everything appended durable, stop the committer and
+    /// hand the state back.
     pub async fn close(mut self) -> Result<ShardState, StoreError> {
+        if self.state.borrow().failed.is_none() {
+            self.state.borrow_mut().seal_active();
+        }
         self.doorbell = None;
         if let Some(committer) = self.committer.take() {
             committer.await;

@@ -112,6 +112,29 @@ fn verify_reports_damage_with_file_and_offset() {
 }
 
 #[test]
+fn verify_names_a_seal_that_does_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    let input = sample_events().join("\n");
+    assert!(ringrelay(&["import", "--data-dir", data_str, "--shards", "1", "-"], Some(input.as_bytes()))
+        .status
+        .success());
+    let segments = ringrelay::store::segment::list_segments(&data.join("shard-000")).unwrap();
+    let path = &segments[0].1;
+    let mut bytes = std::fs::read(path).unwrap();
+    let seal = ringrelay::store::format::seal_offset(&bytes).expect("import closes with a seal");
+    assert!(ringrelay(&["verify", data_str], None).status.success());
+    ringrelay::store::format::write_seal(&mut bytes, seal, &[7; 32]);
+    std::fs::write(path, &bytes).unwrap();
+    let output = ringrelay(&["verify", data_str], None);
+    let stdout = text(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    let expected = format!("{} @ {seal}: the segment's seal does not match its contents", path.display());
+    assert!(stdout.contains(&expected), "{stdout}");
+}
+
+#[test]
 fn compact_drops_dead_records_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -140,32 +163,36 @@ fn compact_drops_dead_records_and_keeps_live_ones() {
     assert!(ringrelay(&["verify", data], None).status.success());
 }
 
-/// A checked-in store written by format version 1 must read back exactly, so a format
+/// Checked-in stores written by each format version must read back exactly, so a format
 /// change can never pass silently.
 #[test]
-fn fixture_store_reads_back() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
-    let dir = tempfile::tempdir().unwrap();
-    let copy = dir.path().join("store");
-    crate::support::copy_dir(&fixture.join("data"), &copy);
-    let copy = copy.to_str().unwrap();
-    let output = ringrelay(&["export", "--data-dir", copy], None);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let expected = std::fs::read_to_string(fixture.join("expected.jsonl")).unwrap();
-    assert_eq!(text(&output.stdout), expected);
-    let output = ringrelay(&["verify", copy, "--signatures"], None);
-    assert!(output.status.success(), "{}", text(&output.stdout));
-    let segment = std::fs::read(fixture.join("data/shard-000/seg-0000000001.rr")).unwrap();
-    let header = ringrelay::store::format::SegmentHeader::decode(&segment).unwrap();
-    assert_eq!((header.shard_id, header.segment_id, header.key_check), (0, 1, None));
-    assert_eq!(&segment[8..12], &1u32.to_le_bytes(), "format version 1");
+fn fixture_stores_read_back() {
+    for version in [1u32, 2] {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/store-v{version}"));
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("store");
+        crate::support::copy_dir(&fixture.join("data"), &copy);
+        let copy = copy.to_str().unwrap();
+        let output = ringrelay(&["export", "--data-dir", copy], None);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let expected = std::fs::read_to_string(fixture.join("expected.jsonl")).unwrap();
+        assert_eq!(text(&output.stdout), expected);
+        let output = ringrelay(&["verify", copy, "--signatures"], None);
+        assert!(output.status.success(), "{}", text(&output.stdout));
+        let segment = std::fs::read(fixture.join("data/shard-000/seg-0000000001.rr")).unwrap();
+        let header = ringrelay::store::format::SegmentHeader::decode(&segment).unwrap();
+        assert_eq!((header.shard_id, header.segment_id, header.key_check), (0, 1, None));
+        assert_eq!(&segment[8..12], &version.to_le_bytes(), "format version {version}");
+        // Version 2 ends a closed segment with a seal; version 1 has none.
+        assert_eq!(ringrelay::store::format::seal_offset(&segment).is_some(), version == 2);
+    }
 }
 
-/// The writer must still produce format version 1 byte for byte: importing the fixture's
-/// input into a fresh store gives the same records as the checked-in segment.
+/// The writer must still produce the current format byte for byte: importing the fixture's
+/// input into a fresh store gives the same records and seal as the checked-in segment.
 #[test]
 fn writer_still_writes_the_fixture_format() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let input = fixture.join("input.jsonl");
@@ -173,8 +200,12 @@ fn writer_still_writes_the_fixture_format() {
     assert!(ringrelay(&args, None).status.success());
     let fresh = std::fs::read(data.join("shard-000/seg-0000000001.rr")).unwrap();
     let checked_in = std::fs::read(fixture.join("data/shard-000/seg-0000000001.rr")).unwrap();
-    // The header differs only in its creation time and checksum; records are identical.
+    // The header differs only in its creation time and checksum, and so the seal, which
+    // covers the header, differs in its hash (and its own checksum); the records and the
+    // seal's place and type are identical.
     assert_eq!(fresh.len(), checked_in.len());
     assert_eq!(fresh[..24], checked_in[..24]);
-    assert_eq!(fresh[4096..], checked_in[4096..]);
+    let seal = ringrelay::store::format::seal_offset(&checked_in).expect("the fixture is sealed");
+    assert_eq!(ringrelay::store::format::seal_offset(&fresh), Some(seal));
+    assert!(fresh[4096..seal + 16] == checked_in[4096..seal + 16], "records or seal header differ");
 }

@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use ringrelay::event::{KindClass, VerifiedEvent};
 use ringrelay::filter::{Filter, TagFilter};
 use ringrelay::store::crypto::SegmentKey;
+use ringrelay::store::format::{seal_offset, FormatError, SEAL_RECORD_SIZE};
 use ringrelay::store::{
     query_shards, Admission, DataDir, OpenMode, Rejection, Shard, ShardConfig, ShardState, StoreError,
 };
@@ -483,6 +484,8 @@ fn crash_cut_at_every_byte_of_the_tail() {
         ringrelay::store::segment::scan(&bytes, key.as_ref(), |span, _| spans.push(*span)).unwrap();
         let payload_ends: Vec<usize> = spans.iter().map(|span| span.payload_range().end).collect();
         assert_eq!(payload_ends.len(), events.len());
+        let seal = seal_offset(&bytes).expect("a closed segment ends in its seal");
+        assert_eq!(seal, spans.last().unwrap().end());
         let tail_start = payload_ends[payload_ends.len() - 4];
         let scratch_root = if Path::new("/dev/shm").is_dir() { Path::new("/dev/shm") } else { Path::new("/tmp") };
         for cut in tail_start..=bytes.len() {
@@ -497,7 +500,10 @@ fn crash_cut_at_every_byte_of_the_tail() {
                 events[..survivors].iter().map(|j| served(j)).collect::<Vec<_>>(),
                 "cut {cut}"
             );
-            let torn = spans.iter().any(|span| span.offset < cut && cut < span.payload_range().end);
+            // The seal record the close wrote is torn the same way, and cutting all of it
+            // leaves a segment without a seal, which is whole.
+            let torn = spans.iter().any(|span| span.offset < cut && cut < span.payload_range().end)
+                || (seal < cut && cut < seal + SEAL_RECORD_SIZE);
             assert_eq!(!state.repairs.is_empty(), torn, "cut {cut}: {:?}", state.repairs);
         }
     }
@@ -565,8 +571,59 @@ fn rotation_and_reopen() {
     store_all(dir.path(), &events, None);
     let files = ringrelay::store::segment::list_segments(&dir.path().join("shard-000")).unwrap();
     assert!(files.len() >= 3, "40 x 60 KB must span several 1 MiB segments, got {}", files.len());
+    // Full segments and the one the close ended are sealed, and read through their seal.
+    for (_, path) in &files {
+        let bytes = std::fs::read(path).unwrap();
+        assert!(seal_offset(&bytes).is_some(), "{} has no seal that holds", path.display());
+        let report = ringrelay::store::segment::scan(&bytes, None, |_, _| {}).unwrap();
+        assert!(report.sealed && report.corrupt.is_none());
+    }
     let state = open_one(dir.path(), None, OpenMode::ReadOnly).unwrap();
     assert_eq!(stored_json(&state), events.iter().map(|j| served(j)).collect::<Vec<_>>());
+}
+
+/// A damaged seal is named as such; a seal with bytes after it too; and a segment a crash
+/// left without a seal reads record by record.
+#[test]
+fn seals_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write_events(dir.path(), 3, None);
+    let second = write_events(dir.path(), 3, None);
+    let files = ringrelay::store::segment::list_segments(&dir.path().join("shard-000")).unwrap();
+    assert_eq!(files.len(), 2);
+    let pristine = std::fs::read(&files[0].1).unwrap();
+    let seal = seal_offset(&pristine).expect("a closed segment is sealed");
+    let open_error = |bytes: &[u8]| {
+        std::fs::write(&files[0].1, bytes).unwrap();
+        match open_one(dir.path(), None, OpenMode::ReadWrite) {
+            Err(StoreError::Corrupt { path, offset, error }) => {
+                assert_eq!(path, files[0].1);
+                (offset, error)
+            }
+            Err(other) => panic!("wrong error {other}"),
+            Ok(_) => panic!("damage went unnoticed"),
+        }
+    };
+    let mut bad_hash = pristine.clone();
+    bad_hash[seal + 48] ^= 0x01;
+    assert_eq!(open_error(&bad_hash), (seal, FormatError::RecordChecksum), "the seal record's own checksum");
+    // A well-formed seal over the wrong bytes: records before it all hold, so the seal is named.
+    let mut wrong_hash = pristine.clone();
+    ringrelay::store::format::write_seal(&mut wrong_hash, seal, &[7; 32]);
+    assert_eq!(open_error(&wrong_hash), (seal, FormatError::SealChecksum));
+    let mut trailing = pristine.clone();
+    trailing.truncate(seal + SEAL_RECORD_SIZE);
+    trailing.extend_from_slice(&[1; 16]);
+    assert_eq!(open_error(&trailing), (seal + SEAL_RECORD_SIZE, FormatError::AfterSeal));
+    // Without its seal (as a crash leaves a segment) it reads record by record.
+    let mut unsealed = pristine.clone();
+    unsealed[seal..].fill(0);
+    std::fs::write(&files[0].1, &unsealed).unwrap();
+    assert!(!ringrelay::store::segment::scan(&unsealed, None, |_, _| {}).unwrap().sealed);
+    let state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+    assert!(state.repairs.is_empty(), "{:?}", state.repairs);
+    let all: Vec<String> = first.iter().chain(&second).map(|j| served(j)).collect();
+    assert_eq!(stored_json(&state), all);
 }
 
 /// Segment images are reused once their segment is sealed (`store_all` checks that rotated
