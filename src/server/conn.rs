@@ -245,7 +245,7 @@ fn handle_event(core: &Rc<Core>, conn: ConnId, raw: &serde_json::value::RawValue
     }
     let shard = core.owner_shard(&parsed.pubkey.0);
     if core.is_known_duplicate(&parsed.id, shard) {
-        core.send(conn, proto::frame_ok(&id, true, "duplicate: already have this event"));
+        core.send(conn, proto::frame_ok(&id, true, super::core::DUPLICATE));
         return;
     }
     match core.verify(parsed) {

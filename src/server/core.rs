@@ -25,6 +25,9 @@ use crate::store::query::{merge_newest_first, union_filters, Ordered};
 use crate::store::{effective_limit, Admission, FilterScan, Router, Shard};
 use crate::subs::{ConnId, LiveEvent, SubscriptionIndex};
 
+/// The `OK` reason for an event already stored.
+pub const DUPLICATE: &str = "duplicate: already have this event";
+
 /// How long a REQ's answer waits for room in a connection's queue before the connection
 /// is dropped.
 const HISTORY_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -306,16 +309,17 @@ impl Core {
         VerifiedEvent::verify_cached(event, &mut self.keys.borrow_mut())
     }
 
-    /// Whether this core owns `event`'s shard and already serves it (checked before the
-    /// signature, which costs 20 times the rest of ingest).
+    /// Whether this core owns `event`'s shard and already has it on disk (checked before the
+    /// signature, which costs 20 times the rest of ingest). A copy not yet durable is not
+    /// answered here: its duplicate waits for it in the append path.
     pub fn is_known_duplicate(&self, id: &EventId, shard: u16) -> bool {
         if self.owner_core(shard) != self.id {
             return false;
         }
         let shards = self.shards.borrow();
         shards.get(&shard).is_some_and(|shard| {
-            let state = shard.state();
-            state.index.lookup_id(&id.0).is_some_and(|no| !state.index.entry(no).is_dead())
+            let index = &shard.state().index;
+            index.lookup_id(&id.0).is_some_and(|no| !index.entry(no).is_dead() && no < index.durable_count())
         })
     }
 
@@ -347,7 +351,19 @@ impl Core {
                 })
                 .detach();
             }
-            Ok(Admission::Duplicate) => self.deliver_ok(&reply, true, "duplicate: already have this event"),
+            Ok(Admission::Duplicate(None)) => self.deliver_ok(&reply, true, DUPLICATE),
+            // The original is still on its way to disk: acknowledging the copy now would
+            // promise an event a crash could still lose.
+            Ok(Admission::Duplicate(Some(original))) => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    match original.await {
+                        Ok(()) => this.deliver_ok(&reply, true, DUPLICATE),
+                        Err(_) => this.deliver_ok(&reply, false, "error: could not store the event"),
+                    }
+                })
+                .detach();
+            }
             Ok(Admission::Ephemeral) => {
                 self.broadcast(Arc::new(LiveEvent::from_event(&event)));
                 self.deliver_ok(&reply, true, "");

@@ -95,8 +95,8 @@ pub enum Admit {
     Store {
         kills: Vec<EventNo>,
     },
-    /// Already stored (`OK true` with `duplicate:`).
-    Duplicate,
+    /// Already stored as this event number (`OK true` with `duplicate:`, once it is durable).
+    Duplicate(EventNo),
     /// Ephemeral: broadcast, never stored.
     Ephemeral,
     Rejected(Rejection),
@@ -250,8 +250,8 @@ impl Index {
         // A live copy is a duplicate; a dead one (replaced, deleted by address, expired) falls
         // through so the reply says why it is not served.
         let known = self.lookup_id(facts.id);
-        if known.is_some_and(|no| !self.entry(no).is_dead()) {
-            return Admit::Duplicate;
+        if let Some(no) = known.filter(|&no| !self.entry(no).is_dead()) {
+            return Admit::Duplicate(no);
         }
         if facts.expiration.is_some_and(|at| at <= now) {
             return Admit::Rejected(Rejection::Expired);
@@ -275,8 +275,8 @@ impl Index {
                 kills.push(current);
             }
         }
-        if known.is_some() {
-            return Admit::Duplicate;
+        if let Some(no) = known {
+            return Admit::Duplicate(no);
         }
         if facts.kind == KIND_DELETION {
             if let Some(author) = author {

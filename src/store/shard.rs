@@ -67,7 +67,11 @@ impl ShardConfig {
 pub enum Appended {
     /// Written to the image; durable once the committer's fsync covers it.
     Stored(EventNo),
-    Duplicate,
+    /// Already stored; `pending` is its number while it is not yet durable (a duplicate is
+    /// acknowledged only once the original is on disk).
+    Duplicate {
+        pending: Option<EventNo>,
+    },
     Ephemeral,
     Rejected(Rejection),
 }
@@ -286,7 +290,10 @@ impl ShardState {
         };
         let kills = match self.index.admit(&facts, now) {
             Admit::Store { kills } => kills,
-            Admit::Duplicate => return Ok(Appended::Duplicate),
+            Admit::Duplicate(no) => {
+                let pending = (no >= self.index.durable_count()).then_some(no);
+                return Ok(Appended::Duplicate { pending });
+            }
             Admit::Ephemeral => return Ok(Appended::Ephemeral),
             Admit::Rejected(rejection) => return Ok(Appended::Rejected(rejection)),
         };

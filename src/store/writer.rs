@@ -35,7 +35,8 @@ pub struct Shard {
 /// The outcome of an append; `Stored` resolves once the record is durable.
 pub enum Admission {
     Stored(Durable),
-    Duplicate,
+    /// Already stored; when the original is not yet durable, acknowledge after this resolves.
+    Duplicate(Option<Durable>),
     Ephemeral,
     Rejected(Rejection),
 }
@@ -72,7 +73,10 @@ impl Shard {
         let mut state = self.state.borrow_mut();
         let no = match state.append(event, now)? {
             Appended::Stored(no) => no,
-            Appended::Duplicate => return Ok(Admission::Duplicate),
+            Appended::Duplicate { pending: None } => return Ok(Admission::Duplicate(None)),
+            Appended::Duplicate { pending: Some(original) } => {
+                return Ok(Admission::Duplicate(Some(self.wait_for(&mut state, original))))
+            }
             Appended::Ephemeral => return Ok(Admission::Ephemeral),
             Appended::Rejected(rejection) => return Ok(Admission::Rejected(rejection)),
         };

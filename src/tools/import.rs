@@ -93,7 +93,7 @@ async fn import(
             let shard = &shards[usize::from(dir.owner_shard(&event.pubkey().0))];
             match shard.append(&event, now)? {
                 Admission::Stored(durable) => pending.push(durable),
-                Admission::Duplicate => summary.duplicate += 1,
+                Admission::Duplicate(_) => summary.duplicate += 1,
                 Admission::Ephemeral => summary.reject("ephemeral: not stored"),
                 Admission::Rejected(rejection) => summary.reject(rejection.reason()),
             }

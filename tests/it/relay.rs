@@ -362,6 +362,33 @@ fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
     assert_eq!(fresh.req("after", &[json!({"authors": [keys(961).public_key().to_hex()]})]).len(), 1);
 }
 
+/// A copy of an event that is not yet on disk is acknowledged only once the original is: its
+/// `duplicate:` OK never comes before the original's OK (which waits for the fsync).
+#[test]
+fn a_duplicate_is_acknowledged_only_after_the_original_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    for i in 0..20 {
+        let json = signed(&keys(700 + i % 4), 1, now() - 5, &[], &format!("twice {i}"));
+        let id = id_of(&json);
+        let message = ClientMessage::event(nostr::Event::from_json(&json).unwrap()).as_json();
+        // Both in one write, so the copy arrives while the original waits for its commit.
+        client.ws.write(Message::text(message.clone())).unwrap();
+        client.ws.write(Message::text(message)).unwrap();
+        client.ws.flush().unwrap();
+        let replies: Vec<(bool, String)> = (0..2)
+            .map(|_| {
+                let ok = client.expect("OK");
+                assert_eq!(ok[1], id.as_str());
+                (ok[2].as_bool().unwrap(), ok[3].as_str().unwrap().to_owned())
+            })
+            .collect();
+        assert_eq!(replies[0], (true, String::new()), "event {i}: the original's OK comes first");
+        assert!(replies[1].0 && replies[1].1.starts_with("duplicate:"), "event {i}: {replies:?}");
+    }
+}
+
 #[test]
 fn close_frames_are_answered_both_ways() {
     use tungstenite::protocol::frame::coding::CloseCode;

@@ -54,7 +54,7 @@ impl Store {
                 durable.await.expect("durable");
                 Outcome::Stored
             }
-            Admission::Duplicate => Outcome::Duplicate,
+            Admission::Duplicate(_) => Outcome::Duplicate,
             Admission::Ephemeral => Outcome::Ephemeral,
             Admission::Rejected(rejection) => Outcome::Rejected(rejection),
         }
