@@ -166,7 +166,8 @@ fn filters<'de, A: SeqAccess<'de>>(seq: &mut A, count_max: usize) -> Result<Resu
 }
 
 /// The `id` of an event object that failed to parse, when it has a readable one, so the
-/// refusal can be an `OK` rather than a `NOTICE`.
+/// refusal can be an `OK` rather than a `NOTICE`: 64 hex digits, echoed as sent (an id in
+/// uppercase is refused, but with the id the client will look for).
 pub fn event_id_hint(event: &RawValue) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct IdOnly<'a> {
@@ -174,7 +175,7 @@ pub fn event_id_hint(event: &RawValue) -> Option<String> {
         id: std::borrow::Cow<'a, str>,
     }
     let IdOnly { id } = serde_json::from_str(event.get()).ok()?;
-    crate::hex::decode_lower::<32>(id.as_bytes()).map(|_| id.into_owned())
+    (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.into_owned())
 }
 
 /// `["EVENT",<sub_id>,<event json>]`, the event's JSON copied in as it is.
@@ -340,7 +341,13 @@ mod tests {
         let id = "ab".repeat(32);
         let raw: Box<RawValue> = serde_json::from_str(&format!(r#"{{"id":"{id}","kind":"bad"}}"#)).unwrap();
         assert_eq!(event_id_hint(&raw), Some(id));
+        let upper = "AB".repeat(32);
+        let raw: Box<RawValue> = serde_json::from_str(&format!(r#"{{"id":"{upper}"}}"#)).unwrap();
+        assert_eq!(event_id_hint(&raw), Some(upper));
         let raw: Box<RawValue> = serde_json::from_str(r#"{"id":"short"}"#).unwrap();
+        assert_eq!(event_id_hint(&raw), None);
+        let not_hex = "zz".repeat(32);
+        let raw: Box<RawValue> = serde_json::from_str(&format!(r#"{{"id":"{not_hex}"}}"#)).unwrap();
         assert_eq!(event_id_hint(&raw), None);
     }
 }

@@ -329,6 +329,12 @@ fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
     client.send(&format!(r#"["EVENT",{tampered}]"#));
     let ok = client.expect("OK");
     assert!(ok[2] == false && ok[3].as_str().unwrap().starts_with("invalid:"), "{ok}");
+    // An id in uppercase is refused with an OK carrying the id as the client sent it.
+    let upper_id = id_of(&good).to_uppercase();
+    client.send(&format!(r#"["EVENT",{}]"#, good.replace(&id_of(&good), &upper_id)));
+    let ok = client.expect("OK");
+    assert!(ok[1] == upper_id.as_str() && ok[2] == false, "{ok}");
+    assert!(ok[3].as_str().unwrap().starts_with("invalid:"), "{ok}");
     // 10,000 subscriptions: the first 32 open, every other one is refused, nothing breaks.
     let mut refused = 0;
     for i in 0..10_000 {
