@@ -117,6 +117,18 @@ impl SegmentHeader {
     }
 }
 
+/// The format version of a segment whose header [decodes](SegmentHeader::decode).
+pub fn segment_version(segment: &[u8]) -> u32 {
+    read_u32(segment, 8)
+}
+
+/// A seal record on its own, carrying `hash` (a seal's bytes do not depend on where it lies).
+pub fn seal_bytes(hash: &[u8; 32]) -> [u8; SEAL_RECORD_SIZE] {
+    let mut seal = [0u8; SEAL_RECORD_SIZE];
+    write_seal(&mut seal, 0, hash);
+    seal
+}
+
 /// Where a record lies in its segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordSpan {

@@ -275,6 +275,14 @@ pub fn scan(
     Ok(ScanReport { header, valid_end: offset, corrupt, sealed: seal.is_some() })
 }
 
+/// Write `bytes` at `offset` of an existing file and make them durable.
+pub fn append_durably(path: &Path, offset: usize, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all_at(bytes, offset as u64)?;
+    file.sync_data()
+}
+
 /// Cut a segment file at `length` and make the cut durable.
 pub fn truncate_file(path: &Path, length: usize) -> std::io::Result<()> {
     let file = fs::OpenOptions::new().write(true).open(path)?;

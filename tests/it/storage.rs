@@ -505,6 +505,14 @@ fn crash_cut_at_every_byte_of_the_tail() {
             let torn = spans.iter().any(|span| span.offset < cut && cut < span.payload_range().end)
                 || (seal < cut && cut < seal + SEAL_RECORD_SIZE);
             assert_eq!(!state.repairs.is_empty(), torn, "cut {cut}: {:?}", state.repairs);
+            // That open sealed what it kept: the next one reads the same through the seal.
+            let kept = stored_json(&state);
+            drop(state);
+            let sealed = seal_offset(&std::fs::read(&segment_copy).unwrap());
+            assert_eq!(sealed.is_some(), survivors > 0, "cut {cut}");
+            let again = open_one(scratch.path(), key.clone(), OpenMode::ReadOnly).unwrap();
+            assert!(again.repairs.is_empty(), "cut {cut}: {:?}", again.repairs);
+            assert_eq!(stored_json(&again), kept, "cut {cut}");
         }
     }
 }
@@ -615,15 +623,22 @@ fn seals_are_checked() {
     trailing.truncate(seal + SEAL_RECORD_SIZE);
     trailing.extend_from_slice(&[1; 16]);
     assert_eq!(open_error(&trailing), (seal + SEAL_RECORD_SIZE, FormatError::AfterSeal));
-    // Without its seal (as a crash leaves a segment) it reads record by record.
+    // Without its seal (as a crash leaves a segment) it reads record by record, and opening
+    // for writing seals it again: the same seal the close wrote.
     let mut unsealed = pristine.clone();
     unsealed[seal..].fill(0);
     std::fs::write(&files[0].1, &unsealed).unwrap();
     assert!(!ringrelay::store::segment::scan(&unsealed, None, |_, _| {}).unwrap().sealed);
+    let all: Vec<String> = first.iter().chain(&second).map(|j| served(j)).collect();
+    let state = open_one(dir.path(), None, OpenMode::ReadOnly).unwrap();
+    assert_eq!(stored_json(&state), all);
+    drop(state);
+    assert!(seal_offset(&std::fs::read(&files[0].1).unwrap()).is_none(), "a read-only open writes nothing");
     let state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
     assert!(state.repairs.is_empty(), "{:?}", state.repairs);
-    let all: Vec<String> = first.iter().chain(&second).map(|j| served(j)).collect();
     assert_eq!(stored_json(&state), all);
+    drop(state);
+    assert_eq!(std::fs::read(&files[0].1).unwrap(), pristine);
 }
 
 /// Segment images are reused once their segment is sealed (`store_all` checks that rotated
