@@ -234,9 +234,20 @@ pub fn seal_offset(segment: &[u8]) -> Option<usize> {
         offset = span.end();
     }
     let Slot::Seal { hash, .. } = read_slot(segment, offset) else { return None };
-    let after = record_end(offset, 32);
-    let only_zeros_follow = segment.get(after..).is_some_and(|rest| rest.iter().all(|&b| b == 0));
-    (only_zeros_follow && blake3::hash(&segment[..offset]).as_bytes() == &hash).then_some(offset)
+    check_seal(segment, offset, &hash).is_ok().then_some(offset)
+}
+
+/// Whether the seal record at `offset`, carrying `hash`, holds: `hash` is blake3 of every
+/// byte before it, and only zeros follow it. Otherwise where and what is wrong.
+pub fn check_seal(segment: &[u8], offset: usize, hash: &[u8; 32]) -> Result<(), (usize, FormatError)> {
+    if blake3::hash(&segment[..offset]).as_bytes() != hash {
+        return Err((offset, FormatError::SealChecksum));
+    }
+    let after = offset + SEAL_RECORD_SIZE;
+    match segment.get(after..).is_some_and(|rest| rest.iter().any(|&b| b != 0)) {
+        true => Err((after, FormatError::AfterSeal)),
+        false => Ok(()),
+    }
 }
 
 /// The first 16 header bytes of an event record: what the checksum and the encryption cover.

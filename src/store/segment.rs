@@ -252,16 +252,17 @@ pub fn scan(
         let span = match slot {
             Slot::End => break None,
             Slot::Corrupt(error) => break Some((offset, error)),
-            Slot::Seal { .. } if seal == Some(offset) => {
+            // A seal ends the records. One that `seal_offset` did not vouch for is checked here:
+            // every record before it checked out, so the seal itself is wrong, or what follows.
+            Slot::Seal { hash, .. } => {
+                if seal != Some(offset) {
+                    if let Err(damage) = format::check_seal(segment, offset, &hash) {
+                        break Some(damage);
+                    }
+                }
                 offset += SEAL_RECORD_SIZE;
                 continue;
             }
-            // Every record before it checked out one by one, so the seal itself is wrong, or
-            // what follows it.
-            Slot::Seal { hash, .. } if blake3::hash(&segment[..offset]).as_bytes() == &hash => {
-                break Some((offset + SEAL_RECORD_SIZE, FormatError::AfterSeal))
-            }
-            Slot::Seal { .. } => break Some((offset, FormatError::SealChecksum)),
             Slot::Record(span) => span,
         };
         let nonce = || crypto::nonce(header.shard_id, header.segment_id, offset as u32);

@@ -105,8 +105,11 @@ impl Shard {
     /// Seal the active segment, make everything appended durable, stop the committer and
     /// hand the state back.
     pub async fn close(mut self) -> Result<ShardState, StoreError> {
-        if self.state.borrow().failed.is_none() {
-            self.state.borrow_mut().seal_active();
+        {
+            let mut state = self.state.borrow_mut();
+            if state.failed.is_none() {
+                state.seal_active();
+            }
         }
         self.doorbell = None;
         if let Some(committer) = self.committer.take() {

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::event::VerifiedEvent;
 use crate::limits::EventLimits;
 use crate::store::crypto::{self, SegmentKey};
-use crate::store::format::{
-    read_slot, FormatError, SegmentHeader, Slot, RECORD_ALIGN, SEAL_RECORD_SIZE, SEGMENT_HEADER_SIZE,
-};
+use crate::store::format::{check_seal, read_slot, SegmentHeader, Slot, RECORD_ALIGN, SEGMENT_HEADER_SIZE};
 use crate::store::{record, segment, Access, DataDir};
 
 use super::StoreOptions;
@@ -93,12 +91,8 @@ fn verify_segment(
             Slot::End => break,
             Slot::Seal { hash, .. } => {
                 // Damage reported above fails the seal too: it is named once.
-                if !damaged && blake3::hash(&bytes[..offset]).as_bytes() != &hash {
-                    problem(Some(offset), FormatError::SealChecksum.to_string());
-                }
-                let after = offset + SEAL_RECORD_SIZE;
-                if bytes.get(after..).is_some_and(|rest| rest.iter().any(|&b| b != 0)) {
-                    problem(Some(after), FormatError::AfterSeal.to_string());
+                if let (false, Err((at, error))) = (damaged, check_seal(bytes, offset, &hash)) {
+                    problem(Some(at), error.to_string());
                 }
                 break;
             }
