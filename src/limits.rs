@@ -54,9 +54,11 @@ pub struct EventLimits {
 impl Default for EventLimits {
     fn default() -> Self {
         EventLimits {
-            event_size_max: 128 * 1024,
+            // A follow list (kind 3) of 2,500 accounts is ~180 KiB: people who follow that many
+            // are the ones other relays' 128 KiB default turns away.
+            event_size_max: EVENT_SIZE_MAX,
             content_size_max: 96 * 1024,
-            tag_count_max: 2_000,
+            tag_count_max: TAG_COUNT_MAX,
             tag_element_count_max: 32,
             tag_element_size_max: 2 * 1024,
         }

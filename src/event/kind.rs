@@ -34,6 +34,22 @@ impl KindClass {
     }
 }
 
+/// A replaceable or addressable event's address, as an `a` tag names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Address<'a> {
+    pub kind: u16,
+    pub pubkey: [u8; 32],
+    pub d: &'a [u8],
+}
+
+/// `<kind>:<pubkey hex>:<d>` from an `a` tag (`d` empty for a replaceable kind).
+pub fn parse_address(value: &[u8]) -> Option<Address<'_>> {
+    let mut parts = value.splitn(3, |&b| b == b':');
+    let kind = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let pubkey = crate::hex::decode_lower::<32>(parts.next()?)?;
+    Some(Address { kind, pubkey, d: parts.next()? })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

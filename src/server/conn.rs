@@ -15,6 +15,7 @@ use glommio::net::TcpStream;
 use super::core::{Core, Out};
 use super::http::{self, Route};
 use super::outbox::Outbox;
+use crate::event::kind::KIND_DELETION;
 use crate::event::parse_event;
 use crate::proto::{self, ClientMessage, MessageLimits, Refusal};
 use crate::subs::ConnId;
@@ -249,6 +250,9 @@ fn handle_event(core: &Rc<Core>, conn: ConnId, raw: &serde_json::value::RawValue
         return;
     }
     match core.verify(parsed) {
+        Ok(event) if event.kind() == KIND_DELETION => {
+            glommio::spawn_local(core.clone().publish_deletion(conn, event, shard)).detach();
+        }
         Ok(event) => core.publish(conn, event, shard),
         Err(error) => {
             core.send(conn, proto::frame_ok(&id, false, &error.reason()));

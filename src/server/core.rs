@@ -17,6 +17,7 @@ use super::outbox::{outbox, Outbox, OutboxSender};
 use super::throttle::LogThrottle;
 use super::REPEATED_ERROR_LOG_INTERVAL;
 use crate::config::Config;
+use crate::event::kind::parse_address;
 use crate::event::{EventError, EventId, KeyCache, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::{Filter, Matchable};
 use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
@@ -27,6 +28,9 @@ use crate::subs::{ConnId, LiveEvent, SubscriptionIndex};
 
 /// The `OK` reason for an event already stored.
 pub const DUPLICATE: &str = "duplicate: already have this event";
+
+/// The `OK` reason for a deletion request that names another author's event.
+pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
 
 /// How long a REQ's answer waits for room in a connection's queue before the connection
 /// is dropped.
@@ -302,6 +306,42 @@ impl Core {
             owner if owner == self.id => self.append_owned(event, shard, reply),
             owner => self.send_to(owner, CoreMsg::Append { event: Box::new(event), shard, reply }),
         }
+    }
+
+    /// A verified deletion request (NIP-09): refused when it names someone else's address, or
+    /// an event stored here under another author, which NIP-09 lets a relay check. Otherwise
+    /// published. Another author's event can be on any core's shard, so its `e` targets are
+    /// looked up everywhere, as a REQ would be.
+    pub async fn publish_deletion(self: Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
+        if self.names_another_authors_event(&event).await {
+            let ok = proto::frame_ok(&event.id().to_hex(), false, FOREIGN_DELETION);
+            self.send(conn, ok);
+            return;
+        }
+        self.publish(conn, event, shard);
+    }
+
+    async fn names_another_authors_event(self: &Rc<Self>, event: &VerifiedEvent) -> bool {
+        let author = event.pubkey();
+        let mut ids = Vec::new();
+        for tag in event.index_tags() {
+            match tag.letter {
+                b'a' if parse_address(&tag.value).is_some_and(|address| address.pubkey != author.0) => return true,
+                b'e' => ids.extend(crate::hex::decode_lower::<32>(&tag.value).map(EventId)),
+                _ => {}
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return false;
+        }
+        let count = ids.len();
+        let any_author = Filter { ids: Some(ids), limit: Some(count as u64), ..Filter::default() };
+        let own = Filter { authors: Some(vec![*author]), ..any_author.clone() };
+        let limits = QueryLimits { default: count, max: count, now: crate::now_unix() };
+        let found = self.query_everywhere(Arc::from([any_author, own]), limits).await;
+        found[0].len() > found[1].len()
     }
 
     /// The signature check, with this core's cache of authors' keys.

@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use crate::event::kind::KIND_DELETION;
+use crate::event::kind::{parse_address, KIND_DELETION};
 use crate::event::KindClass;
 use crate::limits::SHARD_EVENT_COUNT_MAX;
 
@@ -514,18 +514,4 @@ impl Index {
 fn version_key(author: u32, kind: u16, class: KindClass, d: &[u8]) -> VersionKey {
     let d = if class == KindClass::Addressable { d } else { &[] };
     VersionKey { author, kind, d: d.into() }
-}
-
-struct Address<'a> {
-    kind: u16,
-    pubkey: [u8; 32],
-    d: &'a [u8],
-}
-
-/// `<kind>:<pubkey hex>:<d>` from an `a` tag.
-fn parse_address(value: &[u8]) -> Option<Address<'_>> {
-    let mut parts = value.splitn(3, |&b| b == b':');
-    let kind = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let pubkey = crate::hex::decode_lower::<32>(parts.next()?)?;
-    Some(Address { kind, pubkey, d: parts.next()? })
 }

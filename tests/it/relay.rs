@@ -355,7 +355,7 @@ fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
     assert_eq!(eose, 32);
     // A message over the size limit closes that connection.
     let mut big = relay.connect();
-    big.send(&format!(r#"["EVENT",{{"content":"{}"}}]"#, "x".repeat(200_000)));
+    big.send(&format!(r#"["EVENT",{{"content":"{}"}}]"#, "x".repeat(300_000)));
     assert!(matches!(big.ws.read(), Ok(Message::Close(_)) | Err(_)));
     // Half a frame, then gone.
     let mut raw = TcpStream::connect(("127.0.0.1", relay.port)).unwrap();

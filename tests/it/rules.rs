@@ -202,6 +202,24 @@ fn too_many_filters_get_a_closed_with_a_reason() {
     assert!(closed[2].as_str().unwrap().starts_with("invalid:"), "{closed}");
 }
 
+/// The default limits take a follow list (kind 3) of as many accounts as a tag count allows;
+/// one tag more gets an `OK` false that says why.
+#[test]
+fn a_follow_list_of_2500_accounts_is_accepted_by_default() {
+    let fixture = two_cores();
+    let mut client = fixture.relay.connect();
+    let followed: Vec<String> = (0..2_501).map(|index| pubkey(9_000 + index)).collect();
+    let tags: Vec<[&str; 2]> = followed.iter().map(|pubkey| ["p", pubkey.as_str()]).collect();
+    let tag_refs: Vec<&[&str]> = tags.iter().map(|tag| &tag[..]).collect();
+    let follows = signed(&keys(2170), 3, now() - 10, &tag_refs[..2_500], "");
+    assert!(follows.len() > 170 * 1024, "{} bytes", follows.len());
+    publish_all(&mut client, &[&follows]);
+    let stored = client.req("follows", &[json!({"kinds": [3], "authors": [pubkey(2170)]})]);
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0]["tags"].as_array().unwrap().len(), 2_500);
+    refused_with(&mut client, &signed(&keys(2171), 3, now() - 10, &tag_refs, ""), "invalid:");
+}
+
 #[test]
 fn a_replaceable_event_keeps_the_newest_version_and_the_lowest_id_on_a_tie() {
     let fixture = two_cores();
@@ -252,19 +270,46 @@ fn ephemeral_events_reach_subscribers_and_are_not_stored() {
 }
 
 #[test]
-fn a_deletion_by_e_tag_removes_only_its_authors_events_for_good() {
+fn a_deletion_by_e_tag_removes_its_authors_event_for_good() {
     let fixture = two_cores();
     let mut client = fixture.relay.connect();
     let t = now() - 100;
     let alices = signed(&keys(2110), 1, t, &[], "alice's note");
     let bobs = signed(&keys(2111), 1, t, &[], "bob's note");
     publish_all(&mut client, &[&alices, &bobs]);
-    let deletion = signed(&keys(2110), 5, t + 1, &[&["e", &id_of(&alices)], &["e", &id_of(&bobs)]], "");
+    let deletion = signed(&keys(2110), 5, t + 1, &[&["e", &id_of(&alices)]], "");
     publish_all(&mut client, &[&deletion]);
     let left = client.req("notes", &[json!({"ids": [id_of(&alices), id_of(&bobs)]})]);
-    assert_eq!(ids(&left), vec![id_of(&bobs)], "only the author's own event is deleted");
+    assert_eq!(ids(&left), vec![id_of(&bobs)], "only the deleted event is gone");
     refused_with(&mut client, &alices, "blocked:");
     assert_eq!(ids(&client.req("deletions", &[json!({"kinds": [5]})])), vec![id_of(&deletion)], "the request is kept");
+}
+
+/// NIP-09 lets a relay check that a deletion request names only its author's events. Many
+/// authors over two cores, so that the other author's event is on the other core's shard for
+/// some of them and on the same shard for others.
+#[test]
+fn a_deletion_naming_another_authors_event_is_refused_and_deletes_nothing() {
+    let fixture = two_cores();
+    let mut client = fixture.relay.connect();
+    let t = now() - 100;
+    for index in 0..8 {
+        let alice = keys(2160 + 2 * index);
+        let bob = keys(2161 + 2 * index);
+        let alices = signed(&alice, 1, t, &[], "alice's note");
+        let bobs = signed(&bob, 1, t, &[], "bob's note");
+        publish_all(&mut client, &[&alices, &bobs]);
+        let both = signed(&alice, 5, t + 1, &[&["e", &id_of(&alices)], &["e", &id_of(&bobs)]], "");
+        refused_with(&mut client, &both, "blocked:");
+        let kept = client.req("notes", &[json!({"ids": [id_of(&alices), id_of(&bobs)]})]);
+        assert_eq!(ids(&kept).len(), 2, "nothing is deleted by a refused request");
+        assert!(client.req("deletions", &[json!({"ids": [id_of(&both)]})]).is_empty(), "nor stored");
+        // An id the relay does not have cannot be checked, and is no reason to refuse.
+        let unknown = "ab".repeat(32);
+        let own = signed(&alice, 5, t + 2, &[&["e", &id_of(&alices)], &["e", &unknown]], "");
+        publish_all(&mut client, &[&own]);
+        assert_eq!(ids(&client.req("after", &[json!({"ids": [id_of(&alices), id_of(&bobs)]})])), vec![id_of(&bobs)]);
+    }
 }
 
 #[test]
@@ -287,15 +332,19 @@ fn a_deletion_by_a_tag_removes_versions_up_to_its_created_at() {
 }
 
 #[test]
-fn a_deletion_of_another_authors_address_has_no_effect() {
+fn a_deletion_naming_another_authors_address_is_refused() {
     let fixture = two_cores();
     let mut client = fixture.relay.connect();
     let t = now() - 100;
     let bobs = signed(&keys(2131), 30023, t, &[&["d", "post"]], "bob's article");
     publish_all(&mut client, &[&bobs]);
     let address = format!("30023:{}:post", pubkey(2131));
-    publish_all(&mut client, &[&signed(&keys(2130), 5, t + 1, &[&["a", &address]], "")]);
+    refused_with(&mut client, &signed(&keys(2130), 5, t + 1, &[&["a", &address]], ""), "blocked:");
+    // Refused even when the relay has no event at that address: the address names its author.
+    let elsewhere = format!("30023:{}:never-published", pubkey(2131));
+    refused_with(&mut client, &signed(&keys(2130), 5, t + 1, &[&["a", &elsewhere]], ""), "blocked:");
     assert_eq!(ids(&client.req("bob", &[json!({"kinds": [30023]})])), vec![id_of(&bobs)]);
+    assert!(client.req("deletions", &[json!({"kinds": [5]})]).is_empty());
 }
 
 #[test]
