@@ -250,9 +250,7 @@ fn handle_event(core: &Rc<Core>, conn: ConnId, raw: &serde_json::value::RawValue
         return;
     }
     match core.verify(parsed) {
-        Ok(event) if event.kind() == KIND_DELETION => {
-            glommio::spawn_local(core.clone().publish_deletion(conn, event, shard)).detach();
-        }
+        Ok(event) if event.kind() == KIND_DELETION => core.publish_deletion(conn, event, shard),
         Ok(event) => core.publish(conn, event, shard),
         Err(error) => {
             core.send(conn, proto::frame_ok(&id, false, &error.reason()));

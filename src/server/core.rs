@@ -293,10 +293,15 @@ impl Core {
     /// A verified event from a connection of this core: broadcast it if ephemeral, else
     /// hand it to the owner of its author's shard.
     pub fn publish(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
-        let reply = Reply { core: self.id, conn, event_id: *event.id() };
         if let Some(state) = self.conns.borrow().get(&conn) {
             state.outbound.owe_reply();
         }
+        self.route(conn, event, shard);
+    }
+
+    /// Where [`Core::publish`] sends an event whose OK is already owed.
+    fn route(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
+        let reply = Reply { core: self.id, conn, event_id: *event.id() };
         if event.class() == KindClass::Ephemeral {
             self.broadcast(Arc::new(LiveEvent::from_event(&event)));
             self.deliver_ok(&reply, true, "");
@@ -311,14 +316,22 @@ impl Core {
     /// A verified deletion request (NIP-09): refused when it names someone else's address, or
     /// an event stored here under another author, which NIP-09 lets a relay check. Otherwise
     /// published. Another author's event can be on any core's shard, so its `e` targets are
-    /// looked up everywhere, as a REQ would be.
-    pub async fn publish_deletion(self: Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
-        if self.names_another_authors_event(&event).await {
-            let ok = proto::frame_ok(&event.id().to_hex(), false, FOREIGN_DELETION);
-            self.send(conn, ok);
-            return;
+    /// looked up everywhere, as a REQ would be. The OK is owed from now, so a client sending
+    /// many is held back like any other publisher.
+    pub fn publish_deletion(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
+        if let Some(state) = self.conns.borrow().get(&conn) {
+            state.outbound.owe_reply();
         }
-        self.publish(conn, event, shard);
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            if this.names_another_authors_event(&event).await {
+                let reply = Reply { core: this.id, conn, event_id: *event.id() };
+                this.deliver_ok(&reply, false, FOREIGN_DELETION);
+            } else {
+                this.route(conn, event, shard);
+            }
+        })
+        .detach();
     }
 
     async fn names_another_authors_event(self: &Rc<Self>, event: &VerifiedEvent) -> bool {
