@@ -5,8 +5,9 @@
 pub const EVENT_SIZE_MAX: usize = 256 * 1024;
 /// Largest `content` string, in bytes after unescaping.
 pub const CONTENT_SIZE_MAX: usize = 192 * 1024;
-/// Most tags on one event.
-pub const TAG_COUNT_MAX: usize = 2_500;
+/// Most tags on one event: more than a follow list of `EVENT_SIZE_MAX` can hold (~3,600
+/// accounts of 72 bytes each), so size is the bound that matters for those.
+pub const TAG_COUNT_MAX: usize = 4_000;
 /// Most strings in one tag.
 pub const TAG_ELEMENT_COUNT_MAX: usize = 64;
 /// Largest single tag string, in bytes after unescaping.
@@ -54,7 +55,7 @@ pub struct EventLimits {
 impl Default for EventLimits {
     fn default() -> Self {
         EventLimits {
-            // A follow list (kind 3) of 2,500 accounts is ~180 KiB: people who follow that many
+            // A follow list (kind 3) of 3,500 accounts is ~250 KiB: people who follow that many
             // are the ones other relays' 128 KiB default turns away.
             event_size_max: EVENT_SIZE_MAX,
             content_size_max: 96 * 1024,
