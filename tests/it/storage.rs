@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use ringrelay::event::{KindClass, VerifiedEvent};
 use ringrelay::filter::{Filter, TagFilter};
+use ringrelay::limits::{EventLimits, CONTENT_SIZE_MAX, EVENT_SIZE_MAX, TAG_COUNT_MAX};
 use ringrelay::store::crypto::SegmentKey;
 use ringrelay::store::format::{seal_offset, FormatError, SEAL_RECORD_SIZE};
 use ringrelay::store::{
@@ -588,6 +589,51 @@ fn rotation_and_reopen() {
     }
     let state = open_one(dir.path(), None, OpenMode::ReadOnly).unwrap();
     assert_eq!(stored_json(&state), events.iter().map(|j| served(j)).collect::<Vec<_>>());
+}
+
+/// The largest events the hard caps let through make records a reader believes
+/// (`RECORD_PAYLOAD_SIZE_MAX`), plain and encrypted: the most tags, each indexed, filling the
+/// event; and the most content with the most empty tags (each costs the record more than its
+/// JSON).
+#[test]
+fn the_largest_events_fit_a_record() {
+    let caps = EventLimits::hard_caps();
+    let value = "v".repeat((EVENT_SIZE_MAX - 1_000) / TAG_COUNT_MAX - 9);
+    let full_tags: Vec<[&str; 2]> = vec![["a", value.as_str()]; TAG_COUNT_MAX];
+    let empty_tags: Vec<[&str; 2]> = vec![["a", ""]; TAG_COUNT_MAX];
+    let as_refs = |tags: &[[&str; 2]]| -> Vec<Vec<String>> {
+        tags.iter().map(|tag| tag.iter().map(|part| part.to_string()).collect()).collect()
+    };
+    let shapes = [(as_refs(&full_tags), String::new()), (as_refs(&empty_tags), "x".repeat(CONTENT_SIZE_MAX))];
+    let mut events = Vec::new();
+    for (index, (tags, content)) in shapes.iter().enumerate() {
+        let tag_refs: Vec<Vec<&str>> = tags.iter().map(|tag| tag.iter().map(String::as_str).collect()).collect();
+        let tag_refs: Vec<&[&str]> = tag_refs.iter().map(Vec::as_slice).collect();
+        let json = signed(&keys(460), 1, BASE_TIME + index as u64, &tag_refs, content);
+        assert!(json.len() > EVENT_SIZE_MAX - 40 * 1024, "{} bytes", json.len());
+        events.push(json);
+    }
+    for encrypted in [false, true] {
+        let key = || encrypted.then(|| SegmentKey::from_bytes([4; 32]));
+        let dir = tempfile::tempdir().unwrap();
+        let (path, to_store, store_caps, store_key) = (dir.path().to_owned(), events.clone(), caps.clone(), key());
+        run_glommio(move || {
+            Box::pin(async move {
+                let store = Store::open(&path, 1, store_key).unwrap();
+                for json in &to_store {
+                    let event = VerifiedEvent::from_json(json.as_bytes(), &store_caps).unwrap();
+                    assert_eq!(store.append(&event, now()).await, Outcome::Stored);
+                }
+                store.close().await;
+            })
+        });
+        let state = open_one(dir.path(), key(), OpenMode::ReadOnly).unwrap();
+        let expected: Vec<String> = events
+            .iter()
+            .map(|json| VerifiedEvent::from_json(json.as_bytes(), &caps).unwrap().json().to_owned())
+            .collect();
+        assert!(stored_json(&state) == expected, "the largest events read back as stored");
+    }
 }
 
 /// A damaged seal is named as such; a seal with bytes after it too; and a segment a crash
