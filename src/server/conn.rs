@@ -1,6 +1,8 @@
 //! One client connection: the HTTP head, then either a plain HTTP answer or a WebSocket
 //! session that reads client messages and writes what the core queues for it.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -22,6 +24,8 @@ use crate::subs::ConnId;
 
 /// A client must finish its request head within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read at a time while the request head arrives.
+const HEAD_READ_SIZE: usize = 2 * 1024;
 /// Initial read buffer of a WebSocket, in bytes.
 const CONNECTION_BUFFER_SIZE: usize = 4 * 1024;
 /// Bytes of frames gathered before a `send()`; the buffer grows to this only on a
@@ -76,14 +80,17 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
 
 /// Read until a complete request head; returns the route and the bytes after the head.
 async fn read_head(stream: &mut TcpStream) -> Option<(Route, Vec<u8>)> {
-    let mut buffer = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
+    // Read straight into the heap buffer: a stack array here would live in every
+    // connection's future (twice, inside the handshake timeout) for the connection's life.
+    let mut buffer = Vec::with_capacity(HEAD_READ_SIZE);
     loop {
-        let read = stream.read(&mut chunk).await.ok()?;
+        let filled = buffer.len();
+        buffer.resize(filled + HEAD_READ_SIZE, 0);
+        let read = stream.read(&mut buffer[filled..]).await.ok()?;
+        buffer.truncate(filled + read);
         if read == 0 {
             return None;
         }
-        buffer.extend_from_slice(&chunk[..read]);
         match http::parse_request(&buffer) {
             Ok(Some((route, consumed))) => return Some((route, buffer.split_off(consumed))),
             Ok(None) => continue,
@@ -152,17 +159,26 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
 /// Send the relay's close frame, then read (and drop) what the client still sends until its
 /// own close frame or [`CLOSE_REPLY_WAIT`], so the client sees a clean close with the code
 /// and reason rather than a reset.
-async fn close_session(ws: &mut WebSocketStream<TcpStream>, code: CloseCode, reason: &str) {
-    let close = ws.close(Some(CloseFrame { code, reason: reason.into() }));
-    let closed = glommio::timer::timeout(CLOSE_REPLY_WAIT, async { Ok(close.await) }).await;
-    if !matches!(closed, Ok(Ok(()))) {
-        return;
-    }
-    let _ = glommio::timer::timeout(CLOSE_REPLY_WAIT, async {
-        while let Some(Ok(_)) = ws.next().await {}
-        Ok(())
+///
+/// Boxed: a connection closes once, and its future would otherwise carry this state (two
+/// timeouts, ~0.9 KiB) for its whole life.
+fn close_session<'a>(
+    ws: &'a mut WebSocketStream<TcpStream>,
+    code: CloseCode,
+    reason: &'a str,
+) -> Pin<Box<impl Future<Output = ()> + 'a>> {
+    Box::pin(async move {
+        let close = ws.close(Some(CloseFrame { code, reason: reason.into() }));
+        let closed = glommio::timer::timeout(CLOSE_REPLY_WAIT, async { Ok(close.await) }).await;
+        if !matches!(closed, Ok(Ok(()))) {
+            return;
+        }
+        let _ = glommio::timer::timeout(CLOSE_REPLY_WAIT, async {
+            while let Some(Ok(_)) = ws.next().await {}
+            Ok(())
+        })
+        .await;
     })
-    .await;
 }
 
 /// Write `first` (a message, not a close) and whatever else is queued, up to a batch, with
