@@ -2,6 +2,7 @@
 //! session that reads client messages and writes what the core queues for it.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -123,7 +124,11 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
             Next::Outgoing(outbound.recv().await)
         };
         match next {
-            Next::Incoming(Some(Ok(Message::Text(text)))) => handle_text(core, conn, text.as_str()),
+            Next::Incoming(Some(Ok(Message::Text(text)))) => {
+                if !handle_text(core, conn, text.as_str()) {
+                    ack_now(ws.get_ref());
+                }
+            }
             Next::Incoming(Some(Ok(Message::Binary(_)))) => {
                 core.send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
             }
@@ -133,7 +138,8 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 break;
             }
             Next::Incoming(None) => break,
-            Next::Incoming(Some(Ok(_))) => {}
+            // Pings are answered by tungstenite; a pong gets no answer.
+            Next::Incoming(Some(Ok(_))) => ack_now(ws.get_ref()),
             Next::Incoming(Some(Err(WsError::Capacity(error)))) => {
                 close_session(&mut ws, CloseCode::Size, &format!("message too large: {error}")).await;
                 break;
@@ -203,17 +209,18 @@ async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, fir
     ws.flush().await
 }
 
-fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) {
+/// Handle one text message; `false` when nothing will be sent back for it (CLOSE).
+fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
     let limits = MessageLimits { filter_count_max: core.config.limits.filters_per_req_max };
     let message = match proto::parse_client_message(text, &limits) {
         Ok(message) => message,
         Err(Refusal::Notice(reason)) => {
             core.send(conn, proto::frame_notice(&reason));
-            return;
+            return true;
         }
         Err(Refusal::Closed { sub_id, reason }) => {
             core.send(conn, proto::frame_closed(&sub_id, &reason));
-            return;
+            return true;
         }
     };
     match message {
@@ -234,11 +241,25 @@ fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) {
             })
             .detach();
         }
-        ClientMessage::Close { sub_id } => core.unsubscribe(conn, &sub_id),
+        ClientMessage::Close { sub_id } => {
+            core.unsubscribe(conn, &sub_id);
+            return false;
+        }
         ClientMessage::Auth(_) => {
             core.send(conn, proto::frame_notice("unsupported: AUTH (NIP-42) is not supported yet"));
         }
     }
+    true
+}
+
+/// Acknowledge what the client sent now rather than after the kernel's delayed-ACK timer
+/// (~40 ms). A client that leaves Nagle's algorithm on (tokio-tungstenite's default, so
+/// nostr-bench and many Rust clients) and writes a CLOSE then a REQ holds the REQ back until
+/// the CLOSE is acknowledged, and a CLOSE has no reply to carry that acknowledgement.
+fn ack_now(stream: &TcpStream) {
+    // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let _ = socket2::SockRef::from(&fd).set_quickack(true);
 }
 
 /// EVENT: bounded parse, id, policy, duplicate fast path, signature; then to the owner core.
