@@ -15,8 +15,8 @@ data_directory = "$work/nrr-data"
 address = "127.0.0.1"
 port = $port
 [limits]
-max_event_bytes = 131072
-max_ws_message_bytes = 135168
-max_ws_frame_bytes = 135168
+max_event_bytes = 262144
+max_ws_message_bytes = 266240
+max_ws_frame_bytes = 266240
 TOML
 }
