@@ -39,7 +39,14 @@ pub struct RelayLimits {
     pub event_size_max: usize,
     pub content_size_max: usize,
     pub tag_count_max: usize,
+    /// Open subscriptions on one connection (strfry allows 200; clients open dozens).
     pub subscriptions_per_connection_max: usize,
+    /// Queries (REQ and COUNT scans, deletion lookups) one connection may have running; past
+    /// it the relay reads nothing more from the connection until one finishes.
+    pub queries_per_connection_max: usize,
+    /// Queries one core runs at once for its connections, first come first served; the
+    /// rest wait.
+    pub queries_per_core_max: usize,
     pub filters_per_req_max: usize,
     /// Largest `limit` served; larger ones are capped.
     pub limit_max: usize,
@@ -53,10 +60,18 @@ pub struct RelayLimits {
     pub created_at_future_max_secs: u64,
     /// Open connections from one IP address, summed over cores.
     pub connections_per_ip_max: usize,
-    /// Messages queued to one connection before it is a slow consumer and is dropped.
-    pub outbound_queue_max: usize,
+    /// Bytes queued to one connection before it is a slow consumer and is closed.
+    pub outbound_bytes_max: usize,
+    /// Bytes queued to all of one core's connections; past it, a reader that is behind is
+    /// closed as a slow consumer when a live event comes for it.
+    pub outbound_bytes_per_core_max: usize,
     /// Live events buffered for a subscription while its stored events are being sent.
     pub pending_live_max: usize,
+    /// A connection whose writes make no progress for this long is closed.
+    pub write_stall_secs: u64,
+    /// The kernel send buffer of each client socket (SO_SNDBUF), in bytes; the kernel doubles
+    /// it for its bookkeeping. 0 leaves the kernel's autotuning.
+    pub socket_send_buffer_size: usize,
 }
 
 impl Default for Config {
@@ -92,7 +107,9 @@ impl Default for RelayLimits {
             event_size_max: event.event_size_max,
             content_size_max: event.content_size_max,
             tag_count_max: event.tag_count_max,
-            subscriptions_per_connection_max: 32,
+            subscriptions_per_connection_max: 200,
+            queries_per_connection_max: 4,
+            queries_per_core_max: 64,
             filters_per_req_max: 10,
             limit_max: 5_000,
             limit_default: 500,
@@ -100,8 +117,11 @@ impl Default for RelayLimits {
             created_at_past_max_secs: 0,
             created_at_future_max_secs: 15 * 60,
             connections_per_ip_max: 256,
-            outbound_queue_max: 4_096,
+            outbound_bytes_max: 1024 * 1024,
+            outbound_bytes_per_core_max: 256 * 1024 * 1024,
             pending_live_max: 1_024,
+            write_stall_secs: 5,
+            socket_send_buffer_size: 128 * 1024,
         }
     }
 }
@@ -135,7 +155,14 @@ impl Config {
             "limits.message_size_max must be at least limits.event_size_max"
         );
         anyhow::ensure!(limits.filters_per_req_max >= 1, "limits.filters_per_req_max must be at least 1");
-        anyhow::ensure!(limits.outbound_queue_max >= 16, "limits.outbound_queue_max must be at least 16");
+        anyhow::ensure!(limits.outbound_bytes_max >= 16 * 1024, "limits.outbound_bytes_max must be at least 16384");
+        anyhow::ensure!(
+            limits.outbound_bytes_per_core_max >= limits.outbound_bytes_max,
+            "limits.outbound_bytes_per_core_max must be at least limits.outbound_bytes_max"
+        );
+        anyhow::ensure!(limits.queries_per_connection_max >= 1, "limits.queries_per_connection_max must be at least 1");
+        anyhow::ensure!(limits.queries_per_core_max >= 1, "limits.queries_per_core_max must be at least 1");
+        anyhow::ensure!(limits.write_stall_secs >= 1, "limits.write_stall_secs must be at least 1");
         let size = self.segment_size;
         anyhow::ensure!(
             (crate::limits::SEGMENT_SIZE_MIN..=crate::limits::SEGMENT_SIZE_MAX).contains(&size)
@@ -189,7 +216,7 @@ mod tests {
         assert_eq!(config.listen.port(), 9000);
         assert_eq!(config.info.name, "test");
         assert_eq!(config.limits.limit_max, 10);
-        assert_eq!(config.limits.subscriptions_per_connection_max, 32);
+        assert_eq!(config.limits.subscriptions_per_connection_max, 200);
         std::fs::write(&path, "[limits]\nlimit_max = 10\n").unwrap();
         assert!(Config::from_file(&path).unwrap_err().to_string().contains("limit_default"));
         std::fs::write(&path, "bogus = 1\n").unwrap();

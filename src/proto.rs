@@ -232,11 +232,13 @@ pub fn frame_notice(message: &str) -> String {
     frame_strings(&["NOTICE", message])
 }
 
-/// `["COUNT",<sub_id>,{"count":<n>}]` (NIP-45).
-pub fn frame_count(sub_id: &SubId, count: u64) -> String {
+/// `["COUNT",<sub_id>,{"count":<n>}]` (NIP-45), with `"approximate":true` when the count
+/// stopped at the relay's limit.
+pub fn frame_count(sub_id: &SubId, count: u64, approximate: bool) -> String {
     let mut out = String::from("[\"COUNT\",");
     json::write_str(&mut out, sub_id.as_str());
-    out.push_str(&format!(",{{\"count\":{count}}}]"));
+    let approximate = if approximate { ",\"approximate\":true" } else { "" };
+    out.push_str(&format!(",{{\"count\":{count}{approximate}}}]"));
     out
 }
 
@@ -330,8 +332,9 @@ mod tests {
         assert_eq!(frame_eose(&sub), r#"["EOSE","a\"b"]"#);
         assert_eq!(frame_closed(&sub, "error: slow consumer"), r#"["CLOSED","a\"b","error: slow consumer"]"#);
         assert_eq!(frame_notice("hi"), r#"["NOTICE","hi"]"#);
-        assert_eq!(frame_count(&sub, 7), r#"["COUNT","a\"b",{"count":7}]"#);
-        for frame in [frame_ok("ab", false, "x"), frame_closed(&sub, "y"), frame_count(&sub, 1)] {
+        assert_eq!(frame_count(&sub, 7, false), r#"["COUNT","a\"b",{"count":7}]"#);
+        assert_eq!(frame_count(&sub, 9, true), r#"["COUNT","a\"b",{"count":9,"approximate":true}]"#);
+        for frame in [frame_ok("ab", false, "x"), frame_closed(&sub, "y"), frame_count(&sub, 1, false)] {
             serde_json::from_str::<serde_json::Value>(&frame).expect("frames are json");
         }
     }

@@ -39,7 +39,8 @@ pub const EXIT_FAILED: u8 = 2;
         loadgen ws://127.0.0.1:7777 --publish 2000 --slo 'publish.p99<5ms'\n  \
         loadgen ws://127.0.0.1:7777 --fanout 1000 --fanout-rate 200 -d 30s --json run.json\n  \
         loadgen ws://127.0.0.1:7777 --scenario loadgen/scenarios/mixed.toml\n  \
-        loadgen ws://127.0.0.1:7777 --publish 1000 --sweep --slo 'publish.p99<10ms' --plot sweep.svg\n\n\
+        loadgen ws://127.0.0.1:7777 --publish 1000 --sweep --slo 'publish.p99<10ms' --plot sweep.svg\n  \
+        loadgen ws://127.0.0.1:7777 --query 200 --count-flooders 2 --req-churners 2 --stalled-readers 500\n\n\
         Exit status: 0 objectives held, 1 an objective broke, 2 the run could not take place."
 )]
 pub struct Args {
@@ -75,6 +76,15 @@ pub struct Args {
     /// connect: new connections per second during the ramp.
     #[arg(long, value_name = "RATE")]
     pub connect_rate: Option<f64>,
+    /// abuse: connections flooding COUNTs that need a scan, never reading.
+    #[arg(long, value_name = "N")]
+    pub count_flooders: Option<usize>,
+    /// abuse: connections re-sending one REQ as fast as the relay takes it, never reading.
+    #[arg(long, value_name = "N")]
+    pub req_churners: Option<usize>,
+    /// abuse: connections subscribed to everything that never read.
+    #[arg(long, value_name = "N")]
+    pub stalled_readers: Option<usize>,
     /// The measured phase (e.g. 30s).
     #[arg(short, long, value_parser = plan::parse_duration)]
     pub duration: Option<std::time::Duration>,
@@ -156,6 +166,12 @@ impl Args {
             let c = plan.connect.get_or_insert_with(Default::default);
             c.connections = self.connect.unwrap_or(c.connections);
             c.rate = self.connect_rate.unwrap_or(c.rate);
+        }
+        if self.count_flooders.is_some() || self.req_churners.is_some() || self.stalled_readers.is_some() {
+            let a = plan.abuse.get_or_insert_with(Default::default);
+            a.count_flooders = self.count_flooders.unwrap_or(a.count_flooders);
+            a.req_churners = self.req_churners.unwrap_or(a.req_churners);
+            a.stalled_readers = self.stalled_readers.unwrap_or(a.stalled_readers);
         }
         let run = &mut plan.run;
         run.duration = self.duration.map_or(run.duration, plan::Span);

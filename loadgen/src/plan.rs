@@ -15,6 +15,8 @@ pub struct Plan {
     pub fanout: Option<FanoutPlan>,
     pub query: Option<QueryPlan>,
     pub connect: Option<ConnectPlan>,
+    /// Hostile clients run beside the measured scenarios (not measured themselves).
+    pub abuse: Option<AbusePlan>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -126,6 +128,28 @@ impl Default for ConnectPlan {
     }
 }
 
+/// `abuse`: hostile clients beside the other scenarios, to measure what they cost the
+/// well-behaved ones. Each starts at t0 and keeps at it until the run ends.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AbusePlan {
+    /// Connections that each send COUNTs needing a full scan (kind 1 since 1) as fast as the
+    /// relay takes them, and never read.
+    pub count_flooders: usize,
+    /// Connections that each re-send one REQ of `churn_filters` filters (kind 1, limit 500)
+    /// under the same subscription id as fast as the relay takes it, and never read.
+    pub req_churners: usize,
+    pub churn_filters: usize,
+    /// Connections subscribed to every event that never read, on a small receive buffer.
+    pub stalled_readers: usize,
+}
+
+impl Default for AbusePlan {
+    fn default() -> Self {
+        AbusePlan { count_flooders: 0, req_churners: 0, churn_filters: 10, stalled_readers: 0 }
+    }
+}
+
 impl Plan {
     pub fn from_toml(text: &str) -> anyhow::Result<Plan> {
         Ok(toml::from_str(text)?)
@@ -163,6 +187,9 @@ impl Plan {
         }
         if let Some(c) = &self.connect {
             anyhow::ensure!(c.rate > 0.0 && c.connections > 0, "connect needs a positive rate and connections");
+        }
+        if let Some(a) = &self.abuse {
+            anyhow::ensure!(a.churn_filters >= 1, "abuse churn_filters must be at least 1");
         }
         Ok(())
     }
@@ -285,6 +312,6 @@ mod tests {
             names.push(path.file_stem().unwrap().to_string_lossy().into_owned());
         }
         names.sort();
-        assert_eq!(names, ["broadcast", "connect", "fanout", "mixed", "publish", "query"]);
+        assert_eq!(names, ["abuse", "broadcast", "connect", "fanout", "mixed", "publish", "query"]);
     }
 }

@@ -1,5 +1,11 @@
 //! One client connection: the HTTP head, then either a plain HTTP answer or a WebSocket
 //! session that reads client messages and writes what the core queues for it.
+//!
+//! The session reads a client message only while the connection is within its budgets
+//! (queued bytes and owed replies, running queries); otherwise TCP holds the client back.
+//! Its writes must make progress within `write_stall_secs`, or the connection is cut. Every
+//! close says why: a NOTICE, then a close frame whose code names the cause (1007 invalid
+//! UTF-8, 1002 protocol error, 1009 too big, 1008 policy, 1013 overload, 1001 going away).
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
@@ -7,6 +13,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
@@ -15,12 +22,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use futures_util::SinkExt;
 use glommio::net::TcpStream;
 
-use super::core::{Core, Out};
+use super::core::Core;
 use super::http::{self, Route};
-use super::outbox::Outbox;
-use crate::event::kind::KIND_DELETION;
-use crate::event::parse_event;
-use crate::proto::{self, ClientMessage, MessageLimits, Refusal};
+use super::outbox::{Out, Outbox};
+use crate::proto;
 use crate::subs::ConnId;
 
 /// A client must finish its request head within this.
@@ -48,9 +53,18 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     if stream.set_nodelay(true).is_err() {
         return;
     }
+    // A reader that stops reading holds at most this much in the kernel (autotuning would
+    // let it grow to megabytes per socket).
+    let send_buffer_size = core.config.limits.socket_send_buffer_size;
+    if send_buffer_size > 0 {
+        with_socket(&stream, |socket| socket.set_send_buffer_size(send_buffer_size));
+    }
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
     let Ok(Some((route, leftover))) = head else { return };
-    let response = http::response(&route, &core.config);
+    let response = match route {
+        Route::Stats => http::stats_response(&core.stats_everywhere().await),
+        _ => http::response(&route, &core.config),
+    };
     if stream.write_all(&response).await.is_err() {
         return;
     }
@@ -58,9 +72,9 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         let _ = stream.close().await;
         return;
     };
-    let Some((conn, outbound)) = core.open_conn(peer.ip()) else {
+    let Some((conn, outbound)) = core.open_session(peer.ip()) else {
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
-        close_session(&mut ws, CloseCode::Again, "too many connections from your address").await;
+        close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many connections from your address").await;
         return;
     };
     let limits = &core.config.limits;
@@ -75,7 +89,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     tracing::debug!(core = core.id, conn = conn.0, %peer, "websocket open");
     session(&core, conn, ws, outbound).await;
-    core.close_conn(conn);
+    core.close_session(conn);
     tracing::debug!(core = core.id, conn = conn.0, "websocket closed");
 }
 
@@ -106,26 +120,34 @@ async fn read_head(stream: &mut TcpStream) -> Option<(Route, Vec<u8>)> {
 enum Next {
     Incoming(Option<Result<Message, WsError>>),
     Outgoing(Option<Out>),
+    /// Something the session waits on changed (a query finished): look again.
+    Changed,
 }
 
 async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) {
+    let write_stall = Duration::from_secs(core.config.limits.write_stall_secs);
     loop {
         // A read that finds data ready does not yield, so a client that keeps its socket full
         // would otherwise hold the core: other clients, and the group commit whose fsync has
         // finished, would wait until it paused.
         glommio::yield_if_needed().await;
-        // A client that sends faster than it reads is not read until its replies drain.
-        let next = if outbound.accepts_input() {
+        // A client over its budgets is not read until its replies drain and its queries finish.
+        let next = if outbound.accepts_input() && core.accepts_queries(conn) {
             futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
                 Next::Outgoing(outbound.recv().await)
             })
             .await
         } else {
-            Next::Outgoing(outbound.recv().await)
+            futures_lite::future::race(async { Next::Outgoing(outbound.recv().await) }, async {
+                outbound.changed().await;
+                Next::Changed
+            })
+            .await
         };
         match next {
+            Next::Changed => {}
             Next::Incoming(Some(Ok(Message::Text(text)))) => {
-                if !handle_text(core, conn, text.as_str()) {
+                if !super::verbs::handle_text(core, conn, text.as_str()).await {
                     ack_now(ws.get_ref());
                 }
             }
@@ -140,26 +162,81 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
             Next::Incoming(None) => break,
             // Pings are answered by tungstenite; a pong gets no answer.
             Next::Incoming(Some(Ok(_))) => ack_now(ws.get_ref()),
-            Next::Incoming(Some(Err(WsError::Capacity(error)))) => {
-                close_session(&mut ws, CloseCode::Size, &format!("message too large: {error}")).await;
+            Next::Incoming(Some(Err(error))) => {
+                if let Some((code, reason)) = close_for(&error) {
+                    core.stats.protocol_error_closes.inc();
+                    close_with_notice(&mut ws, code, &reason).await;
+                }
                 break;
             }
-            Next::Incoming(Some(Err(_))) => break,
-            Next::Outgoing(Some(Out::Close(reason))) => {
-                close_session(&mut ws, CloseCode::Away, &reason).await;
+            Next::Outgoing(Some(Out::Close(code, reason))) => {
+                close_with_notice(&mut ws, code, &reason).await;
                 break;
             }
             Next::Outgoing(Some(out)) => {
-                if write_batch(&mut ws, &outbound, out).await.is_err() {
-                    break;
+                // Most batches go straight into the socket; only one that has to wait is timed.
+                let written = {
+                    let mut batch = std::pin::pin!(write_batch(&mut ws, &outbound, out));
+                    match futures_lite::future::poll_once(&mut batch).await {
+                        Some(done) => Ok(done),
+                        None => glommio::timer::timeout(write_stall, async { Ok(batch.await) }).await,
+                    }
+                };
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        // The client has taken nothing for `write_stall`: it is gone or will
+                        // not read. A close frame could not get through either.
+                        tracing::info!(core = core.id, conn = conn.0, "closing a connection whose writes stalled");
+                        core.stats.write_stall_closes.inc();
+                        reset_on_close(ws.get_ref());
+                        break;
+                    }
                 }
             }
-            Next::Outgoing(None) => {
-                close_session(&mut ws, CloseCode::Policy, "slow consumer: the outbound queue is full").await;
-                break;
-            }
+            Next::Outgoing(None) => break,
         }
     }
+}
+
+/// The close code and reason for an error reading the client, `None` when the connection is
+/// simply gone.
+fn close_for(error: &WsError) -> Option<(CloseCode, String)> {
+    match error {
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid: a text frame is not valid UTF-8".to_owned())),
+        WsError::Capacity(error) => Some((CloseCode::Size, format!("invalid: message too large: {error}"))),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(error) => Some((CloseCode::Protocol, format!("invalid: websocket protocol error: {error}"))),
+        _ => None,
+    }
+}
+
+/// Tell the client why in a NOTICE it can read, then close with `code`. Boxed, like
+/// [`close_session`]: it runs once per connection.
+fn close_with_notice<'a>(
+    ws: &'a mut WebSocketStream<TcpStream>,
+    code: CloseCode,
+    reason: &'a str,
+) -> Pin<Box<impl Future<Output = ()> + 'a>> {
+    Box::pin(async move {
+        let notice = glommio::timer::timeout(CLOSE_REPLY_WAIT, async {
+            Ok(ws.feed(Message::text(proto::frame_notice(reason))).await)
+        });
+        if !matches!(notice.await, Ok(Ok(()))) {
+            reset_on_close(ws.get_ref());
+            return;
+        }
+        // A close reason is at most 123 bytes (RFC 6455 §5.5).
+        let short: String = reason
+            .chars()
+            .scan(0, |size, c| {
+                *size += c.len_utf8();
+                (*size <= 123).then_some(c)
+            })
+            .collect();
+        close_session(ws, code, &short).await;
+    })
 }
 
 /// Send the relay's close frame, then read (and drop) what the client still sends until its
@@ -177,6 +254,9 @@ fn close_session<'a>(
         let close = ws.close(Some(CloseFrame { code, reason: reason.into() }));
         let closed = glommio::timer::timeout(CLOSE_REPLY_WAIT, async { Ok(close.await) }).await;
         if !matches!(closed, Ok(Ok(()))) {
+            // The client is not taking what was sent: drop the socket's unsent bytes now
+            // rather than leave the kernel retrying them.
+            reset_on_close(ws.get_ref());
             return;
         }
         let _ = glommio::timer::timeout(CLOSE_REPLY_WAIT, async {
@@ -194,9 +274,9 @@ async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, fir
     for _ in 0..WRITE_BATCH_COUNT {
         let Some(out) = next.take().or_else(|| outbound.try_recv()) else { break };
         match out {
-            Out::Close(reason) => {
+            Out::Close(code, reason) => {
                 ws.flush().await?;
-                close_session(ws, CloseCode::Away, &reason).await;
+                close_with_notice(ws, code, &reason).await;
                 return Err(WsError::ConnectionClosed);
             }
             message => {
@@ -209,111 +289,25 @@ async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, fir
     ws.flush().await
 }
 
-/// Handle one text message; `false` when nothing will be sent back for it (CLOSE).
-fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
-    let limits = MessageLimits { filter_count_max: core.config.limits.filters_per_req_max };
-    let message = match proto::parse_client_message(text, &limits) {
-        Ok(message) => message,
-        Err(Refusal::Notice(reason)) => {
-            core.send(conn, proto::frame_notice(&reason));
-            return true;
-        }
-        Err(Refusal::Closed { sub_id, reason }) => {
-            core.send(conn, proto::frame_closed(&sub_id, &reason));
-            return true;
-        }
-    };
-    match message {
-        ClientMessage::Event(raw) => handle_event(core, conn, raw),
-        ClientMessage::Req { sub_id, filters } => match core.subscribe(conn, &sub_id, &filters) {
-            Ok(token) => {
-                glommio::spawn_local(core.clone().serve_req(conn, sub_id, filters, token)).detach();
-            }
-            Err(reason) => {
-                core.send(conn, proto::frame_closed(&sub_id, &reason));
-            }
-        },
-        ClientMessage::Count { sub_id, filters } => {
-            let core = core.clone();
-            glommio::spawn_local(async move {
-                let count = core.clone().count(filters).await;
-                core.send(conn, proto::frame_count(&sub_id, count));
-            })
-            .detach();
-        }
-        ClientMessage::Close { sub_id } => {
-            core.unsubscribe(conn, &sub_id);
-            return false;
-        }
-        ClientMessage::Auth(_) => {
-            core.send(conn, proto::frame_notice("unsupported: AUTH (NIP-42) is not supported yet"));
-        }
-    }
-    true
-}
-
 /// Acknowledge what the client sent now rather than after the kernel's delayed-ACK timer
 /// (~40 ms). A client that leaves Nagle's algorithm on (tokio-tungstenite's default, so
 /// nostr-bench and many Rust clients) and writes a CLOSE then a REQ holds the REQ back until
 /// the CLOSE is acknowledged, and a CLOSE has no reply to carry that acknowledgement.
 fn ack_now(stream: &TcpStream) {
+    with_socket(stream, |socket| socket.set_quickack(true));
+}
+
+/// Close with a reset (SO_LINGER 0) rather than a FIN queued behind unsent data: for a client
+/// that does not read, whose unsent bytes would otherwise hold kernel memory while the
+/// kernel retries them.
+fn reset_on_close(stream: &TcpStream) {
+    with_socket(stream, |socket| socket.set_linger(Some(Duration::ZERO)));
+}
+
+/// Set a socket option glommio does not expose, through socket2; a failure changes nothing
+/// that matters for correctness.
+fn with_socket(stream: &TcpStream, set: impl FnOnce(socket2::SockRef<'_>) -> std::io::Result<()>) {
     // SAFETY: the descriptor belongs to `stream`, which outlives this borrow.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) };
-    let _ = socket2::SockRef::from(&fd).set_quickack(true);
-}
-
-/// EVENT: bounded parse, id, policy, duplicate fast path, signature; then to the owner core.
-fn handle_event(core: &Rc<Core>, conn: ConnId, raw: &serde_json::value::RawValue) {
-    let limits = core.config.limits.event_limits();
-    let parsed = match parse_event(raw.get().as_bytes(), &limits) {
-        Ok(parsed) => parsed,
-        Err(error) => {
-            let reply = match proto::event_id_hint(raw) {
-                Some(id) => proto::frame_ok(&id, false, &error.reason()),
-                None => proto::frame_notice(&error.reason()),
-            };
-            core.send(conn, reply);
-            return;
-        }
-    };
-    let id = parsed.id.to_hex();
-    if let Some(reason) = policy_refusal(core, &parsed) {
-        core.send(conn, proto::frame_ok(&id, false, &reason));
-        return;
-    }
-    let shard = core.owner_shard(&parsed.pubkey.0);
-    if core.is_known_duplicate(&parsed.id, shard) {
-        core.send(conn, proto::frame_ok(&id, true, super::core::DUPLICATE));
-        return;
-    }
-    match core.verify(parsed) {
-        Ok(event) if event.kind() == KIND_DELETION => core.publish_deletion(conn, event, shard),
-        Ok(event) => core.publish(conn, event, shard),
-        Err(error) => {
-            core.send(conn, proto::frame_ok(&id, false, &error.reason()));
-        }
-    }
-}
-
-/// What the relay refuses before looking at the signature: protected events (no NIP-42
-/// yet) and dates outside the configured window.
-fn policy_refusal(core: &Core, event: &crate::event::ParsedEvent) -> Option<String> {
-    let limits = &core.config.limits;
-    let now = crate::now_unix();
-    if event.protected {
-        return Some("auth-required: this event may only be published by its author".to_owned());
-    }
-    if event.created_at > now.saturating_add(limits.created_at_future_max_secs) {
-        return Some(format!(
-            "invalid: created_at is more than {} seconds in the future",
-            limits.created_at_future_max_secs
-        ));
-    }
-    if limits.created_at_past_max_secs > 0 && event.created_at < now.saturating_sub(limits.created_at_past_max_secs) {
-        return Some(format!(
-            "invalid: created_at is more than {} seconds in the past",
-            limits.created_at_past_max_secs
-        ));
-    }
-    None
+    let _ = set(socket2::SockRef::from(&fd));
 }

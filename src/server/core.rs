@@ -1,153 +1,61 @@
-//! One core of the relay: its storage shards, its connections and their subscriptions,
-//! and its side of the mesh to the other cores. Everything here is touched only by the
-//! core's own executor; cores exchange [`CoreMsg`]s over bounded glommio channels.
+//! `Core`: one executor's state. Its storage shards, its sessions (one per connection) and
+//! their subscriptions, its end of the mesh, its counters and its query slots. Everything
+//! here is touched only by the core's own executor. What happens to that state lives beside
+//! it: [`super::verbs`] (client messages), [`super::ingest`] (an event's way to disk),
+//! [`super::fanout`] (live events), [`super::scan`] (this core's side of a query).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use futures_channel::mpsc;
-use futures_lite::StreamExt;
-use glommio::channels::channel_mesh::Senders;
+use glommio::sync::{Permit, Semaphore};
+use glommio::task::JoinHandle;
+use glommio::TaskQueueHandle;
 
-use super::ip_slots::{IpSlot, IpSlots};
-use super::outbox::{outbox, Outbox, OutboxSender};
+use super::ingest::AckPipeline;
+use super::ip_slots::IpSlots;
+use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
+use super::outbox::{outbox, Out, Outbox};
+use super::scan::{self, QueryLimits};
+use super::session::{QueryId, Session};
+use super::stats::{Stats, StatsSnapshot};
 use super::throttle::LogThrottle;
 use super::REPEATED_ERROR_LOG_INTERVAL;
 use crate::config::Config;
-use crate::event::kind::parse_address;
-use crate::event::{EventError, EventId, KeyCache, KindClass, ParsedEvent, VerifiedEvent};
-use crate::filter::{Filter, Matchable};
-use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
-use crate::proto::{self, SubId};
-use crate::store::query::{merge_newest_first, union_filters, Ordered};
-use crate::store::{effective_limit, Admission, FilterScan, Router, Shard};
-use crate::subs::{ConnId, LiveEvent, SubscriptionIndex};
-
-/// The `OK` reason for an event already stored.
-pub const DUPLICATE: &str = "duplicate: already have this event";
-
-/// The `OK` reason for a deletion request that names another author's event.
-pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
-
-/// How long a REQ's answer waits for room in a connection's queue before the connection
-/// is dropped.
-const HISTORY_SEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Everything one core says to another: one closed enum.
-pub enum CoreMsg {
-    /// To the owner of the author's shard: store this verified event.
-    Append { event: Box<VerifiedEvent>, shard: u16, reply: Reply },
-    /// Back to the publishing connection's core: the `OK` to send.
-    Ack { reply: Reply, accepted: bool, reason: String },
-    /// A durable (or ephemeral) event, to match against every core's subscriptions.
-    Live(Arc<LiveEvent>),
-    /// History for a REQ or COUNT from core `from`, over this core's shards.
-    Query { request: u64, from: usize, filters: Arc<[Filter]>, limits: QueryLimits },
-    /// The answer: per filter, this core's newest events, merged over its shards.
-    QueryResult { request: u64, per_filter: Vec<Vec<WireHit>> },
-}
-
-/// Where an `OK` goes.
-#[derive(Clone, Debug)]
-pub struct Reply {
-    pub core: usize,
-    pub conn: ConnId,
-    pub event_id: EventId,
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct QueryLimits {
-    pub default: usize,
-    pub max: usize,
-    pub now: u64,
-}
-
-/// A stored event on its way to a client.
-#[derive(Clone, Debug)]
-pub struct WireHit {
-    pub created_at: u64,
-    pub id: [u8; 32],
-    pub json: Arc<[u8]>,
-}
-
-impl Ordered for WireHit {
-    fn created_at(&self) -> u64 {
-        self.created_at
-    }
-    fn id(&self) -> &[u8; 32] {
-        &self.id
-    }
-}
-
-/// What a connection's writer sends next.
-pub enum Out {
-    Text(String),
-    /// A live event for subscription `sub`: the queue holds the event's shared JSON, and the
-    /// frame is assembled as it is written, so a burst queued for many subscribers holds one
-    /// copy of each event, not one per subscriber.
-    Event {
-        sub: SubId,
-        json: Arc<str>,
-    },
-    Close(String),
-}
-
-impl Out {
-    /// The text of a message to write; `None` for a close.
-    pub fn into_text(self) -> Option<String> {
-        match self {
-            Out::Text(text) => Some(text),
-            Out::Event { sub, json } => Some(proto::frame_event(&sub, &json)),
-            Out::Close(_) => None,
-        }
-    }
-}
-
-/// A subscription's state on its connection.
-enum SubState {
-    /// Stored events are still being sent; live ones wait here, in order.
-    Pending {
-        token: u64,
-        buffered: Vec<Arc<LiveEvent>>,
-        overflowed: bool,
-    },
-    Live {
-        token: u64,
-    },
-}
-
-impl SubState {
-    fn token(&self) -> u64 {
-        match self {
-            SubState::Pending { token, .. } | SubState::Live { token } => *token,
-        }
-    }
-}
-
-struct ConnState {
-    outbound: OutboxSender,
-    _slot: IpSlot,
-    subs: HashMap<SubId, SubState>,
-}
+use crate::event::{EventError, KeyCache, ParsedEvent, VerifiedEvent};
+use crate::store::{Router, Shard, ShardState};
+use crate::subs::{ConnId, SubscriptionIndex};
 
 pub struct Core {
     pub id: usize,
     pub core_count: usize,
     pub config: Arc<Config>,
+    pub stats: Rc<Stats>,
+    pub mesh: Rc<Mesh>,
     router: Router,
-    shards: RefCell<HashMap<u16, Shard>>,
-    subs: RefCell<SubscriptionIndex>,
-    conns: RefCell<HashMap<ConnId, ConnState>>,
+    pub(super) shards: RefCell<HashMap<u16, Shard>>,
+    pub(super) subs: RefCell<SubscriptionIndex>,
+    pub(super) sessions: RefCell<HashMap<ConnId, Session>>,
     ip_slots: IpSlots,
-    mesh: Senders<CoreMsg>,
     next_id: Cell<u64>,
-    pending_queries: RefCell<HashMap<u64, mpsc::UnboundedSender<Vec<Vec<WireHit>>>>>,
     keys: RefCell<KeyCache>,
+    /// Queries this core's connections may run at once (`queries_per_core_max`).
+    query_slots: Semaphore,
+    /// The task queue queries and scans run in: a task spawned there never runs inside the
+    /// spawning session's turn, so a REQ replaced by the next message costs no scan, and
+    /// glommio shares the core fairly between sessions' I/O and scans.
+    queries_queue: TaskQueueHandle,
+    /// Scans run for other cores' gathers, cancellable by the asker (the handle is set once
+    /// the task is spawned; glommio may run it to completion first).
+    remote_scans: RefCell<HashMap<RequestId, Option<JoinHandle<()>>>>,
+    /// Per shard, the task that answers appends once durable.
+    pipelines: HashMap<u16, Rc<AckPipeline>>,
+    /// The core's long-lived tasks (mesh pumps, ack pipelines), cancelled when it stops.
+    tasks: RefCell<Vec<JoinHandle<()>>>,
     /// Storage errors repeat once per event; they are logged once per interval.
-    storage_errors: LogThrottle,
+    pub(super) storage_errors: LogThrottle,
 }
 
 impl Core {
@@ -155,27 +63,67 @@ impl Core {
         config: Arc<Config>,
         router: Router,
         shards: HashMap<u16, Shard>,
-        mesh: Senders<CoreMsg>,
+        mesh: Rc<Mesh>,
+        stats: Rc<Stats>,
         ip_slots: IpSlots,
+        queries_queue: TaskQueueHandle,
     ) -> Rc<Core> {
+        let query_slots = Semaphore::new(config.limits.queries_per_core_max as u64);
+        let pipelines = shards.keys().map(|&shard| (shard, Rc::new(AckPipeline::default()))).collect();
         Rc::new(Core {
-            id: mesh.peer_id(),
-            core_count: mesh.nr_consumers(),
+            id: mesh.id,
+            core_count: mesh.core_count,
+            stats,
             config,
+            mesh,
             router,
             shards: RefCell::new(shards),
             subs: RefCell::new(SubscriptionIndex::default()),
-            conns: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(HashMap::new()),
             ip_slots,
-            mesh,
             next_id: Cell::new(1),
-            pending_queries: RefCell::new(HashMap::new()),
             keys: RefCell::new(KeyCache::new()),
+            query_slots,
+            queries_queue,
+            remote_scans: RefCell::new(HashMap::new()),
+            pipelines,
+            tasks: RefCell::new(Vec::new()),
             storage_errors: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
         })
     }
 
-    fn fresh_id(&self) -> u64 {
+    /// Start the core's long-lived tasks: a backlog pump per peer, an ack pipeline per shard.
+    pub fn start_tasks(self: &Rc<Self>) {
+        let mut tasks = self.tasks.borrow_mut();
+        for peer in self.mesh.peers() {
+            tasks.push(glommio::spawn_local(self.mesh.clone().pump(peer)).detach());
+        }
+        for pipeline in self.pipelines.values() {
+            tasks.push(glommio::spawn_local(pipeline.clone().run(self.clone())).detach());
+        }
+    }
+
+    /// Stop the long-lived tasks (after the shards are closed and their appends answered).
+    pub fn stop_tasks(&self) {
+        for task in self.tasks.borrow_mut().drain(..) {
+            task.cancel();
+        }
+    }
+
+    /// The ack pipeline of one of this core's shards.
+    pub fn ack_pipeline(&self, shard: u16) -> Rc<AckPipeline> {
+        self.pipelines[&shard].clone()
+    }
+
+    /// Wait (up to `deadline`) until every append has been answered.
+    pub async fn acks_settled(&self, deadline: std::time::Duration) {
+        let until = std::time::Instant::now() + deadline;
+        while !self.pipelines.values().all(|pipeline| pipeline.is_idle()) && std::time::Instant::now() < until {
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn fresh_id(&self) -> u64 {
         let id = self.next_id.get();
         self.next_id.set(id + 1);
         id
@@ -188,173 +136,96 @@ impl Core {
     }
 
     /// The core that owns `shard`.
-    fn owner_core(&self, shard: u16) -> usize {
+    pub fn owner_core(&self, shard: u16) -> usize {
         usize::from(shard) % self.core_count
     }
 
-    /// Send to another core without blocking the caller; the mesh is bounded.
-    fn send_to(self: &Rc<Self>, core: usize, message: CoreMsg) {
-        debug_assert_ne!(core, self.id);
-        if let Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(message))) =
-            self.mesh.try_send_to(core, message)
-        {
-            let this = self.clone();
-            glommio::spawn_local(async move {
-                // The peer is gone only while shutting down; nothing is waiting then.
-                let _ = this.mesh.send_to(core, message).await;
-            })
-            .detach();
-        }
+    pub fn shard_ids(&self) -> Vec<u16> {
+        self.shards.borrow().keys().copied().collect()
+    }
+
+    /// Run `f` on a shard's state; `None` once the shard is closed.
+    pub fn with_shard<T>(&self, shard: u16, f: impl FnOnce(&ShardState) -> T) -> Option<T> {
+        let shards = self.shards.borrow();
+        let shard = shards.get(&shard)?;
+        let state = shard.state();
+        Some(f(&state))
     }
 
     /// Register a connection; `None` when its IP holds `connections_per_ip_max` already.
-    pub fn open_conn(&self, ip: IpAddr) -> Option<(ConnId, Outbox)> {
-        let slot = self.ip_slots.take(ip, self.config.limits.connections_per_ip_max)?;
+    pub fn open_session(&self, ip: IpAddr) -> Option<(ConnId, Outbox)> {
+        let limits = &self.config.limits;
+        let slot = self.ip_slots.take(ip, limits.connections_per_ip_max)?;
         let conn = ConnId(self.fresh_id());
-        let (outbound, receiver) = outbox(self.config.limits.outbound_queue_max);
-        self.conns.borrow_mut().insert(conn, ConnState { outbound, _slot: slot, subs: HashMap::new() });
+        let (outbound, receiver) =
+            outbox(limits.outbound_bytes_max, limits.outbound_bytes_per_core_max, self.stats.clone());
+        self.stats.connections_accepted.inc();
+        self.sessions.borrow_mut().insert(conn, Session::new(outbound, slot, self.stats.clone()));
         Some((conn, receiver))
     }
 
-    pub fn close_conn(&self, conn: ConnId) {
+    /// Forget a connection: its subscriptions, its queries (cancelled) and its queue.
+    pub fn close_session(&self, conn: ConnId) {
         self.subs.borrow_mut().remove_conn(conn);
-        self.conns.borrow_mut().remove(&conn);
+        let session = self.sessions.borrow_mut().remove(&conn);
+        drop(session);
+    }
+
+    /// Run `f` on a connection's session; `None` once it is gone.
+    pub fn with_session<T>(&self, conn: ConnId, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
+        self.sessions.borrow_mut().get_mut(&conn).map(f)
+    }
+
+    /// Whether the session may start another query (`queries_per_connection_max`).
+    pub fn accepts_queries(&self, conn: ConnId) -> bool {
+        let max = self.config.limits.queries_per_connection_max;
+        self.with_session(conn, |session| session.query_count() < max).unwrap_or(false)
+    }
+
+    /// Run `work` as a query owned by `conn`'s session, answering `sub` if given: cancelled
+    /// when the subscription is replaced or closed, or the connection goes.
+    pub fn start_query<F>(self: &Rc<Self>, conn: ConnId, sub: Option<crate::proto::SubId>, work: F)
+    where
+        F: std::future::Future<Output = ()> + 'static,
+    {
+        let id: QueryId = self.fresh_id();
+        if self.with_session(conn, |session| session.start_query(id, sub)).is_none() {
+            return;
+        }
+        let core = self.clone();
+        let task = self.spawn_query(async move {
+            work.await;
+            core.with_session(conn, |session| session.finish_query(id));
+        });
+        self.with_session(conn, |session| session.attach(id, task));
+    }
+
+    fn spawn_query(&self, work: impl std::future::Future<Output = ()> + 'static) -> JoinHandle<()> {
+        glommio::spawn_local_into(work, self.queries_queue).expect("the queries task queue exists").detach()
+    }
+
+    /// One of the core's query slots, waited for in arrival order.
+    pub async fn query_slot(&self) -> Permit<'_> {
+        self.stats.queries_waiting.add(1);
+        let permit = self.query_slots.acquire_permit(1).await;
+        self.stats.queries_waiting.sub(1);
+        permit.expect("the query semaphore is never closed")
     }
 
     /// Queue a reply to something the connection sent (NOTICE, CLOSED, COUNT, an immediate
     /// OK): always queued; the session holds back input instead (see `outbox`).
     pub fn send(&self, conn: ConnId, text: String) {
-        if let Some(state) = self.conns.borrow().get(&conn) {
-            state.outbound.send_reply(Out::Text(text), false);
-        }
+        self.with_session(conn, |session| session.outbound.send_reply(Out::Text(text), false));
     }
 
-    /// Queue part of an answer the connection asked for (stored events, EOSE): a reader
-    /// that is merely behind is waited for, up to `HISTORY_SEND_TIMEOUT`, not dropped.
-    pub async fn send_waiting(&self, conn: ConnId, text: String) -> bool {
-        let deadline = std::time::Instant::now() + HISTORY_SEND_TIMEOUT;
-        let mut out = Out::Text(text);
-        loop {
-            let room = match self.conns.borrow().get(&conn) {
-                None => return false,
-                Some(state) => match state.outbound.try_send(out) {
-                    Ok(()) => return true,
-                    Err(back) => {
-                        out = back;
-                        state.outbound.room()
-                    }
-                },
-            };
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let waited = glommio::timer::timeout(left, async {
-                room.await;
-                Ok(())
-            });
-            if waited.await.is_err() {
-                tracing::info!(core = self.id, conn = conn.0, "dropping a reader that stopped reading its answer");
-                self.close_conn(conn);
-                return false;
-            }
-        }
-    }
-
-    /// Tell every connection the relay is going away.
+    /// Tell every connection the relay is going away; what is queued goes out first.
     pub fn close_all(&self, reason: &str) {
-        let conns: Vec<ConnId> = self.conns.borrow().keys().copied().collect();
+        let conns: Vec<ConnId> = self.sessions.borrow().keys().copied().collect();
         for conn in conns {
-            if let Some(state) = self.conns.borrow().get(&conn) {
-                let _ = state.outbound.try_send(Out::Close(reason.to_owned()));
-            }
-            self.close_conn(conn);
+            let code = async_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away;
+            self.with_session(conn, |session| session.outbound.send_reply(Out::Close(code, reason.to_owned()), false));
+            self.close_session(conn);
         }
-    }
-
-    pub fn handle_message(self: &Rc<Self>, message: CoreMsg) {
-        match message {
-            CoreMsg::Append { event, shard, reply } => self.append_owned(*event, shard, reply),
-            CoreMsg::Ack { reply, accepted, reason } => self.deliver_ok(&reply, accepted, &reason),
-            CoreMsg::Live(event) => self.fan_out(&event),
-            CoreMsg::Query { request, from, filters, limits } => {
-                let this = self.clone();
-                glommio::spawn_local(async move {
-                    let per_filter = this.query_own_shards(&filters, limits).await;
-                    this.send_to(from, CoreMsg::QueryResult { request, per_filter });
-                })
-                .detach();
-            }
-            CoreMsg::QueryResult { request, per_filter } => {
-                if let Some(collector) = self.pending_queries.borrow().get(&request) {
-                    let _ = collector.unbounded_send(per_filter);
-                }
-            }
-        }
-    }
-
-    /// A verified event from a connection of this core: broadcast it if ephemeral, else
-    /// hand it to the owner of its author's shard.
-    pub fn publish(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
-        if let Some(state) = self.conns.borrow().get(&conn) {
-            state.outbound.owe_reply();
-        }
-        self.route(conn, event, shard);
-    }
-
-    /// Where [`Core::publish`] sends an event whose OK is already owed.
-    fn route(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
-        let reply = Reply { core: self.id, conn, event_id: *event.id() };
-        if event.class() == KindClass::Ephemeral {
-            self.broadcast(Arc::new(LiveEvent::from_event(&event)));
-            self.deliver_ok(&reply, true, "");
-            return;
-        }
-        match self.owner_core(shard) {
-            owner if owner == self.id => self.append_owned(event, shard, reply),
-            owner => self.send_to(owner, CoreMsg::Append { event: Box::new(event), shard, reply }),
-        }
-    }
-
-    /// A verified deletion request (NIP-09): refused when it names someone else's address, or
-    /// an event stored here under another author, which NIP-09 lets a relay check. Otherwise
-    /// published. Another author's event can be on any core's shard, so its `e` targets are
-    /// looked up everywhere, as a REQ would be. The OK is owed from now, so a client sending
-    /// many is held back like any other publisher.
-    pub fn publish_deletion(self: &Rc<Self>, conn: ConnId, event: VerifiedEvent, shard: u16) {
-        if let Some(state) = self.conns.borrow().get(&conn) {
-            state.outbound.owe_reply();
-        }
-        let this = self.clone();
-        glommio::spawn_local(async move {
-            if this.names_another_authors_event(&event).await {
-                let reply = Reply { core: this.id, conn, event_id: *event.id() };
-                this.deliver_ok(&reply, false, FOREIGN_DELETION);
-            } else {
-                this.route(conn, event, shard);
-            }
-        })
-        .detach();
-    }
-
-    async fn names_another_authors_event(self: &Rc<Self>, event: &VerifiedEvent) -> bool {
-        let author = event.pubkey();
-        let mut ids = Vec::new();
-        for tag in event.index_tags() {
-            match tag.letter {
-                b'a' if parse_address(&tag.value).is_some_and(|address| address.pubkey != author.0) => return true,
-                b'e' => ids.extend(crate::hex::decode_lower::<32>(&tag.value).map(EventId)),
-                _ => {}
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        if ids.is_empty() {
-            return false;
-        }
-        let count = ids.len();
-        let any_author = Filter { ids: Some(ids), limit: Some(count as u64), ..Filter::default() };
-        let own = Filter { authors: Some(vec![*author]), ..any_author.clone() };
-        let limits = QueryLimits { default: count, max: count, now: crate::now_unix() };
-        let found = self.query_everywhere(Arc::from([any_author, own]), limits).await;
-        found[0].len() > found[1].len()
     }
 
     /// The signature check, with this core's cache of authors' keys.
@@ -362,280 +233,72 @@ impl Core {
         VerifiedEvent::verify_cached(event, &mut self.keys.borrow_mut())
     }
 
-    /// Whether this core owns `event`'s shard and already has it on disk (checked before the
-    /// signature, which costs 20 times the rest of ingest). A copy not yet durable is not
-    /// answered here: its duplicate waits for it in the append path.
-    pub fn is_known_duplicate(&self, id: &EventId, shard: u16) -> bool {
-        if self.owner_core(shard) != self.id {
-            return false;
-        }
-        let shards = self.shards.borrow();
-        shards.get(&shard).is_some_and(|shard| {
-            let index = &shard.state().index;
-            index.lookup_id(&id.0).is_some_and(|no| !index.entry(no).is_dead() && no < index.durable_count())
-        })
-    }
-
-    /// On the owner core: apply the rules, append, and acknowledge once durable.
-    fn append_owned(self: &Rc<Self>, event: VerifiedEvent, shard: u16, reply: Reply) {
-        let admission = {
-            let shards = self.shards.borrow();
-            match shards.get(&shard) {
-                Some(shard) => shard.append(&event, crate::now_unix()),
-                None => return self.deliver_ok(&reply, false, "error: the relay is shutting down"),
-            }
-        };
-        match admission {
-            Ok(Admission::Stored(durable)) => {
-                let this = self.clone();
-                glommio::spawn_local(async move {
-                    match durable.await {
-                        Ok(()) => {
-                            this.deliver_ok(&reply, true, "");
-                            this.broadcast(Arc::new(LiveEvent::from_event(&event)));
-                        }
-                        Err(error) => {
-                            if let Some(held_back) = this.storage_errors.admit() {
-                                tracing::error!(core = this.id, %error, held_back, "append failed");
-                            }
-                            this.deliver_ok(&reply, false, "error: could not store the event");
-                        }
-                    }
-                })
-                .detach();
-            }
-            Ok(Admission::Duplicate(None)) => self.deliver_ok(&reply, true, DUPLICATE),
-            // The original is still on its way to disk: acknowledging the copy now would
-            // promise an event a crash could still lose.
-            Ok(Admission::Duplicate(Some(original))) => {
-                let this = self.clone();
-                glommio::spawn_local(async move {
-                    match original.await {
-                        Ok(()) => this.deliver_ok(&reply, true, DUPLICATE),
-                        Err(_) => this.deliver_ok(&reply, false, "error: could not store the event"),
-                    }
-                })
-                .detach();
-            }
-            Ok(Admission::Ephemeral) => {
-                self.broadcast(Arc::new(LiveEvent::from_event(&event)));
-                self.deliver_ok(&reply, true, "");
-            }
-            Ok(Admission::Rejected(rejection)) => self.deliver_ok(&reply, false, rejection.reason()),
-            Err(error) => {
-                if let Some(held_back) = self.storage_errors.admit() {
-                    tracing::error!(core = self.id, %error, held_back, "storage refuses writes");
-                }
-                self.deliver_ok(&reply, false, "error: storage is failing");
-            }
-        }
-    }
-
-    fn deliver_ok(self: &Rc<Self>, reply: &Reply, accepted: bool, reason: &str) {
-        if reply.core == self.id {
-            if let Some(state) = self.conns.borrow().get(&reply.conn) {
-                let ok = proto::frame_ok(&reply.event_id.to_hex(), accepted, reason);
-                state.outbound.send_reply(Out::Text(ok), true);
-            }
-        } else {
-            let reason = reason.to_owned();
-            self.send_to(reply.core, CoreMsg::Ack { reply: reply.clone(), accepted, reason });
-        }
-    }
-
-    fn broadcast(self: &Rc<Self>, event: Arc<LiveEvent>) {
-        for core in (0..self.core_count).filter(|&core| core != self.id) {
-            self.send_to(core, CoreMsg::Live(event.clone()));
-        }
-        self.fan_out(&event);
-    }
-
-    /// Match a live event against this core's subscriptions and queue it to each once. A
-    /// connection whose queue is full is a slow consumer: it is dropped, and its writer closes
-    /// it once the queue drains.
-    fn fan_out(&self, event: &Arc<LiveEvent>) {
-        let mut matches = Vec::new();
-        self.subs.borrow_mut().matches(event, &mut matches);
-        let pending_max = self.config.limits.pending_live_max;
-        let mut slow = Vec::new();
-        {
-            let mut conns = self.conns.borrow_mut();
-            for (conn, sub_id) in matches {
-                let Some(state) = conns.get_mut(&conn) else { continue };
-                match state.subs.get_mut(&sub_id) {
-                    None => continue,
-                    Some(SubState::Pending { buffered, overflowed, .. }) => {
-                        if buffered.len() < pending_max {
-                            buffered.push(event.clone());
-                        } else {
-                            *overflowed = true;
-                        }
-                        continue;
-                    }
-                    Some(SubState::Live { .. }) => {}
-                }
-                let queued = state.outbound.try_send(Out::Event { sub: sub_id, json: event.json.clone() });
-                if queued.is_err() && !slow.contains(&conn) {
-                    slow.push(conn);
-                }
-            }
-        }
-        for conn in slow {
-            tracing::info!(core = self.id, conn = conn.0, "dropping a slow consumer");
-            self.close_conn(conn);
-        }
-    }
-
-    /// Open (or replace) a subscription: live events wait until its stored ones are sent.
-    /// Returns the token of this REQ, or the refusal to send.
-    pub fn subscribe(&self, conn: ConnId, sub_id: &SubId, filters: &[Filter]) -> Result<u64, String> {
-        let max = self.config.limits.subscriptions_per_connection_max;
-        let token = self.fresh_id();
-        {
-            let mut conns = self.conns.borrow_mut();
-            let Some(state) = conns.get_mut(&conn) else { return Err("error: connection closed".to_owned()) };
-            if !state.subs.contains_key(sub_id) && state.subs.len() >= max {
-                return Err(format!("error: too many subscriptions on this connection (max {max})"));
-            }
-            state.subs.insert(sub_id.clone(), SubState::Pending { token, buffered: Vec::new(), overflowed: false });
-        }
-        self.subs.borrow_mut().insert(conn, sub_id.clone(), filters.to_vec());
-        Ok(token)
-    }
-
-    pub fn unsubscribe(&self, conn: ConnId, sub_id: &SubId) {
-        self.subs.borrow_mut().remove(conn, sub_id);
-        if let Some(state) = self.conns.borrow_mut().get_mut(&conn) {
-            state.subs.remove(sub_id);
-        }
-    }
-
-    /// Send a REQ's stored events, then EOSE, then what arrived live meanwhile.
-    pub async fn serve_req(self: Rc<Self>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>, token: u64) {
-        let hits = self.query_everywhere(filters.into(), self.query_limits()).await;
-        let hits = union_filters(hits);
-        let current = |core: &Core| {
-            core.conns.borrow().get(&conn).and_then(|c| c.subs.get(&sub_id)).is_some_and(|s| s.token() == token)
-        };
-        if !current(&self) {
-            return;
-        }
-        let mut sent = HashSet::with_capacity(hits.len());
-        for hit in &hits {
-            if !self.send_waiting(conn, proto::frame_stored_event(&sub_id, &hit.json)).await {
-                return;
-            }
-            if !current(&self) {
-                return;
-            }
-            sent.insert(hit.id);
-        }
-        if !self.send_waiting(conn, proto::frame_eose(&sub_id)).await || !current(&self) {
-            return;
-        }
-        let (buffered, overflowed) = {
-            let mut conns = self.conns.borrow_mut();
-            let Some(state) = conns.get_mut(&conn).and_then(|c| c.subs.get_mut(&sub_id)) else { return };
-            match std::mem::replace(state, SubState::Live { token }) {
-                SubState::Pending { buffered, overflowed, .. } => (buffered, overflowed),
-                SubState::Live { .. } => (Vec::new(), false),
-            }
-        };
-        if overflowed {
-            self.unsubscribe(conn, &sub_id);
-            self.send(
-                conn,
-                proto::frame_closed(&sub_id, "error: slow consumer: too many live events during the query"),
-            );
-            return;
-        }
-        for event in buffered.iter().filter(|event| !sent.contains(event.id())) {
-            if !self.send_waiting(conn, proto::frame_event(&sub_id, &event.json)).await {
-                return;
-            }
-        }
-    }
-
-    /// NIP-45: how many stored events match any of the filters (exact up to `count_max`).
-    pub async fn count(self: Rc<Self>, filters: Vec<Filter>) -> u64 {
-        let max = self.config.limits.count_max;
-        let limits = QueryLimits { default: max, max, now: crate::now_unix() };
-        let hits = union_filters(self.query_everywhere(filters.into(), limits).await);
-        hits.len() as u64
-    }
-
-    fn query_limits(&self) -> QueryLimits {
+    pub fn query_limits(&self) -> QueryLimits {
         let limits = &self.config.limits;
         QueryLimits { default: limits.limit_default, max: limits.limit_max, now: crate::now_unix() }
     }
 
-    /// Per filter, the newest `limit` events over every shard of every core.
-    async fn query_everywhere(self: &Rc<Self>, filters: Arc<[Filter]>, limits: QueryLimits) -> Vec<Vec<WireHit>> {
-        let request = self.fresh_id();
-        let (collector, mut results) = mpsc::unbounded();
-        self.pending_queries.borrow_mut().insert(request, collector);
-        let others: Vec<usize> = (0..self.core_count).filter(|&core| core != self.id).collect();
-        for &core in &others {
-            self.send_to(core, CoreMsg::Query { request, from: self.id, filters: filters.clone(), limits });
-        }
-        let mut per_core = vec![self.query_own_shards(&filters, limits).await];
-        while per_core.len() < others.len() + 1 {
-            match results.next().await {
-                Some(part) => per_core.push(part),
-                None => break,
+    /// A message from another core. Never waits (see `mesh`).
+    pub fn handle_message(self: &Rc<Self>, message: CoreMsg) {
+        match message {
+            CoreMsg::Append { event, shard, reply } => super::ingest::append_owned(self, *event, shard, reply),
+            CoreMsg::Ack { reply, accepted, reason } => super::ingest::deliver_ok(self, &reply, accepted, &reason),
+            CoreMsg::Live(event) => super::fanout::fan_out(self, &event),
+            CoreMsg::Ask { request, ask: Ask::Stats } => {
+                let answer = Answer::Stats(Box::new(self.local_stats()));
+                self.mesh.post(request.core, CoreMsg::Answer { request, answer });
             }
+            CoreMsg::Ask { request, ask } => self.start_remote_scan(request, ask),
+            CoreMsg::Cancel { request } => {
+                if let Some(task) = self.remote_scans.borrow_mut().remove(&request) {
+                    if let Some(task) = task {
+                        task.cancel();
+                    }
+                    self.stats.remote_scans.sub(1);
+                    self.stats.queries_cancelled.inc();
+                }
+            }
+            CoreMsg::Answer { request, answer } => self.mesh.on_answer(request, answer),
         }
-        self.pending_queries.borrow_mut().remove(&request);
-        (0..filters.len())
-            .map(|index| {
-                let limit = effective_limit(&filters[index], limits.default, limits.max);
-                let lists = per_core.iter_mut().map(|part| std::mem::take(&mut part[index])).collect();
-                merge_newest_first(lists, limit)
-            })
-            .collect()
     }
 
-    /// Per filter, the newest `limit` events of this core's shards; scans yield between steps.
-    async fn query_own_shards(&self, filters: &[Filter], limits: QueryLimits) -> Vec<Vec<WireHit>> {
-        let shard_ids: Vec<u16> = self.shards.borrow().keys().copied().collect();
-        let mut per_filter = Vec::with_capacity(filters.len());
-        for filter in filters {
-            let limit = effective_limit(filter, limits.default, limits.max);
-            let mut lists = Vec::with_capacity(shard_ids.len());
-            for &shard_id in &shard_ids {
-                lists.push(self.scan_shard(shard_id, filter, limit, limits.now).await);
-            }
-            per_filter.push(merge_newest_first(lists, limit));
-        }
-        per_filter
-    }
-
-    async fn scan_shard(&self, shard_id: u16, filter: &Filter, limit: usize, now: u64) -> Vec<WireHit> {
-        let mut scan = {
-            let shards = self.shards.borrow();
-            let Some(shard) = shards.get(&shard_id) else { return Vec::new() };
-            let state = shard.state();
-            FilterScan::new(filter, limit, &state.index)
-        };
-        loop {
-            let done = {
-                let shards = self.shards.borrow();
-                let Some(shard) = shards.get(&shard_id) else { return Vec::new() };
-                let state = shard.state();
-                scan.step(&state.index, &*state, now, QUERY_STEP_CANDIDATE_COUNT)
+    /// Scan this core's shards for another core's gather; the asker bounds how many it
+    /// has in flight, and may cancel.
+    fn start_remote_scan(self: &Rc<Self>, request: RequestId, ask: Ask) {
+        self.stats.remote_scans.add(1);
+        self.remote_scans.borrow_mut().insert(request, None);
+        let core = self.clone();
+        let task = self.spawn_query(async move {
+            let answer = match ask {
+                Ask::Hits { filters, limits } => Answer::Hits(scan::hits(&core, &filters, limits).await),
+                Ask::Count { filters, limits } => Answer::Count(scan::count(&core, &filters, limits).await),
+                Ask::Stats => Answer::Stats(Box::new(core.local_stats())),
             };
-            if done {
-                break;
+            if core.remote_scans.borrow_mut().remove(&request).is_some() {
+                core.stats.remote_scans.sub(1);
+                core.mesh.post(request.core, CoreMsg::Answer { request, answer });
             }
-            glommio::yield_if_needed().await;
+        });
+        if let Some(slot) = self.remote_scans.borrow_mut().get_mut(&request) {
+            *slot = Some(task);
         }
-        let shards = self.shards.borrow();
-        let Some(shard) = shards.get(&shard_id) else { return Vec::new() };
-        let state = shard.state();
-        scan.into_hits()
-            .into_iter()
-            .map(|hit| WireHit { created_at: hit.created_at, id: hit.id, json: state.event_json(hit.no).into() })
-            .collect()
+    }
+
+    fn local_stats(&self) -> StatsSnapshot {
+        self.stats.snapshot(self.subs.borrow().len() as u64)
+    }
+
+    /// Every core's counters, summed, with the process's.
+    pub async fn stats_everywhere(self: &Rc<Self>) -> StatsSnapshot {
+        let answers = self.mesh.gather(Ask::Stats, async { Answer::Stats(Box::new(self.local_stats())) }).await;
+        let mut total = StatsSnapshot { cores: 0, ..StatsSnapshot::default() };
+        for answer in answers {
+            if let Answer::Stats(part) = answer {
+                total.merge(&part);
+            }
+        }
+        total.rss_bytes = super::stats::resident_bytes();
+        total
     }
 
     /// Stop storing: finish every pending append and fsync, and close the shards.

@@ -17,6 +17,8 @@ pub enum Route {
     Nip11,
     Page,
     Health,
+    /// Every core's counters as JSON (what the Prometheus metrics will publish).
+    Stats,
     Preflight,
     NotFound,
     BadRequest(&'static str),
@@ -53,6 +55,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static s
             _ => Route::BadRequest("a websocket upgrade needs Sec-WebSocket-Key and version 13"),
         },
         "GET" | "HEAD" if path == "/healthz" => Route::Health,
+        "GET" if path == "/stats" => Route::Stats,
         "GET" | "HEAD" if header("accept").is_some_and(|accept| accept.contains("application/nostr+json")) => {
             Route::Nip11
         }
@@ -76,10 +79,17 @@ pub fn response(route: &Route, config: &Config) -> Vec<u8> {
         Route::Nip11 => respond("200 OK", "application/nostr+json", &nip11_document(config)),
         Route::Page => respond("200 OK", "text/html; charset=utf-8", &page(config)),
         Route::Health => respond("200 OK", "text/plain", "ok\n"),
+        Route::Stats => stats_response(&Default::default()),
         Route::Preflight => respond("204 No Content", "text/plain", ""),
         Route::NotFound => respond("404 Not Found", "text/plain", "not found\n"),
         Route::BadRequest(reason) => respond("400 Bad Request", "text/plain", &format!("{reason}\n")),
     }
+}
+
+/// `/stats`: the counters gathered from every core.
+pub fn stats_response(stats: &super::stats::StatsSnapshot) -> Vec<u8> {
+    let body = serde_json::to_string(stats).expect("counters serialize");
+    respond("200 OK", "application/json", &body)
 }
 
 fn respond(status: &str, content_type: &str, body: &str) -> Vec<u8> {
@@ -96,6 +106,7 @@ pub fn nip11_document(config: &Config) -> String {
     let mut limitation = serde_json::json!({
         "max_message_length": limits.message_size_max,
         "max_subscriptions": limits.subscriptions_per_connection_max,
+        "max_concurrent_queries": limits.queries_per_connection_max,
         "max_filters": limits.filters_per_req_max,
         "max_limit": limits.limit_max,
         "default_limit": limits.limit_default,
@@ -155,6 +166,7 @@ mod tests {
         assert_eq!(route("GET / HTTP/1.1\r\nAccept: application/nostr+json\r\n\r\n"), Route::Nip11);
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::Page);
         assert_eq!(route("GET /healthz HTTP/1.1\r\n\r\n"), Route::Health);
+        assert_eq!(route("GET /stats HTTP/1.1\r\n\r\n"), Route::Stats);
         assert_eq!(route("OPTIONS / HTTP/1.1\r\n\r\n"), Route::Preflight);
         assert_eq!(route("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert!(matches!(route("POST / HTTP/1.1\r\n\r\n"), Route::BadRequest(_)));

@@ -1,16 +1,26 @@
 //! `ringrelay serve`: one glommio executor pinned per core, each with its own
 //! SO_REUSEPORT listener, connections, subscriptions and storage shards.
 //!
-//! Reading order: [`http`] (request head, NIP-11), [`conn`] (a connection's session),
-//! [`outbox`] (a connection's bounded queue), [`core`] (per-core state, cross-core
-//! messages, ingest, fan-out, queries).
+//! Reading order, along the data path: [`http`] (request head, NIP-11), [`conn`] (the
+//! socket loop of a connection), [`session`] (what a connection owns), [`outbox`] (its
+//! bounded queue), [`verbs`] (one module per client verb), [`ingest`] (an event's stages to
+//! its OK), [`mesh`] (core-to-core messages and the one scatter/gather), [`scan`] (a core's
+//! side of a query), [`fanout`] (live events), [`core`] (one core's state), [`stats`]
+//! (its counters).
 
 pub mod conn;
 pub mod core;
+pub mod fanout;
 pub mod http;
+pub mod ingest;
 pub mod ip_slots;
+pub mod mesh;
 pub mod outbox;
+pub mod scan;
+pub mod session;
+pub mod stats;
 pub mod throttle;
+pub mod verbs;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -24,8 +34,10 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 
-use self::core::{Core, CoreMsg};
+use self::core::Core;
 use self::ip_slots::IpSlots;
+use self::mesh::{CoreMsg, Mesh};
+use self::stats::Stats;
 use crate::config::Config;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardState};
 
@@ -253,17 +265,26 @@ async fn run_core(start: CoreStart) {
             return;
         }
     };
-    let core = Core::new(start.config.clone(), start.router, shards, senders, start.ip_slots);
-    for (_, receiver) in receivers.streams() {
-        let core = core.clone();
-        glommio::spawn_local(async move {
-            let mut receiver = receiver;
-            while let Some(message) = receiver.next().await {
-                core.handle_message(message);
-            }
+    let stats = Rc::new(Stats::default());
+    let mesh = Mesh::new(senders, stats.clone());
+    let queries =
+        glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "queries");
+    let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, start.ip_slots, queries);
+    core.start_tasks();
+    // One receiver task per peer, for the life of the core; handlers never wait (see `mesh`).
+    let receiving: Vec<_> = receivers
+        .streams()
+        .into_iter()
+        .map(|(_, mut receiver)| {
+            let core = core.clone();
+            glommio::spawn_local(async move {
+                while let Some(message) = receiver.next().await {
+                    core.handle_message(message);
+                }
+            })
+            .detach()
         })
-        .detach();
-    }
+        .collect();
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
     let _ = start.ready.send(Ok(format!("core {id}")));
@@ -271,8 +292,11 @@ async fn run_core(start: CoreStart) {
     drop(listener);
     // Finish in-flight appends (their OKs go out), then say goodbye to every client.
     core.close_shards().await;
+    core.acks_settled(Duration::from_secs(1)).await;
     core.close_all("relay shutting down");
     glommio::timer::sleep(Duration::from_millis(200)).await;
+    core.stop_tasks();
+    receiving.iter().for_each(|task| task.cancel());
 }
 
 /// Every connection is a descriptor: take the hard limit on open files, as a login shell's

@@ -146,6 +146,9 @@ pub struct Index {
     durable_count: u32,
     segment_stats: Vec<SegmentStat>,
     live_count: u64,
+    /// Live events per kind and per author, so a COUNT of one key needs no scan.
+    live_by_kind: HashMap<u16, u64>,
+    live_by_author: Vec<u64>,
     /// While loading, postings are appended unsorted and sorted once by `finish_bulk`.
     bulk: bool,
 }
@@ -328,6 +331,11 @@ impl Index {
         self.chunks.last_mut().expect("a chunk with room").push(entry);
         self.len += 1;
         self.live_count += 1;
+        *self.live_by_kind.entry(facts.kind).or_default() += 1;
+        if self.live_by_author.len() <= author as usize {
+            self.live_by_author.resize(author as usize + 1, 0);
+        }
+        self.live_by_author[author as usize] += 1;
 
         let hash = self.hasher.hash_one(facts.id);
         let Index { by_id, chunks, hasher, .. } = self;
@@ -444,9 +452,36 @@ impl Index {
             return;
         }
         entry.flags |= FLAG_DEAD;
-        let segment = entry.loc.segment as usize;
+        let (segment, kind, author) = (entry.loc.segment as usize, entry.kind, entry.author as usize);
         self.segment_stats[segment].dead += 1;
         self.live_count -= 1;
+        if let Some(live) = self.live_by_kind.get_mut(&kind) {
+            *live -= 1;
+        }
+        self.live_by_author[author] -= 1;
+    }
+
+    /// How many events of `kind` are visible at `now`, without a scan; `None` when that
+    /// cannot be told so (an expired event not yet swept).
+    pub fn visible_count_of_kind(&self, kind: u16, now: u64) -> Option<u64> {
+        let live = self.live_by_kind.get(&kind).copied().unwrap_or(0);
+        self.visible_count(live, now, |entry| entry.kind == kind)
+    }
+
+    /// How many events of `pubkey` are visible at `now`, as [`Index::visible_count_of_kind`].
+    pub fn visible_count_of_author(&self, pubkey: &[u8; 32], now: u64) -> Option<u64> {
+        let Some(author) = self.author_of(pubkey) else { return Some(0) };
+        let live = self.live_by_author.get(author as usize).copied().unwrap_or(0);
+        self.visible_count(live, now, |entry| entry.author == author)
+    }
+
+    /// `live` less the matching events still on their way to disk (live, not yet visible).
+    fn visible_count(&self, live: u64, now: u64, matches: impl Fn(&Entry) -> bool) -> Option<u64> {
+        if self.expiring.first().is_some_and(|&(at, _)| at <= now) {
+            return None;
+        }
+        let pending = (self.durable_count..self.len).filter(|&no| matches(self.entry(no))).count() as u64;
+        Some(live - pending)
     }
 
     /// Count a record that replay found dead on arrival (never indexed).
@@ -508,6 +543,8 @@ impl Index {
             + table(self.deleted_ids.capacity(), 36)
             + table(self.expiration_of.capacity(), 12)
             + self.expiring.len() * 16
+            + self.live_by_author.capacity() * 8
+            + table(self.live_by_kind.capacity(), 10)
     }
 }
 

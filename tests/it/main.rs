@@ -1,5 +1,6 @@
 //! The integration suite: one binary, one module per concern.
 
+mod budgets;
 mod cli;
 mod clients;
 mod event_vectors;

@@ -122,6 +122,58 @@ impl Relay {
         Client { ws }
     }
 
+    /// A WebSocket client whose socket receives into a small kernel buffer, so that a
+    /// client that stops reading is felt by the relay at once rather than after megabytes.
+    pub fn connect_small(&self) -> Client {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect_timeout(&address.into(), READ_TIMEOUT).expect("TCP connects");
+        let stream: TcpStream = socket.into();
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+        let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{}", self.port), MaybeTlsStream::Plain(stream))
+            .expect("websocket handshake within the read timeout");
+        Client { ws }
+    }
+
+    /// The relay's counters (`GET /stats`), summed over its cores.
+    pub fn stats(&self) -> Value {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        stream.write_all(b"GET /stats HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_else(|| panic!("no body: {response}"));
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    /// Poll the counters until `done` holds, for at most `within`; returns the last seen.
+    pub fn stats_until(&self, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let stats = self.stats();
+            if done(&stats) || Instant::now() >= deadline {
+                return stats;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Client sockets the relay holds ESTABLISHED on its port (from /proc/net/tcp and tcp6).
+    pub fn established_count(&self) -> usize {
+        let port = format!(":{:04X} ", self.port);
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|path| std::fs::read_to_string(path).ok())
+            .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 3 && format!("{} ", fields[1]).ends_with(&port) && fields[3] == "01"
+            })
+            .count()
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         // SAFETY: sending a signal to our own child.
@@ -160,20 +212,77 @@ impl Client {
         }
     }
 
-    /// The next message, or `None` when nothing arrives within the read timeout.
+    /// The next message other than a NOTICE (the relay says why before it closes), or `None`
+    /// when nothing arrives within the read timeout.
     pub fn read_within(&mut self) -> Option<tungstenite::Result<Message>> {
-        match self.ws.read() {
-            Err(tungstenite::Error::Io(error))
-                if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-            {
-                None
+        loop {
+            match self.ws.read() {
+                Err(tungstenite::Error::Io(error))
+                    if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                {
+                    return None
+                }
+                Ok(Message::Text(text)) if text.starts_with("[\"NOTICE\"") => continue,
+                other => return Some(other),
             }
-            other => Some(other),
         }
     }
 
     pub fn send(&mut self, text: &str) {
         self.ws.send(Message::text(text)).expect("send");
+    }
+
+    /// Queue a message without flushing (a client pipelining many).
+    pub fn feed(&mut self, text: &str) {
+        self.ws.write(Message::text(text)).expect("write");
+    }
+
+    pub fn flush(&mut self) {
+        self.ws.flush().expect("flush");
+    }
+
+    /// The raw TCP stream under the WebSocket, for frames no client library would send.
+    pub fn raw(&self) -> TcpStream {
+        let MaybeTlsStream::Plain(stream) = self.ws.get_ref() else { unreachable!("plain") };
+        stream.try_clone().unwrap()
+    }
+
+    /// Read until the relay's close frame; returns the texts before it and the close frame's
+    /// code and reason (`None` when the connection ended without one).
+    pub fn read_until_close(&mut self) -> (Vec<String>, Option<(u16, String)>) {
+        let mut texts = Vec::new();
+        loop {
+            match self.ws.read() {
+                Ok(Message::Text(text)) => texts.push(text.to_string()),
+                Ok(Message::Close(frame)) => {
+                    return (texts, frame.map(|frame| (u16::from(frame.code), frame.reason.to_string())))
+                }
+                Ok(_) => {}
+                Err(_) => return (texts, None),
+            }
+        }
+    }
+
+    /// Publish every event without waiting, then read their OKs; returns how many were accepted.
+    pub fn publish_all(&mut self, events: &[String]) -> usize {
+        for (index, json) in events.iter().enumerate() {
+            let event: Value = serde_json::from_str(json).unwrap();
+            self.feed(&json!(["EVENT", event]).to_string());
+            if index % 64 == 63 {
+                self.flush();
+            }
+        }
+        self.flush();
+        let mut accepted = 0;
+        let mut answered = 0;
+        while answered < events.len() {
+            let message = self.recv();
+            if message[0] == "OK" {
+                answered += 1;
+                accepted += usize::from(message[2] == true);
+            }
+        }
+        accepted
     }
 
     /// The next relay message, parsed by the nostr library (so it must be well-formed) and as JSON.
@@ -335,7 +444,7 @@ fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
     let ok = client.expect("OK");
     assert!(ok[1] == upper_id.as_str() && ok[2] == false, "{ok}");
     assert!(ok[3].as_str().unwrap().starts_with("invalid:"), "{ok}");
-    // 10,000 subscriptions: the first 32 open, every other one is refused, nothing breaks.
+    // 10,000 subscriptions: the first 200 open, every other one is refused, nothing breaks.
     let mut refused = 0;
     for i in 0..10_000 {
         client.send(&format!(r#"["REQ","sub{i}",{{"kinds":[{}]}}]"#, 40_000 + i % 100));
@@ -352,11 +461,11 @@ fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
             other => panic!("unexpected {other}"),
         }
     }
-    assert_eq!(eose, 32);
+    assert_eq!(eose, 200);
     // A message over the size limit closes that connection.
     let mut big = relay.connect();
     big.send(&format!(r#"["EVENT",{{"content":"{}"}}]"#, "x".repeat(300_000)));
-    assert!(matches!(big.ws.read(), Ok(Message::Close(_)) | Err(_)));
+    assert!(matches!(big.read_within(), Some(Ok(Message::Close(_)) | Err(_))));
     // Half a frame, then gone.
     let mut raw = TcpStream::connect(("127.0.0.1", relay.port)).unwrap();
     raw.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").unwrap();
@@ -413,8 +522,8 @@ fn close_frames_are_answered_both_ways() {
     let mut staying = relay.connect();
     staying.req("before-shutdown", &[json!({"kinds": [1], "limit": 1})]);
     let stopping = std::thread::spawn(move || relay.terminate());
-    match staying.ws.read() {
-        Ok(Message::Close(Some(frame))) => {
+    match staying.read_within() {
+        Some(Ok(Message::Close(Some(frame)))) => {
             assert_eq!((frame.code, frame.reason.as_str()), (CloseCode::Away, "relay shutting down"))
         }
         other => panic!("a close frame before the connection ends: {other:?}"),
@@ -433,7 +542,8 @@ fn nip11_document_carries_the_real_limits() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("Access-Control-Allow-Origin: *"));
     let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    assert_eq!(body["limitation"]["max_subscriptions"], 32);
+    assert_eq!(body["limitation"]["max_subscriptions"], 200);
+    assert_eq!(body["limitation"]["max_concurrent_queries"], 4);
     assert!(body["supported_nips"].as_array().unwrap().contains(&json!(11)));
 }
 
@@ -496,7 +606,7 @@ fn startup_errors_are_clear() {
 #[test]
 fn a_slow_consumer_is_dropped_and_others_are_not() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_queue_max = 16\n");
+    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_bytes_max = 16384\n");
     let mut slow = relay.connect();
     assert!(slow.req("all", &[json!({"kinds": [1]})]).is_empty());
     let mut fast = relay.connect();
@@ -578,7 +688,7 @@ fn too_little_locked_memory_is_a_clear_error() {
 #[test]
 fn a_large_history_answer_reaches_a_reader_with_a_small_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_queue_max = 16\n");
+    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_bytes_max = 16384\n");
     let mut client = relay.connect();
     let mut published = Vec::new();
     for i in 0..120 {
@@ -698,7 +808,7 @@ fn executors_stay_on_the_cpus_the_process_is_given() {
 #[test]
 fn a_client_that_writes_faster_than_it_reads_is_slowed_not_dropped() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_queue_max = 16\n");
+    let relay = Relay::start_with_config(dir.path(), 1, "[limits]\noutbound_bytes_max = 16384\n");
     let mut client = relay.connect();
     // The same event with its id broken: each copy is refused at once (no signature check)
     // with an OK false, about 150 bytes. 60,000 of them outgrow every socket buffer on the

@@ -6,6 +6,7 @@
 //! whatever the replies, and latency is taken from that due time (coordinated omission
 //! corrected, as wrk2 does), so a stalled relay shows up as latency, not as a lower rate.
 
+mod abuse;
 mod connect;
 mod fanout;
 mod net;

@@ -138,9 +138,18 @@ fn tls_for(host: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Tls>
 }
 
 pub(super) async fn connect(target: &Target) -> anyhow::Result<Ws> {
+    connect_with(target, None).await
+}
+
+/// [`connect`], with the socket's receive buffer capped at `receive_buffer_size` bytes: a
+/// client that then stops reading is felt by the relay after kilobytes, not megabytes.
+pub(super) async fn connect_with(target: &Target, receive_buffer_size: Option<usize>) -> anyhow::Result<Ws> {
     let handshake = async {
         let tcp = TcpStream::connect(target.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
         tcp.set_nodelay(true).map_err(|e| anyhow::anyhow!("TCP_NODELAY: {e}"))?;
+        if let Some(size) = receive_buffer_size {
+            set_receive_buffer(&tcp, size)?;
+        }
         let stream = match &target.tls {
             None => Stream::Plain(tcp),
             Some(tls) => {
@@ -163,6 +172,23 @@ pub(super) async fn connect(target: &Target) -> anyhow::Result<Ws> {
         Ok(result) => result,
         Err(_) => bail!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"),
     }
+}
+
+fn set_receive_buffer(tcp: &TcpStream, size: usize) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on the stream's own descriptor with a c_int value of its size.
+    let done = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    anyhow::ensure!(done == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    Ok(())
 }
 
 /// Why the relay closed a connection we failed to write to: its close frame's reason when it

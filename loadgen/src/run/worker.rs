@@ -11,15 +11,18 @@ use serde_json::json;
 
 use crate::stats::Sample;
 
+use super::abuse::{abuse, Abuser};
 use super::connect::ramp_connections;
 use super::fanout::{count_missing, read_deliveries};
-use super::net::{await_eose, closed_reason, connect, Ws};
+use super::net::{await_eose, closed_reason, connect, connect_with, Ws};
 use super::publish::{start_publisher, Scenario};
 use super::query::run_queries;
 use super::{thread_cpu, Shared, Tick};
 
 /// Connections opened at once while setting up.
 pub(super) const SETUP_CONCURRENCY: usize = 64;
+/// A stalled reader's receive buffer: small, so the relay feels it stop reading at once.
+const STALLED_RECEIVE_BUFFER_SIZE: usize = 4096;
 
 /// One generator thread: open its share of connections, report ready, run its schedules from
 /// t0, tick once a second, and on `finish` count missing deliveries and report for the last time.
@@ -65,6 +68,9 @@ pub(super) async fn worker(
     }
     for (conn, ws) in setup.queriers {
         glommio::spawn_local(run_queries(shared.clone(), stats.clone(), ws, conn)).detach();
+    }
+    for (kind, ws) in setup.abusers {
+        glommio::spawn_local(abuse(shared.clone(), stats.clone(), ws, kind)).detach();
     }
     if let Some(c) = &shared.plan.connect {
         let mine = (index..c.connections).step_by(threads).count();
@@ -113,6 +119,7 @@ pub(super) struct Setup {
     fanout_publishers: Vec<(usize, Ws)>,
     subscribers: Vec<(usize, Ws)>,
     queriers: Vec<(usize, Ws)>,
+    abusers: Vec<(Abuser, Ws)>,
 }
 
 /// This thread's connections (connection `c` of a kind belongs to thread `c % threads`);
@@ -158,7 +165,15 @@ pub(super) async fn open_connections(shared: &Arc<Shared>, index: usize) -> anyh
             await_eose(ws, &format!("f{subscriber}")).await?;
         }
     }
-    Ok(Setup { publishers, fanout_publishers, subscribers, queriers })
+    let mut abusers = Vec::new();
+    if let Some(a) = &plan.abuse {
+        for index in mine(super::abuse::total(a)) {
+            let kind = super::abuse::kind_of(a, index);
+            let receive_buffer = (kind == Abuser::StalledReader).then_some(STALLED_RECEIVE_BUFFER_SIZE);
+            abusers.push((kind, connect_with(&shared.target, receive_buffer).await?));
+        }
+    }
+    Ok(Setup { publishers, fanout_publishers, subscribers, queriers, abusers })
 }
 
 /// This thread's CPU share between the start and the end of the measured phase.

@@ -1,0 +1,50 @@
+//! Live fan-out on one core: match an event through the subscription index, then queue it
+//! to each matching subscription once; a subscription still sending its stored events holds
+//! it until its EOSE. A reader over its byte budget is a slow consumer: its queue is
+//! dropped, it is told why and closed, and nobody else waits for it.
+
+use std::sync::Arc;
+
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use super::core::Core;
+use super::outbox::Out;
+use super::session::SubState;
+use crate::subs::LiveEvent;
+
+pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
+    let mut matches = Vec::new();
+    core.subs.borrow_mut().matches(event, &mut matches);
+    let pending_max = core.config.limits.pending_live_max;
+    let mut slow = Vec::new();
+    {
+        let mut sessions = core.sessions.borrow_mut();
+        for (conn, sub_id) in matches {
+            let Some(session) = sessions.get_mut(&conn) else { continue };
+            match session.subs.get_mut(&sub_id) {
+                None => continue,
+                Some(SubState::Pending { buffered, .. }) => {
+                    buffered.push(event, pending_max);
+                    continue;
+                }
+                Some(SubState::Live { .. }) => {}
+            }
+            let queued = session.outbound.try_send_live(Out::Event { sub: sub_id, json: event.json.clone() });
+            if queued.is_err() && !slow.contains(&conn) {
+                session.outbound.shut(
+                    CloseCode::Policy,
+                    format!(
+                        "slow consumer: more than {} bytes queued for this connection",
+                        core.config.limits.outbound_bytes_max
+                    ),
+                );
+                slow.push(conn);
+            }
+        }
+    }
+    for conn in slow {
+        tracing::info!(core = core.id, conn = conn.0, "closing a slow consumer");
+        core.stats.slow_consumer_closes.inc();
+        core.close_session(conn);
+    }
+}

@@ -1,0 +1,282 @@
+//! An event's way from a verified signature to its `OK`, in named stages:
+//! - [`before_signature`]: what is refused on sight (the date window, protected events);
+//!   later policy stages (auth, rate, lists) slot in here;
+//! - the signature check (`Core::verify`), then [`after_signature`]: a deletion request's
+//!   targets are looked up on every core (NIP-09 ownership);
+//! - [`route`]: to the owner core of the author's shard, waiting while its channel is full;
+//! - [`append_owned`], on the owner: the storage rules, the append, and the shard's
+//!   [`AckPipeline`], one task per shard that acknowledges each append once it is durable
+//!   and then broadcasts it.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use super::core::Core;
+use super::mesh::{Answer, Ask, CoreMsg, Reply};
+use super::outbox::Out;
+use super::scan::{self, QueryLimits};
+use crate::event::kind::{parse_address, KIND_DELETION};
+use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
+use crate::filter::Filter;
+use crate::proto;
+use crate::store::query::merge_newest_first;
+use crate::store::{effective_limit, Admission, Durable};
+use crate::subs::{ConnId, LiveEvent};
+
+/// The `OK` reason for an event already stored.
+pub const DUPLICATE: &str = "duplicate: already have this event";
+
+/// The `OK` reason for a deletion request that names another author's event.
+pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
+
+/// What the relay refuses before looking at the signature: protected events (no NIP-42
+/// yet) and dates outside the configured window.
+pub fn before_signature(core: &Core, event: &ParsedEvent) -> Option<String> {
+    let limits = &core.config.limits;
+    let now = crate::now_unix();
+    if event.protected {
+        return Some("auth-required: this event may only be published by its author".to_owned());
+    }
+    if event.created_at > now.saturating_add(limits.created_at_future_max_secs) {
+        return Some(format!(
+            "invalid: created_at is more than {} seconds in the future",
+            limits.created_at_future_max_secs
+        ));
+    }
+    if limits.created_at_past_max_secs > 0 && event.created_at < now.saturating_sub(limits.created_at_past_max_secs) {
+        return Some(format!(
+            "invalid: created_at is more than {} seconds in the past",
+            limits.created_at_past_max_secs
+        ));
+    }
+    None
+}
+
+/// Whether this core owns `event`'s shard and already has it on disk (checked before the
+/// signature, which costs 20 times the rest of ingest). A copy not yet durable is not
+/// answered here: its duplicate waits for it in the append path.
+pub fn is_known_duplicate(core: &Core, id: &EventId, shard: u16) -> bool {
+    if core.owner_core(shard) != core.id {
+        return false;
+    }
+    core.with_shard(shard, |state| {
+        let index = &state.index;
+        index.lookup_id(&id.0).is_some_and(|no| !index.entry(no).is_dead() && no < index.durable_count())
+    })
+    .unwrap_or(false)
+}
+
+/// A verified event from a connection of this core. Its OK is owed from now, so a client
+/// that publishes faster than events are stored is held back. A deletion request is first
+/// checked against every core, as a query owned by the connection.
+pub async fn after_signature(core: &Rc<Core>, conn: ConnId, event: VerifiedEvent, shard: u16) {
+    core.with_session(conn, |session| session.outbound.owe_reply());
+    if event.kind() != KIND_DELETION {
+        return route(core, conn, event, shard).await;
+    }
+    let owner = core.clone();
+    core.start_query(conn, None, async move {
+        let refused = {
+            let _slot = owner.query_slot().await;
+            names_another_authors_event(&owner, &event).await
+        };
+        if refused {
+            let reply = Reply { core: owner.id, conn, event_id: *event.id() };
+            deliver_ok(&owner, &reply, false, FOREIGN_DELETION);
+        } else {
+            route(&owner, conn, event, shard).await;
+        }
+    });
+}
+
+/// NIP-09 lets a relay refuse a deletion request that names someone else's address, or an
+/// event stored under another author. Such an event can be on any core's shard.
+async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> bool {
+    let author = event.pubkey();
+    let mut ids = Vec::new();
+    for tag in event.index_tags() {
+        match tag.letter {
+            b'a' if parse_address(&tag.value).is_some_and(|address| address.pubkey != author.0) => return true,
+            b'e' => ids.extend(crate::hex::decode_lower::<32>(&tag.value).map(EventId)),
+            _ => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return false;
+    }
+    let count = ids.len();
+    let any_author = Filter { ids: Some(ids), limit: Some(count as u64), ..Filter::default() };
+    let own = Filter { authors: Some(vec![*author]), ..any_author.clone() };
+    let filters: Arc<[Filter]> = Arc::from([any_author, own]);
+    let limits = QueryLimits { default: count, max: count, now: crate::now_unix() };
+    let found = gather_hits(core, filters, limits).await;
+    found[0].len() > found[1].len()
+}
+
+/// Per filter, the newest `limit` events over every core's shards.
+pub async fn gather_hits(core: &Rc<Core>, filters: Arc<[Filter]>, limits: QueryLimits) -> Vec<Vec<scan::WireHit>> {
+    let ask = Ask::Hits { filters: filters.clone(), limits };
+    let local = async { Answer::Hits(scan::hits(core, &filters, limits).await) };
+    let mut parts: Vec<Vec<Vec<scan::WireHit>>> = core
+        .mesh
+        .gather(ask, local)
+        .await
+        .into_iter()
+        .filter_map(|answer| match answer {
+            Answer::Hits(per_filter) => Some(per_filter),
+            _ => None,
+        })
+        .collect();
+    (0..filters.len())
+        .map(|index| {
+            let limit = effective_limit(&filters[index], limits.default, limits.max);
+            let lists = parts.iter_mut().map(|part| std::mem::take(&mut part[index])).collect();
+            merge_newest_first(lists, limit)
+        })
+        .collect()
+}
+
+/// Send an event whose OK is owed to where it is stored: broadcast if ephemeral, else to
+/// the owner of its author's shard, waiting while that core's channel is full.
+async fn route(core: &Rc<Core>, conn: ConnId, event: VerifiedEvent, shard: u16) {
+    let reply = Reply { core: core.id, conn, event_id: *event.id() };
+    if event.class() == KindClass::Ephemeral {
+        broadcast(core, Arc::new(LiveEvent::from_event(&event))).await;
+        deliver_ok(core, &reply, true, "");
+        return;
+    }
+    match core.owner_core(shard) {
+        owner if owner == core.id => append_owned(core, event, shard, reply),
+        owner => core.mesh.send(owner, CoreMsg::Append { event: Box::new(event), shard, reply }).await,
+    }
+}
+
+/// On the owner core: apply the rules and append; the shard's [`AckPipeline`] answers once
+/// the append is durable. Never waits: it also runs for other cores' `Append` messages.
+pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: u16, reply: Reply) {
+    let (admission, pipeline) = {
+        let shards = core.shards.borrow();
+        let Some(owned) = shards.get(&shard) else {
+            drop(shards);
+            return deliver_ok(core, &reply, false, "error: the relay is shutting down");
+        };
+        (owned.append(&event, crate::now_unix()), core.ack_pipeline(shard))
+    };
+    let pending = match admission {
+        Ok(Admission::Stored(durable)) => {
+            Pending { durable: Some(durable), reply, live: Some(event), duplicate: false }
+        }
+        Ok(Admission::Duplicate(None)) => return deliver_ok(core, &reply, true, DUPLICATE),
+        // The original is still on its way to disk: acknowledging the copy now would
+        // promise an event a crash could still lose.
+        Ok(Admission::Duplicate(Some(original))) => {
+            Pending { durable: Some(original), reply, live: None, duplicate: true }
+        }
+        Ok(Admission::Ephemeral) => Pending { durable: None, reply, live: Some(event), duplicate: false },
+        Ok(Admission::Rejected(rejection)) => return deliver_ok(core, &reply, false, rejection.reason()),
+        Err(error) => {
+            if let Some(held_back) = core.storage_errors.admit() {
+                tracing::error!(core = core.id, shard, %error, held_back, "storage refuses writes");
+            }
+            return deliver_ok(core, &reply, false, "error: storage is failing");
+        }
+    };
+    pipeline.push(pending);
+}
+
+/// Send an OK to its connection, here or on its core. Never waits.
+pub fn deliver_ok(core: &Core, reply: &Reply, accepted: bool, reason: &str) {
+    if reply.core == core.id {
+        core.with_session(reply.conn, |session| {
+            let ok = proto::frame_ok(&reply.event_id.to_hex(), accepted, reason);
+            session.outbound.send_reply(Out::Text(ok), true);
+        });
+    } else {
+        let reason = Cow::Owned(reason.to_owned());
+        core.mesh.post(reply.core, CoreMsg::Ack { reply: reply.clone(), accepted, reason });
+    }
+}
+
+/// A live event to every core: waits while a peer's channel is full.
+pub async fn broadcast(core: &Rc<Core>, event: Arc<LiveEvent>) {
+    for peer in core.mesh.peers() {
+        core.mesh.send(peer, CoreMsg::Live(event.clone())).await;
+    }
+    super::fanout::fan_out(core, &event);
+}
+
+/// An append waiting for its fsync.
+pub struct Pending {
+    durable: Option<Durable>,
+    reply: Reply,
+    /// The event to broadcast once durable (none for a duplicate).
+    live: Option<VerifiedEvent>,
+    duplicate: bool,
+}
+
+/// One shard's appends in the order they were made, answered by one task as each becomes
+/// durable (the committer resolves them in that order). It holds no more than the appends
+/// in flight, which the publishers' owed replies bound.
+#[derive(Default)]
+pub struct AckPipeline {
+    queue: RefCell<VecDeque<Pending>>,
+    waker: RefCell<Option<Waker>>,
+    /// Appends pushed and not yet answered.
+    in_flight: std::cell::Cell<usize>,
+}
+
+impl AckPipeline {
+    /// Whether every append pushed has been answered.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.get() == 0
+    }
+
+    fn push(&self, pending: Pending) {
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.queue.borrow_mut().push_back(pending);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// The pipeline's task, for the life of the shard.
+    pub async fn run(self: Rc<Self>, core: Rc<Core>) {
+        loop {
+            let pending = poll_fn(|cx| match self.queue.borrow_mut().pop_front() {
+                Some(pending) => Poll::Ready(pending),
+                None => {
+                    *self.waker.borrow_mut() = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            })
+            .await;
+            let outcome = match pending.durable {
+                Some(durable) => durable.await,
+                None => Ok(()),
+            };
+            match outcome {
+                Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, true, DUPLICATE),
+                Ok(()) => {
+                    deliver_ok(&core, &pending.reply, true, "");
+                    if let Some(event) = pending.live {
+                        broadcast(&core, Arc::new(LiveEvent::from_event(&event))).await;
+                    }
+                }
+                Err(error) => {
+                    if let Some(held_back) = core.storage_errors.admit() {
+                        tracing::error!(core = core.id, %error, held_back, "append failed");
+                    }
+                    deliver_ok(&core, &pending.reply, false, "error: could not store the event");
+                }
+            }
+            self.in_flight.set(self.in_flight.get() - 1);
+        }
+    }
+}

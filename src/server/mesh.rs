@@ -1,0 +1,223 @@
+//! The core-to-core mesh: one closed message enum, [`CoreMsg`], and the one scatter/gather
+//! facility every cross-core request goes through ([`Mesh::gather`]).
+//!
+//! Rules that keep it bounded and free of deadlock:
+//! - A message that starts work elsewhere (an append, a query, a live event) is sent by a
+//!   task that waits while the peer's channel is full ([`Mesh::send`]): backpressure.
+//! - The handlers that receive messages never wait. What they send back (an OK, a query's
+//!   answer, a cancel) goes through [`Mesh::post`]: into the channel if it has room, else
+//!   into the peer's backlog, which one long-lived pump task per peer drains in order. A
+//!   backlog entry answers a message the peer sent, so a backlog never holds more than the
+//!   peer has in flight (its queries, bounded by `queries_per_core_max`, and its appends,
+//!   bounded by its connections' owed replies).
+//! - Since receivers never wait, a sender always makes progress: no cycle of full channels
+//!   can hold two cores.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use glommio::channels::channel_mesh::Senders;
+
+use super::scan::{CountPart, QueryLimits, WireHit};
+use super::stats::{Stats, StatsSnapshot};
+use crate::event::{EventId, VerifiedEvent};
+use crate::filter::Filter;
+use crate::subs::{ConnId, LiveEvent};
+
+/// Everything one core says to another.
+pub enum CoreMsg {
+    /// To the owner of the author's shard: store this verified event.
+    Append { event: Box<VerifiedEvent>, shard: u16, reply: Reply },
+    /// Back to the publishing connection's core: the `OK` to send.
+    Ack { reply: Reply, accepted: bool, reason: std::borrow::Cow<'static, str> },
+    /// A durable (or ephemeral) event, to match against every core's subscriptions.
+    Live(Arc<LiveEvent>),
+    /// A request for this core's part of a gather.
+    Ask { request: RequestId, ask: Ask },
+    /// The asker no longer wants the answer: stop the work.
+    Cancel { request: RequestId },
+    /// This core's part of a gather.
+    Answer { request: RequestId, answer: Answer },
+}
+
+/// Where an `OK` goes.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub core: usize,
+    pub conn: ConnId,
+    pub event_id: EventId,
+}
+
+/// A gather, named by the core that started it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RequestId {
+    pub core: usize,
+    pub seq: u64,
+}
+
+/// What a gather asks each core for.
+#[derive(Clone)]
+pub enum Ask {
+    /// Per filter, the core's newest events (a REQ, a deletion's lookup).
+    Hits { filters: Arc<[Filter]>, limits: QueryLimits },
+    /// How many of the core's events match (COUNT).
+    Count { filters: Arc<[Filter]>, limits: QueryLimits },
+    /// The core's counters.
+    Stats,
+}
+
+/// One core's part of a gather.
+pub enum Answer {
+    Hits(Vec<Vec<WireHit>>),
+    Count(CountPart),
+    Stats(Box<StatsSnapshot>),
+}
+
+struct Gather {
+    answers: Vec<Answer>,
+    expected: usize,
+    waker: Option<Waker>,
+}
+
+pub struct Mesh {
+    pub id: usize,
+    pub core_count: usize,
+    senders: Senders<CoreMsg>,
+    /// Per peer: what [`Mesh::post`] could not put into the full channel, in order.
+    backlog: Vec<RefCell<VecDeque<CoreMsg>>>,
+    pump_wakers: Vec<Cell<Option<Waker>>>,
+    gathers: RefCell<HashMap<u64, Gather>>,
+    next_seq: Cell<u64>,
+    stats: Rc<Stats>,
+}
+
+impl Mesh {
+    pub fn new(senders: Senders<CoreMsg>, stats: Rc<Stats>) -> Rc<Mesh> {
+        let core_count = senders.nr_consumers();
+        Rc::new(Mesh {
+            id: senders.peer_id(),
+            core_count,
+            senders,
+            backlog: (0..core_count).map(|_| RefCell::new(VecDeque::new())).collect(),
+            pump_wakers: (0..core_count).map(|_| Cell::new(None)).collect(),
+            gathers: RefCell::new(HashMap::new()),
+            next_seq: Cell::new(1),
+            stats,
+        })
+    }
+
+    /// Every core but this one.
+    pub fn peers(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.core_count).filter(move |&core| core != self.id)
+    }
+
+    /// Send a message that starts work on `peer`, waiting while its channel is full. Only
+    /// tasks call this, never a message handler (see the module notes).
+    pub async fn send(&self, peer: usize, message: CoreMsg) {
+        debug_assert_ne!(peer, self.id);
+        // The peer is gone only while shutting down; nothing waits for the message then.
+        let _ = self.senders.send_to(peer, message).await;
+    }
+
+    /// Send without waiting: into the channel, or behind what already waits for `peer`.
+    pub fn post(&self, peer: usize, message: CoreMsg) {
+        debug_assert_ne!(peer, self.id);
+        let mut backlog = self.backlog[peer].borrow_mut();
+        let message = if backlog.is_empty() {
+            match self.senders.try_send_to(peer, message) {
+                Ok(()) => return,
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(message))) => message,
+                Err(_) => return,
+            }
+        } else {
+            message
+        };
+        backlog.push_back(message);
+        self.stats.mesh_backlog.add(1);
+        if let Some(waker) = self.pump_wakers[peer].take() {
+            waker.wake();
+        }
+    }
+
+    /// The task that drains `peer`'s backlog, for the life of the core.
+    pub async fn pump(self: Rc<Self>, peer: usize) {
+        loop {
+            let message = poll_fn(|cx| match self.backlog[peer].borrow_mut().pop_front() {
+                Some(message) => Poll::Ready(message),
+                None => {
+                    self.pump_wakers[peer].set(Some(cx.waker().clone()));
+                    Poll::Pending
+                }
+            })
+            .await;
+            self.stats.mesh_backlog.sub(1);
+            if self.senders.send_to(peer, message).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Ask every other core, run `local` for this core's part meanwhile, and return every
+    /// part, this core's first. Dropping the future cancels the work on every core.
+    pub async fn gather(self: &Rc<Self>, ask: Ask, local: impl Future<Output = Answer>) -> Vec<Answer> {
+        let seq = self.next_seq.get();
+        self.next_seq.set(seq + 1);
+        let request = RequestId { core: self.id, seq };
+        let expected = self.core_count - 1;
+        self.gathers.borrow_mut().insert(seq, Gather { answers: Vec::with_capacity(expected), expected, waker: None });
+        let mut guard = GatherGuard { mesh: self.clone(), request, armed: true };
+        for peer in self.peers() {
+            self.send(peer, CoreMsg::Ask { request, ask: ask.clone() }).await;
+        }
+        let mine = local.await;
+        poll_fn(|cx| {
+            let mut gathers = self.gathers.borrow_mut();
+            let gather = gathers.get_mut(&seq).expect("a gather is removed only by its guard");
+            if gather.answers.len() >= gather.expected {
+                return Poll::Ready(());
+            }
+            gather.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        guard.armed = false;
+        let gather = self.gathers.borrow_mut().remove(&seq).expect("present until now");
+        let mut answers = Vec::with_capacity(self.core_count);
+        answers.push(mine);
+        answers.extend(gather.answers);
+        answers
+    }
+
+    /// A part of one of this core's gathers arrived; one no longer wanted is dropped.
+    pub fn on_answer(&self, request: RequestId, answer: Answer) {
+        if let Some(gather) = self.gathers.borrow_mut().get_mut(&request.seq) {
+            gather.answers.push(answer);
+            if let Some(waker) = gather.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+}
+
+/// Cancels a gather on every core when its future is dropped before it finished.
+struct GatherGuard {
+    mesh: Rc<Mesh>,
+    request: RequestId,
+    armed: bool,
+}
+
+impl Drop for GatherGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.mesh.gathers.borrow_mut().remove(&self.request.seq);
+        for peer in self.mesh.peers() {
+            self.mesh.post(peer, CoreMsg::Cancel { request: self.request });
+        }
+    }
+}

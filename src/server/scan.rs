@@ -1,0 +1,150 @@
+//! One core's side of a query: its shards scanned for a REQ's events or counted for a COUNT.
+//! Scans run in budgeted steps and yield between them, so a long one never holds the core.
+
+use std::sync::Arc;
+
+use super::core::Core;
+use crate::filter::Filter;
+use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
+use crate::store::query::{merge_newest_first, union_filters, Ordered};
+use crate::store::{effective_limit, FilterScan, Hit};
+
+#[derive(Clone, Copy, Debug)]
+pub struct QueryLimits {
+    pub default: usize,
+    pub max: usize,
+    pub now: u64,
+}
+
+/// A stored event on its way to a client.
+#[derive(Clone, Debug)]
+pub struct WireHit {
+    pub created_at: u64,
+    pub id: [u8; 32],
+    pub json: Arc<[u8]>,
+}
+
+impl Ordered for WireHit {
+    fn created_at(&self) -> u64 {
+        self.created_at
+    }
+    fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+}
+
+/// One core's count: exact unless a filter's scan stopped at its limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CountPart {
+    pub count: u64,
+    pub approximate: bool,
+}
+
+/// Per filter, the newest `limit` events of this core's shards.
+pub async fn hits(core: &Core, filters: &[Filter], limits: QueryLimits) -> Vec<Vec<WireHit>> {
+    let mut per_filter = Vec::with_capacity(filters.len());
+    for filter in filters {
+        let limit = effective_limit(filter, limits.default, limits.max);
+        let mut lists = Vec::new();
+        for shard_id in core.shard_ids() {
+            let found = scan_shard(core, shard_id, filter, limit, limits.now).await;
+            lists.push(core.with_shard(shard_id, |state| {
+                found
+                    .into_iter()
+                    .map(|hit| WireHit {
+                        created_at: hit.created_at,
+                        id: hit.id,
+                        json: state.event_json(hit.no).into(),
+                    })
+                    .collect()
+            }));
+        }
+        per_filter.push(merge_newest_first(lists.into_iter().flatten().collect(), limit));
+    }
+    per_filter
+}
+
+/// How many of this core's events match any of the filters. An event lives on one shard,
+/// so parts from different cores add up; within the core, events matching several filters
+/// are counted once. One filter on kinds alone or authors alone is answered from the
+/// indexes' counts, O(keys) however many events there are.
+pub async fn count(core: &Core, filters: &[Filter], limits: QueryLimits) -> CountPart {
+    if let [filter] = filters {
+        if let Some(count) = count_from_index(core, filter, limits.now) {
+            core.stats.counts_from_index.inc();
+            let limit = effective_limit(filter, limits.default, limits.max) as u64;
+            return CountPart { count: count.min(limit), approximate: false };
+        }
+    }
+    core.stats.counts_scanned.inc();
+    let mut approximate = false;
+    let mut per_filter = Vec::with_capacity(filters.len());
+    for filter in filters {
+        let limit = effective_limit(filter, limits.default, limits.max);
+        let mut found = Vec::new();
+        for shard_id in core.shard_ids() {
+            let hits = scan_shard(core, shard_id, filter, limit, limits.now).await;
+            approximate |= hits.len() >= limit;
+            found.extend(hits.into_iter().map(|hit| CountedHit { created_at: hit.created_at, id: hit.id }));
+        }
+        per_filter.push(found);
+    }
+    CountPart { count: union_filters(per_filter).len() as u64, approximate }
+}
+
+#[derive(Clone, Copy)]
+struct CountedHit {
+    created_at: u64,
+    id: [u8; 32],
+}
+
+impl Ordered for CountedHit {
+    fn created_at(&self) -> u64 {
+        self.created_at
+    }
+    fn id(&self) -> &[u8; 32] {
+        &self.id
+    }
+}
+
+/// A filter of kinds alone or authors alone, counted from the indexes' per-key counts.
+fn count_from_index(core: &Core, filter: &Filter, now: u64) -> Option<u64> {
+    let plain = filter.ids.is_none() && filter.tags.is_empty() && filter.since.is_none() && filter.until.is_none();
+    if !plain {
+        return None;
+    }
+    let mut total = 0;
+    for shard_id in core.shard_ids() {
+        total += core.with_shard(shard_id, |state| match (&filter.kinds, &filter.authors) {
+            (Some(kinds), None) => {
+                let mut kinds = kinds.clone();
+                kinds.sort_unstable();
+                kinds.dedup();
+                kinds.iter().map(|&kind| state.index.visible_count_of_kind(kind, now)).sum::<Option<u64>>()
+            }
+            (None, Some(authors)) => {
+                let mut authors = authors.clone();
+                authors.sort_unstable();
+                authors.dedup();
+                authors.iter().map(|author| state.index.visible_count_of_author(&author.0, now)).sum::<Option<u64>>()
+            }
+            _ => None,
+        })??;
+    }
+    Some(total)
+}
+
+/// The newest `limit` hits of `filter` on one shard, examined a step at a time.
+async fn scan_shard(core: &Core, shard_id: u16, filter: &Filter, limit: usize, now: u64) -> Vec<Hit> {
+    let Some(mut scan) = core.with_shard(shard_id, |state| FilterScan::new(filter, limit, &state.index)) else {
+        return Vec::new();
+    };
+    loop {
+        let done = core.with_shard(shard_id, |state| scan.step(&state.index, state, now, QUERY_STEP_CANDIDATE_COUNT));
+        match done {
+            Some(true) => return scan.into_hits(),
+            Some(false) => glommio::yield_if_needed().await,
+            None => return Vec::new(),
+        }
+    }
+}

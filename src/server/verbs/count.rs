@@ -1,0 +1,39 @@
+//! COUNT (NIP-45): a query owned by the connection, answered from the indexes' counts when
+//! one key decides it, else by a scan under the same budgets as a REQ. A count that stopped
+//! at `count_max` says `approximate`.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::filter::Filter;
+use crate::proto::{self, SubId};
+use crate::server::core::Core;
+use crate::server::mesh::{Answer, Ask};
+use crate::server::scan::{self, CountPart, QueryLimits};
+use crate::subs::ConnId;
+
+pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
+    let owner = core.clone();
+    core.start_query(conn, None, async move {
+        let part = {
+            let _slot = owner.query_slot().await;
+            let max = owner.config.limits.count_max;
+            let limits = QueryLimits { default: max, max, now: crate::now_unix() };
+            count_everywhere(&owner, filters.into(), limits).await
+        };
+        owner.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));
+    });
+}
+
+async fn count_everywhere(core: &Rc<Core>, filters: Arc<[Filter]>, limits: QueryLimits) -> CountPart {
+    let ask = Ask::Count { filters: filters.clone(), limits };
+    let local = async { Answer::Count(scan::count(core, &filters, limits).await) };
+    let mut total = CountPart::default();
+    for answer in core.mesh.gather(ask, local).await {
+        if let Answer::Count(part) = answer {
+            total.count += part.count;
+            total.approximate |= part.approximate;
+        }
+    }
+    total
+}

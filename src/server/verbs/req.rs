@@ -1,0 +1,126 @@
+//! REQ: the subscription is registered at once (live events wait in it until EOSE), and a
+//! query owned by the connection sends the stored events, EOSE, then what arrived live
+//! meanwhile. A REQ that reuses an open subscription's id replaces it and cancels its query.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::filter::{Filter, Matchable};
+use crate::proto::{self, SubId};
+use crate::server::core::Core;
+use crate::server::ingest::gather_hits;
+use crate::server::outbox::Out;
+use crate::server::session::{PendingLive, SubState};
+use crate::store::query::union_filters;
+use crate::subs::ConnId;
+
+/// How long a REQ's answer waits for room in a connection's queue before the connection
+/// is dropped (a reader that stops reading altogether is closed sooner, by the session's
+/// write-stall limit).
+const HISTORY_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
+    match subscribe(core, conn, &sub_id, &filters) {
+        Ok(token) => {
+            let owner = core.clone();
+            let sub = sub_id.clone();
+            core.start_query(conn, Some(sub_id), async move { serve(owner, conn, sub, filters, token).await });
+        }
+        Err(reason) => core.send(conn, proto::frame_closed(&sub_id, &reason)),
+    }
+}
+
+/// Open (or replace) a subscription. Returns the token of this REQ, or the refusal to send.
+fn subscribe(core: &Core, conn: ConnId, sub_id: &SubId, filters: &[Filter]) -> Result<u64, String> {
+    let max = core.config.limits.subscriptions_per_connection_max;
+    let token = core.fresh_id();
+    core.with_session(conn, |session| {
+        if !session.subs.contains_key(sub_id) && session.subs.len() >= max {
+            return Err(format!("error: too many subscriptions on this connection (max {max})"));
+        }
+        session.cancel_queries_of(sub_id);
+        let buffered = PendingLive::new(core.stats.clone());
+        session.subs.insert(sub_id.clone(), SubState::Pending { token, buffered });
+        Ok(())
+    })
+    .unwrap_or_else(|| Err("error: connection closed".to_owned()))?;
+    core.subs.borrow_mut().insert(conn, sub_id.clone(), filters.to_vec());
+    Ok(token)
+}
+
+/// Whether `sub_id` is still the subscription this REQ opened.
+fn current(core: &Core, conn: ConnId, sub_id: &SubId, token: u64) -> bool {
+    core.with_session(conn, |session| session.subs.get(sub_id).is_some_and(|sub| sub.token() == token)).unwrap_or(false)
+}
+
+async fn serve(core: Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>, token: u64) {
+    let hits = {
+        let _slot = core.query_slot().await;
+        union_filters(gather_hits(&core, filters.into(), core.query_limits()).await)
+    };
+    if !current(&core, conn, &sub_id, token) {
+        return;
+    }
+    let mut sent = HashSet::with_capacity(hits.len());
+    for hit in &hits {
+        if !send_waiting(&core, conn, proto::frame_stored_event(&sub_id, &hit.json)).await
+            || !current(&core, conn, &sub_id, token)
+        {
+            return;
+        }
+        sent.insert(hit.id);
+    }
+    drop(hits);
+    if !send_waiting(&core, conn, proto::frame_eose(&sub_id)).await || !current(&core, conn, &sub_id, token) {
+        return;
+    }
+    let taken = core.with_session(conn, |session| {
+        let state = session.subs.get_mut(&sub_id)?;
+        match std::mem::replace(state, SubState::Live { token }) {
+            SubState::Pending { buffered, .. } => Some(buffered.take()),
+            SubState::Live { .. } => None,
+        }
+    });
+    let Some(Some((buffered, overflowed))) = taken else { return };
+    if overflowed {
+        core.subs.borrow_mut().remove(conn, &sub_id);
+        core.with_session(conn, |session| session.subs.remove(&sub_id));
+        core.send(conn, proto::frame_closed(&sub_id, "error: slow consumer: too many live events during the query"));
+        return;
+    }
+    for event in buffered.iter().filter(|event| !sent.contains(event.id())) {
+        if !send_waiting(&core, conn, proto::frame_event(&sub_id, &event.json)).await {
+            return;
+        }
+    }
+}
+
+/// Queue part of an answer the connection asked for: a reader that is merely behind is
+/// waited for, up to [`HISTORY_SEND_TIMEOUT`], not dropped.
+async fn send_waiting(core: &Core, conn: ConnId, text: String) -> bool {
+    let deadline = Instant::now() + HISTORY_SEND_TIMEOUT;
+    let mut out = Out::Text(text);
+    loop {
+        let room = core.with_session(conn, |session| match session.outbound.try_send(out) {
+            Ok(()) => Ok(()),
+            Err(back) => Err((session.outbound.room(back.size()), back)),
+        });
+        let (room, back) = match room {
+            None => return false,
+            Some(Ok(())) => return true,
+            Some(Err(waiting)) => waiting,
+        };
+        out = back;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let waited = glommio::timer::timeout(left, async {
+            room.await;
+            Ok(())
+        });
+        if waited.await.is_err() {
+            tracing::info!(core = core.id, conn = conn.0, "dropping a reader that stopped reading its answer");
+            core.close_session(conn);
+            return false;
+        }
+    }
+}
