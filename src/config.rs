@@ -52,6 +52,9 @@ pub struct RelayLimits {
     pub limit_max: usize,
     /// The `limit` of a filter that has none.
     pub limit_default: usize,
+    /// The most event JSON, in bytes, a REQ's answer holds; a larger answer is cut (each
+    /// core's part newest first, then the whole) before EOSE.
+    pub query_answer_bytes_max: usize,
     /// Most events a COUNT counts exactly.
     pub count_max: usize,
     /// Refuse events older than this many seconds; 0 accepts any age.
@@ -113,6 +116,7 @@ impl Default for RelayLimits {
             filters_per_req_max: 10,
             limit_max: 5_000,
             limit_default: 500,
+            query_answer_bytes_max: 16 * 1024 * 1024,
             count_max: 100_000,
             created_at_past_max_secs: 0,
             created_at_future_max_secs: 15 * 60,
@@ -162,6 +166,10 @@ impl Config {
         );
         anyhow::ensure!(limits.queries_per_connection_max >= 1, "limits.queries_per_connection_max must be at least 1");
         anyhow::ensure!(limits.queries_per_core_max >= 1, "limits.queries_per_core_max must be at least 1");
+        anyhow::ensure!(
+            limits.query_answer_bytes_max >= limits.event_size_max,
+            "limits.query_answer_bytes_max must be at least limits.event_size_max"
+        );
         anyhow::ensure!(limits.write_stall_secs >= 1, "limits.write_stall_secs must be at least 1");
         let size = self.segment_size;
         anyhow::ensure!(

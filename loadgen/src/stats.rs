@@ -202,6 +202,8 @@ pub struct Report {
     pub generator: GeneratorReport,
     /// With `--relay-pid`: the relay's CPU use over the measured phase.
     pub relay_cpu: Option<RelayCpu>,
+    /// What the hostile clients of an `[abuse]` section did (`abuse.*` counts), whole run.
+    pub abuse: BTreeMap<String, u64>,
     /// NOTICEs received: human-readable remarks, not failed operations (a refusal shows up
     /// as a missing OK, CLOSED or EOSE), but worth seeing.
     pub notices: u64,
@@ -255,6 +257,10 @@ impl Report {
             if !counts.is_empty() {
                 let _ = writeln!(out, "          {}", counts.join(", "));
             }
+        }
+        if !self.abuse.is_empty() {
+            let abuse: Vec<String> = self.abuse.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let _ = writeln!(out, "abuse (not measured): {}", abuse.join(", "));
         }
         if self.errors.is_empty() {
             let _ = writeln!(out, "errors: none");

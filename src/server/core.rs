@@ -235,7 +235,12 @@ impl Core {
 
     pub fn query_limits(&self) -> QueryLimits {
         let limits = &self.config.limits;
-        QueryLimits { default: limits.limit_default, max: limits.limit_max, now: crate::now_unix() }
+        QueryLimits {
+            default: limits.limit_default,
+            max: limits.limit_max,
+            now: crate::now_unix(),
+            bytes_max: limits.query_answer_bytes_max,
+        }
     }
 
     /// A message from another core. Never waits (see `mesh`).

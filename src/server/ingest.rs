@@ -115,7 +115,7 @@ async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> 
     let any_author = Filter { ids: Some(ids), limit: Some(count as u64), ..Filter::default() };
     let own = Filter { authors: Some(vec![*author]), ..any_author.clone() };
     let filters: Arc<[Filter]> = Arc::from([any_author, own]);
-    let limits = QueryLimits { default: count, max: count, now: crate::now_unix() };
+    let limits = QueryLimits { default: count, max: count, now: crate::now_unix(), bytes_max: usize::MAX };
     let found = gather_hits(core, filters, limits).await;
     found[0].len() > found[1].len()
 }

@@ -7,13 +7,16 @@ use super::core::Core;
 use crate::filter::Filter;
 use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
-use crate::store::{effective_limit, FilterScan, Hit};
+use crate::store::{effective_limit, FilterScan, Hit, ShardHit};
 
 #[derive(Clone, Copy, Debug)]
 pub struct QueryLimits {
     pub default: usize,
     pub max: usize,
     pub now: u64,
+    /// The most event JSON, in bytes, one core's part of an answer carries
+    /// (`query_answer_bytes_max`); past it the part is cut, newest events kept.
+    pub bytes_max: usize,
 }
 
 /// A stored event on its way to a client.
@@ -40,26 +43,29 @@ pub struct CountPart {
     pub approximate: bool,
 }
 
-/// Per filter, the newest `limit` events of this core's shards.
+/// Per filter, the newest `limit` events of this core's shards, with their JSON: at most
+/// `limits.bytes_max` of it over all filters (filters in order, each newest first).
 pub async fn hits(core: &Core, filters: &[Filter], limits: QueryLimits) -> Vec<Vec<WireHit>> {
     let mut per_filter = Vec::with_capacity(filters.len());
+    let mut bytes_left = limits.bytes_max;
     for filter in filters {
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut lists = Vec::new();
         for shard_id in core.shard_ids() {
             let found = scan_shard(core, shard_id, filter, limit, limits.now).await;
-            lists.push(core.with_shard(shard_id, |state| {
-                found
-                    .into_iter()
-                    .map(|hit| WireHit {
-                        created_at: hit.created_at,
-                        id: hit.id,
-                        json: state.event_json(hit.no).into(),
-                    })
-                    .collect()
-            }));
+            lists.push(found.into_iter().map(|hit| ShardHit { shard: shard_id, hit }).collect());
         }
-        per_filter.push(merge_newest_first(lists.into_iter().flatten().collect(), limit));
+        let mut hits = Vec::new();
+        for ShardHit { shard, hit } in merge_newest_first(lists, limit) {
+            let Some(json) = core.with_shard(shard, |state| state.event_json(hit.no)) else { continue };
+            if json.len() > bytes_left {
+                bytes_left = 0;
+                break;
+            }
+            bytes_left -= json.len();
+            hits.push(WireHit { created_at: hit.created_at, id: hit.id, json: json.into() });
+        }
+        per_filter.push(hits);
     }
     per_filter
 }

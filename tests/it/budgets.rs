@@ -301,3 +301,20 @@ fn a_slow_consumer_is_closed_with_1008() {
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.contains("slow consumer"), "{reason}");
 }
+
+/// A REQ's answer holds at most `query_answer_bytes_max` of event JSON: the newest events
+/// that fit, then EOSE.
+#[test]
+fn a_large_answer_is_cut_to_its_byte_budget_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 2, "[limits]\nquery_answer_bytes_max = 300000\n");
+    let mut client = relay.connect();
+    let published = events(60, 10_000);
+    assert_eq!(client.publish_all(&published), 60);
+    let answer = client.req("big", &[json!({"kinds": [1]})]);
+    let size: usize = answer.iter().map(|event| event.to_string().len()).sum();
+    assert!(size <= 300_000 && size > 250_000, "{} events, {size} bytes", answer.len());
+    let mut newest: Vec<Value> = published.iter().map(|json| serde_json::from_str(json).unwrap()).collect();
+    newest.reverse();
+    assert_eq!(ids(&answer), ids(&newest[..answer.len()]));
+}

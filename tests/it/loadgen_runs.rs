@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use loadgen::plan::{ConnectPlan, FanoutPlan, Plan, PublishPlan, QueryPlan, Span};
+use loadgen::plan::{AbusePlan, ConnectPlan, FanoutPlan, Plan, PublishPlan, QueryPlan, Span};
 use loadgen::{Report, Target};
 use tungstenite::Message;
 
@@ -77,6 +77,28 @@ fn history_queries_come_back_complete_and_in_order() {
     assert_eq!(query.latency.samples, query.offered, "every measured REQ got its EOSE");
     assert_eq!(count(&report, "query", "preloaded"), 400);
     assert!(count(&report, "query", "events_returned") > query.completed, "queries return events");
+}
+
+#[test]
+fn hostile_clients_run_beside_healthy_ones_and_the_healthy_ones_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 2, UNCAPPED);
+    let mut plan = short_plan();
+    plan.publish = Some(PublishPlan { rate: 200.0, connections: 2 });
+    plan.query = Some(QueryPlan { rate: 40.0, connections: 2, preload: 300, limit: 20, ..QueryPlan::default() });
+    plan.abuse = Some(AbusePlan { count_flooders: 2, req_churners: 2, churn_filters: 3, stalled_readers: 20 });
+    let report = run(relay.port, &plan);
+    // Every healthy request was answered (loadgen counts one unanswered after the drain as
+    // an error); how fast is for the benchmarks (benches/abuse-compare.sh).
+    assert!(report.errors.is_empty(), "{}", report.render());
+    assert_eq!(count(&report, "publish", "accepted"), count(&report, "publish", "sent"));
+    assert!(report.scenario("query").unwrap().completed > 0, "{}", report.render());
+    assert!(report.abuse["abuse.count_sent"] > 0, "{}", report.render());
+    assert!(report.abuse["abuse.req_sent"] > 0, "{}", report.render());
+    assert_eq!(report.abuse["abuse.stalled_subscribed"], 20, "{}", report.render());
+    let stats = relay.stats();
+    assert!(stats["queries_cancelled"].as_u64().unwrap() > 0, "churned REQs were cancelled: {stats}");
+    assert!(stats["queries_max_seen"].as_u64().unwrap() <= 2 * 4 + 2 * 4 + 2 * 4, "{stats}");
 }
 
 #[test]

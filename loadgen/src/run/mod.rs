@@ -599,6 +599,7 @@ fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
         error_ratio: if operations == 0 { 0.0 } else { error_total as f64 / operations as f64 },
         generator: GeneratorReport { threads: shared.threads, thread_busy: busy, send_lag, saturated, warnings },
         relay_cpu: None,
+        abuse: total.counts.iter().filter(|(k, _)| k.starts_with("abuse.")).map(|(k, v)| (k.to_string(), *v)).collect(),
         notices: count("notices"),
     }
 }

@@ -18,7 +18,7 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
         let part = {
             let _slot = owner.query_slot().await;
             let max = owner.config.limits.count_max;
-            let limits = QueryLimits { default: max, max, now: crate::now_unix() };
+            let limits = QueryLimits { default: max, max, now: crate::now_unix(), bytes_max: 0 };
             count_everywhere(&owner, filters.into(), limits).await
         };
         owner.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));

@@ -57,7 +57,18 @@ fn current(core: &Core, conn: ConnId, sub_id: &SubId, token: u64) -> bool {
 async fn serve(core: Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>, token: u64) {
     let hits = {
         let _slot = core.query_slot().await;
-        union_filters(gather_hits(&core, filters.into(), core.query_limits()).await)
+        let limits = core.query_limits();
+        let mut hits = union_filters(gather_hits(&core, filters.into(), limits).await);
+        let mut bytes = 0;
+        let kept = hits
+            .iter()
+            .take_while(|hit| {
+                bytes += hit.json.len();
+                bytes <= limits.bytes_max
+            })
+            .count();
+        hits.truncate(kept);
+        hits
     };
     if !current(&core, conn, &sub_id, token) {
         return;

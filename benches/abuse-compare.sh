@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The healthy clients' latency with and without hostile ones beside them, and the relay's
+# peak memory: loadgen/scenarios/abuse.toml against the same scenario without its [abuse]
+# section, interleaved, the relay on CPU 0 (one core), loadgen on CPU 1.
+# Usage: bash benches/abuse-compare.sh [runs] [duration]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-2}
+duration=${2:-20s}
+work=$(mktemp -d)
+trap 'pkill -f "$work" 2>/dev/null || true; rm -rf "$work"' EXIT
+relay=${RELAY:-target/release/ringrelay}
+loadgen=${LOADGEN:-target/release/loadgen}
+sed '/^\[abuse\]/,$d' loadgen/scenarios/abuse.toml >"$work/healthy.toml"
+cp loadgen/scenarios/abuse.toml "$work/abuse.toml"
+port=7870
+for run in $(seq "$runs"); do
+  for kind in healthy abuse; do
+    port=$((port + 1))
+    taskset -c 0 "$relay" serve --cores 1 --listen "127.0.0.1:$port" --data-dir "$work/data-$kind-$run" \
+      2>"$work/relay-$kind-$run.log" &
+    pid=$!
+    sleep 1
+    taskset -c 1 "$loadgen" "ws://127.0.0.1:$port" --scenario "$work/$kind.toml" -d "$duration" -t 1 --quiet \
+      --relay-pid "$pid" --json "$work/$kind-$run.json" >/dev/null || true
+    stats=$(curl -s "http://127.0.0.1:$port/stats")
+    peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    kill -TERM "$pid"; wait "$pid" || true
+    python3 - "$work/$kind-$run.json" "$kind" "$peak" "$stats" <<'PY'
+import json, sys
+path, kind, peak_kib, stats = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
+report = json.load(open(path))["report"]
+parts = []
+for s in report["scenarios"]:
+    lat = s.get("latency", {})
+    parts.append(f'{s["name"]} p50 {lat.get("p50_ms", 0):.2f} p99 {lat.get("p99_ms", 0):.2f} ms')
+abuse = report.get("abuse", {})
+print(f'{kind:8} | ' + " | ".join(parts) + f' | errors {report.get("errors", {})} | peak RSS {peak_kib / 1024:.0f} MiB'
+      + f' | slow closes {stats["slow_consumer_closes"]}, stalls {stats["write_stall_closes"]}, cancelled {stats["queries_cancelled"]},'
+      + f' outbound max {stats["outbound_bytes_max_seen"] / 1048576:.1f} MiB | {abuse}')
+PY
+  done
+done
