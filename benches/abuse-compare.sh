@@ -13,11 +13,13 @@ relay=${RELAY:-target/release/ringrelay}
 loadgen=${LOADGEN:-target/release/loadgen}
 sed '/^\[abuse\]/,$d' loadgen/scenarios/abuse.toml >"$work/healthy.toml"
 cp loadgen/scenarios/abuse.toml "$work/abuse.toml"
+# Every client comes from 127.0.0.1: the per-address cap (256) would refuse most of them.
+printf '[limits]\nconnections_per_ip_max = 100000\n' >"$work/relay.toml"
 port=7870
 for run in $(seq "$runs"); do
   for kind in healthy abuse; do
     port=$((port + 1))
-    taskset -c 0 "$relay" serve --cores 1 --listen "127.0.0.1:$port" --data-dir "$work/data-$kind-$run" \
+    taskset -c 0 "$relay" serve --cores 1 --config "$work/relay.toml" --listen "127.0.0.1:$port" --data-dir "$work/data-$kind-$run" \
       2>"$work/relay-$kind-$run.log" &
     pid=$!
     sleep 1

@@ -125,14 +125,13 @@ enum Next {
 }
 
 async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) {
-    let write_stall = Duration::from_secs(core.config.limits.write_stall_secs);
     loop {
         // A read that finds data ready does not yield, so a client that keeps its socket full
         // would otherwise hold the core: other clients, and the group commit whose fsync has
         // finished, would wait until it paused.
         glommio::yield_if_needed().await;
         // A client over its budgets is not read until its replies drain and its queries finish.
-        let next = if outbound.accepts_input() && core.accepts_queries(conn) {
+        let next = if outbound.accepts_input() {
             futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
                 Next::Outgoing(outbound.recv().await)
             })
@@ -150,6 +149,9 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 if !super::verbs::handle_text(core, conn, text.as_str()).await {
                     ack_now(ws.get_ref());
                 }
+                // One message, then the other sessions' turn: a client that keeps its socket
+                // full (a flood of REQs) gets one message in per round, not a time slice.
+                futures_lite::future::yield_now().await;
             }
             Next::Incoming(Some(Ok(Message::Binary(_)))) => {
                 core.send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
@@ -175,17 +177,28 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
             }
             Next::Outgoing(Some(out)) => {
                 // Most batches go straight into the socket; only one that has to wait is timed.
+                // A write that has to wait is timed by the core's once-a-second sweep
+                // (`write_stall_secs`), not by a timer of its own.
                 let written = {
                     let mut batch = std::pin::pin!(write_batch(&mut ws, &outbound, out));
                     match futures_lite::future::poll_once(&mut batch).await {
-                        Some(done) => Ok(done),
-                        None => glommio::timer::timeout(write_stall, async { Ok(batch.await) }).await,
+                        Some(done) => Some(done),
+                        None => {
+                            outbound.begin_write();
+                            let waited = futures_lite::future::or(async { Some(batch.await) }, async {
+                                outbound.stalled().await;
+                                None
+                            });
+                            let done = waited.await;
+                            outbound.end_write();
+                            done
+                        }
                     }
                 };
                 match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break,
-                    Err(_) => {
+                    Some(Ok(())) => {}
+                    Some(Err(_)) => break,
+                    None => {
                         // The client has taken nothing for `write_stall`: it is gone or will
                         // not read. A close frame could not get through either.
                         tracing::info!(core = core.id, conn = conn.0, "closing a connection whose writes stalled");

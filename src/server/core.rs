@@ -17,7 +17,7 @@ use glommio::TaskQueueHandle;
 use super::ingest::AckPipeline;
 use super::ip_slots::IpSlots;
 use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
-use super::outbox::{outbox, Out, Outbox};
+use super::outbox::{outbox, Budget, CoreOutboxes, Out, Outbox, OutboxWatch};
 use super::scan::{self, QueryLimits};
 use super::session::{QueryId, Session};
 use super::stats::{Stats, StatsSnapshot};
@@ -50,6 +50,10 @@ pub struct Core {
     /// Scans run for other cores' gathers, cancellable by the asker (the handle is set once
     /// the task is spawned; glommio may run it to completion first).
     remote_scans: RefCell<HashMap<RequestId, Option<JoinHandle<()>>>>,
+    /// What every connection's outbox shares: the core's byte budget and its clock.
+    outboxes: Rc<CoreOutboxes>,
+    /// Connections let go of whose loops have not ended yet, for the stall sweep.
+    closing: RefCell<Vec<OutboxWatch>>,
     /// Per shard, the task that answers appends once durable.
     pipelines: HashMap<u16, Rc<AckPipeline>>,
     /// The core's long-lived tasks (mesh pumps, ack pipelines), cancelled when it stops.
@@ -69,6 +73,11 @@ impl Core {
         queries_queue: TaskQueueHandle,
     ) -> Rc<Core> {
         let query_slots = Semaphore::new(config.limits.queries_per_core_max as u64);
+        let outboxes = Rc::new(CoreOutboxes {
+            stats: stats.clone(),
+            capacity_size: config.limits.outbound_bytes_per_core_max,
+            seconds: Cell::new(0),
+        });
         let pipelines = shards.keys().map(|&shard| (shard, Rc::new(AckPipeline::default()))).collect();
         Rc::new(Core {
             id: mesh.id,
@@ -86,6 +95,8 @@ impl Core {
             query_slots,
             queries_queue,
             remote_scans: RefCell::new(HashMap::new()),
+            outboxes,
+            closing: RefCell::new(Vec::new()),
             pipelines,
             tasks: RefCell::new(Vec::new()),
             storage_errors: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
@@ -100,6 +111,21 @@ impl Core {
         }
         for pipeline in self.pipelines.values() {
             tasks.push(glommio::spawn_local(pipeline.clone().run(self.clone())).detach());
+        }
+        tasks.push(glommio::spawn_local(self.clone().sweep_stalled_writes()).detach());
+    }
+
+    /// Once a second: advance the outboxes' clock and tell each session whose write has
+    /// waited `write_stall_secs` (one pass over the sessions, no timer per write).
+    async fn sweep_stalled_writes(self: Rc<Self>) {
+        let stall_secs = self.config.limits.write_stall_secs;
+        loop {
+            glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+            self.outboxes.seconds.set(self.outboxes.seconds.get() + 1);
+            for session in self.sessions.borrow().values() {
+                session.outbound.check_stall(stall_secs);
+            }
+            self.closing.borrow_mut().retain(|watch| watch.check_stall(stall_secs).is_some());
         }
     }
 
@@ -157,29 +183,28 @@ impl Core {
         let limits = &self.config.limits;
         let slot = self.ip_slots.take(ip, limits.connections_per_ip_max)?;
         let conn = ConnId(self.fresh_id());
-        let (outbound, receiver) =
-            outbox(limits.outbound_bytes_max, limits.outbound_bytes_per_core_max, self.stats.clone());
+        let budget =
+            Budget { capacity_size: limits.outbound_bytes_max, queries_max: limits.queries_per_connection_max };
+        let (outbound, receiver) = outbox(budget, self.outboxes.clone());
         self.stats.connections_accepted.inc();
         self.sessions.borrow_mut().insert(conn, Session::new(outbound, slot, self.stats.clone()));
         Some((conn, receiver))
     }
 
-    /// Forget a connection: its subscriptions, its queries (cancelled) and its queue.
+    /// Forget a connection: its subscriptions, its queries (cancelled) and its queue. Its
+    /// loop may still be writing (a close frame to a reader that stopped reading): the
+    /// stall sweep keeps watching it until it ends.
     pub fn close_session(&self, conn: ConnId) {
         self.subs.borrow_mut().remove_conn(conn);
         let session = self.sessions.borrow_mut().remove(&conn);
-        drop(session);
+        if let Some(session) = session {
+            self.closing.borrow_mut().push(session.outbound.watch());
+        }
     }
 
     /// Run `f` on a connection's session; `None` once it is gone.
     pub fn with_session<T>(&self, conn: ConnId, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
         self.sessions.borrow_mut().get_mut(&conn).map(f)
-    }
-
-    /// Whether the session may start another query (`queries_per_connection_max`).
-    pub fn accepts_queries(&self, conn: ConnId) -> bool {
-        let max = self.config.limits.queries_per_connection_max;
-        self.with_session(conn, |session| session.query_count() < max).unwrap_or(false)
     }
 
     /// Run `work` as a query owned by `conn`'s session, answering `sub` if given: cancelled
@@ -206,10 +231,16 @@ impl Core {
 
     /// One of the core's query slots, waited for in arrival order.
     pub async fn query_slot(&self) -> Permit<'_> {
+        // Counted while waiting, and no longer once the wait ends or is cancelled.
+        struct Waiting<'a>(&'a Stats);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.queries_waiting.sub(1);
+            }
+        }
         self.stats.queries_waiting.add(1);
-        let permit = self.query_slots.acquire_permit(1).await;
-        self.stats.queries_waiting.sub(1);
-        permit.expect("the query semaphore is never closed")
+        let _waiting = Waiting(&self.stats);
+        self.query_slots.acquire_permit(1).await.expect("the query semaphore is never closed")
     }
 
     /// Queue a reply to something the connection sent (NOTICE, CLOSED, COUNT, an immediate

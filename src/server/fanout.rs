@@ -31,13 +31,8 @@ pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
             }
             let queued = session.outbound.try_send_live(Out::Event { sub: sub_id, json: event.json.clone() });
             if queued.is_err() && !slow.contains(&conn) {
-                session.outbound.shut(
-                    CloseCode::Policy,
-                    format!(
-                        "slow consumer: more than {} bytes queued for this connection",
-                        core.config.limits.outbound_bytes_max
-                    ),
-                );
+                let reason = "slow consumer: more queued for this connection than its budget allows";
+                session.outbound.shut(CloseCode::Policy, reason.to_owned());
                 slow.push(conn);
             }
         }

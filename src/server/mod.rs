@@ -56,6 +56,14 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// mesh: set as the executor's preempt timer instead, it made ~1 start in 10 hang in
 /// glommio's mesh join when many relays started at once.
 const SESSION_LATENCY: Duration = Duration::from_millis(2);
+/// The queries task queue's CPU share against the sessions' 1,000 (glommio's default).
+const QUERY_SHARES: usize = 500;
+/// The queries task queue's latency, which is the executor's time slice while scans run. A
+/// queue woken by I/O (a client's message, an fsync) is scheduled after the running queue's
+/// next slice: with scans running all the time (a COUNT flood), every hop of a publish
+/// waited a 2 ms slice, and publish p50 went from 0.9 to 17 ms; 250 µs slices keep it near
+/// its unloaded figure (docs/benchmarks.md).
+const QUERY_SLICE: Duration = Duration::from_micros(250);
 /// Errors that repeat per event or per accept (a full disk, a descriptor limit) are logged
 /// at most once per this interval, with the count held back.
 pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -118,15 +126,15 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             router: data_dir.router(),
             shard_dirs: (0..data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
             shard_config: shard_config.clone(),
-            mesh: mesh.clone(),
             stop: stop.clone(),
             ready: ready_tx.clone(),
             ip_slots: ip_slots.clone(),
         };
+        let joining = mesh.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{index}"))
             .io_memory(crate::limits::IO_MEMORY_SIZE)
-            .spawn(move || run_core(start))
+            .spawn(move || run_core(start, joining))
             .map_err(|error| {
                 stop.store(true, Ordering::SeqCst);
                 anyhow::anyhow!(
@@ -182,7 +190,6 @@ struct CoreStart {
     router: Router,
     shard_dirs: Vec<(u16, std::path::PathBuf)>,
     shard_config: ShardConfig,
-    mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
     ready: mpsc::Sender<Result<String, String>>,
     ip_slots: IpSlots,
@@ -233,14 +240,33 @@ fn join_cores(handles: Vec<glommio::ExecutorJoinHandle<()>>, stop: &AtomicBool) 
     failure.map_or(Ok(()), Err)
 }
 
-async fn run_core(start: CoreStart) {
-    let (senders, mut receivers) = match start.mesh.join().await {
+async fn run_core(start: CoreStart, mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>) {
+    let (senders, receivers) = match mesh.join().await {
         Ok(joined) => joined,
         Err(error) => {
             let _ = start.ready.send(Err(format!("joining the core mesh failed: {error}")));
             return;
         }
     };
+    // The core's own tasks (group commits, ack pipelines, mesh receivers and pumps, accept)
+    // run in a task queue of their own, beside the sessions' and the queries', so each hop
+    // of an event on its way to its OK gets its turn however busy clients keep the other
+    // two. It has no latency requirement: a latency queue's I/O completion preempts the
+    // running queue, and doing that for every commit cost 9% of fan-out per core; its
+    // completions are seen at the next slice instead (250 µs while scans run). (Created
+    // after the mesh join; see `SESSION_LATENCY`.)
+    let core_queue = glommio::executor().create_task_queue(Shares::default(), Latency::NotImportant, "core");
+    match glommio::spawn_local_into(run_joined(start, senders, receivers), core_queue) {
+        Ok(task) => task.await,
+        Err(error) => tracing::error!(%error, "cannot start the core's task queue"),
+    }
+}
+
+async fn run_joined(
+    start: CoreStart,
+    senders: glommio::channels::channel_mesh::Senders<CoreMsg>,
+    mut receivers: glommio::channels::channel_mesh::Receivers<CoreMsg>,
+) {
     let id = senders.peer_id();
     let core_count = senders.nr_consumers();
     let mut shards = HashMap::new();
@@ -267,8 +293,10 @@ async fn run_core(start: CoreStart) {
     };
     let stats = Rc::new(Stats::default());
     let mesh = Mesh::new(senders, stats.clone());
+    // Scans get half the sessions' share of a busy core, in short slices: a flood of
+    // expensive queries slows queries, not every client's publishing and live events.
     let queries =
-        glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "queries");
+        glommio::executor().create_task_queue(Shares::Static(QUERY_SHARES), Latency::Matters(QUERY_SLICE), "queries");
     let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, start.ip_slots, queries);
     core.start_tasks();
     // One receiver task per peer, for the life of the core; handlers never wait (see `mesh`).

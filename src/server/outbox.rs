@@ -70,12 +70,36 @@ impl Out {
     }
 }
 
+/// What every outbox of a core shares: the core's counters and byte budget, and a clock.
+pub struct CoreOutboxes {
+    pub stats: Rc<Stats>,
+    /// `outbound_bytes_per_core_max`.
+    pub capacity_size: usize,
+    /// Seconds since the core started, advanced by the core's sweeper: a write is timed
+    /// against it, so no timer is armed per write.
+    pub seconds: Cell<u64>,
+}
+
+/// One connection's budgets.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    /// `outbound_bytes_max`.
+    pub capacity_size: usize,
+    /// `queries_per_connection_max`.
+    pub queries_max: usize,
+}
+
 struct Shared {
     queue: RefCell<VecDeque<Out>>,
     queued_size: Cell<usize>,
-    capacity_size: usize,
-    core_capacity_size: usize,
-    stats: Rc<Stats>,
+    budget: Budget,
+    core: Rc<CoreOutboxes>,
+    /// Queries the connection has running.
+    queries: Cell<usize>,
+    /// When the write under way began to wait (`core.seconds`), if one is.
+    writing_since: Cell<Option<u64>>,
+    /// Set by the sweeper once a write has waited past the stall limit.
+    stalled: Cell<bool>,
     waker: Cell<Option<Waker>>,
     /// Senders waiting for room (answers to REQs); woken when the writer takes a message.
     room_wakers: RefCell<Vec<Waker>>,
@@ -88,7 +112,7 @@ impl Shared {
     fn push(&self, out: Out) {
         let size = out.size();
         self.queued_size.set(self.queued_size.get() + size);
-        self.stats.outbound_bytes.add(size as u64);
+        self.core.stats.outbound_bytes.add(size as u64);
         self.queue.borrow_mut().push_back(out);
         self.wake();
     }
@@ -99,9 +123,18 @@ impl Shared {
         }
     }
 
+    fn check_stall(&self, stall_secs: u64) -> bool {
+        let now = self.core.seconds.get();
+        let stalled = self.writing_since.get().is_some_and(|since| now.saturating_sub(since) > stall_secs);
+        if stalled && !self.stalled.replace(true) {
+            self.wake();
+        }
+        stalled
+    }
+
     fn clear(&self) {
         self.queue.borrow_mut().clear();
-        self.stats.outbound_bytes.sub(self.queued_size.replace(0) as u64);
+        self.core.stats.outbound_bytes.sub(self.queued_size.replace(0) as u64);
     }
 }
 
@@ -114,16 +147,28 @@ impl Drop for Shared {
 pub struct OutboxSender(Rc<Shared>);
 pub struct Outbox(Rc<Shared>);
 
-/// A queue of at most `capacity_size` bytes, counted in `stats.outbound_bytes` against the
-/// core's `core_capacity_size`.
-pub fn outbox(capacity_size: usize, core_capacity_size: usize, stats: Rc<Stats>) -> (OutboxSender, Outbox) {
-    assert!(capacity_size > 0);
+/// See [`OutboxSender::watch`].
+pub struct OutboxWatch(std::rc::Weak<Shared>);
+
+impl OutboxWatch {
+    /// [`OutboxSender::check_stall`]; `None` once the connection's loop has ended.
+    pub fn check_stall(&self, stall_secs: u64) -> Option<bool> {
+        self.0.upgrade().map(|shared| shared.check_stall(stall_secs))
+    }
+}
+
+/// A queue of at most `budget.capacity_size` bytes, counted in the core's
+/// `stats.outbound_bytes` against its budget.
+pub fn outbox(budget: Budget, core: Rc<CoreOutboxes>) -> (OutboxSender, Outbox) {
+    assert!(budget.capacity_size > 0 && budget.queries_max > 0);
     let shared = Rc::new(Shared {
         queue: RefCell::new(VecDeque::new()),
         queued_size: Cell::new(0),
-        capacity_size,
-        core_capacity_size,
-        stats,
+        budget,
+        core,
+        queries: Cell::new(0),
+        writing_since: Cell::new(None),
+        stalled: Cell::new(false),
         waker: Cell::new(None),
         room_wakers: RefCell::new(Vec::new()),
         closed: Cell::new(false),
@@ -133,15 +178,20 @@ pub fn outbox(capacity_size: usize, core_capacity_size: usize, stats: Rc<Stats>)
 }
 
 impl OutboxSender {
-    /// Queue a live event; refused when the connection or the core is over its budget and
-    /// this connection is behind (a slow consumer).
+    /// Queue a live event; refused when this connection is behind (its queue is not empty)
+    /// and either over its own budget, or the core is over its budget and this connection
+    /// holds more than its share of it (more than the core's connections hold on average):
+    /// the readers that cause the pressure are shed, not whoever is a little behind.
     pub fn try_send_live(&self, out: Out) -> Result<(), Out> {
         let shared = &self.0;
         let size = out.size();
+        let queued = shared.queued_size.get();
         let behind = !shared.queue.borrow().is_empty();
-        let over_own = shared.queued_size.get() + size > shared.capacity_size;
-        let over_core = shared.stats.outbound_bytes.get() as usize + size > shared.core_capacity_size;
-        if behind && (over_own || over_core) {
+        let core_queued = shared.core.stats.outbound_bytes.get() as usize;
+        let over_own = queued + size > shared.budget.capacity_size;
+        let over_core = core_queued + size > shared.core.capacity_size;
+        let connections = shared.core.stats.connections.get().max(1) as usize;
+        if behind && (over_own || (over_core && queued > core_queued / connections)) {
             return Err(out);
         }
         shared.push(out);
@@ -152,7 +202,7 @@ impl OutboxSender {
     /// one message, so the largest event always gets through).
     pub fn try_send(&self, out: Out) -> Result<(), Out> {
         let shared = &self.0;
-        if !shared.queue.borrow().is_empty() && shared.queued_size.get() + out.size() > shared.capacity_size {
+        if !shared.queue.borrow().is_empty() && shared.queued_size.get() + out.size() > shared.budget.capacity_size {
             return Err(out);
         }
         shared.push(out);
@@ -180,9 +230,26 @@ impl OutboxSender {
         self.0.push(Out::Close(code, reason));
     }
 
-    /// Wake the session so that it looks again at what it may do (a query of its finished).
-    pub fn nudge(&self) {
-        self.0.wake();
+    /// The connection now has `count` queries running; the session reads again once it is
+    /// under its budget.
+    pub fn set_queries(&self, count: usize) {
+        let was = self.0.queries.replace(count);
+        if count < was {
+            self.0.wake();
+        }
+    }
+
+    /// A handle the core's sweep keeps on a connection it has let go of (shut, or closed)
+    /// while the connection's loop may still be stuck in a write.
+    pub fn watch(&self) -> OutboxWatch {
+        OutboxWatch(Rc::downgrade(&self.0))
+    }
+
+    /// Whether a write has waited more than `stall_secs` by the core's clock (so between
+    /// `stall_secs` and one second more); if so, the session is told, and abandons the
+    /// write and cuts the connection.
+    pub fn check_stall(&self, stall_secs: u64) -> bool {
+        self.0.check_stall(stall_secs)
     }
 
     pub fn queued_size(&self) -> usize {
@@ -196,7 +263,7 @@ impl OutboxSender {
         poll_fn(move |cx| {
             if shared.closed.get()
                 || shared.queue.borrow().is_empty()
-                || shared.queued_size.get() + size <= shared.capacity_size
+                || shared.queued_size.get() + size <= shared.budget.capacity_size
             {
                 return Poll::Ready(());
             }
@@ -243,9 +310,32 @@ impl Outbox {
     }
 
     /// Whether the session may read another client message: the queue and the replies
-    /// still owed leave room in the budget.
+    /// still owed leave room in the budget, and the connection may start another query.
     pub fn accepts_input(&self) -> bool {
-        self.0.queued_size.get() + self.0.owed.get() * OWED_REPLY_SIZE < self.0.capacity_size
+        let shared = &self.0;
+        shared.queued_size.get() + shared.owed.get() * OWED_REPLY_SIZE < shared.budget.capacity_size
+            && shared.queries.get() < shared.budget.queries_max
+    }
+
+    /// A write has to wait for the socket: time it from now.
+    pub fn begin_write(&self) {
+        self.0.writing_since.set(Some(self.0.core.seconds.get()));
+    }
+
+    pub fn end_write(&self) {
+        self.0.writing_since.set(None);
+    }
+
+    /// Resolves once the sweeper finds the write under way stalled.
+    pub async fn stalled(&self) {
+        poll_fn(|cx| {
+            if self.0.stalled.get() {
+                return Poll::Ready(());
+            }
+            self.0.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 
     pub fn try_recv(&self) -> Option<Out> {
@@ -258,7 +348,7 @@ impl Outbox {
         drop(queue);
         let size = out.size();
         shared.queued_size.set(shared.queued_size.get() - size);
-        shared.stats.outbound_bytes.sub(size as u64);
+        shared.core.stats.outbound_bytes.sub(size as u64);
         shared.room_wakers.borrow_mut().drain(..).for_each(Waker::wake);
         Some(out)
     }
@@ -268,6 +358,14 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn core(stats: &Rc<Stats>, capacity_size: usize) -> Rc<CoreOutboxes> {
+        Rc::new(CoreOutboxes { stats: stats.clone(), capacity_size, seconds: Cell::new(0) })
+    }
+
+    fn budget(capacity_size: usize) -> Budget {
+        Budget { capacity_size, queries_max: 4 }
+    }
+
     fn text(size: usize) -> Out {
         Out::Text("x".repeat(size - MESSAGE_OVERHEAD_SIZE))
     }
@@ -275,7 +373,7 @@ mod tests {
     #[test]
     fn bounded_in_bytes_ordered_and_closes() {
         let stats = Rc::new(Stats::default());
-        let (sender, outbox) = outbox(300, 1 << 20, stats.clone());
+        let (sender, outbox) = outbox(budget(300), core(&stats, 1 << 20));
         assert!(sender.try_send_live(text(100)).is_ok());
         assert!(sender.try_send_live(text(200)).is_ok());
         assert!(sender.try_send_live(text(100)).is_err(), "over 300 bytes");
@@ -291,26 +389,30 @@ mod tests {
 
     #[test]
     fn an_empty_queue_takes_one_message_of_any_size() {
-        let (sender, _outbox) = outbox(100, 1 << 20, Rc::new(Stats::default()));
+        let (sender, _outbox) = outbox(budget(100), core(&Rc::new(Stats::default()), 1 << 20));
         assert!(sender.try_send(text(1000)).is_ok());
         assert!(sender.try_send(text(65)).is_err());
     }
 
     #[test]
-    fn the_core_budget_refuses_live_events_to_readers_that_are_behind() {
+    fn the_core_budget_sheds_the_readers_holding_more_than_their_share() {
         let stats = Rc::new(Stats::default());
-        let (behind, _a) = outbox(10_000, 1_000, stats.clone());
-        let (idle, _b) = outbox(10_000, 1_000, stats.clone());
-        assert!(behind.try_send_live(text(900)).is_ok());
-        assert!(behind.try_send_live(text(200)).is_err(), "core over its budget, and this reader is behind");
+        stats.connections.add(3);
+        let (stalled, _a) = outbox(budget(10_000), core(&stats, 1_000));
+        let (healthy, _b) = outbox(budget(10_000), core(&stats, 1_000));
+        let (idle, _c) = outbox(budget(10_000), core(&stats, 1_000));
+        assert!(stalled.try_send_live(text(800)).is_ok());
+        assert!(healthy.try_send_live(text(100)).is_ok());
+        assert!(stalled.try_send_live(text(200)).is_err(), "over the core's budget, and over its share");
+        assert!(healthy.try_send_live(text(200)).is_ok(), "behind, but under its share: kept");
         assert!(idle.try_send_live(text(200)).is_ok(), "a reader that is keeping up still gets its events");
-        drop((behind, idle));
+        drop((stalled, healthy, idle));
     }
 
     #[test]
     fn shut_drops_the_queue_and_closes() {
         let stats = Rc::new(Stats::default());
-        let (sender, outbox) = outbox(1000, 1 << 20, stats.clone());
+        let (sender, outbox) = outbox(budget(1000), core(&stats, 1 << 20));
         assert!(sender.try_send_live(text(500)).is_ok());
         sender.shut(CloseCode::Policy, "slow".into());
         assert!(matches!(outbox.try_recv(), Some(Out::Close(CloseCode::Policy, _))));
@@ -320,7 +422,7 @@ mod tests {
 
     #[test]
     fn replies_are_always_queued_and_hold_back_input() {
-        let (sender, outbox) = outbox(2 * OWED_REPLY_SIZE, 1 << 20, Rc::new(Stats::default()));
+        let (sender, outbox) = outbox(budget(2 * OWED_REPLY_SIZE), core(&Rc::new(Stats::default()), 1 << 20));
         assert!(outbox.accepts_input());
         sender.owe_reply();
         sender.send_reply(text(OWED_REPLY_SIZE), false);
@@ -336,11 +438,37 @@ mod tests {
 
     #[test]
     fn a_sender_waits_for_room() {
-        let (sender, outbox) = outbox(100, 1 << 20, Rc::new(Stats::default()));
+        let (sender, outbox) = outbox(budget(100), core(&Rc::new(Stats::default()), 1 << 20));
         assert!(sender.try_send(text(100)).is_ok());
         let mut room = Box::pin(sender.room(100));
         assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut room)).is_none(), "full");
         assert!(outbox.try_recv().is_some());
         assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut room)).is_some(), "room again");
+    }
+
+    #[test]
+    fn queries_at_the_budget_hold_back_input() {
+        let (sender, outbox) = outbox(budget(1000), core(&Rc::new(Stats::default()), 1 << 20));
+        sender.set_queries(4);
+        assert!(!outbox.accepts_input());
+        sender.set_queries(3);
+        assert!(outbox.accepts_input());
+    }
+
+    #[test]
+    fn a_write_that_waits_past_the_limit_is_stalled_by_the_clock() {
+        let stats = Rc::new(Stats::default());
+        let clock = core(&stats, 1 << 20);
+        let (sender, outbox) = outbox(budget(1000), clock.clone());
+        assert!(!sender.check_stall(2), "no write under way");
+        outbox.begin_write();
+        clock.seconds.set(2);
+        assert!(!sender.check_stall(2), "a write that began in second 0 may be only a moment old in second 2");
+        let mut stalled = Box::pin(outbox.stalled());
+        assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut stalled)).is_none());
+        clock.seconds.set(3);
+        assert!(sender.check_stall(2));
+        assert!(futures_lite::future::block_on(futures_lite::future::poll_once(&mut stalled)).is_some());
+        outbox.end_write();
     }
 }

@@ -7,7 +7,7 @@ use super::core::Core;
 use crate::filter::Filter;
 use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
-use crate::store::{effective_limit, FilterScan, Hit, ShardHit};
+use crate::store::{effective_limit, FilterScan, Hit, ShardHit, ShardState};
 
 #[derive(Clone, Copy, Debug)]
 pub struct QueryLimits {
@@ -83,6 +83,20 @@ pub async fn count(core: &Core, filters: &[Filter], limits: QueryLimits) -> Coun
         }
     }
     core.stats.counts_scanned.inc();
+    if let [filter] = filters {
+        // One filter: its events on different shards are different events; count them
+        // without keeping them.
+        let limit = effective_limit(filter, limits.default, limits.max);
+        let mut total = CountPart::default();
+        for shard_id in core.shard_ids() {
+            let plan = |state: &ShardState| FilterScan::new_count(filter, limit, &state.index);
+            if let Some(scan) = run_scan(core, shard_id, plan, limits.now).await {
+                total.count += scan.count() as u64;
+                total.approximate |= scan.count() >= limit;
+            }
+        }
+        return total;
+    }
     let mut approximate = false;
     let mut per_filter = Vec::with_capacity(filters.len());
     for filter in filters {
@@ -142,15 +156,27 @@ fn count_from_index(core: &Core, filter: &Filter, now: u64) -> Option<u64> {
 
 /// The newest `limit` hits of `filter` on one shard, examined a step at a time.
 async fn scan_shard(core: &Core, shard_id: u16, filter: &Filter, limit: usize, now: u64) -> Vec<Hit> {
-    let Some(mut scan) = core.with_shard(shard_id, |state| FilterScan::new(filter, limit, &state.index)) else {
-        return Vec::new();
-    };
+    let plan = |state: &ShardState| FilterScan::new(filter, limit, &state.index);
+    run_scan(core, shard_id, plan, now).await.map(FilterScan::into_hits).unwrap_or_default()
+}
+
+/// Plan a scan on one shard and run it to its end a step at a time; `None` once the shard
+/// is closed.
+async fn run_scan(
+    core: &Core,
+    shard_id: u16,
+    plan: impl FnOnce(&ShardState) -> FilterScan,
+    now: u64,
+) -> Option<FilterScan> {
+    let mut scan = core.with_shard(shard_id, plan)?;
     loop {
         let done = core.with_shard(shard_id, |state| scan.step(&state.index, state, now, QUERY_STEP_CANDIDATE_COUNT));
-        match done {
-            Some(true) => return scan.into_hits(),
-            Some(false) => glommio::yield_if_needed().await,
-            None => return Vec::new(),
+        match done? {
+            true => return Some(scan),
+            // Every step, not only when the time slice is spent, and to the other task queues
+            // too: scans take turns a step at a time, so a short query is not queued behind
+            // long ones, and a session or a commit woken meanwhile runs next.
+            false => glommio::executor().yield_task_queue_now().await,
         }
     }
 }

@@ -93,16 +93,12 @@ impl Session {
         Session { outbound, _slot: slot, subs: HashMap::new(), queries: HashMap::new(), stats }
     }
 
-    /// Queries running now.
-    pub fn query_count(&self) -> usize {
-        self.queries.len()
-    }
-
     /// Register a query answering `sub` (if any), before its task is spawned: glommio runs
     /// a task it spawns at once, so the task may finish before [`Session::attach`].
     pub fn start_query(&mut self, id: QueryId, sub: Option<SubId>) {
         self.stats.queries.add(1);
         self.queries.insert(id, Query { sub, task: None });
+        self.outbound.set_queries(self.queries.len());
     }
 
     /// Own the task of query `id`; a query that already finished needs no handle.
@@ -116,7 +112,7 @@ impl Session {
     pub fn finish_query(&mut self, id: QueryId) {
         if self.queries.remove(&id).is_some() {
             self.stats.queries.sub(1);
-            self.outbound.nudge();
+            self.outbound.set_queries(self.queries.len());
         }
     }
 
@@ -136,6 +132,7 @@ impl Session {
             }
             self.stats.queries.sub(1);
             self.stats.queries_cancelled.inc();
+            self.outbound.set_queries(self.queries.len());
         }
     }
 }

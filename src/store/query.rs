@@ -76,6 +76,8 @@ pub struct FilterScan {
     /// The next candidates are strictly below this (created_at, number).
     resume_below: (u64, EventNo),
     hits: Vec<Hit>,
+    /// A counting scan keeps no hits: it counts them, up to `limit`.
+    counted: Option<usize>,
     done: bool,
 }
 
@@ -90,6 +92,7 @@ impl FilterScan {
             snapshot: index.durable_count(),
             resume_below: (filter.until.unwrap_or(u64::MAX), EventNo::MAX),
             hits: Vec::new(),
+            counted: None,
             done: limit == 0 || filter.since.zip(filter.until).is_some_and(|(since, until)| since > until),
         };
         if let Some(authors) = &filter.authors {
@@ -134,6 +137,17 @@ impl FilterScan {
             consider(cost, tag.values.iter().map(|v| List::Tag(tag.letter, v.clone())).collect());
         }
         best.1
+    }
+
+    /// A scan that counts the events `filter` matches, up to `limit`, keeping none of them
+    /// (no hits, no ordering of ties): what a COUNT of one filter needs.
+    pub fn new_count(filter: &Filter, limit: usize, index: &Index) -> FilterScan {
+        FilterScan { counted: Some(0), ..FilterScan::new(filter, limit, index) }
+    }
+
+    /// Events counted by a counting scan (0 for any other).
+    pub fn count(&self) -> usize {
+        self.counted.unwrap_or(0)
     }
 
     pub fn is_done(&self) -> bool {
@@ -181,8 +195,13 @@ impl FilterScan {
                 break;
             }
             if self.accepts(key.1, index, records, now) {
-                let entry = index.entry(key.1);
-                self.hits.push(Hit { created_at: entry.created_at, id: entry.id, no: key.1 });
+                match &mut self.counted {
+                    Some(counted) => *counted += 1,
+                    None => {
+                        let entry = index.entry(key.1);
+                        self.hits.push(Hit { created_at: entry.created_at, id: entry.id, no: key.1 });
+                    }
+                }
             }
         }
         self.finish();
@@ -192,6 +211,9 @@ impl FilterScan {
     /// Whether a candidate at `created_at` can no longer make the first `limit`: it is
     /// older than the limit-th hit, or past the most ties we gather.
     fn past_limit(&self, created_at: u64) -> bool {
+        if let Some(counted) = self.counted {
+            return counted >= self.limit;
+        }
         let Some(boundary) = self.hits.get(self.limit.saturating_sub(1)) else { return false };
         created_at < boundary.created_at || self.hits.len() >= self.limit + QUERY_TIE_COUNT_MAX
     }
@@ -209,6 +231,10 @@ impl FilterScan {
     }
 
     fn finish(&mut self) {
+        self.done = true;
+        if self.counted.is_some() {
+            return;
+        }
         self.hits.sort_unstable_by(|a, b| a.order_key().cmp(&b.order_key()));
         self.hits.truncate(self.limit);
         self.done = true;

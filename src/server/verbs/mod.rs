@@ -27,7 +27,9 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
         }
     };
     match message {
-        ClientMessage::Event(raw) => event::handle(core, conn, raw).await,
+        // Boxed: an EVENT may wait for room on the mesh, and that state would otherwise be
+        // part of every connection's future for its whole life.
+        ClientMessage::Event(raw) => Box::pin(event::handle(core, conn, raw)).await,
         ClientMessage::Req { sub_id, filters } => req::handle(core, conn, sub_id, filters),
         ClientMessage::Count { sub_id, filters } => count::handle(core, conn, sub_id, filters),
         ClientMessage::Close { sub_id } => {

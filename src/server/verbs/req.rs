@@ -6,6 +6,8 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
 use crate::filter::{Filter, Matchable};
 use crate::proto::{self, SubId};
 use crate::server::core::Core;
@@ -129,7 +131,10 @@ async fn send_waiting(core: &Core, conn: ConnId, text: String) -> bool {
             Ok(())
         });
         if waited.await.is_err() {
-            tracing::info!(core = core.id, conn = conn.0, "dropping a reader that stopped reading its answer");
+            tracing::info!(core = core.id, conn = conn.0, "closing a reader that stopped reading its answer");
+            core.stats.slow_consumer_closes.inc();
+            let reason = "slow consumer: the answer to a REQ was not read".to_owned();
+            core.with_session(conn, |session| session.outbound.shut(CloseCode::Policy, reason));
             core.close_session(conn);
             return false;
         }
