@@ -8,6 +8,8 @@
 //! - [`proto`]: client messages in, relay messages out (sans-IO).
 //! - [`subs`]: the live-subscription index of one core (sans-IO).
 //! - [`store`]: segments, indexes, storage rules, queries, group commit.
+//! - [`config`]: the configuration and every per-connection budget.
+//! - [`server`]: `ringrelay serve`: sessions, verbs, ingest stages, the core mesh, fan-out.
 //! - [`tools`]: the offline commands: import, export, verify, compact.
 
 pub mod config;
