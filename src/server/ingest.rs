@@ -3,7 +3,7 @@
 //!   later policy stages (auth, rate, lists) slot in here;
 //! - the signature check (`Core::verify`), then [`after_signature`]: a deletion request's
 //!   targets are looked up on every core (NIP-09 ownership);
-//! - [`route`]: to the owner core of the author's shard, waiting while its channel is full;
+//! - `route`: to the owner core of the author's shard, waiting while its channel is full;
 //! - [`append_owned`], on the owner: the storage rules, the append, and the shard's
 //!   [`AckPipeline`], one task per shard that acknowledges each append once it is durable
 //!   and then broadcasts it.
