@@ -143,7 +143,9 @@ fn the_command_line_sets_the_exit_status_and_writes_json_and_a_plot() {
     assert_eq!(document["report"]["relay_cpu"]["pid"], relay.pid());
     assert!(document["report"]["relay_cpu"]["cpu_seconds"].as_f64().unwrap() > 0.0, "the relay worked");
 
-    let held = loadgen::main_with_args(args(&["--slo", "publish.p99<60s,publish.achieved>=50%,errors<=1%"]));
+    // Objectives loose enough to hold on a loaded CI host: this checks the exit status, not
+    // the relay's speed (that is for the benchmarks).
+    let held = loadgen::main_with_args(args(&["--slo", "publish.p99<60s,publish.achieved>=1%,errors<=50%"]));
     assert_eq!(held, loadgen::EXIT_HELD);
 
     let plot = dir.path().join("sweep.svg");
