@@ -381,6 +381,10 @@ async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &At
         match step {
             Step::Accepted(Ok(stream)) => {
                 match glommio::spawn_local_into(conn::serve_connection(core.clone(), stream), sessions) {
+                    // The connection's task is owned through its `Session` once upgraded (the
+                    // core closes it through its outbox, and `connections_per_ip_max` bounds
+                    // them); before that, only the 10 s handshake timeout bounds it: new
+                    // connections per address are for the rate limits (issue 15).
                     Ok(task) => {
                         task.detach();
                     }
