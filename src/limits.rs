@@ -31,6 +31,9 @@ pub const SHARD_COUNT_MAX: usize = 256;
 /// Candidates a query examines before it yields, so a huge scan never stalls a core: ~0.4 ms
 /// of scanning at ~400 ns a candidate, so that scans take turns finely.
 pub const QUERY_STEP_CANDIDATE_COUNT: usize = 1_024;
+/// Steps a scan takes in the queries' task queue before it moves to the long scans' queue,
+/// which has a smaller CPU share: an index lookup answering a `limit` is done by then.
+pub const LONG_SCAN_AFTER_STEPS: usize = 4;
 /// Most events with the same `created_at` a query gathers past its `limit` to order ties by id.
 pub const QUERY_TIE_COUNT_MAX: usize = 100_000;
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use glommio::sync::{Permit, Semaphore};
 use glommio::task::JoinHandle;
-use glommio::TaskQueueHandle;
+use glommio::{Task, TaskQueueHandle};
 
 use super::ingest::AckPipeline;
 use super::ip_slots::IpSlots;
@@ -27,6 +27,17 @@ use crate::config::Config;
 use crate::event::{EventError, KeyCache, ParsedEvent, VerifiedEvent};
 use crate::store::{Router, Shard, ShardState};
 use crate::subs::{ConnId, SubscriptionIndex};
+
+/// The task queues a core's queries run in. A task spawned there never runs inside the
+/// spawning session's turn, so a REQ replaced by the next message costs no scan, and glommio
+/// shares the core between sessions' I/O and scans. A scan still running after a few steps
+/// finishes in `long_scans`, which has a smaller share: short queries are not queued behind
+/// long ones, and a flood of long ones takes little from everyone else.
+#[derive(Clone, Copy)]
+pub struct QueryQueues {
+    pub queries: TaskQueueHandle,
+    pub long_scans: TaskQueueHandle,
+}
 
 pub struct Core {
     pub id: usize,
@@ -43,10 +54,8 @@ pub struct Core {
     keys: RefCell<KeyCache>,
     /// Queries this core's connections may run at once (`queries_per_core_max`).
     query_slots: Semaphore,
-    /// The task queue queries and scans run in: a task spawned there never runs inside the
-    /// spawning session's turn, so a REQ replaced by the next message costs no scan, and
-    /// glommio shares the core fairly between sessions' I/O and scans.
-    queries_queue: TaskQueueHandle,
+    /// Where queries and scans run, apart from the sessions (see [`QueryQueues`]).
+    queues: QueryQueues,
     /// Scans run for other cores' gathers, cancellable by the asker (the handle is set once
     /// the task is spawned; glommio may run it to completion first).
     remote_scans: RefCell<HashMap<RequestId, Option<JoinHandle<()>>>>,
@@ -70,7 +79,7 @@ impl Core {
         mesh: Rc<Mesh>,
         stats: Rc<Stats>,
         ip_slots: IpSlots,
-        queries_queue: TaskQueueHandle,
+        queues: QueryQueues,
     ) -> Rc<Core> {
         let query_slots = Semaphore::new(config.limits.queries_per_core_max as u64);
         let outboxes = Rc::new(CoreOutboxes {
@@ -78,7 +87,10 @@ impl Core {
             capacity_size: config.limits.outbound_bytes_per_core_max,
             seconds: Cell::new(0),
         });
-        let pipelines = shards.keys().map(|&shard| (shard, Rc::new(AckPipeline::default()))).collect();
+        let pipelines = shards
+            .iter()
+            .map(|(&id, shard)| (id, Rc::new(AckPipeline::new(shard.state().index.durable_count()))))
+            .collect();
         Rc::new(Core {
             id: mesh.id,
             core_count: mesh.core_count,
@@ -93,7 +105,7 @@ impl Core {
             next_id: Cell::new(1),
             keys: RefCell::new(KeyCache::new()),
             query_slots,
-            queries_queue,
+            queues,
             remote_scans: RefCell::new(HashMap::new()),
             outboxes,
             closing: RefCell::new(Vec::new()),
@@ -226,7 +238,12 @@ impl Core {
     }
 
     fn spawn_query(&self, work: impl std::future::Future<Output = ()> + 'static) -> JoinHandle<()> {
-        glommio::spawn_local_into(work, self.queries_queue).expect("the queries task queue exists").detach()
+        glommio::spawn_local_into(work, self.queues.queries).expect("the queries task queue exists").detach()
+    }
+
+    /// Run the rest of a long scan in the long scans' queue; dropping the task cancels it.
+    pub(super) fn spawn_long_scan<T: 'static>(&self, work: impl std::future::Future<Output = T> + 'static) -> Task<T> {
+        glommio::spawn_local_into(work, self.queues.long_scans).expect("the long scans task queue exists")
     }
 
     /// One of the core's query slots, waited for in arrival order.

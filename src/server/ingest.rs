@@ -57,16 +57,20 @@ pub fn before_signature(core: &Core, event: &ParsedEvent) -> Option<String> {
     None
 }
 
-/// Whether this core owns `event`'s shard and already has it on disk (checked before the
-/// signature, which costs 20 times the rest of ingest). A copy not yet durable is not
-/// answered here: its duplicate waits for it in the append path.
+/// Whether this core owns `event`'s shard and has already acknowledged it (checked before
+/// the signature, which costs 20 times the rest of ingest). A copy whose original is not
+/// yet acknowledged is not answered here: it waits behind the original in the shard's
+/// pipeline, so its `duplicate:` OK never comes before the original's OK.
 pub fn is_known_duplicate(core: &Core, id: &EventId, shard: u16) -> bool {
     if core.owner_core(shard) != core.id {
         return false;
     }
+    let answered = core.ack_pipeline(shard).answered_count();
     core.with_shard(shard, |state| {
         let index = &state.index;
-        index.lookup_id(&id.0).is_some_and(|no| !index.entry(no).is_dead() && no < index.durable_count())
+        index
+            .lookup_id(&id.0)
+            .is_some_and(|no| !index.entry(no).is_dead() && no < index.durable_count() && no < answered)
     })
     .unwrap_or(false)
 }
@@ -171,15 +175,17 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: u16, reply: Re
     };
     let pending = match admission {
         Ok(Admission::Stored(durable)) => {
-            Pending { durable: Some(durable), reply, live: Some(event), duplicate: false }
+            let no = core.with_shard(shard, |state| state.index.lookup_id(&event.id().0)).flatten();
+            Pending { durable: Some(durable), reply, live: Some(event), duplicate: false, no }
         }
-        Ok(Admission::Duplicate(None)) => return deliver_ok(core, &reply, true, DUPLICATE),
+        // Behind whatever the pipeline holds: the original's OK may still be in it.
+        Ok(Admission::Duplicate(None)) => Pending { durable: None, reply, live: None, duplicate: true, no: None },
         // The original is still on its way to disk: acknowledging the copy now would
         // promise an event a crash could still lose.
         Ok(Admission::Duplicate(Some(original))) => {
-            Pending { durable: Some(original), reply, live: None, duplicate: true }
+            Pending { durable: Some(original), reply, live: None, duplicate: true, no: None }
         }
-        Ok(Admission::Ephemeral) => Pending { durable: None, reply, live: Some(event), duplicate: false },
+        Ok(Admission::Ephemeral) => Pending { durable: None, reply, live: Some(event), duplicate: false, no: None },
         Ok(Admission::Rejected(rejection)) => return deliver_ok(core, &reply, false, rejection.reason()),
         Err(error) => {
             if let Some(held_back) = core.storage_errors.admit() {
@@ -219,6 +225,8 @@ pub struct Pending {
     /// The event to broadcast once durable (none for a duplicate).
     live: Option<VerifiedEvent>,
     duplicate: bool,
+    /// The stored event's number in its shard.
+    no: Option<u32>,
 }
 
 /// One shard's appends in the order they were made, answered by one task as each becomes
@@ -230,12 +238,25 @@ pub struct AckPipeline {
     waker: RefCell<Option<Waker>>,
     /// Appends pushed and not yet answered.
     in_flight: std::cell::Cell<usize>,
+    /// One past the newest stored event whose OK has gone out: copies of events below it
+    /// may be answered at once.
+    answered: std::cell::Cell<u32>,
 }
 
 impl AckPipeline {
     /// Whether every append pushed has been answered.
     pub fn is_idle(&self) -> bool {
         self.in_flight.get() == 0
+    }
+
+    /// A pipeline for a shard opened with `durable_count` events, all of them answered.
+    pub fn new(durable_count: u32) -> AckPipeline {
+        AckPipeline { answered: std::cell::Cell::new(durable_count), ..AckPipeline::default() }
+    }
+
+    /// One past the newest stored event this pipeline has acknowledged.
+    pub fn answered_count(&self) -> u32 {
+        self.answered.get()
     }
 
     fn push(&self, pending: Pending) {
@@ -264,6 +285,9 @@ impl AckPipeline {
             match outcome {
                 Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, true, DUPLICATE),
                 Ok(()) => {
+                    if let Some(no) = pending.no {
+                        self.answered.set(no + 1);
+                    }
                     deliver_ok(&core, &pending.reply, true, "");
                     if let Some(event) = pending.live {
                         broadcast(&core, Arc::new(LiveEvent::from_event(&event))).await;

@@ -34,6 +34,8 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 
+use self::core::QueryQueues;
+
 use self::core::Core;
 use self::ip_slots::IpSlots;
 use self::mesh::{CoreMsg, Mesh};
@@ -64,6 +66,11 @@ const QUERY_SHARES: usize = 500;
 /// waited a 2 ms slice, and publish p50 went from 0.9 to 17 ms; 250 µs slices keep it near
 /// its unloaded figure (docs/benchmarks.md).
 const QUERY_SLICE: Duration = Duration::from_micros(250);
+/// The long scans' task queue's CPU share: a scan still running after
+/// `LONG_SCAN_AFTER_STEPS` moves there, so a flood of expensive queries takes a fifth of the
+/// queries' share while short queries, publishing and live events keep theirs. Alone on a
+/// core, long scans still take all of it.
+const LONG_SCAN_SHARES: usize = 100;
 /// Errors that repeat per event or per accept (a full disk, a descriptor limit) are logged
 /// at most once per this interval, with the count held back.
 pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -297,7 +304,13 @@ async fn run_joined(
     // expensive queries slows queries, not every client's publishing and live events.
     let queries =
         glommio::executor().create_task_queue(Shares::Static(QUERY_SHARES), Latency::Matters(QUERY_SLICE), "queries");
-    let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, start.ip_slots, queries);
+    let long_scans = glommio::executor().create_task_queue(
+        Shares::Static(LONG_SCAN_SHARES),
+        Latency::Matters(QUERY_SLICE),
+        "long scans",
+    );
+    let queues = QueryQueues { queries, long_scans };
+    let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, start.ip_slots, queues);
     core.start_tasks();
     // One receiver task per peer, for the life of the core; handlers never wait (see `mesh`).
     let receiving: Vec<_> = receivers

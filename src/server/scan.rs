@@ -1,11 +1,12 @@
 //! One core's side of a query: its shards scanned for a REQ's events or counted for a COUNT.
 //! Scans run in budgeted steps and yield between them, so a long one never holds the core.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::core::Core;
 use crate::filter::Filter;
-use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
+use crate::limits::{LONG_SCAN_AFTER_STEPS, QUERY_STEP_CANDIDATE_COUNT};
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
 use crate::store::{effective_limit, FilterScan, Hit, ShardHit, ShardState};
 
@@ -45,7 +46,7 @@ pub struct CountPart {
 
 /// Per filter, the newest `limit` events of this core's shards, with their JSON: at most
 /// `limits.bytes_max` of it over all filters (filters in order, each newest first).
-pub async fn hits(core: &Core, filters: &[Filter], limits: QueryLimits) -> Vec<Vec<WireHit>> {
+pub async fn hits(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits) -> Vec<Vec<WireHit>> {
     let mut per_filter = Vec::with_capacity(filters.len());
     let mut bytes_left = limits.bytes_max;
     for filter in filters {
@@ -74,7 +75,7 @@ pub async fn hits(core: &Core, filters: &[Filter], limits: QueryLimits) -> Vec<V
 /// so parts from different cores add up; within the core, events matching several filters
 /// are counted once. One filter on kinds alone or authors alone is answered from the
 /// indexes' counts, O(keys) however many events there are.
-pub async fn count(core: &Core, filters: &[Filter], limits: QueryLimits) -> CountPart {
+pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits) -> CountPart {
     if let [filter] = filters {
         if let Some(count) = count_from_index(core, filter, limits.now) {
             core.stats.counts_from_index.inc();
@@ -155,28 +156,47 @@ fn count_from_index(core: &Core, filter: &Filter, now: u64) -> Option<u64> {
 }
 
 /// The newest `limit` hits of `filter` on one shard, examined a step at a time.
-async fn scan_shard(core: &Core, shard_id: u16, filter: &Filter, limit: usize, now: u64) -> Vec<Hit> {
+async fn scan_shard(core: &Rc<Core>, shard_id: u16, filter: &Filter, limit: usize, now: u64) -> Vec<Hit> {
     let plan = |state: &ShardState| FilterScan::new(filter, limit, &state.index);
     run_scan(core, shard_id, plan, now).await.map(FilterScan::into_hits).unwrap_or_default()
 }
 
 /// Plan a scan on one shard and run it to its end a step at a time; `None` once the shard
-/// is closed.
+/// is closed. Past `LONG_SCAN_AFTER_STEPS` steps the rest runs in the long scans' queue.
 async fn run_scan(
-    core: &Core,
+    core: &Rc<Core>,
     shard_id: u16,
     plan: impl FnOnce(&ShardState) -> FilterScan,
     now: u64,
 ) -> Option<FilterScan> {
     let mut scan = core.with_shard(shard_id, plan)?;
-    loop {
-        let done = core.with_shard(shard_id, |state| scan.step(&state.index, state, now, QUERY_STEP_CANDIDATE_COUNT));
-        match done? {
-            true => return Some(scan),
-            // Every step, not only when the time slice is spent, and to the other task queues
-            // too: scans take turns a step at a time, so a short query is not queued behind
-            // long ones, and a session or a commit woken meanwhile runs next.
-            false => glommio::executor().yield_task_queue_now().await,
+    for _ in 0..LONG_SCAN_AFTER_STEPS {
+        if step(core, shard_id, &mut scan, now)? {
+            return Some(scan);
         }
+        yield_step().await;
     }
+    core.stats.long_scans.inc();
+    let owner = core.clone();
+    core.spawn_long_scan(async move {
+        loop {
+            if step(&owner, shard_id, &mut scan, now)? {
+                return Some(scan);
+            }
+            yield_step().await;
+        }
+    })
+    .await
+}
+
+/// One step of a scan: `Some(true)` once it is done, `None` once the shard is closed.
+fn step(core: &Core, shard_id: u16, scan: &mut FilterScan, now: u64) -> Option<bool> {
+    core.with_shard(shard_id, |state| scan.step(&state.index, state, now, QUERY_STEP_CANDIDATE_COUNT))
+}
+
+/// Every step, not only when the time slice is spent, and to the other task queues too:
+/// scans take turns a step at a time, so a short query is not queued behind long ones, and
+/// a session or a commit woken meanwhile runs next.
+async fn yield_step() {
+    glommio::executor().yield_task_queue_now().await
 }

@@ -66,6 +66,8 @@ pub struct Stats {
     pub queries_cancelled: Counter,
     pub counts_from_index: Counter,
     pub counts_scanned: Counter,
+    /// Scans that ran past `LONG_SCAN_AFTER_STEPS` and finished in the long scans' queue.
+    pub long_scans: Counter,
     /// Messages waiting for room in a full core-to-core channel.
     pub mesh_backlog: Gauge,
     /// Live events held for subscriptions whose stored events are still being sent.
@@ -94,6 +96,7 @@ pub struct StatsSnapshot {
     pub queries_cancelled: u64,
     pub counts_from_index: u64,
     pub counts_scanned: u64,
+    pub long_scans: u64,
     pub mesh_backlog: u64,
     pub mesh_backlog_max_seen: u64,
     pub pending_live: u64,
@@ -123,6 +126,7 @@ impl Stats {
             queries_cancelled: self.queries_cancelled.get(),
             counts_from_index: self.counts_from_index.get(),
             counts_scanned: self.counts_scanned.get(),
+            long_scans: self.long_scans.get(),
             mesh_backlog: self.mesh_backlog.get(),
             mesh_backlog_max_seen: self.mesh_backlog.high(),
             pending_live: self.pending_live.get(),
@@ -153,6 +157,7 @@ impl StatsSnapshot {
         self.queries_cancelled += other.queries_cancelled;
         self.counts_from_index += other.counts_from_index;
         self.counts_scanned += other.counts_scanned;
+        self.long_scans += other.long_scans;
         self.mesh_backlog += other.mesh_backlog;
         self.mesh_backlog_max_seen = self.mesh_backlog_max_seen.max(other.mesh_backlog_max_seen);
         self.pending_live += other.pending_live;
