@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 use crate::limits::{EventLimits, SEGMENT_SIZE_DEFAULT};
 
+/// The default free-space reserve: four default segments.
+pub const STORAGE_RESERVE_BYTES_DEFAULT: u64 = 4 * SEGMENT_SIZE_DEFAULT as u64;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -17,6 +20,10 @@ pub struct Config {
     pub cores: usize,
     pub key_file: Option<PathBuf>,
     pub segment_size: usize,
+    /// Free bytes to keep on the data directory's filesystem: below it new events are
+    /// refused (`OK false "error: ..."`) while reads go on, so that appends already taken, a
+    /// segment rotation and a seal never run out of space half-way. 0 turns it off.
+    pub storage_reserve_bytes: u64,
     pub info: RelayInfo,
     pub limits: RelayLimits,
 }
@@ -85,6 +92,7 @@ impl Default for Config {
             cores: 0,
             key_file: None,
             segment_size: SEGMENT_SIZE_DEFAULT,
+            storage_reserve_bytes: STORAGE_RESERVE_BYTES_DEFAULT,
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }

@@ -338,7 +338,10 @@ impl Core {
     }
 
     fn local_stats(&self) -> StatsSnapshot {
-        self.stats.snapshot(self.subs.borrow().len() as u64)
+        let mut snapshot = self.stats.snapshot(self.subs.borrow().len() as u64);
+        snapshot.shards_refusing_writes =
+            self.shards.borrow().values().filter(|shard| shard.refusal().is_some()).count() as u64;
+        snapshot
     }
 
     /// Every core's counters, summed, with the process's.

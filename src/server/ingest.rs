@@ -25,11 +25,15 @@ use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
 use crate::store::query::merge_newest_first;
-use crate::store::{effective_limit, Admission, Durable};
+use crate::store::{effective_limit, Admission, Durable, StoreError};
 use crate::subs::{ConnId, LiveEvent};
 
 /// The `OK` reason for an event already stored.
 pub const DUPLICATE: &str = "duplicate: already have this event";
+/// Refused while the data directory's filesystem is full or below its reserve.
+pub const STORAGE_FULL: &str = "error: the relay's storage is full; try again later";
+/// Refused, or not stored, because a write to disk failed; the relay retries by itself.
+pub const STORAGE_FAILING: &str = "error: could not store the event (a disk write failed); try again later";
 
 /// The `OK` reason for a deletion request that names another author's event.
 pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
@@ -188,10 +192,14 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: u16, reply: Re
         Ok(Admission::Ephemeral) => Pending { durable: None, reply, live: Some(event), duplicate: false, no: None },
         Ok(Admission::Rejected(rejection)) => return deliver_ok(core, &reply, false, rejection.reason()),
         Err(error) => {
+            let reason = match &error {
+                StoreError::Refusing(refusal) if refusal.is_full() => STORAGE_FULL,
+                _ => STORAGE_FAILING,
+            };
             if let Some(held_back) = core.storage_errors.admit() {
-                tracing::error!(core = core.id, shard, %error, held_back, "storage refuses writes");
+                tracing::warn!(core = core.id, shard, %error, held_back, "event refused: storage refuses writes");
             }
-            return deliver_ok(core, &reply, false, "error: storage is failing");
+            return deliver_ok(core, &reply, false, reason);
         }
     };
     pipeline.push(pending);
@@ -297,7 +305,7 @@ impl AckPipeline {
                     if let Some(held_back) = core.storage_errors.admit() {
                         tracing::error!(core = core.id, %error, held_back, "append failed");
                     }
-                    deliver_ok(&core, &pending.reply, false, "error: could not store the event");
+                    deliver_ok(&core, &pending.reply, false, STORAGE_FAILING);
                 }
             }
             self.in_flight.set(self.in_flight.get() - 1);

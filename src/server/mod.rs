@@ -112,7 +112,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = DataDir::open_or_create(&config.data_dir, core_count.min(crate::limits::SHARD_COUNT_MAX) as u16)
         .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
     let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
-    let shard_config = ShardConfig::new(config.segment_size, key);
+    let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;

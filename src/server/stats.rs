@@ -104,6 +104,8 @@ pub struct StatsSnapshot {
     pub slow_consumer_closes: u64,
     pub write_stall_closes: u64,
     pub protocol_error_closes: u64,
+    /// Shards refusing writes now (a full disk, the free-space reserve, a failed write).
+    pub shards_refusing_writes: u64,
     pub rss_bytes: u64,
 }
 
@@ -134,6 +136,7 @@ impl Stats {
             slow_consumer_closes: self.slow_consumer_closes.get(),
             write_stall_closes: self.write_stall_closes.get(),
             protocol_error_closes: self.protocol_error_closes.get(),
+            shards_refusing_writes: 0,
             rss_bytes: 0,
         }
     }
@@ -163,6 +166,7 @@ impl StatsSnapshot {
         self.pending_live += other.pending_live;
         self.pending_live_max_seen = self.pending_live_max_seen.max(other.pending_live_max_seen);
         self.slow_consumer_closes += other.slow_consumer_closes;
+        self.shards_refusing_writes += other.shards_refusing_writes;
         self.write_stall_closes += other.write_stall_closes;
         self.protocol_error_closes += other.protocol_error_closes;
     }

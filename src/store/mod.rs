@@ -8,6 +8,7 @@
 
 pub mod crypto;
 pub mod datadir;
+pub mod faults;
 pub mod format;
 pub mod index;
 pub mod postings;
@@ -20,7 +21,7 @@ pub mod writer;
 pub use datadir::{Access, DataDir, Router};
 pub use index::{EventNo, Rejection};
 pub use query::{FilterScan, Hit, Ordered};
-pub use shard::{Appended, OpenMode, ShardConfig, ShardState, StoreError};
+pub use shard::{Appended, OpenMode, Refusal, RefusalCause, ShardConfig, ShardState, StoreError};
 pub use writer::{Admission, Durable, Shard};
 
 use crate::filter::Filter;

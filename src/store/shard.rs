@@ -10,6 +10,7 @@ use futures_channel::oneshot;
 use glommio::io::DmaFile;
 
 use super::crypto::{self, SegmentKey, TAG_SIZE};
+use super::faults::{Faults, IoOp};
 use super::format::{
     self, record_end, FormatError, SegmentHeader, FORMAT_VERSION, RECORD_FLAG_ENCRYPTED, RECORD_HEADER_SIZE,
     SEAL_RECORD_SIZE, SEGMENT_HEADER_SIZE,
@@ -29,8 +30,12 @@ pub enum StoreError {
     Corrupt { path: PathBuf, offset: usize, error: FormatError },
     #[error("{path}: {error}")]
     Key { path: PathBuf, error: KeyMismatch },
-    #[error("storage failed and refuses writes until restarted: {0}")]
+    #[error("storage failed: {0}")]
     Failed(String),
+    /// Writes are refused for now (a full disk, the free-space reserve, an I/O error); the
+    /// shard retries by itself and resumes when the cause is gone.
+    #[error("storage refuses writes: {0}")]
+    Refusing(Refusal),
     #[error("{0}")]
     DataDir(String),
 }
@@ -52,13 +57,72 @@ pub enum OpenMode {
 pub struct ShardConfig {
     pub segment_size: usize,
     pub key: Option<SegmentKey>,
+    /// Free bytes the filesystem must keep: below it new events are refused, so that what
+    /// is already appended, a rotation and a seal still fit.
+    pub reserve_bytes: u64,
+    /// Injected I/O faults (tests); none otherwise.
+    pub faults: Faults,
 }
 
 impl ShardConfig {
     pub fn new(segment_size: usize, key: Option<SegmentKey>) -> ShardConfig {
         assert!((SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&segment_size));
         assert!(segment_size % BLOCK_SIZE == 0);
-        ShardConfig { segment_size, key }
+        ShardConfig { segment_size, key, reserve_bytes: 0, faults: Faults::default() }
+    }
+
+    pub fn with_reserve(self, reserve_bytes: u64) -> ShardConfig {
+        ShardConfig { reserve_bytes, ..self }
+    }
+
+    pub fn with_faults(self, faults: Faults) -> ShardConfig {
+        ShardConfig { faults, ..self }
+    }
+}
+
+/// Why a shard refuses writes for now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub cause: RefusalCause,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// Free space fell below the reserve: what is already appended is still committed.
+    Reserve,
+    /// A write or fdatasync failed for lack of space (ENOSPC, EDQUOT), or
+    Full,
+    /// for another reason (EIO, ...). Either way every append it covered failed, and the
+    /// unacknowledged range is written again from the image on retry.
+    Io,
+}
+
+impl RefusalCause {
+    /// The cause of a failed write or fdatasync.
+    pub fn of(error: &std::io::Error) -> RefusalCause {
+        match error.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => RefusalCause::Full,
+            _ => RefusalCause::Io,
+        }
+    }
+}
+
+impl Refusal {
+    /// Whether the cause is a lack of space (the reserve, ENOSPC or EDQUOT).
+    pub fn is_full(&self) -> bool {
+        self.cause != RefusalCause::Io
+    }
+
+    /// Whether already appended records are still being committed (only the reserve).
+    pub fn commits_continue(&self) -> bool {
+        self.cause == RefusalCause::Reserve
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
     }
 }
 
@@ -114,7 +178,8 @@ pub struct ShardState {
     writable: bool,
     next_segment_id: u32,
     pub(super) waiters: VecDeque<(EventNo, oneshot::Sender<Result<(), String>>)>,
-    pub(super) failed: Option<String>,
+    /// Set while writes are refused; the committer clears it once the cause is gone.
+    pub(super) refusing: Option<Refusal>,
     /// What open found and cut, for the operator.
     pub repairs: Vec<Repair>,
     /// Reused for every record's rkyv encoding.
@@ -149,7 +214,7 @@ impl ShardState {
             writable: false,
             next_segment_id: 1,
             waiters: VecDeque::new(),
-            failed: None,
+            refusing: None,
             repairs: Vec::new(),
             scratch: rkyv::util::AlignedVec::new(),
             spare_image: None,
@@ -166,7 +231,23 @@ impl ShardState {
         state.index.sweep_expired(crate::now_unix());
         if mode == OpenMode::ReadWrite {
             state.next_segment_id = state.next_segment_id.max(read_high_water(dir));
-            state.begin_segment()?;
+            // A full disk must not keep the relay from starting and serving what it has: the
+            // shard opens refusing writes, and the first append after it resumes begins the
+            // segment.
+            match state.begin_segment() {
+                Ok(()) => {}
+                Err(StoreError::Io { path, source }) => {
+                    let detail = format!("{}: {source}", path.display());
+                    tracing::warn!(shard = shard_id, %detail, "cannot begin a segment: writes are refused until it can");
+                    state.refusing = Some(Refusal { cause: RefusalCause::of(&source), detail });
+                    state.active_sealed = true;
+                }
+                Err(other) => return Err(other),
+            }
+            if let Some(detail) = state.space_below_reserve().filter(|_| state.refusing.is_none()) {
+                tracing::warn!(shard = shard_id, %detail, "writes are refused until there is room");
+                state.refusing = Some(Refusal { cause: RefusalCause::Reserve, detail });
+            }
             state.writable = true;
         }
         Ok(state)
@@ -233,8 +314,13 @@ impl ShardState {
             let present = &bytes.as_slice()[..valid_end.min(bytes.as_slice().len())];
             if let Some(padding) = [0u8; format::RECORD_ALIGN].get(..valid_end - present.len()) {
                 let hash = blake3::Hasher::new().update(present).update(padding).finalize();
-                segment::append_durably(path, valid_end, &format::seal_bytes(hash.as_bytes()))
-                    .map_err(io_error(path))?;
+                // Only a speed-up for the next open (a full disk may refuse it): a segment
+                // without its seal is checked record by record.
+                if let Err(error) = segment::append_durably(path, valid_end, &format::seal_bytes(hash.as_bytes())) {
+                    tracing::warn!(path = %path.display(), %error, "cannot seal the segment a crash left open");
+                    // Nothing of a seal half written may stay after the records.
+                    segment::truncate_file(path, valid_end).map_err(io_error(path))?;
+                }
             }
         }
         self.segments.push(Segment {
@@ -252,11 +338,14 @@ impl ShardState {
     fn begin_segment(&mut self) -> Result<(), StoreError> {
         let id = self.next_segment_id;
         assert!(id < u32::MAX, "segment ids exhausted");
-        self.next_segment_id = id + 1;
         // Persist the high-water mark first, so a segment id (and so a nonce) is never reused.
         let high_water = self.dir.join(HIGH_WATER_FILE);
-        segment::write_durably(&high_water, self.next_segment_id.to_string().as_bytes())
+        self.config
+            .faults
+            .fail(IoOp::HighWater)
+            .and_then(|()| segment::write_durably(&high_water, (id + 1).to_string().as_bytes()))
             .map_err(io_error(&high_water))?;
+        self.next_segment_id = id + 1;
         let size = self.config.segment_size;
         let path = self.dir.join(segment::segment_file_name(id));
         let mut image = match self.spare_image.take().filter(|spare| spare.size() == size) {
@@ -288,8 +377,8 @@ impl ShardState {
     /// segment image. Durability comes from the committer.
     pub fn append(&mut self, event: &VerifiedEvent, now: u64) -> Result<Appended, StoreError> {
         assert!(self.writable, "append on a read-only shard");
-        if let Some(reason) = &self.failed {
-            return Err(StoreError::Failed(reason.clone()));
+        if let Some(refusal) = &self.refusing {
+            return Err(StoreError::Refusing(refusal.clone()));
         }
         let tags: Vec<(u8, &[u8])> = event.index_tags().iter().map(|t| (t.letter, &t.value[..])).collect();
         let facts = Facts {
@@ -366,6 +455,17 @@ impl ShardState {
         format::write_seal(image.as_mut_slice(), offset, &hash);
         segment.len = offset + SEAL_RECORD_SIZE;
         self.active_sealed = true;
+    }
+
+    /// Why the shard's filesystem is too full for new events, if it is.
+    pub fn space_below_reserve(&self) -> Option<String> {
+        let reserve = self.config.reserve_bytes;
+        if reserve == 0 {
+            return None;
+        }
+        let free = free_bytes(&self.dir)?;
+        (free < reserve)
+            .then(|| format!("{free} bytes free on the data directory's filesystem, below the {reserve}-byte reserve"))
     }
 
     /// Whether bytes written to images are not yet on disk.
@@ -450,6 +550,20 @@ fn replay_record(index: &mut Index, record: &ArchivedRecord, loc: Loc) {
         // record the rules now refuse: it stays on disk until compaction, never indexed.
         _ => index.note_dead_record(loc.segment),
     }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a valid C string and a buffer statvfs fills on success.
+    if unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let stat = unsafe { stat.assume_init() };
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 fn read_high_water(dir: &Path) -> u32 {

@@ -16,14 +16,17 @@ use futures_channel::{mpsc, oneshot};
 use futures_lite::StreamExt;
 use glommio::io::OpenOptions;
 
+use super::faults::{Fault, IoOp};
 use super::index::{EventNo, Rejection};
 use super::segment::{self, SegmentBytes};
-use super::shard::{io_error, Appended, ShardState, StoreError};
+use super::shard::{io_error, Appended, Refusal, RefusalCause, ShardState, StoreError};
 use crate::event::VerifiedEvent;
 use crate::limits::BLOCK_SIZE;
 
 /// Largest single direct-I/O write a commit issues.
 const WRITE_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+/// How often a shard that refuses writes checks whether it can resume.
+pub const REFUSAL_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A shard with its committer running on the current glommio executor.
 pub struct Shard {
@@ -102,15 +105,15 @@ impl Shard {
         self.state.borrow_mut()
     }
 
+    /// Why writes are refused, while they are.
+    pub fn refusal(&self) -> Option<Refusal> {
+        self.state.borrow().refusing.clone()
+    }
+
     /// Seal the active segment, make everything appended durable, stop the committer and
-    /// hand the state back.
+    /// hand the state back. Fails when appended records could not be made durable.
     pub async fn close(mut self) -> Result<ShardState, StoreError> {
-        {
-            let mut state = self.state.borrow_mut();
-            if state.failed.is_none() {
-                state.seal_active();
-            }
-        }
+        self.state.borrow_mut().seal_active();
         self.doorbell = None;
         if let Some(committer) = self.committer.take() {
             committer.await;
@@ -118,31 +121,95 @@ impl Shard {
         let state =
             Rc::try_unwrap(self.state).map_err(|_| StoreError::Failed("shard still borrowed at close".into()))?;
         let state = state.into_inner();
-        match &state.failed {
-            Some(reason) => Err(StoreError::Failed(reason.clone())),
-            None => Ok(state),
+        match (&state.refusing, state.has_unflushed()) {
+            (Some(refusal), true) => Err(StoreError::Refusing(refusal.clone())),
+            _ => Ok(state),
         }
     }
 }
 
+/// The committer: group commits while writes flow; while they are refused, a retry every
+/// `REFUSAL_RETRY_INTERVAL` until the cause is gone. It ends when the shard closes.
 async fn run_committer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<()>) {
-    loop {
-        let closing = rings.next().await.is_none();
-        while state.borrow().has_unflushed() && state.borrow().failed.is_none() {
+    let mut closing = false;
+    while !closing {
+        let refusing = state.borrow().refusing.is_some();
+        closing = if refusing {
+            let ring = async { rings.next().await.is_none() };
+            let retry = async {
+                glommio::timer::sleep(REFUSAL_RETRY_INTERVAL).await;
+                false
+            };
+            futures_lite::future::or(ring, retry).await
+        } else {
+            rings.next().await.is_none()
+        };
+        if refusing {
+            retry(&state).await;
+        }
+        while state.borrow().has_unflushed() && state.borrow().refusing.as_ref().is_none_or(Refusal::commits_continue) {
             if let Err(error) = commit(&state).await {
-                let reason = error.to_string();
-                tracing::error!(shard = state.borrow().shard_id, %reason, "commit failed; shard refuses writes");
-                let mut state = state.borrow_mut();
-                state.failed = Some(reason.clone());
-                for (_, waiter) in state.waiters.drain(..) {
-                    let _ = waiter.send(Err(reason.clone()));
-                }
+                refuse(&state, &error);
             }
         }
-        if closing {
+        check_space(&state);
+    }
+}
+
+/// After a failed commit: fail every append waiting (their records stay in the image and
+/// are written again by the next commit that succeeds), and refuse new ones.
+fn refuse(state: &Rc<RefCell<ShardState>>, error: &StoreError) {
+    let mut state = state.borrow_mut();
+    let cause = match error {
+        StoreError::Io { source, .. } => RefusalCause::of(source),
+        _ => RefusalCause::Io,
+    };
+    let detail = error.to_string();
+    let failed = state.waiters.len();
+    for (_, waiter) in state.waiters.drain(..) {
+        let _ = waiter.send(Err(detail.clone()));
+    }
+    if state.refusing.as_ref().is_none_or(|refusal| refusal.cause == RefusalCause::Reserve) {
+        tracing::error!(shard = state.shard_id, error = %detail, failed, "a commit failed: writes stop until it can be redone");
+    }
+    state.refusing = Some(Refusal { cause, detail });
+}
+
+/// While refusing: resume once there is room again and what was left unacknowledged is
+/// written again and synced (never on a retried fdatasync alone: the bytes are rewritten).
+async fn retry(state: &Rc<RefCell<ShardState>>) {
+    if let Some(detail) = state.borrow().space_below_reserve() {
+        let mut state = state.borrow_mut();
+        if let Some(refusal) = &mut state.refusing {
+            refusal.detail = detail;
+        }
+        return;
+    }
+    if state.borrow().has_unflushed() {
+        if let Err(error) = commit(state).await {
+            let cause = match &error {
+                StoreError::Io { source, .. } => RefusalCause::of(source),
+                _ => RefusalCause::Io,
+            };
+            state.borrow_mut().refusing = Some(Refusal { cause, detail: error.to_string() });
             return;
         }
     }
+    let mut state = state.borrow_mut();
+    if let Some(refusal) = state.refusing.take() {
+        tracing::info!(shard = state.shard_id, after = %refusal, "writes resume");
+    }
+}
+
+/// Refuse new events when free space is below the reserve (checked after every commit).
+fn check_space(state: &Rc<RefCell<ShardState>>) {
+    if state.borrow().refusing.is_some() {
+        return;
+    }
+    let Some(detail) = state.borrow().space_below_reserve() else { return };
+    let mut state = state.borrow_mut();
+    tracing::warn!(shard = state.shard_id, %detail, "writes stop until there is room");
+    state.refusing = Some(Refusal { cause: RefusalCause::Reserve, detail });
 }
 
 /// One group commit: write every pending byte, one fdatasync per touched file, then
@@ -166,15 +233,20 @@ async fn commit(state: &Rc<RefCell<ShardState>>) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Write a segment's bytes from its first block not yet durable to its end, and fdatasync.
+/// Every write's count is checked: a short one is continued from the last whole block it
+/// wrote; one that writes nothing fails the commit.
 async fn flush_segment(state: &Rc<RefCell<ShardState>>, slot: usize) -> Result<(), StoreError> {
-    let (path, existing, end) = {
+    let (path, existing, end, faults) = {
         let state = state.borrow();
         let segment = &state.segments[slot];
-        (segment.path.clone(), segment.file.clone(), segment.len)
+        (segment.path.clone(), segment.file.clone(), segment.len, state.config().faults.clone())
     };
+    let io = |error: std::io::Error| StoreError::Io { path: path.clone(), source: error };
     let file = match existing {
         Some(file) => file,
         None => {
+            faults.fail(IoOp::CreateSegment).map_err(io)?;
             let file =
                 OpenOptions::new().write(true).create_new(true).dma_open(&path).await.map_err(glommio_error(&path))?;
             assert!(file.alignment() as usize <= BLOCK_SIZE, "device alignment above {BLOCK_SIZE}");
@@ -188,22 +260,42 @@ async fn flush_segment(state: &Rc<RefCell<ShardState>>, slot: usize) -> Result<(
     let mut at = start;
     while at < write_end {
         let size = (write_end - at).min(WRITE_CHUNK_SIZE);
-        let mut buffer = file.alloc_dma_buffer(size);
+        // An injected short write stores its first blocks only and reports that count.
+        let mut stored = size;
+        if let Some(fault) = faults.check(IoOp::Write) {
+            match fault {
+                Fault::Short(bytes) => stored = size.min(bytes / BLOCK_SIZE * BLOCK_SIZE),
+                Fault::Errno(_) => return Err(io(fault.error())),
+            }
+            if stored == 0 {
+                return Err(io(fault.error()));
+            }
+        }
+        let mut buffer = file.alloc_dma_buffer(stored);
         {
             let state = state.borrow();
             let SegmentBytes::Image(image) = &state.segments[slot].bytes else {
                 unreachable!("an unflushed segment is an image")
             };
-            buffer.as_bytes_mut().copy_from_slice(&image.as_slice()[at..at + size]);
+            buffer.as_bytes_mut().copy_from_slice(&image.as_slice()[at..at + stored]);
         }
-        file.write_at(buffer, at as u64).await.map_err(glommio_error(&path))?;
-        at += size;
+        let written = file.write_at(buffer, at as u64).await.map_err(glommio_error(&path))?;
+        // Direct I/O writes whole blocks; a count inside a block is redone from its start.
+        let whole = written.min(size) / BLOCK_SIZE * BLOCK_SIZE;
+        if whole == 0 {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                format!("short write: {written} of {size} bytes at offset {at}"),
+            )));
+        }
+        at += whole;
     }
+    faults.fail(IoOp::Sync).map_err(io)?;
     file.fdatasync().await.map_err(glommio_error(&path))?;
     let first_flush = start == 0;
     if first_flush {
         let dir = path.parent().expect("segments live in a shard directory").to_owned();
-        segment::sync_dir(&dir).map_err(io_error(&dir))?;
+        faults.fail(IoOp::SyncDir).and_then(|()| segment::sync_dir(&dir)).map_err(io_error(&dir))?;
     }
     state.borrow_mut().segments[slot].durable_len = end;
     Ok(())
@@ -226,9 +318,13 @@ fn seal_rotated(state: &mut ShardState) -> Result<(), StoreError> {
 
 /// A full, durable segment: trim its padding, drop the image and serve it from a map.
 fn seal(state: &mut ShardState, slot: usize) -> Result<(), StoreError> {
+    let faults = state.config().faults.clone();
     let segment = &mut state.segments[slot];
+    faults
+        .fail(IoOp::Truncate)
+        .and_then(|()| segment::truncate_file(&segment.path, segment.len))
+        .map_err(io_error(&segment.path))?;
     segment.file = None;
-    segment::truncate_file(&segment.path, segment.len).map_err(io_error(&segment.path))?;
     let mapped = segment::map_file(&segment.path).map_err(io_error(&segment.path))?;
     if let SegmentBytes::Image(image) = std::mem::replace(&mut segment.bytes, mapped) {
         state.spare_image = Some(image.recycle());

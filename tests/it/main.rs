@@ -3,7 +3,9 @@
 mod budgets;
 mod cli;
 mod clients;
+mod disk_full;
 mod event_vectors;
+mod faults;
 mod loadgen_runs;
 mod relay;
 mod rules;

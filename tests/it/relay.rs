@@ -67,7 +67,10 @@ impl Relay {
         use std::os::unix::process::CommandExt;
         std::fs::create_dir_all(data_dir).unwrap();
         let config_path = data_dir.join("test-config.toml");
-        std::fs::write(&config_path, config).unwrap();
+        // Not rewritten when it is already there: a restart on a full disk must not need space.
+        if std::fs::read_to_string(&config_path).ok().as_deref() != Some(config) {
+            std::fs::write(&config_path, config).unwrap();
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_ringrelay"));
         // SAFETY: only async-signal-safe calls (getrlimit, setrlimit, sched_setaffinity)
         // between fork and exec.
