@@ -68,6 +68,14 @@ enum Command {
         #[arg(long)]
         signatures: bool,
     },
+    /// Move damaged bytes aside into each shard's quarantine/ directory, keeping every valid
+    /// record before and after them in a new segment (offline); reports what it moved.
+    Repair {
+        /// The data directory (default ./ringrelay-data).
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+    },
     /// Rewrite segments without replaced, deleted and expired events (offline).
     Compact {
         #[command(flatten)]
@@ -168,6 +176,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             println!("{} segments, {} records, {} problems", report.segments, report.records, report.problems.len());
             Ok(if report.problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Repair { data_dir, key_file } => {
+            let options = StoreOptions {
+                data_dir: data_dir.unwrap_or_else(|| PathBuf::from("ringrelay-data")),
+                key_file,
+                segment_size: SEGMENT_SIZE_DEFAULT,
+            };
+            println!("{}", tools::repair::run(&options)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Compact { store } => {
             let summary = tools::compact::run(&store.options()?)?;

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! segment := header (BLOCK_SIZE bytes) record* seal? zero*
-//! record  := payload_size u32 | record_type u16 | flags u16 | reserved u64
+//! record  := payload_size u32 | record_type u16 | flags u16 | committed_through u64
 //!            | blake3(first 16 header bytes ++ payload) [32] | payload | zero pad to 16
 //! seal    := a record of type 2 whose payload is blake3(every segment byte before it)
 //! ```
@@ -11,8 +11,11 @@
 use crate::limits::{BLOCK_SIZE, EVENT_SIZE_MAX};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"RRSEGMNT";
-/// Version 2 added the seal record; version 1 segments (no seal) are still read.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 added the seal record; version 3 `committed_through` in every event record.
+/// Segments of versions 1 and 2 are still read.
+pub const FORMAT_VERSION: u32 = 3;
+/// The first version whose event records say how far their segment was durable.
+pub const COMMITTED_THROUGH_VERSION: u32 = 3;
 pub const SEGMENT_HEADER_SIZE: usize = BLOCK_SIZE;
 /// Bytes of the segment header that carry data; the rest of the block is zero.
 const SEGMENT_HEADER_USED: usize = 88;
@@ -48,6 +51,8 @@ pub enum FormatError {
     HeaderChecksum,
     #[error("record header runs past the end of the file")]
     RecordTruncated,
+    #[error("the file is shorter than the {0} bytes a clean shutdown left")]
+    Truncated(u64),
     #[error("record payload size {0} is out of range")]
     RecordSize(u32),
     #[error("unknown record type {0}")]
@@ -135,6 +140,10 @@ pub struct RecordSpan {
     pub offset: usize,
     pub flags: u16,
     pub payload_size: usize,
+    /// How many bytes of its segment were durable (a completed fdatasync covered them) when
+    /// the record was appended: bytes that were acknowledged before this record was written.
+    /// 0 in segments before `COMMITTED_THROUGH_VERSION`.
+    pub committed_through: u64,
 }
 
 impl RecordSpan {
@@ -194,8 +203,7 @@ pub fn read_slot(segment: &[u8], offset: usize) -> Slot {
         return Slot::Corrupt(FormatError::RecordSize(payload_size));
     }
     let record_type = u16::from_le_bytes([header[4], header[5]]);
-    let span =
-        RecordSpan { offset, flags: u16::from_le_bytes([header[6], header[7]]), payload_size: payload_size as usize };
+    let span = span_of(header, offset, payload_size as usize);
     let Some(payload) = segment.get(span.payload_range()) else {
         return Slot::Corrupt(FormatError::RecordTruncated);
     };
@@ -222,7 +230,7 @@ pub fn span_in_sealed_segment(segment: &[u8], offset: usize) -> Option<RecordSpa
     if payload_size == 0 || payload_size > RECORD_PAYLOAD_SIZE_MAX || record_type != RECORD_TYPE_EVENT {
         return None;
     }
-    let span = RecordSpan { offset, flags: u16::from_le_bytes([header[6], header[7]]), payload_size };
+    let span = span_of(header, offset, payload_size);
     (span.end() <= segment.len()).then_some(span)
 }
 
@@ -251,16 +259,17 @@ pub fn check_seal(segment: &[u8], offset: usize, hash: &[u8; 32]) -> Result<(), 
 }
 
 /// The first 16 header bytes of an event record: what the checksum and the encryption cover.
-pub fn record_prefix(payload_size: usize, flags: u16) -> [u8; 16] {
-    typed_prefix(RECORD_TYPE_EVENT, payload_size, flags)
+pub fn record_prefix(payload_size: usize, flags: u16, committed_through: u64) -> [u8; 16] {
+    typed_prefix(RECORD_TYPE_EVENT, payload_size, flags, committed_through)
 }
 
-fn typed_prefix(record_type: u16, payload_size: usize, flags: u16) -> [u8; 16] {
+fn typed_prefix(record_type: u16, payload_size: usize, flags: u16, committed_through: u64) -> [u8; 16] {
     assert!(payload_size > 0 && payload_size <= RECORD_PAYLOAD_SIZE_MAX);
     let mut prefix = [0u8; 16];
     prefix[0..4].copy_from_slice(&(payload_size as u32).to_le_bytes());
     prefix[4..6].copy_from_slice(&record_type.to_le_bytes());
     prefix[6..8].copy_from_slice(&flags.to_le_bytes());
+    prefix[8..16].copy_from_slice(&committed_through.to_le_bytes());
     prefix
 }
 
@@ -270,23 +279,56 @@ pub fn trusted_span(segment: &[u8], offset: usize) -> RecordSpan {
     let header = &segment[offset..offset + RECORD_HEADER_SIZE];
     let payload_size = read_u32(header, 0) as usize;
     assert!(payload_size > 0 && payload_size <= RECORD_PAYLOAD_SIZE_MAX, "indexed record at {offset} has a bad size");
-    RecordSpan { offset, flags: u16::from_le_bytes([header[6], header[7]]), payload_size }
+    span_of(header, offset, payload_size)
+}
+
+fn span_of(header: &[u8], offset: usize, payload_size: usize) -> RecordSpan {
+    RecordSpan {
+        offset,
+        flags: u16::from_le_bytes([header[6], header[7]]),
+        payload_size,
+        committed_through: u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")),
+    }
+}
+
+/// Evidence that the damage at `damaged` was acknowledged: the offset of a valid event record
+/// after it that was appended once `damaged` was durable (its `committed_through` lies past
+/// `damaged`). A torn write can only hit bytes no fdatasync had covered yet, so damage with
+/// such a record after it is corruption, not a torn tail. Only the record headers that claim
+/// it have their checksums computed.
+pub fn acknowledged_after(segment: &[u8], damaged: usize) -> Option<usize> {
+    let first = (damaged + 1).next_multiple_of(RECORD_ALIGN);
+    (first..segment.len().saturating_sub(RECORD_HEADER_SIZE)).step_by(RECORD_ALIGN).find(|&offset| {
+        let header = &segment[offset..offset + RECORD_HEADER_SIZE];
+        let claims = u16::from_le_bytes([header[4], header[5]]) == RECORD_TYPE_EVENT
+            && (1..=RECORD_PAYLOAD_SIZE_MAX as u32).contains(&read_u32(header, 0))
+            && (damaged as u64 + 1..=offset as u64)
+                .contains(&u64::from_le_bytes(header[8..16].try_into().expect("8 bytes")));
+        claims && matches!(read_slot(segment, offset), Slot::Record(_))
+    })
 }
 
 /// Write an event record's header for `payload` (already in place after the header) at `offset`.
-pub fn finish_record(segment: &mut [u8], offset: usize, payload_size: usize, flags: u16) {
-    write_header(segment, offset, RECORD_TYPE_EVENT, payload_size, flags);
+pub fn finish_record(segment: &mut [u8], offset: usize, payload_size: usize, flags: u16, committed_through: u64) {
+    write_header(segment, offset, RECORD_TYPE_EVENT, payload_size, flags, committed_through);
 }
 
 /// Write the seal record at `offset`: `hash` is blake3 of `segment[..offset]`.
 pub fn write_seal(segment: &mut [u8], offset: usize, hash: &[u8; 32]) {
     segment[offset + RECORD_HEADER_SIZE..offset + SEAL_RECORD_SIZE].copy_from_slice(hash);
-    write_header(segment, offset, RECORD_TYPE_SEAL, 32, 0);
+    write_header(segment, offset, RECORD_TYPE_SEAL, 32, 0, 0);
 }
 
-fn write_header(segment: &mut [u8], offset: usize, record_type: u16, payload_size: usize, flags: u16) {
+fn write_header(
+    segment: &mut [u8],
+    offset: usize,
+    record_type: u16,
+    payload_size: usize,
+    flags: u16,
+    committed_through: u64,
+) {
     assert!(offset % RECORD_ALIGN == 0);
-    segment[offset..offset + 16].copy_from_slice(&typed_prefix(record_type, payload_size, flags));
+    segment[offset..offset + 16].copy_from_slice(&typed_prefix(record_type, payload_size, flags, committed_through));
     let payload_start = offset + RECORD_HEADER_SIZE;
     let sum = checksum(&segment[offset..offset + 16], &segment[payload_start..payload_start + payload_size]);
     segment[offset + 16..offset + 48].copy_from_slice(sum.as_bytes());
@@ -322,7 +364,7 @@ mod tests {
     fn record_round_trip_and_damage() {
         let mut segment = vec![0u8; 4096];
         segment[48..53].copy_from_slice(b"hello");
-        finish_record(&mut segment, 0, 5, 0);
+        finish_record(&mut segment, 0, 5, 0, 0);
         let span = match read_slot(&segment, 0) {
             Slot::Record(span) => span,
             other => panic!("{other:?}"),

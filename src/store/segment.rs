@@ -305,3 +305,32 @@ pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
+
+/// A whole sealed segment holding `archives` (plaintext rkyv archives, in order), encrypted
+/// when `key` is given, as `repair` writes it in one go: every record says all of the
+/// segment before it is durable, which holds once the file is written and synced.
+pub fn build_sealed_segment(header: &SegmentHeader, key: Option<&SegmentKey>, archives: &[Vec<u8>]) -> Vec<u8> {
+    let mut bytes = vec![0u8; SEGMENT_HEADER_SIZE];
+    header.encode(&mut bytes);
+    for archive in archives {
+        let offset = bytes.len();
+        let payload_size = archive.len() + if key.is_some() { TAG_SIZE } else { 0 };
+        let flags = if key.is_some() { format::RECORD_FLAG_ENCRYPTED } else { 0 };
+        bytes.resize(format::record_end(offset, payload_size), 0);
+        let payload_start = offset + format::RECORD_HEADER_SIZE;
+        bytes[payload_start..payload_start + archive.len()].copy_from_slice(archive);
+        if let Some(key) = key {
+            let prefix = format::record_prefix(payload_size, flags, offset as u64);
+            let nonce = crypto::nonce(header.shard_id, header.segment_id, offset as u32);
+            let (plain, rest) = bytes[payload_start..].split_at_mut(archive.len());
+            let tag = key.seal(nonce, &prefix, plain);
+            rest[..TAG_SIZE].copy_from_slice(&tag);
+        }
+        format::finish_record(&mut bytes, offset, payload_size, flags, offset as u64);
+    }
+    let seal_at = bytes.len();
+    let hash = blake3::hash(&bytes);
+    bytes.resize(seal_at + SEAL_RECORD_SIZE, 0);
+    format::write_seal(&mut bytes, seal_at, hash.as_bytes());
+    bytes
+}

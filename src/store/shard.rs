@@ -12,8 +12,8 @@ use glommio::io::DmaFile;
 use super::crypto::{self, SegmentKey, TAG_SIZE};
 use super::faults::{Faults, IoOp};
 use super::format::{
-    self, record_end, FormatError, SegmentHeader, FORMAT_VERSION, RECORD_FLAG_ENCRYPTED, RECORD_HEADER_SIZE,
-    SEAL_RECORD_SIZE, SEGMENT_HEADER_SIZE,
+    self, record_end, FormatError, SegmentHeader, RECORD_FLAG_ENCRYPTED, RECORD_HEADER_SIZE, SEAL_RECORD_SIZE,
+    SEGMENT_HEADER_SIZE,
 };
 use super::index::{Admit, EventNo, Facts, Index, Loc, Rejection};
 use super::query::RecordSource;
@@ -26,7 +26,7 @@ use crate::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 pub enum StoreError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: corrupt record at offset {offset}: {error}")]
+    #[error("{path}: corrupt record at offset {offset}: {error} (`ringrelay verify` lists the damage, `ringrelay repair` moves it aside)")]
     Corrupt { path: PathBuf, offset: usize, error: FormatError },
     #[error("{path}: {error}")]
     Key { path: PathBuf, error: KeyMismatch },
@@ -193,6 +193,11 @@ pub struct ShardState {
 }
 
 const HIGH_WATER_FILE: &str = "NEXT_SEGMENT";
+/// Written at a clean shutdown: the newest segment file's id and length. Damage to that
+/// segment, or a shorter file, is then corruption, not a torn tail.
+const CLEAN_MARK_FILE: &str = "CLEAN";
+/// Where the bytes cut from a torn tail are kept, for the operator.
+pub const QUARANTINE_DIR: &str = "quarantine";
 
 impl ShardState {
     /// Open a shard directory: replay every segment into the indexes, cut a torn tail of the
@@ -222,9 +227,16 @@ impl ShardState {
             active_sealed: false,
         };
         let last = files.len().checked_sub(1);
+        let clean = read_clean_mark(dir);
         for (position, (id, path)) in files.iter().enumerate() {
-            state.replay_segment(*id, path, Some(position) == last, mode)?;
+            let is_last = Some(position) == last;
+            let clean_len = clean.filter(|&(clean_id, _)| is_last && clean_id == *id).map(|(_, len)| len);
+            state.replay_segment(*id, path, is_last, clean_len, mode)?;
             state.next_segment_id = state.next_segment_id.max(id + 1);
+        }
+        if mode == OpenMode::ReadWrite {
+            // Writes begin a new segment: the mark no longer describes the newest one.
+            remove_clean_mark(dir).map_err(io_error(dir))?;
         }
         state.index.finish_bulk();
         state.index.set_durable(state.index.len());
@@ -253,12 +265,26 @@ impl ShardState {
         Ok(state)
     }
 
-    fn replay_segment(&mut self, id: u32, path: &Path, is_last: bool, mode: OpenMode) -> Result<(), StoreError> {
+    /// Replay one segment into the indexes. `clean_len` is the file's length when the last
+    /// clean shutdown left it (the newest segment, named by the shard's clean mark).
+    fn replay_segment(
+        &mut self,
+        id: u32,
+        path: &Path,
+        is_last: bool,
+        clean_len: Option<u64>,
+        mode: OpenMode,
+    ) -> Result<(), StoreError> {
         let bytes = segment::map_file(path).map_err(io_error(path))?;
+        let corrupt = |offset, error| StoreError::Corrupt { path: path.to_owned(), offset, error };
+        if let Some(expected) = clean_len.filter(|&expected| (bytes.as_slice().len() as u64) < expected) {
+            return Err(corrupt(bytes.as_slice().len(), FormatError::Truncated(expected)));
+        }
         let header = match SegmentHeader::decode(bytes.as_slice()) {
             Ok(header) => header,
-            // A crash while the newest segment's header was being written: nothing in it was acknowledged.
-            Err(error) if is_last => {
+            // A crash while the newest segment's header was being written: nothing in it was
+            // acknowledged, so nothing follows the header block.
+            Err(error) if is_last && clean_len.is_none() && !has_data_after_header(bytes.as_slice()) => {
                 self.repairs.push(Repair {
                     path: path.to_owned(),
                     offset: 0,
@@ -270,7 +296,7 @@ impl ShardState {
                 }
                 return Ok(());
             }
-            Err(error) => return Err(StoreError::Corrupt { path: path.to_owned(), offset: 0, error }),
+            Err(error) => return Err(corrupt(0, error)),
         };
         if header.segment_id != id || header.shard_id != self.shard_id {
             return Err(StoreError::DataDir(format!(
@@ -291,11 +317,17 @@ impl ShardState {
         .map_err(|error| StoreError::Corrupt { path: path.to_owned(), offset: 0, error })?;
         let mut valid_end = report.valid_end;
         if let Some((offset, error)) = report.corrupt {
-            if !is_last {
-                return Err(StoreError::Corrupt { path: path.to_owned(), offset, error });
+            // Only the unacknowledged end of the newest segment may be cut: damage in an older
+            // segment, in a segment a clean shutdown closed, or with a record after it that
+            // was written once the damaged bytes were durable, is corruption.
+            if !is_last || clean_len.is_some() || format::acknowledged_after(bytes.as_slice(), offset).is_some() {
+                return Err(corrupt(offset, error));
             }
             let cut_bytes = bytes.as_slice().len() - offset;
             tracing::warn!(path = %path.display(), offset, cut_bytes, %error, "cutting torn tail of the newest segment");
+            if mode == OpenMode::ReadWrite {
+                quarantine(path, offset, &bytes.as_slice()[offset..]);
+            }
             self.repairs.push(Repair { path: path.to_owned(), offset, cut_bytes, reason: error.to_string() });
             valid_end = offset;
         }
@@ -309,7 +341,7 @@ impl ShardState {
         // A segment a crash left without its seal gets one now (no record is ever appended to
         // it again), so later opens check it in one pass. Version 1 segments stay as written.
         let unsealed = !report.sealed && valid_end > SEGMENT_HEADER_SIZE;
-        if mode == OpenMode::ReadWrite && unsealed && format::segment_version(bytes.as_slice()) == FORMAT_VERSION {
+        if mode == OpenMode::ReadWrite && unsealed && format::segment_version(bytes.as_slice()) >= 2 {
             // The last record's padding may lie past the end of a file cut short: it is zeros.
             let present = &bytes.as_slice()[..valid_end.min(bytes.as_slice().len())];
             if let Some(padding) = [0u8; format::RECORD_ALIGN].get(..valid_end - present.len()) {
@@ -420,6 +452,7 @@ impl ShardState {
         let shard_id = self.shard_id;
         let segment = &mut self.segments[slot];
         let offset = segment.len;
+        let committed_through = segment.durable_len as u64;
         let SegmentBytes::Image(image) = &mut segment.bytes else { unreachable!("the active segment is an image") };
         // Direct I/O writes whole blocks: the rest of the record's last block must be zero.
         image.clean_through(record_end(offset, payload_size).next_multiple_of(BLOCK_SIZE));
@@ -428,13 +461,13 @@ impl ShardState {
         let payload_start = offset + RECORD_HEADER_SIZE;
         image[payload_start..payload_start + archive.len()].copy_from_slice(archive);
         if let Some(key) = &self.config.key {
-            let prefix = format::record_prefix(payload_size, flags);
+            let prefix = format::record_prefix(payload_size, flags, committed_through);
             let nonce = crypto::nonce(shard_id, segment.id, offset as u32);
             let (plain, rest) = image[payload_start..].split_at_mut(archive.len());
             let tag = key.seal(nonce, &prefix, plain);
             rest[..TAG_SIZE].copy_from_slice(&tag);
         }
-        format::finish_record(image, offset, payload_size, flags);
+        format::finish_record(image, offset, payload_size, flags, committed_through);
         segment.len = record_end(offset, payload_size);
         self.seal_hash.feed(&image[..segment.len]);
         Ok(Loc { segment: slot as u32, offset: offset as u32 })
@@ -564,6 +597,58 @@ fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     // SAFETY: statvfs returned 0, so it filled the buffer.
     let stat = unsafe { stat.assume_init() };
     Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The clean mark's segment id and file length, if the last shutdown was clean.
+pub fn read_clean_mark(dir: &Path) -> Option<(u32, u64)> {
+    let text = std::fs::read_to_string(dir.join(CLEAN_MARK_FILE)).ok()?;
+    let mut words = text.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("segment"), Some(id), Some("length"), Some(len)) => Some((id.parse().ok()?, len.parse().ok()?)),
+        _ => None,
+    }
+}
+
+/// Forget the clean mark (repair rewrote the segment it names).
+pub fn remove_clean_mark(dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(dir.join(CLEAN_MARK_FILE)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
+/// Take a fresh segment id for a shard directory: the high-water mark is moved past it
+/// (durably) before the segment is written, so its nonces are never used again.
+pub fn take_segment_id(dir: &Path) -> std::io::Result<u32> {
+    let listed = segment::list_segments(dir)?.last().map_or(1, |(id, _)| id + 1);
+    let id = read_high_water(dir).max(listed);
+    segment::write_durably(&dir.join(HIGH_WATER_FILE), (id + 1).to_string().as_bytes())?;
+    Ok(id)
+}
+
+/// Record a clean shutdown of the shard in `dir`: its newest segment file and its length.
+pub(super) fn write_clean_mark(dir: &Path) -> std::io::Result<()> {
+    let Some((id, path)) = segment::list_segments(dir)?.pop() else { return Ok(()) };
+    let len = std::fs::metadata(&path)?.len();
+    segment::write_durably(&dir.join(CLEAN_MARK_FILE), format!("segment {id} length {len}\n").as_bytes())
+}
+
+/// Whether anything but zeros follows a segment's header block.
+fn has_data_after_header(bytes: &[u8]) -> bool {
+    bytes.get(SEGMENT_HEADER_SIZE..).is_some_and(|rest| rest.iter().any(|&b| b != 0))
+}
+
+/// Keep the bytes of a torn tail in the shard's quarantine directory before they are cut.
+/// They were never acknowledged, so a full disk that refuses them only costs the evidence.
+fn quarantine(path: &Path, offset: usize, bytes: &[u8]) {
+    let dir = path.parent().expect("segments live in a shard directory").join(QUARANTINE_DIR);
+    let name = format!("{}.at-{offset}.torn", path.file_name().and_then(|n| n.to_str()).unwrap_or("segment"));
+    let target = dir.join(name);
+    let kept = std::fs::create_dir_all(&dir).and_then(|()| segment::write_durably(&target, bytes));
+    if let Err(error) = kept {
+        tracing::warn!(path = %target.display(), %error, "cannot keep the torn tail's bytes");
+        let _ = std::fs::remove_file(target.with_extension("tmp"));
+    }
 }
 
 fn read_high_water(dir: &Path) -> u32 {

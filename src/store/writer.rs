@@ -121,10 +121,15 @@ impl Shard {
         let state =
             Rc::try_unwrap(self.state).map_err(|_| StoreError::Failed("shard still borrowed at close".into()))?;
         let state = state.into_inner();
-        match (&state.refusing, state.has_unflushed()) {
-            (Some(refusal), true) => Err(StoreError::Refusing(refusal.clone())),
-            _ => Ok(state),
+        if let (Some(refusal), true) = (&state.refusing, state.has_unflushed()) {
+            return Err(StoreError::Refusing(refusal.clone()));
         }
+        // Only a stricter check for the next open: a shard without its mark is opened as
+        // after a crash.
+        if let Err(error) = super::shard::write_clean_mark(&state.dir) {
+            tracing::warn!(shard = state.shard_id, %error, "cannot record the clean shutdown");
+        }
+        Ok(state)
     }
 }
 

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::event::VerifiedEvent;
 use crate::limits::EventLimits;
 use crate::store::crypto::{self, SegmentKey};
-use crate::store::format::{check_seal, read_slot, SegmentHeader, Slot, RECORD_ALIGN, SEGMENT_HEADER_SIZE};
+use crate::store::format::{self, check_seal, read_slot, SegmentHeader, Slot, RECORD_ALIGN, SEGMENT_HEADER_SIZE};
+use crate::store::shard::read_clean_mark;
 use crate::store::{record, segment, Access, DataDir};
 
 use super::StoreOptions;
@@ -46,10 +47,22 @@ pub fn run(options: &StoreOptions, signatures: bool) -> anyhow::Result<VerifyRep
             continue;
         }
         let files = segment::list_segments(&shard_dir)?;
-        for (position, (_, path)) in files.iter().enumerate() {
+        let clean = read_clean_mark(&shard_dir);
+        for (position, (id, path)) in files.iter().enumerate() {
             report.segments += 1;
-            let is_last = position + 1 == files.len();
-            verify_segment(path, shard, key.as_ref(), signatures, is_last, &mut report);
+            // The newest segment may have a torn tail, unless a clean shutdown closed it.
+            let may_be_torn = position + 1 == files.len() && clean.is_none_or(|(clean_id, _)| clean_id != *id);
+            if let Some((_, expected)) = clean.filter(|&(clean_id, _)| clean_id == *id && position + 1 == files.len()) {
+                let len = std::fs::metadata(path).map_or(0, |m| m.len());
+                if len < expected {
+                    report.problems.push(Problem {
+                        path: path.clone(),
+                        offset: Some(len as usize),
+                        message: format!("the file was cut short: a clean shutdown left it {expected} bytes long"),
+                    });
+                }
+            }
+            verify_segment(path, shard, key.as_ref(), signatures, may_be_torn, &mut report);
         }
     }
     Ok(report)
@@ -60,7 +73,7 @@ fn verify_segment(
     shard: u16,
     key: Option<&SegmentKey>,
     signatures: bool,
-    is_last: bool,
+    may_be_torn: bool,
     report: &mut VerifyReport,
 ) {
     let mut problem = |offset: Option<usize>, message: String| {
@@ -99,7 +112,10 @@ fn verify_segment(
             Slot::Record(span) => span,
             Slot::Corrupt(error) => {
                 damaged = true;
-                let tail = if is_last { " (torn tail of the newest segment: cut on next open)" } else { "" };
+                let tail = match may_be_torn && format::acknowledged_after(bytes, offset).is_none() {
+                    true => " (torn tail of the newest segment: cut on next open)",
+                    false => " (acknowledged data: `ringrelay repair` moves it aside)",
+                };
                 problem(Some(offset), format!("{error}{tail}"));
                 match resync(bytes, offset + RECORD_ALIGN) {
                     Some(next) => {

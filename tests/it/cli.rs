@@ -167,7 +167,7 @@ fn compact_drops_dead_records_and_keeps_live_ones() {
 /// change can never pass silently.
 #[test]
 fn fixture_stores_read_back() {
-    for version in [1u32, 2] {
+    for version in [1u32, 2, 3] {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/store-v{version}"));
         let dir = tempfile::tempdir().unwrap();
         let copy = dir.path().join("store");
@@ -183,8 +183,8 @@ fn fixture_stores_read_back() {
         let header = ringrelay::store::format::SegmentHeader::decode(&segment).unwrap();
         assert_eq!((header.shard_id, header.segment_id, header.key_check), (0, 1, None));
         assert_eq!(&segment[8..12], &version.to_le_bytes(), "format version {version}");
-        // Version 2 ends a closed segment with a seal; version 1 has none.
-        assert_eq!(ringrelay::store::format::seal_offset(&segment).is_some(), version == 2);
+        // Versions 2 and later end a closed segment with a seal; version 1 has none.
+        assert_eq!(ringrelay::store::format::seal_offset(&segment).is_some(), version >= 2);
     }
 }
 
@@ -192,7 +192,7 @@ fn fixture_stores_read_back() {
 /// input into a fresh store gives the same records and seal as the checked-in segment.
 #[test]
 fn writer_still_writes_the_fixture_format() {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v2");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v3");
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let input = fixture.join("input.jsonl");
@@ -208,4 +208,103 @@ fn writer_still_writes_the_fixture_format() {
     let seal = ringrelay::store::format::seal_offset(&checked_in).expect("the fixture is sealed");
     assert_eq!(ringrelay::store::format::seal_offset(&fresh), Some(seal));
     assert!(fresh[4096..seal + 16] == checked_in[4096..seal + 16], "records or seal header differ");
+}
+
+/// `serve` run until it exits by itself (bounded): its status and stderr.
+fn serve_expecting_exit(data: &str, extra: &[&str]) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+        .args(["serve", "--data-dir", data, "--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started on a damaged data directory");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// The measured case: one flipped byte in the middle of the newest segment after a clean
+/// stop. `serve` refuses to start and names the file and offset, `verify` reports it until
+/// the operator acts, `repair` moves the damaged record aside and keeps every other one, and
+/// then the store opens clean (`verify`) and holds them all (`export`, the same open as
+/// `serve`).
+#[test]
+fn damage_in_the_newest_segment_stops_serve_until_repair() {
+    for encrypted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let data_str = data.to_str().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+        let key_args: Vec<&str> = match encrypted {
+            true => vec!["--key-file", key_file.to_str().unwrap()],
+            false => vec![],
+        };
+        let events = sample_events();
+        let mut args = vec!["import", "--data-dir", data_str, "--shards", "1"];
+        args.extend(&key_args);
+        args.push("-");
+        assert!(ringrelay(&args, Some(events.join("\n").as_bytes())).status.success());
+        let segments = ringrelay::store::segment::list_segments(&data.join("shard-000")).unwrap();
+        let newest = &segments.last().unwrap().1;
+        let mut bytes = std::fs::read(newest).unwrap();
+        let mut spans = Vec::new();
+        let key = encrypted.then(|| ringrelay::store::crypto::SegmentKey::from_bytes([0xab; 32]));
+        ringrelay::store::segment::scan(&bytes, key.as_ref(), |span, _| spans.push(*span)).unwrap();
+        let victim = spans[spans.len() / 2];
+        bytes[victim.payload_range().start + 5] ^= 0x04;
+        std::fs::write(newest, &bytes).unwrap();
+
+        let (status, stderr) = serve_expecting_exit(data_str, &key_args);
+        assert!(!status.success());
+        let named = format!("{}: corrupt record at offset {}", newest.display(), victim.offset);
+        assert!(stderr.contains(&named), "{stderr}");
+        for _ in 0..2 {
+            let mut args = vec!["verify", data_str];
+            args.extend(&key_args);
+            let output = ringrelay(&args, None);
+            assert!(!output.status.success());
+            let expected = format!("{} @ {}: record checksum mismatch", newest.display(), victim.offset);
+            assert!(text(&output.stdout).contains(&expected), "{}", text(&output.stdout));
+        }
+
+        let mut args = vec!["repair", data_str];
+        args.extend(&key_args);
+        let output = ringrelay(&args, None);
+        let report = text(&output.stdout);
+        assert!(output.status.success(), "{report}{}", text(&output.stderr));
+        assert!(report.contains(&format!("{} @ {}: ", newest.display(), victim.offset)), "{report}");
+        assert!(report.contains(&format!("{} valid records kept", spans.len() - 1)), "{report}");
+        assert!(report.contains("1 repaired"), "{report}");
+        let quarantine = data.join("shard-000").join("quarantine");
+        assert_eq!(std::fs::read_dir(&quarantine).unwrap().count(), 2, "the damaged range and the original");
+
+        let mut args = vec!["verify", data_str];
+        args.extend(&key_args);
+        let output = ringrelay(&args, None);
+        assert!(output.status.success(), "{}", text(&output.stdout));
+        let mut args = vec!["export", "--data-dir", data_str];
+        args.extend(&key_args);
+        let exported = text(&ringrelay(&args, None).stdout);
+        let served_events: Vec<String> = events.iter().map(|e| served(e)).collect();
+        let kept = served_events.iter().filter(|e| exported.contains(e.as_str())).count();
+        assert_eq!(kept, events.len() - 1, "every event but the damaged one");
+        // And a second repair finds nothing to do.
+        let mut args = vec!["repair", data_str];
+        args.extend(&key_args);
+        assert!(text(&ringrelay(&args, None).stdout).contains("0 repaired"));
+    }
 }

@@ -466,6 +466,12 @@ fn stored_json(state: &ShardState) -> Vec<String> {
     (0..state.index.len()).map(|no| String::from_utf8(state.event_json(no)).unwrap()).collect()
 }
 
+/// Remove the clean-shutdown mark of shard 0, as if the process had been killed after its
+/// last commit.
+fn forget_clean_shutdown(path: &Path) {
+    std::fs::remove_file(path.join("shard-000").join("CLEAN")).expect("a clean close leaves its mark");
+}
+
 fn only_segment(path: &Path) -> PathBuf {
     let files = ringrelay::store::segment::list_segments(&path.join("shard-000")).unwrap();
     assert_eq!(files.len(), 1, "{files:?}");
@@ -479,6 +485,9 @@ fn crash_cut_at_every_byte_of_the_tail() {
     for key in [None, Some(SegmentKey::from_bytes([3; 32]))] {
         let original = tempfile::tempdir().unwrap();
         let events = write_events(original.path(), 12, key.clone());
+        // As after a crash that followed the last commit: a cut of a segment that a clean
+        // shutdown closed is corruption, not a torn tail.
+        forget_clean_shutdown(original.path());
         let segment = only_segment(original.path());
         let bytes = std::fs::read(&segment).unwrap();
         let mut spans = Vec::new();
@@ -788,4 +797,112 @@ fn renamed_segment_is_refused() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("a renamed segment was accepted"),
     }
+}
+
+/// Open shard 0 and expect it refused as corrupt at `offset` of `path`.
+fn refused_as_corrupt(dir: &Path, path: &Path, mode: OpenMode) -> (usize, FormatError) {
+    match open_one(dir, None, mode) {
+        Err(StoreError::Corrupt { path: at, offset, error }) => {
+            assert_eq!(at, path);
+            (offset, error)
+        }
+        Err(other) => panic!("wrong error {other}"),
+        Ok(state) => panic!("damage taken for a torn tail: {:?}", state.repairs),
+    }
+}
+
+/// Record spans of a segment file, in order.
+fn spans_of(path: &Path) -> Vec<ringrelay::store::format::RecordSpan> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut spans = Vec::new();
+    ringrelay::store::segment::scan(&bytes, None, |span, _| spans.push(*span)).unwrap();
+    spans
+}
+
+/// One flipped byte in the middle of the newest segment is corruption, not a torn tail:
+/// after a clean shutdown (the clean mark), and after a crash too, because records written
+/// once it was durable follow it. Serve and verify refuse it with the file and offset until
+/// the operator acts; nothing is cut.
+#[test]
+fn damage_before_acknowledged_records_is_corruption_not_a_torn_tail() {
+    for crashed in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        write_events(dir.path(), 20, None);
+        if crashed {
+            forget_clean_shutdown(dir.path());
+        }
+        let segment = only_segment(dir.path());
+        let spans = spans_of(&segment);
+        let victim = spans[8];
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[victim.payload_range().start + 10] ^= 0x20;
+        std::fs::write(&segment, &bytes).unwrap();
+        for mode in [OpenMode::ReadWrite, OpenMode::ReadOnly, OpenMode::ReadWrite] {
+            let (offset, error) = refused_as_corrupt(dir.path(), &segment, mode);
+            assert_eq!((offset, error), (victim.offset, FormatError::RecordChecksum), "crashed: {crashed}");
+        }
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes, "nothing was cut");
+    }
+}
+
+/// Damage in the last record after a crash has no acknowledged record after it: a torn tail,
+/// cut, with the cut bytes kept in the shard's quarantine directory. After a clean shutdown
+/// the same damage is corruption.
+#[test]
+fn damage_in_the_last_record_is_a_torn_tail_only_after_a_crash() {
+    for crashed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let events = write_events(dir.path(), 6, None);
+        if crashed {
+            forget_clean_shutdown(dir.path());
+        }
+        let segment = only_segment(dir.path());
+        let last = *spans_of(&segment).last().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[last.payload_range().start + 3] ^= 0x01;
+        std::fs::write(&segment, &bytes).unwrap();
+        if !crashed {
+            assert_eq!(refused_as_corrupt(dir.path(), &segment, OpenMode::ReadWrite).0, last.offset);
+            continue;
+        }
+        let state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+        assert_eq!(state.repairs.len(), 1, "{:?}", state.repairs);
+        assert_eq!(stored_json(&state), events[..5].iter().map(|j| served(j)).collect::<Vec<_>>());
+        drop(state);
+        let quarantine = dir.path().join("shard-000").join("quarantine");
+        let kept: Vec<_> = std::fs::read_dir(&quarantine).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), bytes[last.offset..], "the cut bytes are kept");
+    }
+}
+
+/// A newest segment cut short after a clean shutdown (mid-record, or exactly between two
+/// records) is corruption: the clean mark says how long it was.
+#[test]
+fn a_cleanly_closed_segment_cut_short_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(dir.path(), 10, None);
+    let segment = only_segment(dir.path());
+    let spans = spans_of(&segment);
+    let pristine = std::fs::read(&segment).unwrap();
+    for cut in [spans[5].offset + 30, spans[5].offset] {
+        std::fs::write(&segment, &pristine[..cut]).unwrap();
+        let (offset, error) = refused_as_corrupt(dir.path(), &segment, OpenMode::ReadWrite);
+        assert_eq!((offset, error), (cut, FormatError::Truncated(pristine.len() as u64)));
+    }
+}
+
+/// A damaged header of the newest segment with records after it is corruption; only a
+/// header with nothing after it (a crash while the segment began) is removed.
+#[test]
+fn a_damaged_header_before_records_is_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    write_events(dir.path(), 4, None);
+    forget_clean_shutdown(dir.path());
+    let segment = only_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[20] ^= 0x01;
+    std::fs::write(&segment, &bytes).unwrap();
+    assert_eq!(refused_as_corrupt(dir.path(), &segment, OpenMode::ReadWrite), (0, FormatError::HeaderChecksum));
+    assert!(segment.exists());
 }
