@@ -6,6 +6,9 @@
 //!   fanout  URL [subscribers] [events]          deliveries per second to N subscribers
 //!   latency URL [rate/s] [seconds]              publish->OK latency at a fixed offered rate
 //!   idle    URL PID [connections]               resident memory per idle connection
+//!   acked   URL FILE [events] [connections]     publish until done or the relay goes away,
+//!                                               appending every acknowledged id to FILE
+//!   check   URL FILE                            every id in FILE is served (exit 1 if not)
 //! Runs are bounded in count and time and connect only to URL.
 
 use std::io::ErrorKind;
@@ -139,6 +142,82 @@ fn ingest_pass(url: &str, events: &Arc<Vec<String>>, connections: usize) -> (f64
     let started = Instant::now();
     workers.into_iter().for_each(|w| w.join().unwrap());
     (started.elapsed().as_secs_f64(), accepted.load(Ordering::Relaxed))
+}
+
+/// Publish `count` fresh events over `connections` connections (64 in flight each) until
+/// done or the relay goes away (kill -9), appending the id of every `OK true` to `file` as it
+/// arrives: what the file holds was acknowledged.
+fn acked(url: &str, file: &str, count: usize, connections: usize) {
+    let events = Arc::new(presign(count, "bench-acked"));
+    let out = Arc::new(std::sync::Mutex::new(
+        std::fs::OpenOptions::new().create(true).append(true).open(file).expect("the ids file opens"),
+    ));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..connections)
+        .map(|c| {
+            let (events, out, accepted, url) = (events.clone(), out.clone(), accepted.clone(), url.to_owned());
+            std::thread::spawn(move || {
+                let Ok((mut ws, _)) = tungstenite::connect(&url) else { return };
+                let mine: Vec<&String> = events.iter().skip(c).step_by(connections).collect();
+                const WINDOW: usize = 64;
+                let (mut sent, mut done) = (0, 0);
+                while done < mine.len() {
+                    while sent < mine.len() && sent - done < WINDOW {
+                        if ws.write(Message::text(mine[sent].clone())).is_err() {
+                            return;
+                        }
+                        sent += 1;
+                    }
+                    if ws.flush().is_err() {
+                        return;
+                    }
+                    let Some(reply) = read_text(&mut ws) else { return };
+                    if let Some(rest) = reply.strip_prefix("[\"OK\",\"") {
+                        done += 1;
+                        if rest.get(64..71) == Some("\",true,") {
+                            use std::io::Write;
+                            writeln!(out.lock().unwrap(), "{}", &rest[..64]).expect("the ids file takes the id");
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    println!("acknowledged {}", accepted.load(Ordering::Relaxed));
+}
+
+/// Ask for every id in `file`, 500 at a time: how many are missing. Exits 1 when any is.
+fn check(url: &str, file: &str) {
+    let text = std::fs::read_to_string(file).expect("the ids file");
+    let ids: Vec<&str> = text.lines().filter(|l| l.len() == 64).collect();
+    let mut ws = connect(url);
+    let mut missing = 0;
+    for (n, chunk) in ids.chunks(500).enumerate() {
+        let sub = format!("check{n}");
+        let req = serde_json::json!(["REQ", sub, {"ids": chunk}]).to_string();
+        ws.send(Message::text(req)).expect("the relay takes the REQ");
+        let mut served = std::collections::HashSet::new();
+        loop {
+            let reply = read_text(&mut ws).expect("the relay answers");
+            if reply.starts_with("[\"EOSE\"") {
+                // Each REQ stays open for live events: close it, or the per-connection
+                // subscription cap refuses the 201st.
+                ws.send(Message::text(serde_json::json!(["CLOSE", sub]).to_string())).expect("CLOSE sent");
+                break;
+            }
+            assert!(!reply.starts_with("[\"CLOSED\""), "the check's REQ was refused: {reply}");
+            if let Some(at) = reply.find("\"id\":\"") {
+                served.insert(reply[at + 6..at + 70].to_owned());
+            }
+        }
+        missing += chunk.iter().filter(|id| !served.contains(**id)).count();
+    }
+    println!("checked {} acknowledged ids: {missing} missing", ids.len());
+    if missing > 0 {
+        std::process::exit(1);
+    }
 }
 
 fn fanout(url: &str, subscribers: usize, count: usize) {
@@ -283,6 +362,13 @@ fn main() {
         Some("idle") => {
             idle(&arg(1, "ws://127.0.0.1:7777"), arg(2, "0").parse().unwrap(), arg(3, "2000").parse().unwrap())
         }
-        _ => eprintln!("usage: relay_load ingest|fanout|latency|idle URL ... (see the file header)"),
+        Some("acked") => acked(
+            &arg(1, "ws://127.0.0.1:7777"),
+            &arg(2, "acked.ids"),
+            arg(3, "200000").parse().unwrap(),
+            arg(4, "4").parse().unwrap(),
+        ),
+        Some("check") => check(&arg(1, "ws://127.0.0.1:7777"), &arg(2, "acked.ids")),
+        _ => eprintln!("usage: relay_load ingest|fanout|latency|idle|acked|check URL ... (see the file header)"),
     }
 }

@@ -15,6 +15,7 @@
 pub mod config;
 pub mod event;
 pub mod filter;
+pub mod fuzzing;
 pub mod hex;
 pub mod limits;
 pub mod proto;

@@ -119,7 +119,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     }
     // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
     // split the traffic; a plain bind first makes "port in use" an error.
-    drop(std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
+    drop(bind_when_free(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
     let open_files = raise_open_files_limit();
     let config = Arc::new(config);
     let ip_slots = IpSlots::default();
@@ -338,6 +338,29 @@ async fn run_joined(
     glommio::timer::sleep(Duration::from_millis(200)).await;
     core.stop_tasks();
     receiving.iter().for_each(|task| task.cancel());
+}
+
+/// How long a start waits for its port to be let go: a relay killed with SIGKILL keeps its
+/// listening socket until the kernel has torn down its io_uring rings, which takes a moment
+/// after the process is gone, so a restart right after a crash would otherwise fail.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Bind `address`, retrying while it is in use for up to `PORT_RELEASE_WAIT`.
+fn bind_when_free(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    let mut said = false;
+    loop {
+        match std::net::TcpListener::bind(address) {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                if !said {
+                    tracing::info!(%address, "the address is in use; waiting up to 5 s for it to be let go");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Every connection is a descriptor: take the hard limit on open files, as a login shell's

@@ -87,27 +87,8 @@ impl DataDir {
     fn read(path: &Path, lock: fs::File) -> Result<DataDir, StoreError> {
         let manifest = path.join(MANIFEST_FILE);
         let text = fs::read_to_string(&manifest).map_err(io_error(&manifest))?;
-        let bad = |what: &str| StoreError::DataDir(format!("{}: {what}", manifest.display()));
-        let mut format = None;
-        let mut shard_count = None;
-        let mut seed = None;
-        for line in text.lines() {
-            match line.split_once(' ') {
-                Some(("format", value)) => format = value.parse::<u32>().ok(),
-                Some(("shards", value)) => shard_count = value.parse::<u16>().ok(),
-                Some(("seed", value)) => seed = crate::hex::decode_lower::<32>(value.as_bytes()),
-                _ => {}
-            }
-        }
-        match format {
-            Some(MANIFEST_FORMAT) => {}
-            Some(other) => return Err(bad(&format!("unsupported manifest format {other}"))),
-            None => return Err(bad("missing `format`")),
-        }
-        let shard_count = shard_count
-            .filter(|&n| n >= 1 && usize::from(n) <= SHARD_COUNT_MAX)
-            .ok_or_else(|| bad("missing or invalid `shards`"))?;
-        let seed = seed.ok_or_else(|| bad("missing or invalid `seed`"))?;
+        let (shard_count, seed) =
+            parse_manifest(&text).map_err(|what| StoreError::DataDir(format!("{}: {what}", manifest.display())))?;
         Ok(DataDir { path: path.to_owned(), shard_count, router: Router { shard_count, seed }, _lock: lock })
     }
 
@@ -122,6 +103,31 @@ impl DataDir {
     pub fn router(&self) -> Router {
         self.router.clone()
     }
+}
+
+/// The shard count and routing seed a manifest's text holds, or what is wrong with it.
+pub fn parse_manifest(text: &str) -> Result<(u16, [u8; 32]), String> {
+    let mut format = None;
+    let mut shard_count = None;
+    let mut seed = None;
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("format", value)) => format = value.parse::<u32>().ok(),
+            Some(("shards", value)) => shard_count = value.parse::<u16>().ok(),
+            Some(("seed", value)) => seed = crate::hex::decode_lower::<32>(value.as_bytes()),
+            _ => {}
+        }
+    }
+    match format {
+        Some(MANIFEST_FORMAT) => {}
+        Some(other) => return Err(format!("unsupported manifest format {other}")),
+        None => return Err("missing `format`".to_owned()),
+    }
+    let shard_count = shard_count
+        .filter(|&n| n >= 1 && usize::from(n) <= SHARD_COUNT_MAX)
+        .ok_or_else(|| "missing or invalid `shards`".to_owned())?;
+    let seed = seed.ok_or_else(|| "missing or invalid `seed`".to_owned())?;
+    Ok((shard_count, seed))
 }
 
 fn lock(path: &Path, access: Access) -> Result<fs::File, StoreError> {

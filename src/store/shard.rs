@@ -409,9 +409,6 @@ impl ShardState {
     /// segment image. Durability comes from the committer.
     pub fn append(&mut self, event: &VerifiedEvent, now: u64) -> Result<Appended, StoreError> {
         assert!(self.writable, "append on a read-only shard");
-        if let Some(refusal) = &self.refusing {
-            return Err(StoreError::Refusing(refusal.clone()));
-        }
         let tags: Vec<(u8, &[u8])> = event.index_tags().iter().map(|t| (t.letter, &t.value[..])).collect();
         let facts = Facts {
             id: &event.id().0,
@@ -421,7 +418,12 @@ impl ShardState {
             expiration: event.expiration(),
             tags: &tags,
         };
+        // The rules first (they change nothing): while writes are refused, duplicates,
+        // ephemeral events and rejections are still answered as usual.
         let kills = match self.index.admit(&facts, now) {
+            Admit::Store { .. } if self.refusing.is_some() => {
+                return Err(StoreError::Refusing(self.refusing.clone().expect("refusing")));
+            }
             Admit::Store { kills } => kills,
             Admit::Duplicate(no) => {
                 let pending = (no >= self.index.durable_count()).then_some(no);

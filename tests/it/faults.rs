@@ -120,6 +120,10 @@ fn a_full_disk_refuses_writes_until_space_returns() {
                 assert_eq!(refusal.cause, RefusalCause::Full);
                 assert!(refusal.is_full());
                 assert_eq!(store(&shard, &event(4, 500)).await, Ok(false), "refused while full");
+                // What needs no disk is still answered: an ephemeral event, a duplicate.
+                let ephemeral = signed(&keys(450), 20001, now(), &[], "typing");
+                assert!(matches!(shard.append(&verified(&ephemeral), now()), Ok(Admission::Ephemeral)));
+                assert_eq!(store(&shard, &event(0, 500)).await, Ok(true), "a duplicate of a stored event");
                 // Still full a retry later: still refusing.
                 glommio::timer::sleep(Duration::from_millis(1500)).await;
                 assert!(shard.refusal().is_some());

@@ -6,6 +6,7 @@ mod clients;
 mod disk_full;
 mod event_vectors;
 mod faults;
+mod fuzz_regressions;
 mod loadgen_runs;
 mod relay;
 mod rules;

@@ -1,0 +1,75 @@
+//! Entry points of the fuzz targets in `fuzz/`, and of the suite that replays the inputs
+//! they found (`tests/it/fuzz_regressions.rs` runs `fuzz/regressions/TARGET/*`). Each feeds
+//! arbitrary bytes to one reader of untrusted input and checks what must hold for every
+//! input; a panic anywhere is a finding.
+
+use crate::event::parse_event;
+use crate::limits::{EventLimits, SHARD_COUNT_MAX};
+use crate::proto::{parse_client_message, MessageLimits};
+use crate::store::crypto::SegmentKey;
+use crate::store::{datadir, format, segment};
+
+/// A segment file as read at open, by `verify` and by `repair`: header, records (plain and
+/// with a key), seal, and the search for records that vouch for damage.
+pub fn segment(bytes: &[u8]) {
+    let _ = format::SegmentHeader::decode(bytes);
+    let _ = format::seal_offset(bytes);
+    let key = SegmentKey::from_bytes([7; 32]);
+    for key in [None, Some(&key)] {
+        let scanned = segment::scan(bytes, key, |span, record| {
+            assert!(span.end() <= bytes.len().next_multiple_of(format::RECORD_ALIGN));
+            let _ = (record.json.len(), record.tag_pairs().count());
+        });
+        if let Ok(report) = scanned {
+            assert!(report.valid_end <= bytes.len().next_multiple_of(format::RECORD_ALIGN));
+            if let Some((offset, _)) = report.corrupt {
+                if let Some(after) = format::acknowledged_after(bytes, offset) {
+                    assert!(after > offset);
+                }
+            }
+        }
+    }
+}
+
+/// Record payloads a reader finds behind valid checksums: the input, cut at its `0xff 0xff`
+/// pairs, framed as event records (and a seal) of a segment whose checksums all hold, so
+/// that the archive check (`record::access`) and the seal see arbitrary payloads, which
+/// random bytes behind a blake3 checksum never reach.
+pub fn framed_records(bytes: &[u8]) {
+    let header = format::SegmentHeader { shard_id: 0, segment_id: 1, created_unix_ms: 0, key_check: None };
+    let payloads: Vec<Vec<u8>> = bytes
+        .split(|&b| b == 0xff)
+        .filter(|p| !p.is_empty() && p.len() <= format::RECORD_PAYLOAD_SIZE_MAX)
+        .map(<[u8]>::to_vec)
+        .collect();
+    let framed = segment::build_sealed_segment(&header, None, &payloads);
+    segment(&framed);
+    // The same records without their seal, as a crash leaves the newest segment.
+    if let Some(seal) = format::seal_offset(&framed) {
+        segment(&framed[..seal]);
+    }
+}
+
+/// A data directory's manifest.
+pub fn manifest(bytes: &[u8]) {
+    if let Ok((shards, _)) = std::str::from_utf8(bytes).map_err(|e| e.to_string()).and_then(datadir::parse_manifest) {
+        assert!(shards >= 1 && usize::from(shards) <= SHARD_COUNT_MAX);
+    }
+}
+
+/// An event object from a client: a parsed event's stored JSON parses again to itself.
+pub fn event(bytes: &[u8]) {
+    let limits = EventLimits::default();
+    if let Ok(event) = parse_event(bytes, &limits) {
+        let again = parse_event(event.json.as_bytes(), &limits).expect("the stored JSON parses again");
+        assert_eq!(again.json, event.json);
+        assert_eq!(again.id, event.id);
+    }
+}
+
+/// A text frame from a client.
+pub fn client_message(bytes: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        let _ = parse_client_message(text, &MessageLimits::default());
+    }
+}
