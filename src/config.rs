@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::limits::{EventLimits, SEGMENT_SIZE_DEFAULT};
 
 /// The default free-space reserve: four default segments.
 pub const STORAGE_RESERVE_BYTES_DEFAULT: u64 = 4 * SEGMENT_SIZE_DEFAULT as u64;
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -24,12 +24,38 @@ pub struct Config {
     /// refused (`OK false "error: ..."`) while reads go on, so that appends already taken, a
     /// segment rotation and a seal never run out of space half-way. 0 turns it off.
     pub storage_reserve_bytes: u64,
+    pub log: LogConfig,
     pub info: RelayInfo,
     pub limits: RelayLimits,
 }
 
+/// How the relay logs (to stderr). `RUST_LOG`, when set, overrides `level`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or
+    /// per-module directives such as `info,ringrelay::store=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event; colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".to_owned(), format: LogFormat::Text }
+    }
+}
+
 /// What NIP-11 tells clients about the relay.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayInfo {
     pub name: String,
@@ -38,7 +64,7 @@ pub struct RelayInfo {
     pub contact: Option<String>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RelayLimits {
     /// Largest WebSocket message (and frame) a client may send, in bytes.
@@ -93,6 +119,7 @@ impl Default for Config {
             key_file: None,
             segment_size: SEGMENT_SIZE_DEFAULT,
             storage_reserve_bytes: STORAGE_RESERVE_BYTES_DEFAULT,
+            log: LogConfig::default(),
             info: RelayInfo::default(),
             limits: RelayLimits::default(),
         }
@@ -191,6 +218,11 @@ impl Config {
         Ok(())
     }
 
+    /// The whole config as TOML, every key with its value (what `check-config` prints).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("the config serializes")
+    }
+
     /// The executors to run: `cores`, or every CPU this process may run on (its affinity mask).
     pub fn core_count(&self) -> usize {
         match self.cores {
@@ -215,6 +247,30 @@ mod tests {
             config.limits.subscriptions_per_connection_max,
             RelayLimits::default().subscriptions_per_connection_max
         );
+    }
+
+    /// The example file shows exactly the defaults, and docs/configuration.md documents
+    /// every key the relay has.
+    #[test]
+    fn example_file_is_the_defaults_and_every_key_is_documented() {
+        let example: Config = toml::from_str(include_str!("../ringrelay.example.toml")).expect("the example parses");
+        assert_eq!(example, Config::default());
+        let docs = include_str!("../docs/configuration.md");
+        let info = RelayInfo { pubkey: Some("0".repeat(64)), contact: Some("mailto:x".into()), ..RelayInfo::default() };
+        let full = Config { key_file: Some("key".into()), info, ..Config::default() };
+        for line in full.to_toml().lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                assert!(docs.contains(&format!("`{key}`")), "docs/configuration.md does not document `{key}`");
+            }
+        }
+    }
+
+    /// An unknown key is an error naming the key and its line.
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        let error = toml::from_str::<Config>("cores = 1\n[limits]\nlimit_max = 10\nlimit_maxx = 3\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("unknown field `limit_maxx`") && text.contains("line 4"), "{text}");
     }
 
     #[test]

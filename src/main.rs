@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use ringrelay::config::{LogConfig, LogFormat};
 use ringrelay::filter::Filter;
 use ringrelay::limits::SEGMENT_SIZE_DEFAULT;
 use ringrelay::tools::{self, StoreOptions};
@@ -39,6 +40,9 @@ enum Command {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
+    /// Check a config file (every key known, every value valid) and print the effective
+    /// config: the file over the embedded defaults. Without a file, the defaults.
+    CheckConfig { file: Option<PathBuf> },
     /// Import events from JSON lines (a file, or stdin with `-`), verifying every signature.
     Import {
         #[command(flatten)]
@@ -112,15 +116,54 @@ impl StoreArgs {
     }
 }
 
+/// Log to stderr as `log` says; `RUST_LOG` overrides its level. Colours only on a terminal,
+/// so that log files and journald get plain lines.
+fn init_logging(log: &LogConfig) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{},glommio::reactor=off", log.level)))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio::reactor=off"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    match log.format {
+        LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,glommio::reactor=off")),
-        )
-        .with_writer(io::stderr)
-        .init();
-    match run(Cli::parse().command) {
+    let command = Cli::parse().command;
+    // `serve` logs as its config says; the config is read before anything is logged.
+    let (command, config) = match command {
+        Command::Serve { config, listen, data_dir, cores, key_file } => {
+            let loaded = match config {
+                Some(path) => ringrelay::config::Config::from_file(&path),
+                None => Ok(ringrelay::config::Config::default()),
+            };
+            match loaded {
+                Ok(mut config) => {
+                    config.listen = listen.unwrap_or(config.listen);
+                    config.data_dir = data_dir.unwrap_or(config.data_dir);
+                    config.cores = cores.unwrap_or(config.cores);
+                    config.key_file = key_file.or(config.key_file);
+                    init_logging(&config.log);
+                    return match ringrelay::server::serve(config) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(error) => {
+                            eprintln!("ringrelay: {error:#}");
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
+                Err(error) => {
+                    eprintln!("ringrelay: {error:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        other => (other, LogConfig::default()),
+    };
+    init_logging(&config);
+    match run(command) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("ringrelay: {error:#}");
@@ -131,16 +174,13 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { config, listen, data_dir, cores, key_file } => {
-            let mut config = match config {
+        Command::Serve { .. } => unreachable!("serve is run by main"),
+        Command::CheckConfig { file } => {
+            let config = match file {
                 Some(path) => ringrelay::config::Config::from_file(&path)?,
                 None => ringrelay::config::Config::default(),
             };
-            config.listen = listen.unwrap_or(config.listen);
-            config.data_dir = data_dir.unwrap_or(config.data_dir);
-            config.cores = cores.unwrap_or(config.cores);
-            config.key_file = key_file.or(config.key_file);
-            ringrelay::server::serve(config)?;
+            print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }
         Command::Import { store, shards, input } => {

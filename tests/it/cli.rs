@@ -308,3 +308,74 @@ fn damage_in_the_newest_segment_stops_serve_until_repair() {
         assert!(text(&ringrelay(&args, None).stdout).contains("0 repaired"));
     }
 }
+
+/// `check-config` prints the effective config of a valid file, and names an unknown key
+/// with its line.
+#[test]
+fn check_config_prints_the_effective_config_and_names_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, "cores = 2\n[limits]\nlimit_max = 100\nlimit_default = 50\n").unwrap();
+    let output = ringrelay(&["check-config", path.to_str().unwrap()], None);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    for line in ["cores = 2", "limit_max = 100", "limit_default = 50", "storage_reserve_bytes = 268435456", "[log]"] {
+        assert!(stdout.lines().any(|l| l == line), "{line} missing from\n{stdout}");
+    }
+    std::fs::write(&path, "cores = 2\nbogus = 1\n").unwrap();
+    let output = ringrelay(&["check-config", path.to_str().unwrap()], None);
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("unknown field `bogus`") && stderr.contains("line 2"), "{stderr}");
+}
+
+/// Logs written to a file or a pipe carry no ANSI escapes, and `format = "json"` gives one
+/// JSON object per line: seen on the warning a torn tail makes at start.
+#[test]
+fn logs_are_plain_or_json_when_not_on_a_terminal() {
+    for format in ["text", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let data_str = data.to_str().unwrap();
+        let input = sample_events().join("\n");
+        assert!(ringrelay(&["import", "--data-dir", data_str, "--shards", "1", "-"], Some(input.as_bytes()))
+            .status
+            .success());
+        // As after a crash mid-commit: no clean mark, and half a record at the end.
+        std::fs::remove_file(data.join("shard-000/CLEAN")).unwrap();
+        let segment = &ringrelay::store::segment::list_segments(&data.join("shard-000")).unwrap()[0].1;
+        let mut bytes = std::fs::read(segment).unwrap();
+        let seal = ringrelay::store::format::seal_offset(&bytes).unwrap();
+        bytes.truncate(seal + 20);
+        std::fs::write(segment, &bytes).unwrap();
+        let config = dir.path().join("relay.toml");
+        std::fs::write(&config, format!("[log]\nformat = \"{format}\"\n")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
+            .args(["serve", "--data-dir", data_str, "--listen", "127.0.0.1:0", "--cores", "1", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut lines = Vec::new();
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            let listening = line.contains("listening on");
+            lines.push(line);
+            if listening || lines.len() > 50 {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let warning = lines.iter().find(|l| l.contains("cutting torn tail")).unwrap_or_else(|| panic!("{lines:?}"));
+        assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "ANSI escapes in {lines:?}");
+        if format == "json" {
+            let value: serde_json::Value = serde_json::from_str(warning).expect("a JSON log line");
+            assert_eq!(value["level"], "WARN", "{value}");
+            assert_eq!(value["fields"]["message"], "cutting torn tail of the newest segment", "{value}");
+        }
+    }
+}
