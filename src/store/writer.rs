@@ -192,11 +192,8 @@ async fn retry(state: &Rc<RefCell<ShardState>>) {
     }
     if state.borrow().has_unflushed() {
         if let Err(error) = commit(state).await {
-            let cause = match &error {
-                StoreError::Io { source, .. } => RefusalCause::of(source),
-                _ => RefusalCause::Io,
-            };
-            state.borrow_mut().refusing = Some(Refusal { cause, detail: error.to_string() });
+            // Copies waiting on a record of the failed range fail with it, as its appends did.
+            refuse(state, &error);
             return;
         }
     }

@@ -107,10 +107,10 @@ fn a_full_disk_refuses_writes_until_space_returns() {
                 let faults = Faults::plan();
                 let shard = Shard::start(open(&path, &faults));
                 let mut acked = Vec::new();
-                for i in 0..3 {
-                    let json = event(i, 500);
-                    assert_eq!(store(&shard, &json).await, Ok(true));
-                    acked.push(id_of(&json));
+                let stored: Vec<String> = (0..3).map(|i| event(i, 500)).collect();
+                for json in &stored {
+                    assert_eq!(store(&shard, json).await, Ok(true));
+                    acked.push(id_of(json));
                 }
                 faults.inject(IoOp::Write, 0, u64::MAX, Fault::Errno(libc::ENOSPC));
                 let failed = event(3, 500);
@@ -123,7 +123,7 @@ fn a_full_disk_refuses_writes_until_space_returns() {
                 // What needs no disk is still answered: an ephemeral event, a duplicate.
                 let ephemeral = signed(&keys(450), 20001, now(), &[], "typing");
                 assert!(matches!(shard.append(&verified(&ephemeral), now()), Ok(Admission::Ephemeral)));
-                assert_eq!(store(&shard, &event(0, 500)).await, Ok(true), "a duplicate of a stored event");
+                assert_eq!(store(&shard, &stored[0]).await, Ok(true), "a duplicate of a stored event");
                 // Still full a retry later: still refusing.
                 glommio::timer::sleep(Duration::from_millis(1500)).await;
                 assert!(shard.refusal().is_some());
@@ -166,11 +166,15 @@ fn a_failed_fdatasync_is_redone_with_the_bytes_written_again() {
                 let first = event(0, 500);
                 assert_eq!(store(&shard, &first).await, Ok(true));
                 acked.push(id_of(&first));
-                faults.inject(IoOp::Sync, 0, 1, Fault::Errno(libc::EIO));
+                // The commit's fdatasync fails, and so does the first retry's.
+                faults.inject(IoOp::Sync, 0, 2, Fault::Errno(libc::EIO));
                 let failed = event(1, 500);
                 let outcome = store(&shard, &failed).await;
                 assert!(outcome.as_ref().is_err_and(|e| e.contains("Input/output error")), "{outcome:?}");
                 assert_eq!(shard.refusal().map(|r| r.cause), Some(RefusalCause::Io));
+                // A copy sent meanwhile waits on the failed record, and fails with the retry.
+                let copy = store(&shard, &failed).await;
+                assert!(copy.as_ref().is_err_and(|e| e.contains("Input/output error")), "{copy:?}");
                 let (writes, syncs) = (faults.count(IoOp::Write), faults.count(IoOp::Sync));
                 assert!(resumed(&shard).await);
                 assert!(faults.count(IoOp::Write) > writes, "the unacknowledged bytes were written again");
