@@ -13,6 +13,8 @@ use crate::limits::SHARD_COUNT_MAX;
 const MANIFEST_FILE: &str = "ringrelay.manifest";
 const LOCK_FILE: &str = "LOCK";
 const MANIFEST_FORMAT: u32 = 1;
+/// How long a held lock is tried again before the directory counts as in use.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How a process holds the data directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,8 +145,16 @@ fn lock(path: &Path, access: Access) -> Result<fs::File, StoreError> {
         Access::Exclusive => libc::LOCK_EX,
         Access::Shared => libc::LOCK_SH,
     } | libc::LOCK_NB;
+    // A lock can outlive its holder for a moment: a process that forks shares the lock with
+    // the child until the child execs (or exits). So a held lock is tried again for a
+    // short while before it counts as another process's.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
     // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+    while unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
+        if std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        }
         return Err(StoreError::DataDir(format!(
             "{} is in use by another ringrelay process (could not lock {})",
             path.display(),
