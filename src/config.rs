@@ -15,6 +15,9 @@ pub const STORAGE_RESERVE_BYTES_DEFAULT: u64 = 4 * SEGMENT_SIZE_DEFAULT as u64;
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `GET /metrics` (and `/stats`, `/healthz`) is served instead of `listen`, e.g.
+    /// `127.0.0.1:9777`; unset, `/metrics` is served on `listen`.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     /// Executors, one pinned per core; 0 means every CPU this process may run on.
     pub cores: usize,
@@ -114,6 +117,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "0.0.0.0:7777".parse().expect("valid address"),
+            metrics_listen: None,
             data_dir: PathBuf::from("ringrelay-data"),
             cores: 0,
             key_file: None,
@@ -257,7 +261,8 @@ mod tests {
         assert_eq!(example, Config::default());
         let docs = include_str!("../docs/configuration.md");
         let info = RelayInfo { pubkey: Some("0".repeat(64)), contact: Some("mailto:x".into()), ..RelayInfo::default() };
-        let full = Config { key_file: Some("key".into()), info, ..Config::default() };
+        let metrics_listen = Some("127.0.0.1:9777".parse().unwrap());
+        let full = Config { key_file: Some("key".into()), metrics_listen, info, ..Config::default() };
         for line in full.to_toml().lines() {
             if let Some((key, _)) = line.split_once(" = ") {
                 assert!(docs.contains(&format!("`{key}`")), "docs/configuration.md does not document `{key}`");

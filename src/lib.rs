@@ -18,6 +18,7 @@ pub mod filter;
 pub mod fuzzing;
 pub mod hex;
 pub mod limits;
+pub mod measure;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -54,6 +54,27 @@ impl EventError {
         format!("invalid: {self}")
     }
 
+    /// A short name for the metrics' `reason` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EventError::TooLarge { .. } => "too_large",
+            EventError::TooDeep(_) => "too_deep",
+            EventError::Json(_) => "malformed_json",
+            EventError::MissingField(_) => "missing_field",
+            EventError::DuplicateField(_) => "duplicate_field",
+            EventError::BadHex(_) => "bad_hex",
+            EventError::KindOutOfRange(_) => "kind_out_of_range",
+            EventError::CreatedAtOutOfRange(_) => "created_at_out_of_range",
+            EventError::TooManyTags(_) => "too_many_tags",
+            EventError::TagTooLong(_) => "tag_too_long",
+            EventError::TagElementTooLarge(_) => "tag_element_too_large",
+            EventError::ContentTooLarge(_) => "content_too_large",
+            EventError::IdMismatch => "id_mismatch",
+            EventError::BadPubkey => "bad_pubkey",
+            EventError::BadSignature => "bad_signature",
+        }
+    }
+
     /// A reason without the details of one event, for counting rejections by kind.
     pub fn category(&self) -> &'static str {
         match self {

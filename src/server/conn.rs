@@ -25,6 +25,7 @@ use glommio::net::TcpStream;
 use super::core::Core;
 use super::http::{self, Route};
 use super::outbox::{Out, Outbox};
+use super::stats::{CloseCause, Verb};
 use crate::proto;
 use crate::subs::ConnId;
 
@@ -63,6 +64,8 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     let Ok(Some((route, leftover))) = head else { return };
     let response = match route {
         Route::Stats => http::stats_response(&core.stats_everywhere().await),
+        Route::Metrics if core.config.metrics_listen.is_some() => http::not_found(),
+        Route::Metrics => http::metrics_response(&core.scrape().await),
         _ => http::response(&route, &core.config),
     };
     if stream.write_all(&response).await.is_err() {
@@ -73,6 +76,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         return;
     };
     let Some((conn, outbound)) = core.open_session(peer.ip()) else {
+        core.stats.closed(CloseCause::AddressLimit);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
         close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many connections from your address").await;
         return;
@@ -88,9 +92,26 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         .max_frame_size(Some(limits.message_size_max));
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     tracing::debug!(core = core.id, conn = conn.0, %peer, "websocket open");
-    session(&core, conn, ws, outbound).await;
+    let cause = session(&core, conn, ws, outbound).await;
+    core.stats.closed(cause);
     core.close_session(conn);
     tracing::debug!(core = core.id, conn = conn.0, "websocket closed");
+}
+
+/// A connection to the admin listener (`metrics_listen`): `/metrics`, `/stats` and
+/// `/healthz`, nothing else.
+pub async fn serve_admin(core: Rc<Core>, mut stream: TcpStream) {
+    let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
+    let Ok(Some((route, _))) = head else { return };
+    let response = match route {
+        Route::Metrics => http::metrics_response(&core.scrape().await),
+        Route::Stats => http::stats_response(&core.stats_everywhere().await),
+        Route::Health => http::response(&route, &core.config),
+        _ => http::not_found(),
+    };
+    if stream.write_all(&response).await.is_ok() {
+        let _ = stream.close().await;
+    }
 }
 
 /// Read until a complete request head; returns the route and the bytes after the head.
@@ -124,7 +145,8 @@ enum Next {
     Changed,
 }
 
-async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) {
+/// The session's loop, until the connection ends; returns why it did.
+async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) -> CloseCause {
     loop {
         // A read that finds data ready does not yield, so a client that keeps its socket full
         // would otherwise hold the core: other clients, and the group commit whose fsync has
@@ -146,6 +168,7 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
         match next {
             Next::Changed => {}
             Next::Incoming(Some(Ok(Message::Text(text)))) => {
+                core.stats.received_bytes.add(text.len() as u64);
                 if !super::verbs::handle_text(core, conn, text.as_str()).await {
                     ack_now(ws.get_ref());
                 }
@@ -153,34 +176,35 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 // full (a flood of REQs) gets one message in per round, not a time slice.
                 futures_lite::future::yield_now().await;
             }
-            Next::Incoming(Some(Ok(Message::Binary(_)))) => {
+            Next::Incoming(Some(Ok(Message::Binary(data)))) => {
+                core.stats.received_bytes.add(data.len() as u64);
+                core.stats.message(Verb::Binary);
                 core.send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
             }
             Next::Incoming(Some(Ok(Message::Close(_)))) => {
                 // tungstenite has queued the answering close frame; it goes out on a flush.
                 let _ = glommio::timer::timeout(CLOSE_REPLY_WAIT, async { Ok(ws.flush().await) }).await;
-                break;
+                return CloseCause::Client;
             }
-            Next::Incoming(None) => break,
+            Next::Incoming(None) => return CloseCause::Client,
             // Pings are answered by tungstenite; a pong gets no answer.
             Next::Incoming(Some(Ok(_))) => ack_now(ws.get_ref()),
             Next::Incoming(Some(Err(error))) => {
-                if let Some((code, reason)) = close_for(&error) {
-                    core.stats.protocol_error_closes.inc();
-                    close_with_notice(&mut ws, code, &reason).await;
-                }
-                break;
+                let Some((code, reason)) = close_for(&error) else { return CloseCause::Client };
+                core.stats.protocol_error_closes.inc();
+                close_with_notice(&mut ws, code, &reason).await;
+                return CloseCause::ProtocolError;
             }
             Next::Outgoing(Some(Out::Close(code, reason))) => {
                 close_with_notice(&mut ws, code, &reason).await;
-                break;
+                return relay_close_cause(code);
             }
             Next::Outgoing(Some(out)) => {
                 // Most batches go straight into the socket; only one that has to wait is timed.
                 // A write that has to wait is timed by the core's once-a-second sweep
                 // (`write_stall_secs`), not by a timer of its own.
                 let written = {
-                    let mut batch = std::pin::pin!(write_batch(&mut ws, &outbound, out));
+                    let mut batch = std::pin::pin!(write_batch(core, &mut ws, &outbound, out));
                     match futures_lite::future::poll_once(&mut batch).await {
                         Some(done) => Some(done),
                         None => {
@@ -197,20 +221,39 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 };
                 match written {
                     Some(Ok(())) => {}
-                    Some(Err(_)) => break,
+                    Some(Err(WriteEnd::Closed(code))) => return relay_close_cause(code),
+                    Some(Err(WriteEnd::Failed)) => return CloseCause::Client,
                     None => {
                         // The client has taken nothing for `write_stall`: it is gone or will
                         // not read. A close frame could not get through either.
                         tracing::info!(core = core.id, conn = conn.0, "closing a connection whose writes stalled");
                         core.stats.write_stall_closes.inc();
                         reset_on_close(ws.get_ref());
-                        break;
+                        return CloseCause::WriteStall;
                     }
                 }
             }
-            Next::Outgoing(None) => break,
+            // The core let go of the session. Every path that does (a slow consumer,
+            // shutdown) queues its close first, so this is reached only after that close.
+            Next::Outgoing(None) => return CloseCause::SlowConsumer,
         }
     }
+}
+
+/// Why the relay closed a connection, from the close code it queued.
+fn relay_close_cause(code: CloseCode) -> CloseCause {
+    match code {
+        CloseCode::Away => CloseCause::Shutdown,
+        _ => CloseCause::SlowConsumer,
+    }
+}
+
+/// How a batch of writes ended the connection.
+enum WriteEnd {
+    /// A close the relay queued, sent with this code.
+    Closed(CloseCode),
+    /// The socket failed.
+    Failed,
 }
 
 /// The close code and reason for an error reading the client, `None` when the connection is
@@ -282,24 +325,30 @@ fn close_session<'a>(
 
 /// Write `first` (a message, not a close) and whatever else is queued, up to a batch, with
 /// one flush.
-async fn write_batch(ws: &mut WebSocketStream<TcpStream>, outbound: &Outbox, first: Out) -> Result<(), WsError> {
+async fn write_batch(
+    core: &Core,
+    ws: &mut WebSocketStream<TcpStream>,
+    outbound: &Outbox,
+    first: Out,
+) -> Result<(), WriteEnd> {
     let mut next = Some(first);
     for _ in 0..WRITE_BATCH_COUNT {
         let Some(out) = next.take().or_else(|| outbound.try_recv()) else { break };
         match out {
             Out::Close(code, reason) => {
-                ws.flush().await?;
+                ws.flush().await.map_err(|_| WriteEnd::Failed)?;
                 close_with_notice(ws, code, &reason).await;
-                return Err(WsError::ConnectionClosed);
+                return Err(WriteEnd::Closed(code));
             }
             message => {
                 if let Some(text) = message.into_text() {
-                    ws.feed(Message::text(text)).await?;
+                    core.stats.sent_bytes.add(text.len() as u64);
+                    ws.feed(Message::text(text)).await.map_err(|_| WriteEnd::Failed)?;
                 }
             }
         }
     }
-    ws.flush().await
+    ws.flush().await.map_err(|_| WriteEnd::Failed)
 }
 
 /// Acknowledge what the client sent now rather than after the kernel's delayed-ACK timer

@@ -17,10 +17,11 @@ use glommio::{Task, TaskQueueHandle};
 use super::ingest::AckPipeline;
 use super::ip_slots::IpSlots;
 use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
+use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
 use super::outbox::{outbox, Budget, CoreOutboxes, Out, Outbox, OutboxWatch};
 use super::scan::{self, QueryLimits};
 use super::session::{QueryId, Session};
-use super::stats::{Stats, StatsSnapshot};
+use super::stats::{CloseCause, Stats, StatsSnapshot, Verb};
 use super::throttle::LogThrottle;
 use super::REPEATED_ERROR_LOG_INTERVAL;
 use crate::config::Config;
@@ -295,10 +296,10 @@ impl Core {
     pub fn handle_message(self: &Rc<Self>, message: CoreMsg) {
         match message {
             CoreMsg::Append { event, shard, reply } => super::ingest::append_owned(self, *event, shard, reply),
-            CoreMsg::Ack { reply, accepted, reason } => super::ingest::deliver_ok(self, &reply, accepted, &reason),
+            CoreMsg::Ack { reply, outcome, reason } => super::ingest::deliver_ok(self, &reply, outcome, &reason),
             CoreMsg::Live(event) => super::fanout::fan_out(self, &event),
-            CoreMsg::Ask { request, ask: Ask::Stats } => {
-                let answer = Answer::Stats(Box::new(self.local_stats()));
+            CoreMsg::Ask { request, ask: Ask::Metrics } => {
+                let answer = Answer::Metrics(Box::new(self.local_metrics()));
                 self.mesh.post(request.core, CoreMsg::Answer { request, answer });
             }
             CoreMsg::Ask { request, ask } => self.start_remote_scan(request, ask),
@@ -325,7 +326,7 @@ impl Core {
             let answer = match ask {
                 Ask::Hits { filters, limits } => Answer::Hits(scan::hits(&core, &filters, limits).await),
                 Ask::Count { filters, limits } => Answer::Count(scan::count(&core, &filters, limits).await),
-                Ask::Stats => Answer::Stats(Box::new(core.local_stats())),
+                Ask::Metrics => Answer::Metrics(Box::new(core.local_metrics())),
             };
             if core.remote_scans.borrow_mut().remove(&request).is_some() {
                 core.stats.remote_scans.sub(1);
@@ -344,14 +345,60 @@ impl Core {
         snapshot
     }
 
+    /// This core's figures for a scrape: a copy of its cells and one pass over its shards.
+    fn local_metrics(&self) -> CoreMetrics {
+        let stats = &self.stats;
+        let limits = &self.config.limits;
+        let mut shards: Vec<_> = self.shards.borrow().values().map(|shard| shard.state().figures()).collect();
+        shards.sort_by_key(|figures| figures.shard);
+        CoreMetrics {
+            core: self.id,
+            stats: self.local_stats(),
+            closes: CloseCause::ALL.iter().zip(&stats.closes).map(|(cause, count)| (*cause, count.get())).collect(),
+            messages: Verb::ALL.iter().zip(&stats.messages).map(|(verb, count)| (*verb, count.get())).collect(),
+            events: stats.events.borrow().clone(),
+            live_deliveries: stats.live_deliveries.get(),
+            received_bytes: stats.received_bytes.get(),
+            sent_bytes: stats.sent_bytes.get(),
+            ingest_seconds: stats.ingest_seconds.snapshot(),
+            req_seconds: stats.req_seconds.snapshot(),
+            count_seconds: stats.count_seconds.snapshot(),
+            busy_seconds: glommio::executor().executor_stats().executor_runtime().as_secs_f64(),
+            budget_limits: vec![
+                ("outbound_bytes", limits.outbound_bytes_per_core_max as u64),
+                ("queries", limits.queries_per_core_max as u64),
+            ],
+            shards,
+        }
+    }
+
+    /// Every core's figures, through the mesh's bounded gather.
+    pub async fn metrics_everywhere(self: &Rc<Self>) -> Vec<CoreMetrics> {
+        let answers = self.mesh.gather(Ask::Metrics, async { Answer::Metrics(Box::new(self.local_metrics())) }).await;
+        let mut cores: Vec<CoreMetrics> = answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                Answer::Metrics(part) => Some(*part),
+                _ => None,
+            })
+            .collect();
+        cores.sort_by_key(|core| core.core);
+        cores
+    }
+
+    /// `/metrics`: every core's figures, with the process's read off the cores.
+    pub async fn scrape(self: &Rc<Self>) -> String {
+        let cores = self.metrics_everywhere().await;
+        let data_dir = self.config.data_dir.clone();
+        let process = glommio::executor().spawn_blocking(move || ProcessMetrics::read(&data_dir)).await;
+        super::metrics::render(Scrape { cores, process, storage_reserve_bytes: self.config.storage_reserve_bytes })
+    }
+
     /// Every core's counters, summed, with the process's.
     pub async fn stats_everywhere(self: &Rc<Self>) -> StatsSnapshot {
-        let answers = self.mesh.gather(Ask::Stats, async { Answer::Stats(Box::new(self.local_stats())) }).await;
         let mut total = StatsSnapshot { cores: 0, ..StatsSnapshot::default() };
-        for answer in answers {
-            if let Answer::Stats(part) = answer {
-                total.merge(&part);
-            }
+        for core in self.metrics_everywhere().await {
+            total.merge(&core.stats);
         }
         total.rss_bytes = super::stats::resident_bytes();
         total

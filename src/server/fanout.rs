@@ -30,7 +30,9 @@ pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
                 Some(SubState::Live { .. }) => {}
             }
             let queued = session.outbound.try_send_live(Out::Event { sub: sub_id, json: event.json.clone() });
-            if queued.is_err() && !slow.contains(&conn) {
+            if queued.is_ok() {
+                core.stats.live_deliveries.inc();
+            } else if !slow.contains(&conn) {
                 let reason = "slow consumer: more queued for this connection than its budget allows";
                 session.outbound.shut(CloseCode::Policy, reason.to_owned());
                 slow.push(conn);

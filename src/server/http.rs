@@ -17,8 +17,10 @@ pub enum Route {
     Nip11,
     Page,
     Health,
-    /// Every core's counters as JSON (what the Prometheus metrics will publish).
+    /// Every core's counters as JSON.
     Stats,
+    /// The Prometheus (OpenMetrics) exposition.
+    Metrics,
     Preflight,
     NotFound,
     BadRequest(&'static str),
@@ -56,6 +58,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static s
         },
         "GET" | "HEAD" if path == "/healthz" => Route::Health,
         "GET" if path == "/stats" => Route::Stats,
+        "GET" if path == "/metrics" => Route::Metrics,
         "GET" | "HEAD" if header("accept").is_some_and(|accept| accept.contains("application/nostr+json")) => {
             Route::Nip11
         }
@@ -80,6 +83,7 @@ pub fn response(route: &Route, config: &Config) -> Vec<u8> {
         Route::Page => respond("200 OK", "text/html; charset=utf-8", &page(config)),
         Route::Health => respond("200 OK", "text/plain", "ok\n"),
         Route::Stats => stats_response(&Default::default()),
+        Route::Metrics => metrics_response(""),
         Route::Preflight => respond("204 No Content", "text/plain", ""),
         Route::NotFound => respond("404 Not Found", "text/plain", "not found\n"),
         Route::BadRequest(reason) => respond("400 Bad Request", "text/plain", &format!("{reason}\n")),
@@ -90,6 +94,16 @@ pub fn response(route: &Route, config: &Config) -> Vec<u8> {
 pub fn stats_response(stats: &super::stats::StatsSnapshot) -> Vec<u8> {
     let body = serde_json::to_string(stats).expect("counters serialize");
     respond("200 OK", "application/json", &body)
+}
+
+/// `/metrics`: the exposition [`super::metrics::render`] made.
+pub fn metrics_response(body: &str) -> Vec<u8> {
+    respond("200 OK", super::metrics::CONTENT_TYPE, body)
+}
+
+/// A 404, for a route served elsewhere (`/metrics` with `metrics_listen` set).
+pub fn not_found() -> Vec<u8> {
+    response(&Route::NotFound, &Config::default())
 }
 
 fn respond(status: &str, content_type: &str, body: &str) -> Vec<u8> {
@@ -167,6 +181,7 @@ mod tests {
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::Page);
         assert_eq!(route("GET /healthz HTTP/1.1\r\n\r\n"), Route::Health);
         assert_eq!(route("GET /stats HTTP/1.1\r\n\r\n"), Route::Stats);
+        assert_eq!(route("GET /metrics HTTP/1.1\r\n\r\n"), Route::Metrics);
         assert_eq!(route("OPTIONS / HTTP/1.1\r\n\r\n"), Route::Preflight);
         assert_eq!(route("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert!(matches!(route("POST / HTTP/1.1\r\n\r\n"), Route::BadRequest(_)));

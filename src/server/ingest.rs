@@ -20,13 +20,14 @@ use super::core::Core;
 use super::mesh::{Answer, Ask, CoreMsg, Reply};
 use super::outbox::Out;
 use super::scan::{self, QueryLimits};
+use super::stats::{Outcome, OutcomeClass};
 use crate::event::kind::{parse_address, KIND_DELETION};
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
 use crate::store::query::merge_newest_first;
-use crate::store::{effective_limit, Admission, Durable, StoreError};
-use crate::subs::{ConnId, LiveEvent};
+use crate::store::{effective_limit, Admission, Durable, Rejection, StoreError};
+use crate::subs::LiveEvent;
 
 /// The `OK` reason for an event already stored.
 pub const DUPLICATE: &str = "duplicate: already have this event";
@@ -40,26 +41,39 @@ pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name it
 
 /// What the relay refuses before looking at the signature: protected events (no NIP-42
 /// yet) and dates outside the configured window.
-pub fn before_signature(core: &Core, event: &ParsedEvent) -> Option<String> {
+pub fn before_signature(core: &Core, event: &ParsedEvent) -> Option<(Outcome, String)> {
     let limits = &core.config.limits;
     let now = crate::now_unix();
     if event.protected {
-        return Some("auth-required: this event may only be published by its author".to_owned());
+        let reason = "auth-required: this event may only be published by its author".to_owned();
+        return Some((Outcome::new(OutcomeClass::Refused, "protected"), reason));
     }
     if event.created_at > now.saturating_add(limits.created_at_future_max_secs) {
-        return Some(format!(
-            "invalid: created_at is more than {} seconds in the future",
-            limits.created_at_future_max_secs
-        ));
+        let reason =
+            format!("invalid: created_at is more than {} seconds in the future", limits.created_at_future_max_secs);
+        return Some((Outcome::new(OutcomeClass::Invalid, "created_at_future"), reason));
     }
     if limits.created_at_past_max_secs > 0 && event.created_at < now.saturating_sub(limits.created_at_past_max_secs) {
-        return Some(format!(
-            "invalid: created_at is more than {} seconds in the past",
-            limits.created_at_past_max_secs
-        ));
+        let reason =
+            format!("invalid: created_at is more than {} seconds in the past", limits.created_at_past_max_secs);
+        return Some((Outcome::new(OutcomeClass::Invalid, "created_at_past"), reason));
     }
     None
 }
+
+/// How a storage rule's refusal is counted.
+fn rejection_outcome(rejection: Rejection) -> Outcome {
+    match rejection {
+        Rejection::Deleted => Outcome::new(OutcomeClass::Refused, "deleted"),
+        Rejection::Superseded => Outcome::SUPERSEDED,
+        Rejection::Expired => Outcome::new(OutcomeClass::Invalid, "expired"),
+        Rejection::ShardFull => Outcome::new(OutcomeClass::Error, "shard_full"),
+    }
+}
+
+pub const OUTCOME_DUPLICATE: Outcome = Outcome::new(OutcomeClass::Duplicate, "duplicate");
+const OUTCOME_STORAGE_FULL: Outcome = Outcome::new(OutcomeClass::Error, "storage_full");
+const OUTCOME_STORAGE_FAILING: Outcome = Outcome::new(OutcomeClass::Error, "storage_failing");
 
 /// Whether this core owns `event`'s shard and has already acknowledged it (checked before
 /// the signature, which costs 20 times the rest of ingest). A copy whose original is not
@@ -82,11 +96,12 @@ pub fn is_known_duplicate(core: &Core, id: &EventId, shard: u16) -> bool {
 /// A verified event from a connection of this core. Its OK is owed from now, so a client
 /// that publishes faster than events are stored is held back. A deletion request is first
 /// checked against every core, as a query owned by the connection.
-pub async fn after_signature(core: &Rc<Core>, conn: ConnId, event: VerifiedEvent, shard: u16) {
-    core.with_session(conn, |session| session.outbound.owe_reply());
+pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: u16) {
+    core.with_session(reply.conn, |session| session.outbound.owe_reply());
     if event.kind() != KIND_DELETION {
-        return route(core, conn, event, shard).await;
+        return route(core, reply, event, shard).await;
     }
+    let conn = reply.conn;
     let owner = core.clone();
     core.start_query(conn, None, async move {
         let refused = {
@@ -94,10 +109,9 @@ pub async fn after_signature(core: &Rc<Core>, conn: ConnId, event: VerifiedEvent
             names_another_authors_event(&owner, &event).await
         };
         if refused {
-            let reply = Reply { core: owner.id, conn, event_id: *event.id() };
-            deliver_ok(&owner, &reply, false, FOREIGN_DELETION);
+            deliver_ok(&owner, &reply, Outcome::new(OutcomeClass::Refused, "foreign_deletion"), FOREIGN_DELETION);
         } else {
-            route(&owner, conn, event, shard).await;
+            route(&owner, reply, event, shard).await;
         }
     });
 }
@@ -153,11 +167,10 @@ pub async fn gather_hits(core: &Rc<Core>, filters: Arc<[Filter]>, limits: QueryL
 
 /// Send an event whose OK is owed to where it is stored: broadcast if ephemeral, else to
 /// the owner of its author's shard, waiting while that core's channel is full.
-async fn route(core: &Rc<Core>, conn: ConnId, event: VerifiedEvent, shard: u16) {
-    let reply = Reply { core: core.id, conn, event_id: *event.id() };
+async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: u16) {
     if event.class() == KindClass::Ephemeral {
         broadcast(core, Arc::new(LiveEvent::from_event(&event))).await;
-        deliver_ok(core, &reply, true, "");
+        deliver_ok(core, &reply, Outcome::EPHEMERAL, "");
         return;
     }
     match core.owner_core(shard) {
@@ -173,7 +186,8 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: u16, reply: Re
         let shards = core.shards.borrow();
         let Some(owned) = shards.get(&shard) else {
             drop(shards);
-            return deliver_ok(core, &reply, false, "error: the relay is shutting down");
+            let outcome = Outcome::new(OutcomeClass::Error, "shutting_down");
+            return deliver_ok(core, &reply, outcome, "error: the relay is shutting down");
         };
         (owned.append(&event, crate::now_unix()), core.ack_pipeline(shard))
     };
@@ -190,31 +204,34 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: u16, reply: Re
             Pending { durable: Some(original), reply, live: None, duplicate: true, no: None }
         }
         Ok(Admission::Ephemeral) => Pending { durable: None, reply, live: Some(event), duplicate: false, no: None },
-        Ok(Admission::Rejected(rejection)) => return deliver_ok(core, &reply, false, rejection.reason()),
+        Ok(Admission::Rejected(rejection)) => {
+            return deliver_ok(core, &reply, rejection_outcome(rejection), rejection.reason())
+        }
         Err(error) => {
-            let reason = match &error {
-                StoreError::Refusing(refusal) if refusal.is_full() => STORAGE_FULL,
-                _ => STORAGE_FAILING,
+            let (outcome, reason) = match &error {
+                StoreError::Refusing(refusal) if refusal.is_full() => (OUTCOME_STORAGE_FULL, STORAGE_FULL),
+                _ => (OUTCOME_STORAGE_FAILING, STORAGE_FAILING),
             };
             if let Some(held_back) = core.storage_errors.admit() {
                 tracing::warn!(core = core.id, shard, %error, held_back, "event refused: storage refuses writes");
             }
-            return deliver_ok(core, &reply, false, reason);
+            return deliver_ok(core, &reply, outcome, reason);
         }
     };
     pipeline.push(pending);
 }
 
-/// Send an OK to its connection, here or on its core. Never waits.
-pub fn deliver_ok(core: &Core, reply: &Reply, accepted: bool, reason: &str) {
+/// Send an OK to its connection, here or on its core, where it is counted. Never waits.
+pub fn deliver_ok(core: &Core, reply: &Reply, outcome: Outcome, reason: &str) {
     if reply.core == core.id {
+        core.stats.answered(outcome, reply.received);
         core.with_session(reply.conn, |session| {
-            let ok = proto::frame_ok(&reply.event_id.to_hex(), accepted, reason);
+            let ok = proto::frame_ok(&reply.event_id.to_hex(), outcome.accepted(), reason);
             session.outbound.send_reply(Out::Text(ok), true);
         });
     } else {
         let reason = Cow::Owned(reason.to_owned());
-        core.mesh.post(reply.core, CoreMsg::Ack { reply: reply.clone(), accepted, reason });
+        core.mesh.post(reply.core, CoreMsg::Ack { reply: reply.clone(), outcome, reason });
     }
 }
 
@@ -291,12 +308,12 @@ impl AckPipeline {
                 None => Ok(()),
             };
             match outcome {
-                Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, true, DUPLICATE),
+                Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, OUTCOME_DUPLICATE, DUPLICATE),
                 Ok(()) => {
                     if let Some(no) = pending.no {
                         self.answered.set(no + 1);
                     }
-                    deliver_ok(&core, &pending.reply, true, "");
+                    deliver_ok(&core, &pending.reply, Outcome::STORED, "");
                     if let Some(event) = pending.live {
                         broadcast(&core, Arc::new(LiveEvent::from_event(&event))).await;
                     }
@@ -305,7 +322,7 @@ impl AckPipeline {
                     if let Some(held_back) = core.storage_errors.admit() {
                         tracing::error!(core = core.id, %error, held_back, "append failed");
                     }
-                    deliver_ok(&core, &pending.reply, false, STORAGE_FAILING);
+                    deliver_ok(&core, &pending.reply, OUTCOME_STORAGE_FAILING, STORAGE_FAILING);
                 }
             }
             self.in_flight.set(self.in_flight.get() - 1);

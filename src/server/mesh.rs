@@ -22,8 +22,9 @@ use std::task::{Poll, Waker};
 
 use glommio::channels::channel_mesh::Senders;
 
+use super::metrics::CoreMetrics;
 use super::scan::{CountPart, QueryLimits, WireHit};
-use super::stats::{Stats, StatsSnapshot};
+use super::stats::{Outcome, Stats};
 use crate::event::{EventId, VerifiedEvent};
 use crate::filter::Filter;
 use crate::subs::{ConnId, LiveEvent};
@@ -33,7 +34,7 @@ pub enum CoreMsg {
     /// To the owner of the author's shard: store this verified event.
     Append { event: Box<VerifiedEvent>, shard: u16, reply: Reply },
     /// Back to the publishing connection's core: the `OK` to send.
-    Ack { reply: Reply, accepted: bool, reason: std::borrow::Cow<'static, str> },
+    Ack { reply: Reply, outcome: Outcome, reason: std::borrow::Cow<'static, str> },
     /// A durable (or ephemeral) event, to match against every core's subscriptions.
     Live(Arc<LiveEvent>),
     /// A request for this core's part of a gather.
@@ -50,6 +51,8 @@ pub struct Reply {
     pub core: usize,
     pub conn: ConnId,
     pub event_id: EventId,
+    /// When the EVENT arrived, for the ingest latency.
+    pub received: std::time::Instant,
 }
 
 /// A gather, named by the core that started it.
@@ -67,14 +70,14 @@ pub enum Ask {
     /// How many of the core's events match (COUNT).
     Count { filters: Arc<[Filter]>, limits: QueryLimits },
     /// The core's counters.
-    Stats,
+    Metrics,
 }
 
 /// One core's part of a gather.
 pub enum Answer {
     Hits(Vec<Vec<WireHit>>),
     Count(CountPart),
-    Stats(Box<StatsSnapshot>),
+    Metrics(Box<CoreMetrics>),
 }
 
 struct Gather {

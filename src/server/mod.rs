@@ -15,6 +15,7 @@ pub mod http;
 pub mod ingest;
 pub mod ip_slots;
 pub mod mesh;
+pub mod metrics;
 pub mod outbox;
 pub mod scan;
 pub mod session;
@@ -120,6 +121,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
     // split the traffic; a plain bind first makes "port in use" an error.
     drop(bind_when_free(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
+    if let Some(address) = config.metrics_listen {
+        drop(bind_when_free(address).with_context(|| format!("cannot listen on {address} (metrics_listen)"))?);
+    }
     let open_files = raise_open_files_limit();
     let config = Arc::new(config);
     let ip_slots = IpSlots::default();
@@ -298,6 +302,16 @@ async fn run_joined(
             return;
         }
     };
+    // The admin listener (`metrics_listen`) is core 0's alone.
+    let admin = match start.config.metrics_listen.filter(|_| id == 0).map(listen).transpose() {
+        Ok(admin) => admin,
+        Err(error) => {
+            let _ = start
+                .ready
+                .send(Err(format!("cannot listen on {:?} (metrics_listen): {error}", start.config.metrics_listen)));
+            return;
+        }
+    };
     let stats = Rc::new(Stats::default());
     let mesh = Mesh::new(senders, stats.clone());
     // Scans get half the sessions' share of a busy core, in short slices: a flood of
@@ -329,8 +343,16 @@ async fn run_joined(
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
     let _ = start.ready.send(Ok(format!("core {id}")));
-    accept_until_stopped(&core, &listener, &start.stop, sessions).await;
+    let clients = accept_until_stopped(&core, &listener, &start.stop, sessions, conn::serve_connection);
+    match &admin {
+        Some(admin) => {
+            let admins = accept_until_stopped(&core, admin, &start.stop, sessions, conn::serve_admin);
+            futures_lite::future::zip(clients, admins).await;
+        }
+        None => clients.await,
+    }
     drop(listener);
+    drop(admin);
     // Finish in-flight appends (their OKs go out), then say goodbye to every client.
     core.close_shards().await;
     core.acks_settled(Duration::from_secs(1)).await;
@@ -400,7 +422,14 @@ fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
-async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &AtomicBool, sessions: TaskQueueHandle) {
+/// Accept until the stop flag is set, serving each connection with `serve` in its own task.
+async fn accept_until_stopped<F: std::future::Future<Output = ()> + 'static>(
+    core: &Rc<Core>,
+    listener: &TcpListener,
+    stop: &AtomicBool,
+    sessions: TaskQueueHandle,
+    serve: fn(Rc<Core>, glommio::net::TcpStream) -> F,
+) {
     enum Step {
         Accepted(glommio::Result<glommio::net::TcpStream, ()>),
         Stop,
@@ -416,7 +445,7 @@ async fn accept_until_stopped(core: &Rc<Core>, listener: &TcpListener, stop: &At
         .await;
         match step {
             Step::Accepted(Ok(stream)) => {
-                match glommio::spawn_local_into(conn::serve_connection(core.clone(), stream), sessions) {
+                match glommio::spawn_local_into(serve(core.clone(), stream), sessions) {
                     // The connection's task is owned through its `Session` once upgraded (the
                     // core closes it through its outbox, and `connections_per_ip_max` bounds
                     // them); before that, only the 10 s handshake timeout bounds it: new

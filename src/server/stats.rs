@@ -2,54 +2,137 @@
 //! cores at read time through the mesh (`/stats` now; the Prometheus metrics later). Every
 //! budget in `config::RelayLimits` has its current use and its high-water mark here.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
 
-/// A current value and the highest it has been.
-#[derive(Default, Debug)]
-pub struct Gauge {
-    now: Cell<u64>,
-    high: Cell<u64>,
+pub use crate::measure::{Counter, Gauge, Histogram, HistogramSnapshot};
+
+/// Why a WebSocket connection ended (or was refused at its start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The client closed it, or went away.
+    Client,
+    /// It broke the WebSocket protocol or sent invalid UTF-8 or a message over the limit.
+    ProtocolError,
+    /// It fell behind its byte budget, or did not read an answer (`slow consumer:`).
+    SlowConsumer,
+    /// Its writes made no progress for `write_stall_secs`.
+    WriteStall,
+    /// The relay is shutting down.
+    Shutdown,
+    /// Refused at the upgrade: its address holds `connections_per_ip_max` already.
+    AddressLimit,
 }
 
-impl Gauge {
-    pub fn add(&self, amount: u64) {
-        let now = self.now.get() + amount;
-        self.now.set(now);
-        self.high.set(self.high.get().max(now));
-    }
+impl CloseCause {
+    pub const ALL: [CloseCause; 6] = [
+        CloseCause::Client,
+        CloseCause::ProtocolError,
+        CloseCause::SlowConsumer,
+        CloseCause::WriteStall,
+        CloseCause::Shutdown,
+        CloseCause::AddressLimit,
+    ];
 
-    pub fn sub(&self, amount: u64) {
-        debug_assert!(self.now.get() >= amount, "gauge below zero");
-        self.now.set(self.now.get().saturating_sub(amount));
-    }
-
-    pub fn get(&self) -> u64 {
-        self.now.get()
-    }
-
-    pub fn high(&self) -> u64 {
-        self.high.get()
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseCause::Client => "client",
+            CloseCause::ProtocolError => "protocol_error",
+            CloseCause::SlowConsumer => "slow_consumer",
+            CloseCause::WriteStall => "write_stall",
+            CloseCause::Shutdown => "shutdown",
+            CloseCause::AddressLimit => "address_limit",
+        }
     }
 }
 
-/// A count that only goes up.
-#[derive(Default, Debug)]
-pub struct Counter(Cell<u64>);
+/// What a client sent, by verb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verb {
+    Event,
+    Req,
+    Count,
+    Close,
+    Auth,
+    /// A text message that is not a valid client message (answered with a NOTICE or CLOSED).
+    Invalid,
+    /// A binary message (refused).
+    Binary,
+}
 
-impl Counter {
-    pub fn inc(&self) {
-        self.0.set(self.0.get() + 1);
+impl Verb {
+    pub const ALL: [Verb; 7] =
+        [Verb::Event, Verb::Req, Verb::Count, Verb::Close, Verb::Auth, Verb::Invalid, Verb::Binary];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Verb::Event => "EVENT",
+            Verb::Req => "REQ",
+            Verb::Count => "COUNT",
+            Verb::Close => "CLOSE",
+            Verb::Auth => "AUTH",
+            Verb::Invalid => "invalid",
+            Verb::Binary => "binary",
+        }
+    }
+}
+
+/// What became of an EVENT: the class of its `OK` (NIP-01's prefixes), with a reason from a
+/// fixed set (never the text of one event, so the metric's labels stay bounded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Outcome {
+    pub class: OutcomeClass,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutcomeClass {
+    Stored,
+    Ephemeral,
+    Duplicate,
+    Invalid,
+    /// Refused by policy (`blocked:`, `auth-required:`, `restricted:`).
+    Refused,
+    RateLimited,
+    /// Not stored for the relay's own reasons (`error:`): storage refusing writes, shutdown.
+    Error,
+}
+
+impl OutcomeClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            OutcomeClass::Stored => "stored",
+            OutcomeClass::Ephemeral => "ephemeral",
+            OutcomeClass::Duplicate => "duplicate",
+            OutcomeClass::Invalid => "invalid",
+            OutcomeClass::Refused => "refused",
+            OutcomeClass::RateLimited => "rate_limited",
+            OutcomeClass::Error => "error",
+        }
+    }
+}
+
+impl Outcome {
+    pub const STORED: Outcome = Outcome { class: OutcomeClass::Stored, reason: "" };
+    pub const EPHEMERAL: Outcome = Outcome { class: OutcomeClass::Ephemeral, reason: "" };
+    /// A replaceable or addressable event older than the stored version: answered
+    /// `OK false "duplicate: ..."`.
+    pub const SUPERSEDED: Outcome = Outcome { class: OutcomeClass::Duplicate, reason: "superseded" };
+
+    pub const fn new(class: OutcomeClass, reason: &'static str) -> Outcome {
+        Outcome { class, reason }
     }
 
-    pub fn get(&self) -> u64 {
-        self.0.get()
+    /// The `OK`'s `true` or `false`.
+    pub fn accepted(self) -> bool {
+        matches!(self.class, OutcomeClass::Stored | OutcomeClass::Ephemeral | OutcomeClass::Duplicate)
+            && self != Outcome::SUPERSEDED
     }
 }
 
 /// One core's counts.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct Stats {
     pub connections: Gauge,
     pub connections_accepted: Counter,
@@ -75,6 +158,54 @@ pub struct Stats {
     pub slow_consumer_closes: Counter,
     pub write_stall_closes: Counter,
     pub protocol_error_closes: Counter,
+    /// Connections ended, by [`CloseCause`] (indexed as `CloseCause::ALL`).
+    pub closes: [Counter; CloseCause::ALL.len()],
+    /// Client messages, by [`Verb`] (indexed as `Verb::ALL`).
+    pub messages: [Counter; Verb::ALL.len()],
+    /// EVENTs answered, by outcome: a handful of entries, the most frequent first.
+    pub events: RefCell<Vec<(Outcome, u64)>>,
+    /// Events queued to live subscriptions.
+    pub live_deliveries: Counter,
+    /// WebSocket message payload bytes read from and queued to clients.
+    pub received_bytes: Counter,
+    pub sent_bytes: Counter,
+    /// From an EVENT's arrival to its `OK` being queued, on the connection's core.
+    pub ingest_seconds: Histogram,
+    /// From a REQ's arrival to its EOSE being queued.
+    pub req_seconds: Histogram,
+    /// From a COUNT's arrival to its answer being queued.
+    pub count_seconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            connections: Gauge::default(),
+            connections_accepted: Counter::default(),
+            outbound_bytes: Gauge::default(),
+            queries: Gauge::default(),
+            queries_waiting: Gauge::default(),
+            remote_scans: Gauge::default(),
+            queries_cancelled: Counter::default(),
+            counts_from_index: Counter::default(),
+            counts_scanned: Counter::default(),
+            long_scans: Counter::default(),
+            mesh_backlog: Gauge::default(),
+            pending_live: Gauge::default(),
+            slow_consumer_closes: Counter::default(),
+            write_stall_closes: Counter::default(),
+            protocol_error_closes: Counter::default(),
+            closes: Default::default(),
+            messages: Default::default(),
+            events: RefCell::new(vec![(Outcome::STORED, 0)]),
+            live_deliveries: Counter::default(),
+            received_bytes: Counter::default(),
+            sent_bytes: Counter::default(),
+            ingest_seconds: Histogram::latency(),
+            req_seconds: Histogram::latency(),
+            count_seconds: Histogram::latency(),
+        }
+    }
 }
 
 /// What `/stats` serves: every core's [`Stats`] summed (high-water marks are per core, the
@@ -110,6 +241,24 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    pub fn closed(&self, cause: CloseCause) {
+        self.closes[CloseCause::ALL.iter().position(|&c| c == cause).expect("every cause is listed")].inc();
+    }
+
+    pub fn message(&self, verb: Verb) {
+        self.messages[Verb::ALL.iter().position(|&v| v == verb).expect("every verb is listed")].inc();
+    }
+
+    /// Count an EVENT's answer, and the time since it arrived.
+    pub fn answered(&self, outcome: Outcome, received: std::time::Instant) {
+        self.ingest_seconds.observe_since(received);
+        let mut events = self.events.borrow_mut();
+        match events.iter_mut().find(|(known, _)| *known == outcome) {
+            Some((_, count)) => *count += 1,
+            None => events.push((outcome, 1)),
+        }
+    }
+
     /// This core's figures; `subscriptions` comes from the subscription index.
     pub fn snapshot(&self, subscriptions: u64) -> StatsSnapshot {
         StatsSnapshot {

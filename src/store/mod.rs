@@ -21,7 +21,9 @@ pub mod writer;
 pub use datadir::{Access, DataDir, Router};
 pub use index::{EventNo, Rejection};
 pub use query::{FilterScan, Hit, Ordered};
-pub use shard::{Appended, OpenMode, Refusal, RefusalCause, ShardConfig, ShardState, StoreError};
+pub use shard::{
+    free_bytes, Appended, OpenMode, Refusal, RefusalCause, ShardConfig, ShardFigures, ShardState, StoreError,
+};
 pub use writer::{Admission, Durable, Shard};
 
 use crate::filter::Filter;

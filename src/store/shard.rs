@@ -21,6 +21,7 @@ use super::record::{self, ArchivedRecord, Record};
 use super::segment::{self, AlignedBuf, KeyMismatch, SealHasher, SegmentBytes};
 use crate::event::VerifiedEvent;
 use crate::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
+use crate::measure::{Counter, Histogram, HistogramSnapshot};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -190,6 +191,66 @@ pub struct ShardState {
     seal_hash: SealHasher,
     /// The active segment ends in its seal record: the next record begins a new segment.
     active_sealed: bool,
+    /// What the committer measures, read at scrape time.
+    pub(super) commits: CommitStats,
+}
+
+/// The committer's figures for one shard.
+#[derive(Debug)]
+pub struct CommitStats {
+    /// Time of each segment file's `fdatasync`.
+    pub fsync_seconds: Histogram,
+    /// Events made durable per group commit.
+    pub batch_events: Histogram,
+    /// Bytes handed to `write_at` (a partly filled last block is written again by the next
+    /// commit, so this is at least the bytes appended).
+    pub written_bytes: Counter,
+    pub failures: Counter,
+}
+
+impl Default for CommitStats {
+    fn default() -> CommitStats {
+        CommitStats {
+            fsync_seconds: Histogram::latency(),
+            batch_events: Histogram::new(crate::measure::BATCH_BOUNDS),
+            written_bytes: Counter::default(),
+            failures: Counter::default(),
+        }
+    }
+}
+
+/// One shard's figures at one moment, for `/metrics`.
+#[derive(Clone, Debug)]
+pub struct ShardFigures {
+    pub shard: u16,
+    pub segments: u64,
+    /// Bytes in the shard's segment files.
+    pub bytes: u64,
+    /// Of those, bytes held by dead records (replaced, deleted, expired), which compaction
+    /// drops: estimated per segment from its share of dead records.
+    pub dead_bytes: u64,
+    /// Records indexed, and of those the ones still served.
+    pub records: u64,
+    pub live_records: u64,
+    /// The in-memory indexes' heap bytes.
+    pub index_bytes: u64,
+    pub refusal: Option<RefusalCause>,
+    pub fsync_seconds: HistogramSnapshot,
+    pub batch_events: HistogramSnapshot,
+    pub written_bytes: u64,
+    pub commit_failures: u64,
+}
+
+impl RefusalCause {
+    pub const ALL: [RefusalCause; 3] = [RefusalCause::Reserve, RefusalCause::Full, RefusalCause::Io];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalCause::Reserve => "reserve",
+            RefusalCause::Full => "full",
+            RefusalCause::Io => "io_error",
+        }
+    }
 }
 
 const HIGH_WATER_FILE: &str = "NEXT_SEGMENT";
@@ -225,6 +286,7 @@ impl ShardState {
             spare_image: None,
             seal_hash: SealHasher::new(),
             active_sealed: false,
+            commits: CommitStats::default(),
         };
         let last = files.len().checked_sub(1);
         let clean = read_clean_mark(dir);
@@ -503,6 +565,33 @@ impl ShardState {
             .then(|| format!("{free} bytes free on the data directory's filesystem, below the {reserve}-byte reserve"))
     }
 
+    /// This shard's figures (one pass over its segments and index tables).
+    pub fn figures(&self) -> ShardFigures {
+        let stats = self.index.segment_stats();
+        let (mut bytes, mut dead_bytes) = (0, 0);
+        for (slot, segment) in self.segments.iter().enumerate() {
+            let len = segment.len as u64;
+            bytes += len;
+            if let Some(stat) = stats.get(slot).filter(|stat| stat.records > 0) {
+                dead_bytes += len * u64::from(stat.dead) / u64::from(stat.records);
+            }
+        }
+        ShardFigures {
+            shard: self.shard_id,
+            segments: self.segments.len() as u64,
+            bytes,
+            dead_bytes,
+            records: u64::from(self.index.len()),
+            live_records: self.index.live_count(),
+            index_bytes: self.index.memory_size() as u64,
+            refusal: self.refusing.as_ref().map(|refusal| refusal.cause),
+            fsync_seconds: self.commits.fsync_seconds.snapshot(),
+            batch_events: self.commits.batch_events.snapshot(),
+            written_bytes: self.commits.written_bytes.get(),
+            commit_failures: self.commits.failures.get(),
+        }
+    }
+
     /// Whether bytes written to images are not yet on disk.
     pub fn has_unflushed(&self) -> bool {
         self.segments.iter().any(Segment::needs_flush)
@@ -588,7 +677,8 @@ fn replay_record(index: &mut Index, record: &ArchivedRecord, loc: Loc) {
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `dir`.
-fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+/// Free bytes on `dir`'s filesystem for an unprivileged user (statvfs).
+pub fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
     let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();

@@ -170,6 +170,7 @@ fn refuse(state: &Rc<RefCell<ShardState>>, error: &StoreError) {
         _ => RefusalCause::Io,
     };
     let detail = error.to_string();
+    state.commits.failures.inc();
     let failed = state.waiters.len();
     for (_, waiter) in state.waiters.drain(..) {
         let _ = waiter.send(Err(detail.clone()));
@@ -227,6 +228,10 @@ async fn commit(state: &Rc<RefCell<ShardState>>) -> Result<(), StoreError> {
     }
     let mut state = state.borrow_mut();
     seal_rotated(&mut state)?;
+    let batch = target_count.saturating_sub(state.index.durable_count());
+    if batch > 0 {
+        state.commits.batch_events.observe(f64::from(batch));
+    }
     state.index.set_durable(target_count);
     while state.waiters.front().is_some_and(|(no, _)| *no < target_count) {
         let (_, waiter) = state.waiters.pop_front().expect("front exists");
@@ -282,6 +287,7 @@ async fn flush_segment(state: &Rc<RefCell<ShardState>>, slot: usize) -> Result<(
             buffer.as_bytes_mut().copy_from_slice(&image.as_slice()[at..at + stored]);
         }
         let written = file.write_at(buffer, at as u64).await.map_err(glommio_error(&path))?;
+        state.borrow().commits.written_bytes.add(written as u64);
         // Direct I/O writes whole blocks; a count inside a block is redone from its start.
         let whole = written.min(size) / BLOCK_SIZE * BLOCK_SIZE;
         if whole == 0 {
@@ -293,7 +299,9 @@ async fn flush_segment(state: &Rc<RefCell<ShardState>>, slot: usize) -> Result<(
         at += whole;
     }
     faults.fail(IoOp::Sync).map_err(io)?;
+    let sync_start = std::time::Instant::now();
     file.fdatasync().await.map_err(glommio_error(&path))?;
+    state.borrow().commits.fsync_seconds.observe_since(sync_start);
     let first_flush = start == 0;
     if first_flush {
         let dir = path.parent().expect("segments live in a shard directory").to_owned();

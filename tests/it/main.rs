@@ -8,6 +8,7 @@ mod event_vectors;
 mod faults;
 mod fuzz_regressions;
 mod loadgen_runs;
+mod metrics;
 mod relay;
 mod rules;
 mod storage;

@@ -13,6 +13,7 @@ use crate::server::scan::{self, CountPart, QueryLimits};
 use crate::subs::ConnId;
 
 pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
+    let received = std::time::Instant::now();
     let owner = core.clone();
     core.start_query(conn, None, async move {
         let part = {
@@ -22,6 +23,7 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
             count_everywhere(&owner, filters.into(), limits).await
         };
         owner.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));
+        owner.stats.count_seconds.observe_since(received);
     });
 }
 

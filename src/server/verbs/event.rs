@@ -2,20 +2,25 @@
 //! path, the signature, then the ingest pipeline.
 
 use std::rc::Rc;
+use std::time::Instant;
 
 use serde_json::value::RawValue;
 
-use crate::event::parse_event;
+use crate::event::{parse_event, EventError};
 use crate::proto;
 use crate::server::core::Core;
 use crate::server::ingest;
+use crate::server::mesh::Reply;
+use crate::server::stats::{Outcome, OutcomeClass};
 use crate::subs::ConnId;
 
 pub async fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
+    let received = Instant::now();
     let limits = core.config.limits.event_limits();
     let parsed = match parse_event(raw.get().as_bytes(), &limits) {
         Ok(parsed) => parsed,
         Err(error) => {
+            core.stats.answered(invalid(&error), received);
             let reply = match proto::event_id_hint(raw) {
                 Some(id) => proto::frame_ok(&id, false, &error.reason()),
                 None => proto::frame_notice(&error.reason()),
@@ -25,17 +30,30 @@ pub async fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
         }
     };
     let id = parsed.id.to_hex();
-    if let Some(reason) = ingest::before_signature(core, &parsed) {
+    if let Some((outcome, reason)) = ingest::before_signature(core, &parsed) {
+        core.stats.answered(outcome, received);
         core.send(conn, proto::frame_ok(&id, false, &reason));
         return;
     }
     let shard = core.owner_shard(&parsed.pubkey.0);
     if ingest::is_known_duplicate(core, &parsed.id, shard) {
+        core.stats.answered(ingest::OUTCOME_DUPLICATE, received);
         core.send(conn, proto::frame_ok(&id, true, ingest::DUPLICATE));
         return;
     }
+    let event_id = parsed.id;
     match core.verify(parsed) {
-        Ok(event) => ingest::after_signature(core, conn, event, shard).await,
-        Err(error) => core.send(conn, proto::frame_ok(&id, false, &error.reason())),
+        Ok(event) => {
+            let reply = Reply { core: core.id, conn, event_id, received };
+            ingest::after_signature(core, reply, event, shard).await;
+        }
+        Err(error) => {
+            core.stats.answered(invalid(&error), received);
+            core.send(conn, proto::frame_ok(&id, false, &error.reason()));
+        }
     }
+}
+
+fn invalid(error: &EventError) -> Outcome {
+    Outcome::new(OutcomeClass::Invalid, error.label())
 }

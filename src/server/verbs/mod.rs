@@ -9,6 +9,7 @@ pub mod req;
 use std::rc::Rc;
 
 use super::core::Core;
+use super::stats::Verb;
 use crate::proto::{self, ClientMessage, MessageLimits, Refusal};
 use crate::subs::ConnId;
 
@@ -18,14 +19,23 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
     let message = match proto::parse_client_message(text, &limits) {
         Ok(message) => message,
         Err(Refusal::Notice(reason)) => {
+            core.stats.message(Verb::Invalid);
             core.send(conn, proto::frame_notice(&reason));
             return true;
         }
         Err(Refusal::Closed { sub_id, reason }) => {
+            core.stats.message(Verb::Invalid);
             core.send(conn, proto::frame_closed(&sub_id, &reason));
             return true;
         }
     };
+    core.stats.message(match &message {
+        ClientMessage::Event(_) => Verb::Event,
+        ClientMessage::Req { .. } => Verb::Req,
+        ClientMessage::Count { .. } => Verb::Count,
+        ClientMessage::Close { .. } => Verb::Close,
+        ClientMessage::Auth(_) => Verb::Auth,
+    });
     match message {
         // Boxed: an EVENT may wait for room on the mesh, and that state would otherwise be
         // part of every connection's future for its whole life.

@@ -23,11 +23,13 @@ use crate::subs::ConnId;
 const HISTORY_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
+    let received = Instant::now();
     match subscribe(core, conn, &sub_id, &filters) {
         Ok(token) => {
             let owner = core.clone();
             let sub = sub_id.clone();
-            core.start_query(conn, Some(sub_id), async move { serve(owner, conn, sub, filters, token).await });
+            let request = Request { conn, sub_id: sub, token, received };
+            core.start_query(conn, Some(sub_id), async move { serve(owner, request, filters).await });
         }
         Err(reason) => core.send(conn, proto::frame_closed(&sub_id, &reason)),
     }
@@ -56,7 +58,17 @@ fn current(core: &Core, conn: ConnId, sub_id: &SubId, token: u64) -> bool {
     core.with_session(conn, |session| session.subs.get(sub_id).is_some_and(|sub| sub.token() == token)).unwrap_or(false)
 }
 
-async fn serve(core: Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>, token: u64) {
+/// A REQ being answered.
+struct Request {
+    conn: ConnId,
+    sub_id: SubId,
+    /// Which REQ of `sub_id` this is (a newer one replaces it).
+    token: u64,
+    received: Instant,
+}
+
+async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
+    let Request { conn, sub_id, token, received } = request;
     let hits = {
         let _slot = core.query_slot().await;
         let limits = core.query_limits();
@@ -88,6 +100,7 @@ async fn serve(core: Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
     if !send_waiting(&core, conn, proto::frame_eose(&sub_id)).await || !current(&core, conn, &sub_id, token) {
         return;
     }
+    core.stats.req_seconds.observe_since(received);
     let taken = core.with_session(conn, |session| {
         let state = session.subs.get_mut(&sub_id)?;
         match std::mem::replace(state, SubState::Live { token }) {
@@ -106,6 +119,7 @@ async fn serve(core: Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
         if !send_waiting(&core, conn, proto::frame_event(&sub_id, &event.json)).await {
             return;
         }
+        core.stats.live_deliveries.inc();
     }
 }
 
