@@ -39,6 +39,11 @@ enum Command {
         cores: Option<usize>,
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Take over from a relay already serving this address and data directory, without
+        /// refusing connections: bind beside it, send it SIGUSR1, and serve once it has
+        /// finished its writes, closed its clients (1012) and let go of the data directory.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Check a config file (every key known, every value valid) and print the effective
     /// config: the file over the embedded defaults. Without a file, the defaults.
@@ -134,7 +139,7 @@ fn main() -> ExitCode {
     let command = Cli::parse().command;
     // `serve` logs as its config says; the config is read before anything is logged.
     let (command, config) = match command {
-        Command::Serve { config, listen, data_dir, cores, key_file } => {
+        Command::Serve { config, listen, data_dir, cores, key_file, takeover } => {
             let loaded = match config {
                 Some(path) => ringrelay::config::Config::from_file(&path),
                 None => Ok(ringrelay::config::Config::default()),
@@ -146,7 +151,7 @@ fn main() -> ExitCode {
                     config.cores = cores.unwrap_or(config.cores);
                     config.key_file = key_file.or(config.key_file);
                     init_logging(&config.log);
-                    return match ringrelay::server::serve(config) {
+                    return match ringrelay::server::serve(config, takeover) {
                         Ok(()) => ExitCode::SUCCESS,
                         Err(error) => {
                             eprintln!("ringrelay: {error:#}");

@@ -29,6 +29,13 @@ fi
 somaxconn=$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo 0)
 if [ "$somaxconn" -ge 4096 ]; then ok "net.core.somaxconn=$somaxconn"; else warn "net.core.somaxconn=$somaxconn (4096+ recommended, see sysctl.conf)"; fi
 
+migrate=$(cat /proc/sys/net/ipv4/tcp_migrate_req 2>/dev/null || echo missing)
+case "$migrate" in
+  1) ok "net.ipv4.tcp_migrate_req=1 (a handover moves queued connections to the new relay)" ;;
+  missing) warn "net.ipv4.tcp_migrate_req is missing (Linux 5.14+): a handover resets connections queued at the old relay" ;;
+  *) warn "net.ipv4.tcp_migrate_req=$migrate: a handover (serve --takeover) resets connections queued at the old relay; set 1 (sysctl.conf)" ;;
+esac
+
 dir=${1:-ringrelay-data}
 target=$dir; [ -e "$target" ] || target=$(dirname "$(readlink -f "$dir")")
 fstype=$(stat -f -c %T "$target" 2>/dev/null || echo unknown)

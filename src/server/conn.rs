@@ -243,7 +243,7 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
 /// Why the relay closed a connection, from the close code it queued.
 fn relay_close_cause(code: CloseCode) -> CloseCause {
     match code {
-        CloseCode::Away => CloseCause::Shutdown,
+        CloseCode::Away | CloseCode::Restart => CloseCause::Shutdown,
         _ => CloseCause::SlowConsumer,
     }
 }

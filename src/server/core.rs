@@ -267,11 +267,11 @@ impl Core {
         self.with_session(conn, |session| session.outbound.send_reply(Out::Text(text), false));
     }
 
-    /// Tell every connection the relay is going away; what is queued goes out first.
-    pub fn close_all(&self, reason: &str) {
+    /// Tell every connection the relay is going away (1001) or restarting (1012); what is
+    /// queued goes out first.
+    pub fn close_all(&self, code: async_tungstenite::tungstenite::protocol::frame::coding::CloseCode, reason: &str) {
         let conns: Vec<ConnId> = self.sessions.borrow().keys().copied().collect();
         for conn in conns {
-            let code = async_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Away;
             self.with_session(conn, |session| session.outbound.send_reply(Out::Close(code, reason.to_owned()), false));
             self.close_session(conn);
         }

@@ -30,6 +30,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::Context;
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
@@ -48,6 +49,9 @@ use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardState};
 const MESH_CHANNEL_SIZE: usize = 4_096;
 /// How often a core looks for a shutdown request.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
+/// How long a relay taking over waits for the running one to let go of the data directory:
+/// its shutdown deadline, and a margin.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
 /// How long the cores get, once a stop is asked for, to finish their appends and close their
 /// clients. Past it the process exits anyway: every acknowledged event is already on disk.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -94,8 +98,15 @@ fn allowed_cpus() -> Vec<usize> {
     (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
 }
 
-/// Run the relay until SIGTERM or SIGINT; returns once every core has shut down cleanly.
-pub fn serve(config: Config) -> anyhow::Result<()> {
+/// Run the relay until SIGTERM or SIGINT (or SIGUSR1: hand over to a relay started with
+/// `takeover`); returns once every core has shut down cleanly.
+///
+/// With `takeover`, start beside a relay already serving the same address and data
+/// directory: bind beside it (SO_REUSEPORT), send it SIGUSR1, and open the store once it has
+/// let go of it. It stops accepting at once (with `net.ipv4.tcp_migrate_req = 1` the
+/// connections still in its accept queue move to this relay's listeners), finishes its
+/// appends and fsyncs, closes its clients with 1012 (service restart), and exits.
+pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     config.validate()?;
     let core_count = config.core_count();
     let cpus = allowed_cpus();
@@ -110,29 +121,54 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
         );
     }
-    let data_dir = DataDir::open_or_create(&config.data_dir, core_count.min(crate::limits::SHARD_COUNT_MAX) as u16)
-        .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-    let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
-    let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
+    // Signals first: a relay taking over from this one may send SIGUSR1 as soon as this one
+    // holds the data directory, and SIGUSR1's default action is to exit at once.
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+    let handover = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGUSR1] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
-    // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
-    // split the traffic; a plain bind first makes "port in use" an error.
-    drop(bind_when_free(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
-    if let Some(address) = config.metrics_listen {
-        drop(bind_when_free(address).with_context(|| format!("cannot listen on {address} (metrics_listen)"))?);
-    }
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, handover.clone())
+        .context("installing signal handlers")?;
+    let shard_count = core_count.min(crate::limits::SHARD_COUNT_MAX) as u16;
+    let (data_dir, listeners) = if takeover {
+        // Join the running relay's listeners first (SO_REUSEPORT), so that connections keep
+        // being accepted into a queue while it hands over; then ask it to, and wait for its
+        // lock.
+        let listeners = bind_listeners(config.listen, core_count)?;
+        if let Some(pid) = crate::store::datadir::lock_holder(&config.data_dir) {
+            tracing::info!(pid, "taking over from the running relay");
+            eprintln!("ringrelay: taking over from pid {pid}; waiting for it to hand over the data directory");
+            // SAFETY: sending a signal; the pid was read from the lock file of a live process.
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+        }
+        let data_dir = DataDir::open_or_create_waiting(&config.data_dir, shard_count, TAKEOVER_WAIT)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+        (data_dir, listeners)
+    } else {
+        let data_dir = DataDir::open_or_create(&config.data_dir, shard_count)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+        // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
+        // split the traffic; a plain bind first makes "port in use" an error.
+        drop(bind_when_free(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
+        if let Some(address) = config.metrics_listen {
+            drop(bind_when_free(address).with_context(|| format!("cannot listen on {address} (metrics_listen)"))?);
+        }
+        (data_dir, bind_listeners(config.listen, core_count)?)
+    };
+    let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
+    let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
     let open_files = raise_open_files_limit();
     let config = Arc::new(config);
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
     let mut handles = Vec::with_capacity(core_count);
-    for index in 0..core_count {
+    for (index, listener) in listeners.into_iter().enumerate() {
         let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));
         let start = CoreStart {
+            listener,
+            handover: handover.clone(),
             config: config.clone(),
             router: data_dir.router(),
             shard_dirs: (0..data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
@@ -197,6 +233,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 struct CoreStart {
+    /// This core's listener, bound before the cores start (see `bind_listeners`).
+    listener: std::net::TcpListener,
+    /// Set by SIGUSR1: the stop is a handover, and clients are told to reconnect (1012).
+    handover: Arc<AtomicBool>,
     config: Arc<Config>,
     router: Router,
     shard_dirs: Vec<(u16, std::path::PathBuf)>,
@@ -295,12 +335,10 @@ async fn run_joined(
             }
         }
     }
-    let listener = match listen(start.config.listen) {
-        Ok(listener) => listener,
-        Err(error) => {
-            let _ = start.ready.send(Err(format!("cannot listen on {}: {error}", start.config.listen)));
-            return;
-        }
+    let listener = {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        // SAFETY: a bound, listening TCP socket that this core now owns.
+        unsafe { TcpListener::from_raw_fd(start.listener.into_raw_fd()) }
     };
     // The admin listener (`metrics_listen`) is core 0's alone.
     let admin = match start.config.metrics_listen.filter(|_| id == 0).map(listen).transpose() {
@@ -353,10 +391,18 @@ async fn run_joined(
     }
     drop(listener);
     drop(admin);
+    let handover = start.handover.load(Ordering::SeqCst);
+    if handover && core.id == 0 {
+        tracing::info!("handing over: stopped accepting; finishing appends, then closing every connection with 1012");
+    }
     // Finish in-flight appends (their OKs go out), then say goodbye to every client.
     core.close_shards().await;
     core.acks_settled(Duration::from_secs(1)).await;
-    core.close_all("relay shutting down");
+    if handover {
+        core.close_all(CloseCode::Restart, "relay restarting; reconnect");
+    } else {
+        core.close_all(CloseCode::Away, "relay shutting down");
+    }
     glommio::timer::sleep(Duration::from_millis(200)).await;
     core.stop_tasks();
     receiving.iter().for_each(|task| task.cancel());
@@ -408,18 +454,30 @@ fn raise_open_files_limit() -> u64 {
 /// Pending connections a listener queues (the kernel caps it at `net.core.somaxconn`).
 const LISTEN_BACKLOG: i32 = 4_096;
 
-/// This core's listener. SO_REUSEPORT lets every core listen on the address; SO_REUSEADDR,
-/// which glommio's own `bind` leaves out, is inherited by accepted sockets so that their
-/// TIME_WAIT remains do not stop a restarted relay from binding for a minute.
-fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
+/// A listener for one core. SO_REUSEPORT lets every core (and a relay taking over) listen on
+/// the address; SO_REUSEADDR, which glommio's own `bind` leaves out, is inherited by accepted
+/// sockets so that their TIME_WAIT remains do not stop a restarted relay from binding for a
+/// minute.
+fn reuseport_listener(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&address.into())?;
     socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// One listener per core on `address`, bound before the cores start.
+fn bind_listeners(address: std::net::SocketAddr, count: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    (0..count).map(|_| reuseport_listener(address).with_context(|| format!("cannot listen on {address}"))).collect()
+}
+
+/// The admin listener (`metrics_listen`), on core 0.
+fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let listener = reuseport_listener(address)?;
     // SAFETY: the descriptor is a bound, listening TCP socket that we own and hand over.
-    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
+    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
 }
 
 /// Accept until the stop flag is set, serving each connection with `serve` in its own task.

@@ -5,6 +5,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::segment;
 use super::shard::{io_error, StoreError};
@@ -14,7 +15,7 @@ const MANIFEST_FILE: &str = "ringrelay.manifest";
 const LOCK_FILE: &str = "LOCK";
 const MANIFEST_FORMAT: u32 = 1;
 /// How long a held lock is tried again before the directory counts as in use.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// How a process holds the data directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,9 +60,15 @@ impl Router {
 impl DataDir {
     /// Open a data directory, creating it with `shard_count` shards if it has no manifest.
     pub fn open_or_create(path: &Path, shard_count: u16) -> Result<DataDir, StoreError> {
+        DataDir::open_or_create_waiting(path, shard_count, LOCK_WAIT)
+    }
+
+    /// [`DataDir::open_or_create`], waiting up to `wait` for another process's lock (a relay
+    /// that is handing over to this one).
+    pub fn open_or_create_waiting(path: &Path, shard_count: u16, wait: Duration) -> Result<DataDir, StoreError> {
         assert!(shard_count >= 1 && usize::from(shard_count) <= SHARD_COUNT_MAX);
         fs::create_dir_all(path).map_err(io_error(path))?;
-        let lock = lock(path, Access::Exclusive)?;
+        let lock = lock(path, Access::Exclusive, wait)?;
         let manifest = path.join(MANIFEST_FILE);
         if !manifest.exists() {
             let mut seed = [0u8; 32];
@@ -82,7 +89,7 @@ impl DataDir {
                 path.display()
             )));
         }
-        let lock = lock(path, access)?;
+        let lock = lock(path, access, LOCK_WAIT)?;
         DataDir::read(path, lock)
     }
 
@@ -132,7 +139,15 @@ pub fn parse_manifest(text: &str) -> Result<(u16, [u8; 32]), String> {
     Ok((shard_count, seed))
 }
 
-fn lock(path: &Path, access: Access) -> Result<fs::File, StoreError> {
+/// The process id the lock holder wrote into the lock file, if the directory is locked by a
+/// process that is still there.
+pub fn lock_holder(path: &Path) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(path.join(LOCK_FILE)).ok()?.trim().parse().ok()?;
+    // SAFETY: signal 0 only checks that the process exists.
+    (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+fn lock(path: &Path, access: Access, wait: Duration) -> Result<fs::File, StoreError> {
     let lock_path = path.join(LOCK_FILE);
     let mut file = fs::OpenOptions::new()
         .create(true)
@@ -148,7 +163,7 @@ fn lock(path: &Path, access: Access) -> Result<fs::File, StoreError> {
     // A lock can outlive its holder for a moment: a process that forks shares the lock with
     // the child until the child execs (or exits). So a held lock is tried again for a
     // short while before it counts as another process's.
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let deadline = std::time::Instant::now() + wait.max(LOCK_WAIT);
     // SAFETY: flock on a descriptor we own.
     while unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
         if std::time::Instant::now() < deadline {

@@ -7,6 +7,7 @@ mod disk_full;
 mod event_vectors;
 mod faults;
 mod fuzz_regressions;
+mod handover;
 mod loadgen_runs;
 mod metrics;
 mod relay;

@@ -29,6 +29,8 @@ struct Process {
     open_files: Option<u64>,
     /// The one CPU the process may run on.
     cpu: Option<usize>,
+    /// `serve --takeover`: take over from a relay on the same port and data directory.
+    takeover: bool,
 }
 
 impl Relay {
@@ -54,13 +56,19 @@ impl Relay {
     /// Start with a soft limit of `open_files` descriptors, as a fresh login shell has.
     pub fn start_with_open_files(data_dir: &Path, cores: usize, config: &str, open_files: u64) -> Relay {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Relay::spawn(data_dir, cores, config, port, Process { open_files: Some(open_files), cpu: None })
+        Relay::spawn(data_dir, cores, config, port, Process { open_files: Some(open_files), ..Process::default() })
     }
 
     /// Start one core, with the process allowed to run on `cpu` only (as `taskset -c CPU`).
     pub fn start_on_cpu(data_dir: &Path, cpu: usize) -> Relay {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Relay::spawn(data_dir, 1, "", port, Process { open_files: None, cpu: Some(cpu) })
+        Relay::spawn(data_dir, 1, "", port, Process { cpu: Some(cpu), ..Process::default() })
+    }
+
+    /// `serve --takeover` on the port and data directory of a running relay; returns once it
+    /// serves (after the running relay has handed over).
+    pub fn start_takeover(data_dir: &Path, cores: usize, config: &str, port: u16) -> Relay {
+        Relay::spawn(data_dir, cores, config, port, Process { takeover: true, ..Process::default() })
     }
 
     fn spawn(data_dir: &Path, cores: usize, config: &str, port: u16, process: Process) -> Relay {
@@ -94,6 +102,7 @@ impl Relay {
             .arg(&config_path)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(process.takeover.then_some("--takeover"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -187,6 +196,18 @@ impl Relay {
                 return status;
             }
             assert!(Instant::now() < deadline, "the relay did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the relay to exit by itself (after a handover), for at most `within`.
+    pub fn wait_exit(mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the relay did not exit within {within:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
