@@ -131,7 +131,8 @@ fn init_logging(log: &LogConfig) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
     match log.format {
         LogFormat::Text => builder.with_ansi(io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().with_current_span(false).init(),
+        // Each core's thread runs inside a `core` span: JSON lines carry it as `span.core`.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
     }
 }
 

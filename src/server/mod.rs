@@ -181,7 +181,15 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{index}"))
             .io_memory(crate::limits::IO_MEMORY_SIZE)
-            .spawn(move || run_core(start, joining))
+            .spawn(move || {
+                // Every line logged on this core's thread carries `core=N`, at no cost on the
+                // hot path (lines about a connection or a shard also name it).
+                let span = tracing::info_span!("core", core = index);
+                async move {
+                    let _entered = span.entered();
+                    run_core(start, joining).await
+                }
+            })
             .map_err(|error| {
                 stop.store(true, Ordering::SeqCst);
                 anyhow::anyhow!(

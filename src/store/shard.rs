@@ -386,7 +386,7 @@ impl ShardState {
                 return Err(corrupt(offset, error));
             }
             let cut_bytes = bytes.as_slice().len() - offset;
-            tracing::warn!(path = %path.display(), offset, cut_bytes, %error, "cutting torn tail of the newest segment");
+            tracing::warn!(shard = self.shard_id, path = %path.display(), offset, cut_bytes, %error, "cutting torn tail of the newest segment");
             if mode == OpenMode::ReadWrite {
                 quarantine(path, offset, &bytes.as_slice()[offset..]);
             }
@@ -411,7 +411,7 @@ impl ShardState {
                 // Only a speed-up for the next open (a full disk may refuse it): a segment
                 // without its seal is checked record by record.
                 if let Err(error) = segment::append_durably(path, valid_end, &format::seal_bytes(hash.as_bytes())) {
-                    tracing::warn!(path = %path.display(), %error, "cannot seal the segment a crash left open");
+                    tracing::warn!(shard = self.shard_id, path = %path.display(), %error, "cannot seal the segment a crash left open");
                     // Nothing of a seal half written may stay after the records.
                     segment::truncate_file(path, valid_end).map_err(io_error(path))?;
                 }

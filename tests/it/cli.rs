@@ -371,10 +371,18 @@ fn logs_are_plain_or_json_when_not_on_a_terminal() {
         let _ = child.kill();
         let _ = child.wait();
         let warning = lines.iter().find(|l| l.contains("cutting torn tail")).unwrap_or_else(|| panic!("{lines:?}"));
+        if format == "text" {
+            assert!(
+                warning.contains("core{core=0}") && warning.contains("shard=0"),
+                "names its core and shard: {warning}"
+            );
+        }
         assert!(lines.iter().all(|l| !l.contains('\u{1b}')), "ANSI escapes in {lines:?}");
         if format == "json" {
             let value: serde_json::Value = serde_json::from_str(warning).expect("a JSON log line");
             assert_eq!(value["level"], "WARN", "{value}");
+            assert_eq!(value["span"]["core"], 0, "the line names its core: {value}");
+            assert_eq!(value["fields"]["shard"], 0, "and its shard: {value}");
             assert_eq!(value["fields"]["message"], "cutting torn tail of the newest segment", "{value}");
         }
     }
