@@ -11,8 +11,10 @@ cores=$(nproc)
 memlock=$(ulimit -l)
 if [ "$memlock" = "unlimited" ]; then
   ok "locked memory: unlimited"
-elif [ "$memlock" -ge $((cores * 4096)) ] && [ "$memlock" -ge 8192 ]; then
+elif [ "$memlock" -ge $((cores * 8192)) ]; then
   ok "locked memory: ${memlock} KiB for ${cores} cores"
+elif [ "$memlock" -ge $((cores * 4096)) ] && [ "$memlock" -ge 8192 ]; then
+  warn "locked memory: ${memlock} KiB for ${cores} cores runs, but glommio cannot register its poll ring's buffers (a warning at start); 8 MiB per core or LimitMEMLOCK=infinity"
 else
   fail "locked memory: ${memlock} KiB; need at least $((cores * 4096 > 8192 ? cores * 4096 : 8192)) KiB (ulimit -l / LimitMEMLOCK)"
 fi
@@ -26,6 +28,14 @@ else
   ok "io_uring available (kernel $(uname -r))"
 fi
 
+kernel=$(uname -r)
+major=${kernel%%.*} rest=${kernel#*.} minor=${rest%%.*}
+if [ "$major" -gt 5 ] || { [ "$major" -eq 5 ] && [ "$minor" -ge 14 ]; }; then
+  ok "kernel $kernel"
+else
+  warn "kernel $kernel: 5.14 or later is advised (io_uring maturity, tcp_migrate_req); 5.8 is the minimum"
+fi
+
 somaxconn=$(cat /proc/sys/net/core/somaxconn 2>/dev/null || echo 0)
 if [ "$somaxconn" -ge 4096 ]; then ok "net.core.somaxconn=$somaxconn"; else warn "net.core.somaxconn=$somaxconn (4096+ recommended, see sysctl.conf)"; fi
 
@@ -36,11 +46,39 @@ case "$migrate" in
   *) warn "net.ipv4.tcp_migrate_req=$migrate: a handover (serve --takeover) resets connections queued at the old relay; set 1 (sysctl.conf)" ;;
 esac
 
+maps=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 0)
+if [ "$maps" -ge 262144 ]; then ok "vm.max_map_count=$maps"; else warn "vm.max_map_count=$maps: each sealed segment is a memory map; 262144 for large stores (sysctl.conf)"; fi
+
+governors=$(cat /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor 2>/dev/null | sort -u | tr '\n' ' ')
+case "$governors" in
+  "") ok "CPU frequency: no cpufreq governor exposed (a VM, or fixed by firmware)" ;;
+  "performance ") ok "CPU frequency governor: performance" ;;
+  *) warn "CPU frequency governor: $governors(performance keeps latency steady: cpupower frequency-set -g performance)" ;;
+esac
+
+thp=$(sed -E 's/.*\[(.*)\].*/\1/' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null || echo unknown)
+case "$thp" in
+  always) warn "transparent huge pages: always (compaction stalls can add latency; madvise is enough)" ;;
+  *) ok "transparent huge pages: $thp" ;;
+esac
+
+clock=$(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)
+case "$clock" in
+  tsc|kvm-clock|arch_sys_counter) ok "clock source: $clock" ;;
+  *) warn "clock source: $clock (tsc or kvm-clock make timestamps and timers cheap; hpet/acpi_pm are slow)" ;;
+esac
+
 dir=${1:-ringrelay-data}
 target=$dir; [ -e "$target" ] || target=$(dirname "$(readlink -f "$dir")")
 fstype=$(stat -f -c %T "$target" 2>/dev/null || echo unknown)
 case "$fstype" in
   tmpfs|ramfs) fail "data directory $dir is on $fstype, which has no O_DIRECT" ;;
   *) ok "data directory $dir on $fstype" ;;
+esac
+options=$(findmnt -n -o OPTIONS --target "$target" 2>/dev/null || echo unknown)
+case ",$options," in
+  *,nobarrier,*|*,barrier=0,*) fail "data directory mounted with $options: without barriers an fdatasync does not make data durable" ;;
+  *,noatime,*|*,relatime,*) ok "data directory mount options: $options" ;;
+  *) warn "data directory mount options: $options (noatime saves a metadata write per read)" ;;
 esac
 exit $status
