@@ -29,7 +29,71 @@ pub struct Config {
     pub storage_reserve_bytes: u64,
     pub log: LogConfig,
     pub info: RelayInfo,
+    pub auth: AuthConfig,
+    pub policy: PolicyConfig,
     pub limits: RelayLimits,
+}
+
+/// NIP-42 authentication.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// When a connection gets its challenge: as it opens, or the first time the relay needs
+    /// the client to authenticate (an `auth-required:` answer).
+    pub challenge: ChallengeWhen,
+    /// The relay's public URLs (`wss://relay.example.com`), one of which an AUTH event's
+    /// `relay` tag must name. Empty: the address the client connected to (its Host header).
+    pub relay_urls: Vec<String>,
+    /// How far an AUTH event's `created_at` may be from now, in seconds.
+    pub created_at_window_secs: u64,
+    /// Pubkeys one connection may authenticate as.
+    pub pubkeys_per_connection_max: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChallengeWhen {
+    OnConnect,
+    WhenNeeded,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            challenge: ChallengeWhen::OnConnect,
+            relay_urls: Vec::new(),
+            created_at_window_secs: 600,
+            pubkeys_per_connection_max: 16,
+        }
+    }
+}
+
+/// Who may write, and what.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub write: WriteMode,
+    /// With `write = "auth"`: when not empty, the pubkeys a connection must have
+    /// authenticated as. With `write = "allow_list"`: the authors whose events are stored.
+    pub pubkeys_allowed: Vec<String>,
+    /// Authors whose events are refused (`blocked:`), whatever the mode.
+    pub pubkeys_denied: Vec<String>,
+    /// When not empty, the only kinds stored or broadcast.
+    pub kinds_allowed: Vec<u16>,
+    /// Kinds refused (`blocked:`).
+    pub kinds_denied: Vec<u16>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Anyone may publish (the deny lists still apply).
+    #[default]
+    Open,
+    /// The connection must have authenticated (NIP-42) first.
+    Auth,
+    /// Only events whose author is in `pubkeys_allowed`.
+    AllowList,
 }
 
 /// How the relay logs (to stderr). `RUST_LOG`, when set, overrides `level`.
@@ -125,6 +189,8 @@ impl Default for Config {
             storage_reserve_bytes: STORAGE_RESERVE_BYTES_DEFAULT,
             log: LogConfig::default(),
             info: RelayInfo::default(),
+            auth: AuthConfig::default(),
+            policy: PolicyConfig::default(),
             limits: RelayLimits::default(),
         }
     }
@@ -210,6 +276,27 @@ impl Config {
             "limits.query_answer_bytes_max must be at least limits.event_size_max"
         );
         anyhow::ensure!(limits.write_stall_secs >= 1, "limits.write_stall_secs must be at least 1");
+        for url in &self.auth.relay_urls {
+            anyhow::ensure!(
+                crate::auth::RelayAddress::parse_url(url).is_some(),
+                "auth.relay_urls: {url:?} is not a ws://, wss://, http:// or https:// URL"
+            );
+        }
+        anyhow::ensure!(
+            self.auth.pubkeys_per_connection_max >= 1,
+            "auth.pubkeys_per_connection_max must be at least 1"
+        );
+        let policy = &self.policy;
+        for key in policy.pubkeys_allowed.iter().chain(&policy.pubkeys_denied) {
+            anyhow::ensure!(
+                crate::event::Pubkey::from_hex(key).is_some(),
+                "policy: {key:?} is not a pubkey (64 lowercase hex characters)"
+            );
+        }
+        anyhow::ensure!(
+            policy.write != WriteMode::AllowList || !policy.pubkeys_allowed.is_empty(),
+            "policy.write = \"allow_list\" needs policy.pubkeys_allowed"
+        );
         let size = self.segment_size;
         anyhow::ensure!(
             (crate::limits::SEGMENT_SIZE_MIN..=crate::limits::SEGMENT_SIZE_MAX).contains(&size)

@@ -12,6 +12,7 @@
 //! - [`server`]: `ringrelay serve`: sessions, verbs, ingest stages, the core mesh, fan-out.
 //! - [`tools`]: the offline commands: import, export, verify, compact.
 
+pub mod auth;
 pub mod config;
 pub mod event;
 pub mod filter;

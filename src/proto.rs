@@ -228,6 +228,11 @@ pub fn frame_closed(sub_id: &SubId, reason: &str) -> String {
 }
 
 /// `["NOTICE",<message>]`.
+/// `["AUTH", challenge]` (NIP-42).
+pub fn frame_auth(challenge: &str) -> String {
+    frame_strings(&["AUTH", challenge])
+}
+
 pub fn frame_notice(message: &str) -> String {
     frame_strings(&["NOTICE", message])
 }

@@ -71,11 +71,11 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     if stream.write_all(&response).await.is_err() {
         return;
     }
-    let Route::Upgrade { .. } = route else {
+    let Route::Upgrade { host, .. } = route else {
         let _ = stream.close().await;
         return;
     };
-    let Some((conn, outbound)) = core.open_session(peer.ip()) else {
+    let Some((conn, outbound)) = core.open_session(peer.ip(), host) else {
         core.stats.closed(CloseCause::AddressLimit);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
         close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many connections from your address").await;
@@ -92,6 +92,9 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         .max_frame_size(Some(limits.message_size_max));
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     tracing::debug!(core = core.id, conn = conn.0, %peer, "websocket open");
+    if core.config.auth.challenge == crate::config::ChallengeWhen::OnConnect {
+        core.send_challenge(conn);
+    }
     let cause = session(&core, conn, ws, outbound).await;
     core.stats.closed(cause);
     core.close_session(conn);

@@ -19,11 +19,13 @@ use super::ip_slots::IpSlots;
 use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
 use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
 use super::outbox::{outbox, Budget, CoreOutboxes, Out, Outbox, OutboxWatch};
+use super::policy::Policy;
 use super::scan::{self, QueryLimits};
 use super::session::{QueryId, Session};
 use super::stats::{CloseCause, Stats, StatsSnapshot, Verb};
 use super::throttle::LogThrottle;
 use super::REPEATED_ERROR_LOG_INTERVAL;
+use crate::auth::RelayAddress;
 use crate::config::Config;
 use crate::event::{EventError, KeyCache, ParsedEvent, VerifiedEvent};
 use crate::store::{Router, Shard, ShardState};
@@ -44,6 +46,11 @@ pub struct Core {
     pub id: usize,
     pub core_count: usize,
     pub config: Arc<Config>,
+    /// The write policy, compiled from `[policy]`.
+    pub policy: Policy,
+    /// The addresses an AUTH event may name: `auth.relay_urls`, parsed (empty: the Host a
+    /// connection dialled).
+    pub relay_addresses: Vec<RelayAddress>,
     pub stats: Rc<Stats>,
     pub mesh: Rc<Mesh>,
     router: Router,
@@ -95,6 +102,8 @@ impl Core {
         Rc::new(Core {
             id: mesh.id,
             core_count: mesh.core_count,
+            policy: Policy::new(&config.policy),
+            relay_addresses: config.auth.relay_urls.iter().filter_map(|url| RelayAddress::parse_url(url)).collect(),
             stats,
             config,
             mesh,
@@ -192,7 +201,7 @@ impl Core {
     }
 
     /// Register a connection; `None` when its IP holds `connections_per_ip_max` already.
-    pub fn open_session(&self, ip: IpAddr) -> Option<(ConnId, Outbox)> {
+    pub fn open_session(&self, ip: IpAddr, host: Option<RelayAddress>) -> Option<(ConnId, Outbox)> {
         let limits = &self.config.limits;
         let slot = self.ip_slots.take(ip, limits.connections_per_ip_max)?;
         let conn = ConnId(self.fresh_id());
@@ -200,7 +209,7 @@ impl Core {
             Budget { capacity_size: limits.outbound_bytes_max, queries_max: limits.queries_per_connection_max };
         let (outbound, receiver) = outbox(budget, self.outboxes.clone());
         self.stats.connections_accepted.inc();
-        self.sessions.borrow_mut().insert(conn, Session::new(outbound, slot, self.stats.clone()));
+        self.sessions.borrow_mut().insert(conn, Session::new(outbound, slot, self.stats.clone(), host));
         Some((conn, receiver))
     }
 
@@ -259,6 +268,18 @@ impl Core {
         self.stats.queries_waiting.add(1);
         let _waiting = Waiting(&self.stats);
         self.query_slots.acquire_permit(1).await.expect("the query semaphore is never closed")
+    }
+
+    /// Send this connection its NIP-42 challenge, unless it has one already.
+    pub fn send_challenge(&self, conn: ConnId) {
+        self.with_session(conn, |session| {
+            if session.auth.challenge.is_none() {
+                let challenge = crate::auth::new_challenge();
+                let frame = crate::proto::frame_auth(&challenge);
+                session.auth.challenge = Some(challenge);
+                session.outbound.send_reply(Out::Text(frame), false);
+            }
+        });
     }
 
     /// Queue a reply to something the connection sent (NOTICE, CLOSED, COUNT, an immediate
@@ -358,6 +379,8 @@ impl Core {
             messages: Verb::ALL.iter().zip(&stats.messages).map(|(verb, count)| (*verb, count.get())).collect(),
             events: stats.events.borrow().clone(),
             live_deliveries: stats.live_deliveries.get(),
+            auth_accepted: stats.auth_accepted.get(),
+            auth_refused: stats.auth_refused.get(),
             received_bytes: stats.received_bytes.get(),
             sent_bytes: stats.sent_bytes.get(),
             ingest_seconds: stats.ingest_seconds.snapshot(),

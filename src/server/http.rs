@@ -13,6 +13,8 @@ pub enum Route {
     /// A WebSocket upgrade, with the `Sec-WebSocket-Accept` value to answer.
     Upgrade {
         accept_key: String,
+        /// The Host header and the path: the address the client dialled (NIP-42).
+        host: Option<crate::auth::RelayAddress>,
     },
     Nip11,
     Page,
@@ -53,6 +55,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static s
         "GET" if has_token("upgrade", "websocket") => match header("sec-websocket-key") {
             Some(key) if header("sec-websocket-version") == Some("13") => Route::Upgrade {
                 accept_key: async_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
+                host: header("host").and_then(|host| crate::auth::RelayAddress::from_host(host, path)),
             },
             _ => Route::BadRequest("a websocket upgrade needs Sec-WebSocket-Key and version 13"),
         },
@@ -75,7 +78,7 @@ const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Heade
 /// The full response for a route other than `Upgrade`.
 pub fn response(route: &Route, config: &Config) -> Vec<u8> {
     match route {
-        Route::Upgrade { accept_key } => format!(
+        Route::Upgrade { accept_key, .. } => format!(
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
         )
         .into_bytes(),
@@ -130,7 +133,7 @@ pub fn nip11_document(config: &Config) -> String {
         "min_pow_difficulty": 0,
         "auth_required": false,
         "payment_required": false,
-        "restricted_writes": false,
+        "restricted_writes": super::policy::Policy::new(&config.policy).restricts_writes(),
         "created_at_upper_limit": limits.created_at_future_max_secs,
     });
     if limits.created_at_past_max_secs > 0 {
@@ -139,7 +142,7 @@ pub fn nip11_document(config: &Config) -> String {
     let mut document = serde_json::json!({
         "name": config.info.name,
         "description": config.info.description,
-        "supported_nips": [1, 9, 11, 40, 45, 70],
+        "supported_nips": [1, 9, 11, 40, 42, 45, 70],
         "software": "https://github.com/ringrelay/ringrelay",
         "version": env!("CARGO_PKG_VERSION"),
         "limitation": limitation,
@@ -176,7 +179,8 @@ mod tests {
     #[test]
     fn routes() {
         let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-        assert_eq!(route(upgrade), Route::Upgrade { accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into() });
+        let host = crate::auth::RelayAddress::from_host("x", "/");
+        assert_eq!(route(upgrade), Route::Upgrade { accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(), host });
         assert_eq!(route("GET / HTTP/1.1\r\nAccept: application/nostr+json\r\n\r\n"), Route::Nip11);
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::Page);
         assert_eq!(route("GET /healthz HTTP/1.1\r\n\r\n"), Route::Health);

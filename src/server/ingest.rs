@@ -27,7 +27,7 @@ use crate::filter::Filter;
 use crate::proto;
 use crate::store::query::merge_newest_first;
 use crate::store::{effective_limit, Admission, Durable, Rejection, StoreError};
-use crate::subs::LiveEvent;
+use crate::subs::{ConnId, LiveEvent};
 
 /// The `OK` reason for an event already stored.
 pub const DUPLICATE: &str = "duplicate: already have this event";
@@ -39,14 +39,26 @@ pub const STORAGE_FAILING: &str = "error: could not store the event (a disk writ
 /// The `OK` reason for a deletion request that names another author's event.
 pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
 
-/// What the relay refuses before looking at the signature: protected events (no NIP-42
-/// yet) and dates outside the configured window.
-pub fn before_signature(core: &Core, event: &ParsedEvent) -> Option<(Outcome, String)> {
+/// What the relay refuses before looking at the signature: AUTH events sent as EVENT, the
+/// write policy (deny and kind lists, the write mode, NIP-70 protected events; an
+/// `auth-required:` answer is preceded by the connection's challenge) and dates outside the
+/// configured window.
+pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Option<(Outcome, String)> {
     let limits = &core.config.limits;
     let now = crate::now_unix();
-    if event.protected {
-        let reason = "auth-required: this event may only be published by its author".to_owned();
-        return Some((Outcome::new(OutcomeClass::Refused, "protected"), reason));
+    if event.kind == crate::auth::KIND_AUTH {
+        let reason = "invalid: AUTH events (kind 22242) are sent in AUTH messages, never published".to_owned();
+        return Some((Outcome::new(OutcomeClass::Invalid, "auth_event"), reason));
+    }
+    let authed = match core.policy.needs_auth(event) {
+        true => core.with_session(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
+        false => Vec::new(),
+    };
+    if let Err(refused) = core.policy.judge(event, &authed) {
+        if refused.challenge {
+            core.send_challenge(conn);
+        }
+        return Some((refused.outcome, refused.reason));
     }
     if event.created_at > now.saturating_add(limits.created_at_future_max_secs) {
         let reason =

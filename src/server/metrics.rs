@@ -32,6 +32,8 @@ pub struct CoreMetrics {
     pub messages: Vec<(Verb, u64)>,
     pub events: Vec<(Outcome, u64)>,
     pub live_deliveries: u64,
+    pub auth_accepted: u64,
+    pub auth_refused: u64,
     pub received_bytes: u64,
     pub sent_bytes: u64,
     pub ingest_seconds: HistogramSnapshot,
@@ -282,6 +284,19 @@ impl Collector for RelayCollector {
         )?;
         gauges(e, "subscriptions", "Open subscriptions.", None, per_core(|c| c.stats.subscriptions))?;
         counters(e, "live_deliveries", "Live events queued to subscriptions.", None, per_core(|c| c.live_deliveries))?;
+        counters(
+            e,
+            "auth",
+            "AUTH messages (NIP-42) answered, by result.",
+            None,
+            cores.iter().flat_map(|core| {
+                [("accepted", core.auth_accepted), ("refused", core.auth_refused)].map(|(result, count)| {
+                    let mut labels = core_label(core);
+                    labels.push(("result", result.to_owned()));
+                    (labels, count)
+                })
+            }),
+        )?;
         counters(
             e,
             "received",

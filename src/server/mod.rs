@@ -17,6 +17,7 @@ pub mod ip_slots;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;
+pub mod policy;
 pub mod scan;
 pub mod session;
 pub mod stats;

@@ -12,6 +12,8 @@ use glommio::task::JoinHandle;
 use super::ip_slots::IpSlot;
 use super::outbox::OutboxSender;
 use super::stats::Stats;
+use crate::auth::RelayAddress;
+use crate::event::Pubkey;
 use crate::proto::SubId;
 use crate::subs::LiveEvent;
 
@@ -20,10 +22,24 @@ pub type QueryId = u64;
 
 pub struct Session {
     pub outbound: OutboxSender,
+    /// What NIP-42 knows of this connection.
+    pub auth: SessionAuth,
     _slot: IpSlot,
     pub subs: HashMap<SubId, SubState>,
     queries: HashMap<QueryId, Query>,
     stats: Rc<Stats>,
+}
+
+/// A connection's NIP-42 state.
+#[derive(Default)]
+pub struct SessionAuth {
+    /// The challenge sent, once one is.
+    pub challenge: Option<String>,
+    /// The address the client connected to (its Host header and path), which an AUTH event
+    /// names when the relay has no configured URLs.
+    pub host: Option<RelayAddress>,
+    /// The pubkeys it has authenticated as (at most `auth.pubkeys_per_connection_max`).
+    pub pubkeys: Vec<Pubkey>,
 }
 
 /// A running query: the task doing it (once spawned), and the subscription it answers.
@@ -88,9 +104,10 @@ impl Drop for PendingLive {
 }
 
 impl Session {
-    pub fn new(outbound: OutboxSender, slot: IpSlot, stats: Rc<Stats>) -> Session {
+    pub fn new(outbound: OutboxSender, slot: IpSlot, stats: Rc<Stats>, host: Option<RelayAddress>) -> Session {
         stats.connections.add(1);
-        Session { outbound, _slot: slot, subs: HashMap::new(), queries: HashMap::new(), stats }
+        let auth = SessionAuth { host, ..SessionAuth::default() };
+        Session { outbound, auth, _slot: slot, subs: HashMap::new(), queries: HashMap::new(), stats }
     }
 
     /// Register a query answering `sub` (if any), before its task is spawned: glommio runs

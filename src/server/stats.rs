@@ -166,6 +166,9 @@ pub struct Stats {
     pub events: RefCell<Vec<(Outcome, u64)>>,
     /// Events queued to live subscriptions.
     pub live_deliveries: Counter,
+    /// AUTH messages answered `OK true`, and refused.
+    pub auth_accepted: Counter,
+    pub auth_refused: Counter,
     /// WebSocket message payload bytes read from and queued to clients.
     pub received_bytes: Counter,
     pub sent_bytes: Counter,
@@ -199,6 +202,8 @@ impl Default for Stats {
             messages: Default::default(),
             events: RefCell::new(vec![(Outcome::STORED, 0)]),
             live_deliveries: Counter::default(),
+            auth_accepted: Counter::default(),
+            auth_refused: Counter::default(),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
             ingest_seconds: Histogram::latency(),

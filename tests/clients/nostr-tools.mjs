@@ -1,7 +1,7 @@
 // The relay through nostr-tools, the JavaScript library most Nostr web clients are built on:
 // publish (accepted, duplicate, tampered), REQ by tag, replaceable and addressable events,
-// deletion by `a` tag, COUNT, a live event after EOSE, CLOSED for a bad filter, and the
-// NIP-11 document. Usage: node nostr-tools.mjs ws://127.0.0.1:PORT. Exit 0 when all pass.
+// deletion by `a` tag, COUNT, a live event after EOSE, CLOSED for a bad filter, the NIP-11
+// document, and NIP-42 AUTH for a protected (NIP-70) event. Usage: node nostr-tools.mjs ws://127.0.0.1:PORT. Exit 0 when all pass.
 import { Relay, useWebSocketImplementation } from 'nostr-tools/relay'
 import { finalizeEvent, generateSecretKey, getPublicKey } from 'nostr-tools/pure'
 import { fetchRelayInformation } from 'nostr-tools/nip11'
@@ -83,6 +83,16 @@ check('a bad filter gets CLOSED with invalid:', String(closed).startsWith('inval
 
 const info = await within(fetchRelayInformation(url), 'NIP-11')
 check('the NIP-11 document lists NIPs and limits', info.supported_nips?.includes(1) && info.limitation?.max_subscriptions > 0, JSON.stringify(info))
+
+// NIP-42 and NIP-70: the challenge came on connect; a protected event needs its author's AUTH.
+check('the relay sent an AUTH challenge on connect', typeof relay.challenge === 'string' && relay.challenge.length > 0, relay.challenge)
+const guarded = signed(1, [['-']], 'protected')
+const unauthed = await refusal(within(relay.publish(guarded), 'EVENT'))
+check('a protected event before AUTH is refused with auth-required:', unauthed?.startsWith('auth-required:'), unauthed)
+const authed = await refusal(within(relay.auth((template) => finalizeEvent(template, secret)), 'AUTH'))
+check('nostr-tools authenticates with the challenge', authed === null, authed)
+const published = await within(relay.publish(guarded), 'EVENT')
+check('the protected event is accepted from its authenticated author', published === '', published)
 
 relay.close()
 console.log(failures ? `${failures} FAILED` : 'all passed')

@@ -1,5 +1,6 @@
 //! The integration suite: one binary, one module per concern.
 
+mod auth;
 mod budgets;
 mod cli;
 mod clients;

@@ -131,7 +131,7 @@ impl Relay {
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{}", self.port), MaybeTlsStream::Plain(stream))
             .expect("websocket handshake within the read timeout");
-        Client { ws }
+        Client { ws, challenge: None }
     }
 
     /// A WebSocket client whose socket receives into a small kernel buffer, so that a
@@ -146,7 +146,7 @@ impl Relay {
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
         let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{}", self.port), MaybeTlsStream::Plain(stream))
             .expect("websocket handshake within the read timeout");
-        Client { ws }
+        Client { ws, challenge: None }
     }
 
     /// The relay's counters (`GET /stats`), summed over its cores.
@@ -227,6 +227,8 @@ impl Drop for Relay {
 
 pub struct Client {
     ws: WebSocket<MaybeTlsStream<TcpStream>>,
+    /// The NIP-42 challenge the relay sent, once `recv` has seen it (it is not returned).
+    pub challenge: Option<String>,
 }
 
 impl Client {
@@ -246,7 +248,7 @@ impl Client {
                 {
                     return None
                 }
-                Ok(Message::Text(text)) if text.starts_with("[\"NOTICE\"") => continue,
+                Ok(Message::Text(text)) if text.starts_with("[\"NOTICE\"") || text.starts_with("[\"AUTH\"") => continue,
                 other => return Some(other),
             }
         }
@@ -315,7 +317,12 @@ impl Client {
             match self.ws.read().expect("a message before the timeout") {
                 Message::Text(text) => {
                     RelayMessage::from_json(text.as_str()).unwrap_or_else(|e| panic!("nostr rejects {text}: {e}"));
-                    return serde_json::from_str(text.as_str()).unwrap();
+                    let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                    if message[0] == "AUTH" {
+                        self.challenge = message[1].as_str().map(str::to_owned);
+                        continue;
+                    }
+                    return message;
                 }
                 Message::Close(frame) => panic!("closed by the relay: {frame:?}"),
                 _ => continue,
@@ -362,6 +369,15 @@ impl Client {
         assert_eq!(message[0], verb, "{message}");
         message
     }
+}
+
+/// The NIP-11 document served on `port`.
+pub fn nip11(port: u16) -> Value {
+    let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: application/nostr+json\r\n\r\n").unwrap();
+    let mut response = String::new();
+    http.read_to_string(&mut response).unwrap();
+    serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap()
 }
 
 pub fn ids(events: &[Value]) -> Vec<String> {
@@ -537,7 +553,12 @@ fn close_frames_are_answered_both_ways() {
     // The client closes: the relay answers with a close frame (RFC 6455 §5.5.1), not a reset.
     let mut leaving = relay.connect();
     leaving.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() })).unwrap();
-    match leaving.ws.read() {
+    // The NIP-42 challenge sent on connect may come first.
+    let answer = match leaving.ws.read() {
+        Ok(Message::Text(text)) if text.starts_with("[\"AUTH\"") => leaving.ws.read(),
+        other => other,
+    };
+    match answer {
         Ok(Message::Close(Some(frame))) => assert_eq!(frame.code, CloseCode::Normal),
         other => panic!("the relay answers a close frame with its own: {other:?}"),
     }
@@ -569,6 +590,7 @@ fn nip11_document_carries_the_real_limits() {
     assert_eq!(body["limitation"]["max_subscriptions"], 200);
     assert_eq!(body["limitation"]["max_concurrent_queries"], 4);
     assert!(body["supported_nips"].as_array().unwrap().contains(&json!(11)));
+    assert_eq!(nip11(relay.port)["limitation"]["restricted_writes"], false, "an open relay");
 }
 
 #[test]
@@ -860,6 +882,7 @@ fn a_client_that_writes_faster_than_it_reads_is_slowed_not_dropped() {
     let mut oks = 0;
     while oks < COUNT {
         match client.ws.read() {
+            Ok(Message::Text(text)) if text.starts_with("[\"AUTH\",") => {}
             Ok(Message::Text(text)) => {
                 assert!(text.starts_with("[\"OK\",") && text.contains("false"), "{text}");
                 oks += 1;

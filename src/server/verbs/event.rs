@@ -30,7 +30,7 @@ pub async fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
         }
     };
     let id = parsed.id.to_hex();
-    if let Some((outcome, reason)) = ingest::before_signature(core, &parsed) {
+    if let Some((outcome, reason)) = ingest::before_signature(core, conn, &parsed) {
         core.stats.answered(outcome, received);
         core.send(conn, proto::frame_ok(&id, false, &reason));
         return;

@@ -1,6 +1,7 @@
 //! One module per client verb. Each takes the core, the connection and the parsed message,
 //! and changes the connection's session or starts work it owns.
 
+pub mod auth;
 pub mod close;
 pub mod count;
 pub mod event;
@@ -46,9 +47,7 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
             close::handle(core, conn, &sub_id);
             return false;
         }
-        ClientMessage::Auth(_) => {
-            core.send(conn, proto::frame_notice("unsupported: AUTH (NIP-42) is not supported yet"));
-        }
+        ClientMessage::Auth(raw) => auth::handle(core, conn, raw),
     }
     true
 }

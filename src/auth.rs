@@ -1,0 +1,145 @@
+//! NIP-42 authentication, sans-IO: challenges, the relay address an AUTH event must name,
+//! and the checks on the event itself (its signature is checked before, by the verifier).
+
+use serde_json::Value;
+
+use crate::event::VerifiedEvent;
+
+/// The kind of an AUTH event (NIP-42). Never stored, never broadcast.
+pub const KIND_AUTH: u16 = 22242;
+
+/// A fresh challenge: 16 random bytes as hex.
+pub fn new_challenge() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    assert_eq!(filled, bytes.len() as isize, "the kernel's random source failed");
+    crate::hex::encode(&bytes)
+}
+
+/// What a relay URL comes down to for matching: host (lowercase), port (`None`: the
+/// scheme's default) and path (without a trailing slash). The scheme is not compared: TLS is
+/// often ended by a proxy in front of the relay, so `ws` and `wss` name the same relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayAddress {
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+impl RelayAddress {
+    /// `ws://`, `wss://`, `http://` or `https://` URLs; `None` for anything else.
+    pub fn parse_url(url: &str) -> Option<RelayAddress> {
+        let (scheme, rest) = url.trim().split_once("://")?;
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "ws" | "http" => 80,
+            "wss" | "https" => 443,
+            _ => return None,
+        };
+        let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let mut address = RelayAddress::from_host(authority, path)?;
+        if address.port == Some(default_port) {
+            address.port = None;
+        }
+        Some(address)
+    }
+
+    /// From a `Host` header (`host` or `host:port`, IPv6 in brackets) and a request path.
+    pub fn from_host(host: &str, path: &str) -> Option<RelayAddress> {
+        let host = host.trim().rsplit_once('@').map_or(host.trim(), |(_, host)| host);
+        let (name, port) = match host.rfind(':') {
+            Some(colon) if !host[colon..].contains(']') => {
+                (&host[..colon], Some(host[colon + 1..].parse::<u16>().ok()?))
+            }
+            _ => (host, None),
+        };
+        if name.is_empty() {
+            return None;
+        }
+        let path = path.trim_end_matches('/');
+        Some(RelayAddress { host: name.to_ascii_lowercase(), port, path: path.to_owned() })
+    }
+
+    /// Whether a client's `relay` tag names this address. A Host header without a port says
+    /// the client used the scheme's default, 80 or 443.
+    pub fn accepts(&self, named: &RelayAddress) -> bool {
+        self.host == named.host && self.path == named.path && self.port == named.port
+    }
+}
+
+/// What an AUTH event is checked against.
+pub struct AuthCheck<'a> {
+    /// The challenge sent on this connection.
+    pub challenge: &'a str,
+    /// The addresses this relay answers to (its configured URLs, else the connection's Host).
+    pub relay: &'a [RelayAddress],
+    pub now: u64,
+    /// How far `created_at` may be from now, in seconds.
+    pub window_secs: u64,
+}
+
+/// NIP-42's checks on a verified AUTH event; the `OK` reason when one fails.
+pub fn check(event: &VerifiedEvent, check: &AuthCheck) -> Result<(), String> {
+    if event.kind() != KIND_AUTH {
+        return Err(format!("invalid: an AUTH event must be of kind {KIND_AUTH}"));
+    }
+    if event.created_at().abs_diff(check.now) > check.window_secs {
+        return Err(format!(
+            "invalid: the AUTH event's created_at is more than {} seconds from now",
+            check.window_secs
+        ));
+    }
+    let tags: Value =
+        serde_json::from_str(event.json()).map(|mut event: Value| event["tags"].take()).unwrap_or_default();
+    let tag = |name: &str| {
+        tags.as_array()?.iter().find_map(|tag| match tag.as_array()?.as_slice() {
+            [key, value, ..] if key == name => value.as_str(),
+            _ => None,
+        })
+    };
+    if tag("challenge") != Some(check.challenge) {
+        return Err("invalid: the AUTH event's challenge is not this connection's".to_owned());
+    }
+    let named = tag("relay").and_then(RelayAddress::parse_url);
+    if !named.is_some_and(|named| check.relay.iter().any(|address| address.accepts(&named))) {
+        return Err("invalid: the AUTH event's relay tag does not name this relay".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_urls_are_compared_by_host_port_and_path() {
+        let relay = RelayAddress::parse_url("wss://Relay.Example.com/").unwrap();
+        assert!(relay.accepts(&RelayAddress::parse_url("ws://relay.example.com").unwrap()));
+        assert!(relay.accepts(&RelayAddress::parse_url("wss://relay.example.com:443/").unwrap()));
+        assert!(!relay.accepts(&RelayAddress::parse_url("wss://relay.example.com:8443/").unwrap()));
+        assert!(!relay.accepts(&RelayAddress::parse_url("wss://relay.example.com/other").unwrap()));
+        assert!(!relay.accepts(&RelayAddress::parse_url("wss://evil.example.com/").unwrap()));
+        assert!(RelayAddress::parse_url("ftp://relay.example.com").is_none());
+        assert!(RelayAddress::parse_url("relay.example.com").is_none());
+    }
+
+    #[test]
+    fn a_host_header_names_the_relay_a_client_dialled() {
+        let host = RelayAddress::from_host("127.0.0.1:7777", "/").unwrap();
+        assert!(host.accepts(&RelayAddress::parse_url("ws://127.0.0.1:7777").unwrap()));
+        assert!(!host.accepts(&RelayAddress::parse_url("ws://127.0.0.1:7778").unwrap()));
+        let v6 = RelayAddress::from_host("[::1]:7777", "").unwrap();
+        assert!(v6.accepts(&RelayAddress::parse_url("ws://[::1]:7777/").unwrap()));
+        let bare = RelayAddress::from_host("relay.example.com", "/").unwrap();
+        assert!(bare.accepts(&RelayAddress::parse_url("wss://relay.example.com").unwrap()));
+        assert!(RelayAddress::from_host("relay.example.com:x", "/").is_none());
+    }
+
+    #[test]
+    fn challenges_are_fresh() {
+        let (one, two) = (new_challenge(), new_challenge());
+        assert_eq!(one.len(), 32);
+        assert_ne!(one, two);
+    }
+}

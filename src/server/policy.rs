@@ -1,0 +1,174 @@
+//! Who may write what: the policy stage of ingest, run before the signature. Compiled once
+//! per core from `[policy]`, so a check is a few hash lookups. An open relay with empty
+//! lists looks at nothing but the event's `protected` flag.
+
+use std::collections::HashSet;
+
+use super::stats::{Outcome, OutcomeClass};
+use crate::config::{PolicyConfig, WriteMode};
+use crate::event::{ParsedEvent, Pubkey};
+
+pub struct Policy {
+    write: WriteMode,
+    allowed: HashSet<[u8; 32]>,
+    denied: HashSet<[u8; 32]>,
+    kinds_allowed: HashSet<u16>,
+    kinds_denied: HashSet<u16>,
+}
+
+/// Why an event is refused: its `OK` reason, how it is counted, and whether the client
+/// should get a challenge first (`auth-required:`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub outcome: Outcome,
+    pub reason: String,
+    pub challenge: bool,
+}
+
+fn refused(label: &'static str, reason: &str) -> Refused {
+    let challenge = reason.starts_with("auth-required:");
+    Refused { outcome: Outcome::new(OutcomeClass::Refused, label), reason: reason.to_owned(), challenge }
+}
+
+impl Policy {
+    pub fn new(config: &PolicyConfig) -> Policy {
+        let keys = |list: &[String]| list.iter().filter_map(|key| Pubkey::from_hex(key)).map(|key| key.0).collect();
+        Policy {
+            write: config.write,
+            allowed: keys(&config.pubkeys_allowed),
+            denied: keys(&config.pubkeys_denied),
+            kinds_allowed: config.kinds_allowed.iter().copied().collect(),
+            kinds_denied: config.kinds_denied.iter().copied().collect(),
+        }
+    }
+
+    /// Whether judging `event` needs the pubkeys its connection authenticated as.
+    pub fn needs_auth(&self, event: &ParsedEvent) -> bool {
+        self.write == WriteMode::Auth || event.protected
+    }
+
+    /// Whether this relay restricts writes beyond the deny lists (NIP-11 `restricted_writes`).
+    pub fn restricts_writes(&self) -> bool {
+        self.write != WriteMode::Open || !self.kinds_allowed.is_empty()
+    }
+
+    pub fn write_mode(&self) -> WriteMode {
+        self.write
+    }
+
+    /// The write rules, in order: deny lists, kind lists, the write mode, NIP-70.
+    pub fn judge(&self, event: &ParsedEvent, authed: &[Pubkey]) -> Result<(), Refused> {
+        let author = &event.pubkey.0;
+        if self.denied.contains(author) {
+            return Err(refused("pubkey_denied", "blocked: this pubkey may not publish here"));
+        }
+        if self.kinds_denied.contains(&event.kind)
+            || !self.kinds_allowed.is_empty() && !self.kinds_allowed.contains(&event.kind)
+        {
+            return Err(refused(
+                "kind_denied",
+                &format!("blocked: events of kind {} are not accepted here", event.kind),
+            ));
+        }
+        match self.write {
+            WriteMode::Open => {}
+            WriteMode::Auth if authed.is_empty() => {
+                return Err(refused(
+                    "auth_required",
+                    "auth-required: this relay accepts events from authenticated clients only",
+                ));
+            }
+            WriteMode::Auth => {
+                if !self.allowed.is_empty() && !authed.iter().any(|key| self.allowed.contains(&key.0)) {
+                    return Err(refused("restricted", "restricted: your pubkey may not publish here"));
+                }
+            }
+            WriteMode::AllowList => {
+                if !self.allowed.contains(author) {
+                    return Err(refused("not_allowed", "blocked: this relay accepts events from its members only"));
+                }
+            }
+        }
+        if event.protected && !authed.iter().any(|key| &key.0 == author) {
+            let reason = if authed.is_empty() {
+                "auth-required: this event may only be published by its author"
+            } else {
+                "restricted: this event may only be published by its author"
+            };
+            return Err(refused("protected", reason));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(author: u8, kind: u16, protected: bool) -> ParsedEvent {
+        ParsedEvent {
+            id: crate::event::EventId([0; 32]),
+            pubkey: Pubkey([author; 32]),
+            sig: [0; 64],
+            created_at: 1,
+            kind,
+            index_tags: Vec::new(),
+            expiration: None,
+            protected,
+            json: String::new(),
+        }
+    }
+
+    fn hex(byte: u8) -> String {
+        crate::hex::encode(&[byte; 32])
+    }
+
+    fn prefix(result: Result<(), Refused>) -> String {
+        match result {
+            Ok(()) => "ok".to_owned(),
+            Err(refused) => refused.reason.split(':').next().unwrap().to_owned(),
+        }
+    }
+
+    #[test]
+    fn an_open_relay_refuses_only_its_deny_lists_and_foreign_protected_events() {
+        let policy = Policy::new(&PolicyConfig {
+            pubkeys_denied: vec![hex(9)],
+            kinds_denied: vec![4],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(prefix(policy.judge(&event(1, 1, false), &[])), "ok");
+        assert_eq!(prefix(policy.judge(&event(9, 1, false), &[])), "blocked");
+        assert_eq!(prefix(policy.judge(&event(1, 4, false), &[])), "blocked");
+        assert_eq!(prefix(policy.judge(&event(1, 1, true), &[])), "auth-required");
+        assert!(policy.judge(&event(1, 1, true), &[]).unwrap_err().challenge);
+        assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32])])), "restricted");
+        assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32]), Pubkey([1; 32])])), "ok");
+        assert!(!policy.restricts_writes());
+    }
+
+    #[test]
+    fn auth_mode_needs_an_authenticated_and_allowed_pubkey() {
+        let config = PolicyConfig { write: WriteMode::Auth, pubkeys_allowed: vec![hex(5)], ..PolicyConfig::default() };
+        let policy = Policy::new(&config);
+        assert_eq!(prefix(policy.judge(&event(1, 1, false), &[])), "auth-required");
+        assert_eq!(prefix(policy.judge(&event(1, 1, false), &[Pubkey([6; 32])])), "restricted");
+        // An allowed member may publish anyone's (signed) events, as a client relaying them.
+        assert_eq!(prefix(policy.judge(&event(1, 1, false), &[Pubkey([5; 32])])), "ok");
+        assert!(policy.restricts_writes());
+    }
+
+    #[test]
+    fn allow_list_mode_takes_only_its_members_events() {
+        let config = PolicyConfig {
+            write: WriteMode::AllowList,
+            pubkeys_allowed: vec![hex(5)],
+            kinds_allowed: vec![1, 7],
+            ..PolicyConfig::default()
+        };
+        let policy = Policy::new(&config);
+        assert_eq!(prefix(policy.judge(&event(5, 1, false), &[])), "ok");
+        assert_eq!(prefix(policy.judge(&event(6, 1, false), &[])), "blocked");
+        assert_eq!(prefix(policy.judge(&event(5, 3, false), &[])), "blocked");
+    }
+}

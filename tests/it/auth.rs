@@ -1,0 +1,175 @@
+//! NIP-42 and the write policy through the real binary, with AUTH events built and signed by
+//! rust-nostr (`EventBuilder::auth`, `ClientMessage::auth`), as a Rust client does it.
+
+use nostr::{ClientMessage, EventBuilder, JsonUtil, Keys, RelayUrl, Timestamp};
+use serde_json::{json, Value};
+
+use crate::relay::{Client, Relay};
+use crate::support::{keys, now, signed};
+
+/// The AUTH message a client sends: rust-nostr's own builder.
+fn auth_message(keys: &Keys, challenge: &str, relay: &str, created_at: u64) -> (String, String) {
+    let event = EventBuilder::auth(challenge, RelayUrl::parse(relay).unwrap())
+        .custom_created_at(Timestamp::from(created_at))
+        .sign_with_keys(keys)
+        .unwrap();
+    (event.id.to_hex(), ClientMessage::auth(event).as_json())
+}
+
+/// Authenticate `client` as `keys` with the challenge it was sent; returns the OK.
+fn authenticate(client: &mut Client, relay: &Relay, keys: &Keys) -> Value {
+    let challenge = challenge_of(client);
+    let (id, message) = auth_message(keys, &challenge, &format!("ws://127.0.0.1:{}", relay.port), now());
+    client.send(&message);
+    let ok = client.expect("OK");
+    assert_eq!(ok[1], id.as_str());
+    ok
+}
+
+/// The challenge the relay sent on connect (`Client::recv` keeps it aside).
+fn challenge_of(client: &mut Client) -> String {
+    if client.challenge.is_none() {
+        // Nothing else is owed on a fresh connection: a REQ's EOSE flushes the AUTH out.
+        client.send(&json!(["REQ", "flush", {"limit": 0}]).to_string());
+        client.until_eose("flush");
+        client.send(&json!(["CLOSE", "flush"]).to_string());
+    }
+    client.challenge.clone().expect("the relay sent a challenge on connect")
+}
+
+fn protected(keys: &Keys, content: &str) -> String {
+    signed(keys, 1, now(), &[&["-"]], content)
+}
+
+#[test]
+fn a_protected_event_is_accepted_from_its_authenticated_author_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let (author, other) = (keys(6000), keys(6001));
+    let mut client = relay.connect();
+    let (accepted, reason) = client.publish(&protected(&author, "before auth"));
+    assert!(!accepted && reason.starts_with("auth-required:"), "{reason}");
+
+    // Authenticated as someone else: restricted.
+    let ok = authenticate(&mut client, &relay, &other);
+    assert_eq!(ok[2], true, "{ok}");
+    let (accepted, reason) = client.publish(&protected(&author, "as another"));
+    assert!(!accepted && reason.starts_with("restricted:"), "{reason}");
+
+    // Several pubkeys on one connection: the author too, and now it is accepted.
+    assert_eq!(authenticate(&mut client, &relay, &author)[2], true);
+    let event = protected(&author, "by its author");
+    assert!(client.publish(&event).0);
+    let found = client.req("r", &[json!({"authors": [author.public_key().to_hex()]})]);
+    assert_eq!(found.len(), 1);
+}
+
+#[test]
+fn auth_events_are_checked_for_challenge_relay_time_and_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 1);
+    let url = format!("ws://127.0.0.1:{}", relay.port);
+    let user = keys(6010);
+    let mut client = relay.connect();
+    let challenge = challenge_of(&mut client);
+    let refused = |client: &mut Client, message: String| {
+        client.send(&message);
+        let ok = client.expect("OK");
+        assert_eq!(ok[2], false, "{ok}");
+        ok[3].as_str().unwrap().to_owned()
+    };
+    let wrong_challenge = auth_message(&user, "not-the-challenge", &url, now()).1;
+    assert!(refused(&mut client, wrong_challenge).contains("challenge"));
+    let wrong_relay = auth_message(&user, &challenge, "wss://another.example.com", now()).1;
+    assert!(refused(&mut client, wrong_relay).contains("relay tag"));
+    let stale = auth_message(&user, &challenge, &url, now() - 3600).1;
+    assert!(refused(&mut client, stale).contains("created_at"));
+    // A kind-1 event in an AUTH message.
+    let note: Value =
+        serde_json::from_str(&signed(&user, 1, now(), &[["challenge", challenge.as_str()].as_slice()], "x")).unwrap();
+    assert!(refused(&mut client, json!(["AUTH", note]).to_string()).starts_with("invalid:"));
+    // The right one, with a trailing slash on the URL.
+    let (_, good) = auth_message(&user, &challenge, &format!("{url}/"), now());
+    client.send(&good);
+    assert_eq!(client.expect("OK")[2], true);
+    // Another connection's challenge does not work here.
+    let mut second = relay.connect();
+    let (_, reused) = auth_message(&user, &challenge, &url, now());
+    assert!(refused(&mut second, reused).contains("challenge"));
+}
+
+#[test]
+fn auth_events_are_never_stored_or_broadcast() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let user = keys(6020);
+    let mut watcher = relay.connect();
+    watcher.send(&json!(["REQ", "all", {"limit": 0}]).to_string());
+    watcher.until_eose("all");
+    let mut client = relay.connect();
+    let challenge = challenge_of(&mut client);
+    let (_, message) = auth_message(&user, &challenge, &format!("ws://127.0.0.1:{}", relay.port), now());
+    client.send(&message);
+    assert_eq!(client.expect("OK")[2], true);
+    // Published as an EVENT, kind 22242 is refused.
+    let event: Value = serde_json::from_str(&message).map(|mut m: Value| m[1].take()).unwrap();
+    let (accepted, reason) = client.publish(&event.to_string());
+    assert!(!accepted && reason.starts_with("invalid:"), "{reason}");
+    // The watcher sees the next event, not the AUTH.
+    assert!(client.publish(&signed(&user, 1, now(), &[], "after")).0);
+    let seen = watcher.expect("EVENT");
+    assert_eq!(seen[2]["kind"], 1, "{seen}");
+    assert!(client.req("q", &[json!({"kinds": [22242]})]).is_empty());
+}
+
+#[test]
+fn write_auth_mode_needs_an_authenticated_allowed_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let member = keys(6030);
+    let config = format!(
+        "[auth]\nchallenge = \"when_needed\"\n[policy]\nwrite = \"auth\"\npubkeys_allowed = [\"{}\"]\n",
+        member.public_key().to_hex()
+    );
+    let relay = Relay::start_with_config(dir.path(), 2, &config);
+    let nip11 = crate::relay::nip11(relay.port);
+    assert_eq!(nip11["limitation"]["restricted_writes"], true, "{nip11}");
+    assert!(nip11["supported_nips"].as_array().unwrap().contains(&json!(42)));
+
+    let mut client = relay.connect();
+    let note = signed(&keys(6031), 1, now(), &[], "from a stranger");
+    let (accepted, reason) = client.publish(&note);
+    assert!(!accepted && reason.starts_with("auth-required:"), "{reason}");
+    // "when_needed": the challenge came with that answer.
+    let challenge = client.challenge.clone().expect("a challenge before the auth-required OK");
+    let url = format!("ws://127.0.0.1:{}", relay.port);
+    client.send(&auth_message(&keys(6031), &challenge, &url, now()).1);
+    assert_eq!(client.expect("OK")[2], true);
+    let (accepted, reason) = client.publish(&note);
+    assert!(!accepted && reason.starts_with("restricted:"), "{reason}");
+    client.send(&auth_message(&member, &challenge, &url, now()).1);
+    assert_eq!(client.expect("OK")[2], true);
+    assert!(client.publish(&note).0, "a member relays a stranger's signed event");
+    assert_eq!(client.req("q", &[json!({"kinds": [1]})]).len(), 1);
+}
+
+#[test]
+fn allow_list_and_deny_lists_decide_by_author_and_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (member, banned) = (keys(6040), keys(6041));
+    let config = format!(
+        "[policy]\nwrite = \"allow_list\"\npubkeys_allowed = [\"{}\", \"{}\"]\npubkeys_denied = [\"{}\"]\nkinds_denied = [7]\n",
+        member.public_key().to_hex(),
+        banned.public_key().to_hex(),
+        banned.public_key().to_hex()
+    );
+    let relay = Relay::start_with_config(dir.path(), 1, &config);
+    let mut client = relay.connect();
+    assert!(client.publish(&signed(&member, 1, now(), &[], "member")).0);
+    let (accepted, reason) = client.publish(&signed(&keys(6042), 1, now(), &[], "stranger"));
+    assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+    let (accepted, reason) = client.publish(&signed(&banned, 1, now(), &[], "banned"));
+    assert!(!accepted && reason.starts_with("blocked:"), "denied wins over allowed: {reason}");
+    let (accepted, reason) = client.publish(&signed(&member, 7, now(), &[], "+"));
+    assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+    assert_eq!(crate::relay::nip11(relay.port)["limitation"]["restricted_writes"], true);
+}
