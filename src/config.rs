@@ -68,8 +68,22 @@ impl Default for AuthConfig {
     }
 }
 
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            write: WriteMode::Open,
+            pubkeys_allowed: Vec::new(),
+            pubkeys_denied: Vec::new(),
+            kinds_allowed: Vec::new(),
+            kinds_denied: Vec::new(),
+            read: ReadMode::Open,
+            private_kinds: PRIVATE_KINDS_DEFAULT.to_vec(),
+        }
+    }
+}
+
 /// Who may write, and what.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyConfig {
     pub write: WriteMode,
@@ -82,7 +96,26 @@ pub struct PolicyConfig {
     pub kinds_allowed: Vec<u16>,
     /// Kinds refused (`blocked:`).
     pub kinds_denied: Vec<u16>,
+    /// Who may read: everyone, or authenticated clients only.
+    pub read: ReadMode,
+    /// Kinds served (stored, live and counted) only to a connection authenticated as their
+    /// author or as a pubkey they `p`-tag: DMs and gift wraps.
+    pub private_kinds: Vec<u16>,
 }
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadMode {
+    #[default]
+    Open,
+    /// REQ and COUNT need an authenticated connection (`auth-required:`).
+    Auth,
+}
+
+/// The private kinds by default: 4 (NIP-04 DMs); 13, 14 and 15 (NIP-17's seals, chat and
+/// file messages, which clients wrap but a careless one may publish bare); 1059 (NIP-59
+/// gift wraps) and 1060 (kept private beside it).
+pub const PRIVATE_KINDS_DEFAULT: [u16; 6] = [4, 13, 14, 15, 1059, 1060];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]

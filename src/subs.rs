@@ -26,6 +26,12 @@ pub struct LiveEvent {
 }
 
 impl LiveEvent {
+    /// Whether `viewer` wrote this event or is `p`-tagged in it (who may see a private kind).
+    pub fn is_for(&self, viewer: &[u8; 32]) -> bool {
+        let hex = crate::hex::encode(viewer);
+        &self.pubkey == viewer || self.tags.iter().any(|(letter, value)| *letter == b'p' && **value == *hex.as_bytes())
+    }
+
     pub fn from_event(event: &VerifiedEvent) -> LiveEvent {
         LiveEvent {
             json: event.json().into(),

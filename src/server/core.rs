@@ -28,7 +28,7 @@ use super::REPEATED_ERROR_LOG_INTERVAL;
 use crate::auth::RelayAddress;
 use crate::config::Config;
 use crate::event::{EventError, KeyCache, ParsedEvent, VerifiedEvent};
-use crate::store::{Router, Shard, ShardState};
+use crate::store::{Privacy, Router, Shard, ShardState};
 use crate::subs::{ConnId, SubscriptionIndex};
 
 /// The task queues a core's queries run in. A task spawned there never runs inside the
@@ -48,6 +48,8 @@ pub struct Core {
     pub config: Arc<Config>,
     /// The write policy, compiled from `[policy]`.
     pub policy: Policy,
+    /// Kinds served only to their author or a `p`-tagged pubkey (`policy.private_kinds`).
+    pub private_kinds: Arc<[u16]>,
     /// The addresses an AUTH event may name: `auth.relay_urls`, parsed (empty: the Host a
     /// connection dialled).
     pub relay_addresses: Vec<RelayAddress>,
@@ -103,6 +105,7 @@ impl Core {
             id: mesh.id,
             core_count: mesh.core_count,
             policy: Policy::new(&config.policy),
+            private_kinds: config.policy.private_kinds.iter().copied().collect(),
             relay_addresses: config.auth.relay_urls.iter().filter_map(|url| RelayAddress::parse_url(url)).collect(),
             stats,
             config,
@@ -270,6 +273,13 @@ impl Core {
         self.query_slots.acquire_permit(1).await.expect("the query semaphore is never closed")
     }
 
+    /// What `conn` may not see: the private kinds, unless it authenticated as their author
+    /// or a recipient.
+    pub fn privacy_for(&self, conn: ConnId) -> Privacy {
+        let viewers = self.with_session(conn, |session| session.auth.pubkeys.iter().map(|key| key.0).collect());
+        Privacy { kinds: self.private_kinds.clone(), viewers: viewers.unwrap_or_default() }
+    }
+
     /// Send this connection its NIP-42 challenge, unless it has one already.
     pub fn send_challenge(&self, conn: ConnId) {
         self.with_session(conn, |session| {
@@ -345,8 +355,12 @@ impl Core {
         let core = self.clone();
         let task = self.spawn_query(async move {
             let answer = match ask {
-                Ask::Hits { filters, limits } => Answer::Hits(scan::hits(&core, &filters, limits).await),
-                Ask::Count { filters, limits } => Answer::Count(scan::count(&core, &filters, limits).await),
+                Ask::Hits { filters, limits, privacy } => {
+                    Answer::Hits(scan::hits(&core, &filters, limits, &privacy).await)
+                }
+                Ask::Count { filters, limits, privacy } => {
+                    Answer::Count(scan::count(&core, &filters, limits, &privacy).await)
+                }
                 Ask::Metrics => Answer::Metrics(Box::new(core.local_metrics())),
             };
             if core.remote_scans.borrow_mut().remove(&request).is_some() {

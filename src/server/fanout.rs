@@ -16,11 +16,16 @@ pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
     let mut matches = Vec::new();
     core.subs.borrow_mut().matches(event, &mut matches);
     let pending_max = core.config.limits.pending_live_max;
+    // A private kind (a DM, a gift wrap) reaches only its author and its recipients.
+    let private = core.private_kinds.contains(&crate::filter::Matchable::kind(&**event));
     let mut slow = Vec::new();
     {
         let mut sessions = core.sessions.borrow_mut();
         for (conn, sub_id) in matches {
             let Some(session) = sessions.get_mut(&conn) else { continue };
+            if private && !session.auth.pubkeys.iter().any(|viewer| event.is_for(&viewer.0)) {
+                continue;
+            }
             match session.subs.get_mut(&sub_id) {
                 None => continue,
                 Some(SubState::Pending { buffered, .. }) => {

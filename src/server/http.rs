@@ -131,7 +131,9 @@ pub fn nip11_document(config: &Config) -> String {
         "max_event_tags": limits.event_limits().tag_count_max,
         "max_content_length": limits.event_limits().content_size_max,
         "min_pow_difficulty": 0,
-        "auth_required": false,
+        // NIP-11: authentication before any other action, reads and writes alike.
+        "auth_required": config.policy.read == crate::config::ReadMode::Auth
+            && config.policy.write == crate::config::WriteMode::Auth,
         "payment_required": false,
         "restricted_writes": super::policy::Policy::new(&config.policy).restricts_writes(),
         "created_at_upper_limit": limits.created_at_future_max_secs,

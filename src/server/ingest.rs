@@ -26,7 +26,7 @@ use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
 use crate::store::query::merge_newest_first;
-use crate::store::{effective_limit, Admission, Durable, Rejection, StoreError};
+use crate::store::{effective_limit, Admission, Durable, Privacy, Rejection, StoreError};
 use crate::subs::{ConnId, LiveEvent};
 
 /// The `OK` reason for an event already stored.
@@ -150,14 +150,20 @@ async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> 
     let own = Filter { authors: Some(vec![*author]), ..any_author.clone() };
     let filters: Arc<[Filter]> = Arc::from([any_author, own]);
     let limits = QueryLimits { default: count, max: count, now: crate::now_unix(), bytes_max: usize::MAX };
-    let found = gather_hits(core, filters, limits).await;
+    // Ownership is judged over every stored event, private kinds included.
+    let found = gather_hits(core, filters, limits, Privacy::default()).await;
     found[0].len() > found[1].len()
 }
 
 /// Per filter, the newest `limit` events over every core's shards.
-pub async fn gather_hits(core: &Rc<Core>, filters: Arc<[Filter]>, limits: QueryLimits) -> Vec<Vec<scan::WireHit>> {
-    let ask = Ask::Hits { filters: filters.clone(), limits };
-    let local = async { Answer::Hits(scan::hits(core, &filters, limits).await) };
+pub async fn gather_hits(
+    core: &Rc<Core>,
+    filters: Arc<[Filter]>,
+    limits: QueryLimits,
+    privacy: Privacy,
+) -> Vec<Vec<scan::WireHit>> {
+    let ask = Ask::Hits { filters: filters.clone(), limits, privacy: privacy.clone() };
+    let local = async { Answer::Hits(scan::hits(core, &filters, limits, &privacy).await) };
     let mut parts: Vec<Vec<Vec<scan::WireHit>>> = core
         .mesh
         .gather(ask, local)

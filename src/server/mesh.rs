@@ -27,6 +27,7 @@ use super::scan::{CountPart, QueryLimits, WireHit};
 use super::stats::{Outcome, Stats};
 use crate::event::{EventId, VerifiedEvent};
 use crate::filter::Filter;
+use crate::store::Privacy;
 use crate::subs::{ConnId, LiveEvent};
 
 /// Everything one core says to another.
@@ -66,9 +67,9 @@ pub struct RequestId {
 #[derive(Clone)]
 pub enum Ask {
     /// Per filter, the core's newest events (a REQ, a deletion's lookup).
-    Hits { filters: Arc<[Filter]>, limits: QueryLimits },
+    Hits { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
     /// How many of the core's events match (COUNT).
-    Count { filters: Arc<[Filter]>, limits: QueryLimits },
+    Count { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
     /// The core's counters.
     Metrics,
 }

@@ -8,7 +8,7 @@ use super::core::Core;
 use crate::filter::Filter;
 use crate::limits::{LONG_SCAN_AFTER_STEPS, QUERY_STEP_CANDIDATE_COUNT};
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
-use crate::store::{effective_limit, FilterScan, Hit, ShardHit, ShardState};
+use crate::store::{effective_limit, FilterScan, Hit, Privacy, ShardHit, ShardState};
 
 #[derive(Clone, Copy, Debug)]
 pub struct QueryLimits {
@@ -46,14 +46,14 @@ pub struct CountPart {
 
 /// Per filter, the newest `limit` events of this core's shards, with their JSON: at most
 /// `limits.bytes_max` of it over all filters (filters in order, each newest first).
-pub async fn hits(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits) -> Vec<Vec<WireHit>> {
+pub async fn hits(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, privacy: &Privacy) -> Vec<Vec<WireHit>> {
     let mut per_filter = Vec::with_capacity(filters.len());
     let mut bytes_left = limits.bytes_max;
     for filter in filters {
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut lists = Vec::new();
         for shard_id in core.shard_ids() {
-            let found = scan_shard(core, shard_id, filter, limit, limits.now).await;
+            let found = scan_shard(core, shard_id, filter, limit, limits.now, privacy).await;
             lists.push(found.into_iter().map(|hit| ShardHit { shard: shard_id, hit }).collect());
         }
         let mut hits = Vec::new();
@@ -75,9 +75,12 @@ pub async fn hits(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits) -> V
 /// so parts from different cores add up; within the core, events matching several filters
 /// are counted once. One filter on kinds alone or authors alone is answered from the
 /// indexes' counts, O(keys) however many events there are.
-pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits) -> CountPart {
+pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, privacy: &Privacy) -> CountPart {
     if let [filter] = filters {
-        if let Some(count) = count_from_index(core, filter, limits.now) {
+        // The index's counts include events this connection may not see.
+        let exact = !hides_here(core, filter, privacy, limits.now);
+        let counted = if exact { count_from_index(core, filter, limits.now) } else { None };
+        if let Some(count) = counted {
             core.stats.counts_from_index.inc();
             let limit = effective_limit(filter, limits.default, limits.max) as u64;
             return CountPart { count: count.min(limit), approximate: false };
@@ -90,7 +93,7 @@ pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits) -> 
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut total = CountPart::default();
         for shard_id in core.shard_ids() {
-            let plan = |state: &ShardState| FilterScan::new_count(filter, limit, &state.index);
+            let plan = |state: &ShardState| FilterScan::new_count(filter, limit, &state.index).hiding(privacy);
             if let Some(scan) = run_scan(core, shard_id, plan, limits.now).await {
                 total.count += scan.count() as u64;
                 total.approximate |= scan.count() >= limit;
@@ -104,7 +107,7 @@ pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits) -> 
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut found = Vec::new();
         for shard_id in core.shard_ids() {
-            let hits = scan_shard(core, shard_id, filter, limit, limits.now).await;
+            let hits = scan_shard(core, shard_id, filter, limit, limits.now, privacy).await;
             approximate |= hits.len() >= limit;
             found.extend(hits.into_iter().map(|hit| CountedHit { created_at: hit.created_at, id: hit.id }));
         }
@@ -126,6 +129,25 @@ impl Ordered for CountedHit {
     fn id(&self) -> &[u8; 32] {
         &self.id
     }
+}
+
+/// Whether `privacy` may hide some of `filter`'s events on this core: the filter could match
+/// a private kind, the viewers are not all of its authors, and a private event is stored
+/// here. (A relay that stores no DMs keeps every one-key COUNT O(1).)
+fn hides_here(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -> bool {
+    if !privacy.may_hide(filter) {
+        return false;
+    }
+    let own = filter.authors.as_ref().is_some_and(|authors| authors.iter().all(|a| privacy.viewers.contains(&a.0)));
+    if own {
+        return false;
+    }
+    core.shard_ids().into_iter().any(|shard_id| {
+        core.with_shard(shard_id, |state| {
+            privacy.kinds.iter().any(|&kind| state.index.visible_count_of_kind(kind, now) != Some(0))
+        })
+        .unwrap_or(false)
+    })
 }
 
 /// A filter of kinds alone or authors alone, counted from the indexes' per-key counts.
@@ -156,8 +178,15 @@ fn count_from_index(core: &Core, filter: &Filter, now: u64) -> Option<u64> {
 }
 
 /// The newest `limit` hits of `filter` on one shard, examined a step at a time.
-async fn scan_shard(core: &Rc<Core>, shard_id: u16, filter: &Filter, limit: usize, now: u64) -> Vec<Hit> {
-    let plan = |state: &ShardState| FilterScan::new(filter, limit, &state.index);
+async fn scan_shard(
+    core: &Rc<Core>,
+    shard_id: u16,
+    filter: &Filter,
+    limit: usize,
+    now: u64,
+    privacy: &Privacy,
+) -> Vec<Hit> {
+    let plan = |state: &ShardState| FilterScan::new(filter, limit, &state.index).hiding(privacy);
     run_scan(core, shard_id, plan, now).await.map(FilterScan::into_hits).unwrap_or_default()
 }
 

@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use datadir::{Access, DataDir, Router};
 pub use index::{EventNo, Rejection};
-pub use query::{FilterScan, Hit, Ordered};
+pub use query::{FilterScan, Hit, Ordered, Privacy};
 pub use shard::{
     free_bytes, Appended, OpenMode, Refusal, RefusalCause, ShardConfig, ShardFigures, ShardState, StoreError,
 };

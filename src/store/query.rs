@@ -3,10 +3,11 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::Arc;
 
 use super::index::{EventNo, Index, Runs, NO_RUNS};
 use super::record::ArchivedRecord;
-use crate::filter::Filter;
+use crate::filter::{Filter, Matchable};
 use crate::limits::QUERY_TIE_COUNT_MAX;
 
 /// Anything with the NIP-01 order: newest first, ties by lowest id.
@@ -63,10 +64,35 @@ impl List {
     }
 }
 
+/// Events of private kinds (DMs, gift wraps) are served only to their author or to a
+/// pubkey they `p`-tag: `viewers` are the pubkeys the asking connection authenticated as.
+/// With no private kinds nothing is hidden.
+#[derive(Clone, Debug, Default)]
+pub struct Privacy {
+    pub kinds: Arc<[u16]>,
+    pub viewers: Arc<[[u8; 32]]>,
+}
+
+impl Privacy {
+    /// Whether an event of `kind` by `author` that `p`-tags what `tags_viewer` finds may be
+    /// served to these viewers.
+    pub fn allows(&self, kind: u16, author: &[u8; 32], tags_viewer: impl Fn(&[u8]) -> bool) -> bool {
+        !self.kinds.contains(&kind)
+            || self.viewers.iter().any(|viewer| viewer == author || tags_viewer(crate::hex::encode(viewer).as_bytes()))
+    }
+
+    /// Whether a filter could match an event this privacy hides.
+    pub fn may_hide(&self, filter: &Filter) -> bool {
+        !self.kinds.is_empty() && filter.kinds.as_ref().is_none_or(|kinds| kinds.iter().any(|k| self.kinds.contains(k)))
+    }
+}
+
 /// A resumable scan of one filter over one shard.
 #[derive(Debug)]
 pub struct FilterScan {
     filter: Filter,
+    /// What the asking connection may not see (private kinds).
+    privacy: Privacy,
     limit: usize,
     lists: Vec<List>,
     /// Resolved `authors`; `None` when the filter has none.
@@ -86,6 +112,7 @@ impl FilterScan {
     pub fn new(filter: &Filter, limit: usize, index: &Index) -> FilterScan {
         let mut scan = FilterScan {
             filter: filter.clone(),
+            privacy: Privacy::default(),
             limit,
             lists: Vec::new(),
             authors: None,
@@ -137,6 +164,14 @@ impl FilterScan {
             consider(cost, tag.values.iter().map(|v| List::Tag(tag.letter, v.clone())).collect());
         }
         best.1
+    }
+
+    /// The same scan, skipping what `privacy` hides from the asking connection.
+    pub fn hiding(mut self, privacy: &Privacy) -> FilterScan {
+        if privacy.may_hide(&self.filter) {
+            self.privacy = privacy.clone();
+        }
+        self
     }
 
     /// A scan that counts the events `filter` matches, up to `limit`, keeping none of them
@@ -228,6 +263,10 @@ impl FilterScan {
             && self.authors.as_ref().is_none_or(|authors| authors.contains(&entry.author))
             && filter.ids.as_ref().is_none_or(|ids| ids.iter().any(|id| id.0 == entry.id))
             && (filter.tags.is_empty() || records.with_record(no, |record| filter.matches_tags(record)))
+            && (!self.privacy.kinds.contains(&entry.kind)
+                || records.with_record(no, |record| {
+                    self.privacy.allows(entry.kind, record.pubkey(), |viewer| record.has_tag(b'p', viewer))
+                }))
     }
 
     fn finish(&mut self) {

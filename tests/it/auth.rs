@@ -173,3 +173,77 @@ fn allow_list_and_deny_lists_decide_by_author_and_kind() {
     assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
     assert_eq!(crate::relay::nip11(relay.port)["limitation"]["restricted_writes"], true);
 }
+
+/// Gift wraps and DMs reach their author and recipients only: never a wildcard or kind-only
+/// filter, a COUNT or a live subscription of anyone else (the leak strfry #256 and nostream
+/// #699 shipped).
+#[test]
+fn private_kinds_reach_only_their_author_and_recipients() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let (sender, recipient, stranger) = (keys(6050), keys(6051), keys(6052));
+    let to = recipient.public_key().to_hex();
+    // Live subscribers: everything, from an unauthenticated and a stranger's connection,
+    // and the recipient's.
+    let mut anonymous_live = relay.connect();
+    let mut stranger_live = relay.connect();
+    authenticate(&mut stranger_live, &relay, &stranger);
+    let mut recipient_live = relay.connect();
+    authenticate(&mut recipient_live, &relay, &recipient);
+    for client in [&mut anonymous_live, &mut stranger_live, &mut recipient_live] {
+        client.send(&json!(["REQ", "live", {"limit": 0}]).to_string());
+        client.until_eose("live");
+    }
+
+    let mut publisher = relay.connect();
+    let wrap = signed(&sender, 1059, now() - 10, &[&["p", to.as_str()]], "sealed");
+    let dm = signed(&sender, 4, now() - 9, &[&["p", to.as_str()]], "?iv=x");
+    let public = signed(&sender, 1, now() - 8, &[], "public");
+    for event in [&wrap, &dm, &public] {
+        assert!(publisher.publish(event).0);
+    }
+    // Live: the recipient gets all three; the others only the public note.
+    let kinds = |client: &mut Client, count: usize| -> Vec<u64> {
+        (0..count).map(|_| client.expect("EVENT")[2]["kind"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(kinds(&mut recipient_live, 3), vec![1059, 4, 1]);
+    assert_eq!(kinds(&mut anonymous_live, 1), vec![1], "no private event live for the unauthenticated");
+    assert_eq!(kinds(&mut stranger_live, 1), vec![1], "nor for a stranger");
+
+    // Stored and counted: nothing private for the unauthenticated or the stranger.
+    let mut stranger = relay.connect();
+    authenticate(&mut stranger, &relay, &keys(6053));
+    let filters = [json!({}), json!({"kinds": [1059]}), json!({"kinds": [4, 1059]}), json!({"#p": [to]})];
+    for client in [&mut relay.connect(), &mut stranger] {
+        for filter in &filters {
+            let found = client.req("q", std::slice::from_ref(filter));
+            assert!(found.iter().all(|event| event["kind"] == 1), "{filter} leaked: {found:?}");
+            client.send(&json!(["COUNT", "c", filter]).to_string());
+            let count = client.expect("COUNT")[2]["count"].as_u64().unwrap();
+            let public = u64::from(filter.get("kinds").is_none() && filter.get("#p").is_none());
+            assert_eq!(count, public, "COUNT {filter} counted private events");
+        }
+    }
+    // The recipient and the author see them.
+    for (who, keys) in [("recipient", &recipient), ("author", &sender)] {
+        let mut client = relay.connect();
+        authenticate(&mut client, &relay, keys);
+        assert_eq!(client.req("q", &[json!({"kinds": [1059, 4]})]).len(), 2, "{who}");
+        client.send(&json!(["COUNT", "c", {"kinds": [1059]}]).to_string());
+        assert_eq!(client.expect("COUNT")[2]["count"], 1, "{who}");
+    }
+}
+
+#[test]
+fn read_auth_mode_closes_unauthenticated_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, "[policy]\nread = \"auth\"\n");
+    let mut client = relay.connect();
+    client.send(&json!(["REQ", "r", {"kinds": [1]}]).to_string());
+    let closed = client.expect("CLOSED");
+    assert!(closed[2].as_str().unwrap().starts_with("auth-required:"), "{closed}");
+    client.send(&json!(["COUNT", "c", {"kinds": [1]}]).to_string());
+    assert!(client.expect("CLOSED")[2].as_str().unwrap().starts_with("auth-required:"));
+    authenticate(&mut client, &relay, &keys(6060));
+    assert!(client.req("r", &[json!({"kinds": [1]})]).is_empty());
+}

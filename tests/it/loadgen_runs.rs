@@ -98,7 +98,9 @@ fn hostile_clients_run_beside_healthy_ones_and_the_healthy_ones_are_served() {
     assert_eq!(report.abuse["abuse.stalled_subscribed"], 20, "{}", report.render());
     let stats = relay.stats();
     assert!(stats["queries_cancelled"].as_u64().unwrap() > 0, "churned REQs were cancelled: {stats}");
-    assert!(stats["queries_max_seen"].as_u64().unwrap() <= 2 * 4 + 2 * 4 + 2 * 4, "{stats}");
+    // At most 4 queries per flooder, churner and query connection, and the one REQ of each
+    // stalled reader (its answer waits for a reader that never reads).
+    assert!(stats["queries_max_seen"].as_u64().unwrap() <= 2 * 4 + 2 * 4 + 2 * 4 + 20, "{stats}");
 }
 
 #[test]

@@ -10,26 +10,31 @@ use crate::proto::{self, SubId};
 use crate::server::core::Core;
 use crate::server::mesh::{Answer, Ask};
 use crate::server::scan::{self, CountPart, QueryLimits};
+use crate::store::Privacy;
 use crate::subs::ConnId;
 
 pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
     let received = std::time::Instant::now();
+    if let Some(reason) = super::req::read_refusal(core, conn) {
+        return core.send(conn, proto::frame_closed(&sub_id, reason));
+    }
+    let privacy = core.privacy_for(conn);
     let owner = core.clone();
     core.start_query(conn, None, async move {
         let part = {
             let _slot = owner.query_slot().await;
             let max = owner.config.limits.count_max;
             let limits = QueryLimits { default: max, max, now: crate::now_unix(), bytes_max: 0 };
-            count_everywhere(&owner, filters.into(), limits).await
+            count_everywhere(&owner, filters.into(), limits, privacy).await
         };
         owner.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));
         owner.stats.count_seconds.observe_since(received);
     });
 }
 
-async fn count_everywhere(core: &Rc<Core>, filters: Arc<[Filter]>, limits: QueryLimits) -> CountPart {
-    let ask = Ask::Count { filters: filters.clone(), limits };
-    let local = async { Answer::Count(scan::count(core, &filters, limits).await) };
+async fn count_everywhere(core: &Rc<Core>, filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy) -> CountPart {
+    let ask = Ask::Count { filters: filters.clone(), limits, privacy: privacy.clone() };
+    let local = async { Answer::Count(scan::count(core, &filters, limits, &privacy).await) };
     let mut total = CountPart::default();
     for answer in core.mesh.gather(ask, local).await {
         if let Answer::Count(part) = answer {

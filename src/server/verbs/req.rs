@@ -15,6 +15,7 @@ use crate::server::ingest::gather_hits;
 use crate::server::outbox::Out;
 use crate::server::session::{PendingLive, SubState};
 use crate::store::query::union_filters;
+use crate::store::Privacy;
 use crate::subs::ConnId;
 
 /// How long a REQ's answer waits for room in a connection's queue before the connection
@@ -24,15 +25,32 @@ const HISTORY_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
     let received = Instant::now();
+    if let Some(reason) = read_refusal(core, conn) {
+        return core.send(conn, proto::frame_closed(&sub_id, reason));
+    }
     match subscribe(core, conn, &sub_id, &filters) {
         Ok(token) => {
             let owner = core.clone();
             let sub = sub_id.clone();
-            let request = Request { conn, sub_id: sub, token, received };
+            let request = Request { conn, sub_id: sub, token, received, privacy: core.privacy_for(conn) };
             core.start_query(conn, Some(sub_id), async move { serve(owner, request, filters).await });
         }
         Err(reason) => core.send(conn, proto::frame_closed(&sub_id, &reason)),
     }
+}
+
+/// With `policy.read = "auth"`, the answer to a REQ or COUNT from a connection that has not
+/// authenticated (its challenge goes out first).
+pub fn read_refusal(core: &Core, conn: ConnId) -> Option<&'static str> {
+    if core.config.policy.read != crate::config::ReadMode::Auth {
+        return None;
+    }
+    let authed = core.with_session(conn, |session| !session.auth.pubkeys.is_empty()).unwrap_or(false);
+    if authed {
+        return None;
+    }
+    core.send_challenge(conn);
+    Some("auth-required: this relay serves authenticated clients only")
 }
 
 /// Open (or replace) a subscription. Returns the token of this REQ, or the refusal to send.
@@ -65,14 +83,16 @@ struct Request {
     /// Which REQ of `sub_id` this is (a newer one replaces it).
     token: u64,
     received: Instant,
+    /// What this connection may not see (private kinds), as of the REQ.
+    privacy: Privacy,
 }
 
 async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
-    let Request { conn, sub_id, token, received } = request;
+    let Request { conn, sub_id, token, received, privacy } = request;
     let hits = {
         let _slot = core.query_slot().await;
         let limits = core.query_limits();
-        let mut hits = union_filters(gather_hits(&core, filters.into(), limits).await);
+        let mut hits = union_filters(gather_hits(&core, filters.into(), limits, privacy).await);
         let mut bytes = 0;
         let kept = hits
             .iter()
