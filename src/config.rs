@@ -31,7 +31,58 @@ pub struct Config {
     pub info: RelayInfo,
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
+    pub rate_limits: RateLimitConfig,
     pub limits: RelayLimits,
+}
+
+/// Token buckets per client address (or authenticated pubkey), per core: see
+/// `server::rates` for what "per core" allows.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// EVENTs (answered `OK false "rate-limited: ..."`).
+    pub events: Rate,
+    /// REQs and COUNTs (answered `CLOSED "rate-limited: ..."`).
+    pub queries: Rate,
+    /// New WebSocket connections (closed with 1013).
+    pub connections: Rate,
+    /// Addresses never limited. Loopback by default, for load tests and tools on the host:
+    /// behind a reverse proxy on the same host, every client arrives from loopback, so set
+    /// `[]` there (all clients then share the proxy's buckets).
+    pub exempt_ips: Vec<String>,
+    /// Authenticated pubkeys never limited.
+    pub exempt_pubkeys: Vec<String>,
+    /// Keys each core tracks at most; past it, new keys share one bucket.
+    pub tracked_max: usize,
+}
+
+/// A token bucket: `burst` at once, refilled at `per_minute`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.per_minute) / 60.0
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: true,
+            events: Rate { per_minute: 600, burst: 100 },
+            queries: Rate { per_minute: 1_200, burst: 200 },
+            connections: Rate { per_minute: 300, burst: 50 },
+            exempt_ips: vec!["127.0.0.1".to_owned(), "::1".to_owned()],
+            exempt_pubkeys: Vec::new(),
+            tracked_max: 65_536,
+        }
+    }
 }
 
 /// NIP-42 authentication.
@@ -224,6 +275,7 @@ impl Default for Config {
             info: RelayInfo::default(),
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
+            rate_limits: RateLimitConfig::default(),
             limits: RelayLimits::default(),
         }
     }
@@ -313,6 +365,18 @@ impl Config {
             anyhow::ensure!(
                 crate::auth::RelayAddress::parse_url(url).is_some(),
                 "auth.relay_urls: {url:?} is not a ws://, wss://, http:// or https:// URL"
+            );
+        }
+        for ip in &self.rate_limits.exempt_ips {
+            anyhow::ensure!(
+                ip.parse::<std::net::IpAddr>().is_ok(),
+                "rate_limits.exempt_ips: {ip:?} is not an IP address"
+            );
+        }
+        for key in &self.rate_limits.exempt_pubkeys {
+            anyhow::ensure!(
+                crate::event::Pubkey::from_hex(key).is_some(),
+                "rate_limits.exempt_pubkeys: {key:?} is not a pubkey"
             );
         }
         anyhow::ensure!(

@@ -80,6 +80,11 @@ timeseries("Bytes in and out", [
     (f'sum(rate(ringrelay_received_bytes_total{{{SEL}}}[{RATE}]))', "received"),
     (f'sum(rate(ringrelay_sent_bytes_total{{{SEL}}}[{RATE}]))', "sent"),
 ], unit="Bps")
+timeseries("Rate limited", [
+    (f'sum by (what) (rate(ringrelay_rate_limited_total{{{SEL}}}[{RATE}]))', "{{what}}"),
+    (f'sum(ringrelay_rate_limit_keys{{{SEL}}})', "keys tracked"),
+], unit="short", description="Requests refused by the rate limits, and the addresses and pubkeys tracked.")
+timeseries("AUTH", [(f'sum by (result) (rate(ringrelay_auth_total{{{SEL}}}[{RATE}]))', "{{result}}")], unit="reqps")
 timeseries("Slow consumers closed", [(f'sum by (core) (rate(ringrelay_slow_consumer_closes_total{{{SEL}}}[{RATE}]))', "core {{core}}")], unit="cps")
 timeseries("Queries", [
     (f'sum(rate(ringrelay_queries_cancelled_total{{{SEL}}}[{RATE}]))', "cancelled"),

@@ -25,6 +25,7 @@ use glommio::net::TcpStream;
 use super::core::Core;
 use super::http::{self, Route};
 use super::outbox::{Out, Outbox};
+use super::rates::Work;
 use super::stats::{CloseCause, Verb};
 use crate::proto;
 use crate::subs::ConnId;
@@ -75,6 +76,13 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         let _ = stream.close().await;
         return;
     };
+    let rate_key = core.rates.borrow().key(peer.ip(), &[]);
+    if rate_key.is_some_and(|key| core.over_rate_of(key, Work::Connection)) {
+        core.stats.closed(CloseCause::RateLimited);
+        let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
+        close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many new connections from your address").await;
+        return;
+    }
     let Some((conn, outbound)) = core.open_session(peer.ip(), host) else {
         core.stats.closed(CloseCause::AddressLimit);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;

@@ -20,6 +20,7 @@ use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
 use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
 use super::outbox::{outbox, Budget, CoreOutboxes, Out, Outbox, OutboxWatch};
 use super::policy::Policy;
+use super::rates::{RateKey, RateLimiter, Work};
 use super::scan::{self, QueryLimits};
 use super::session::{QueryId, Session};
 use super::stats::{CloseCause, Stats, StatsSnapshot, Verb};
@@ -48,6 +49,8 @@ pub struct Core {
     pub config: Arc<Config>,
     /// The write policy, compiled from `[policy]`.
     pub policy: Policy,
+    /// This core's token buckets (`[rate_limits]`).
+    pub rates: RefCell<RateLimiter>,
     /// Kinds served only to their author or a `p`-tagged pubkey (`policy.private_kinds`).
     pub private_kinds: Arc<[u16]>,
     /// The addresses an AUTH event may name: `auth.relay_urls`, parsed (empty: the Host a
@@ -105,6 +108,7 @@ impl Core {
             id: mesh.id,
             core_count: mesh.core_count,
             policy: Policy::new(&config.policy),
+            rates: RefCell::new(RateLimiter::new(&config.rate_limits)),
             private_kinds: config.policy.private_kinds.iter().copied().collect(),
             relay_addresses: config.auth.relay_urls.iter().filter_map(|url| RelayAddress::parse_url(url)).collect(),
             stats,
@@ -147,6 +151,7 @@ impl Core {
         loop {
             glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
             self.outboxes.seconds.set(self.outboxes.seconds.get() + 1);
+            self.rates.borrow_mut().forget_idle(std::time::Instant::now());
             for session in self.sessions.borrow().values() {
                 session.outbound.check_stall(stall_secs);
             }
@@ -280,6 +285,24 @@ impl Core {
         Privacy { kinds: self.private_kinds.clone(), viewers: viewers.unwrap_or_default() }
     }
 
+    /// Whether `conn` is over its rate for `work` (one token is taken when it is not).
+    pub fn over_rate(&self, conn: ConnId, work: Work) -> bool {
+        let key = self.with_session(conn, |session| self.rates.borrow().key(session.ip, &session.auth.pubkeys));
+        match key.flatten() {
+            Some(key) => self.over_rate_of(key, work),
+            None => false,
+        }
+    }
+
+    /// Whether `key` is over its rate for `work`; counted in the metrics when it is.
+    pub fn over_rate_of(&self, key: RateKey, work: Work) -> bool {
+        let admitted = self.rates.borrow_mut().admit(key, work, std::time::Instant::now());
+        if !admitted {
+            self.stats.rate_limited[work.index()].inc();
+        }
+        !admitted
+    }
+
     /// Send this connection its NIP-42 challenge, unless it has one already.
     pub fn send_challenge(&self, conn: ConnId) {
         self.with_session(conn, |session| {
@@ -393,6 +416,8 @@ impl Core {
             messages: Verb::ALL.iter().zip(&stats.messages).map(|(verb, count)| (*verb, count.get())).collect(),
             events: stats.events.borrow().clone(),
             live_deliveries: stats.live_deliveries.get(),
+            rate_limited: Work::ALL.iter().map(|work| (work.label(), stats.rate_limited[work.index()].get())).collect(),
+            rate_keys: self.rates.borrow().tracked() as u64,
             auth_accepted: stats.auth_accepted.get(),
             auth_refused: stats.auth_refused.get(),
             received_bytes: stats.received_bytes.get(),

@@ -19,6 +19,7 @@ use std::task::{Poll, Waker};
 use super::core::Core;
 use super::mesh::{Answer, Ask, CoreMsg, Reply};
 use super::outbox::Out;
+use super::rates::Work;
 use super::scan::{self, QueryLimits};
 use super::stats::{Outcome, OutcomeClass};
 use crate::event::kind::{parse_address, KIND_DELETION};
@@ -46,6 +47,11 @@ pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name it
 pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Option<(Outcome, String)> {
     let limits = &core.config.limits;
     let now = crate::now_unix();
+    if core.over_rate(conn, Work::Event) {
+        let rate = core.config.rate_limits.events;
+        let reason = format!("rate-limited: more than {} events a minute (bursts of {})", rate.per_minute, rate.burst);
+        return Some((Outcome::new(OutcomeClass::RateLimited, "events"), reason));
+    }
     if event.kind == crate::auth::KIND_AUTH {
         let reason = "invalid: AUTH events (kind 22242) are sent in AUTH messages, never published".to_owned();
         return Some((Outcome::new(OutcomeClass::Invalid, "auth_event"), reason));

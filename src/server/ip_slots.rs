@@ -20,6 +20,12 @@ pub struct IpSlot {
     slots: IpSlots,
 }
 
+impl IpSlot {
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl IpSlots {
     /// Take a slot for `ip`, or `None` when it already holds `max` connections.
     pub fn take(&self, ip: IpAddr, max: usize) -> Option<IpSlot> {

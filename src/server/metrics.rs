@@ -32,6 +32,9 @@ pub struct CoreMetrics {
     pub messages: Vec<(Verb, u64)>,
     pub events: Vec<(Outcome, u64)>,
     pub live_deliveries: u64,
+    pub rate_limited: Vec<(&'static str, u64)>,
+    /// Keys (addresses, pubkeys) the core's rate limiter tracks.
+    pub rate_keys: u64,
     pub auth_accepted: u64,
     pub auth_refused: u64,
     pub received_bytes: u64,
@@ -284,6 +287,26 @@ impl Collector for RelayCollector {
         )?;
         gauges(e, "subscriptions", "Open subscriptions.", None, per_core(|c| c.stats.subscriptions))?;
         counters(e, "live_deliveries", "Live events queued to subscriptions.", None, per_core(|c| c.live_deliveries))?;
+        counters(
+            e,
+            "rate_limited",
+            "Requests refused by the rate limits, by what (event, query, connection).",
+            None,
+            cores.iter().flat_map(|core| {
+                core.rate_limited.iter().map(move |(what, count)| {
+                    let mut labels = core_label(core);
+                    labels.push(("what", (*what).to_owned()));
+                    (labels, *count)
+                })
+            }),
+        )?;
+        gauges(
+            e,
+            "rate_limit_keys",
+            "Addresses and pubkeys the rate limiter tracks (at most rate_limits.tracked_max per core).",
+            None,
+            per_core(|c| c.rate_keys),
+        )?;
         counters(
             e,
             "auth",

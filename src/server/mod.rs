@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod outbox;
 pub mod policy;
+pub mod rates;
 pub mod scan;
 pub mod session;
 pub mod stats;

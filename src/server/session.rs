@@ -22,6 +22,8 @@ pub type QueryId = u64;
 
 pub struct Session {
     pub outbound: OutboxSender,
+    /// The client's address (its rate limits' key until it authenticates).
+    pub ip: std::net::IpAddr,
     /// What NIP-42 knows of this connection.
     pub auth: SessionAuth,
     _slot: IpSlot,
@@ -107,7 +109,7 @@ impl Session {
     pub fn new(outbound: OutboxSender, slot: IpSlot, stats: Rc<Stats>, host: Option<RelayAddress>) -> Session {
         stats.connections.add(1);
         let auth = SessionAuth { host, ..SessionAuth::default() };
-        Session { outbound, auth, _slot: slot, subs: HashMap::new(), queries: HashMap::new(), stats }
+        Session { outbound, ip: slot.ip(), auth, _slot: slot, subs: HashMap::new(), queries: HashMap::new(), stats }
     }
 
     /// Register a query answering `sub` (if any), before its task is spawned: glommio runs

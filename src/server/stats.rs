@@ -23,16 +23,19 @@ pub enum CloseCause {
     Shutdown,
     /// Refused at the upgrade: its address holds `connections_per_ip_max` already.
     AddressLimit,
+    /// Refused at the upgrade: its address opens connections faster than its rate.
+    RateLimited,
 }
 
 impl CloseCause {
-    pub const ALL: [CloseCause; 6] = [
+    pub const ALL: [CloseCause; 7] = [
         CloseCause::Client,
         CloseCause::ProtocolError,
         CloseCause::SlowConsumer,
         CloseCause::WriteStall,
         CloseCause::Shutdown,
         CloseCause::AddressLimit,
+        CloseCause::RateLimited,
     ];
 
     pub fn label(self) -> &'static str {
@@ -43,6 +46,7 @@ impl CloseCause {
             CloseCause::WriteStall => "write_stall",
             CloseCause::Shutdown => "shutdown",
             CloseCause::AddressLimit => "address_limit",
+            CloseCause::RateLimited => "rate_limited",
         }
     }
 }
@@ -166,6 +170,8 @@ pub struct Stats {
     pub events: RefCell<Vec<(Outcome, u64)>>,
     /// Events queued to live subscriptions.
     pub live_deliveries: Counter,
+    /// Requests refused by the rate limits, by `rates::Work` (event, query, connection).
+    pub rate_limited: [Counter; 3],
     /// AUTH messages answered `OK true`, and refused.
     pub auth_accepted: Counter,
     pub auth_refused: Counter,
@@ -202,6 +208,7 @@ impl Default for Stats {
             messages: Default::default(),
             events: RefCell::new(vec![(Outcome::STORED, 0)]),
             live_deliveries: Counter::default(),
+            rate_limited: Default::default(),
             auth_accepted: Counter::default(),
             auth_refused: Counter::default(),
             received_bytes: Counter::default(),

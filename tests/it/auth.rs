@@ -17,7 +17,7 @@ fn auth_message(keys: &Keys, challenge: &str, relay: &str, created_at: u64) -> (
 }
 
 /// Authenticate `client` as `keys` with the challenge it was sent; returns the OK.
-fn authenticate(client: &mut Client, relay: &Relay, keys: &Keys) -> Value {
+pub fn authenticate(client: &mut Client, relay: &Relay, keys: &Keys) -> Value {
     let challenge = challenge_of(client);
     let (id, message) = auth_message(keys, &challenge, &format!("ws://127.0.0.1:{}", relay.port), now());
     client.send(&message);

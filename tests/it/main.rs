@@ -11,6 +11,7 @@ mod fuzz_regressions;
 mod handover;
 mod loadgen_runs;
 mod metrics;
+mod rates;
 mod relay;
 mod rules;
 mod storage;

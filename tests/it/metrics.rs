@@ -46,7 +46,7 @@ fn install_parser() -> PathBuf {
 
 /// One parsed sample.
 #[derive(Debug)]
-struct Sample {
+pub struct Sample {
     name: String,
     labels: Value,
     value: f64,
@@ -93,7 +93,7 @@ fn get(port: u16, path: &str) -> (u16, String, String) {
     (status, content_type, body.to_owned())
 }
 
-fn scrape(port: u16) -> Vec<Sample> {
+pub fn scrape(port: u16) -> Vec<Sample> {
     let (status, content_type, body) = get(port, "/metrics");
     assert_eq!(status, 200, "{body}");
     assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
@@ -101,7 +101,7 @@ fn scrape(port: u16) -> Vec<Sample> {
 }
 
 /// The sum of the samples named `name` whose labels include `labels`.
-fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn total(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     let matching: Vec<&Sample> = samples
         .iter()
         .filter(|sample| sample.name == name && labels.iter().all(|(key, value)| sample.labels[key] == *value))

@@ -39,9 +39,12 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
     }
 }
 
-/// With `policy.read = "auth"`, the answer to a REQ or COUNT from a connection that has not
-/// authenticated (its challenge goes out first).
+/// Why a REQ or COUNT is refused: over the connection's query rate, or, with
+/// `policy.read = "auth"`, not authenticated (its challenge goes out first).
 pub fn read_refusal(core: &Core, conn: ConnId) -> Option<&'static str> {
+    if core.over_rate(conn, crate::server::rates::Work::Query) {
+        return Some("rate-limited: too many REQs and COUNTs from this client; slow down");
+    }
     if core.config.policy.read != crate::config::ReadMode::Auth {
         return None;
     }

@@ -1,0 +1,83 @@
+//! Rate limits through the real binary: EVENTs, queries and new connections over their
+//! buckets get `rate-limited:` (or 1013), an authenticated client gets its own bucket, and
+//! exempt keys are never limited. Loopback is exempt by default, so these relays exempt
+//! nothing.
+
+use serde_json::json;
+
+use crate::relay::Relay;
+use crate::support::{keys, now, signed};
+
+const TIGHT: &str = "[rate_limits]\nexempt_ips = []\nevents = { per_minute = 1, burst = 3 }\n\
+                     queries = { per_minute = 1, burst = 2 }\nconnections = { per_minute = 1, burst = 4 }\n";
+
+#[test]
+fn events_over_the_burst_are_rate_limited_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, TIGHT);
+    let mut client = relay.connect();
+    let answers: Vec<(bool, String)> =
+        (0..5).map(|i| client.publish(&signed(&keys(7000), 1, now() - 10 + i, &[], "x"))).collect();
+    assert!(answers[..3].iter().all(|(accepted, _)| *accepted), "{answers:?}");
+    for (accepted, reason) in &answers[3..] {
+        assert!(!accepted && reason.starts_with("rate-limited:"), "{reason}");
+    }
+    // Another client from the same address shares the bucket.
+    let mut other = relay.connect();
+    let (accepted, reason) = other.publish(&signed(&keys(7001), 1, now(), &[], "y"));
+    assert!(!accepted && reason.starts_with("rate-limited:"), "{reason}");
+    let metrics = crate::metrics::scrape(relay.port);
+    assert_eq!(crate::metrics::total(&metrics, "ringrelay_rate_limited_total", &[("what", "event")]), 3.0);
+    assert_eq!(crate::metrics::total(&metrics, "ringrelay_events_total", &[("outcome", "rate_limited")]), 3.0);
+    assert_eq!(crate::metrics::total(&metrics, "ringrelay_events_total", &[("outcome", "stored")]), 3.0);
+}
+
+#[test]
+fn queries_over_the_burst_are_closed_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, TIGHT);
+    let mut client = relay.connect();
+    assert!(client.req("a", &[json!({"kinds": [1]})]).is_empty());
+    client.send(&json!(["COUNT", "c", {"kinds": [1]}]).to_string());
+    client.expect("COUNT");
+    client.send(&json!(["REQ", "b", {"kinds": [1]}]).to_string());
+    let closed = client.expect("CLOSED");
+    assert!(closed[2].as_str().unwrap().starts_with("rate-limited:"), "{closed}");
+}
+
+#[test]
+fn new_connections_over_the_burst_are_closed_with_1013() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, TIGHT);
+    let held: Vec<_> = (0..4).map(|_| relay.connect()).collect();
+    let (texts, close) = relay.connect().read_until_close();
+    assert_eq!(close.map(|(code, _)| code), Some(1013), "{texts:?}");
+    assert!(texts.iter().any(|text| text.contains("rate-limited:")), "{texts:?}");
+    drop(held);
+}
+
+#[test]
+fn an_authenticated_client_has_its_own_bucket_and_exempt_pubkeys_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let exempt = keys(7020);
+    let config = format!("{TIGHT}exempt_pubkeys = [\"{}\"]\n", exempt.public_key().to_hex());
+    // `exempt_pubkeys` belongs to [rate_limits]: the TIGHT block ends inside it.
+    let relay = Relay::start_with_config(dir.path(), 1, &config);
+    let mut anonymous = relay.connect();
+    for i in 0..3 {
+        assert!(anonymous.publish(&signed(&keys(7021), 1, now() - 10 + i, &[], "anon")).0);
+    }
+    assert!(!anonymous.publish(&signed(&keys(7021), 1, now(), &[], "anon")).0);
+    // Authenticated, the same address gets a fresh bucket keyed by the pubkey.
+    let mut user = relay.connect();
+    crate::auth::authenticate(&mut user, &relay, &keys(7022));
+    for i in 0..3 {
+        assert!(user.publish(&signed(&keys(7022), 1, now() - 20 + i, &[], "user")).0);
+    }
+    assert!(!user.publish(&signed(&keys(7022), 1, now(), &[], "user")).0);
+    let mut service = relay.connect();
+    crate::auth::authenticate(&mut service, &relay, &exempt);
+    for i in 0..10 {
+        assert!(service.publish(&signed(&exempt, 1, now() - 30 + i, &[], "service")).0, "exempt");
+    }
+}
