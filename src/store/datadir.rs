@@ -139,10 +139,18 @@ pub fn parse_manifest(text: &str) -> Result<(u16, [u8; 32]), String> {
     Ok((shard_count, seed))
 }
 
-/// The process id the lock holder wrote into the lock file, if the directory is locked by a
-/// process that is still there.
+/// The process id the lock holder wrote into the lock file, while the lock is held. A pid
+/// left by a relay that crashed (its lock went with it) is never returned: that process id
+/// may belong to another program by now.
 pub fn lock_holder(path: &Path) -> Option<i32> {
-    let pid: i32 = fs::read_to_string(path.join(LOCK_FILE)).ok()?.trim().parse().ok()?;
+    let lock_path = path.join(LOCK_FILE);
+    let file = fs::File::open(&lock_path).ok()?;
+    // SAFETY: flock on a descriptor we own; a lock taken here is released at once.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+        return None;
+    }
+    let pid: i32 = fs::read_to_string(&lock_path).ok()?.trim().parse().ok()?;
     // SAFETY: signal 0 only checks that the process exists.
     (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }
@@ -180,4 +188,23 @@ fn lock(path: &Path, access: Access, wait: Duration) -> Result<fs::File, StoreEr
         let _ = file.set_len(0).and_then(|()| writeln!(file, "{}", std::process::id()));
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pid in the lock file names the holder only while the lock is held: a crashed
+    /// relay's pid may belong to another program by now, which SIGUSR1 would kill.
+    #[test]
+    fn the_lock_holder_is_named_only_while_the_lock_is_held() {
+        let dir = std::env::temp_dir().join(format!("ringrelay-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let data = DataDir::open_or_create(&dir, 1).unwrap();
+        assert_eq!(lock_holder(&dir), Some(std::process::id() as i32));
+        drop(data);
+        assert!(fs::read_to_string(dir.join(LOCK_FILE)).unwrap().contains(&std::process::id().to_string()));
+        assert_eq!(lock_holder(&dir), None, "the pid is still in the file, but nobody holds the lock");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

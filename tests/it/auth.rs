@@ -28,13 +28,7 @@ pub fn authenticate(client: &mut Client, relay: &Relay, keys: &Keys) -> Value {
 
 /// The challenge the relay sent on connect (`Client::recv` keeps it aside).
 fn challenge_of(client: &mut Client) -> String {
-    if client.challenge.is_none() {
-        // Nothing else is owed on a fresh connection: a REQ's EOSE flushes the AUTH out.
-        client.send(&json!(["REQ", "flush", {"limit": 0}]).to_string());
-        client.until_eose("flush");
-        client.send(&json!(["CLOSE", "flush"]).to_string());
-    }
-    client.challenge.clone().expect("the relay sent a challenge on connect")
+    client.wait_challenge()
 }
 
 fn protected(keys: &Keys, content: &str) -> String {

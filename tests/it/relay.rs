@@ -311,6 +311,24 @@ impl Client {
         accepted
     }
 
+    /// The NIP-42 challenge: the one already seen, or the next message, which on a fresh
+    /// connection is the relay's `["AUTH", challenge]`.
+    pub fn wait_challenge(&mut self) -> String {
+        if let Some(challenge) = &self.challenge {
+            return challenge.clone();
+        }
+        match self.ws.read().expect("a message before the timeout") {
+            Message::Text(text) => {
+                let message: Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(message[0], "AUTH", "expected the challenge first: {message}");
+                let challenge = message[1].as_str().expect("a challenge string").to_owned();
+                self.challenge = Some(challenge.clone());
+                challenge
+            }
+            other => panic!("expected the challenge first: {other:?}"),
+        }
+    }
+
     /// The next relay message, parsed by the nostr library (so it must be well-formed) and as JSON.
     pub fn recv(&mut self) -> Value {
         loop {

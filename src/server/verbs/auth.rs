@@ -13,6 +13,17 @@ use crate::server::core::Core;
 use crate::subs::ConnId;
 
 pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
+    // An AUTH costs a signature check. It draws on the queries' bucket, not the events': a
+    // client that spent its events may still authenticate, and get a bucket of its own.
+    if core.over_rate(conn, crate::server::rates::Work::Query) {
+        core.stats.auth_refused.inc();
+        let reason = "rate-limited: too many REQ, COUNT and AUTH messages; slow down";
+        let reply = match proto::event_id_hint(raw) {
+            Some(id) => proto::frame_ok(&id, false, reason),
+            None => proto::frame_notice(reason),
+        };
+        return core.send(conn, reply);
+    }
     let limits = core.config.limits.event_limits();
     let parsed = match parse_event(raw.get().as_bytes(), &limits) {
         Ok(parsed) => parsed,
