@@ -129,6 +129,7 @@ impl Default for PolicyConfig {
             kinds_denied: Vec::new(),
             read: ReadMode::Open,
             private_kinds: PRIVATE_KINDS_DEFAULT.to_vec(),
+            kind_windows: Vec::new(),
         }
     }
 }
@@ -152,6 +153,60 @@ pub struct PolicyConfig {
     /// Kinds served (stored, live and counted) only to a connection authenticated as their
     /// author or as a pubkey they `p`-tag: DMs and gift wraps.
     pub private_kinds: Vec<u16>,
+    /// `created_at` windows of their own for some kinds (others use `limits`').
+    pub kind_windows: Vec<KindWindow>,
+}
+
+/// How old and how far ahead the events of some kinds may be dated.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindWindow {
+    pub kinds: Vec<u16>,
+    /// Refuse events older than this many seconds; 0 accepts any age.
+    #[serde(default)]
+    pub past_secs: u64,
+    /// Refuse events dated more than this many seconds ahead.
+    #[serde(default = "default_future_secs")]
+    pub future_secs: u64,
+}
+
+fn default_future_secs() -> u64 {
+    15 * 60
+}
+
+/// The lists an operator changes while the relay runs: `policy.toml` in the data directory,
+/// read at start and again on SIGHUP, on top of `[policy]`'s own lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyLists {
+    pub pubkeys_allowed: Vec<String>,
+    pub pubkeys_denied: Vec<String>,
+    pub kinds_allowed: Vec<u16>,
+    pub kinds_denied: Vec<u16>,
+}
+
+/// The lists file's name in the data directory.
+pub const POLICY_LISTS_FILE: &str = "policy.toml";
+
+impl PolicyLists {
+    /// The data directory's lists file; none when there is no file.
+    pub fn load(data_dir: &Path) -> anyhow::Result<PolicyLists> {
+        let path = data_dir.join(POLICY_LISTS_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(PolicyLists::default()),
+            Err(error) => anyhow::bail!("reading {}: {error}", path.display()),
+        };
+        let lists: PolicyLists = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for key in lists.pubkeys_allowed.iter().chain(&lists.pubkeys_denied) {
+            anyhow::ensure!(
+                crate::event::Pubkey::from_hex(key).is_some(),
+                "{}: {key:?} is not a pubkey (64 lowercase hex characters)",
+                path.display()
+            );
+        }
+        Ok(lists)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -446,12 +501,28 @@ mod tests {
         let docs = include_str!("../docs/configuration.md");
         let info = RelayInfo { pubkey: Some("0".repeat(64)), contact: Some("mailto:x".into()), ..RelayInfo::default() };
         let metrics_listen = Some("127.0.0.1:9777".parse().unwrap());
-        let full = Config { key_file: Some("key".into()), metrics_listen, info, ..Config::default() };
+        let window = KindWindow { kinds: vec![1], past_secs: 60, future_secs: 60 };
+        let policy = PolicyConfig { kind_windows: vec![window], ..PolicyConfig::default() };
+        let full = Config { key_file: Some("key".into()), metrics_listen, info, policy, ..Config::default() };
         for line in full.to_toml().lines() {
             if let Some((key, _)) = line.split_once(" = ") {
                 assert!(docs.contains(&format!("`{key}`")), "docs/configuration.md does not document `{key}`");
             }
         }
+    }
+
+    #[test]
+    fn the_lists_file_is_optional_and_checked() {
+        let dir = std::env::temp_dir().join(format!("ringrelay-lists-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(PolicyLists::load(&dir).unwrap(), PolicyLists::default(), "no file: no lists");
+        std::fs::write(dir.join(POLICY_LISTS_FILE), "kinds_denied = [7]\n").unwrap();
+        assert_eq!(PolicyLists::load(&dir).unwrap().kinds_denied, vec![7]);
+        std::fs::write(dir.join(POLICY_LISTS_FILE), "pubkeys_denied = [\"nope\"]\n").unwrap();
+        assert!(PolicyLists::load(&dir).unwrap_err().to_string().contains("not a pubkey"));
+        std::fs::write(dir.join(POLICY_LISTS_FILE), "pubkeys_banned = []\n").unwrap();
+        assert!(PolicyLists::load(&dir).unwrap_err().to_string().contains("unknown field"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An unknown key is an error naming the key and its line.

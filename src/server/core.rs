@@ -47,8 +47,11 @@ pub struct Core {
     pub id: usize,
     pub core_count: usize,
     pub config: Arc<Config>,
-    /// The write policy, compiled from `[policy]`.
-    pub policy: Policy,
+    /// The write policy, compiled from `[policy]` and the data directory's lists file;
+    /// replaced whole when the lists are reloaded (SIGHUP).
+    policy: RefCell<Rc<Policy>>,
+    /// Set by SIGHUP; core 0 watches it (once a second) and reloads the lists everywhere.
+    reload_requested: RefCell<Option<Arc<std::sync::atomic::AtomicBool>>>,
     /// This core's token buckets (`[rate_limits]`).
     pub rates: RefCell<RateLimiter>,
     /// Kinds served only to their author or a `p`-tagged pubkey (`policy.private_kinds`).
@@ -107,7 +110,8 @@ impl Core {
         Rc::new(Core {
             id: mesh.id,
             core_count: mesh.core_count,
-            policy: Policy::new(&config.policy),
+            policy: RefCell::new(Rc::new(Policy::new(&config.policy))),
+            reload_requested: RefCell::new(None),
             rates: RefCell::new(RateLimiter::new(&config.rate_limits)),
             private_kinds: config.policy.private_kinds.iter().copied().collect(),
             relay_addresses: config.auth.relay_urls.iter().filter_map(|url| RelayAddress::parse_url(url)).collect(),
@@ -152,6 +156,14 @@ impl Core {
             glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
             self.outboxes.seconds.set(self.outboxes.seconds.get() + 1);
             self.rates.borrow_mut().forget_idle(std::time::Instant::now());
+            let reload = self
+                .reload_requested
+                .borrow()
+                .as_ref()
+                .is_some_and(|flag| flag.swap(false, std::sync::atomic::Ordering::SeqCst));
+            if reload {
+                self.reload_lists().await;
+            }
             for session in self.sessions.borrow().values() {
                 session.outbound.check_stall(stall_secs);
             }
@@ -285,6 +297,47 @@ impl Core {
         Privacy { kinds: self.private_kinds.clone(), viewers: viewers.unwrap_or_default() }
     }
 
+    /// The write policy in force.
+    pub fn policy(&self) -> Rc<Policy> {
+        self.policy.borrow().clone()
+    }
+
+    /// Make this core the one that reloads the lists when `flag` is set (SIGHUP).
+    pub fn watch_reloads(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        *self.reload_requested.borrow_mut() = Some(flag);
+    }
+
+    /// New lists (from `policy.toml`), in force from the next event.
+    pub fn apply_lists(&self, lists: &crate::config::PolicyLists) {
+        *self.policy.borrow_mut() = Rc::new(Policy::with_lists(&self.config.policy, lists));
+    }
+
+    /// Read the lists file again and put it in force on every core (SIGHUP). A file that
+    /// does not parse changes nothing, and says why in the log.
+    pub async fn reload_lists(self: &Rc<Self>) {
+        let data_dir = self.config.data_dir.clone();
+        let loaded = glommio::executor().spawn_blocking(move || crate::config::PolicyLists::load(&data_dir)).await;
+        match loaded {
+            Ok(lists) => {
+                let lists = Arc::new(lists);
+                for peer in self.mesh.peers() {
+                    self.mesh.send(peer, CoreMsg::Policy(lists.clone())).await;
+                }
+                self.apply_lists(&lists);
+                self.stats.policy_reloads.inc();
+                tracing::info!(
+                    denied = lists.pubkeys_denied.len(),
+                    allowed = lists.pubkeys_allowed.len(),
+                    "policy lists reloaded"
+                );
+            }
+            Err(error) => {
+                self.stats.policy_reload_failures.inc();
+                tracing::error!(%error, "policy lists not reloaded; the previous ones stay in force");
+            }
+        }
+    }
+
     /// Whether `conn` is over its rate for `work` (one token is taken when it is not).
     pub fn over_rate(&self, conn: ConnId, work: Work) -> bool {
         let key = self.with_session(conn, |session| self.rates.borrow().key(session.ip, &session.auth.pubkeys));
@@ -352,6 +405,7 @@ impl Core {
             CoreMsg::Append { event, shard, reply } => super::ingest::append_owned(self, *event, shard, reply),
             CoreMsg::Ack { reply, outcome, reason } => super::ingest::deliver_ok(self, &reply, outcome, &reason),
             CoreMsg::Live(event) => super::fanout::fan_out(self, &event),
+            CoreMsg::Policy(lists) => self.apply_lists(&lists),
             CoreMsg::Ask { request, ask: Ask::Metrics } => {
                 let answer = Answer::Metrics(Box::new(self.local_metrics()));
                 self.mesh.post(request.core, CoreMsg::Answer { request, answer });
@@ -418,6 +472,8 @@ impl Core {
             live_deliveries: stats.live_deliveries.get(),
             rate_limited: Work::ALL.iter().map(|work| (work.label(), stats.rate_limited[work.index()].get())).collect(),
             rate_keys: self.rates.borrow().tracked() as u64,
+            policy_reloads: stats.policy_reloads.get(),
+            policy_reload_failures: stats.policy_reload_failures.get(),
             auth_accepted: stats.auth_accepted.get(),
             auth_refused: stats.auth_refused.get(),
             received_bytes: stats.received_bytes.get(),

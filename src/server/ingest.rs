@@ -56,24 +56,26 @@ pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Optio
         let reason = "invalid: AUTH events (kind 22242) are sent in AUTH messages, never published".to_owned();
         return Some((Outcome::new(OutcomeClass::Invalid, "auth_event"), reason));
     }
-    let authed = match core.policy.needs_auth(event) {
+    let policy = core.policy();
+    let authed = match policy.needs_auth(event) {
         true => core.with_session(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
         false => Vec::new(),
     };
-    if let Err(refused) = core.policy.judge(event, &authed) {
+    if let Err(refused) = policy.judge(event, &authed) {
         if refused.challenge {
             core.send_challenge(conn);
         }
         return Some((refused.outcome, refused.reason));
     }
-    if event.created_at > now.saturating_add(limits.created_at_future_max_secs) {
-        let reason =
-            format!("invalid: created_at is more than {} seconds in the future", limits.created_at_future_max_secs);
+    // The event's kind's own window, if `[[policy.kind_windows]]` gives it one.
+    let (past_max, future_max) =
+        policy.window(event.kind).unwrap_or((limits.created_at_past_max_secs, limits.created_at_future_max_secs));
+    if event.created_at > now.saturating_add(future_max) {
+        let reason = format!("invalid: created_at is more than {future_max} seconds in the future");
         return Some((Outcome::new(OutcomeClass::Invalid, "created_at_future"), reason));
     }
-    if limits.created_at_past_max_secs > 0 && event.created_at < now.saturating_sub(limits.created_at_past_max_secs) {
-        let reason =
-            format!("invalid: created_at is more than {} seconds in the past", limits.created_at_past_max_secs);
+    if past_max > 0 && event.created_at < now.saturating_sub(past_max) {
+        let reason = format!("invalid: created_at is more than {past_max} seconds in the past");
         return Some((Outcome::new(OutcomeClass::Invalid, "created_at_past"), reason));
     }
     None

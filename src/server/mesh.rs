@@ -38,6 +38,8 @@ pub enum CoreMsg {
     Ack { reply: Reply, outcome: Outcome, reason: std::borrow::Cow<'static, str> },
     /// A durable (or ephemeral) event, to match against every core's subscriptions.
     Live(Arc<LiveEvent>),
+    /// New policy lists (SIGHUP), for every core to apply at once.
+    Policy(Arc<crate::config::PolicyLists>),
     /// A request for this core's part of a gather.
     Ask { request: RequestId, ask: Ask },
     /// The asker no longer wants the answer: stop the work.

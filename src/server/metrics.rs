@@ -35,6 +35,8 @@ pub struct CoreMetrics {
     pub rate_limited: Vec<(&'static str, u64)>,
     /// Keys (addresses, pubkeys) the core's rate limiter tracks.
     pub rate_keys: u64,
+    pub policy_reloads: u64,
+    pub policy_reload_failures: u64,
     pub auth_accepted: u64,
     pub auth_refused: u64,
     pub received_bytes: u64,
@@ -299,6 +301,20 @@ impl Collector for RelayCollector {
                     (labels, *count)
                 })
             }),
+        )?;
+        counters(
+            e,
+            "policy_reloads",
+            "Policy list reloads (SIGHUP) put in force (counted on core 0).",
+            None,
+            per_core(|c| c.policy_reloads),
+        )?;
+        counters(
+            e,
+            "policy_reload_failures",
+            "Policy list reloads refused: the file did not parse.",
+            None,
+            per_core(|c| c.policy_reload_failures),
         )?;
         gauges(
             e,

@@ -132,6 +132,8 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, handover.clone())
         .context("installing signal handlers")?;
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).context("installing signal handlers")?;
     let shard_count = core_count.min(crate::limits::SHARD_COUNT_MAX) as u16;
     let (data_dir, listeners) = if takeover {
         // Join the running relay's listeners first (SO_REUSEPORT), so that connections keep
@@ -158,6 +160,8 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
         }
         (data_dir, bind_listeners(config.listen, core_count)?)
     };
+    // The lists file must parse at start; later, on SIGHUP, a bad one only logs an error.
+    let lists = crate::config::PolicyLists::load(&config.data_dir)?;
     let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
     let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
     let open_files = raise_open_files_limit();
@@ -171,6 +175,8 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
         let start = CoreStart {
             listener,
             handover: handover.clone(),
+            reload: reload.clone(),
+            lists: lists.clone(),
             config: config.clone(),
             router: data_dir.router(),
             shard_dirs: (0..data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
@@ -247,6 +253,10 @@ struct CoreStart {
     listener: std::net::TcpListener,
     /// Set by SIGUSR1: the stop is a handover, and clients are told to reconnect (1012).
     handover: Arc<AtomicBool>,
+    /// Set by SIGHUP: reload the policy lists (core 0 watches it).
+    reload: Arc<AtomicBool>,
+    /// The policy lists read at start.
+    lists: crate::config::PolicyLists,
     config: Arc<Config>,
     router: Router,
     shard_dirs: Vec<(u16, std::path::PathBuf)>,
@@ -373,6 +383,10 @@ async fn run_joined(
     );
     let queues = QueryQueues { queries, long_scans };
     let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, start.ip_slots, queues);
+    core.apply_lists(&start.lists);
+    if id == 0 {
+        core.watch_reloads(start.reload.clone());
+    }
     core.start_tasks();
     // One receiver task per peer, for the life of the core; handlers never wait (see `mesh`).
     let receiving: Vec<_> = receivers

@@ -2,10 +2,10 @@
 //! per core from `[policy]`, so a check is a few hash lookups. An open relay with empty
 //! lists looks at nothing but the event's `protected` flag.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::stats::{Outcome, OutcomeClass};
-use crate::config::{PolicyConfig, WriteMode};
+use crate::config::{PolicyConfig, PolicyLists, WriteMode};
 use crate::event::{ParsedEvent, Pubkey};
 
 pub struct Policy {
@@ -14,6 +14,8 @@ pub struct Policy {
     denied: HashSet<[u8; 32]>,
     kinds_allowed: HashSet<u16>,
     kinds_denied: HashSet<u16>,
+    /// Per kind: how old and how far ahead `created_at` may be, in seconds.
+    windows: HashMap<u16, (u64, u64)>,
 }
 
 /// Why an event is refused: its `OK` reason, how it is counted, and whether the client
@@ -32,13 +34,25 @@ fn refused(label: &'static str, reason: &str) -> Refused {
 
 impl Policy {
     pub fn new(config: &PolicyConfig) -> Policy {
-        let keys = |list: &[String]| list.iter().filter_map(|key| Pubkey::from_hex(key)).map(|key| key.0).collect();
+        Policy::with_lists(config, &PolicyLists::default())
+    }
+
+    /// `[policy]` with the lists file's entries added to its lists.
+    pub fn with_lists(config: &PolicyConfig, lists: &PolicyLists) -> Policy {
+        let keys = |first: &[String], second: &[String]| {
+            first.iter().chain(second).filter_map(|key| Pubkey::from_hex(key)).map(|key| key.0).collect()
+        };
         Policy {
             write: config.write,
-            allowed: keys(&config.pubkeys_allowed),
-            denied: keys(&config.pubkeys_denied),
-            kinds_allowed: config.kinds_allowed.iter().copied().collect(),
-            kinds_denied: config.kinds_denied.iter().copied().collect(),
+            allowed: keys(&config.pubkeys_allowed, &lists.pubkeys_allowed),
+            denied: keys(&config.pubkeys_denied, &lists.pubkeys_denied),
+            kinds_allowed: config.kinds_allowed.iter().chain(&lists.kinds_allowed).copied().collect(),
+            kinds_denied: config.kinds_denied.iter().chain(&lists.kinds_denied).copied().collect(),
+            windows: config
+                .kind_windows
+                .iter()
+                .flat_map(|window| window.kinds.iter().map(|&kind| (kind, (window.past_secs, window.future_secs))))
+                .collect(),
         }
     }
 
@@ -50,6 +64,11 @@ impl Policy {
     /// Whether this relay restricts writes beyond the deny lists (NIP-11 `restricted_writes`).
     pub fn restricts_writes(&self) -> bool {
         self.write != WriteMode::Open || !self.kinds_allowed.is_empty()
+    }
+
+    /// The `created_at` window of `kind` (past, future), when it has its own.
+    pub fn window(&self, kind: u16) -> Option<(u64, u64)> {
+        self.windows.get(&kind).copied()
     }
 
     pub fn write_mode(&self) -> WriteMode {

@@ -172,6 +172,9 @@ pub struct Stats {
     pub live_deliveries: Counter,
     /// Requests refused by the rate limits, by `rates::Work` (event, query, connection).
     pub rate_limited: [Counter; 3],
+    /// Policy list reloads (SIGHUP) that took effect, and that failed (the file did not parse).
+    pub policy_reloads: Counter,
+    pub policy_reload_failures: Counter,
     /// AUTH messages answered `OK true`, and refused.
     pub auth_accepted: Counter,
     pub auth_refused: Counter,
@@ -209,6 +212,8 @@ impl Default for Stats {
             events: RefCell::new(vec![(Outcome::STORED, 0)]),
             live_deliveries: Counter::default(),
             rate_limited: Default::default(),
+            policy_reloads: Counter::default(),
+            policy_reload_failures: Counter::default(),
             auth_accepted: Counter::default(),
             auth_refused: Counter::default(),
             received_bytes: Counter::default(),

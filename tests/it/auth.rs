@@ -241,3 +241,71 @@ fn read_auth_mode_closes_unauthenticated_reads() {
     authenticate(&mut client, &relay, &keys(6060));
     assert!(client.req("r", &[json!({"kinds": [1]})]).is_empty());
 }
+
+/// The data directory's `policy.toml` adds to `[policy]`'s lists, and SIGHUP reloads it on
+/// every core without a restart; a file that does not parse leaves the lists in force.
+#[test]
+fn policy_lists_reload_on_sighup_on_every_core() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (keys(6070), keys(6071));
+    let lists = |denied: &Keys| format!("pubkeys_denied = [\"{}\"]\n", denied.public_key().to_hex());
+    std::fs::create_dir_all(dir.path()).unwrap();
+    std::fs::write(dir.path().join("policy.toml"), lists(&first)).unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    // Several connections, so that both cores' copies of the policy are asked.
+    let mut clients: Vec<Client> = (0..6).map(|_| relay.connect()).collect();
+    let mut sequence = 0;
+    let mut publish = |clients: &mut Vec<Client>, keys: &Keys| -> Vec<bool> {
+        clients
+            .iter_mut()
+            .map(|client| {
+                sequence += 1;
+                client.publish(&signed(keys, 1, now() - 100 + sequence, &[], "reload")).0
+            })
+            .collect()
+    };
+    assert!(publish(&mut clients, &first).iter().all(|accepted| !accepted), "denied by the file");
+    assert!(publish(&mut clients, &second).iter().all(|accepted| *accepted));
+
+    std::fs::write(dir.path().join("policy.toml"), lists(&second)).unwrap();
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(relay.pid() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !publish(&mut clients, &first).iter().all(|accepted| *accepted) {
+        assert!(std::time::Instant::now() < deadline, "the reload did not take effect on every core");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(publish(&mut clients, &second).iter().all(|accepted| !accepted), "denied after the reload");
+
+    // A broken file: the lists in force stay, and the failure is counted.
+    std::fs::write(dir.path().join("policy.toml"), "pubkeys_denied = [\"not a key\"]\n").unwrap();
+    unsafe { libc::kill(relay.pid() as i32, libc::SIGHUP) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = crate::metrics::scrape(relay.port);
+        if crate::metrics::total(&metrics, "ringrelay_policy_reload_failures_total", &[]) >= 1.0 {
+            assert_eq!(crate::metrics::total(&metrics, "ringrelay_policy_reloads_total", &[]), 1.0);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the failed reload is not counted");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(publish(&mut clients, &second).iter().all(|accepted| !accepted), "the previous lists stay");
+}
+
+#[test]
+fn a_kind_can_have_its_own_created_at_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[[policy.kind_windows]]\nkinds = [1]\npast_secs = 3600\nfuture_secs = 30\n";
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    let author = keys(6080);
+    let (accepted, reason) = client.publish(&signed(&author, 1, now() - 7200, &[], "old note"));
+    assert!(!accepted && reason.contains("3600 seconds in the past"), "{reason}");
+    let (accepted, reason) = client.publish(&signed(&author, 1, now() + 120, &[], "early note"));
+    assert!(!accepted && reason.contains("30 seconds in the future"), "{reason}");
+    assert!(client.publish(&signed(&author, 1, now() - 60, &[], "recent note")).0);
+    // Other kinds keep the relay-wide window (any age, 900 s ahead).
+    assert!(client.publish(&signed(&author, 7, now() - 7200, &[], "+")).0);
+    assert!(client.publish(&signed(&author, 7, now() + 120, &[], "+")).0);
+}
