@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Thread-per-core scaling on the 16-CPU device machine: the relay on CPUs 0..N-1, the load
 # on CPUs 8-15. Prints everything; copies its log to $OUT.
+#
+# It runs the binaries beside it: copy it into a git-ignored folder (e.g. .devbin/) with
+# stripped static builds of `ringrelay`, `relay_load` (cargo bench --bench relay_load
+# --no-run) and a `bench.toml` holding `[limits] connections_per_ip_max = 100000`; build with
+# RUSTFLAGS="-C target-feature=+crt-static" --target x86_64-unknown-linux-gnu, since the
+# device's image may have an older glibc. Carry that folder and run `bash .devbin/scaling.sh`.
+# Environment: ROUNDS (2), CORES_LIST ("1 2 4 8"), PER_CORE events (150000), LOAD_CPUS (8-15).
 set -u
 B=$(cd "$(dirname "$0")" && pwd)
 exec > >(tee "$OUT/scaling.log") 2>&1
