@@ -268,6 +268,11 @@ pub struct RelayInfo {
     pub description: String,
     pub pubkey: Option<String>,
     pub contact: Option<String>,
+    /// NIP-11 `limitation.payment_required`: writing needs a payment (admission is done by
+    /// the operator's service, e.g. through the allow list).
+    pub payment_required: bool,
+    /// NIP-11 `payments_url`: where to pay.
+    pub payments_url: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -343,6 +348,8 @@ impl Default for RelayInfo {
             description: "A thread-per-core Nostr relay on io_uring".to_owned(),
             pubkey: None,
             contact: None,
+            payment_required: false,
+            payments_url: None,
         }
     }
 }
@@ -499,7 +506,12 @@ mod tests {
         let example: Config = toml::from_str(include_str!("../ringrelay.example.toml")).expect("the example parses");
         assert_eq!(example, Config::default());
         let docs = include_str!("../docs/configuration.md");
-        let info = RelayInfo { pubkey: Some("0".repeat(64)), contact: Some("mailto:x".into()), ..RelayInfo::default() };
+        let info = RelayInfo {
+            pubkey: Some("0".repeat(64)),
+            contact: Some("mailto:x".into()),
+            payments_url: Some("https://x".into()),
+            ..RelayInfo::default()
+        };
         let metrics_listen = Some("127.0.0.1:9777".parse().unwrap());
         let window = KindWindow { kinds: vec![1], past_secs: 60, future_secs: 60 };
         let policy = PolicyConfig { kind_windows: vec![window], ..PolicyConfig::default() };

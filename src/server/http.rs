@@ -134,7 +134,7 @@ pub fn nip11_document(config: &Config) -> String {
         // NIP-11: authentication before any other action, reads and writes alike.
         "auth_required": config.policy.read == crate::config::ReadMode::Auth
             && config.policy.write == crate::config::WriteMode::Auth,
-        "payment_required": false,
+        "payment_required": config.info.payment_required,
         "restricted_writes": super::policy::Policy::new(&config.policy).restricts_writes(),
         "created_at_upper_limit": limits.created_at_future_max_secs,
     });
@@ -154,6 +154,9 @@ pub fn nip11_document(config: &Config) -> String {
     }
     if let Some(contact) = &config.info.contact {
         document["contact"] = contact.clone().into();
+    }
+    if let Some(url) = &config.info.payments_url {
+        document["payments_url"] = url.clone().into();
     }
     document.to_string()
 }

@@ -156,7 +156,11 @@ fn allow_list_and_deny_lists_decide_by_author_and_kind() {
         banned.public_key().to_hex(),
         banned.public_key().to_hex()
     );
+    let config = format!("[info]\npayment_required = true\npayments_url = \"https://relay.example.com/pay\"\n{config}");
     let relay = Relay::start_with_config(dir.path(), 1, &config);
+    let nip11 = crate::relay::nip11(relay.port);
+    assert_eq!(nip11["limitation"]["payment_required"], true, "{nip11}");
+    assert_eq!(nip11["payments_url"], "https://relay.example.com/pay", "{nip11}");
     let mut client = relay.connect();
     assert!(client.publish(&signed(&member, 1, now(), &[], "member")).0);
     let (accepted, reason) = client.publish(&signed(&keys(6042), 1, now(), &[], "stranger"));
