@@ -135,6 +135,11 @@ fn core_label(core: &CoreMetrics) -> Labels {
     vec![("core", core.core.to_string())]
 }
 
+/// A core's label and one more.
+fn core_with(core: &CoreMetrics, key: &'static str, value: &str) -> Labels {
+    vec![("core", core.core.to_string()), (key, value.to_owned())]
+}
+
 fn shard_labels(core: &CoreMetrics, shard: &ShardFigures) -> Labels {
     vec![("core", core.core.to_string()), ("shard", shard.shard.to_string())]
 }
@@ -244,11 +249,7 @@ impl Collector for RelayCollector {
             "WebSocket connections ended, by cause (address_limit: refused at the upgrade).",
             None,
             cores.iter().flat_map(|core| {
-                core.closes.iter().map(move |(cause, count)| {
-                    let mut labels = core_label(core);
-                    labels.push(("cause", cause.label().to_owned()));
-                    (labels, *count)
-                })
+                core.closes.iter().map(move |(cause, count)| (core_with(core, "cause", cause.label()), *count))
             }),
         )?;
         counters(
@@ -266,11 +267,7 @@ impl Collector for RelayCollector {
             "Client messages received, by verb (invalid: not a valid client message).",
             None,
             cores.iter().flat_map(|core| {
-                core.messages.iter().map(move |(verb, count)| {
-                    let mut labels = core_label(core);
-                    labels.push(("verb", verb.label().to_owned()));
-                    (labels, *count)
-                })
+                core.messages.iter().map(move |(verb, count)| (core_with(core, "verb", verb.label()), *count))
             }),
         )?;
         counters(
@@ -295,11 +292,7 @@ impl Collector for RelayCollector {
             "Requests refused by the rate limits, by what (event, query, connection).",
             None,
             cores.iter().flat_map(|core| {
-                core.rate_limited.iter().map(move |(what, count)| {
-                    let mut labels = core_label(core);
-                    labels.push(("what", (*what).to_owned()));
-                    (labels, *count)
-                })
+                core.rate_limited.iter().map(move |(what, count)| (core_with(core, "what", what), *count))
             }),
         )?;
         counters(
@@ -329,11 +322,8 @@ impl Collector for RelayCollector {
             "AUTH messages (NIP-42) answered, by result.",
             None,
             cores.iter().flat_map(|core| {
-                [("accepted", core.auth_accepted), ("refused", core.auth_refused)].map(|(result, count)| {
-                    let mut labels = core_label(core);
-                    labels.push(("result", result.to_owned()));
-                    (labels, count)
-                })
+                [("accepted", core.auth_accepted), ("refused", core.auth_refused)]
+                    .map(|(result, count)| (core_with(core, "result", result), count))
             }),
         )?;
         counters(
@@ -420,11 +410,7 @@ impl Collector for RelayCollector {
             cores
                 .iter()
                 .flat_map(move |core| {
-                    budgets(core).into_iter().map(move |budget| {
-                        let mut labels = core_label(core);
-                        labels.push(("budget", budget.0.to_owned()));
-                        (labels, pick(&budget))
-                    })
+                    budgets(core).into_iter().map(move |budget| (core_with(core, "budget", budget.0), pick(&budget)))
                 })
                 .collect::<Vec<_>>()
         };
@@ -448,11 +434,7 @@ impl Collector for RelayCollector {
             "Each per-core budget's limit, where it has one.",
             None,
             cores.iter().flat_map(|core| {
-                core.budget_limits.iter().map(move |(name, limit)| {
-                    let mut labels = core_label(core);
-                    labels.push(("budget", (*name).to_owned()));
-                    (labels, *limit)
-                })
+                core.budget_limits.iter().map(move |(name, limit)| (core_with(core, "budget", name), *limit))
             }),
         )?;
 
