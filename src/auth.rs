@@ -90,22 +90,39 @@ pub fn check(event: &VerifiedEvent, check: &AuthCheck) -> Result<(), String> {
             check.window_secs
         ));
     }
-    let tags: Value =
-        serde_json::from_str(event.json()).map(|mut event: Value| event["tags"].take()).unwrap_or_default();
-    let tag = |name: &str| {
-        tags.as_array()?.iter().find_map(|tag| match tag.as_array()?.as_slice() {
-            [key, value, ..] if key == name => value.as_str(),
-            _ => None,
-        })
-    };
-    if tag("challenge") != Some(check.challenge) {
+    let tags = tags_of(event.json());
+    if tag_values(&tags, "challenge").next() != Some(check.challenge) {
         return Err("invalid: the AUTH event's challenge is not this connection's".to_owned());
     }
-    let named = tag("relay").and_then(RelayAddress::parse_url);
+    let named = tag_values(&tags, "relay").next().and_then(RelayAddress::parse_url);
     if !named.is_some_and(|named| check.relay.iter().any(|address| address.accepts(&named))) {
         return Err("invalid: the AUTH event's relay tag does not name this relay".to_owned());
     }
     Ok(())
+}
+
+/// NIP-62: a request to vanish applies here when one of its `relay` tags is `ALL_RELAYS`
+/// or names one of `relay`'s addresses.
+pub fn names_relay(event_json: &str, relay: &[RelayAddress]) -> bool {
+    let tags = tags_of(event_json);
+    let named = tag_values(&tags, "relay").any(|value| {
+        value == "ALL_RELAYS"
+            || RelayAddress::parse_url(value).is_some_and(|named| relay.iter().any(|address| address.accepts(&named)))
+    });
+    named
+}
+
+/// An event's `tags` array (multi-letter tags are not kept by the parser).
+fn tags_of(event_json: &str) -> Value {
+    serde_json::from_str(event_json).map(|mut event: Value| event["tags"].take()).unwrap_or_default()
+}
+
+/// The first values of `tags` named `name`, in order.
+fn tag_values<'a>(tags: &'a Value, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    tags.as_array().into_iter().flatten().filter_map(move |tag| match tag.as_array()?.as_slice() {
+        [key, value, ..] if key == name => value.as_str(),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -134,6 +151,20 @@ mod tests {
         let bare = RelayAddress::from_host("relay.example.com", "/").unwrap();
         assert!(bare.accepts(&RelayAddress::parse_url("wss://relay.example.com").unwrap()));
         assert!(RelayAddress::from_host("relay.example.com:x", "/").is_none());
+    }
+
+    #[test]
+    fn a_request_to_vanish_applies_to_the_relays_it_names() {
+        let relay = [RelayAddress::parse_url("wss://relay.example.com").unwrap()];
+        let event = |tags: &str| format!(r#"{{"kind":62,"tags":{tags},"content":""}}"#);
+        assert!(names_relay(&event(r#"[["relay","ALL_RELAYS"]]"#), &relay));
+        assert!(names_relay(
+            &event(r#"[["relay","wss://other.example"],["relay","ws://relay.example.com/"]]"#),
+            &relay
+        ));
+        assert!(!names_relay(&event(r#"[["relay","wss://other.example"]]"#), &relay));
+        assert!(!names_relay(&event(r#"[["relay","all_relays"]]"#), &relay), "ALL_RELAYS is upper case");
+        assert!(!names_relay(&event("[]"), &relay));
     }
 
     #[test]

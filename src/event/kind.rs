@@ -15,6 +15,8 @@ pub enum KindClass {
 
 /// NIP-09 deletion request.
 pub const KIND_DELETION: u16 = 5;
+/// NIP-62 request to vanish.
+pub const KIND_VANISH: u16 = 62;
 
 impl KindClass {
     /// The class of `kind`. Kinds NIP-01 leaves unclassified (45–999, 40000+) are stored

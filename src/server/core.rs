@@ -297,6 +297,15 @@ impl Core {
         Privacy { kinds: self.private_kinds.clone(), viewers: viewers.unwrap_or_default() }
     }
 
+    /// The addresses a client of `conn` may name this relay by (NIP-42, NIP-62): the
+    /// configured `auth.relay_urls`, else the Host it dialled.
+    pub fn addresses_for(&self, conn: ConnId) -> Vec<RelayAddress> {
+        match &self.relay_addresses[..] {
+            [] => self.with_session(conn, |session| session.auth.host.clone()).flatten().into_iter().collect(),
+            configured => configured.to_vec(),
+        }
+    }
+
     /// The write policy in force.
     pub fn policy(&self) -> Rc<Policy> {
         self.policy.borrow().clone()

@@ -1,6 +1,6 @@
 //! An event's way from a verified signature to its `OK`, in named stages:
-//! - [`before_signature`]: what is refused on sight (the date window, protected events);
-//!   later policy stages (auth, rate, lists) slot in here;
+//! - [`before_signature`]: what is refused on sight (the event rate, the write policy, a
+//!   request to vanish naming other relays, the date window);
 //! - the signature check (`Core::verify`), then [`after_signature`]: a deletion request's
 //!   targets are looked up on every core (NIP-09 ownership);
 //! - `route`: to the owner core of the author's shard, waiting while its channel is full;
@@ -22,7 +22,7 @@ use super::outbox::Out;
 use super::rates::Work;
 use super::scan::{self, QueryLimits};
 use super::stats::{Outcome, OutcomeClass};
-use crate::event::kind::{parse_address, KIND_DELETION};
+use crate::event::kind::{parse_address, KIND_DELETION, KIND_VANISH};
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
@@ -57,15 +57,24 @@ pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Optio
         return Some((Outcome::new(OutcomeClass::Invalid, "auth_event"), reason));
     }
     let policy = core.policy();
-    let authed = match policy.needs_auth(event) {
-        true => core.with_session(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
-        false => Vec::new(),
-    };
-    if let Err(refused) = policy.judge(event, &authed) {
-        if refused.challenge {
-            core.send_challenge(conn);
+    if event.kind == KIND_VANISH {
+        // NIP-62: a relay that restricts who may post follows a request to vanish all the
+        // same, so it skips the write policy; it must name this relay.
+        if !crate::auth::names_relay(&event.json, &core.addresses_for(conn)) {
+            let reason = "invalid: this request to vanish names neither this relay nor ALL_RELAYS".to_owned();
+            return Some((Outcome::new(OutcomeClass::Invalid, "vanish_elsewhere"), reason));
         }
-        return Some((refused.outcome, refused.reason));
+    } else {
+        let authed = match policy.needs_auth(event) {
+            true => core.with_session(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
+            false => Vec::new(),
+        };
+        if let Err(refused) = policy.judge(event, &authed) {
+            if refused.challenge {
+                core.send_challenge(conn);
+            }
+            return Some((refused.outcome, refused.reason));
+        }
     }
     // The event's kind's own window, if `[[policy.kind_windows]]` gives it one.
     let (past_max, future_max) =
@@ -88,6 +97,7 @@ fn rejection_outcome(rejection: Rejection) -> Outcome {
         Rejection::Superseded => Outcome::SUPERSEDED,
         Rejection::Expired => Outcome::new(OutcomeClass::Invalid, "expired"),
         Rejection::ShardFull => Outcome::new(OutcomeClass::Error, "shard_full"),
+        Rejection::Vanished => Outcome::new(OutcomeClass::Refused, "vanished"),
     }
 }
 

@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use crate::event::kind::{parse_address, KIND_DELETION};
+use crate::event::kind::{parse_address, KIND_DELETION, KIND_VANISH};
 use crate::event::KindClass;
 use crate::limits::SHARD_EVENT_COUNT_MAX;
 
@@ -75,6 +75,8 @@ pub enum Rejection {
     Expired,
     /// The shard holds its maximum number of records.
     ShardFull,
+    /// Its author asked this relay to forget everything up to a date (NIP-62).
+    Vanished,
 }
 
 impl Rejection {
@@ -84,6 +86,7 @@ impl Rejection {
             Rejection::Superseded => "duplicate: a newer version of this event is stored",
             Rejection::Expired => "invalid: this event has expired",
             Rejection::ShardFull => "error: this relay's storage is full",
+            Rejection::Vanished => "blocked: this pubkey asked this relay to delete its events up to a later date",
         }
     }
 }
@@ -139,6 +142,9 @@ pub struct Index {
     versions: HashMap<VersionKey, EventNo>,
     deleted_ids: HashMap<[u8; 32], u32>,
     deleted_addresses: HashMap<VersionKey, u64>,
+    /// Per author: the newest `created_at` of its requests to vanish (NIP-62). Its events up
+    /// to then are retired and refused.
+    vanished: HashMap<u32, u64>,
     expiring: BTreeSet<(u64, EventNo)>,
     expiration_of: HashMap<EventNo, u64>,
     /// (killer, victim): the victim retires when the killer becomes durable.
@@ -250,6 +256,10 @@ impl Index {
         if deleted_by_id {
             return Admit::Rejected(Rejection::Deleted);
         }
+        let vanished = author.and_then(|author| self.vanished.get(&author)).copied();
+        if facts.kind != KIND_VANISH && vanished.is_some_and(|until| facts.created_at <= until) {
+            return Admit::Rejected(Rejection::Vanished);
+        }
         // A live copy is a duplicate; a dead one (replaced, deleted by address, expired) falls
         // through so the reply says why it is not served.
         let known = self.lookup_id(facts.id);
@@ -281,12 +291,26 @@ impl Index {
         if let Some(no) = known {
             return Admit::Duplicate(no);
         }
-        if facts.kind == KIND_DELETION {
-            if let Some(author) = author {
-                self.deletion_targets(facts, author, &mut kills);
-            }
+        match (facts.kind, author) {
+            (KIND_DELETION, Some(author)) => self.deletion_targets(facts, author, &mut kills),
+            (KIND_VANISH, Some(author)) => self.vanish_targets(facts.created_at, author, &mut kills),
+            _ => {}
         }
         Admit::Store { kills }
+    }
+
+    /// The live records a request to vanish retires: every one of its author's up to its
+    /// `created_at`, deletion requests included, except other requests to vanish (NIP-62).
+    fn vanish_targets(&self, until: u64, author: u32, kills: &mut Vec<EventNo>) {
+        for run in self.author_postings(author).runs() {
+            for &no in run {
+                let entry = self.entry(no);
+                // Each record is posted once per author, and a kind 62 carries no other kills.
+                if entry.created_at <= until && entry.kind != KIND_VANISH && !entry.is_dead() {
+                    kills.push(no);
+                }
+            }
+        }
     }
 
     /// The live records a deletion request retires: by `e` id, and by `a` address up to its
@@ -307,7 +331,8 @@ impl Index {
             };
             let Some(no) = target else { continue };
             let entry = self.entry(no);
-            if entry.author == author && entry.kind != KIND_DELETION && !entry.is_dead() && !kills.contains(&no) {
+            let undeletable = entry.kind == KIND_DELETION || entry.kind == KIND_VANISH;
+            if entry.author == author && !undeletable && !entry.is_dead() && !kills.contains(&no) {
                 kills.push(no);
             }
         }
@@ -405,6 +430,10 @@ impl Index {
         let class = KindClass::of(facts.kind);
         if class.is_versioned() {
             self.versions.insert(version_key(author, facts.kind, class, facts.d_tag()), no);
+        }
+        if facts.kind == KIND_VANISH {
+            let until = self.vanished.entry(author).or_insert(0);
+            *until = (*until).max(facts.created_at);
         }
         if facts.kind != KIND_DELETION {
             return;
@@ -541,6 +570,7 @@ impl Index {
             + table(self.versions.capacity(), size_of::<(VersionKey, EventNo)>())
             + self.versions.keys().map(|k| k.d.len()).sum::<usize>()
             + table(self.deleted_ids.capacity(), 36)
+            + table(self.vanished.capacity(), 12)
             + table(self.expiration_of.capacity(), 12)
             + self.expiring.len() * 16
             + self.live_by_author.capacity() * 8

@@ -1,6 +1,6 @@
 //! The protocol's rules, one case each, as clients see them through the real binary on two
 //! cores: NIP-01 ordering, limits, filters, subscriptions and kind classes; NIP-09 deletion;
-//! NIP-40 expiration; NIP-45 COUNT; NIP-70 protected events.
+//! NIP-40 expiration; NIP-45 COUNT; NIP-62 requests to vanish; NIP-70 protected events.
 //!
 //! "Nothing else arrived" is checked with a marker: an event from the same author as the
 //! events before it (so the same owner core fans it out after them, in order) that another
@@ -330,6 +330,51 @@ fn a_deletion_by_a_tag_removes_versions_up_to_its_created_at() {
     let newer = signed(&alice, 30023, t + 6, &[&["d", "post"]], "written after the deletion");
     publish_all(&mut client, &[&newer]);
     assert_eq!(ids(&client.req("post", &[json!({"kinds": [30023], "#d": ["post"]})])), vec![id_of(&newer)]);
+}
+
+/// NIP-62: a request to vanish naming this relay (here by the address the client dialled)
+/// retires every event of its author up to its `created_at`, deletion requests included, on
+/// the author's shard, for good (a restart replays it); older events are refused afterwards,
+/// newer ones accepted; the request itself is kept and a kind 5 cannot delete it.
+#[test]
+fn a_request_to_vanish_deletes_its_authors_events_up_to_its_date_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let (alice, bob) = (keys(2300), keys(2301));
+    let t = now() - 100;
+    let note = signed(&alice, 1, t, &[], "a note");
+    let profile = signed(&alice, 0, t, &[], "{}");
+    let article = signed(&alice, 30023, t + 1, &[&["d", "post"]], "article");
+    let deletion = signed(&alice, 5, t + 2, &[&["e", &"ab".repeat(32)]], "");
+    let bobs = signed(&bob, 1, t, &[&["p", &alice.public_key().to_hex()]], "bob's reply");
+    publish_all(&mut client, &[&note, &profile, &article, &deletion, &bobs]);
+    let elsewhere = signed(&alice, 62, t + 10, &[&["relay", "wss://another.example.com"]], "");
+    refused_with(&mut client, &elsewhere, "invalid:");
+    let here = format!("ws://127.0.0.1:{}", relay.port);
+    let vanish = signed(&alice, 62, t + 10, &[&["relay", "wss://another.example.com"], &["relay", &here]], "bye");
+    publish_all(&mut client, &[&vanish]);
+    let later = signed(&alice, 1, t + 11, &[], "written after");
+    publish_all(&mut client, &[&later]);
+    refused_with(&mut client, &note, "blocked:");
+    refused_with(&mut client, &signed(&alice, 1, t + 10, &[], "as old as the request"), "blocked:");
+    let undo = signed(&alice, 5, t + 12, &[&["e", &id_of(&vanish)]], "");
+    publish_all(&mut client, &[&undo]);
+    let by_alice = json!({"authors": [alice.public_key().to_hex()]});
+    let expected = vec![id_of(&undo), id_of(&later), id_of(&vanish)];
+    assert_eq!(ids(&client.req("alice", std::slice::from_ref(&by_alice))), expected);
+    assert_eq!(ids(&client.req("bob", &[json!({"authors": [bob.public_key().to_hex()]})])), vec![id_of(&bobs)]);
+    drop(client);
+    relay.terminate();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    assert_eq!(ids(&client.req("replayed", &[by_alice])), expected, "the request is replayed");
+    refused_with(&mut client, &article, "blocked:");
+    // ALL_RELAYS names every relay.
+    let carol = keys(2302);
+    publish_all(&mut client, &[&signed(&carol, 1, t, &[], "carol's")]);
+    publish_all(&mut client, &[&signed(&carol, 62, t + 1, &[&["relay", "ALL_RELAYS"]], "")]);
+    assert_eq!(client.req("carol", &[json!({"authors": [carol.public_key().to_hex()], "kinds": [1]})]).len(), 0);
 }
 
 #[test]

@@ -39,18 +39,13 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
     let id = parsed.id.to_hex();
     let verdict = core.verify(parsed).map_err(|error| error.reason()).and_then(|event| {
         let config = &core.config.auth;
-        let (challenge, host) = core
-            .with_session(conn, |session| (session.auth.challenge.clone(), session.auth.host.clone()))
-            .unwrap_or_default();
+        let challenge = core.with_session(conn, |session| session.auth.challenge.clone()).flatten();
         let Some(challenge) = challenge else {
             // A client that authenticates before the relay asked gets its challenge now.
             core.send_challenge(conn);
             return Err("auth-required: authenticate with the challenge just sent".to_owned());
         };
-        let relay = match &core.relay_addresses[..] {
-            [] => host.into_iter().collect(),
-            configured => configured.to_vec(),
-        };
+        let relay = core.addresses_for(conn);
         let check = AuthCheck {
             challenge: &challenge,
             relay: &relay,
