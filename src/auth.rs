@@ -101,6 +101,56 @@ pub fn check(event: &VerifiedEvent, check: &AuthCheck) -> Result<(), String> {
     Ok(())
 }
 
+/// NIP-98 HTTP auth's kind.
+pub const KIND_HTTP_AUTH: u16 = 27235;
+
+/// What a NIP-98 event is checked against.
+pub struct HttpCheck<'a> {
+    /// The request's method (`POST`).
+    pub method: &'a str,
+    /// The addresses the `u` tag may name (the relay's configured URLs, else the Host).
+    pub relay: &'a [RelayAddress],
+    /// The SHA-256 of the request body, which the `payload` tag must carry (NIP-86).
+    pub payload: [u8; 32],
+    pub now: u64,
+    pub window_secs: u64,
+}
+
+/// The `Authorization` header's event: `Nostr <base64 of the event JSON>`.
+pub fn http_auth_event(header: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("nostr") {
+        return None;
+    }
+    base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()
+}
+
+/// NIP-98's checks on a verified event (NIP-86 requires the `payload` tag); why not.
+pub fn check_http(event: &VerifiedEvent, check: &HttpCheck) -> Result<(), String> {
+    if event.kind() != KIND_HTTP_AUTH {
+        return Err(format!("the authorization event must be of kind {KIND_HTTP_AUTH}"));
+    }
+    if event.created_at().abs_diff(check.now) > check.window_secs {
+        return Err(format!(
+            "the authorization event's created_at is more than {} seconds from now",
+            check.window_secs
+        ));
+    }
+    let tags = tags_of(event.json());
+    let named = tag_values(&tags, "u").next().and_then(RelayAddress::parse_url);
+    if !named.is_some_and(|named| check.relay.iter().any(|address| address.accepts(&named))) {
+        return Err("the authorization event's u tag does not name this relay".to_owned());
+    }
+    if !tag_values(&tags, "method").next().is_some_and(|method| method.eq_ignore_ascii_case(check.method)) {
+        return Err(format!("the authorization event's method tag is not {}", check.method));
+    }
+    if tag_values(&tags, "payload").next() != Some(crate::hex::encode(&check.payload).as_str()) {
+        return Err("the authorization event's payload tag is not the SHA-256 of this request's body".to_owned());
+    }
+    Ok(())
+}
+
 /// NIP-62: a request to vanish applies here when one of its `relay` tags is `ALL_RELAYS`
 /// or names one of `relay`'s addresses.
 pub fn names_relay(event_json: &str, relay: &[RelayAddress]) -> bool {

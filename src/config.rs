@@ -32,7 +32,17 @@ pub struct Config {
     pub auth: AuthConfig,
     pub policy: PolicyConfig,
     pub rate_limits: RateLimitConfig,
+    pub management: ManagementConfig,
     pub limits: RelayLimits,
+}
+
+/// The management API (NIP-86): JSON-RPC over HTTP on the relay's address (and on
+/// `metrics_listen`), for requests signed (NIP-98) by one of `admin_pubkeys`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagementConfig {
+    /// Who may manage the relay. Empty: the API is off (every call answered 401).
+    pub admin_pubkeys: Vec<String>,
 }
 
 /// Token buckets per client address (or authenticated pubkey), per core: see
@@ -175,7 +185,8 @@ fn default_future_secs() -> u64 {
 }
 
 /// The lists an operator changes while the relay runs: `policy.toml` in the data directory,
-/// read at start and again on SIGHUP, on top of `[policy]`'s own lists.
+/// read at start, again on SIGHUP, and written by the management API (NIP-86), on top of
+/// `[policy]`'s own lists.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicyLists {
@@ -183,6 +194,29 @@ pub struct PolicyLists {
     pub pubkeys_denied: Vec<String>,
     pub kinds_allowed: Vec<u16>,
     pub kinds_denied: Vec<u16>,
+    /// Event ids deleted where stored and refused when published (NIP-86 `banevent`).
+    pub events_banned: Vec<String>,
+    /// Client addresses refused a connection (NIP-86 `blockip`).
+    pub ips_blocked: Vec<String>,
+    /// NIP-11 `name`, `description` and `icon` in place of `[info]`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub icon: Option<String>,
+    /// Why entries were added (NIP-86's optional reasons), per list, by entry.
+    pub reasons: ListReasons,
+}
+
+/// The reasons given for the entries of [`PolicyLists`]' lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListReasons {
+    pub pubkeys_allowed: std::collections::BTreeMap<String, String>,
+    pub pubkeys_denied: std::collections::BTreeMap<String, String>,
+    pub events_banned: std::collections::BTreeMap<String, String>,
+    pub ips_blocked: std::collections::BTreeMap<String, String>,
 }
 
 /// The lists file's name in the data directory.
@@ -198,14 +232,38 @@ impl PolicyLists {
             Err(error) => anyhow::bail!("reading {}: {error}", path.display()),
         };
         let lists: PolicyLists = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        for key in lists.pubkeys_allowed.iter().chain(&lists.pubkeys_denied) {
-            anyhow::ensure!(
-                crate::event::Pubkey::from_hex(key).is_some(),
-                "{}: {key:?} is not a pubkey (64 lowercase hex characters)",
-                path.display()
-            );
-        }
+        lists.check().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         Ok(lists)
+    }
+
+    /// Every entry well formed: pubkeys and event ids in lowercase hex, addresses parsed.
+    pub fn check(&self) -> Result<(), String> {
+        for key in self.pubkeys_allowed.iter().chain(&self.pubkeys_denied) {
+            if crate::event::Pubkey::from_hex(key).is_none() {
+                return Err(format!("{key:?} is not a pubkey (64 lowercase hex characters)"));
+            }
+        }
+        for id in &self.events_banned {
+            if crate::event::EventId::from_hex(id).is_none() {
+                return Err(format!("{id:?} is not an event id (64 lowercase hex characters)"));
+            }
+        }
+        for ip in &self.ips_blocked {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(format!("{ip:?} is not an IP address"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the file durably (a temporary file, fsync, rename, fsync of the directory), so
+    /// that a change acknowledged to its caller survives a crash.
+    pub fn save(&self, data_dir: &Path) -> anyhow::Result<()> {
+        let header = "# Written by ringrelay's management API (NIP-86); edits by hand are kept, comments are not.\n";
+        let text = format!("{header}{}", toml::to_string(self)?);
+        let path = data_dir.join(POLICY_LISTS_FILE);
+        crate::store::segment::write_durably(&path, text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
     }
 }
 
@@ -273,6 +331,8 @@ pub struct RelayInfo {
     pub payment_required: bool,
     /// NIP-11 `payments_url`: where to pay.
     pub payments_url: Option<String>,
+    /// NIP-11 `icon`: the URL of a round image.
+    pub icon: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -336,6 +396,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             policy: PolicyConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            management: ManagementConfig::default(),
             limits: RelayLimits::default(),
         }
     }
@@ -350,6 +411,7 @@ impl Default for RelayInfo {
             contact: None,
             payment_required: false,
             payments_url: None,
+            icon: None,
         }
     }
 }
@@ -452,10 +514,12 @@ impl Config {
                 "policy: {key:?} is not a pubkey (64 lowercase hex characters)"
             );
         }
-        anyhow::ensure!(
-            policy.write != WriteMode::AllowList || !policy.pubkeys_allowed.is_empty(),
-            "policy.write = \"allow_list\" needs policy.pubkeys_allowed"
-        );
+        for key in &self.management.admin_pubkeys {
+            anyhow::ensure!(
+                crate::event::Pubkey::from_hex(key).is_some(),
+                "management.admin_pubkeys: {key:?} is not a pubkey (64 lowercase hex characters)"
+            );
+        }
         let size = self.segment_size;
         anyhow::ensure!(
             (crate::limits::SEGMENT_SIZE_MIN..=crate::limits::SEGMENT_SIZE_MAX).contains(&size)
@@ -510,6 +574,7 @@ mod tests {
             pubkey: Some("0".repeat(64)),
             contact: Some("mailto:x".into()),
             payments_url: Some("https://x".into()),
+            icon: Some("https://x/icon.png".into()),
             ..RelayInfo::default()
         };
         let metrics_listen = Some("127.0.0.1:9777".parse().unwrap());

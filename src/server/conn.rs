@@ -62,11 +62,23 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         with_socket(&stream, |socket| socket.set_send_buffer_size(send_buffer_size));
     }
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
-    let Ok(Some((route, leftover))) = head else { return };
-    let response = match route {
+    let Ok(Some((route, mut leftover))) = head else { return };
+    if core.policy().blocks(peer.ip()) {
+        core.stats.closed(CloseCause::Blocked);
+        let _ = stream.write_all(&http::response(&Route::Blocked, &core.config)).await;
+        let _ = stream.close().await;
+        return;
+    }
+    let response = match &route {
         Route::Stats => http::stats_response(&core.stats_everywhere().await),
         Route::Metrics if core.config.metrics_listen.is_some() => http::not_found(),
         Route::Metrics => http::metrics_response(&core.scrape().await),
+        Route::Nip11 => http::nip11_response(&core.config, &core.policy(), &core.lists().lists),
+        Route::Page => http::page_response(&core.config, &core.lists().lists),
+        Route::Manage(request) => {
+            let Some(body) = read_body(&mut stream, &mut leftover, request.body_size).await else { return };
+            super::manage::serve(&core, peer.ip(), request, &body).await
+        }
         _ => http::response(&route, &core.config),
     };
     if stream.write_all(&response).await.is_err() {
@@ -109,15 +121,20 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     tracing::debug!(core = core.id, conn = conn.0, "websocket closed");
 }
 
-/// A connection to the admin listener (`metrics_listen`): `/metrics`, `/stats` and
-/// `/healthz`, nothing else.
+/// A connection to the admin listener (`metrics_listen`): `/metrics`, `/stats`, `/healthz`
+/// and the management API, nothing else.
 pub async fn serve_admin(core: Rc<Core>, mut stream: TcpStream) {
+    let Ok(peer) = stream.peer_addr() else { return };
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
-    let Ok(Some((route, _))) = head else { return };
-    let response = match route {
+    let Ok(Some((route, mut leftover))) = head else { return };
+    let response = match &route {
         Route::Metrics => http::metrics_response(&core.scrape().await),
         Route::Stats => http::stats_response(&core.stats_everywhere().await),
         Route::Health => http::response(&route, &core.config),
+        Route::Manage(request) => {
+            let Some(body) = read_body(&mut stream, &mut leftover, request.body_size).await else { return };
+            super::manage::serve(&core, peer.ip(), request, &body).await
+        }
         _ => http::not_found(),
     };
     if stream.write_all(&response).await.is_ok() {
@@ -147,6 +164,27 @@ async fn read_head(stream: &mut TcpStream) -> Option<(Route, Vec<u8>)> {
             }
         }
     }
+}
+
+/// A request body of `size` bytes: what came with the head, then the rest, within the
+/// handshake's time.
+async fn read_body(stream: &mut TcpStream, leftover: &mut Vec<u8>, size: usize) -> Option<Vec<u8>> {
+    let mut body = std::mem::take(leftover);
+    let read = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async {
+        while body.len() < size {
+            let filled = body.len();
+            body.resize(size, 0);
+            let read = stream.read(&mut body[filled..]).await?;
+            body.truncate(filled + read);
+            if read == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        Ok(())
+    })
+    .await;
+    body.truncate(size);
+    read.ok().map(|()| body)
 }
 
 enum Next {
@@ -208,7 +246,7 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
             }
             Next::Outgoing(Some(Out::Close(code, reason))) => {
                 close_with_notice(&mut ws, code, &reason).await;
-                return relay_close_cause(code);
+                return relay_close_cause(code, &reason);
             }
             Next::Outgoing(Some(out)) => {
                 // Most batches go straight into the socket; only one that has to wait is timed.
@@ -232,7 +270,7 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 };
                 match written {
                     Some(Ok(())) => {}
-                    Some(Err(WriteEnd::Closed(code))) => return relay_close_cause(code),
+                    Some(Err(WriteEnd::Closed(cause))) => return cause,
                     Some(Err(WriteEnd::Failed)) => return CloseCause::Client,
                     None => {
                         // The client has taken nothing for `write_stall`: it is gone or will
@@ -251,18 +289,20 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
     }
 }
 
-/// Why the relay closed a connection, from the close code it queued.
-fn relay_close_cause(code: CloseCode) -> CloseCause {
+/// Why the relay closed a connection, from the close it queued: the code, and for a policy
+/// close the reason's prefix (`blocked:` for a blocked address, else a slow consumer).
+fn relay_close_cause(code: CloseCode, reason: &str) -> CloseCause {
     match code {
         CloseCode::Away | CloseCode::Restart => CloseCause::Shutdown,
+        CloseCode::Policy if reason.starts_with("blocked:") => CloseCause::Blocked,
         _ => CloseCause::SlowConsumer,
     }
 }
 
 /// How a batch of writes ended the connection.
 enum WriteEnd {
-    /// A close the relay queued, sent with this code.
-    Closed(CloseCode),
+    /// A close the relay queued, sent; why.
+    Closed(CloseCause),
     /// The socket failed.
     Failed,
 }
@@ -349,7 +389,7 @@ async fn write_batch(
             Out::Close(code, reason) => {
                 ws.flush().await.map_err(|_| WriteEnd::Failed)?;
                 close_with_notice(ws, code, &reason).await;
-                return Err(WriteEnd::Closed(code));
+                return Err(WriteEnd::Closed(relay_close_cause(code, &reason)));
             }
             message => {
                 if let Some(text) = message.into_text() {

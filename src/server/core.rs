@@ -16,6 +16,7 @@ use glommio::{Task, TaskQueueHandle};
 
 use super::ingest::AckPipeline;
 use super::ip_slots::IpSlots;
+use super::lists::{ListsFile, Versioned};
 use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
 use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
 use super::outbox::{outbox, Budget, CoreOutboxes, Out, Outbox, OutboxWatch};
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::event::{EventError, KeyCache, ParsedEvent, VerifiedEvent};
 use crate::store::{Privacy, Router, Shard, ShardState};
 use crate::subs::{ConnId, SubscriptionIndex};
+use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The task queues a core's queries run in. A task spawned there never runs inside the
 /// spawning session's turn, so a REQ replaced by the next message costs no scan, and glommio
@@ -43,6 +45,16 @@ pub struct QueryQueues {
     pub long_scans: TaskQueueHandle,
 }
 
+/// What every core shares with the others.
+pub struct Shared {
+    /// Open connections per client address.
+    pub ip_slots: IpSlots,
+    /// The lists file's writer.
+    pub lists_file: Arc<ListsFile>,
+    /// The lists as read at start.
+    pub lists: Versioned,
+}
+
 pub struct Core {
     pub id: usize,
     pub core_count: usize,
@@ -50,6 +62,10 @@ pub struct Core {
     /// The write policy, compiled from `[policy]` and the data directory's lists file;
     /// replaced whole when the lists are reloaded (SIGHUP).
     policy: RefCell<Rc<Policy>>,
+    /// The lists file's one writer, shared by every core (SIGHUP, NIP-86).
+    pub lists_file: Arc<ListsFile>,
+    /// The lists in force, and their generation.
+    lists: RefCell<Versioned>,
     /// Set by SIGHUP; core 0 watches it (once a second) and reloads the lists everywhere.
     reload_requested: RefCell<Option<Arc<std::sync::atomic::AtomicBool>>>,
     /// This core's token buckets (`[rate_limits]`).
@@ -94,9 +110,10 @@ impl Core {
         shards: HashMap<u16, Shard>,
         mesh: Rc<Mesh>,
         stats: Rc<Stats>,
-        ip_slots: IpSlots,
+        shared: Shared,
         queues: QueryQueues,
     ) -> Rc<Core> {
+        let Shared { ip_slots, lists_file, lists } = shared;
         let query_slots = Semaphore::new(config.limits.queries_per_core_max as u64);
         let outboxes = Rc::new(CoreOutboxes {
             stats: stats.clone(),
@@ -110,7 +127,9 @@ impl Core {
         Rc::new(Core {
             id: mesh.id,
             core_count: mesh.core_count,
-            policy: RefCell::new(Rc::new(Policy::new(&config.policy))),
+            policy: RefCell::new(Rc::new(Policy::with_lists(&config.policy, &lists.lists))),
+            lists_file,
+            lists: RefCell::new(lists),
             reload_requested: RefCell::new(None),
             rates: RefCell::new(RateLimiter::new(&config.rate_limits)),
             private_kinds: config.policy.private_kinds.iter().copied().collect(),
@@ -316,29 +335,66 @@ impl Core {
         *self.reload_requested.borrow_mut() = Some(flag);
     }
 
-    /// New lists (from `policy.toml`), in force from the next event.
-    pub fn apply_lists(&self, lists: &crate::config::PolicyLists) {
-        *self.policy.borrow_mut() = Rc::new(Policy::with_lists(&self.config.policy, lists));
+    /// The lists in force (`policy.toml`, as last put in force).
+    pub fn lists(&self) -> Versioned {
+        self.lists.borrow().clone()
+    }
+
+    /// Put `lists` in force on this core, unless newer ones already are: the write policy
+    /// from the next event; banned events retired from this core's shards; connections from
+    /// blocked addresses closed (1008).
+    pub fn apply_lists(&self, lists: Versioned) {
+        if lists.generation < self.lists.borrow().generation {
+            return;
+        }
+        let policy = Rc::new(Policy::with_lists(&self.config.policy, &lists.lists));
+        for shard in self.shards.borrow().values() {
+            let mut state = shard.state_mut();
+            for id in policy.events_banned() {
+                if let Some(no) = state.index.lookup_id(id) {
+                    state.index.kill(no);
+                }
+            }
+        }
+        let blocked: Vec<ConnId> = self
+            .sessions
+            .borrow()
+            .iter()
+            .filter(|(_, session)| policy.blocks(session.ip))
+            .map(|(&conn, _)| conn)
+            .collect();
+        for conn in blocked {
+            self.with_session(conn, |session| {
+                // Counted as `CloseCause::Blocked` when the connection's loop sends it.
+                let reason = "blocked: connections from your address are refused here".to_owned();
+                session.outbound.shut(CloseCode::Policy, reason);
+            });
+            self.close_session(conn);
+        }
+        *self.policy.borrow_mut() = policy;
+        *self.lists.borrow_mut() = lists;
+    }
+
+    /// Put `lists` in force on every core, this one included; returns once all have.
+    pub async fn put_lists_in_force(self: &Rc<Self>, lists: Versioned) {
+        self.mesh
+            .gather(Ask::Lists(lists.clone()), async {
+                self.apply_lists(lists);
+                Answer::Applied
+            })
+            .await;
     }
 
     /// Read the lists file again and put it in force on every core (SIGHUP). A file that
     /// does not parse changes nothing, and says why in the log.
     pub async fn reload_lists(self: &Rc<Self>) {
-        let data_dir = self.config.data_dir.clone();
-        let loaded = glommio::executor().spawn_blocking(move || crate::config::PolicyLists::load(&data_dir)).await;
-        match loaded {
+        let file = self.lists_file.clone();
+        match glommio::executor().spawn_blocking(move || file.reload()).await {
             Ok(lists) => {
-                let lists = Arc::new(lists);
-                for peer in self.mesh.peers() {
-                    self.mesh.send(peer, CoreMsg::Policy(lists.clone())).await;
-                }
-                self.apply_lists(&lists);
+                let (denied, allowed) = (lists.lists.pubkeys_denied.len(), lists.lists.pubkeys_allowed.len());
+                self.put_lists_in_force(lists).await;
                 self.stats.policy_reloads.inc();
-                tracing::info!(
-                    denied = lists.pubkeys_denied.len(),
-                    allowed = lists.pubkeys_allowed.len(),
-                    "policy lists reloaded"
-                );
+                tracing::info!(denied, allowed, "policy lists reloaded");
             }
             Err(error) => {
                 self.stats.policy_reload_failures.inc();
@@ -414,10 +470,13 @@ impl Core {
             CoreMsg::Append { event, shard, reply } => super::ingest::append_owned(self, *event, shard, reply),
             CoreMsg::Ack { reply, outcome, reason } => super::ingest::deliver_ok(self, &reply, outcome, &reason),
             CoreMsg::Live(event) => super::fanout::fan_out(self, &event),
-            CoreMsg::Policy(lists) => self.apply_lists(&lists),
             CoreMsg::Ask { request, ask: Ask::Metrics } => {
                 let answer = Answer::Metrics(Box::new(self.local_metrics()));
                 self.mesh.post(request.core, CoreMsg::Answer { request, answer });
+            }
+            CoreMsg::Ask { request, ask: Ask::Lists(lists) } => {
+                self.apply_lists(lists);
+                self.mesh.post(request.core, CoreMsg::Answer { request, answer: Answer::Applied });
             }
             CoreMsg::Ask { request, ask } => self.start_remote_scan(request, ask),
             CoreMsg::Cancel { request } => {
@@ -448,6 +507,10 @@ impl Core {
                     Answer::Count(scan::count(&core, &filters, limits, &privacy).await)
                 }
                 Ask::Metrics => Answer::Metrics(Box::new(core.local_metrics())),
+                Ask::Lists(lists) => {
+                    core.apply_lists(lists);
+                    Answer::Applied
+                }
             };
             if core.remote_scans.borrow_mut().remove(&request).is_some() {
                 core.stats.remote_scans.sub(1);
@@ -485,6 +548,10 @@ impl Core {
             policy_reload_failures: stats.policy_reload_failures.get(),
             auth_accepted: stats.auth_accepted.get(),
             auth_refused: stats.auth_refused.get(),
+            manage_calls: super::stats::ManageResult::ALL
+                .iter()
+                .map(|result| (result.label(), stats.manage_calls[*result as usize].get()))
+                .collect(),
             received_bytes: stats.received_bytes.get(),
             sent_bytes: stats.sent_bytes.get(),
             ingest_seconds: stats.ingest_seconds.snapshot(),

@@ -1,7 +1,8 @@
 //! The HTTP side of a connection, sans-IO: read the request head, then answer with the
 //! NIP-11 document, a small page, `/healthz`, or the WebSocket upgrade.
 
-use crate::config::Config;
+use super::policy::Policy;
+use crate::config::{Config, PolicyLists};
 
 /// Largest request head accepted, in bytes.
 pub const REQUEST_HEAD_SIZE_MAX: usize = 8 * 1024;
@@ -23,9 +24,26 @@ pub enum Route {
     Stats,
     /// The Prometheus (OpenMetrics) exposition.
     Metrics,
+    /// A management call (NIP-86), with its body still to read.
+    Manage(ManageRequest),
     Preflight,
     NotFound,
     BadRequest(&'static str),
+    /// Not a request: the client's address is blocked (NIP-86 `blockip`).
+    Blocked,
+}
+
+/// Largest management call body accepted, in bytes.
+pub const MANAGE_BODY_SIZE_MAX: usize = 64 * 1024;
+
+/// What a management call's head says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ManageRequest {
+    /// The `Authorization` header (NIP-98).
+    pub authorization: Option<String>,
+    /// The Host header and the path: the address the client called (the `u` tag's).
+    pub host: Option<crate::auth::RelayAddress>,
+    pub body_size: usize,
 }
 
 /// Parse a request head from the start of `buffer`. `Ok(None)`: read more.
@@ -59,6 +77,17 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static s
             },
             _ => Route::BadRequest("a websocket upgrade needs Sec-WebSocket-Key and version 13"),
         },
+        "POST" if header("content-type").is_some_and(|kind| kind.trim().starts_with("application/nostr+json+rpc")) => {
+            match header("content-length").and_then(|size| size.trim().parse::<usize>().ok()) {
+                Some(body_size) if body_size <= MANAGE_BODY_SIZE_MAX => Route::Manage(ManageRequest {
+                    authorization: header("authorization").map(str::to_owned),
+                    host: header("host").and_then(|host| crate::auth::RelayAddress::from_host(host, path)),
+                    body_size,
+                }),
+                Some(_) => Route::BadRequest("a management call's body is limited to 64 KiB"),
+                None => Route::BadRequest("a management call needs a Content-Length"),
+            }
+        }
         "GET" | "HEAD" if path == "/healthz" => Route::Health,
         "GET" if path == "/stats" => Route::Stats,
         "GET" if path == "/metrics" => Route::Metrics,
@@ -73,7 +102,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static s
     Ok(Some((route, consumed)))
 }
 
-const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\nAccess-Control-Allow-Methods: GET, OPTIONS\r\n";
+const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\n";
 
 /// The full response for a route other than `Upgrade`.
 pub fn response(route: &Route, config: &Config) -> Vec<u8> {
@@ -82,14 +111,19 @@ pub fn response(route: &Route, config: &Config) -> Vec<u8> {
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
         )
         .into_bytes(),
-        Route::Nip11 => respond("200 OK", "application/nostr+json", &nip11_document(config)),
-        Route::Page => respond("200 OK", "text/html; charset=utf-8", &page(config)),
+        Route::Nip11 => {
+            let lists = PolicyLists::default();
+            nip11_response(config, &Policy::with_lists(&config.policy, &lists), &lists)
+        }
+        Route::Page => page_response(config, &PolicyLists::default()),
         Route::Health => respond("200 OK", "text/plain", "ok\n"),
         Route::Stats => stats_response(&Default::default()),
         Route::Metrics => metrics_response(""),
+        Route::Manage(_) => manage_response("401 Unauthorized", r#"{"error":"unauthorized"}"#),
         Route::Preflight => respond("204 No Content", "text/plain", ""),
         Route::NotFound => respond("404 Not Found", "text/plain", "not found\n"),
         Route::BadRequest(reason) => respond("400 Bad Request", "text/plain", &format!("{reason}\n")),
+        Route::Blocked => respond("403 Forbidden", "text/plain", "blocked: connections from your address are refused here\n"),
     }
 }
 
@@ -102,6 +136,11 @@ pub fn stats_response(stats: &super::stats::StatsSnapshot) -> Vec<u8> {
 /// `/metrics`: the exposition [`super::metrics::render`] made.
 pub fn metrics_response(body: &str) -> Vec<u8> {
     respond("200 OK", super::metrics::CONTENT_TYPE, body)
+}
+
+/// A management call's answer (NIP-86).
+pub fn manage_response(status: &str, body: &str) -> Vec<u8> {
+    respond(status, "application/json", body)
 }
 
 /// A 404, for a route served elsewhere (`/metrics` with `metrics_listen` set).
@@ -117,8 +156,28 @@ fn respond(status: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// NIP-11: who the relay is, and the real limits it enforces.
-pub fn nip11_document(config: &Config) -> String {
+/// NIP-11 with the policy and lists in force.
+pub fn nip11_response(config: &Config, policy: &Policy, lists: &PolicyLists) -> Vec<u8> {
+    respond("200 OK", "application/nostr+json", &nip11_document(config, policy, lists))
+}
+
+/// The page a browser gets, with the name and description in force.
+pub fn page_response(config: &Config, lists: &PolicyLists) -> Vec<u8> {
+    respond("200 OK", "text/html; charset=utf-8", &page(config, lists))
+}
+
+/// The NIPs this relay implements as configured: NIP-86 only with admin pubkeys.
+pub fn supported_nips(config: &Config) -> Vec<u16> {
+    let mut nips = vec![1, 9, 11, 40, 42, 45, 62, 70];
+    if !config.management.admin_pubkeys.is_empty() {
+        nips.push(86);
+    }
+    nips
+}
+
+/// NIP-11: who the relay is, and the real limits and policy it enforces (the lists file's
+/// name, description and icon before `[info]`'s).
+pub fn nip11_document(config: &Config, policy: &Policy, lists: &PolicyLists) -> String {
     let limits = &config.limits;
     let mut limitation = serde_json::json!({
         "max_message_length": limits.message_size_max,
@@ -135,16 +194,17 @@ pub fn nip11_document(config: &Config) -> String {
         "auth_required": config.policy.read == crate::config::ReadMode::Auth
             && config.policy.write == crate::config::WriteMode::Auth,
         "payment_required": config.info.payment_required,
-        "restricted_writes": super::policy::Policy::new(&config.policy).restricts_writes(),
+        "restricted_writes": policy.restricts_writes(),
         "created_at_upper_limit": limits.created_at_future_max_secs,
     });
     if limits.created_at_past_max_secs > 0 {
         limitation["created_at_lower_limit"] = limits.created_at_past_max_secs.into();
     }
+    let info = &config.info;
     let mut document = serde_json::json!({
-        "name": config.info.name,
-        "description": config.info.description,
-        "supported_nips": [1, 9, 11, 40, 42, 45, 70],
+        "name": lists.name.as_ref().unwrap_or(&info.name),
+        "description": lists.description.as_ref().unwrap_or(&info.description),
+        "supported_nips": supported_nips(config),
         "software": "https://github.com/ringrelay/ringrelay",
         "version": env!("CARGO_PKG_VERSION"),
         "limitation": limitation,
@@ -158,17 +218,20 @@ pub fn nip11_document(config: &Config) -> String {
     if let Some(url) = &config.info.payments_url {
         document["payments_url"] = url.clone().into();
     }
+    if let Some(icon) = lists.icon.as_ref().or(info.icon.as_ref()) {
+        document["icon"] = icon.clone().into();
+    }
     document.to_string()
 }
 
-fn page(config: &Config) -> String {
+fn page(config: &Config, lists: &PolicyLists) -> String {
     let escape = |text: &str| text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     format!(
         "<!doctype html><meta charset=utf-8><title>{name}</title><h1>{name}</h1><p>{description}</p>\
          <p>This is a Nostr relay: connect a Nostr client to this address with <code>ws://</code> or <code>wss://</code>.</p>\
          <p>ringrelay {version}</p>\n",
-        name = escape(&config.info.name),
-        description = escape(&config.info.description),
+        name = escape(lists.name.as_ref().unwrap_or(&config.info.name)),
+        description = escape(lists.description.as_ref().unwrap_or(&config.info.description)),
         version = env!("CARGO_PKG_VERSION")
     )
 }
@@ -194,6 +257,15 @@ mod tests {
         assert_eq!(route("OPTIONS / HTTP/1.1\r\n\r\n"), Route::Preflight);
         assert_eq!(route("GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert!(matches!(route("POST / HTTP/1.1\r\n\r\n"), Route::BadRequest(_)));
+        let manage = "POST / HTTP/1.1\r\nHost: x:7\r\nContent-Type: application/nostr+json+rpc\r\nAuthorization: Nostr e30=\r\nContent-Length: 2\r\n\r\n";
+        let expected = ManageRequest {
+            authorization: Some("Nostr e30=".into()),
+            host: crate::auth::RelayAddress::from_host("x:7", "/"),
+            body_size: 2,
+        };
+        assert_eq!(route(manage), Route::Manage(expected));
+        let unsized_call = "POST / HTTP/1.1\r\nContent-Type: application/nostr+json+rpc\r\n\r\n";
+        assert!(matches!(route(unsized_call), Route::BadRequest(_)));
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost:"), Ok(None));
         assert!(parse_request(b"\x00\x01 garbage\r\n\r\n").is_err());
         assert!(parse_request(&vec![b'a'; REQUEST_HEAD_SIZE_MAX]).is_err());
@@ -201,7 +273,12 @@ mod tests {
 
     #[test]
     fn nip11_carries_the_limits() {
-        let document: serde_json::Value = serde_json::from_str(&nip11_document(&Config::default())).unwrap();
+        let config = Config::default();
+        let lists = PolicyLists { name: Some("renamed".into()), ..PolicyLists::default() };
+        let document: serde_json::Value =
+            serde_json::from_str(&nip11_document(&config, &Policy::new(&config.policy), &lists)).unwrap();
+        assert_eq!(document["name"], "renamed");
+        assert!(!document["supported_nips"].as_array().unwrap().contains(&86.into()), "no admins: no NIP-86");
         assert_eq!(document["limitation"]["max_limit"], 5000);
         assert_eq!(document["limitation"]["max_subid_length"], 64);
         assert!(document["supported_nips"].as_array().unwrap().contains(&1.into()));

@@ -38,8 +38,6 @@ pub enum CoreMsg {
     Ack { reply: Reply, outcome: Outcome, reason: std::borrow::Cow<'static, str> },
     /// A durable (or ephemeral) event, to match against every core's subscriptions.
     Live(Arc<LiveEvent>),
-    /// New policy lists (SIGHUP), for every core to apply at once.
-    Policy(Arc<crate::config::PolicyLists>),
     /// A request for this core's part of a gather.
     Ask { request: RequestId, ask: Ask },
     /// The asker no longer wants the answer: stop the work.
@@ -74,6 +72,8 @@ pub enum Ask {
     Count { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
     /// The core's counters.
     Metrics,
+    /// Put these lists in force (SIGHUP, NIP-86), then answer.
+    Lists(super::lists::Versioned),
 }
 
 /// One core's part of a gather.
@@ -81,6 +81,8 @@ pub enum Answer {
     Hits(Vec<Vec<WireHit>>),
     Count(CountPart),
     Metrics(Box<CoreMetrics>),
+    /// The lists asked for are in force.
+    Applied,
 }
 
 struct Gather {

@@ -39,6 +39,7 @@ pub struct CoreMetrics {
     pub policy_reload_failures: u64,
     pub auth_accepted: u64,
     pub auth_refused: u64,
+    pub manage_calls: Vec<(&'static str, u64)>,
     pub received_bytes: u64,
     pub sent_bytes: u64,
     pub ingest_seconds: HistogramSnapshot,
@@ -246,7 +247,7 @@ impl Collector for RelayCollector {
         counters(
             e,
             "connections_closed",
-            "WebSocket connections ended, by cause (address_limit: refused at the upgrade).",
+            "Connections ended, by cause (address_limit, rate_limited: refused at the upgrade; blocked: a blocked address, refused or closed).",
             None,
             cores.iter().flat_map(|core| {
                 core.closes.iter().map(move |(cause, count)| (core_with(core, "cause", cause.label()), *count))
@@ -324,6 +325,15 @@ impl Collector for RelayCollector {
             cores.iter().flat_map(|core| {
                 [("accepted", core.auth_accepted), ("refused", core.auth_refused)]
                     .map(|(result, count)| (core_with(core, "result", result), count))
+            }),
+        )?;
+        counters(
+            e,
+            "manage_calls",
+            "Management API calls (NIP-86), by result.",
+            None,
+            cores.iter().flat_map(|core| {
+                core.manage_calls.iter().map(move |(result, count)| (core_with(core, "result", result), *count))
             }),
         )?;
         counters(

@@ -14,6 +14,8 @@ pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod ip_slots;
+pub mod lists;
+pub mod manage;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;
@@ -161,7 +163,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
         (data_dir, bind_listeners(config.listen, core_count)?)
     };
     // The lists file must parse at start; later, on SIGHUP, a bad one only logs an error.
-    let lists = crate::config::PolicyLists::load(&config.data_dir)?;
+    let (lists_file, lists) = lists::ListsFile::open(config.data_dir.clone())?;
     let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
     let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
     let open_files = raise_open_files_limit();
@@ -176,7 +178,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
             listener,
             handover: handover.clone(),
             reload: reload.clone(),
-            lists: lists.clone(),
+            lists: (lists_file.clone(), lists.clone()),
             config: config.clone(),
             router: data_dir.router(),
             shard_dirs: (0..data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
@@ -255,8 +257,8 @@ struct CoreStart {
     handover: Arc<AtomicBool>,
     /// Set by SIGHUP: reload the policy lists (core 0 watches it).
     reload: Arc<AtomicBool>,
-    /// The policy lists read at start.
-    lists: crate::config::PolicyLists,
+    /// The lists file's writer, and the lists read at start.
+    lists: (Arc<lists::ListsFile>, lists::Versioned),
     config: Arc<Config>,
     router: Router,
     shard_dirs: Vec<(u16, std::path::PathBuf)>,
@@ -382,8 +384,12 @@ async fn run_joined(
         "long scans",
     );
     let queues = QueryQueues { queries, long_scans };
-    let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, start.ip_slots, queues);
-    core.apply_lists(&start.lists);
+    let at_start = start.lists.1.clone();
+    let (lists_file, lists) = start.lists;
+    let shared = core::Shared { ip_slots: start.ip_slots, lists_file, lists };
+    let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, shared, queues);
+    // Again, now that the shards are open: banned events are retired from them.
+    core.apply_lists(at_start);
     if id == 0 {
         core.watch_reloads(start.reload.clone());
     }

@@ -3,10 +3,11 @@
 //! lists looks at nothing but the event's `protected` flag.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 
 use super::stats::{Outcome, OutcomeClass};
 use crate::config::{PolicyConfig, PolicyLists, WriteMode};
-use crate::event::{ParsedEvent, Pubkey};
+use crate::event::{EventId, ParsedEvent, Pubkey};
 
 pub struct Policy {
     write: WriteMode,
@@ -14,6 +15,10 @@ pub struct Policy {
     denied: HashSet<[u8; 32]>,
     kinds_allowed: HashSet<u16>,
     kinds_denied: HashSet<u16>,
+    /// Event ids banned by the operator (NIP-86 `banevent`).
+    events_banned: HashSet<[u8; 32]>,
+    /// Client addresses refused a connection (NIP-86 `blockip`).
+    ips_blocked: HashSet<IpAddr>,
     /// Per kind: how old and how far ahead `created_at` may be, in seconds.
     windows: HashMap<u16, (u64, u64)>,
 }
@@ -48,6 +53,8 @@ impl Policy {
             denied: keys(&config.pubkeys_denied, &lists.pubkeys_denied),
             kinds_allowed: config.kinds_allowed.iter().chain(&lists.kinds_allowed).copied().collect(),
             kinds_denied: config.kinds_denied.iter().chain(&lists.kinds_denied).copied().collect(),
+            events_banned: lists.events_banned.iter().filter_map(|id| EventId::from_hex(id)).map(|id| id.0).collect(),
+            ips_blocked: lists.ips_blocked.iter().filter_map(|ip| ip.parse().ok()).map(canonical).collect(),
             windows: config
                 .kind_windows
                 .iter()
@@ -75,11 +82,24 @@ impl Policy {
         self.write
     }
 
+    /// Whether connections from `ip` are refused.
+    pub fn blocks(&self, ip: IpAddr) -> bool {
+        !self.ips_blocked.is_empty() && self.ips_blocked.contains(&canonical(ip))
+    }
+
+    /// The banned event ids.
+    pub fn events_banned(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.events_banned.iter()
+    }
+
     /// The write rules, in order: deny lists, kind lists, the write mode, NIP-70.
     pub fn judge(&self, event: &ParsedEvent, authed: &[Pubkey]) -> Result<(), Refused> {
         let author = &event.pubkey.0;
         if self.denied.contains(author) {
             return Err(refused("pubkey_denied", "blocked: this pubkey may not publish here"));
+        }
+        if self.events_banned.contains(&event.id.0) {
+            return Err(refused("event_banned", "blocked: this event is banned here"));
         }
         if self.kinds_denied.contains(&event.kind)
             || !self.kinds_allowed.is_empty() && !self.kinds_allowed.contains(&event.kind)
@@ -118,6 +138,11 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// An IPv4 client on an IPv6 socket arrives as `::ffff:a.b.c.d`; lists name it `a.b.c.d`.
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
 #[cfg(test)]
@@ -164,6 +189,21 @@ mod tests {
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32])])), "restricted");
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32]), Pubkey([1; 32])])), "ok");
         assert!(!policy.restricts_writes());
+    }
+
+    #[test]
+    fn the_lists_file_bans_events_and_blocks_addresses() {
+        let lists = PolicyLists {
+            events_banned: vec![hex(0)],
+            ips_blocked: vec!["192.0.2.7".to_owned(), "2001:db8::1".to_owned()],
+            ..PolicyLists::default()
+        };
+        let policy = Policy::with_lists(&PolicyConfig::default(), &lists);
+        assert_eq!(prefix(policy.judge(&event(1, 1, false), &[])), "blocked", "the test event's id is all zeros");
+        assert!(policy.blocks("192.0.2.7".parse().unwrap()));
+        assert!(policy.blocks("::ffff:192.0.2.7".parse().unwrap()), "as an IPv6 socket sees it");
+        assert!(policy.blocks("2001:db8::1".parse().unwrap()));
+        assert!(!policy.blocks("192.0.2.8".parse().unwrap()));
     }
 
     #[test]

@@ -25,10 +25,12 @@ pub enum CloseCause {
     AddressLimit,
     /// Refused at the upgrade: its address opens connections faster than its rate.
     RateLimited,
+    /// Its address is blocked (NIP-86 `blockip`): refused, or closed when the block came.
+    Blocked,
 }
 
 impl CloseCause {
-    pub const ALL: [CloseCause; 7] = [
+    pub const ALL: [CloseCause; 8] = [
         CloseCause::Client,
         CloseCause::ProtocolError,
         CloseCause::SlowConsumer,
@@ -36,6 +38,7 @@ impl CloseCause {
         CloseCause::Shutdown,
         CloseCause::AddressLimit,
         CloseCause::RateLimited,
+        CloseCause::Blocked,
     ];
 
     pub fn label(self) -> &'static str {
@@ -47,6 +50,7 @@ impl CloseCause {
             CloseCause::Shutdown => "shutdown",
             CloseCause::AddressLimit => "address_limit",
             CloseCause::RateLimited => "rate_limited",
+            CloseCause::Blocked => "blocked",
         }
     }
 }
@@ -78,6 +82,44 @@ impl Verb {
             Verb::Auth => "AUTH",
             Verb::Invalid => "invalid",
             Verb::Binary => "binary",
+        }
+    }
+}
+
+/// How a management call (NIP-86) was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManageResult {
+    /// A read, answered.
+    Read,
+    /// A change, on disk and in force on every core.
+    Changed,
+    /// A malformed call, or a change refused (nothing changed).
+    Invalid,
+    /// No valid NIP-98 authorization from an admin pubkey (401).
+    Unauthorized,
+    RateLimited,
+    /// The lists file could not be written (nothing changed).
+    Failed,
+}
+
+impl ManageResult {
+    pub const ALL: [ManageResult; 6] = [
+        ManageResult::Read,
+        ManageResult::Changed,
+        ManageResult::Invalid,
+        ManageResult::Unauthorized,
+        ManageResult::RateLimited,
+        ManageResult::Failed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ManageResult::Read => "read",
+            ManageResult::Changed => "changed",
+            ManageResult::Invalid => "invalid",
+            ManageResult::Unauthorized => "unauthorized",
+            ManageResult::RateLimited => "rate_limited",
+            ManageResult::Failed => "failed",
         }
     }
 }
@@ -178,6 +220,8 @@ pub struct Stats {
     /// AUTH messages answered `OK true`, and refused.
     pub auth_accepted: Counter,
     pub auth_refused: Counter,
+    /// Management calls (NIP-86), by `ManageResult`.
+    pub manage_calls: [Counter; 6],
     /// WebSocket message payload bytes read from and queued to clients.
     pub received_bytes: Counter,
     pub sent_bytes: Counter,
@@ -216,6 +260,7 @@ impl Default for Stats {
             policy_reload_failures: Counter::default(),
             auth_accepted: Counter::default(),
             auth_refused: Counter::default(),
+            manage_calls: Default::default(),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
             ingest_seconds: Histogram::latency(),
@@ -258,6 +303,10 @@ pub struct StatsSnapshot {
 }
 
 impl Stats {
+    pub fn managed(&self, result: ManageResult) {
+        self.manage_calls[result as usize].inc();
+    }
+
     pub fn closed(&self, cause: CloseCause) {
         self.closes[CloseCause::ALL.iter().position(|&c| c == cause).expect("every cause is listed")].inc();
     }

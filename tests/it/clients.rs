@@ -11,7 +11,7 @@ const CHECKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
 
 /// A directory holding the checks and their node_modules, installed by `npm ci` when the
 /// lockfile changed since the last install.
-fn installed_checks() -> PathBuf {
+pub fn installed_checks() -> PathBuf {
     let node = Command::new("node").arg("--version").output();
     assert!(
         node.is_ok_and(|out| out.status.success()),
@@ -33,8 +33,10 @@ fn installed_checks() -> PathBuf {
         assert!(status.success(), "npm ci in {} failed", dir.display());
         std::fs::write(&installed_lock, &lock).unwrap();
     }
-    // Node resolves the script's imports next to the script.
-    std::fs::copy(Path::new(CHECKS).join("nostr-tools.mjs"), dir.join("nostr-tools.mjs")).unwrap();
+    // Node resolves the scripts' imports next to the scripts.
+    for script in ["nostr-tools.mjs", "nip98.mjs"] {
+        std::fs::copy(Path::new(CHECKS).join(script), dir.join(script)).unwrap();
+    }
     dir
 }
 

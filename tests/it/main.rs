@@ -10,6 +10,7 @@ mod faults;
 mod fuzz_regressions;
 mod handover;
 mod loadgen_runs;
+mod manage;
 mod metrics;
 mod rates;
 mod relay;

@@ -134,12 +134,23 @@ impl Relay {
         Client { ws, challenge: None }
     }
 
+    /// A WebSocket client from another loopback address (`127.0.0.2`...): a client the relay
+    /// tells apart from the test's others by address.
+    pub fn connect_from(&self, source: std::net::Ipv4Addr) -> Client {
+        self.connect_socket(|socket| socket.bind(&std::net::SocketAddr::from((source, 0)).into()).unwrap())
+    }
+
     /// A WebSocket client whose socket receives into a small kernel buffer, so that a
     /// client that stops reading is felt by the relay at once rather than after megabytes.
     pub fn connect_small(&self) -> Client {
+        self.connect_socket(|socket| socket.set_recv_buffer_size(4096).unwrap())
+    }
+
+    /// A WebSocket client on a socket `prepare` sets up before it connects.
+    fn connect_socket(&self, prepare: impl FnOnce(&socket2::Socket)) -> Client {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
+        prepare(&socket);
         socket.connect_timeout(&address.into(), READ_TIMEOUT).expect("TCP connects");
         let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();

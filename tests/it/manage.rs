@@ -1,0 +1,189 @@
+//! The management API (NIP-86) through the real binary, called with curl and authorised with
+//! NIP-98 headers made by rust-nostr (`HttpData`, `EventBuilder::http_auth`) and, for the flow
+//! docs/operations.md shows, by the nostr-tools script `tests/clients/nip98.mjs`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use nostr::hashes::{sha256, Hash};
+use nostr::nips::nip98::{HttpData, HttpMethod};
+use nostr::{EventBuilder, JsonUtil, Keys, Timestamp, Url};
+use serde_json::{json, Value};
+
+use crate::metrics::{scrape, total};
+use crate::relay::{id_of, ids, nip11, Client, Relay};
+use crate::support::{keys, now, signed};
+
+/// `Nostr <base64>` for a call of `body` to `url`, signed by `keys` at `created_at`.
+fn header_at(keys: &Keys, url: &str, method: HttpMethod, body: &str, created_at: u64) -> String {
+    let data = HttpData::new(Url::parse(url).unwrap(), method).payload(sha256::Hash::hash(body.as_bytes()));
+    let event =
+        EventBuilder::http_auth(data).custom_created_at(Timestamp::from(created_at)).sign_with_keys(keys).unwrap();
+    format!("Nostr {}", base64::engine::general_purpose::STANDARD.encode(event.as_json()))
+}
+
+fn header(keys: &Keys, url: &str, body: &str) -> String {
+    header_at(keys, url, HttpMethod::POST, body, now())
+}
+
+/// POST `body` with curl (from `source` when given); the status and the JSON answer.
+fn curl(url: &str, authorization: Option<&str>, body: &str, source: Option<&str>) -> (u16, Value) {
+    let mut command = Command::new("curl");
+    command.args(["-sS", "--max-time", "10", "-X", "POST", "-H", "Content-Type: application/nostr+json+rpc"]);
+    command.args(["-w", "\n%{http_code}", "--data-binary", body]);
+    if let Some(authorization) = authorization {
+        command.args(["-H", &format!("Authorization: {authorization}")]);
+    }
+    if let Some(source) = source {
+        command.args(["--interface", source]);
+    }
+    let output = command.arg(url).output().expect("curl runs (apt-get install curl)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let (answer, status) = text.rsplit_once('\n').unwrap_or_else(|| panic!("no status from curl: {text}"));
+    let status =
+        status.trim().parse().unwrap_or_else(|_| panic!("curl: {text} {}", String::from_utf8_lossy(&output.stderr)));
+    (status, serde_json::from_str(answer).unwrap_or(Value::Null))
+}
+
+/// An admin's call: status 200 and its `result`.
+fn call(url: &str, admin: &Keys, method: &str, params: Value) -> Value {
+    let body = json!({"method": method, "params": params}).to_string();
+    let (status, answer) = curl(url, Some(&header(admin, url, &body)), &body, None);
+    assert_eq!(status, 200, "{method}: {answer}");
+    answer["result"].clone()
+}
+
+fn config(admin: &Keys, policy: &str) -> String {
+    format!("[management]\nadmin_pubkeys = [\"{}\"]\n{policy}", admin.public_key().to_hex())
+}
+
+/// Each client publishes a fresh event by `author`; which were accepted.
+fn publish_from_each(clients: &mut [Client], author: &Keys, sequence: &mut u64) -> Vec<bool> {
+    clients
+        .iter_mut()
+        .map(|client| {
+            *sequence += 1;
+            client.publish(&signed(author, 1, now() - 1000 + *sequence, &[], "hello")).0
+        })
+        .collect()
+}
+
+/// An admission service admits a paying user to an allow-list relay: its call is refused
+/// without a valid admin NIP-98 header, then the user's events are accepted on every core at
+/// once, and after a restart (the change is on disk).
+#[test]
+fn an_admission_service_admits_a_paying_user_on_every_core_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, user, stranger) = (keys(7000), keys(7001), keys(7002));
+    let policy = format!("[policy]\nwrite = \"allow_list\"\npubkeys_allowed = [\"{}\"]\n", admin.public_key().to_hex());
+    let relay = Relay::start_with_config(dir.path(), 2, &config(&admin, &policy));
+    let url = format!("http://127.0.0.1:{}/", relay.port);
+    let mut clients: Vec<Client> = (0..6).map(|_| relay.connect()).collect();
+    let mut sequence = 0;
+    assert!(publish_from_each(&mut clients, &user, &mut sequence).iter().all(|accepted| !accepted));
+
+    let body = json!({"method": "allowpubkey", "params": [user.public_key().to_hex(), "paid until 2027"]}).to_string();
+    let other_body = json!({"method": "allowpubkey", "params": [stranger.public_key().to_hex()]}).to_string();
+    let refused = [
+        ("no header", None),
+        ("a non-admin's", Some(header(&stranger, &url, &body))),
+        ("another body's payload", Some(header(&admin, &url, &other_body))),
+        ("another relay's URL", Some(header(&admin, "https://other.example.com/", &body))),
+        ("GET instead of POST", Some(header_at(&admin, &url, HttpMethod::GET, &body, now()))),
+        ("five minutes old", Some(header_at(&admin, &url, HttpMethod::POST, &body, now() - 300))),
+        ("not base64", Some("Nostr !!!".to_owned())),
+    ];
+    for (what, authorization) in &refused {
+        let (status, answer) = curl(&url, authorization.as_deref(), &body, None);
+        assert_eq!(status, 401, "{what}: {answer}");
+        assert!(answer["error"].is_string(), "{what}: {answer}");
+    }
+    assert!(publish_from_each(&mut clients, &user, &mut sequence).iter().all(|accepted| !accepted));
+
+    let (status, answer) = curl(&url, Some(&header(&admin, &url, &body)), &body, None);
+    assert_eq!((status, &answer), (200, &json!({"result": true})));
+    // In force on every core by the time the answer came.
+    assert!(publish_from_each(&mut clients, &user, &mut sequence).iter().all(|accepted| *accepted));
+    let allowed = call(&url, &admin, "listallowedpubkeys", json!([]));
+    assert!(allowed
+        .as_array()
+        .unwrap()
+        .contains(&json!({"pubkey": user.public_key().to_hex(), "reason": "paid until 2027"})));
+    let methods = call(&url, &admin, "supportedmethods", json!([]));
+    assert!(methods.as_array().unwrap().contains(&json!("banevent")));
+    assert!(nip11(relay.port)["supported_nips"].as_array().unwrap().contains(&json!(86)));
+
+    // The flow docs/operations.md shows: the header from the nostr-tools script.
+    let checks = crate::clients::installed_checks();
+    let rename = json!({"method": "changerelayname", "params": ["Members only"]}).to_string();
+    let admin_secret = admin.secret_key().to_secret_hex();
+    let script =
+        Command::new("node").arg(checks.join("nip98.mjs")).args([&url, &admin_secret, &rename]).output().unwrap();
+    assert!(script.status.success(), "{}", String::from_utf8_lossy(&script.stderr));
+    let scripted = String::from_utf8(script.stdout).unwrap();
+    assert_eq!(curl(&url, Some(scripted.trim()), &rename, None), (200, json!({"result": true})));
+    assert_eq!(nip11(relay.port)["name"], "Members only");
+
+    let samples = scrape(relay.port);
+    assert_eq!(total(&samples, "ringrelay_manage_calls_total", &[("result", "unauthorized")]), refused.len() as f64);
+    assert_eq!(total(&samples, "ringrelay_manage_calls_total", &[("result", "changed")]), 2.0);
+
+    drop(clients);
+    relay.terminate();
+    let relay = Relay::start_with_config(dir.path(), 2, &config(&admin, &policy));
+    let mut clients: Vec<Client> = (0..4).map(|_| relay.connect()).collect();
+    assert!(publish_from_each(&mut clients, &user, &mut sequence).iter().all(|accepted| *accepted), "kept on disk");
+    assert_eq!(nip11(relay.port)["name"], "Members only");
+}
+
+/// `banevent` retires a stored event on whichever core holds it and refuses it afterwards;
+/// `blockip` closes a blocked address's open connections (NOTICE, 1008) and refuses new ones.
+#[test]
+fn banned_events_and_blocked_addresses_take_effect_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = keys(7010);
+    let relay = Relay::start_with_config(dir.path(), 2, &config(&admin, ""));
+    let url = format!("http://127.0.0.1:{}/", relay.port);
+    let mut clients: Vec<Client> = (0..4).map(|_| relay.connect()).collect();
+    let t = now() - 100;
+    let events: Vec<String> = (0..6).map(|i| signed(&keys(7020 + i), 1, t, &[], "spam or not")).collect();
+    for event in &events {
+        assert!(clients[0].publish(event).0);
+    }
+    let banned: Vec<String> = events.iter().step_by(2).map(|event| id_of(event)).collect();
+    for id in &banned {
+        assert_eq!(call(&url, &admin, "banevent", json!([id, "spam"])), json!(true));
+    }
+    let mut kept: Vec<String> = events.iter().skip(1).step_by(2).map(|event| id_of(event)).collect();
+    kept.sort();
+    for client in clients.iter_mut() {
+        let mut served = ids(&client.req("all", &[json!({"kinds": [1]})]));
+        served.sort();
+        assert_eq!(served, kept);
+    }
+    let (accepted, reason) = clients[1].publish(&events[0]);
+    assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+    let listed = call(&url, &admin, "listbannedevents", json!([]));
+    assert!(listed.as_array().unwrap().contains(&json!({"id": banned[0], "reason": "spam"})));
+
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut blocked_client = relay.connect_from(source);
+    assert!(blocked_client.req("before", &[json!({"limit": 1})]).len() <= 1);
+    assert_eq!(call(&url, &admin, "blockip", json!(["127.0.0.2", "abuse"])), json!(true));
+    let (texts, close) = blocked_client.read_until_close();
+    assert!(texts.iter().any(|text| text.contains("blocked:")), "{texts:?}");
+    assert_eq!(close.map(|(code, _)| code), Some(1008));
+    let (status, _) = curl(&url, None, "{}", Some("127.0.0.2"));
+    assert_eq!(status, 403, "a blocked address gets nothing, the management API included");
+    assert!(clients[2].req("others", &[json!({"limit": 1})]).len() == 1, "other addresses are served");
+    assert_eq!(call(&url, &admin, "listblockedips", json!([])), json!([{"ip": "127.0.0.2", "reason": "abuse"}]));
+    assert_eq!(call(&url, &admin, "unblockip", json!(["127.0.0.2"])), json!(true));
+    let mut unblocked = relay.connect_from(source);
+    assert_eq!(unblocked.req("after", &[json!({"limit": 1})]).len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while total(&scrape(relay.port), "ringrelay_connections_closed_total", &[("cause", "blocked")]) < 2.0 {
+        assert!(Instant::now() < deadline, "the blocked connection and the refused request are counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
