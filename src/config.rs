@@ -33,7 +33,42 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub rate_limits: RateLimitConfig,
     pub management: ManagementConfig,
+    pub write_plugin: WritePluginConfig,
     pub limits: RelayLimits,
+}
+
+/// A write-policy plugin speaking strfry's protocol: one JSON line per event in, one
+/// decision line out (see `server::plugin`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WritePluginConfig {
+    /// The command, run with `/bin/sh -c` as strfry does (one process per core); empty: none.
+    pub command: String,
+    /// How long the plugin has to answer one event before it is restarted, in milliseconds.
+    pub timeout_ms: u64,
+    /// The decision for an event the plugin failed to judge (timed out, died, answered
+    /// nonsense, or is restarting).
+    pub on_failure: PluginFailure,
+    /// Events one core may have waiting for its plugin; past it, publishers wait.
+    pub queue_max: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginFailure {
+    Reject,
+    Accept,
+}
+
+impl Default for WritePluginConfig {
+    fn default() -> Self {
+        WritePluginConfig {
+            command: String::new(),
+            timeout_ms: 2_000,
+            on_failure: PluginFailure::Reject,
+            queue_max: 1_024,
+        }
+    }
 }
 
 /// The management API (NIP-86): JSON-RPC over HTTP on the relay's address (and on
@@ -397,6 +432,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             rate_limits: RateLimitConfig::default(),
             management: ManagementConfig::default(),
+            write_plugin: WritePluginConfig::default(),
             limits: RelayLimits::default(),
         }
     }
@@ -514,6 +550,8 @@ impl Config {
                 "policy: {key:?} is not a pubkey (64 lowercase hex characters)"
             );
         }
+        anyhow::ensure!(self.write_plugin.timeout_ms >= 1, "write_plugin.timeout_ms must be at least 1");
+        anyhow::ensure!(self.write_plugin.queue_max >= 1, "write_plugin.queue_max must be at least 1");
         for key in &self.management.admin_pubkeys {
             anyhow::ensure!(
                 crate::event::Pubkey::from_hex(key).is_some(),

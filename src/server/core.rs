@@ -20,6 +20,7 @@ use super::lists::{ListsFile, Versioned};
 use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
 use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
 use super::outbox::{outbox, Budget, CoreOutboxes, Out, Outbox, OutboxWatch};
+use super::plugin::Plugin;
 use super::policy::Policy;
 use super::rates::{RateKey, RateLimiter, Work};
 use super::scan::{self, QueryLimits};
@@ -45,7 +46,8 @@ pub struct QueryQueues {
     pub long_scans: TaskQueueHandle,
 }
 
-/// What every core shares with the others.
+/// What a core is given at start besides its shards: what it shares with the others, and
+/// its plugin.
 pub struct Shared {
     /// Open connections per client address.
     pub ip_slots: IpSlots,
@@ -53,6 +55,8 @@ pub struct Shared {
     pub lists_file: Arc<ListsFile>,
     /// The lists as read at start.
     pub lists: Versioned,
+    /// This core's write-policy plugin (its own; not shared).
+    pub plugin: Option<Plugin>,
 }
 
 pub struct Core {
@@ -62,6 +66,8 @@ pub struct Core {
     /// The write policy, compiled from `[policy]` and the data directory's lists file;
     /// replaced whole when the lists are reloaded (SIGHUP).
     policy: RefCell<Rc<Policy>>,
+    /// This core's write-policy plugin (`[write_plugin]`), when one is configured.
+    pub plugin: Option<Plugin>,
     /// The lists file's one writer, shared by every core (SIGHUP, NIP-86).
     pub lists_file: Arc<ListsFile>,
     /// The lists in force, and their generation.
@@ -113,7 +119,7 @@ impl Core {
         shared: Shared,
         queues: QueryQueues,
     ) -> Rc<Core> {
-        let Shared { ip_slots, lists_file, lists } = shared;
+        let Shared { ip_slots, lists_file, lists, plugin } = shared;
         let query_slots = Semaphore::new(config.limits.queries_per_core_max as u64);
         let outboxes = Rc::new(CoreOutboxes {
             stats: stats.clone(),
@@ -128,6 +134,7 @@ impl Core {
             id: mesh.id,
             core_count: mesh.core_count,
             policy: RefCell::new(Rc::new(Policy::with_lists(&config.policy, &lists.lists))),
+            plugin,
             lists_file,
             lists: RefCell::new(lists),
             reload_requested: RefCell::new(None),
@@ -548,6 +555,14 @@ impl Core {
             policy_reload_failures: stats.policy_reload_failures.get(),
             auth_accepted: stats.auth_accepted.get(),
             auth_refused: stats.auth_refused.get(),
+            plugin_starts: self
+                .plugin
+                .as_ref()
+                .map_or(0, |p| p.figures.starts.load(std::sync::atomic::Ordering::Relaxed)),
+            plugin_failures: self
+                .plugin
+                .as_ref()
+                .map_or(0, |p| p.figures.failures.load(std::sync::atomic::Ordering::Relaxed)),
             manage_calls: super::stats::ManageResult::ALL
                 .iter()
                 .map(|result| (result.label(), stats.manage_calls[*result as usize].get()))

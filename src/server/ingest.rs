@@ -1,8 +1,9 @@
 //! An event's way from a verified signature to its `OK`, in named stages:
 //! - [`before_signature`]: what is refused on sight (the event rate, the write policy, a
 //!   request to vanish naming other relays, the date window);
-//! - the signature check (`Core::verify`), then [`after_signature`]: a deletion request's
-//!   targets are looked up on every core (NIP-09 ownership);
+//! - the signature check (`Core::verify`), then [`after_signature`]: the write plugin's
+//!   decision (`plugin`, strfry's protocol), and a deletion request's targets looked up on
+//!   every core (NIP-09 ownership), both as work the connection owns;
 //! - `route`: to the owner core of the author's shard, waiting while its channel is full;
 //! - [`append_owned`], on the owner: the storage rules, the append, and the shard's
 //!   [`AckPipeline`], one task per shard that acknowledges each append once it is durable
@@ -19,9 +20,11 @@ use std::task::{Poll, Waker};
 use super::core::Core;
 use super::mesh::{Answer, Ask, CoreMsg, Reply};
 use super::outbox::Out;
+use super::plugin::{Source, Verdict};
 use super::rates::Work;
 use super::scan::{self, QueryLimits};
 use super::stats::{Outcome, OutcomeClass};
+use crate::config::PluginFailure;
 use crate::event::kind::{parse_address, KIND_DELETION, KIND_VANISH};
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
@@ -128,12 +131,20 @@ pub fn is_known_duplicate(core: &Core, id: &EventId, shard: u16) -> bool {
 /// checked against every core, as a query owned by the connection.
 pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: u16) {
     core.with_session(reply.conn, |session| session.outbound.owe_reply());
-    if event.kind() != KIND_DELETION {
+    // A request to vanish is followed whatever the plugin would say (NIP-62).
+    let judged = core.plugin.is_some() && event.kind() != KIND_VANISH;
+    if event.kind() != KIND_DELETION && !judged {
         return route(core, reply, event, shard).await;
     }
     let conn = reply.conn;
     let owner = core.clone();
     core.start_query(conn, None, async move {
+        if judged && !plugin_accepts(&owner, &reply, &event).await {
+            return;
+        }
+        if event.kind() != KIND_DELETION {
+            return route(&owner, reply, event, shard).await;
+        }
         let refused = {
             let _slot = owner.query_slot().await;
             names_another_authors_event(&owner, &event).await
@@ -144,6 +155,43 @@ pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent
             route(&owner, reply, event, shard).await;
         }
     });
+}
+
+/// The write plugin's stage: whether `event` goes on; when not, its OK is sent here.
+async fn plugin_accepts(core: &Rc<Core>, reply: &Reply, event: &VerifiedEvent) -> bool {
+    let Some(plugin) = &core.plugin else { return true };
+    let Some((ip, authed)) =
+        core.with_session(reply.conn, |session| (session.ip, session.auth.pubkeys.first().copied()))
+    else {
+        return false;
+    };
+    let source = Source { ip, authed: authed.as_ref() };
+    let verdict = plugin.judge(event.json(), event.id().to_hex(), &source).await;
+    let (outcome, reason) = match verdict {
+        Verdict::Accept => return true,
+        Verdict::Reject(msg) => (Outcome::new(OutcomeClass::Refused, "plugin"), with_prefix(msg, "blocked")),
+        Verdict::ShadowReject(msg) => (Outcome::new(OutcomeClass::ShadowRejected, "plugin"), msg),
+        Verdict::Failed(_) if core.config.write_plugin.on_failure == PluginFailure::Accept => return true,
+        Verdict::Failed(_) => (
+            Outcome::new(OutcomeClass::Error, "plugin_failed"),
+            "error: the relay's write policy could not judge this event; try again later".to_owned(),
+        ),
+    };
+    deliver_ok(core, reply, outcome, &reason);
+    false
+}
+
+/// A plugin's message as an `OK` reason: kept when it has a NIP-01 prefix (`word: ...`),
+/// else given `prefix`.
+fn with_prefix(msg: String, prefix: &str) -> String {
+    let has_prefix = msg
+        .split_once(": ")
+        .is_some_and(|(word, _)| !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
+    match (has_prefix, msg.is_empty()) {
+        (true, _) => msg,
+        (false, true) => format!("{prefix}: rejected by the relay's write policy"),
+        (false, false) => format!("{prefix}: {msg}"),
+    }
 }
 
 /// NIP-09 lets a relay refuse a deletion request that names someone else's address, or an

@@ -40,6 +40,9 @@ pub struct CoreMetrics {
     pub auth_accepted: u64,
     pub auth_refused: u64,
     pub manage_calls: Vec<(&'static str, u64)>,
+    /// The write plugin's processes started and events it failed to judge.
+    pub plugin_starts: u64,
+    pub plugin_failures: u64,
     pub received_bytes: u64,
     pub sent_bytes: u64,
     pub ingest_seconds: HistogramSnapshot,
@@ -335,6 +338,20 @@ impl Collector for RelayCollector {
             cores.iter().flat_map(|core| {
                 core.manage_calls.iter().map(move |(result, count)| (core_with(core, "result", result), *count))
             }),
+        )?;
+        counters(
+            e,
+            "plugin_starts",
+            "Write plugin processes started (the first, and each restart after a timeout, a crash or a change).",
+            None,
+            per_core(|c| c.plugin_starts),
+        )?;
+        counters(
+            e,
+            "plugin_failures",
+            "Events the write plugin failed to judge (timed out, died, answered nonsense), given write_plugin.on_failure's decision.",
+            None,
+            per_core(|c| c.plugin_failures),
         )?;
         counters(
             e,

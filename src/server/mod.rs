@@ -19,6 +19,7 @@ pub mod manage;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;
+pub mod plugin;
 pub mod policy;
 pub mod rates;
 pub mod scan;
@@ -386,7 +387,17 @@ async fn run_joined(
     let queues = QueryQueues { queries, long_scans };
     let at_start = start.lists.1.clone();
     let (lists_file, lists) = start.lists;
-    let shared = core::Shared { ip_slots: start.ip_slots, lists_file, lists };
+    let plugin = match start.config.write_plugin.command.is_empty() {
+        true => None,
+        false => match plugin::Plugin::start(id, &start.config.write_plugin) {
+            Ok(plugin) => Some(plugin),
+            Err(error) => {
+                let _ = start.ready.send(Err(format!("cannot start the write plugin's thread: {error}")));
+                return;
+            }
+        },
+    };
+    let shared = core::Shared { ip_slots: start.ip_slots, lists_file, lists, plugin };
     let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, shared, queues);
     // Again, now that the shards are open: banned events are retired from them.
     core.apply_lists(at_start);

@@ -141,6 +141,9 @@ pub enum OutcomeClass {
     /// Refused by policy (`blocked:`, `auth-required:`, `restricted:`).
     Refused,
     RateLimited,
+    /// Answered `OK true` at a write plugin's word (`shadowReject`), neither stored nor
+    /// broadcast.
+    ShadowRejected,
     /// Not stored for the relay's own reasons (`error:`): storage refusing writes, shutdown.
     Error,
 }
@@ -154,6 +157,7 @@ impl OutcomeClass {
             OutcomeClass::Invalid => "invalid",
             OutcomeClass::Refused => "refused",
             OutcomeClass::RateLimited => "rate_limited",
+            OutcomeClass::ShadowRejected => "shadow_rejected",
             OutcomeClass::Error => "error",
         }
     }
@@ -172,8 +176,10 @@ impl Outcome {
 
     /// The `OK`'s `true` or `false`.
     pub fn accepted(self) -> bool {
-        matches!(self.class, OutcomeClass::Stored | OutcomeClass::Ephemeral | OutcomeClass::Duplicate)
-            && self != Outcome::SUPERSEDED
+        matches!(
+            self.class,
+            OutcomeClass::Stored | OutcomeClass::Ephemeral | OutcomeClass::Duplicate | OutcomeClass::ShadowRejected
+        ) && self != Outcome::SUPERSEDED
     }
 }
 
