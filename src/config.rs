@@ -27,6 +27,10 @@ pub struct Config {
     /// refused (`OK false "error: ..."`) while reads go on, so that appends already taken, a
     /// segment rotation and a seal never run out of space half-way. 0 turns it off.
     pub storage_reserve_bytes: u64,
+    /// Reverse proxies in front of the relay (`["127.0.0.1"]`): a connection from one of them
+    /// is taken to come from the address its `X-Forwarded-For` (or `X-Real-IP`) names, for
+    /// the rate limits, the per-address limits, blocked addresses and the write plugin.
+    pub trusted_proxies: Vec<String>,
     pub log: LogConfig,
     pub info: RelayInfo,
     pub auth: AuthConfig,
@@ -93,8 +97,8 @@ pub struct RateLimitConfig {
     /// New WebSocket connections (closed with 1013).
     pub connections: Rate,
     /// Addresses never limited. Loopback by default, for load tests and tools on the host:
-    /// behind a reverse proxy on the same host, every client arrives from loopback, so set
-    /// `[]` there (all clients then share the proxy's buckets).
+    /// behind a reverse proxy on the same host, name it in `trusted_proxies`, so that each
+    /// client is limited by its own address rather than exempt as loopback.
     pub exempt_ips: Vec<String>,
     /// Authenticated pubkeys never limited.
     pub exempt_pubkeys: Vec<String>,
@@ -426,6 +430,7 @@ impl Default for Config {
             key_file: None,
             segment_size: SEGMENT_SIZE_DEFAULT,
             storage_reserve_bytes: STORAGE_RESERVE_BYTES_DEFAULT,
+            trusted_proxies: Vec::new(),
             log: LogConfig::default(),
             info: RelayInfo::default(),
             auth: AuthConfig::default(),
@@ -526,6 +531,9 @@ impl Config {
                 crate::auth::RelayAddress::parse_url(url).is_some(),
                 "auth.relay_urls: {url:?} is not a ws://, wss://, http:// or https:// URL"
             );
+        }
+        for ip in &self.trusted_proxies {
+            anyhow::ensure!(ip.parse::<std::net::IpAddr>().is_ok(), "trusted_proxies: {ip:?} is not an IP address");
         }
         for ip in &self.rate_limits.exempt_ips {
             anyhow::ensure!(

@@ -62,8 +62,10 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         with_socket(&stream, |socket| socket.set_send_buffer_size(send_buffer_size));
     }
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
-    let Ok(Some((route, mut leftover))) = head else { return };
-    if core.policy().blocks(peer.ip()) {
+    let Ok(Some((http::Head { route, forwarded_for }, mut leftover))) = head else { return };
+    // The client's address: the peer's, or the one a trusted proxy forwards for.
+    let ip = http::client_ip(peer.ip(), forwarded_for.as_deref(), &core.trusted_proxies);
+    if core.policy().blocks(ip) {
         core.stats.closed(CloseCause::Blocked);
         let _ = stream.write_all(&http::response(&Route::Blocked, &core.config)).await;
         let _ = stream.close().await;
@@ -77,7 +79,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         Route::Page => http::page_response(&core.config, &core.lists().lists),
         Route::Manage(request) => {
             let Some(body) = read_body(&mut stream, &mut leftover, request.body_size).await else { return };
-            super::manage::serve(&core, peer.ip(), request, &body).await
+            super::manage::serve(&core, ip, request, &body).await
         }
         _ => http::response(&route, &core.config),
     };
@@ -88,14 +90,14 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         let _ = stream.close().await;
         return;
     };
-    let rate_key = core.rates.borrow().key(peer.ip(), &[]);
+    let rate_key = core.rates.borrow().key(ip, &[]);
     if rate_key.is_some_and(|key| core.over_rate_of(key, Work::Connection)) {
         core.stats.closed(CloseCause::RateLimited);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
         close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many new connections from your address").await;
         return;
     }
-    let Some((conn, outbound)) = core.open_session(peer.ip(), host) else {
+    let Some((conn, outbound)) = core.open_session(ip, host) else {
         core.stats.closed(CloseCause::AddressLimit);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
         close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many connections from your address").await;
@@ -111,7 +113,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         .max_message_size(Some(limits.message_size_max))
         .max_frame_size(Some(limits.message_size_max));
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
-    tracing::debug!(core = core.id, conn = conn.0, %peer, "websocket open");
+    tracing::debug!(core = core.id, conn = conn.0, %peer, client = %ip, "websocket open");
     if core.config.auth.challenge == crate::config::ChallengeWhen::OnConnect {
         core.send_challenge(conn);
     }
@@ -126,14 +128,15 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
 pub async fn serve_admin(core: Rc<Core>, mut stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else { return };
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
-    let Ok(Some((route, mut leftover))) = head else { return };
+    let Ok(Some((http::Head { route, forwarded_for }, mut leftover))) = head else { return };
+    let ip = http::client_ip(peer.ip(), forwarded_for.as_deref(), &core.trusted_proxies);
     let response = match &route {
         Route::Metrics => http::metrics_response(&core.scrape().await),
         Route::Stats => http::stats_response(&core.stats_everywhere().await),
         Route::Health => http::response(&route, &core.config),
         Route::Manage(request) => {
             let Some(body) = read_body(&mut stream, &mut leftover, request.body_size).await else { return };
-            super::manage::serve(&core, peer.ip(), request, &body).await
+            super::manage::serve(&core, ip, request, &body).await
         }
         _ => http::not_found(),
     };
@@ -142,8 +145,8 @@ pub async fn serve_admin(core: Rc<Core>, mut stream: TcpStream) {
     }
 }
 
-/// Read until a complete request head; returns the route and the bytes after the head.
-async fn read_head(stream: &mut TcpStream) -> Option<(Route, Vec<u8>)> {
+/// Read until a complete request head; returns it and the bytes after it.
+async fn read_head(stream: &mut TcpStream) -> Option<(http::Head, Vec<u8>)> {
     // Read straight into the heap buffer: a stack array here would live in every
     // connection's future (twice, inside the handshake timeout) for the connection's life.
     let mut buffer = Vec::with_capacity(HEAD_READ_SIZE);
@@ -156,7 +159,7 @@ async fn read_head(stream: &mut TcpStream) -> Option<(Route, Vec<u8>)> {
             return None;
         }
         match http::parse_request(&buffer) {
-            Ok(Some((route, consumed))) => return Some((route, buffer.split_off(consumed))),
+            Ok(Some((head, consumed))) => return Some((head, buffer.split_off(consumed))),
             Ok(None) => continue,
             Err(reason) => {
                 let _ = stream.write_all(&http::response(&Route::BadRequest(reason), &Default::default())).await;

@@ -81,6 +81,8 @@ pub struct Core {
     /// The addresses an AUTH event may name: `auth.relay_urls`, parsed (empty: the Host a
     /// connection dialled).
     pub relay_addresses: Vec<RelayAddress>,
+    /// Proxies whose `X-Forwarded-For` names the client (`trusted_proxies`).
+    pub trusted_proxies: Vec<IpAddr>,
     pub stats: Rc<Stats>,
     pub mesh: Rc<Mesh>,
     router: Router,
@@ -141,6 +143,12 @@ impl Core {
             rates: RefCell::new(RateLimiter::new(&config.rate_limits)),
             private_kinds: config.policy.private_kinds.iter().copied().collect(),
             relay_addresses: config.auth.relay_urls.iter().filter_map(|url| RelayAddress::parse_url(url)).collect(),
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| ip.to_canonical())
+                .collect(),
             stats,
             config,
             mesh,

@@ -1,6 +1,8 @@
 //! The HTTP side of a connection, sans-IO: read the request head, then answer with the
 //! NIP-11 document, a small page, `/healthz`, or the WebSocket upgrade.
 
+use std::net::IpAddr;
+
 use super::policy::Policy;
 use crate::config::{Config, PolicyLists};
 
@@ -46,9 +48,17 @@ pub struct ManageRequest {
     pub body_size: usize,
 }
 
+/// A parsed request head: the route, and what a proxy in front said about the client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub route: Route,
+    /// `X-Forwarded-For`, else `X-Real-IP`: believed only from `trusted_proxies`.
+    pub forwarded_for: Option<String>,
+}
+
 /// Parse a request head from the start of `buffer`. `Ok(None)`: read more.
-/// On success, returns the route and how many bytes the head took.
-pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static str> {
+/// On success, returns the head and how many bytes it took.
+pub fn parse_request(buffer: &[u8]) -> Result<Option<(Head, usize)>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; HEADER_COUNT_MAX];
     let mut request = httparse::Request::new(&mut headers);
     let consumed = match request.parse(buffer) {
@@ -99,7 +109,26 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Route, usize)>, &'static s
         "GET" | "HEAD" => Route::NotFound,
         _ => Route::BadRequest("method not allowed"),
     };
-    Ok(Some((route, consumed)))
+    let forwarded_for = header("x-forwarded-for").or_else(|| header("x-real-ip")).map(str::to_owned);
+    Ok(Some((Head { route, forwarded_for }, consumed)))
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy that says who it
+/// forwards for. `X-Forwarded-For` is read from the right (each proxy appends the address it
+/// saw), skipping trusted proxies; the first other address is the client. A header that does
+/// not parse leaves the peer's address, so a client cannot choose its own by sending one.
+pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
+    let peer = peer.to_canonical();
+    let (Some(forwarded), true) = (forwarded_for, trusted.contains(&peer)) else { return peer };
+    let mut client = peer;
+    for entry in forwarded.rsplit(',') {
+        let Ok(address) = entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else { return client };
+        client = address;
+        if !trusted.contains(&address) {
+            break;
+        }
+    }
+    client
 }
 
 const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\n";
@@ -241,7 +270,7 @@ mod tests {
     use super::*;
 
     fn route(head: &str) -> Route {
-        parse_request(head.as_bytes()).unwrap().unwrap().0
+        parse_request(head.as_bytes()).unwrap().unwrap().0.route
     }
 
     #[test]
@@ -269,6 +298,26 @@ mod tests {
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost:"), Ok(None));
         assert!(parse_request(b"\x00\x01 garbage\r\n\r\n").is_err());
         assert!(parse_request(&vec![b'a'; REQUEST_HEAD_SIZE_MAX]).is_err());
+    }
+
+    #[test]
+    fn a_trusted_proxy_names_the_client() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let trusted = [ip("127.0.0.1"), ip("10.0.0.2")];
+        let head = "GET / HTTP/1.1\r\nX-Forwarded-For: 198.51.100.7, 10.0.0.2\r\n\r\n";
+        let forwarded = parse_request(head.as_bytes()).unwrap().unwrap().0.forwarded_for;
+        assert_eq!(forwarded.as_deref(), Some("198.51.100.7, 10.0.0.2"));
+        assert_eq!(client_ip(ip("127.0.0.1"), forwarded.as_deref(), &trusted), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("::ffff:127.0.0.1"), forwarded.as_deref(), &trusted), ip("198.51.100.7"));
+        // A client's own header, sent straight to the relay, is not believed.
+        assert_eq!(client_ip(ip("203.0.113.9"), forwarded.as_deref(), &trusted), ip("203.0.113.9"));
+        // A client that sends the proxy a made-up header gets the address the proxy saw.
+        assert_eq!(client_ip(ip("127.0.0.1"), Some("1.2.3.4, 198.51.100.7"), &trusted), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("127.0.0.1"), Some("not an address"), &trusted), ip("127.0.0.1"));
+        assert_eq!(client_ip(ip("127.0.0.1"), None, &trusted), ip("127.0.0.1"));
+        let real_ip = "GET / HTTP/1.1\r\nX-Real-IP: 198.51.100.8\r\n\r\n";
+        let forwarded = parse_request(real_ip.as_bytes()).unwrap().unwrap().0.forwarded_for;
+        assert_eq!(client_ip(ip("127.0.0.1"), forwarded.as_deref(), &trusted), ip("198.51.100.8"));
     }
 
     #[test]

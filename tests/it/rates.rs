@@ -32,6 +32,31 @@ fn events_over_the_burst_are_rate_limited_and_counted() {
     assert_eq!(crate::metrics::total(&metrics, "ringrelay_events_total", &[("outcome", "stored")]), 3.0);
 }
 
+/// Behind a trusted proxy, each client is limited by the address the proxy forwards for;
+/// the header from anyone else is ignored.
+#[test]
+fn a_trusted_proxys_clients_each_have_their_own_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("trusted_proxies = [\"127.0.0.1\"]\n{TIGHT}");
+    let relay = Relay::start_with_config(dir.path(), 1, &config);
+    let publish = |client: &mut crate::relay::Client, index: u64| {
+        client.publish(&signed(&keys(7050), 1, now() - 100 + index, &[], "via a proxy")).0
+    };
+    let mut first = relay.connect_forwarded("198.51.100.1", None);
+    let accepted: Vec<bool> = (0..4).map(|i| publish(&mut first, i)).collect();
+    assert_eq!(accepted, [true, true, true, false], "the first client's own bucket");
+    let mut second = relay.connect_forwarded("203.0.113.5, 198.51.100.2", None);
+    assert!(publish(&mut second, 10), "another client behind the proxy has its own");
+    // From a peer that is not a trusted proxy, the header means nothing: that peer's own
+    // address is the key, and it has spent nothing yet ...
+    let untrusted = Some(std::net::Ipv4Addr::new(127, 0, 0, 3));
+    let mut spoofing = relay.connect_forwarded("198.51.100.1", untrusted);
+    assert!(publish(&mut spoofing, 20));
+    // ... and a client claiming the first client's address through it does not get its bucket.
+    let accepted: Vec<bool> = (21..24).map(|i| publish(&mut spoofing, i)).collect();
+    assert_eq!(accepted, [true, true, false]);
+}
+
 #[test]
 fn queries_over_the_burst_are_closed_rate_limited() {
     let dir = tempfile::tempdir().unwrap();

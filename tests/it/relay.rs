@@ -146,8 +146,30 @@ impl Relay {
         self.connect_socket(|socket| socket.set_recv_buffer_size(4096).unwrap())
     }
 
+    /// A WebSocket client whose upgrade request carries `X-Forwarded-For: forwarded_for`,
+    /// as a reverse proxy's does (from `source`, another loopback address, when given).
+    pub fn connect_forwarded(&self, forwarded_for: &str, source: Option<std::net::Ipv4Addr>) -> Client {
+        use tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://127.0.0.1:{}", self.port).into_client_request().unwrap();
+        request.headers_mut().insert("X-Forwarded-For", forwarded_for.parse().unwrap());
+        self.connect_request(request, |socket| {
+            if let Some(source) = source {
+                socket.bind(&std::net::SocketAddr::from((source, 0)).into()).unwrap();
+            }
+        })
+    }
+
     /// A WebSocket client on a socket `prepare` sets up before it connects.
     fn connect_socket(&self, prepare: impl FnOnce(&socket2::Socket)) -> Client {
+        use tungstenite::client::IntoClientRequest;
+        self.connect_request(format!("ws://127.0.0.1:{}", self.port).into_client_request().unwrap(), prepare)
+    }
+
+    fn connect_request(
+        &self,
+        request: tungstenite::handshake::client::Request,
+        prepare: impl FnOnce(&socket2::Socket),
+    ) -> Client {
         let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         prepare(&socket);
@@ -155,7 +177,7 @@ impl Relay {
         let stream: TcpStream = socket.into();
         stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-        let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{}", self.port), MaybeTlsStream::Plain(stream))
+        let (ws, _) = tungstenite::client(request, MaybeTlsStream::Plain(stream))
             .expect("websocket handshake within the read timeout");
         Client { ws, challenge: None }
     }
