@@ -17,6 +17,8 @@ pub enum KindClass {
 pub const KIND_DELETION: u16 = 5;
 /// NIP-62 request to vanish.
 pub const KIND_VANISH: u16 = 62;
+/// NIP-59 gift wrap.
+pub const KIND_GIFT_WRAP: u16 = 1059;
 
 impl KindClass {
     /// The class of `kind`. Kinds NIP-01 leaves unclassified (45–999, 40000+) are stored

@@ -66,6 +66,9 @@ pub struct Core {
     /// The write policy, compiled from `[policy]` and the data directory's lists file;
     /// replaced whole when the lists are reloaded (SIGHUP).
     policy: RefCell<Rc<Policy>>,
+    /// Per pubkey that asked to vanish (NIP-62): the latest date it asked for. Gift wraps to it
+    /// up to then are retired from this core's shards and refused.
+    vanished: RefCell<HashMap<[u8; 32], u64>>,
     /// This core's write-policy plugin (`[write_plugin]`), when one is configured.
     pub plugin: Option<Plugin>,
     /// The lists file's one writer, shared by every core (SIGHUP, NIP-86).
@@ -136,6 +139,7 @@ impl Core {
             id: mesh.id,
             core_count: mesh.core_count,
             policy: RefCell::new(Rc::new(Policy::with_lists(&config.policy, &lists.lists))),
+            vanished: RefCell::new(HashMap::new()),
             plugin,
             lists_file,
             lists: RefCell::new(lists),
@@ -388,6 +392,51 @@ impl Core {
         }
         *self.policy.borrow_mut() = policy;
         *self.lists.borrow_mut() = lists;
+    }
+
+    /// A request to vanish from `pubkey` up to `until` is stored (on any core): retire the
+    /// gift wraps to it from this core's shards, and refuse them from now on (NIP-62).
+    pub fn note_vanish(&self, pubkey: &[u8; 32], until: u64) {
+        let mut vanished = self.vanished.borrow_mut();
+        let latest = vanished.entry(*pubkey).or_insert(0);
+        *latest = (*latest).max(until);
+        let hex = crate::hex::encode(pubkey);
+        let mut retired = 0;
+        for shard in self.shards.borrow().values() {
+            retired += shard.state_mut().index.kill_wraps_to(hex.as_bytes(), until);
+        }
+        if retired > 0 {
+            tracing::info!(pubkey = %hex, retired, "gift wraps to a pubkey that vanished retired");
+        }
+    }
+
+    /// Whether a gift wrap dated `created_at` `p`-tags a pubkey that vanished since.
+    pub fn is_wrap_to_vanished(&self, event: &ParsedEvent) -> bool {
+        let vanished = self.vanished.borrow();
+        !vanished.is_empty()
+            && event.index_tags.iter().any(|tag| {
+                tag.letter == b'p'
+                    && crate::hex::decode_lower::<32>(&tag.value)
+                        .and_then(|key| vanished.get(&key).copied())
+                        .is_some_and(|until| event.created_at <= until)
+            })
+    }
+
+    /// At start, before serving: every stored request to vanish, from every core, retires
+    /// the gift wraps to its author from this core's shards (replay retires the author's own
+    /// events on its shard; the wraps to it live on any shard).
+    pub async fn apply_stored_vanish_requests(self: &Rc<Self>) {
+        let filter = crate::filter::Filter { kinds: Some(vec![crate::event::kind::KIND_VANISH]), ..Default::default() };
+        let every = crate::limits::SHARD_EVENT_COUNT_MAX;
+        let limits = QueryLimits { default: every, max: every, now: crate::now_unix(), bytes_max: usize::MAX };
+        let found = super::ingest::gather_hits(self, Arc::from([filter]), limits, Privacy::default()).await;
+        for hit in found.into_iter().flatten() {
+            let Ok(event) = serde_json::from_slice::<serde_json::Value>(&hit.json) else { continue };
+            let pubkey = event["pubkey"].as_str().and_then(|key| crate::hex::decode_lower::<32>(key.as_bytes()));
+            if let Some(pubkey) = pubkey {
+                self.note_vanish(&pubkey, hit.created_at);
+            }
+        }
     }
 
     /// Put `lists` in force on every core, this one included; returns once all have.

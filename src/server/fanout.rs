@@ -13,6 +13,10 @@ use super::session::SubState;
 use crate::subs::LiveEvent;
 
 pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
+    use crate::filter::Matchable;
+    if event.kind() == crate::event::kind::KIND_VANISH {
+        core.note_vanish(event.pubkey(), event.created_at());
+    }
     let mut matches = Vec::new();
     core.subs.borrow_mut().matches(event, &mut matches);
     let pending_max = core.config.limits.pending_live_max;

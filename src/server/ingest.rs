@@ -25,7 +25,7 @@ use super::rates::Work;
 use super::scan::{self, QueryLimits};
 use super::stats::{Outcome, OutcomeClass};
 use crate::config::PluginFailure;
-use crate::event::kind::{parse_address, KIND_DELETION, KIND_VANISH};
+use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANISH};
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
@@ -67,6 +67,10 @@ pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Optio
             let reason = "invalid: this request to vanish names neither this relay nor ALL_RELAYS".to_owned();
             return Some((Outcome::new(OutcomeClass::Invalid, "vanish_elsewhere"), reason));
         }
+    } else if event.kind == KIND_GIFT_WRAP && core.is_wrap_to_vanished(event) {
+        let reason =
+            "blocked: this gift wrap is addressed to a pubkey that asked this relay to delete its events".to_owned();
+        return Some((Outcome::new(OutcomeClass::Refused, "vanished"), reason));
     } else {
         let authed = match policy.needs_auth(event) {
             true => core.with_session(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),

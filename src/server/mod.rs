@@ -421,6 +421,8 @@ async fn run_joined(
         .collect();
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
+    // Gift wraps to pubkeys that vanished (NIP-62) are retired before anything is served.
+    core.apply_stored_vanish_requests().await;
     let _ = start.ready.send(Ok(format!("core {id}")));
     let clients = accept_until_stopped(&core, &listener, &start.stop, sessions, conn::serve_connection);
     match &admin {

@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
-use crate::event::kind::{parse_address, KIND_DELETION, KIND_VANISH};
+use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANISH};
 use crate::event::KindClass;
 use crate::limits::SHARD_EVENT_COUNT_MAX;
 
@@ -472,6 +472,24 @@ impl Index {
             self.pending_kills.pop_front();
             self.kill(victim);
         }
+    }
+
+    /// Retire the live gift wraps `p`-tagging `pubkey_hex` dated up to `until` (NIP-62: the
+    /// DMs to a pubkey that vanished); returns how many.
+    pub fn kill_wraps_to(&mut self, pubkey_hex: &[u8], until: u64) -> usize {
+        let victims: Vec<EventNo> = self
+            .tag_postings(b'p', pubkey_hex)
+            .iter()
+            .flat_map(|run| run.iter().copied())
+            .filter(|&no| {
+                let entry = self.entry(no);
+                entry.kind == KIND_GIFT_WRAP && entry.created_at <= until && !entry.is_dead()
+            })
+            .collect();
+        for &no in &victims {
+            self.kill(no);
+        }
+        victims.len()
     }
 
     /// Retire a record: never served again, dropped by compaction.

@@ -333,43 +333,57 @@ fn a_deletion_by_a_tag_removes_versions_up_to_its_created_at() {
 }
 
 /// NIP-62: a request to vanish naming this relay (here by the address the client dialled)
-/// retires every event of its author up to its `created_at`, deletion requests included, on
-/// the author's shard, for good (a restart replays it); older events are refused afterwards,
-/// newer ones accepted; the request itself is kept and a kind 5 cannot delete it.
+/// retires every event of its author up to its `created_at`, deletion requests included, and
+/// the gift wraps to it on every shard, for good (a restart applies it again); older events
+/// and wraps are refused afterwards, newer ones accepted; the request itself is kept and a
+/// kind 5 cannot delete it.
 #[test]
-fn a_request_to_vanish_deletes_its_authors_events_up_to_its_date_for_good() {
+fn a_request_to_vanish_deletes_its_authors_events_and_wraps_to_it_for_good() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), 2);
+    // Gift wraps are served to anyone here, so that the test sees which are left.
+    let config = "[policy]\nprivate_kinds = []\n";
+    let relay = Relay::start_with_config(dir.path(), 2, config);
     let mut client = relay.connect();
     let (alice, bob) = (keys(2300), keys(2301));
+    let alice_hex = alice.public_key().to_hex();
     let t = now() - 100;
     let note = signed(&alice, 1, t, &[], "a note");
     let profile = signed(&alice, 0, t, &[], "{}");
     let article = signed(&alice, 30023, t + 1, &[&["d", "post"]], "article");
     let deletion = signed(&alice, 5, t + 2, &[&["e", &"ab".repeat(32)]], "");
-    let bobs = signed(&bob, 1, t, &[&["p", &alice.public_key().to_hex()]], "bob's reply");
+    let bobs = signed(&bob, 1, t, &[&["p", &alice_hex]], "bob's reply");
     publish_all(&mut client, &[&note, &profile, &article, &deletion, &bobs]);
+    // Wraps to alice from one-off keys, so that they land on both cores' shards.
+    let wraps: Vec<String> =
+        (0..8).map(|i| signed(&keys(2310 + i), 1059, t + 5, &[&["p", &alice_hex]], "sealed")).collect();
+    publish_all(&mut client, &wraps.iter().collect::<Vec<_>>());
     let elsewhere = signed(&alice, 62, t + 10, &[&["relay", "wss://another.example.com"]], "");
     refused_with(&mut client, &elsewhere, "invalid:");
     let here = format!("ws://127.0.0.1:{}", relay.port);
     let vanish = signed(&alice, 62, t + 10, &[&["relay", "wss://another.example.com"], &["relay", &here]], "bye");
     publish_all(&mut client, &[&vanish]);
     let later = signed(&alice, 1, t + 11, &[], "written after");
-    publish_all(&mut client, &[&later]);
+    let later_wrap = signed(&keys(2320), 1059, t + 11, &[&["p", &alice_hex]], "sealed later");
+    publish_all(&mut client, &[&later, &later_wrap]);
     refused_with(&mut client, &note, "blocked:");
     refused_with(&mut client, &signed(&alice, 1, t + 10, &[], "as old as the request"), "blocked:");
+    refused_with(&mut client, &signed(&keys(2321), 1059, t + 9, &[&["p", &alice_hex]], "old wrap"), "blocked:");
     let undo = signed(&alice, 5, t + 12, &[&["e", &id_of(&vanish)]], "");
     publish_all(&mut client, &[&undo]);
-    let by_alice = json!({"authors": [alice.public_key().to_hex()]});
+    let by_alice = json!({"authors": [alice_hex]});
+    let to_alice = json!({"kinds": [1059], "#p": [alice_hex]});
     let expected = vec![id_of(&undo), id_of(&later), id_of(&vanish)];
     assert_eq!(ids(&client.req("alice", std::slice::from_ref(&by_alice))), expected);
+    assert_eq!(ids(&client.req("wraps", std::slice::from_ref(&to_alice))), vec![id_of(&later_wrap)]);
     assert_eq!(ids(&client.req("bob", &[json!({"authors": [bob.public_key().to_hex()]})])), vec![id_of(&bobs)]);
     drop(client);
     relay.terminate();
-    let relay = Relay::start(dir.path(), 2);
+    let relay = Relay::start_with_config(dir.path(), 2, config);
     let mut client = relay.connect();
     assert_eq!(ids(&client.req("replayed", &[by_alice])), expected, "the request is replayed");
+    assert_eq!(ids(&client.req("wraps", &[to_alice])), vec![id_of(&later_wrap)], "and applied on every shard");
     refused_with(&mut client, &article, "blocked:");
+    refused_with(&mut client, &wraps[0], "blocked:");
     // ALL_RELAYS names every relay.
     let carol = keys(2302);
     publish_all(&mut client, &[&signed(&carol, 1, t, &[], "carol's")]);
