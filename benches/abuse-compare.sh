@@ -3,6 +3,9 @@
 # peak memory: loadgen/scenarios/abuse.toml against the same scenario without its [abuse]
 # section, interleaved, the relay on CPU 0 (one core), loadgen on CPU 1.
 # Usage: bash benches/abuse-compare.sh [runs] [duration]
+# ABUSE_SOURCE=127.0.0.2: the abusers connect from that address, so the relay's default
+# per-address rate limits (loopback, where the healthy clients come from, is exempt) meet
+# them, as they would hostile clients on the internet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-2}
@@ -23,7 +26,9 @@ for run in $(seq "$runs"); do
       2>"$work/relay-$kind-$run.log" &
     pid=$!
     sleep 1
-    taskset -c 1 "$loadgen" "ws://127.0.0.1:$port" --scenario "$work/$kind.toml" -d "$duration" -t 1 --quiet \
+    source=()
+    if [ "$kind" = abuse ] && [ -n "${ABUSE_SOURCE:-}" ]; then source=(--abuse-source "$ABUSE_SOURCE"); fi
+    taskset -c 1 "$loadgen" "ws://127.0.0.1:$port" --scenario "$work/$kind.toml" "${source[@]}" -d "$duration" -t 1 --quiet \
       --relay-pid "$pid" --json "$work/$kind-$run.json" >/dev/null || true
     stats=$(curl -s "http://127.0.0.1:$port/stats")
     peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")

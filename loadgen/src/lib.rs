@@ -85,6 +85,10 @@ pub struct Args {
     /// abuse: connections subscribed to everything that never read.
     #[arg(long, value_name = "N")]
     pub stalled_readers: Option<usize>,
+    /// abuse: the local address the abusers connect from (e.g. 127.0.0.2), so that the
+    /// relay's per-address rate limits can tell them from the well-behaved clients.
+    #[arg(long, value_name = "IP")]
+    pub abuse_source: Option<std::net::IpAddr>,
     /// The measured phase (e.g. 30s).
     #[arg(short, long, value_parser = plan::parse_duration)]
     pub duration: Option<std::time::Duration>,
@@ -172,6 +176,9 @@ impl Args {
             a.count_flooders = self.count_flooders.unwrap_or(a.count_flooders);
             a.req_churners = self.req_churners.unwrap_or(a.req_churners);
             a.stalled_readers = self.stalled_readers.unwrap_or(a.stalled_readers);
+        }
+        if let (Some(source), Some(a)) = (self.abuse_source, plan.abuse.as_mut()) {
+            a.source = Some(source);
         }
         let run = &mut plan.run;
         run.duration = self.duration.map_or(run.duration, plan::Span);

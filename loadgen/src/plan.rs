@@ -142,11 +142,14 @@ pub struct AbusePlan {
     pub churn_filters: usize,
     /// Connections subscribed to every event that never read, on a small receive buffer.
     pub stalled_readers: usize,
+    /// The local address the abusers connect from (e.g. `127.0.0.2`), so that a relay's
+    /// per-address limits can tell them from the other clients; unset: the default route's.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Default for AbusePlan {
     fn default() -> Self {
-        AbusePlan { count_flooders: 0, req_churners: 0, churn_filters: 10, stalled_readers: 0 }
+        AbusePlan { count_flooders: 0, req_churners: 0, churn_filters: 10, stalled_readers: 0, source: None }
     }
 }
 

@@ -7,10 +7,12 @@
 //! thread of its own (`ringrelay-plugin-N`): the core never waits on the process. The core
 //! queues at most `write_plugin.queue_max` events (a FIFO semaphore; publishers wait past
 //! it, each within its connection's budgets), and awaits each decision. The thread writes
-//! one request at a time and waits for its answer up to `timeout_ms`; a plugin that times
-//! out, dies, or answers with another event's id is killed (its process group) and started
-//! again for the next event, at most once a second; the event in hand, and events that come
-//! while it may not restart yet, get `on_failure`'s decision. A plugin whose file changes is
+//! what is queued at once (up to 64 requests) and reads the answers back in order, each
+//! within `timeout_ms` (a plugin answers a line before it reads the next, so several lines
+//! in its pipe change nothing for it; strfry writes one at a time). A plugin that times out,
+//! dies, or answers with another event's id is killed (its process group) and started again
+//! for the next event, at most once a second; the events in hand, and events that come while
+//! it may not restart yet, get `on_failure`'s decision. A plugin whose file changes is
 //! restarted before the next event (checked at most once a second), as strfry does.
 
 use std::io::{Read, Write};
@@ -22,7 +24,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_channel::oneshot;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::config::WritePluginConfig;
 
@@ -32,6 +34,8 @@ const RESTART_INTERVAL: Duration = Duration::from_secs(1);
 const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest answer line accepted, in bytes.
 const ANSWER_SIZE_MAX: usize = 64 * 1024;
+/// Requests written to the plugin at once, before their answers are read.
+const PIPELINE_COUNT_MAX: usize = 64;
 /// How long a plugin asked to stop (stdin closed, SIGTERM) has before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -124,23 +128,15 @@ impl Drop for Plugin {
     }
 }
 
-/// The request line strfry's plugins read.
+/// The request line strfry's plugins read. The event's JSON is the relay's compact form,
+/// put in as is.
 fn request_line(event_json: &str, source: &Source<'_>, now: u64) -> String {
-    let event: Value = serde_json::from_str(event_json).unwrap_or(Value::Null);
-    let source_type = if source.ip.to_canonical().is_ipv4() { "IP4" } else { "IP6" };
-    let mut request = json!({
-        "type": "new",
-        "event": event,
-        "receivedAt": now,
-        "sourceType": source_type,
-        "sourceInfo": source.ip.to_canonical().to_string(),
-    });
-    if let Some(pubkey) = source.authed {
-        request["authed"] = pubkey.to_hex().into();
-    }
-    let mut line = request.to_string();
-    line.push('\n');
-    line
+    let ip = source.ip.to_canonical();
+    let source_type = if ip.is_ipv4() { "IP4" } else { "IP6" };
+    let authed = source.authed.map(|pubkey| format!(",\"authed\":\"{}\"", pubkey.to_hex())).unwrap_or_default();
+    format!(
+        "{{\"type\":\"new\",\"event\":{event_json},\"receivedAt\":{now},\"sourceType\":\"{source_type}\",\"sourceInfo\":\"{ip}\"{authed}}}\n"
+    )
 }
 
 /// The decision an answer line gives for event `id`; `Err` when the line is not an answer
@@ -180,24 +176,37 @@ struct Driver {
 
 impl Driver {
     fn run(mut self, requests: mpsc::Receiver<Request>) {
-        while let Ok(request) = requests.recv() {
-            let verdict = self.judge(&request);
-            if let Verdict::Failed(why) = &verdict {
-                self.figures.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(command = %self.command, why, "the write plugin did not judge an event");
+        let mut batch = Vec::with_capacity(PIPELINE_COUNT_MAX);
+        while let Ok(first) = requests.recv() {
+            batch.push(first);
+            while batch.len() < PIPELINE_COUNT_MAX {
+                match requests.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
             }
-            let _ = request.answer.send(verdict);
+            let verdicts = self.judge(&batch);
+            for (request, verdict) in batch.drain(..).zip(verdicts) {
+                if let Verdict::Failed(why) = &verdict {
+                    self.figures.failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(command = %self.command, why, "the write plugin did not judge an event");
+                }
+                let _ = request.answer.send(verdict);
+            }
         }
         if let Some(running) = self.running.take() {
             stop(running);
         }
     }
 
-    fn judge(&mut self, request: &Request) -> Verdict {
+    /// The verdicts on `batch`, in order: the requests are written at once and the answers
+    /// read back in the same order (a plugin reads a line and answers it, then the next).
+    fn judge(&mut self, batch: &[Request]) -> Vec<Verdict> {
+        let failed = |why| vec![Verdict::Failed(why); batch.len()];
         self.reload_if_changed();
         if self.running.is_none() {
             if self.last_start.is_some_and(|at| at.elapsed() < RESTART_INTERVAL) {
-                return Verdict::Failed("the plugin is restarting");
+                return failed("the plugin is restarting");
             }
             self.last_start = Some(Instant::now());
             match start(&self.command) {
@@ -208,20 +217,20 @@ impl Driver {
                 }
                 Err(error) => {
                     tracing::error!(command = %self.command, %error, "the write plugin could not be started");
-                    return Verdict::Failed("the plugin could not be started");
+                    return failed("the plugin could not be started");
                 }
             }
         }
         let running = self.running.as_mut().expect("started above");
-        match exchange(running, request, self.timeout) {
-            Ok(verdict) => verdict,
-            Err(why) => {
-                if let Some(running) = self.running.take() {
-                    kill(running);
-                }
-                Verdict::Failed(why)
+        let mut verdicts = Vec::with_capacity(batch.len());
+        let outcome = exchange(running, batch, self.timeout, &mut verdicts);
+        if let Err(why) = outcome {
+            if let Some(running) = self.running.take() {
+                kill(running);
             }
+            verdicts.resize(batch.len(), Verdict::Failed(why));
         }
+        verdicts
     }
 
     /// Restart the plugin when its file changed (a command that is one path, as strfry).
@@ -297,11 +306,17 @@ fn wait_ready(fd: i32, events: libc::c_short, deadline: Instant) -> Result<(), &
     }
 }
 
-/// Send one request and read its answer, within `timeout`.
-fn exchange(running: &mut Running, request: &Request, timeout: Duration) -> Result<Verdict, &'static str> {
-    let deadline = Instant::now() + timeout;
+/// Send a batch of requests and read their answers in order into `verdicts`: each answer
+/// within `timeout` of the one before (of the writes, for the first).
+fn exchange(
+    running: &mut Running,
+    batch: &[Request],
+    timeout: Duration,
+    verdicts: &mut Vec<Verdict>,
+) -> Result<(), &'static str> {
+    let mut deadline = Instant::now() + timeout;
+    let bytes: Vec<u8> = batch.iter().flat_map(|request| request.line.bytes()).collect();
     let mut written = 0;
-    let bytes = request.line.as_bytes();
     while written < bytes.len() {
         match running.stdin.write(&bytes[written..]) {
             Ok(0) => return Err("the plugin closed its input"),
@@ -313,10 +328,19 @@ fn exchange(running: &mut Running, request: &Request, timeout: Duration) -> Resu
             Err(_) => return Err("the plugin has exited"),
         }
     }
+    for request in batch {
+        deadline = deadline.max(Instant::now() + timeout);
+        verdicts.push(read_answer(running, &request.id, deadline)?);
+    }
+    Ok(())
+}
+
+/// The next answer line's verdict for event `id`, by `deadline`.
+fn read_answer(running: &mut Running, id: &str, deadline: Instant) -> Result<Verdict, &'static str> {
     loop {
         while let Some(end) = running.pending.iter().position(|&byte| byte == b'\n') {
             let line: Vec<u8> = running.pending.drain(..=end).collect();
-            if let Some(verdict) = parse_answer(&line[..end], &request.id)? {
+            if let Some(verdict) = parse_answer(&line[..end], id)? {
                 return Ok(verdict);
             }
             tracing::warn!(line = %String::from_utf8_lossy(&line), "the write plugin wrote a line that is not JSON");
@@ -382,6 +406,50 @@ mod tests {
         let request: Value = serde_json::from_str(&anonymous).unwrap();
         assert_eq!(request["sourceType"], "IP6");
         assert!(request.get("authed").is_none());
+    }
+
+    fn driver(command: &str) -> Driver {
+        Driver {
+            command: command.to_owned(),
+            timeout: Duration::from_secs(5),
+            figures: Arc::default(),
+            running: None,
+            last_start: None,
+            last_check: Instant::now(),
+        }
+    }
+
+    fn batch(ids: &[&str]) -> Vec<Request> {
+        let source = Source { ip: "127.0.0.1".parse().unwrap(), authed: None };
+        ids.iter()
+            .map(|id| Request {
+                line: request_line(&format!(r#"{{"id":"{id}","content":"{id}"}}"#), &source, 1),
+                id: (*id).to_owned(),
+                answer: oneshot::channel().0,
+            })
+            .collect()
+    }
+
+    /// A batch is written at once and its answers read back in order; an answer for another
+    /// event fails the rest of the batch and the plugin is started again.
+    #[test]
+    fn a_batch_is_answered_in_order() {
+        let script = r#"python3 -c '
+import json, sys
+for line in sys.stdin:
+    event = json.loads(line)["event"]
+    action = "reject" if event["content"] == "b" else "accept"
+    answer_id = "zz" if event["content"] == "lie" else event["id"]
+    print(json.dumps({"id": answer_id, "action": action, "msg": "no b"}), flush=True)
+'"#;
+        let mut plugin = driver(script);
+        let verdicts = plugin.judge(&batch(&["a", "b", "c"]));
+        assert_eq!(verdicts, [Verdict::Accept, Verdict::Reject("no b".into()), Verdict::Accept]);
+        let verdicts = plugin.judge(&batch(&["a", "lie", "c"]));
+        assert_eq!(verdicts[0], Verdict::Accept);
+        assert!(matches!(verdicts[1], Verdict::Failed(_)) && matches!(verdicts[2], Verdict::Failed(_)));
+        assert!(plugin.running.is_none(), "a plugin that answered for another event is stopped");
+        assert_eq!(plugin.figures.starts.load(Ordering::Relaxed), 1);
     }
 
     #[test]

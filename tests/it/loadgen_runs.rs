@@ -89,7 +89,8 @@ fn hostile_clients_run_beside_healthy_ones_and_the_healthy_ones_are_served() {
     let mut plan = short_plan();
     plan.publish = Some(PublishPlan { rate: 200.0, connections: 2 });
     plan.query = Some(QueryPlan { rate: 40.0, connections: 2, preload: 300, limit: 20, ..QueryPlan::default() });
-    plan.abuse = Some(AbusePlan { count_flooders: 2, req_churners: 2, churn_filters: 3, stalled_readers: 20 });
+    plan.abuse =
+        Some(AbusePlan { count_flooders: 2, req_churners: 2, churn_filters: 3, stalled_readers: 20, source: None });
     // The flooders keep both cores busy, and the suite runs other tests beside this one: a
     // reply can take seconds (a loaded CI host once left one unanswered after the 5 s
     // drain). The drain ends as soon as every reply is in, so a longer one costs nothing;

@@ -138,14 +138,22 @@ fn tls_for(host: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Tls>
 }
 
 pub(super) async fn connect(target: &Target) -> anyhow::Result<Ws> {
-    connect_with(target, None).await
+    connect_with(target, None, None).await
 }
 
-/// [`connect`], with the socket's receive buffer capped at `receive_buffer_size` bytes: a
-/// client that then stops reading is felt by the relay after kilobytes, not megabytes.
-pub(super) async fn connect_with(target: &Target, receive_buffer_size: Option<usize>) -> anyhow::Result<Ws> {
+/// [`connect`], with the socket's receive buffer capped at `receive_buffer_size` bytes (a
+/// client that then stops reading is felt by the relay after kilobytes, not megabytes), and
+/// from the local address `source` when given.
+pub(super) async fn connect_with(
+    target: &Target,
+    receive_buffer_size: Option<usize>,
+    source: Option<std::net::IpAddr>,
+) -> anyhow::Result<Ws> {
     let handshake = async {
-        let tcp = TcpStream::connect(target.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+        let tcp = match source {
+            None => TcpStream::connect(target.addr).await.map_err(|e| anyhow::anyhow!("connect: {e}"))?,
+            Some(source) => connect_from(target.addr, source)?,
+        };
         tcp.set_nodelay(true).map_err(|e| anyhow::anyhow!("TCP_NODELAY: {e}"))?;
         if let Some(size) = receive_buffer_size {
             set_receive_buffer(&tcp, size)?;
@@ -172,6 +180,17 @@ pub(super) async fn connect_with(target: &Target, receive_buffer_size: Option<us
         Ok(result) => result,
         Err(_) => bail!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"),
     }
+}
+
+/// A TCP connection from the local address `source`: bound, then connected (blocking, at
+/// setup only), then handed to glommio.
+fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> anyhow::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(source, 0).into()).map_err(|e| anyhow::anyhow!("bind {source}: {e}"))?;
+    socket.connect_timeout(&addr.into(), CONNECT_TIMEOUT).map_err(|e| anyhow::anyhow!("connect: {e}"))?;
+    // SAFETY: a connected TCP socket this function owns and gives away.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
 fn set_receive_buffer(tcp: &TcpStream, size: usize) -> anyhow::Result<()> {

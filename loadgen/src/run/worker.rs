@@ -170,7 +170,7 @@ pub(super) async fn open_connections(shared: &Arc<Shared>, index: usize) -> anyh
         for index in mine(super::abuse::total(a)) {
             let kind = super::abuse::kind_of(a, index);
             let receive_buffer = (kind == Abuser::StalledReader).then_some(STALLED_RECEIVE_BUFFER_SIZE);
-            abusers.push((kind, connect_with(&shared.target, receive_buffer).await?));
+            abusers.push((kind, connect_with(&shared.target, receive_buffer, a.source).await?));
         }
     }
     Ok(Setup { publishers, fanout_publishers, subscribers, queriers, abusers })
