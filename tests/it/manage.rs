@@ -137,6 +137,21 @@ fn an_admission_service_admits_a_paying_user_on_every_core_for_good() {
     assert_eq!(nip11(relay.port)["name"], "Members only");
 }
 
+/// The management API is served on the admin listener too (`metrics_listen`), for an
+/// operator who keeps it off the public port; a change made there is in force on the relay's.
+#[test]
+fn the_admin_listener_serves_the_management_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, spammer) = (keys(7030), keys(7031));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let extra = format!("metrics_listen = \"127.0.0.1:{port}\"\n");
+    let relay = Relay::start_with_config(dir.path(), 2, &format!("{extra}{}", config(&admin, "")));
+    let url = format!("http://127.0.0.1:{port}/");
+    assert_eq!(call(&url, &admin, "banpubkey", json!([spammer.public_key().to_hex(), "spam"])), json!(true));
+    let (accepted, reason) = relay.connect().publish(&signed(&spammer, 1, now(), &[], "spam"));
+    assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+}
+
 /// `banevent` retires a stored event on whichever core holds it and refuses it afterwards;
 /// `blockip` closes a blocked address's open connections (NOTICE, 1008) and refuses new ones.
 #[test]
