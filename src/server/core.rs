@@ -612,14 +612,8 @@ impl Core {
             policy_reload_failures: stats.policy_reload_failures.get(),
             auth_accepted: stats.auth_accepted.get(),
             auth_refused: stats.auth_refused.get(),
-            plugin_starts: self
-                .plugin
-                .as_ref()
-                .map_or(0, |p| p.figures.starts.load(std::sync::atomic::Ordering::Relaxed)),
-            plugin_failures: self
-                .plugin
-                .as_ref()
-                .map_or(0, |p| p.figures.failures.load(std::sync::atomic::Ordering::Relaxed)),
+            plugin_starts: self.plugin.as_ref().map_or(0, |plugin| plugin.figures.starts.get()),
+            plugin_failures: self.plugin.as_ref().map_or(0, |plugin| plugin.figures.failures.get()),
             manage_calls: super::stats::ManageResult::ALL
                 .iter()
                 .map(|result| (result.label(), stats.manage_calls[*result as usize].get()))

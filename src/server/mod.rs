@@ -387,16 +387,8 @@ async fn run_joined(
     let queues = QueryQueues { queries, long_scans };
     let at_start = start.lists.1.clone();
     let (lists_file, lists) = start.lists;
-    let plugin = match start.config.write_plugin.command.is_empty() {
-        true => None,
-        false => match plugin::Plugin::start(id, &start.config.write_plugin) {
-            Ok(plugin) => Some(plugin),
-            Err(error) => {
-                let _ = start.ready.send(Err(format!("cannot start the write plugin's thread: {error}")));
-                return;
-            }
-        },
-    };
+    let plugin =
+        (!start.config.write_plugin.command.is_empty()).then(|| plugin::Plugin::start(&start.config.write_plugin));
     let shared = core::Shared { ip_slots: start.ip_slots, lists_file, lists, plugin };
     let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, shared, queues);
     // Again, now that the shards are open: banned events are retired from them.

@@ -3,27 +3,33 @@
 //! `{"type":"new","event":{…},"receivedAt":…,"sourceType":"IP4"|"IP6","sourceInfo":"…","authed":"…"}`,
 //! and one line out, `{"id":"…","action":"accept"|"reject"|"shadowReject","msg":"…"}`.
 //!
-//! Each core has its own plugin process, as each strfry ingester thread has, driven by a
-//! thread of its own (`ringrelay-plugin-N`): the core never waits on the process. The core
-//! queues at most `write_plugin.queue_max` events (a FIFO semaphore; publishers wait past
-//! it, each within its connection's budgets), and awaits each decision. The thread writes
-//! what is queued at once (up to 64 requests) and reads the answers back in order, each
-//! within `timeout_ms` (a plugin answers a line before it reads the next, so several lines
-//! in its pipe change nothing for it; strfry writes one at a time). A plugin that times out,
-//! dies, or answers with another event's id is killed (its process group) and started again
-//! for the next event, at most once a second; the events in hand, and events that come while
-//! it may not restart yet, get `on_failure`'s decision. A plugin whose file changes is
-//! restarted before the next event (checked at most once a second), as strfry does.
+//! Each core has its own plugin process, as each strfry ingester thread has, and drives it
+//! from its own io_uring: the child's stdin and stdout are one end of a socket pair, the
+//! core's end a glommio `UnixStream`, so the core never blocks on the process and no thread
+//! stands between them. The core queues at most `write_plugin.queue_max` events (a FIFO
+//! semaphore; publishers wait past it, each within its connection's budgets). One task, the
+//! plugin's driver, writes what is queued at once (up to 64 requests) and reads the answers
+//! back in order, each within `timeout_ms` (a plugin answers a line before it reads the
+//! next, so several lines waiting change nothing for it; strfry writes one at a time). A
+//! plugin that times out, dies, or answers with another event's id is killed (its process
+//! group) and started again for the next event, at most once a second; the events in hand,
+//! and events that come while it may not restart yet, get `on_failure`'s decision. A plugin
+//! whose file changes is restarted before the next event (checked at most once a second),
+//! as strfry does.
 
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_channel::oneshot;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::UnixStream;
 use serde_json::Value;
 
 use crate::config::WritePluginConfig;
@@ -36,8 +42,10 @@ const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 const ANSWER_SIZE_MAX: usize = 64 * 1024;
 /// Requests written to the plugin at once, before their answers are read.
 const PIPELINE_COUNT_MAX: usize = 64;
-/// How long a plugin asked to stop (stdin closed, SIGTERM) has before it is killed.
+/// How long a plugin asked to stop (its input closed, SIGTERM) has before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long a killed plugin is waited for, to be reaped.
+const REAP_WAIT: Duration = Duration::from_millis(200);
 
 /// What the plugin decided, or why it could not.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,13 +58,13 @@ pub enum Verdict {
     Failed(&'static str),
 }
 
-/// One core's counts of its plugin's work, kept by its thread.
+/// One core's counts of its plugin's work.
 #[derive(Debug, Default)]
 pub struct PluginFigures {
     /// Processes started.
-    pub starts: AtomicU64,
+    pub starts: Cell<u64>,
     /// Events the plugin failed to judge (each given `on_failure`'s decision).
-    pub failures: AtomicU64,
+    pub failures: Cell<u64>,
 }
 
 struct Request {
@@ -65,12 +73,19 @@ struct Request {
     answer: oneshot::Sender<Verdict>,
 }
 
-/// One core's plugin: the thread that drives the process, and the core's queue bound.
+/// The events waiting for the driver.
+#[derive(Default)]
+struct Queue {
+    requests: RefCell<VecDeque<Request>>,
+    driver: Cell<Option<Waker>>,
+}
+
+/// One core's plugin: its queue and the task that drives the process.
 pub struct Plugin {
-    requests: Option<mpsc::Sender<Request>>,
+    queue: Rc<Queue>,
     slots: glommio::sync::Semaphore,
-    thread: Option<std::thread::JoinHandle<()>>,
-    pub figures: Arc<PluginFigures>,
+    driver: glommio::task::JoinHandle<()>,
+    pub figures: Rc<PluginFigures>,
 }
 
 /// Who sent an event, as strfry tells its plugins.
@@ -81,26 +96,14 @@ pub struct Source<'a> {
 }
 
 impl Plugin {
-    /// Start core `core`'s plugin thread; the process starts with the first event.
-    pub fn start(core: usize, config: &WritePluginConfig) -> std::io::Result<Plugin> {
-        let (requests, receiver) = mpsc::channel();
-        let figures = Arc::new(PluginFigures::default());
-        let driver = Driver {
-            command: config.command.clone(),
-            timeout: Duration::from_millis(config.timeout_ms),
-            figures: figures.clone(),
-            running: None,
-            last_start: None,
-            last_check: Instant::now(),
-        };
-        let thread =
-            std::thread::Builder::new().name(format!("ringrelay-plugin-{core}")).spawn(move || driver.run(receiver))?;
-        Ok(Plugin {
-            requests: Some(requests),
-            slots: glommio::sync::Semaphore::new(config.queue_max as u64),
-            thread: Some(thread),
-            figures,
-        })
+    /// Start the core's plugin driver (on the running executor); the process starts with
+    /// the first event.
+    pub fn start(config: &WritePluginConfig) -> Plugin {
+        let queue = Rc::new(Queue::default());
+        let figures = Rc::new(PluginFigures::default());
+        let driver = Driver::new(&config.command, Duration::from_millis(config.timeout_ms), figures.clone());
+        let driver = glommio::spawn_local(driver.run(queue.clone())).detach();
+        Plugin { queue, slots: glommio::sync::Semaphore::new(config.queue_max as u64), driver, figures }
     }
 
     /// The plugin's decision on `event_json` (the event as served), waiting first for room
@@ -109,22 +112,19 @@ impl Plugin {
         let Ok(_slot) = self.slots.acquire_permit(1).await else { return Verdict::Failed("the plugin is stopping") };
         let line = request_line(event_json, source, crate::now_unix());
         let (answer, decided) = oneshot::channel();
-        let sent = self.requests.as_ref().is_some_and(|requests| requests.send(Request { line, id, answer }).is_ok());
-        if !sent {
-            return Verdict::Failed("the plugin's thread has stopped");
+        self.queue.requests.borrow_mut().push_back(Request { line, id, answer });
+        if let Some(driver) = self.queue.driver.take() {
+            driver.wake();
         }
-        decided.await.unwrap_or(Verdict::Failed("the plugin's thread has stopped"))
+        decided.await.unwrap_or(Verdict::Failed("the plugin's driver has stopped"))
     }
 }
 
 impl Drop for Plugin {
     fn drop(&mut self) {
-        // The thread stops its process and ends once its queue is closed.
-        self.requests.take();
+        // The driver owns the process: cancelled, it kills it.
         self.slots.close();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.driver.cancel();
     }
 }
 
@@ -155,55 +155,81 @@ fn parse_answer(line: &[u8], id: &str) -> Result<Option<Verdict>, &'static str> 
     }
 }
 
+/// A running plugin process; dropped, it is killed (its process group).
 struct Running {
     child: Child,
-    stdin: ChildStdin,
-    stdout: ChildStdout,
+    stream: UnixStream,
     /// Bytes read past the last answer line.
     pending: Vec<u8>,
     modified: Option<SystemTime>,
 }
 
-/// The plugin thread's state.
+impl Drop for Running {
+    fn drop(&mut self) {
+        signal_group(&self.child, libc::SIGKILL);
+        let _ = self.child.try_wait();
+    }
+}
+
+fn signal_group(child: &Child, signal: libc::c_int) {
+    // SAFETY: a signal to the process group this relay started for the plugin.
+    unsafe { libc::kill(-(child.id() as i32), signal) };
+}
+
+/// The driver's state.
 struct Driver {
     command: String,
     timeout: Duration,
-    figures: Arc<PluginFigures>,
+    figures: Rc<PluginFigures>,
     running: Option<Running>,
     last_start: Option<Instant>,
     last_check: Instant,
 }
 
 impl Driver {
-    fn run(mut self, requests: mpsc::Receiver<Request>) {
-        let mut batch = Vec::with_capacity(PIPELINE_COUNT_MAX);
-        while let Ok(first) = requests.recv() {
-            batch.push(first);
-            while batch.len() < PIPELINE_COUNT_MAX {
-                match requests.try_recv() {
-                    Ok(request) => batch.push(request),
-                    Err(_) => break,
+    fn new(command: &str, timeout: Duration, figures: Rc<PluginFigures>) -> Driver {
+        Driver {
+            command: command.to_owned(),
+            timeout,
+            figures,
+            running: None,
+            last_start: None,
+            last_check: Instant::now(),
+        }
+    }
+
+    async fn run(mut self, queue: Rc<Queue>) {
+        loop {
+            poll_fn(|cx| {
+                if queue.requests.borrow().is_empty() {
+                    queue.driver.set(Some(cx.waker().clone()));
+                    Poll::Pending
+                } else {
+                    Poll::Ready(())
                 }
-            }
-            let verdicts = self.judge(&batch);
-            for (request, verdict) in batch.drain(..).zip(verdicts) {
+            })
+            .await;
+            let batch: Vec<Request> = {
+                let mut requests = queue.requests.borrow_mut();
+                let count = requests.len().min(PIPELINE_COUNT_MAX);
+                requests.drain(..count).collect()
+            };
+            let verdicts = self.judge(&batch).await;
+            for (request, verdict) in batch.into_iter().zip(verdicts) {
                 if let Verdict::Failed(why) = &verdict {
-                    self.figures.failures.fetch_add(1, Ordering::Relaxed);
+                    self.figures.failures.set(self.figures.failures.get() + 1);
                     tracing::warn!(command = %self.command, why, "the write plugin did not judge an event");
                 }
                 let _ = request.answer.send(verdict);
             }
         }
-        if let Some(running) = self.running.take() {
-            stop(running);
-        }
     }
 
     /// The verdicts on `batch`, in order: the requests are written at once and the answers
-    /// read back in the same order (a plugin reads a line and answers it, then the next).
-    fn judge(&mut self, batch: &[Request]) -> Vec<Verdict> {
+    /// read back in the same order.
+    async fn judge(&mut self, batch: &[Request]) -> Vec<Verdict> {
         let failed = |why| vec![Verdict::Failed(why); batch.len()];
-        self.reload_if_changed();
+        self.reload_if_changed().await;
         if self.running.is_none() {
             if self.last_start.is_some_and(|at| at.elapsed() < RESTART_INTERVAL) {
                 return failed("the plugin is restarting");
@@ -211,7 +237,7 @@ impl Driver {
             self.last_start = Some(Instant::now());
             match start(&self.command) {
                 Ok(running) => {
-                    self.figures.starts.fetch_add(1, Ordering::Relaxed);
+                    self.figures.starts.set(self.figures.starts.get() + 1);
                     tracing::info!(command = %self.command, pid = running.child.id(), "write plugin started");
                     self.running = Some(running);
                 }
@@ -223,10 +249,9 @@ impl Driver {
         }
         let running = self.running.as_mut().expect("started above");
         let mut verdicts = Vec::with_capacity(batch.len());
-        let outcome = exchange(running, batch, self.timeout, &mut verdicts);
-        if let Err(why) = outcome {
+        if let Err(why) = exchange(running, batch, self.timeout, &mut verdicts).await {
             if let Some(running) = self.running.take() {
-                kill(running);
+                kill(running).await;
             }
             verdicts.resize(batch.len(), Verdict::Failed(why));
         }
@@ -234,7 +259,7 @@ impl Driver {
     }
 
     /// Restart the plugin when its file changed (a command that is one path, as strfry).
-    fn reload_if_changed(&mut self) {
+    async fn reload_if_changed(&mut self) {
         if self.last_check.elapsed() < RELOAD_CHECK_INTERVAL {
             return;
         }
@@ -243,7 +268,7 @@ impl Driver {
         if changed {
             tracing::info!(command = %self.command, "the write plugin changed; restarting it");
             if let Some(running) = self.running.take() {
-                stop(running);
+                stop(running).await;
             }
             // A changed plugin starts at once, whatever the restart interval.
             self.last_start = None;
@@ -259,84 +284,52 @@ fn modified(command: &str) -> Option<SystemTime> {
     std::fs::metadata(command).and_then(|metadata| metadata.modified()).ok()
 }
 
+/// Start the plugin with one end of a socket pair as its stdin and stdout.
 fn start(command: &str) -> std::io::Result<Running> {
-    let mut child = Command::new("/bin/sh")
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let input = OwnedFd::from(theirs.try_clone()?);
+    let child = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdin(Stdio::from(input))
+        .stdout(Stdio::from(OwnedFd::from(theirs)))
         .stderr(Stdio::inherit())
         // Its own process group, so that killing it kills what `sh -c` started too.
         .process_group(0)
         .spawn()?;
-    let stdin = child.stdin.take().expect("piped");
-    let stdout = child.stdout.take().expect("piped");
-    for fd in [stdin.as_raw_fd(), stdout.as_raw_fd()] {
-        set_nonblocking(fd)?;
-    }
-    Ok(Running { child, stdin, stdout, pending: Vec::new(), modified: modified(command) })
+    ours.set_nonblocking(true)?;
+    // SAFETY: a connected stream socket this function owns and gives to glommio.
+    let stream = unsafe { UnixStream::from_raw_fd(ours.into_raw_fd()) };
+    Ok(Running { child, stream, pending: Vec::new(), modified: modified(command) })
 }
 
-fn set_nonblocking(fd: i32) -> std::io::Result<()> {
-    // SAFETY: fcntl on a descriptor this process owns.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+/// `work`, or `Err` once `limit` has passed.
+async fn within<T>(limit: Duration, work: impl Future<Output = Result<T, &'static str>>) -> Result<T, &'static str> {
+    futures_lite::future::or(work, async {
+        glommio::timer::sleep(limit).await;
+        Err("the plugin did not answer in time")
+    })
+    .await
 }
 
-/// Wait until `fd` is ready for `events`, at most until `deadline`.
-fn wait_ready(fd: i32, events: libc::c_short, deadline: Instant) -> Result<(), &'static str> {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("the plugin did not answer in time");
-        }
-        let mut poll = libc::pollfd { fd, events, revents: 0 };
-        let millis = left.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
-        if ready > 0 {
-            return Ok(());
-        }
-        if ready < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return Err("polling the plugin failed");
-        }
-    }
-}
-
-/// Send a batch of requests and read their answers in order into `verdicts`: each answer
-/// within `timeout` of the one before (of the writes, for the first).
-fn exchange(
+/// Send a batch of requests and read their answers in order into `verdicts`: the writes
+/// within `timeout`, and each answer within `timeout` of the one before.
+async fn exchange(
     running: &mut Running,
     batch: &[Request],
     timeout: Duration,
     verdicts: &mut Vec<Verdict>,
 ) -> Result<(), &'static str> {
-    let mut deadline = Instant::now() + timeout;
     let bytes: Vec<u8> = batch.iter().flat_map(|request| request.line.bytes()).collect();
-    let mut written = 0;
-    while written < bytes.len() {
-        match running.stdin.write(&bytes[written..]) {
-            Ok(0) => return Err("the plugin closed its input"),
-            Ok(count) => written += count,
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_ready(running.stdin.as_raw_fd(), libc::POLLOUT, deadline)?
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Err("the plugin has exited"),
-        }
-    }
+    within(timeout, async { running.stream.write_all(&bytes).await.map_err(|_| "the plugin has exited") }).await?;
     for request in batch {
-        deadline = deadline.max(Instant::now() + timeout);
-        verdicts.push(read_answer(running, &request.id, deadline)?);
+        verdicts.push(within(timeout, read_answer(running, &request.id)).await?);
     }
     Ok(())
 }
 
-/// The next answer line's verdict for event `id`, by `deadline`.
-fn read_answer(running: &mut Running, id: &str, deadline: Instant) -> Result<Verdict, &'static str> {
+/// The next answer line's verdict for event `id`.
+async fn read_answer(running: &mut Running, id: &str) -> Result<Verdict, &'static str> {
     loop {
         while let Some(end) = running.pending.iter().position(|&byte| byte == b'\n') {
             let line: Vec<u8> = running.pending.drain(..=end).collect();
@@ -349,41 +342,38 @@ fn read_answer(running: &mut Running, id: &str, deadline: Instant) -> Result<Ver
             return Err("the plugin's answer is too long");
         }
         let mut buffer = [0u8; 4096];
-        match running.stdout.read(&mut buffer) {
+        match running.stream.read(&mut buffer).await {
             Ok(0) => return Err("the plugin has exited"),
             Ok(count) => running.pending.extend_from_slice(&buffer[..count]),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_ready(running.stdout.as_raw_fd(), libc::POLLIN, deadline)?
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => return Err("reading the plugin failed"),
         }
     }
 }
 
-/// Kill the plugin's process group at once and reap it.
-fn kill(mut running: Running) {
-    // SAFETY: a signal to the process group this relay started.
-    unsafe { libc::kill(-(running.child.id() as i32), libc::SIGKILL) };
-    let _ = running.child.wait();
+/// Kill the plugin's process group at once, and reap it (waiting a little, off nothing:
+/// the core sleeps between looks).
+async fn kill(running: Running) {
+    signal_group(&running.child, libc::SIGKILL);
+    reap(running, REAP_WAIT).await;
 }
 
-/// Ask the plugin to stop (its input closed, SIGTERM to its group); kill it after a grace.
-fn stop(running: Running) {
-    let Running { mut child, stdin, .. } = running;
-    drop(stdin);
-    // SAFETY: a signal to the process group this relay started.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGTERM) };
-    let deadline = Instant::now() + STOP_GRACE;
+/// Ask the plugin to stop (its input closed, SIGTERM to its group); killed after a grace.
+async fn stop(running: Running) {
+    let _ = running.stream.shutdown(std::net::Shutdown::Both).await;
+    signal_group(&running.child, libc::SIGTERM);
+    reap(running, STOP_GRACE).await;
+}
+
+/// Wait up to `limit` for the process to end, looking every few milliseconds; dropping
+/// `running` kills it if it has not.
+async fn reap(mut running: Running, limit: Duration) {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        if child.try_wait().ok().flatten().is_some() {
+        if running.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        glommio::timer::sleep(Duration::from_millis(5)).await;
     }
-    // SAFETY: as above.
-    unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
-    let _ = child.wait();
 }
 
 #[cfg(test)]
@@ -409,14 +399,7 @@ mod tests {
     }
 
     fn driver(command: &str) -> Driver {
-        Driver {
-            command: command.to_owned(),
-            timeout: Duration::from_secs(5),
-            figures: Arc::default(),
-            running: None,
-            last_start: None,
-            last_check: Instant::now(),
-        }
+        Driver::new(command, Duration::from_secs(5), Rc::default())
     }
 
     fn batch(ids: &[&str]) -> Vec<Request> {
@@ -442,14 +425,20 @@ for line in sys.stdin:
     answer_id = "zz" if event["content"] == "lie" else event["id"]
     print(json.dumps({"id": answer_id, "action": action, "msg": "no b"}), flush=True)
 '"#;
-        let mut plugin = driver(script);
-        let verdicts = plugin.judge(&batch(&["a", "b", "c"]));
-        assert_eq!(verdicts, [Verdict::Accept, Verdict::Reject("no b".into()), Verdict::Accept]);
-        let verdicts = plugin.judge(&batch(&["a", "lie", "c"]));
-        assert_eq!(verdicts[0], Verdict::Accept);
-        assert!(matches!(verdicts[1], Verdict::Failed(_)) && matches!(verdicts[2], Verdict::Failed(_)));
-        assert!(plugin.running.is_none(), "a plugin that answered for another event is stopped");
-        assert_eq!(plugin.figures.starts.load(Ordering::Relaxed), 1);
+        let script = script.to_owned();
+        let checked = crate::tools::run_local("plugin-test", move || {
+            Box::pin(async move {
+                let mut plugin = driver(&script);
+                let verdicts = plugin.judge(&batch(&["a", "b", "c"])).await;
+                assert_eq!(verdicts, [Verdict::Accept, Verdict::Reject("no b".into()), Verdict::Accept]);
+                let verdicts = plugin.judge(&batch(&["a", "lie", "c"])).await;
+                assert_eq!(verdicts[0], Verdict::Accept);
+                assert!(matches!(verdicts[1], Verdict::Failed(_)) && matches!(verdicts[2], Verdict::Failed(_)));
+                assert!(plugin.running.is_none(), "a plugin that answered for another event is stopped");
+                plugin.figures.starts.get()
+            })
+        });
+        assert_eq!(checked.unwrap(), 1);
     }
 
     #[test]
