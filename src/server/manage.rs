@@ -307,8 +307,10 @@ pub async fn serve(core: &Rc<Core>, peer: IpAddr, request: &ManageRequest, body:
         }
         Err(ChangeError::File(failure)) => {
             core.stats.managed(ManageResult::Failed);
-            tracing::error!(error = %failure, "a management call could not write the lists file; nothing changed");
-            http::manage_response("500 Internal Server Error", &error("error: the change could not be written to disk"))
+            tracing::error!(error = %failure, "a management call could not read or write the lists file; nothing changed");
+            let reason =
+                "error: the lists file could not be read or written (the relay's log says why); nothing changed";
+            http::manage_response("500 Internal Server Error", &error(reason))
         }
     }
 }

@@ -150,6 +150,15 @@ fn the_admin_listener_serves_the_management_api() {
     assert_eq!(call(&url, &admin, "banpubkey", json!([spammer.public_key().to_hex(), "spam"])), json!(true));
     let (accepted, reason) = relay.connect().publish(&signed(&spammer, 1, now(), &[], "spam"));
     assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+    // A lists file broken by hand: the call changes nothing and says so.
+    std::fs::write(dir.path().join("policy.toml"), "pubkeys_denied = [\"not a key\"]\n").unwrap();
+    let body = json!({"method": "unbanpubkey", "params": [spammer.public_key().to_hex()]}).to_string();
+    let (status, answer) = curl(&url, Some(&header(&admin, &url, &body)), &body, None);
+    assert_eq!(status, 500, "{answer}");
+    assert!(answer["error"].as_str().unwrap().starts_with("error:"), "{answer}");
+    let (accepted, _) = relay.connect().publish(&signed(&spammer, 1, now(), &[], "spam again"));
+    assert!(!accepted, "the ban in force stays");
+    assert_eq!(total(&scrape(port), "ringrelay_manage_calls_total", &[("result", "failed")]), 1.0);
 }
 
 /// `banevent` retires a stored event on whichever core holds it and refuses it afterwards;
