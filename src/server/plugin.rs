@@ -162,12 +162,16 @@ struct Running {
     /// Bytes read past the last answer line.
     pending: Vec<u8>,
     modified: Option<SystemTime>,
+    /// Reaped: its process group id may belong to someone else by now.
+    reaped: bool,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        signal_group(&self.child, libc::SIGKILL);
-        let _ = self.child.try_wait();
+        if !self.reaped {
+            signal_group(&self.child, libc::SIGKILL);
+            let _ = self.child.try_wait();
+        }
     }
 }
 
@@ -300,7 +304,7 @@ fn start(command: &str) -> std::io::Result<Running> {
     ours.set_nonblocking(true)?;
     // SAFETY: a connected stream socket this function owns and gives to glommio.
     let stream = unsafe { UnixStream::from_raw_fd(ours.into_raw_fd()) };
-    Ok(Running { child, stream, pending: Vec::new(), modified: modified(command) })
+    Ok(Running { child, stream, pending: Vec::new(), modified: modified(command), reaped: false })
 }
 
 /// `work`, or `Err` once `limit` has passed.
@@ -370,6 +374,7 @@ async fn reap(mut running: Running, limit: Duration) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if running.child.try_wait().ok().flatten().is_some() {
+            running.reaped = true;
             return;
         }
         glommio::timer::sleep(Duration::from_millis(5)).await;
