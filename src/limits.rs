@@ -37,7 +37,17 @@ pub const LONG_SCAN_AFTER_STEPS: usize = 4;
 /// Most events with the same `created_at` a query gathers past its `limit` to order ties by id.
 pub const QUERY_TIE_COUNT_MAX: usize = 100_000;
 
+/// Largest management call (NIP-86) body accepted, in bytes.
+pub const MANAGE_BODY_SIZE_MAX: usize = 64 * 1024;
+/// Longest reason, relay name, description or icon URL a management call may set, in bytes.
+pub const MANAGE_TEXT_SIZE_MAX: usize = 4 * 1024;
+/// Requests written to a write plugin at once, before their answers are read.
+pub const PLUGIN_PIPELINE_COUNT_MAX: usize = 64;
+/// Longest answer line a write plugin may write, in bytes.
+pub const PLUGIN_ANSWER_SIZE_MAX: usize = 64 * 1024;
+
 const _: () = assert!(CONTENT_SIZE_MAX < EVENT_SIZE_MAX);
+const _: () = assert!(MANAGE_TEXT_SIZE_MAX < MANAGE_BODY_SIZE_MAX);
 const _: () = assert!(TAG_ELEMENT_SIZE_MAX < EVENT_SIZE_MAX);
 // A record (event JSON plus index fields, encryption tag) must always fit in a fresh segment.
 const _: () = assert!(EVENT_SIZE_MAX * 3 < SEGMENT_SIZE_MIN);

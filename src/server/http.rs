@@ -35,9 +35,6 @@ pub enum Route {
     Blocked,
 }
 
-/// Largest management call body accepted, in bytes.
-pub const MANAGE_BODY_SIZE_MAX: usize = 64 * 1024;
-
 /// What a management call's head says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ManageRequest {
@@ -89,7 +86,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Head, usize)>, &'static st
         },
         "POST" if header("content-type").is_some_and(|kind| kind.trim().starts_with("application/nostr+json+rpc")) => {
             match header("content-length").and_then(|size| size.trim().parse::<usize>().ok()) {
-                Some(body_size) if body_size <= MANAGE_BODY_SIZE_MAX => Route::Manage(ManageRequest {
+                Some(body_size) if body_size <= crate::limits::MANAGE_BODY_SIZE_MAX => Route::Manage(ManageRequest {
                     authorization: header("authorization").map(str::to_owned),
                     host: header("host").and_then(|host| crate::auth::RelayAddress::from_host(host, path)),
                     body_size,

@@ -18,6 +18,7 @@ use super::stats::ManageResult;
 use crate::auth::{self, HttpCheck};
 use crate::config::{PolicyConfig, PolicyLists};
 use crate::event::{parse_event, EventId, Pubkey};
+use crate::limits::MANAGE_TEXT_SIZE_MAX;
 
 /// How far a NIP-98 event's `created_at` may be from now, in seconds (NIP-98 suggests 60).
 pub const HTTP_AUTH_WINDOW_SECS: u64 = 60;
@@ -69,9 +70,6 @@ pub enum Call {
     ChangeIcon(String),
 }
 
-/// Longest reason, name, description or icon URL kept, in bytes.
-const TEXT_SIZE_MAX: usize = 4 * 1024;
-
 impl Call {
     /// The call a request body names; why not, as its `error`.
     pub fn parse(body: &[u8]) -> Result<Call, String> {
@@ -84,8 +82,8 @@ impl Call {
         };
         let text = |index: usize, what: &str| -> Result<String, String> {
             let value = params.get(index).and_then(Value::as_str).ok_or(format!("params[{index}] must be {what}"))?;
-            if value.len() > TEXT_SIZE_MAX {
-                return Err(format!("params[{index}] is longer than {TEXT_SIZE_MAX} bytes"));
+            if value.len() > MANAGE_TEXT_SIZE_MAX {
+                return Err(format!("params[{index}] is longer than {MANAGE_TEXT_SIZE_MAX} bytes"));
             }
             Ok(value.to_owned())
         };

@@ -33,15 +33,12 @@ use glommio::net::UnixStream;
 use serde_json::Value;
 
 use crate::config::WritePluginConfig;
+use crate::limits::{PLUGIN_ANSWER_SIZE_MAX, PLUGIN_PIPELINE_COUNT_MAX};
 
 /// The least time between two starts of the plugin.
 const RESTART_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the plugin's file is checked for a change.
 const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest answer line accepted, in bytes.
-const ANSWER_SIZE_MAX: usize = 64 * 1024;
-/// Requests written to the plugin at once, before their answers are read.
-const PIPELINE_COUNT_MAX: usize = 64;
 /// How long a plugin asked to stop (its input closed, SIGTERM) has before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 /// How long a killed plugin is waited for, to be reaped.
@@ -215,7 +212,7 @@ impl Driver {
             .await;
             let batch: Vec<Request> = {
                 let mut requests = queue.requests.borrow_mut();
-                let count = requests.len().min(PIPELINE_COUNT_MAX);
+                let count = requests.len().min(PLUGIN_PIPELINE_COUNT_MAX);
                 requests.drain(..count).collect()
             };
             let verdicts = self.judge(&batch).await;
@@ -342,7 +339,7 @@ async fn read_answer(running: &mut Running, id: &str) -> Result<Verdict, &'stati
             }
             tracing::warn!(line = %String::from_utf8_lossy(&line), "the write plugin wrote a line that is not JSON");
         }
-        if running.pending.len() > ANSWER_SIZE_MAX {
+        if running.pending.len() > PLUGIN_ANSWER_SIZE_MAX {
             return Err("the plugin's answer is too long");
         }
         let mut buffer = [0u8; 4096];
