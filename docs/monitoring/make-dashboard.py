@@ -85,6 +85,11 @@ timeseries("Rate limited", [
     (f'sum(ringrelay_rate_limit_keys{{{SEL}}})', "keys tracked"),
 ], unit="short", description="Requests refused by the rate limits, and the addresses and pubkeys tracked.")
 timeseries("AUTH", [(f'sum by (result) (rate(ringrelay_auth_total{{{SEL}}}[{RATE}]))', "{{result}}")], unit="reqps")
+timeseries("Management API and write plugin", [
+    (f'sum by (result) (rate(ringrelay_manage_calls_total{{{SEL}}}[{RATE}]))', "NIP-86 {{result}}"),
+    (f'sum(rate(ringrelay_plugin_failures_total{{{SEL}}}[{RATE}]))', "plugin failures"),
+    (f'sum(rate(ringrelay_plugin_starts_total{{{SEL}}}[{RATE}]))', "plugin starts"),
+], unit="ops", description="NIP-86 calls by result; events the write plugin did not judge (given on_failure's decision) and its (re)starts.")
 timeseries("Slow consumers closed", [(f'sum by (core) (rate(ringrelay_slow_consumer_closes_total{{{SEL}}}[{RATE}]))', "core {{core}}")], unit="cps")
 timeseries("Queries", [
     (f'sum(rate(ringrelay_queries_cancelled_total{{{SEL}}}[{RATE}]))', "cancelled"),
