@@ -157,6 +157,10 @@ pub struct Index {
     live_by_author: Vec<u64>,
     /// While loading, postings are appended unsorted and sorted once by `finish_bulk`.
     bulk: bool,
+    /// Heap bytes of every postings list, and of the versions' `d` values, kept as they grow
+    /// so that the memory figure never walks the index (a scrape at millions of keys).
+    postings_bytes: usize,
+    version_d_bytes: usize,
 }
 
 impl Index {
@@ -393,14 +397,21 @@ impl Index {
 
     fn post(&mut self, no: EventNo, author: u32, facts: &Facts<'_>) {
         let bulk = self.bulk;
-        let Index { chunks, by_author, by_kind, global, by_tag, tag_lists, hasher, .. } = self;
+        let Index { chunks, by_author, by_kind, global, by_tag, tag_lists, hasher, postings_bytes, .. } = self;
         let key = |n: EventNo| {
             let n = n as usize;
             (chunks[n / ENTRY_CHUNK_SIZE][n % ENTRY_CHUNK_SIZE].created_at, n as EventNo)
         };
-        global.insert(no, bulk, key);
-        by_author[author as usize].insert(no, bulk, key);
-        by_kind.entry(facts.kind).or_default().insert(no, bulk, key);
+        // What a list takes before and after the insert (merging its side runs can free some).
+        let post_into = |list: &mut Postings| {
+            let before = list.heap_size();
+            list.insert(no, bulk, key);
+            (before, list.heap_size())
+        };
+        let mut resized = |(before, after): (usize, usize)| *postings_bytes = *postings_bytes + after - before;
+        resized(post_into(global));
+        resized(post_into(&mut by_author[author as usize]));
+        resized(post_into(by_kind.entry(facts.kind).or_default()));
         for (index, &(letter, value)) in facts.tags.iter().enumerate() {
             // The same (letter, value) twice on one event is posted once.
             if facts.tags[..index].iter().any(|&(l, v)| l == letter && v == value) {
@@ -412,12 +423,13 @@ impl Index {
                     by_tag.insert(hash, no);
                 }
                 Some(slot) if *slot & TAG_LIST_BIT != 0 => {
-                    tag_lists[(*slot & !TAG_LIST_BIT) as usize].insert(no, bulk, key);
+                    resized(post_into(&mut tag_lists[(*slot & !TAG_LIST_BIT) as usize]));
                 }
                 Some(slot) if *slot == no => {}
                 Some(slot) => {
                     let mut list = Postings::single(*slot);
-                    list.insert(no, bulk, key);
+                    let (_, after) = post_into(&mut list);
+                    resized((0, after));
                     *slot = TAG_LIST_BIT | tag_lists.len() as u32;
                     tag_lists.push(list);
                 }
@@ -429,7 +441,11 @@ impl Index {
     fn remember(&mut self, no: EventNo, author: u32, facts: &Facts<'_>) {
         let class = KindClass::of(facts.kind);
         if class.is_versioned() {
-            self.versions.insert(version_key(author, facts.kind, class, facts.d_tag()), no);
+            let key = version_key(author, facts.kind, class, facts.d_tag());
+            let d_size = key.d.len();
+            if self.versions.insert(key, no).is_none() {
+                self.version_d_bytes += d_size;
+            }
         }
         if facts.kind == KIND_VANISH {
             let until = self.vanished.entry(author).or_insert(0);
@@ -568,25 +584,36 @@ impl Index {
         by_kind.values_mut().for_each(|p| p.sort(key));
         tag_lists.iter_mut().for_each(|p| p.sort(key));
         self.bulk = false;
+        // Sorting merges runs, which changes capacities: counted again, once.
+        self.postings_bytes = self.postings_walked();
     }
 
-    /// Heap bytes held by the indexes (capacities, not lengths), for the memory figure.
+    /// Heap bytes of every postings list, walked.
+    fn postings_walked(&self) -> usize {
+        self.by_author
+            .iter()
+            .chain(self.by_kind.values())
+            .chain(&self.tag_lists)
+            .map(Postings::heap_size)
+            .sum::<usize>()
+            + self.global.heap_size()
+    }
+
+    /// Heap bytes held by the indexes (capacities, not lengths), for the memory figure; O(1)
+    /// in the number of keys.
     pub fn memory_size(&self) -> usize {
         use std::mem::size_of;
-        let postings = |p: &Postings| p.heap_size() + size_of::<Postings>();
         let table = |capacity: usize, item: usize| capacity * (item + 1);
         self.chunks.iter().map(|c| c.capacity() * size_of::<Entry>()).sum::<usize>()
             + table(self.by_id.capacity(), 4)
             + table(self.authors.capacity(), 36)
             + self.author_keys.capacity() * 32
-            + self.by_author.iter().map(postings).sum::<usize>()
-            + self.by_kind.values().map(postings).sum::<usize>()
+            + (self.by_author.capacity() + self.tag_lists.capacity()) * size_of::<Postings>()
             + table(self.by_kind.capacity(), 2 + size_of::<Postings>())
             + table(self.by_tag.capacity(), 16)
-            + self.tag_lists.iter().map(postings).sum::<usize>()
-            + postings(&self.global)
+            + self.postings_bytes
             + table(self.versions.capacity(), size_of::<(VersionKey, EventNo)>())
-            + self.versions.keys().map(|k| k.d.len()).sum::<usize>()
+            + self.version_d_bytes
             + table(self.deleted_ids.capacity(), 36)
             + table(self.vanished.capacity(), 12)
             + table(self.expiration_of.capacity(), 12)
@@ -599,4 +626,47 @@ impl Index {
 fn version_key(author: u32, kind: u16, class: KindClass, d: &[u8]) -> VersionKey {
     let d = if class == KindClass::Addressable { d } else { &[] };
     VersionKey { author, kind, d: d.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kept byte counts match a walk of the index, after loading in bulk and after
+    /// live inserts (in and out of order, tags shared and not, versions replaced).
+    #[test]
+    fn the_memory_figure_is_kept_without_a_walk() {
+        let mut index = Index::new_bulk();
+        let insert = |index: &mut Index, i: u32, created_at: u64| {
+            let id = {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                id
+            };
+            let pubkey = [(i % 7) as u8; 32];
+            let tag = format!("t{}", i % 13);
+            let d = format!("d{}", i % 5);
+            let tags: Vec<(u8, &[u8])> = vec![(b't', tag.as_bytes()), (b'd', d.as_bytes())];
+            let kind = if i % 3 == 0 { 30_023 } else { 1 };
+            let facts = Facts { id: &id, pubkey: &pubkey, created_at, kind, expiration: None, tags: &tags };
+            if let Admit::Store { kills } = index.admit(&facts, 0) {
+                let loc = Loc { segment: 0, offset: 0 };
+                index.insert(&facts, loc, kills);
+                index.set_durable(index.len());
+            }
+        };
+        for i in 0..3_000 {
+            insert(&mut index, i, 1_000 + u64::from(i % 500));
+        }
+        index.finish_bulk();
+        assert_eq!(index.postings_bytes, index.postings_walked());
+        for i in 3_000..9_000 {
+            // Mostly newest-first arrivals, with old-dated ones going to the side runs.
+            let created_at = if i % 10 == 0 { 900 + u64::from(i % 100) } else { 2_000 + u64::from(i) };
+            insert(&mut index, i, created_at);
+        }
+        assert_eq!(index.postings_bytes, index.postings_walked());
+        assert_eq!(index.version_d_bytes, index.versions.keys().map(|k| k.d.len()).sum::<usize>());
+        assert!(index.memory_size() > index.postings_bytes);
+    }
 }
