@@ -53,8 +53,9 @@ pub struct WritePluginConfig {
     /// The decision for an event the plugin failed to judge (timed out, died, answered
     /// nonsense, or is restarting).
     pub on_failure: PluginFailure,
-    /// Events one core may have waiting for its plugin; past it, publishers wait.
-    pub queue_max: usize,
+    /// Bytes of requests one core may have queued to its plugin or in its hands; past it,
+    /// publishers wait.
+    pub queue_bytes_max: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -70,7 +71,7 @@ impl Default for WritePluginConfig {
             command: String::new(),
             timeout_ms: 2_000,
             on_failure: PluginFailure::Reject,
-            queue_max: 1_024,
+            queue_bytes_max: 4 * 1024 * 1024,
         }
     }
 }
@@ -559,7 +560,10 @@ impl Config {
             );
         }
         anyhow::ensure!(self.write_plugin.timeout_ms >= 1, "write_plugin.timeout_ms must be at least 1");
-        anyhow::ensure!(self.write_plugin.queue_max >= 1, "write_plugin.queue_max must be at least 1");
+        anyhow::ensure!(
+            self.write_plugin.queue_bytes_max >= 64 * 1024,
+            "write_plugin.queue_bytes_max must be at least 65536"
+        );
         for key in &self.management.admin_pubkeys {
             anyhow::ensure!(
                 crate::event::Pubkey::from_hex(key).is_some(),

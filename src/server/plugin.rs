@@ -6,8 +6,9 @@
 //! Each core has its own plugin process, as each strfry ingester thread has, and drives it
 //! from its own io_uring: the child's stdin and stdout are one end of a socket pair, the
 //! core's end a glommio `UnixStream`, so the core never blocks on the process and no thread
-//! stands between them. The core queues at most `write_plugin.queue_max` events (a FIFO
-//! semaphore; publishers wait past it, each within its connection's budgets). One task, the
+//! stands between them. The core holds at most `write_plugin.queue_bytes_max` bytes of
+//! requests for it (a FIFO semaphore counted in bytes; publishers wait past it, each within
+//! its connection's budgets). One task, the
 //! plugin's driver, writes what is queued at once (up to 64 requests) and reads the answers
 //! back in order, each within `timeout_ms` (a plugin answers a line before it reads the
 //! next, so several lines waiting change nothing for it; strfry writes one at a time). A
@@ -35,6 +36,8 @@ use serde_json::Value;
 use crate::config::WritePluginConfig;
 use crate::limits::{PLUGIN_ANSWER_SIZE_MAX, PLUGIN_PIPELINE_COUNT_MAX};
 
+/// Bytes a request line adds to its event's JSON, at most (type, receivedAt, source, authed).
+const REQUEST_FRAMING_SIZE: usize = 256;
 /// The least time between two starts of the plugin.
 const RESTART_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the plugin's file is checked for a change.
@@ -80,7 +83,9 @@ struct Queue {
 /// One core's plugin: its queue and the task that drives the process.
 pub struct Plugin {
     queue: Rc<Queue>,
-    slots: glommio::sync::Semaphore,
+    /// Bytes of requests queued or in the driver's hands (`queue_bytes_max`).
+    room: glommio::sync::Semaphore,
+    room_size: usize,
     driver: glommio::task::JoinHandle<()>,
     pub figures: Rc<PluginFigures>,
 }
@@ -100,13 +105,18 @@ impl Plugin {
         let figures = Rc::new(PluginFigures::default());
         let driver = Driver::new(&config.command, Duration::from_millis(config.timeout_ms), figures.clone());
         let driver = glommio::spawn_local(driver.run(queue.clone())).detach();
-        Plugin { queue, slots: glommio::sync::Semaphore::new(config.queue_max as u64), driver, figures }
+        let room_size = config.queue_bytes_max;
+        Plugin { queue, room: glommio::sync::Semaphore::new(room_size as u64), room_size, driver, figures }
     }
 
     /// The plugin's decision on `event_json` (the event as served), waiting first for room
-    /// in the core's queue.
+    /// in the core's queue: its request's bytes (one larger than the whole budget waits for
+    /// all of it).
     pub async fn judge(&self, event_json: &str, id: String, source: &Source<'_>) -> Verdict {
-        let Ok(_slot) = self.slots.acquire_permit(1).await else { return Verdict::Failed("the plugin is stopping") };
+        let size = (event_json.len() + REQUEST_FRAMING_SIZE).min(self.room_size);
+        let Ok(_room) = self.room.acquire_permit(size as u64).await else {
+            return Verdict::Failed("the plugin is stopping");
+        };
         let line = request_line(event_json, source, crate::now_unix());
         let (answer, decided) = oneshot::channel();
         self.queue.requests.borrow_mut().push_back(Request { line, id, answer });
@@ -120,7 +130,7 @@ impl Plugin {
 impl Drop for Plugin {
     fn drop(&mut self) {
         // The driver owns the process: cancelled, it kills it.
-        self.slots.close();
+        self.room.close();
         self.driver.cancel();
     }
 }

@@ -157,3 +157,29 @@ fn a_plugin_that_cannot_run_gets_the_configured_decision() {
     let (_, accepted, reason) = publish_content(&mut client, "hello", 2);
     assert!(!accepted && reason.starts_with("error:"), "{reason}");
 }
+
+/// The plugin's queue is a byte budget: an event larger than all of it still gets its turn
+/// (it waits for the whole budget), and several publishers share it.
+#[test]
+fn events_larger_than_the_plugins_byte_budget_still_get_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = installed_plugin(dir.path());
+    let config = format!("{}queue_bytes_max = 65536\n", config(&plugin, "reject"));
+    let relay = Relay::start_with_config(&dir.path().join("data"), 1, &config);
+    let big = "x".repeat(90 * 1024);
+    let mut clients: Vec<Client> = (0..2).map(|_| relay.connect()).collect();
+    let events: Vec<Vec<String>> =
+        (0..2).map(|c| (0..3u64).map(|i| signed(&keys(8200 + c), 1, now() - 100 + i, &[], &big)).collect()).collect();
+    for (client, events) in clients.iter_mut().zip(&events) {
+        for event in events {
+            client.feed(&json!(["EVENT", serde_json::from_str::<Value>(event).unwrap()]).to_string());
+        }
+        client.flush();
+    }
+    for (client, events) in clients.iter_mut().zip(&events) {
+        for _ in events {
+            let ok = client.expect("OK");
+            assert_eq!(ok[2], true, "{ok}");
+        }
+    }
+}
