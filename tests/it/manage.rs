@@ -211,3 +211,33 @@ fn banned_events_and_blocked_addresses_take_effect_at_once() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Calls arriving at once, on both cores, each read, change and write the lists file under
+/// one lock: none is lost.
+#[test]
+fn concurrent_changes_are_all_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = keys(7040);
+    let relay = Relay::start_with_config(dir.path(), 2, &config(&admin, ""));
+    let url = format!("http://127.0.0.1:{}/", relay.port);
+    let banned: Vec<String> = (0..16).map(|i| keys(7050 + i).public_key().to_hex()).collect();
+    let callers: Vec<_> = banned
+        .iter()
+        .map(|pubkey| {
+            let (url, admin, pubkey) = (url.clone(), admin.clone(), pubkey.clone());
+            std::thread::spawn(move || call(&url, &admin, "banpubkey", json!([pubkey])))
+        })
+        .collect();
+    for caller in callers {
+        assert_eq!(caller.join().unwrap(), json!(true));
+    }
+    let listed = call(&url, &admin, "listbannedpubkeys", json!([]));
+    let mut listed: Vec<String> =
+        listed.as_array().unwrap().iter().map(|entry| entry["pubkey"].as_str().unwrap().to_owned()).collect();
+    listed.sort();
+    let mut expected = banned.clone();
+    expected.sort();
+    assert_eq!(listed, expected);
+    let on_disk = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    assert!(banned.iter().all(|pubkey| on_disk.contains(pubkey.as_str())));
+}
