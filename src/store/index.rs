@@ -490,6 +490,20 @@ impl Index {
         }
     }
 
+    /// The requests to vanish this index holds (NIP-62): each one's author and date.
+    pub fn vanish_requests(&self) -> Vec<([u8; 32], u64)> {
+        let Some(list) = self.kind_postings(KIND_VANISH) else { return Vec::new() };
+        list.runs()
+            .iter()
+            .flat_map(|run| run.iter().copied())
+            .filter(|&no| no < self.durable_count && !self.entry(no).is_dead())
+            .map(|no| {
+                let entry = self.entry(no);
+                (*self.author_key(entry.author), entry.created_at)
+            })
+            .collect()
+    }
+
     /// Retire the live gift wraps `p`-tagging `pubkey_hex` dated up to `until` (NIP-62: the
     /// DMs to a pubkey that vanished); returns how many.
     pub fn kill_wraps_to(&mut self, pubkey_hex: &[u8], until: u64) -> usize {

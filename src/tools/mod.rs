@@ -33,14 +33,28 @@ impl StoreOptions {
     }
 }
 
-/// Open every shard of an existing data directory without changing anything on disk.
+/// Open every shard of an existing data directory without changing anything on disk, and
+/// apply what the relay applies across shards at start (gift wraps to a pubkey that
+/// vanished are retired), so a tool sees what the relay serves.
 pub fn open_read_only(options: &StoreOptions) -> anyhow::Result<(DataDir, Vec<ShardState>)> {
     let dir = DataDir::open(&options.data_dir, Access::Shared)?;
     let config = options.shard_config()?;
-    let shards = (0..dir.shard_count)
+    let mut shards = (0..dir.shard_count)
         .map(|shard| ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadOnly))
         .collect::<Result<Vec<_>, _>>()?;
+    let requests: Vec<([u8; 32], u64)> = shards.iter().flat_map(|state| state.index.vanish_requests()).collect();
+    for state in &mut shards {
+        retire_wraps_to_vanished(state, &requests);
+    }
     Ok((dir, shards))
+}
+
+/// NIP-62 across shards: retire from `state` the gift wraps to each pubkey of `requests`
+/// (author, date) dated up to its request.
+pub fn retire_wraps_to_vanished(state: &mut ShardState, requests: &[([u8; 32], u64)]) {
+    for (pubkey, until) in requests {
+        state.index.kill_wraps_to(crate::hex::encode(pubkey).as_bytes(), *until);
+    }
 }
 
 /// Run `work` on a single glommio executor on this thread's core set.

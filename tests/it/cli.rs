@@ -6,7 +6,7 @@ use std::process::{Command, Output, Stdio};
 
 use crate::support::{keys, signed, verified};
 
-fn ringrelay(args: &[&str], stdin: Option<&[u8]>) -> Output {
+pub fn ringrelay(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringrelay"))
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })

@@ -378,6 +378,34 @@ fn a_request_to_vanish_deletes_its_authors_events_and_wraps_to_it_for_good() {
     assert_eq!(ids(&client.req("bob", &[json!({"authors": [bob.public_key().to_hex()]})])), vec![id_of(&bobs)]);
     drop(client);
     relay.terminate();
+    // The offline tools see what the relay serves, and compaction drops the bytes.
+    let data = dir.path().to_str().unwrap();
+    let exported = |what: &str| {
+        let output = crate::cli::ringrelay(&["export", "--data-dir", data], None);
+        assert!(output.status.success(), "{what}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let before = exported("export");
+    assert!(wraps.iter().chain([&note]).all(|event| !before.contains(&id_of(event))), "{before}");
+    assert!(before.contains(&id_of(&later_wrap)));
+    let compacted = crate::cli::ringrelay(&["compact", "--data-dir", data], None);
+    assert!(compacted.status.success(), "{}", String::from_utf8_lossy(&compacted.stderr));
+    assert_eq!(exported("export after compaction"), before);
+    let mut stored = Vec::new();
+    let mut pending = vec![dir.path().to_owned()];
+    while let Some(path) = pending.pop() {
+        for entry in std::fs::read_dir(&path).unwrap().map(Result::unwrap) {
+            if entry.file_type().unwrap().is_dir() {
+                pending.push(entry.path());
+            } else {
+                stored.extend(std::fs::read(entry.path()).unwrap());
+            }
+        }
+    }
+    let stored = String::from_utf8_lossy(&stored);
+    assert!(!stored.contains(r#""content":"sealed""#), "the vanished wraps' bytes are gone");
+    assert!(!stored.contains(r#""content":"a note""#), "and the author's own");
+    assert!(stored.contains(r#""content":"sealed later""#));
     let relay = Relay::start_with_config(dir.path(), 2, config);
     let mut client = relay.connect();
     assert_eq!(ids(&client.req("replayed", &[by_alice])), expected, "the request is replayed");
