@@ -98,6 +98,12 @@ pub struct Args {
     /// Longest wait for outstanding replies after the last send.
     #[arg(long, value_parser = plan::parse_duration)]
     pub drain: Option<std::time::Duration>,
+    /// Answer the relay's NIP-42 challenge on every connection (a key derived from the seed).
+    #[arg(long)]
+    pub auth: bool,
+    /// With --auth: authenticate as this key (64 hex characters), e.g. one the relay allows.
+    #[arg(long, value_name = "HEX")]
+    pub auth_secret: Option<String>,
     /// Generator threads (default: one per online core).
     #[arg(short, long)]
     pub threads: Option<usize>,
@@ -186,6 +192,7 @@ impl Args {
         run.drain = self.drain.map_or(run.drain, plan::Span);
         run.threads = self.threads.unwrap_or(run.threads);
         run.seed = self.seed.unwrap_or(run.seed);
+        run.auth |= self.auth || self.auth_secret.is_some();
         run.authors = self.authors.unwrap_or(run.authors);
         plan.validate()?;
         Ok(plan)
@@ -223,6 +230,11 @@ fn execute(args: &Args) -> anyhow::Result<u8> {
     };
     let mut target = Target::parse_trusting(&args.url, args.tls_ca.as_deref())?;
     target.pid = args.relay_pid;
+    if let Some(secret) = &args.auth_secret {
+        let secret: secp256k1::SecretKey =
+            secret.trim().parse().map_err(|_| anyhow::anyhow!("--auth-secret: not a secret key in hex"))?;
+        target.auth = Some(secp256k1::Keypair::from_secret_key(secp256k1::SECP256K1, &secret));
+    }
     let progress = !args.quiet;
     if args.sweep {
         let result = sweep::sweep(&target, &plan, &objectives, args.sweep_factor, args.sweep_steps, progress)?;

@@ -34,6 +34,10 @@ pub struct RunPlan {
     pub seed: u64,
     /// Distinct authors of published events.
     pub authors: usize,
+    /// Answer the relay's NIP-42 challenge on every connection before using it (for relays
+    /// that take events or queries from authenticated clients only). The key is derived from
+    /// the seed unless `--auth-secret` gives one.
+    pub auth: bool,
 }
 
 impl Default for RunPlan {
@@ -45,6 +49,7 @@ impl Default for RunPlan {
             threads: 0,
             seed: 1,
             authors: 1_000,
+            auth: false,
         }
     }
 }

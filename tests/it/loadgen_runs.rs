@@ -82,6 +82,29 @@ fn history_queries_come_back_complete_and_in_order() {
     assert!(count(&report, "query", "events_returned") > query.completed, "queries return events");
 }
 
+/// Against a relay that takes events and queries from authenticated clients only, a run with
+/// `auth` answers every connection's challenge first, and is served like any other.
+#[test]
+fn a_run_that_authenticates_is_served_by_an_auth_only_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{UNCAPPED}[policy]\nwrite = \"auth\"\nread = \"auth\"\n");
+    let relay = Relay::start_with_config(dir.path(), 2, &config);
+    let mut plan = short_plan();
+    plan.publish = Some(PublishPlan { rate: 200.0, connections: 2 });
+    plan.query = Some(QueryPlan { rate: 40.0, connections: 2, preload: 100, limit: 20, ..QueryPlan::default() });
+    plan.run.auth = true;
+    let report = run(relay.port, &plan);
+    assert!(report.errors.is_empty(), "{}", report.render());
+    assert!(count(&report, "publish", "sent") > 0);
+    assert_eq!(count(&report, "publish", "accepted"), count(&report, "publish", "sent"));
+    assert_eq!(count(&report, "query", "preloaded"), 100);
+    // Without it, the relay refuses every event (the run cannot even preload).
+    plan.run.auth = false;
+    let target = Target::parse(&format!("ws://127.0.0.1:{}", relay.port)).unwrap();
+    let refused = loadgen::run(&target, &plan, false).unwrap_err();
+    assert!(refused.to_string().contains("accepted none of the preloaded events"), "{refused}");
+}
+
 #[test]
 fn hostile_clients_run_beside_healthy_ones_and_the_healthy_ones_are_served() {
     let dir = tempfile::tempdir().unwrap();

@@ -145,6 +145,12 @@ struct Tick {
 pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Report> {
     plan.validate()?;
     raise_open_files_limit();
+    // Every connection, preloading ones included, answers the relay's challenge (NIP-42).
+    let mut target = target.clone();
+    if plan.run.auth && target.auth.is_none() {
+        target.auth = workload::authors(plan.run.seed, "auth", 1).pop();
+    }
+    let target = &target;
     let threads = match plan.run.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

@@ -85,6 +85,8 @@ pub struct Target {
     pub tls: Option<Tls>,
     /// The relay's process, when it runs on this host: its CPU time is then reported.
     pub pid: Option<u32>,
+    /// The key every connection authenticates as (NIP-42), when the run authenticates.
+    pub auth: Option<secp256k1::Keypair>,
 }
 
 impl Target {
@@ -109,7 +111,7 @@ impl Target {
             .next()
             .with_context(|| format!("{host} has no address"))?;
         let tls = if secure { Some(tls_for(host, ca_file)?) } else { None };
-        Ok(Target { url: url.to_owned(), addr, tls, pid: None })
+        Ok(Target { url: url.to_owned(), addr, tls, pid: None, auth: None })
     }
 }
 
@@ -171,14 +173,68 @@ pub(super) async fn connect_with(
         };
         // Small buffers that grow on demand: a connect run holds many idle sockets.
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-        let (ws, _) = async_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
+        let (mut ws, _) = async_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
             .await
             .map_err(|e| anyhow::anyhow!("WebSocket handshake: {e}"))?;
+        if let Some(keypair) = &target.auth {
+            authenticate(&mut ws, keypair, &target.url).await?;
+        }
         Ok::<_, anyhow::Error>(ws)
     };
     match glommio::timer::timeout(CONNECT_TIMEOUT, async { Ok(handshake.await) }).await {
         Ok(result) => result,
         Err(_) => bail!("no WebSocket handshake within {CONNECT_TIMEOUT:?}"),
+    }
+}
+
+/// How long a connection waits for the relay's challenge before going on without one.
+const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
+
+/// NIP-42: wait for the relay's `["AUTH", challenge]`, answer it signed by `keypair`, and wait
+/// for its `OK`. A relay that sends no challenge on connect is used as it is.
+async fn authenticate(ws: &mut Ws, keypair: &secp256k1::Keypair, url: &str) -> anyhow::Result<()> {
+    let challenge = glommio::timer::timeout(CHALLENGE_WAIT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else { continue };
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if value[0] == "AUTH" {
+                return Ok(value[1].as_str().map(str::to_owned));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .unwrap_or(None);
+    let Some(challenge) = challenge else { return Ok(()) };
+    let draft = crate::workload::Draft {
+        role: crate::workload::Role::Publish,
+        author: 0,
+        kind: 22_242,
+        topic: None,
+        created_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
+        tags: vec![vec!["relay".to_owned(), url.to_owned()], vec!["challenge".to_owned(), challenge]],
+        content: String::new(),
+    };
+    let signed = crate::workload::sign(draft, keypair);
+    let message = signed.message.as_str().replacen("[\"EVENT\",", "[\"AUTH\",", 1);
+    ws.send(Message::text(message)).await.map_err(|e| anyhow::anyhow!("sending AUTH: {e}"))?;
+    let id = crate::workload::hex(&signed.id);
+    let answer = glommio::timer::timeout(CONNECT_TIMEOUT, async {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else { continue };
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if value[0] == "OK" && value[1] == id.as_str() {
+                return Ok(Some((value[2] == true, value[3].as_str().unwrap_or("").to_owned())));
+            }
+        }
+        Ok(None)
+    })
+    .await
+    .unwrap_or(None);
+    match answer {
+        Some((true, _)) => Ok(()),
+        Some((false, reason)) => bail!("the relay refused our AUTH: {reason}"),
+        None => bail!("no answer to our AUTH within {CONNECT_TIMEOUT:?}"),
     }
 }
 
