@@ -86,7 +86,8 @@ pub struct Plugin {
     /// Bytes of requests queued or in the driver's hands (`queue_bytes_max`).
     room: glommio::sync::Semaphore,
     room_size: usize,
-    driver: glommio::task::JoinHandle<()>,
+    /// Owned: dropping it cancels the driver, which kills the process.
+    driver: Option<glommio::Task<()>>,
     pub figures: Rc<PluginFigures>,
 }
 
@@ -104,7 +105,7 @@ impl Plugin {
         let queue = Rc::new(Queue::default());
         let figures = Rc::new(PluginFigures::default());
         let driver = Driver::new(&config.command, Duration::from_millis(config.timeout_ms), figures.clone());
-        let driver = glommio::spawn_local(driver.run(queue.clone())).detach();
+        let driver = Some(glommio::spawn_local(driver.run(queue.clone())));
         let room_size = config.queue_bytes_max;
         Plugin { queue, room: glommio::sync::Semaphore::new(room_size as u64), room_size, driver, figures }
     }
@@ -131,7 +132,7 @@ impl Drop for Plugin {
     fn drop(&mut self) {
         // The driver owns the process: cancelled, it kills it.
         self.room.close();
-        self.driver.cancel();
+        drop(self.driver.take());
     }
 }
 
