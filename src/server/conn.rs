@@ -94,13 +94,15 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     if rate_key.is_some_and(|key| core.over_rate_of(key, Work::Connection)) {
         core.stats.closed(CloseCause::RateLimited);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
-        close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many new connections from your address").await;
+        close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many new connections from your address", None)
+            .await;
         return;
     }
     let Some((conn, outbound)) = core.open_session(ip, host) else {
         core.stats.closed(CloseCause::AddressLimit);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
-        close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many connections from your address").await;
+        close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many connections from your address", None)
+            .await;
         return;
     };
     let limits = &core.config.limits;
@@ -244,11 +246,11 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
             Next::Incoming(Some(Err(error))) => {
                 let Some((code, reason)) = close_for(&error) else { return CloseCause::Client };
                 core.stats.protocol_error_closes.inc();
-                close_with_notice(&mut ws, code, &reason).await;
+                close_with_notice(&mut ws, code, &reason, Some(&outbound)).await;
                 return CloseCause::ProtocolError;
             }
             Next::Outgoing(Some(Out::Close(code, reason))) => {
-                close_with_notice(&mut ws, code, &reason).await;
+                close_with_notice(&mut ws, code, &reason, Some(&outbound)).await;
                 return relay_close_cause(code, &reason);
             }
             Next::Outgoing(Some(out)) => {
@@ -328,6 +330,7 @@ fn close_with_notice<'a>(
     ws: &'a mut WebSocketStream<TcpStream>,
     code: CloseCode,
     reason: &'a str,
+    outbound: Option<&'a Outbox>,
 ) -> Pin<Box<impl Future<Output = ()> + 'a>> {
     Box::pin(async move {
         let notice = glommio::timer::timeout(CLOSE_REPLY_WAIT, async {
@@ -345,7 +348,7 @@ fn close_with_notice<'a>(
                 (*size <= 123).then_some(c)
             })
             .collect();
-        close_session(ws, code, &short).await;
+        close_session(ws, code, &short, outbound).await;
     })
 }
 
@@ -359,6 +362,7 @@ fn close_session<'a>(
     ws: &'a mut WebSocketStream<TcpStream>,
     code: CloseCode,
     reason: &'a str,
+    outbound: Option<&'a Outbox>,
 ) -> Pin<Box<impl Future<Output = ()> + 'a>> {
     Box::pin(async move {
         let close = ws.close(Some(CloseFrame { code, reason: reason.into() }));
@@ -368,6 +372,9 @@ fn close_session<'a>(
             // rather than leave the kernel retrying them.
             reset_on_close(ws.get_ref());
             return;
+        }
+        if let Some(outbound) = outbound {
+            outbound.farewell_sent();
         }
         let _ = glommio::timer::timeout(CLOSE_REPLY_WAIT, async {
             while let Some(Ok(_)) = ws.next().await {}
@@ -391,7 +398,7 @@ async fn write_batch(
         match out {
             Out::Close(code, reason) => {
                 ws.flush().await.map_err(|_| WriteEnd::Failed)?;
-                close_with_notice(ws, code, &reason).await;
+                close_with_notice(ws, code, &reason, Some(outbound)).await;
                 return Err(WriteEnd::Closed(relay_close_cause(code, &reason)));
             }
             message => {

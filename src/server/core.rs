@@ -282,6 +282,24 @@ impl Core {
         }
     }
 
+    /// Wait until every connection let go of has written its close frame (or ended), for at
+    /// most `within`: at shutdown, so that no client misses its close frame because the
+    /// process left first.
+    pub async fn connections_ended(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let open = {
+                let mut closing = self.closing.borrow_mut();
+                closing.retain(|watch| !watch.farewell_done());
+                closing.len()
+            };
+            if open == 0 || std::time::Instant::now() >= deadline {
+                return;
+            }
+            glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Run `f` on a connection's session; `None` once it is gone.
     pub fn with_session<T>(&self, conn: ConnId, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
         self.sessions.borrow_mut().get_mut(&conn).map(f)
@@ -544,7 +562,9 @@ impl Core {
             }
             CoreMsg::Ask { request, ask } => self.start_remote_scan(request, ask),
             CoreMsg::Cancel { request } => {
-                if let Some(task) = self.remote_scans.borrow_mut().remove(&request) {
+                // Out of the map before the task is touched: no borrow lives through the block.
+                let removed = self.remote_scans.borrow_mut().remove(&request);
+                if let Some(task) = removed {
                     if let Some(task) = task {
                         task.cancel();
                     }

@@ -202,11 +202,16 @@ impl Mesh {
 
     /// A part of one of this core's gathers arrived; one no longer wanted is dropped.
     pub fn on_answer(&self, request: RequestId, answer: Answer) {
-        if let Some(gather) = self.gathers.borrow_mut().get_mut(&request.seq) {
-            gather.answers.push(answer);
-            if let Some(waker) = gather.waker.take() {
-                waker.wake();
+        let waker = match self.gathers.borrow_mut().get_mut(&request.seq) {
+            Some(gather) => {
+                gather.answers.push(answer);
+                gather.waker.take()
             }
+            None => return,
+        };
+        // Woken once the borrow is gone, should a waker ever poll in place.
+        if let Some(waker) = waker {
+            waker.wake();
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod rates;
 pub mod scan;
 pub mod session;
+pub mod startup;
 pub mod stats;
 pub mod throttle;
 pub mod verbs;
@@ -31,7 +32,7 @@ pub mod verbs;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -46,6 +47,7 @@ use self::core::QueryQueues;
 use self::core::Core;
 use self::ip_slots::IpSlots;
 use self::mesh::{CoreMsg, Mesh};
+use self::startup::{CoreLink, Phase, Started, Supervisor};
 use self::stats::Stats;
 use crate::config::Config;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardState};
@@ -81,6 +83,10 @@ const QUERY_SLICE: Duration = Duration::from_micros(250);
 /// queries' share while short queries, publishing and live events keep theirs. Alone on a
 /// core, long scans still take all of it.
 const LONG_SCAN_SHARES: usize = 100;
+/// How long a stopping core waits for its clients' close frames to be written (a client
+/// that reads nothing holds it this long at most). It was a fixed 200 ms sleep, which a
+/// loaded host sometimes outran: a subscriber then saw the socket end without its 1012.
+const CLOSE_FRAME_WAIT: Duration = Duration::from_secs(1);
 /// Errors that repeat per event or per accept (a full disk, a descriptor limit) are logged
 /// at most once per this interval, with the count held back.
 pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -138,30 +144,14 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).context("installing signal handlers")?;
     let shard_count = core_count.min(crate::limits::SHARD_COUNT_MAX) as u16;
-    let (data_dir, listeners) = if takeover {
-        // Join the running relay's listeners first (SO_REUSEPORT), so that connections keep
-        // being accepted into a queue while it hands over; then ask it to, and wait for its
-        // lock.
-        let listeners = bind_listeners(config.listen, core_count)?;
-        if let Some(pid) = crate::store::datadir::lock_holder(&config.data_dir) {
-            tracing::info!(pid, "taking over from the running relay");
-            eprintln!("ringrelay: taking over from pid {pid}; waiting for it to hand over the data directory");
-            // SAFETY: sending a signal; the pid was read from the lock file of a live process.
-            unsafe { libc::kill(pid, libc::SIGUSR1) };
+    // Waiting for the port or for a relay handing over can take seconds: a signal ends it.
+    let (data_dir, listeners) = match claim(&config, shard_count, takeover, &stop) {
+        Ok(claimed) => claimed,
+        Err(_) if stop.load(Ordering::SeqCst) => {
+            eprintln!("ringrelay: stopped during startup");
+            return Ok(());
         }
-        let data_dir = DataDir::open_or_create_waiting(&config.data_dir, shard_count, TAKEOVER_WAIT)
-            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-        (data_dir, listeners)
-    } else {
-        let data_dir = DataDir::open_or_create(&config.data_dir, shard_count)
-            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-        // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
-        // split the traffic; a plain bind first makes "port in use" an error.
-        drop(bind_when_free(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
-        if let Some(address) = config.metrics_listen {
-            drop(bind_when_free(address).with_context(|| format!("cannot listen on {address} (metrics_listen)"))?);
-        }
-        (data_dir, bind_listeners(config.listen, core_count)?)
+        Err(error) => return Err(error),
     };
     // The lists file must parse at start; later, on SIGHUP, a bad one only logs an error.
     let (lists_file, lists) = lists::ListsFile::open(config.data_dir.clone())?;
@@ -171,8 +161,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
-    let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
-    let mut handles = Vec::with_capacity(core_count);
+    let mut supervisor = Supervisor::new(core_count);
     for (index, listener) in listeners.into_iter().enumerate() {
         let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));
         let start = CoreStart {
@@ -185,11 +174,11 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
             shard_dirs: (0..data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
             shard_config: shard_config.clone(),
             stop: stop.clone(),
-            ready: ready_tx.clone(),
+            startup: supervisor.link(index),
             ip_slots: ip_slots.clone(),
         };
         let joining = mesh.clone();
-        let handle = LocalExecutorBuilder::new(placement)
+        let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("core-{index}"))
             .io_memory(crate::limits::IO_MEMORY_SIZE)
             .spawn(move || {
@@ -200,54 +189,79 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
                     let _entered = span.entered();
                     run_core(start, joining).await
                 }
-            })
-            .map_err(|error| {
+            });
+        match spawned {
+            Ok(handle) => supervisor.watch(index, handle),
+            // The cores started so far wait in the mesh join for this one, having opened
+            // nothing: the process can leave them.
+            Err(error) => {
                 stop.store(true, Ordering::SeqCst);
-                anyhow::anyhow!(
+                anyhow::bail!(
                     "cannot start the executor for core {index}: {error}\n\
                      glommio locks memory for io_uring: raise `ulimit -l` (or LimitMEMLOCK) to at least {} KiB; see tuning/",
                     core_count * 4096
-                )
-            })?;
-        handles.push(handle);
-    }
-    drop(ready_tx);
-    let mut failure = None;
-    for _ in 0..core_count {
-        match ready_rx.recv() {
-            Ok(Ok(_)) => {}
-            Ok(Err(message)) => {
-                failure.get_or_insert(message);
-                stop.store(true, Ordering::SeqCst);
-            }
-            Err(_) => {
-                failure.get_or_insert_with(|| "a core stopped during startup".to_owned());
-                stop.store(true, Ordering::SeqCst);
-                break;
+                );
             }
         }
     }
-    if failure.is_none() {
-        let on: Vec<String> = cpus.iter().take(core_count).map(usize::to_string).collect();
-        eprintln!(
-            "ringrelay: listening on {} with {core_count} core{} on CPU{} {}, data in {}, up to {open_files} open files",
-            config.listen,
-            if core_count == 1 { "" } else { "s" },
-            if on.len() == 1 { "" } else { "s" },
-            on.join(","),
-            config.data_dir.display()
-        );
-    }
-    // A core's own failure says more than the startup report that it stopped.
-    if let Err(message) = join_cores(handles, &stop) {
-        failure = Some(message);
-    }
-    match failure {
-        Some(message) => Err(anyhow::anyhow!(message)),
-        None => {
-            eprintln!("ringrelay: stopped");
-            Ok(())
+    match supervisor.until_serving(&stop) {
+        Ok(Started::Serving) => {}
+        Ok(Started::Stopped) => {
+            eprintln!("ringrelay: stopped during startup");
+            return Ok(());
         }
+        Err(reason) => return Err(anyhow::anyhow!(reason)),
+    }
+    let on: Vec<String> = cpus.iter().take(core_count).map(usize::to_string).collect();
+    eprintln!(
+        "ringrelay: listening on {} with {core_count} core{} on CPU{} {}, data in {}, up to {open_files} open files",
+        config.listen,
+        if core_count == 1 { "" } else { "s" },
+        if on.len() == 1 { "" } else { "s" },
+        on.join(","),
+        config.data_dir.display()
+    );
+    supervisor.until_stopped(&stop, SHUTDOWN_DEADLINE).map_err(|reason| anyhow::anyhow!(reason))?;
+    eprintln!("ringrelay: stopped");
+    Ok(())
+}
+
+/// Take the data directory and the listening address: beside a running relay that hands
+/// over to this one (`takeover`), or alone. Gives up early once `stop` is set.
+fn claim(
+    config: &Config,
+    shard_count: u16,
+    takeover: bool,
+    stop: &AtomicBool,
+) -> anyhow::Result<(DataDir, Vec<std::net::TcpListener>)> {
+    let core_count = config.core_count();
+    if takeover {
+        // Join the running relay's listeners first (SO_REUSEPORT), so that connections keep
+        // being accepted into a queue while it hands over; then ask it to, and wait for its
+        // lock.
+        let listeners = bind_listeners(config.listen, core_count)?;
+        if let Some(pid) = crate::store::datadir::lock_holder(&config.data_dir) {
+            tracing::info!(pid, "taking over from the running relay");
+            eprintln!("ringrelay: taking over from pid {pid}; waiting for it to hand over the data directory");
+            // SAFETY: sending a signal; the pid was read from the lock file of a live process.
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+        }
+        let data_dir = DataDir::open_or_create_waiting(&config.data_dir, shard_count, TAKEOVER_WAIT, stop)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+        Ok((data_dir, listeners))
+    } else {
+        let data_dir = DataDir::open_or_create(&config.data_dir, shard_count)
+            .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
+        // The cores bind with SO_REUSEPORT, which would let a second relay share the port and
+        // split the traffic; a plain bind first makes "port in use" an error.
+        drop(bind_when_free(config.listen, stop).with_context(|| format!("cannot listen on {}", config.listen))?);
+        if let Some(address) = config.metrics_listen {
+            drop(
+                bind_when_free(address, stop)
+                    .with_context(|| format!("cannot listen on {address} (metrics_listen)"))?,
+            );
+        }
+        Ok((data_dir, bind_listeners(config.listen, core_count)?))
     }
 }
 
@@ -265,63 +279,20 @@ struct CoreStart {
     shard_dirs: Vec<(u16, std::path::PathBuf)>,
     shard_config: ShardConfig,
     stop: Arc<AtomicBool>,
-    ready: mpsc::Sender<Result<String, String>>,
+    /// Where the core reports its startup phases.
+    startup: CoreLink,
     ip_slots: IpSlots,
-}
-
-/// Wait for every core: without limit while the relay serves, then for at most
-/// [`SHUTDOWN_DEADLINE`] once a stop was asked for. A core that has not finished by then is
-/// left behind (the process exits with it) and named in the log.
-fn join_cores(handles: Vec<glommio::ExecutorJoinHandle<()>>, stop: &AtomicBool) -> Result<(), String> {
-    let count = handles.len();
-    let (joined_tx, joined_rx) = mpsc::channel();
-    for (index, handle) in handles.into_iter().enumerate() {
-        let joined = joined_tx.clone();
-        // A plain join has no timeout; a helper thread per core turns it into a message.
-        std::thread::spawn(move || {
-            let _ = joined.send((index, handle.join().map_err(|error| error.to_string())));
-        });
-    }
-    drop(joined_tx);
-    let mut running: Vec<bool> = vec![true; count];
-    let mut deadline = None;
-    let mut failure = None;
-    while running.contains(&true) {
-        if deadline.is_none() && stop.load(Ordering::SeqCst) {
-            deadline = Some(std::time::Instant::now() + SHUTDOWN_DEADLINE);
-        }
-        if deadline.is_some_and(|deadline| std::time::Instant::now() >= deadline) {
-            let stuck: Vec<usize> = (0..count).filter(|&i| running[i]).collect();
-            tracing::error!(?stuck, "cores did not stop within {SHUTDOWN_DEADLINE:?}; exiting without them");
-            return Err(format!("cores {stuck:?} did not stop within {SHUTDOWN_DEADLINE:?}"));
-        }
-        match joined_rx.recv_timeout(SHUTDOWN_POLL) {
-            Ok((index, result)) => {
-                running[index] = false;
-                if let Err(error) = result {
-                    stop.store(true, Ordering::SeqCst);
-                    failure.get_or_insert(format!(
-                        "core {index} failed: {error}\n\
-                         glommio locks memory for io_uring: raise `ulimit -l` (or LimitMEMLOCK) to at least {} KiB; see tuning/",
-                        count * 4096
-                    ));
-                }
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    failure.map_or(Ok(()), Err)
 }
 
 async fn run_core(start: CoreStart, mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>) {
     let (senders, receivers) = match mesh.join().await {
         Ok(joined) => joined,
         Err(error) => {
-            let _ = start.ready.send(Err(format!("joining the core mesh failed: {error}")));
+            start.startup.failed(format!("joining the core mesh failed: {error}"));
             return;
         }
     };
+    start.startup.reached(Phase::Joined);
     // The core's own tasks (group commits, ack pipelines, mesh receivers and pumps, accept)
     // run in a task queue of their own, beside the sessions' and the queries', so each hop
     // of an event on its way to its OK gets its turn however busy clients keep the other
@@ -353,7 +324,8 @@ async fn run_joined(
                 shards.insert(*shard_id, Shard::start(state));
             }
             Err(error) => {
-                let _ = start.ready.send(Err(format!("opening shard {shard_id}: {error}")));
+                start.startup.failed(format!("opening shard {shard_id}: {error}"));
+                close_opened(shards).await;
                 return;
             }
         }
@@ -367,12 +339,20 @@ async fn run_joined(
     let admin = match start.config.metrics_listen.filter(|_| id == 0).map(listen).transpose() {
         Ok(admin) => admin,
         Err(error) => {
-            let _ = start
-                .ready
-                .send(Err(format!("cannot listen on {:?} (metrics_listen): {error}", start.config.metrics_listen)));
+            start
+                .startup
+                .failed(format!("cannot listen on {:?} (metrics_listen): {error}", start.config.metrics_listen));
+            close_opened(shards).await;
             return;
         }
     };
+    start.startup.reached(Phase::Opened);
+    // Nothing below asks a peer anything until every core is open: a peer that failed (a
+    // damaged segment) would never answer.
+    if !start.startup.every_core_opened().await {
+        close_opened(shards).await;
+        return;
+    }
     let stats = Rc::new(Stats::default());
     let mesh = Mesh::new(senders, stats.clone());
     // Scans get half the sessions' share of a busy core, in short slices: a flood of
@@ -415,7 +395,7 @@ async fn run_joined(
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
     // Gift wraps to pubkeys that vanished (NIP-62) are retired before anything is served.
     core.apply_stored_vanish_requests().await;
-    let _ = start.ready.send(Ok(format!("core {id}")));
+    start.startup.reached(Phase::Serving);
     let clients = accept_until_stopped(&core, &listener, &start.stop, sessions, conn::serve_connection);
     match &admin {
         Some(admin) => {
@@ -438,9 +418,19 @@ async fn run_joined(
     } else {
         core.close_all(CloseCode::Away, "relay shutting down");
     }
-    glommio::timer::sleep(Duration::from_millis(200)).await;
+    // A client that reads nothing gets its close frame dropped after CLOSE_FRAME_WAIT.
+    core.connections_ended(CLOSE_FRAME_WAIT).await;
     core.stop_tasks();
     receiving.iter().for_each(|task| task.cancel());
+}
+
+/// Close the shards a core opened before its startup was abandoned.
+async fn close_opened(shards: HashMap<u16, Shard>) {
+    for (shard_id, shard) in shards {
+        if let Err(error) = shard.close().await {
+            tracing::warn!(shard = shard_id, %error, "closing a shard after an abandoned startup");
+        }
+    }
 }
 
 /// How long a start waits for its port to be let go: a relay killed with SIGKILL keeps its
@@ -448,13 +438,18 @@ async fn run_joined(
 /// after the process is gone, so a restart right after a crash would otherwise fail.
 const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
-/// Bind `address`, retrying while it is in use for up to `PORT_RELEASE_WAIT`.
-fn bind_when_free(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Bind `address`, retrying while it is in use for up to `PORT_RELEASE_WAIT` (or until
+/// `stop` is set).
+fn bind_when_free(address: std::net::SocketAddr, stop: &AtomicBool) -> std::io::Result<std::net::TcpListener> {
     let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
     let mut said = false;
     loop {
         match std::net::TcpListener::bind(address) {
-            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline
+                    && !stop.load(Ordering::SeqCst) =>
+            {
                 if !said {
                     tracing::info!(%address, "the address is in use; waiting up to 5 s for it to be let go");
                     said = true;

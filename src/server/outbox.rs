@@ -104,6 +104,9 @@ struct Shared {
     /// Senders waiting for room (answers to REQs); woken when the writer takes a message.
     room_wakers: RefCell<Vec<Waker>>,
     closed: Cell<bool>,
+    /// The relay's close frame has been written to the socket (the loop may still wait for
+    /// the client's answering one).
+    farewell_sent: Cell<bool>,
     /// Replies owed for messages already read (EVENTs waiting for their fsync).
     owed: Cell<usize>,
 }
@@ -155,6 +158,12 @@ impl OutboxWatch {
     pub fn check_stall(&self, stall_secs: u64) -> Option<bool> {
         self.0.upgrade().map(|shared| shared.check_stall(stall_secs))
     }
+
+    /// Whether the connection is done with the relay's side of its close: its close frame
+    /// written, or its loop ended.
+    pub fn farewell_done(&self) -> bool {
+        self.0.upgrade().is_none_or(|shared| shared.farewell_sent.get())
+    }
 }
 
 /// A queue of at most `budget.capacity_size` bytes, counted in the core's
@@ -172,6 +181,7 @@ pub fn outbox(budget: Budget, core: Rc<CoreOutboxes>) -> (OutboxSender, Outbox) 
         waker: Cell::new(None),
         room_wakers: RefCell::new(Vec::new()),
         closed: Cell::new(false),
+        farewell_sent: Cell::new(false),
         owed: Cell::new(0),
     });
     (OutboxSender(shared.clone()), Outbox(shared))
@@ -282,6 +292,11 @@ impl Drop for OutboxSender {
 }
 
 impl Outbox {
+    /// The relay's close frame has been written (see [`OutboxWatch::farewell_done`]).
+    pub fn farewell_sent(&self) {
+        self.0.farewell_sent.set(true);
+    }
+
     /// The next message, or `None` once the sender is gone and the queue is empty.
     pub async fn recv(&self) -> Option<Out> {
         poll_fn(|cx| match self.try_recv() {

@@ -5,6 +5,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::segment;
@@ -60,15 +61,20 @@ impl Router {
 impl DataDir {
     /// Open a data directory, creating it with `shard_count` shards if it has no manifest.
     pub fn open_or_create(path: &Path, shard_count: u16) -> Result<DataDir, StoreError> {
-        DataDir::open_or_create_waiting(path, shard_count, LOCK_WAIT)
+        DataDir::open_or_create_waiting(path, shard_count, LOCK_WAIT, &AtomicBool::new(false))
     }
 
     /// [`DataDir::open_or_create`], waiting up to `wait` for another process's lock (a relay
-    /// that is handing over to this one).
-    pub fn open_or_create_waiting(path: &Path, shard_count: u16, wait: Duration) -> Result<DataDir, StoreError> {
+    /// that is handing over to this one), or until `cancel` is set.
+    pub fn open_or_create_waiting(
+        path: &Path,
+        shard_count: u16,
+        wait: Duration,
+        cancel: &AtomicBool,
+    ) -> Result<DataDir, StoreError> {
         assert!(shard_count >= 1 && usize::from(shard_count) <= SHARD_COUNT_MAX);
         fs::create_dir_all(path).map_err(io_error(path))?;
-        let lock = lock(path, Access::Exclusive, wait)?;
+        let lock = lock(path, Access::Exclusive, wait, cancel)?;
         let manifest = path.join(MANIFEST_FILE);
         if !manifest.exists() {
             let mut seed = [0u8; 32];
@@ -89,7 +95,7 @@ impl DataDir {
                 path.display()
             )));
         }
-        let lock = lock(path, access, LOCK_WAIT)?;
+        let lock = lock(path, access, LOCK_WAIT, &AtomicBool::new(false))?;
         DataDir::read(path, lock)
     }
 
@@ -155,7 +161,7 @@ pub fn lock_holder(path: &Path) -> Option<i32> {
     (pid > 0 && unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }
 
-fn lock(path: &Path, access: Access, wait: Duration) -> Result<fs::File, StoreError> {
+fn lock(path: &Path, access: Access, wait: Duration, cancel: &AtomicBool) -> Result<fs::File, StoreError> {
     let lock_path = path.join(LOCK_FILE);
     let mut file = fs::OpenOptions::new()
         .create(true)
@@ -174,7 +180,7 @@ fn lock(path: &Path, access: Access, wait: Duration) -> Result<fs::File, StoreEr
     let deadline = std::time::Instant::now() + wait.max(LOCK_WAIT);
     // SAFETY: flock on a descriptor we own.
     while unsafe { libc::flock(file.as_raw_fd(), operation) } != 0 {
-        if std::time::Instant::now() < deadline {
+        if std::time::Instant::now() < deadline && !cancel.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(10));
             continue;
         }

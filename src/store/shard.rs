@@ -500,7 +500,27 @@ impl ShardState {
             .expect("records always serialize");
         let written = self.write_record(&scratch);
         self.scratch = scratch;
-        Ok(Appended::Stored(self.index.insert(&facts, written?, kills)))
+        let written = match written {
+            Ok(written) => written,
+            // Only beginning a segment writes here: no segment, no writes until one begins.
+            Err(StoreError::Io { path, source }) => {
+                let detail = format!("{}: {source}", path.display());
+                tracing::warn!(shard = self.shard_id, %detail, "cannot begin a segment: writes are refused until it can");
+                self.refusing = Some(Refusal { cause: RefusalCause::of(&source), detail: detail.clone() });
+                return Err(StoreError::Io { path, source });
+            }
+            Err(other) => return Err(other),
+        };
+        Ok(Appended::Stored(self.index.insert(&facts, written, kills)))
+    }
+
+    /// Begin the next segment if the active one is sealed (a full disk kept the shard from
+    /// beginning it): the probe a refusing shard makes before it resumes. `Err` says why not.
+    pub(super) fn begin_segment_if_needed(&mut self) -> Result<(), String> {
+        if !self.active_sealed {
+            return Ok(());
+        }
+        self.begin_segment().map_err(|error| error.to_string())
     }
 
     /// Copy an archived record into the image (sealing it when encrypted) and return where.

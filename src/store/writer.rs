@@ -74,7 +74,13 @@ impl Shard {
     /// Apply the rules and append; a stored event is acknowledged by awaiting its `Durable`.
     pub fn append(&self, event: &VerifiedEvent, now: u64) -> Result<Admission, StoreError> {
         let mut state = self.state.borrow_mut();
-        let no = match state.append(event, now)? {
+        let was_refusing = state.refusing.is_some();
+        let appended = state.append(event, now);
+        if !was_refusing && state.refusing.is_some() {
+            // The append found no room for a new segment: the committer starts its retries.
+            self.ring();
+        }
+        let no = match appended? {
             Appended::Stored(no) => no,
             Appended::Duplicate { pending: None } => return Ok(Admission::Duplicate(None)),
             Appended::Duplicate { pending: Some(original) } => {
@@ -90,11 +96,16 @@ impl Shard {
     pub(crate) fn wait_for(&self, state: &mut ShardState, no: EventNo) -> Durable {
         let (sender, receiver) = oneshot::channel();
         state.waiters.push_back((no, sender));
+        self.ring();
+        Durable(receiver)
+    }
+
+    /// Wake the committer.
+    fn ring(&self) {
         if let Some(doorbell) = &self.doorbell {
-            // Full means a ring is already pending; the committer will see this append too.
+            // Full means a ring is already pending; the committer will see this too.
             let _ = doorbell.clone().try_send(());
         }
-        Durable(receiver)
     }
 
     pub fn state(&self) -> Ref<'_, ShardState> {
@@ -150,7 +161,7 @@ async fn run_committer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver
             rings.next().await.is_none()
         };
         if refusing {
-            retry(&state).await;
+            retry(&state, closing).await;
         }
         while state.borrow().has_unflushed() && state.borrow().refusing.as_ref().is_none_or(Refusal::commits_continue) {
             if let Err(error) = commit(&state).await {
@@ -182,14 +193,28 @@ fn refuse(state: &Rc<RefCell<ShardState>>, error: &StoreError) {
 }
 
 /// While refusing: resume once there is room again and what was left unacknowledged is
-/// written again and synced (never on a retried fdatasync alone: the bytes are rewritten).
-async fn retry(state: &Rc<RefCell<ShardState>>) {
-    if let Some(detail) = state.borrow().space_below_reserve() {
+/// written again and synced (never on a retried fdatasync alone: the bytes are rewritten),
+/// and, for a shard that could not begin its next segment, once it has begun it (not while
+/// `closing`: a closing shard begins nothing).
+async fn retry(state: &Rc<RefCell<ShardState>>, closing: bool) {
+    // Read into a local first: a `Ref` in the `if let` itself would live through the block
+    // and its `borrow_mut` (a panic, "already borrowed", on every retry while full).
+    let below_reserve = state.borrow().space_below_reserve();
+    if let Some(detail) = below_reserve {
         let mut state = state.borrow_mut();
         if let Some(refusal) = &mut state.refusing {
             refusal.detail = detail;
         }
         return;
+    }
+    if !closing {
+        let mut state = state.borrow_mut();
+        if let Err(detail) = state.begin_segment_if_needed() {
+            if let Some(refusal) = &mut state.refusing {
+                refusal.detail = detail;
+            }
+            return;
+        }
     }
     if state.borrow().has_unflushed() {
         if let Err(error) = commit(state).await {

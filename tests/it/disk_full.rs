@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use ringrelay::store::writer::REFUSAL_RETRY_INTERVAL;
+
 use crate::relay::{id_of, ids, Relay};
 use crate::support::{keys, now, signed};
 
@@ -89,13 +91,18 @@ fn run(config: &str, expected_reason: &str, only_that_reason: bool) {
     relay.kill9();
 
     // Restart on the still-full disk: it starts, serves everything acknowledged, and
-    // refuses writes cleanly.
-    let relay = Relay::start_with_config(&data, 1, config);
-    let lost = missing(&relay, &acked);
-    assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {}", lost.len(), lost[0]);
+    // refuses writes cleanly, however many retry periods the disk stays full.
+    let mut relay = Relay::start_with_config(&data, 1, config);
     let mut client = relay.connect();
-    let (accepted, reason) = client.publish(&event(i));
-    assert!(!accepted && reason.starts_with("error: "), "{reason}");
+    for period in 0..4 {
+        let lost = missing(&relay, &acked);
+        assert!(lost.is_empty(), "{} acknowledged events lost, e.g. {}", lost.len(), lost[0]);
+        let (accepted, reason) = client.publish(&event(i));
+        assert!(!accepted && reason.starts_with("error: "), "after {period} retry periods: {reason}");
+        assert_eq!(relay.stats()["shards_refusing_writes"], 1);
+        std::thread::sleep(REFUSAL_RETRY_INTERVAL + Duration::from_millis(100));
+        assert!(relay.running(), "the relay died while the disk stayed full");
+    }
 
     // Space comes back: writes resume by themselves.
     std::fs::remove_file(&filler).unwrap();

@@ -16,5 +16,6 @@ mod plugins;
 mod rates;
 mod relay;
 mod rules;
+mod startup;
 mod storage;
 mod support;
