@@ -238,6 +238,10 @@ pub struct PolicyLists {
     pub events_banned: Vec<String>,
     /// Client addresses refused a connection (NIP-86 `blockip`).
     pub ips_blocked: Vec<String>,
+    /// Per pubkey banned through NIP-86 (`banpubkey`): its events dated up to this time
+    /// (unix seconds, the ban's) are retired where stored, for good: `unbanpubkey` lets the
+    /// pubkey publish again but keeps this entry.
+    pub pubkeys_retired: std::collections::BTreeMap<String, u64>,
     /// NIP-11 `name`, `description` and `icon` in place of `[info]`'s.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -278,7 +282,7 @@ impl PolicyLists {
 
     /// Every entry well formed: pubkeys and event ids in lowercase hex, addresses parsed.
     pub fn check(&self) -> Result<(), String> {
-        for key in self.pubkeys_allowed.iter().chain(&self.pubkeys_denied) {
+        for key in self.pubkeys_allowed.iter().chain(&self.pubkeys_denied).chain(self.pubkeys_retired.keys()) {
             if crate::event::Pubkey::from_hex(key).is_none() {
                 return Err(format!("{key:?} is not a pubkey (64 lowercase hex characters)"));
             }
@@ -294,6 +298,24 @@ impl PolicyLists {
             }
         }
         Ok(())
+    }
+
+    /// What these lists retire from storage (entries that do not parse are skipped: `check`
+    /// refuses them before a file is written).
+    pub fn retirements(&self) -> crate::store::Retirements {
+        crate::store::Retirements {
+            events: self
+                .events_banned
+                .iter()
+                .filter_map(|id| crate::event::EventId::from_hex(id))
+                .map(|id| id.0)
+                .collect(),
+            pubkeys: self
+                .pubkeys_retired
+                .iter()
+                .filter_map(|(key, &until)| Some((crate::event::Pubkey::from_hex(key)?.0, until)))
+                .collect(),
+        }
     }
 
     /// Write the file durably (a temporary file, fsync, rename, fsync of the directory), so

@@ -26,8 +26,7 @@ use super::rates::{RateKey, RateLimiter, Work};
 use super::scan::{self, QueryLimits};
 use super::session::{QueryId, Session};
 use super::stats::{CloseCause, Stats, StatsSnapshot, Verb};
-use super::throttle::LogThrottle;
-use super::REPEATED_ERROR_LOG_INTERVAL;
+use super::throttle::{LogThrottle, REPEATED_ERROR_LOG_INTERVAL};
 use crate::auth::RelayAddress;
 use crate::config::Config;
 use crate::event::{EventError, KeyCache, ParsedEvent, VerifiedEvent};
@@ -385,12 +384,11 @@ impl Core {
             return;
         }
         let policy = Rc::new(Policy::with_lists(&self.config.policy, &lists.lists));
+        let retirements = lists.lists.retirements();
         for shard in self.shards.borrow().values() {
-            let mut state = shard.state_mut();
-            for id in policy.events_banned() {
-                if let Some(no) = state.index.lookup_id(id) {
-                    state.index.kill(no);
-                }
+            let retired = retirements.apply(&mut shard.state_mut().index);
+            if retired > 0 {
+                tracing::info!(retired, "banned events and banned pubkeys' events retired");
             }
         }
         let blocked: Vec<ConnId> = self

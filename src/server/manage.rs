@@ -155,6 +155,8 @@ impl Call {
         let reasons = &mut lists.reasons;
         match self {
             Call::BanPubkey(key, reason) => {
+                // Its events stored until now are retired, for good (see `pubkeys_retired`).
+                lists.pubkeys_retired.insert(key.clone(), crate::now_unix());
                 add(&mut lists.pubkeys_denied, &mut reasons.pubkeys_denied, key.clone(), reason);
                 remove(&mut lists.pubkeys_allowed, &mut reasons.pubkeys_allowed, &key);
             }

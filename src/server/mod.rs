@@ -87,9 +87,6 @@ const LONG_SCAN_SHARES: usize = 100;
 /// that reads nothing holds it this long at most). It was a fixed 200 ms sleep, which a
 /// loaded host sometimes outran: a subscriber then saw the socket end without its 1012.
 const CLOSE_FRAME_WAIT: Duration = Duration::from_secs(1);
-/// Errors that repeat per event or per accept (a full disk, a descriptor limit) are logged
-/// at most once per this interval, with the count held back.
-pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The CPUs this process may run on (its affinity mask, as set by taskset or a cpuset
 /// cgroup), lowest first; executor i is pinned to the i-th, and there are never more
@@ -522,7 +519,7 @@ async fn accept_until_stopped<F: std::future::Future<Output = ()> + 'static>(
         Accepted(glommio::Result<glommio::net::TcpStream, ()>),
         Stop,
     }
-    let accept_errors = throttle::LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL);
+    let accept_errors = throttle::LogThrottle::new(throttle::REPEATED_ERROR_LOG_INTERVAL);
     loop {
         let step = futures_lite::future::or(async { Step::Accepted(listener.accept().await) }, async {
             while !stop.load(Ordering::SeqCst) {

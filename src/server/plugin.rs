@@ -33,6 +33,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::UnixStream;
 use serde_json::Value;
 
+use super::throttle::{LogThrottle, REPEATED_ERROR_LOG_INTERVAL};
 use crate::config::WritePluginConfig;
 use crate::limits::{PLUGIN_ANSWER_SIZE_MAX, PLUGIN_PIPELINE_COUNT_MAX};
 
@@ -196,6 +197,10 @@ struct Driver {
     running: Option<Running>,
     last_start: Option<Instant>,
     last_check: Instant,
+    /// A plugin that fails every event, or prints junk between its answers, is logged once
+    /// per interval (with the count held back), as every repeating error is.
+    failures_logged: LogThrottle,
+    junk_logged: LogThrottle,
 }
 
 impl Driver {
@@ -207,6 +212,8 @@ impl Driver {
             running: None,
             last_start: None,
             last_check: Instant::now(),
+            failures_logged: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
+            junk_logged: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
         }
     }
 
@@ -230,7 +237,9 @@ impl Driver {
             for (request, verdict) in batch.into_iter().zip(verdicts) {
                 if let Verdict::Failed(why) = &verdict {
                     self.figures.failures.set(self.figures.failures.get() + 1);
-                    tracing::warn!(command = %self.command, why, "the write plugin did not judge an event");
+                    if let Some(held_back) = self.failures_logged.admit() {
+                        tracing::warn!(command = %self.command, why, held_back, "the write plugin did not judge an event");
+                    }
                 }
                 let _ = request.answer.send(verdict);
             }
@@ -261,7 +270,7 @@ impl Driver {
         }
         let running = self.running.as_mut().expect("started above");
         let mut verdicts = Vec::with_capacity(batch.len());
-        if let Err(why) = exchange(running, batch, self.timeout, &mut verdicts).await {
+        if let Err(why) = exchange(running, batch, self.timeout, &mut verdicts, &self.junk_logged).await {
             if let Some(running) = self.running.take() {
                 kill(running).await;
             }
@@ -331,24 +340,28 @@ async fn exchange(
     batch: &[Request],
     timeout: Duration,
     verdicts: &mut Vec<Verdict>,
+    junk_logged: &LogThrottle,
 ) -> Result<(), &'static str> {
     let bytes: Vec<u8> = batch.iter().flat_map(|request| request.line.bytes()).collect();
     within(timeout, async { running.stream.write_all(&bytes).await.map_err(|_| "the plugin has exited") }).await?;
     for request in batch {
-        verdicts.push(within(timeout, read_answer(running, &request.id)).await?);
+        verdicts.push(within(timeout, read_answer(running, &request.id, junk_logged)).await?);
     }
     Ok(())
 }
 
 /// The next answer line's verdict for event `id`.
-async fn read_answer(running: &mut Running, id: &str) -> Result<Verdict, &'static str> {
+async fn read_answer(running: &mut Running, id: &str, junk_logged: &LogThrottle) -> Result<Verdict, &'static str> {
     loop {
         while let Some(end) = running.pending.iter().position(|&byte| byte == b'\n') {
             let line: Vec<u8> = running.pending.drain(..=end).collect();
             if let Some(verdict) = parse_answer(&line[..end], id)? {
                 return Ok(verdict);
             }
-            tracing::warn!(line = %String::from_utf8_lossy(&line), "the write plugin wrote a line that is not JSON");
+            if let Some(held_back) = junk_logged.admit() {
+                let line = String::from_utf8_lossy(&line);
+                tracing::warn!(%line, held_back, "the write plugin wrote a line that is not JSON");
+            }
         }
         if running.pending.len() > PLUGIN_ANSWER_SIZE_MAX {
             return Err("the plugin's answer is too long");

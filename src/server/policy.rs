@@ -17,6 +17,9 @@ pub struct Policy {
     kinds_denied: HashSet<u16>,
     /// Event ids banned by the operator (NIP-86 `banevent`).
     events_banned: HashSet<[u8; 32]>,
+    /// Per pubkey banned through NIP-86: its events dated up to then were retired, and are
+    /// refused if sent again, after an unban too.
+    pubkeys_retired: std::collections::HashMap<[u8; 32], u64>,
     /// Client addresses refused a connection (NIP-86 `blockip`).
     ips_blocked: HashSet<IpAddr>,
     /// Per kind: how old and how far ahead `created_at` may be, in seconds.
@@ -55,6 +58,7 @@ impl Policy {
             kinds_denied: config.kinds_denied.iter().chain(&lists.kinds_denied).copied().collect(),
             events_banned: lists.events_banned.iter().filter_map(|id| EventId::from_hex(id)).map(|id| id.0).collect(),
             ips_blocked: lists.ips_blocked.iter().filter_map(|ip| ip.parse().ok()).map(canonical).collect(),
+            pubkeys_retired: lists.retirements().pubkeys.into_iter().collect(),
             windows: config
                 .kind_windows
                 .iter()
@@ -100,6 +104,9 @@ impl Policy {
         }
         if self.events_banned.contains(&event.id.0) {
             return Err(refused("event_banned", "blocked: this event is banned here"));
+        }
+        if self.pubkeys_retired.get(author).is_some_and(|&until| event.created_at <= until) {
+            return Err(refused("pubkey_denied", "blocked: this pubkey's events up to its ban were removed here"));
         }
         if self.kinds_denied.contains(&event.kind)
             || !self.kinds_allowed.is_empty() && !self.kinds_allowed.contains(&event.kind)

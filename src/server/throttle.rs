@@ -5,6 +5,10 @@
 use std::cell::Cell;
 use std::time::{Duration, Instant};
 
+/// Errors that repeat per event or per accept (a full disk, a descriptor limit, a plugin
+/// that fails) are logged at most once per this interval, with the count held back.
+pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 pub struct LogThrottle {
     every: Duration,
     last: Cell<Option<Instant>>,

@@ -522,6 +522,39 @@ impl Index {
         victims.len()
     }
 
+    /// Retire the live records of `pubkey` dated up to `until` (an operator's ban); returns
+    /// how many.
+    pub fn kill_author_until(&mut self, pubkey: &[u8; 32], until: u64) -> usize {
+        let Some(author) = self.author_of(pubkey) else { return 0 };
+        // Once retired, a banned author has nothing live: the ban put in force again (every
+        // management call, every start) costs a lookup, not a walk of its postings.
+        if self.live_by_author.get(author as usize).is_none_or(|&live| live == 0) {
+            return 0;
+        }
+        let victims: Vec<EventNo> = self
+            .author_postings(author)
+            .runs()
+            .iter()
+            .flat_map(|run| run.iter().copied())
+            .filter(|&no| self.entry(no).created_at <= until && !self.entry(no).is_dead())
+            .collect();
+        for &no in &victims {
+            self.kill(no);
+        }
+        victims.len()
+    }
+
+    /// Retire the record with this id, if stored and live; whether one was.
+    pub fn kill_id(&mut self, id: &[u8; 32]) -> bool {
+        match self.lookup_id(id) {
+            Some(no) if !self.entry(no).is_dead() => {
+                self.kill(no);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Retire a record: never served again, dropped by compaction.
     pub fn kill(&mut self, no: EventNo) {
         let entry = self.entry_mut(no);
@@ -682,5 +715,28 @@ mod tests {
         assert_eq!(index.postings_bytes, index.postings_walked());
         assert_eq!(index.version_d_bytes, index.versions.keys().map(|k| k.d.len()).sum::<usize>());
         assert!(index.memory_size() > index.postings_bytes);
+    }
+
+    /// An operator's retirements: a banned id, and a banned author's events up to the ban
+    /// (not after it, not another author's); put in force again, they find nothing more.
+    #[test]
+    fn retirements_retire_banned_ids_and_authors_up_to_the_ban() {
+        let mut index = Index::new_bulk();
+        index.finish_bulk();
+        let event = |i: u8, author: u8, created_at: u64| ([i; 32], [author; 32], created_at);
+        let events = [event(1, 7, 100), event(2, 7, 200), event(3, 7, 300), event(4, 8, 100), event(5, 8, 150)];
+        for (id, pubkey, created_at) in &events {
+            let facts = Facts { id, pubkey, created_at: *created_at, kind: 1, expiration: None, tags: &[] };
+            let Admit::Store { kills } = index.admit(&facts, 0) else { panic!("stored") };
+            index.insert(&facts, Loc { segment: 0, offset: 0 }, kills);
+        }
+        index.set_durable(index.len());
+        let retirements = super::super::Retirements { events: vec![[5; 32], [9; 32]], pubkeys: vec![([7; 32], 200)] };
+        assert_eq!(retirements.apply(&mut index), 3);
+        let live: Vec<u8> =
+            (0..index.len()).filter(|&no| index.is_visible(no, 0)).map(|no| index.entry(no).id[0]).collect();
+        assert_eq!(live, vec![3, 4]);
+        assert_eq!(retirements.apply(&mut index), 0);
+        assert_eq!(index.live_count, 2);
     }
 }

@@ -29,6 +29,23 @@ pub use writer::{Admission, Durable, Shard};
 use crate::filter::Filter;
 use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
 
+/// What an operator retired from storage through the policy lists (`policy.toml`): banned
+/// event ids, and banned pubkeys' events up to the date of their ban. Put in force by the
+/// relay on every core and by the offline tools, so compaction drops those records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retirements {
+    pub events: Vec<[u8; 32]>,
+    pub pubkeys: Vec<([u8; 32], u64)>,
+}
+
+impl Retirements {
+    /// Retire them from `index`; returns how many records were.
+    pub fn apply(&self, index: &mut index::Index) -> usize {
+        let events = self.events.iter().filter(|id| index.kill_id(id)).count();
+        events + self.pubkeys.iter().map(|(pubkey, until)| index.kill_author_until(pubkey, *until)).sum::<usize>()
+    }
+}
+
 /// A hit tagged with its shard, for merging across shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardHit {

@@ -1,6 +1,7 @@
 //! `ringrelay compact` (offline): rewrite each shard's live records into new segments and
 //! remove the old ones. Replaced, deleted, expired and vanished (NIP-62, gift wraps to a
-//! vanished pubkey on any shard included) records are dropped.
+//! vanished pubkey on any shard included) records are dropped, and so are the ones
+//! `policy.toml` retires (NIP-86 `banevent` and `banpubkey`).
 //!
 //! Crash safety: the new segments are durable before any old one is removed, and replay
 //! treats the second copy of an event as a duplicate, so a crash at any point leaves every
@@ -30,6 +31,7 @@ async fn compact(options: &StoreOptions) -> anyhow::Result<CompactSummary> {
     let now = crate::now_unix();
     // Gift wraps to a pubkey that vanished can be on any shard (NIP-62): every request to
     // vanish first, at the cost of reading each shard twice.
+    let retirements = super::retirements(&options.data_dir)?;
     let mut requests = Vec::new();
     for shard in 0..dir.shard_count {
         let state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadOnly)?;
@@ -38,6 +40,7 @@ async fn compact(options: &StoreOptions) -> anyhow::Result<CompactSummary> {
     for shard in 0..dir.shard_count {
         let mut state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
         super::retire_wraps_to_vanished(&mut state, &requests);
+        retirements.apply(&mut state.index);
         let old = state.sealed_segment_paths();
         summary.segments_before += old.len();
         summary.records_before += state.index.segment_stats().iter().map(|s| u64::from(s.records)).sum::<u64>();

@@ -34,8 +34,8 @@ impl StoreOptions {
 }
 
 /// Open every shard of an existing data directory without changing anything on disk, and
-/// apply what the relay applies across shards at start (gift wraps to a pubkey that
-/// vanished are retired), so a tool sees what the relay serves.
+/// apply what the relay applies at start (gift wraps to a pubkey that vanished, banned
+/// events and banned pubkeys' events are retired), so a tool sees what the relay serves.
 pub fn open_read_only(options: &StoreOptions) -> anyhow::Result<(DataDir, Vec<ShardState>)> {
     let dir = DataDir::open(&options.data_dir, Access::Shared)?;
     let config = options.shard_config()?;
@@ -43,10 +43,17 @@ pub fn open_read_only(options: &StoreOptions) -> anyhow::Result<(DataDir, Vec<Sh
         .map(|shard| ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadOnly))
         .collect::<Result<Vec<_>, _>>()?;
     let requests: Vec<([u8; 32], u64)> = shards.iter().flat_map(|state| state.index.vanish_requests()).collect();
+    let retirements = retirements(&options.data_dir)?;
     for state in &mut shards {
         retire_wraps_to_vanished(state, &requests);
+        retirements.apply(&mut state.index);
     }
     Ok((dir, shards))
+}
+
+/// What the data directory's `policy.toml` retires (NIP-86 bans); none without the file.
+pub fn retirements(data_dir: &Path) -> anyhow::Result<crate::store::Retirements> {
+    Ok(crate::config::PolicyLists::load(data_dir)?.retirements())
 }
 
 /// NIP-62 across shards: retire from `state` the gift wraps to each pubkey of `requests`

@@ -212,6 +212,69 @@ fn banned_events_and_blocked_addresses_take_effect_at_once() {
     }
 }
 
+/// `banpubkey` retires what the spammer already stored, on every connection at once; it stays
+/// gone after a restart and after `unbanpubkey` (which lets them publish again), and
+/// `compact` drops it.
+#[test]
+fn a_banned_pubkeys_stored_events_are_retired_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = keys(7060);
+    let (spammer, bystander) = (keys(7061), keys(7062));
+    let relay = Relay::start_with_config(dir.path(), 2, &config(&admin, ""));
+    let url = format!("http://127.0.0.1:{}/", relay.port);
+    let mut clients: Vec<Client> = (0..4).map(|_| relay.connect()).collect();
+    let t = now() - 100;
+    let spam: Vec<String> = (0..5).map(|i| signed(&spammer, 1, t + i, &[], &format!("buy {i}"))).collect();
+    let kept = signed(&bystander, 1, t, &[], "hello");
+    for event in spam.iter().chain([&kept]) {
+        assert!(clients[0].publish(event).0);
+    }
+    let filter = json!({"kinds": [1]});
+    assert_eq!(clients[1].req("before", std::slice::from_ref(&filter)).len(), 6);
+    let spammer_hex = spammer.public_key().to_hex();
+    assert_eq!(call(&url, &admin, "banpubkey", json!([spammer_hex, "spam"])), json!(true));
+    for client in clients.iter_mut() {
+        assert_eq!(ids(&client.req("after", std::slice::from_ref(&filter))), vec![id_of(&kept)], "on every connection");
+    }
+    let (accepted, reason) = clients[2].publish(&signed(&spammer, 1, t + 50, &[], "more"));
+    assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+    drop(clients);
+    assert!(relay.terminate().success());
+
+    let relay = Relay::start_with_config(dir.path(), 2, &config(&admin, ""));
+    let url = format!("http://127.0.0.1:{}/", relay.port);
+    let mut client = relay.connect();
+    assert_eq!(ids(&client.req("restarted", std::slice::from_ref(&filter))), vec![id_of(&kept)]);
+    assert_eq!(call(&url, &admin, "unbanpubkey", json!([spammer_hex])), json!(true));
+    // Its ban was at most a few seconds ago: an event dated later is its own again.
+    let fresh = signed(&spammer, 1, now() + 5, &[], "reformed");
+    assert!(client.publish(&fresh).0, "an unbanned pubkey publishes again");
+    // What the ban retired, or anything dated before it, is refused if sent again.
+    for event in [&spam[0], &signed(&spammer, 1, t + 10, &[], "backdated")] {
+        let (accepted, reason) = client.publish(event);
+        assert!(!accepted && reason.starts_with("blocked:"), "{reason}");
+    }
+    assert!(client.req("again", &[json!({"ids": [id_of(&spam[0])]})]).is_empty());
+    drop(client);
+    assert!(relay.terminate().success());
+
+    let relay = Relay::start_with_config(dir.path(), 2, &config(&admin, ""));
+    let mut client = relay.connect();
+    let mut expected = vec![id_of(&kept), id_of(&fresh)];
+    expected.sort();
+    let mut served = ids(&client.req("unbanned", std::slice::from_ref(&filter)));
+    served.sort();
+    assert_eq!(served, expected, "what the ban retired stays retired after the unban and a restart");
+    drop(client);
+    assert!(relay.terminate().success());
+    let data = dir.path().to_str().unwrap();
+    let output = crate::cli::ringrelay(&["compact", "--data-dir", data], None);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let exported = String::from_utf8(crate::cli::ringrelay(&["export", "--data-dir", data], None).stdout).unwrap();
+    assert_eq!(exported.lines().count(), 2, "{exported}");
+    assert!(!exported.contains("buy "), "compaction dropped the retired events: {exported}");
+}
+
 /// Calls arriving at once, on both cores, each read, change and write the lists file under
 /// one lock: none is lost.
 #[test]

@@ -71,6 +71,13 @@ fn a_strfry_plugin_decides_and_survives_hanging_and_crashing() {
     let (shadow, accepted, _) = publish(&mut client, "shadow", &mut sequence);
     assert!(accepted, "a shadow rejection looks accepted");
     assert!(!stored(&mut client, &shadow), "but is not stored");
+    // The sifter writes a junk line before every answer: skipped, and logged once per 10 s
+    // per core (each core has its plugin), not once per line.
+    for _ in 0..30 {
+        assert!(publish(&mut client, "chatter", &mut sequence).1);
+    }
+    let junk_lines = relay.log_lines_with("not JSON");
+    assert!((1..=2).contains(&junk_lines), "{junk_lines} log lines for 33 junk lines");
 
     // The request strfry's plugins read.
     let log = std::fs::read_to_string(plugin.with_extension("py.log")).unwrap();

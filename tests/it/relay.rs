@@ -20,6 +20,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Relay {
     child: Child,
     pub port: u16,
+    /// Every line the relay wrote to stderr so far (its log).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// How the relay's process is set up before it starts.
@@ -111,16 +113,24 @@ impl Relay {
             .expect("the relay starts");
         let (ready_tx, ready_rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening on") {
                     let _ = ready_tx.send(());
                 }
                 eprintln!("relay: {line}");
+                kept.lock().unwrap().push(line);
             }
         });
         ready_rx.recv_timeout(Duration::from_secs(30)).expect("the relay reports it is listening");
-        Relay { child, port }
+        Relay { child, port, log }
+    }
+
+    /// How many lines of the relay's log so far contain `text`.
+    pub fn log_lines_with(&self, text: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|line| line.contains(text)).count()
     }
 
     /// A WebSocket client; the TCP connect and the handshake are bounded by `READ_TIMEOUT`.
