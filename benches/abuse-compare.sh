@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The healthy clients' latency with and without hostile ones beside them, and the relay's
 # peak memory: loadgen/scenarios/abuse.toml against the same scenario without its [abuse]
-# section, interleaved, the relay on CPU 0 (one core), loadgen on CPU 1.
-# Usage: bash benches/abuse-compare.sh [runs] [duration]
+# section, and against it with a COUNT flood from many addresses instead (59 flooders, one
+# per loopback address from 127.0.0.2, so per-address rate limits do not bind: the flood
+# from many hosts), interleaved, the relay on CPU 0 (one core), loadgen on CPU 1.
+# Usage: bash benches/abuse-compare.sh [runs] [duration]   (KINDS="healthy many": only those)
 # ABUSE_SOURCE=127.0.0.2: the abusers connect from that address, so the relay's default
 # per-address rate limits (loopback, where the healthy clients come from, is exempt) meet
 # them, as they would hostile clients on the internet.
@@ -16,11 +18,13 @@ relay=${RELAY:-target/release/ringrelay}
 loadgen=${LOADGEN:-target/release/loadgen}
 sed '/^\[abuse\]/,$d' loadgen/scenarios/abuse.toml >"$work/healthy.toml"
 cp loadgen/scenarios/abuse.toml "$work/abuse.toml"
+cp "$work/healthy.toml" "$work/many.toml"
+printf '[abuse]\ncount_flooders = 59\nsource = "127.0.0.2"\nsource_count = 59\n' >>"$work/many.toml"
 # Every client comes from 127.0.0.1: the per-address cap (256) would refuse most of them.
 printf '[limits]\nconnections_per_ip_max = 100000\n' >"$work/relay.toml"
 port=7870
 for run in $(seq "$runs"); do
-  for kind in healthy abuse; do
+  for kind in ${KINDS:-healthy abuse many}; do
     port=$((port + 1))
     taskset -c 0 "$relay" serve --cores 1 --config "$work/relay.toml" --listen "127.0.0.1:$port" --data-dir "$work/data-$kind-$run" \
       2>"$work/relay-$kind-$run.log" &

@@ -410,8 +410,8 @@ pub struct RelayLimits {
     /// Queries (REQ and COUNT scans, deletion lookups) one connection may have running; past
     /// it the relay reads nothing more from the connection until one finishes.
     pub queries_per_connection_max: usize,
-    /// Queries one core runs at once for its connections, first come first served; the
-    /// rest wait.
+    /// Queries one core runs at once for its connections; the rest wait their turn, round
+    /// robin over client addresses, then connections (`server::slots`).
     pub queries_per_core_max: usize,
     pub filters_per_req_max: usize,
     /// Largest `limit` served; larger ones are capped.

@@ -89,6 +89,10 @@ pub struct Args {
     /// relay's per-address rate limits can tell them from the well-behaved clients.
     #[arg(long, value_name = "IP")]
     pub abuse_source: Option<std::net::IpAddr>,
+    /// abuse: spread the abusers over this many addresses from --abuse-source on (127.0.0.2,
+    /// 127.0.0.3, ...), a flood from many hosts that per-address limits do not bind.
+    #[arg(long, value_name = "N", requires = "abuse_source")]
+    pub abuse_sources: Option<u32>,
     /// The measured phase (e.g. 30s).
     #[arg(short, long, value_parser = plan::parse_duration)]
     pub duration: Option<std::time::Duration>,
@@ -185,6 +189,7 @@ impl Args {
         }
         if let (Some(source), Some(a)) = (self.abuse_source, plan.abuse.as_mut()) {
             a.source = Some(source);
+            a.source_count = self.abuse_sources.unwrap_or(a.source_count);
         }
         let run = &mut plan.run;
         run.duration = self.duration.map_or(run.duration, plan::Span);

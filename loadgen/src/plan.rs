@@ -150,11 +150,33 @@ pub struct AbusePlan {
     /// The local address the abusers connect from (e.g. `127.0.0.2`), so that a relay's
     /// per-address limits can tell them from the other clients; unset: the default route's.
     pub source: Option<std::net::IpAddr>,
+    /// Spread the abusers over this many addresses, `source` and the ones after it (abuser
+    /// i uses the i-th modulo this), so that per-address limits do not bind: a flood from
+    /// many hosts. 1: all from `source`.
+    pub source_count: u32,
 }
 
 impl Default for AbusePlan {
     fn default() -> Self {
-        AbusePlan { count_flooders: 0, req_churners: 0, churn_filters: 10, stalled_readers: 0, source: None }
+        AbusePlan {
+            count_flooders: 0,
+            req_churners: 0,
+            churn_filters: 10,
+            stalled_readers: 0,
+            source: None,
+            source_count: 1,
+        }
+    }
+}
+
+impl AbusePlan {
+    /// The address abuser `index` connects from.
+    pub fn source_of(&self, index: usize) -> Option<std::net::IpAddr> {
+        let step = (index as u32) % self.source_count.max(1);
+        self.source.map(|source| match source {
+            std::net::IpAddr::V4(v4) => std::net::IpAddr::V4((u32::from(v4).wrapping_add(step)).into()),
+            std::net::IpAddr::V6(v6) => std::net::IpAddr::V6((u128::from(v6).wrapping_add(u128::from(step))).into()),
+        })
     }
 }
 
@@ -283,6 +305,19 @@ impl Serialize for Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abusers_spread_over_consecutive_addresses() {
+        let spread = |source: &str, count: u32| {
+            let plan = AbusePlan { source: Some(source.parse().unwrap()), source_count: count, ..AbusePlan::default() };
+            (0..4).map(|i| plan.source_of(i).unwrap().to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(spread("127.0.0.2", 3), ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.2"]);
+        assert_eq!(spread("127.0.0.254", 3), ["127.0.0.254", "127.0.0.255", "127.0.1.0", "127.0.0.254"]);
+        assert_eq!(spread("::1", 2), ["::1", "::2", "::1", "::2"]);
+        assert_eq!(spread("127.0.0.2", 1), ["127.0.0.2"; 4]);
+        assert_eq!(AbusePlan::default().source_of(3), None);
+    }
 
     #[test]
     fn durations_parse_with_units() {

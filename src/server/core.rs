@@ -10,7 +10,6 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use glommio::sync::{Permit, Semaphore};
 use glommio::task::JoinHandle;
 use glommio::{Task, TaskQueueHandle};
 
@@ -25,6 +24,7 @@ use super::policy::Policy;
 use super::rates::{RateKey, RateLimiter, Work};
 use super::scan::{self, QueryLimits};
 use super::session::{QueryId, Session};
+use super::slots::{Asker, FairSlots, Slot};
 use super::stats::{CloseCause, Stats, StatsSnapshot, Verb};
 use super::throttle::{LogThrottle, REPEATED_ERROR_LOG_INTERVAL};
 use crate::auth::RelayAddress;
@@ -94,8 +94,9 @@ pub struct Core {
     ip_slots: IpSlots,
     next_id: Cell<u64>,
     keys: RefCell<KeyCache>,
-    /// Queries this core's connections may run at once (`queries_per_core_max`).
-    query_slots: Semaphore,
+    /// Queries this core's connections may run at once (`queries_per_core_max`), given in
+    /// turn to addresses, then connections (see `slots`).
+    query_slots: Rc<FairSlots>,
     /// Where queries and scans run, apart from the sessions (see [`QueryQueues`]).
     queues: QueryQueues,
     /// Scans run for other cores' gathers, cancellable by the asker (the handle is set once
@@ -124,7 +125,7 @@ impl Core {
         queues: QueryQueues,
     ) -> Rc<Core> {
         let Shared { ip_slots, lists_file, lists, plugin } = shared;
-        let query_slots = Semaphore::new(config.limits.queries_per_core_max as u64);
+        let query_slots = FairSlots::new(config.limits.queries_per_core_max);
         let outboxes = Rc::new(CoreOutboxes {
             stats: stats.clone(),
             capacity_size: config.limits.outbound_bytes_per_core_max,
@@ -331,8 +332,8 @@ impl Core {
         glommio::spawn_local_into(work, self.queues.long_scans).expect("the long scans task queue exists")
     }
 
-    /// One of the core's query slots, waited for in arrival order.
-    pub async fn query_slot(&self) -> Permit<'_> {
+    /// One of the core's query slots for `conn`, waited for in its address's and its own turn.
+    pub async fn query_slot(&self, conn: ConnId) -> Slot {
         // Counted while waiting, and no longer once the wait ends or is cancelled.
         struct Waiting<'a>(&'a Stats);
         impl Drop for Waiting<'_> {
@@ -342,7 +343,9 @@ impl Core {
         }
         self.stats.queries_waiting.add(1);
         let _waiting = Waiting(&self.stats);
-        self.query_slots.acquire_permit(1).await.expect("the query semaphore is never closed")
+        // A connection already gone (its query is being cancelled) waits as no address.
+        let ip = self.with_session(conn, |session| session.ip).unwrap_or(IpAddr::from([0u8; 4]));
+        self.query_slots.acquire(Asker { ip, conn }).await
     }
 
     /// What `conn` may not see: the private kinds, unless it authenticated as their author

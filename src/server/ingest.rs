@@ -150,7 +150,7 @@ pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent
             return route(&owner, reply, event, shard).await;
         }
         let refused = {
-            let _slot = owner.query_slot().await;
+            let _slot = owner.query_slot(conn).await;
             names_another_authors_event(&owner, &event).await
         };
         if refused {

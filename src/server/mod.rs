@@ -24,6 +24,7 @@ pub mod policy;
 pub mod rates;
 pub mod scan;
 pub mod session;
+pub mod slots;
 pub mod startup;
 pub mod stats;
 pub mod throttle;

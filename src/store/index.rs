@@ -578,6 +578,11 @@ impl Index {
         self.visible_count(live, now, |entry| entry.kind == kind)
     }
 
+    /// How many events are visible at `now`, as [`Index::visible_count_of_kind`].
+    pub fn visible_count_of_all(&self, now: u64) -> Option<u64> {
+        self.visible_count(self.live_count, now, |_| true)
+    }
+
     /// How many events of `pubkey` are visible at `now`, as [`Index::visible_count_of_kind`].
     pub fn visible_count_of_author(&self, pubkey: &[u8; 32], now: u64) -> Option<u64> {
         let Some(author) = self.author_of(pubkey) else { return Some(0) };
@@ -590,7 +595,10 @@ impl Index {
         if self.expiring.first().is_some_and(|&(at, _)| at <= now) {
             return None;
         }
-        let pending = (self.durable_count..self.len).filter(|&no| matches(self.entry(no))).count() as u64;
+        // A record retired before it was durable (a ban) is neither live nor pending.
+        let pending = (self.durable_count..self.len)
+            .filter(|&no| !self.entry(no).is_dead() && matches(self.entry(no)))
+            .count() as u64;
         Some(live - pending)
     }
 

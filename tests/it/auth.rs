@@ -222,6 +222,15 @@ fn private_kinds_reach_only_their_author_and_recipients() {
             assert_eq!(count, public, "COUNT {filter} counted private events");
         }
     }
+    // For the unauthenticated, who may see no private event, `{}` and kinds are counted
+    // from the indexes' totals less the private kinds': no scan (a COUNT flood is cheap).
+    let scanned = relay.stats()["counts_scanned"].as_u64().unwrap();
+    let mut anonymous = relay.connect();
+    for filter in [json!({}), json!({"kinds": [1, 1059]})] {
+        anonymous.send(&json!(["COUNT", "c", filter]).to_string());
+        assert_eq!(anonymous.expect("COUNT")[2]["count"], 1, "{filter}");
+    }
+    assert_eq!(relay.stats()["counts_scanned"].as_u64().unwrap(), scanned, "counted without a scan");
     // The recipient and the author see them.
     for (who, keys) in [("recipient", &recipient), ("author", &sender)] {
         let mut client = relay.connect();

@@ -112,8 +112,16 @@ fn hostile_clients_run_beside_healthy_ones_and_the_healthy_ones_are_served() {
     let mut plan = short_plan();
     plan.publish = Some(PublishPlan { rate: 200.0, connections: 2 });
     plan.query = Some(QueryPlan { rate: 40.0, connections: 2, preload: 300, limit: 20, ..QueryPlan::default() });
-    plan.abuse =
-        Some(AbusePlan { count_flooders: 2, req_churners: 2, churn_filters: 3, stalled_readers: 20, source: None });
+    // From three addresses, as a flood from many hosts is (loopback is exempt from the rate
+    // limits: none binds here).
+    plan.abuse = Some(AbusePlan {
+        count_flooders: 2,
+        req_churners: 2,
+        churn_filters: 3,
+        stalled_readers: 20,
+        source: Some(std::net::Ipv4Addr::new(127, 0, 0, 2).into()),
+        source_count: 3,
+    });
     // The flooders keep both cores busy, and the suite runs other tests beside this one: a
     // reply can take seconds (a loaded CI host once left one unanswered after the 5 s
     // drain). The drain ends as soon as every reply is in, so a longer one costs nothing;

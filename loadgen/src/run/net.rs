@@ -143,12 +143,22 @@ pub(super) async fn connect(target: &Target) -> anyhow::Result<Ws> {
     connect_with(target, None, None).await
 }
 
-/// [`connect`], with the socket's receive buffer capped at `receive_buffer_size` bytes (a
-/// client that then stops reading is felt by the relay after kilobytes, not megabytes), and
-/// from the local address `source` when given.
+/// A socket buffer to cap.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum SocketBuffer {
+    /// A client that then stops reading is felt by the relay after kilobytes, not megabytes.
+    Receive(usize),
+    /// A client that writes as fast as it can goes as fast as the relay reads, rather than
+    /// into megabytes of kernel buffers (which loopback would take at once, and whose
+    /// filling would keep this thread from the measured clients).
+    Send(usize),
+}
+
+/// [`connect`], with one of the socket's buffers capped, and from the local address `source`
+/// when given.
 pub(super) async fn connect_with(
     target: &Target,
-    receive_buffer_size: Option<usize>,
+    buffer: Option<SocketBuffer>,
     source: Option<std::net::IpAddr>,
 ) -> anyhow::Result<Ws> {
     let handshake = async {
@@ -157,8 +167,10 @@ pub(super) async fn connect_with(
             Some(source) => connect_from(target.addr, source)?,
         };
         tcp.set_nodelay(true).map_err(|e| anyhow::anyhow!("TCP_NODELAY: {e}"))?;
-        if let Some(size) = receive_buffer_size {
-            set_receive_buffer(&tcp, size)?;
+        match buffer {
+            Some(SocketBuffer::Receive(size)) => set_buffer(&tcp, libc::SO_RCVBUF, size)?,
+            Some(SocketBuffer::Send(size)) => set_buffer(&tcp, libc::SO_SNDBUF, size)?,
+            None => {}
         }
         let stream = match &target.tls {
             None => Stream::Plain(tcp),
@@ -249,7 +261,7 @@ fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> anyhow::Result<Tc
     Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
 }
 
-fn set_receive_buffer(tcp: &TcpStream, size: usize) -> anyhow::Result<()> {
+fn set_buffer(tcp: &TcpStream, option: libc::c_int, size: usize) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
     let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
     // SAFETY: setsockopt on the stream's own descriptor with a c_int value of its size.
@@ -257,12 +269,12 @@ fn set_receive_buffer(tcp: &TcpStream, size: usize) -> anyhow::Result<()> {
         libc::setsockopt(
             tcp.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
+            option,
             (&size as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    anyhow::ensure!(done == 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    anyhow::ensure!(done == 0, "setting a socket buffer: {}", std::io::Error::last_os_error());
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use crate::stats::Sample;
 use super::abuse::{abuse, Abuser};
 use super::connect::ramp_connections;
 use super::fanout::{count_missing, read_deliveries};
-use super::net::{await_eose, closed_reason, connect, connect_with, Ws};
+use super::net::{await_eose, closed_reason, connect, connect_with, SocketBuffer, Ws};
 use super::publish::{start_publisher, Scenario};
 use super::query::run_queries;
 use super::{thread_cpu, Shared, Tick};
@@ -23,6 +23,9 @@ use super::{thread_cpu, Shared, Tick};
 pub(super) const SETUP_CONCURRENCY: usize = 64;
 /// A stalled reader's receive buffer: small, so the relay feels it stop reading at once.
 const STALLED_RECEIVE_BUFFER_SIZE: usize = 4096;
+/// A flooder's socket send buffer (the kernel doubles it and keeps a floor of ~4.6 KiB): it
+/// floods as fast as the relay reads, a few dozen messages ahead.
+const FLOODER_SEND_BUFFER_SIZE: usize = 4096;
 
 /// One generator thread: open its share of connections, report ready, run its schedules from
 /// t0, tick once a second, and on `finish` count missing deliveries and report for the last time.
@@ -69,8 +72,20 @@ pub(super) async fn worker(
     for (conn, ws) in setup.queriers {
         glommio::spawn_local(run_queries(shared.clone(), stats.clone(), ws, conn)).detach();
     }
-    for (kind, ws) in setup.abusers {
-        glommio::spawn_local(abuse(shared.clone(), stats.clone(), ws, kind)).detach();
+    // The abusers run in a task queue of their own with a tenth of the measured clients'
+    // share: they keep the relay busy without making this thread late for the others (59
+    // flooders in the default queue once put 2 s of send lag into every measured p99).
+    if !setup.abusers.is_empty() {
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(100),
+            glommio::Latency::NotImportant,
+            "abusers",
+        );
+        for (kind, ws) in setup.abusers {
+            glommio::spawn_local_into(abuse(shared.clone(), stats.clone(), ws, kind), queue)
+                .expect("the abusers' task queue exists")
+                .detach();
+        }
     }
     if let Some(c) = &shared.plan.connect {
         let mine = (index..c.connections).step_by(threads).count();
@@ -169,8 +184,11 @@ pub(super) async fn open_connections(shared: &Arc<Shared>, index: usize) -> anyh
     if let Some(a) = &plan.abuse {
         for index in mine(super::abuse::total(a)) {
             let kind = super::abuse::kind_of(a, index);
-            let receive_buffer = (kind == Abuser::StalledReader).then_some(STALLED_RECEIVE_BUFFER_SIZE);
-            abusers.push((kind, connect_with(&shared.target, receive_buffer, a.source).await?));
+            let buffer = match kind {
+                Abuser::StalledReader => SocketBuffer::Receive(STALLED_RECEIVE_BUFFER_SIZE),
+                Abuser::CountFlooder | Abuser::ReqChurner => SocketBuffer::Send(FLOODER_SEND_BUFFER_SIZE),
+            };
+            abusers.push((kind, connect_with(&shared.target, Some(buffer), a.source_of(index)).await?));
         }
     }
     Ok(Setup { publishers, fanout_publishers, subscribers, queriers, abusers })

@@ -22,7 +22,7 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
     let owner = core.clone();
     core.start_query(conn, None, async move {
         let part = {
-            let _slot = owner.query_slot().await;
+            let _slot = owner.query_slot(conn).await;
             let max = owner.config.limits.count_max;
             let limits = QueryLimits { default: max, max, now: crate::now_unix(), bytes_max: 0 };
             count_everywhere(&owner, filters.into(), limits, privacy).await

@@ -93,7 +93,7 @@ struct Request {
 async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
     let Request { conn, sub_id, token, received, privacy } = request;
     let hits = {
-        let _slot = core.query_slot().await;
+        let _slot = core.query_slot(conn).await;
         let limits = core.query_limits();
         let mut hits = union_filters(gather_hits(&core, filters.into(), limits, privacy).await);
         let mut bytes = 0;
