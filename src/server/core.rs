@@ -16,13 +16,14 @@ use glommio::{Task, TaskQueueHandle};
 use super::ingest::AckPipeline;
 use super::ip_slots::IpSlots;
 use super::lists::{ListsFile, Versioned};
-use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId};
+use super::mesh::{Answer, Ask, CoreMsg, Mesh, RequestId, ScanAsk};
 use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
 use super::outbox::{outbox, Budget, CoreOutboxes, Out, Outbox, OutboxWatch};
+use super::parts::QueryLimits;
 use super::plugin::Plugin;
 use super::policy::Policy;
 use super::rates::{RateKey, RateLimiter, Work};
-use super::scan::{self, QueryLimits};
+use super::scan;
 use super::session::{QueryId, Session};
 use super::slots::{Asker, FairSlots, Slot};
 use super::stats::{CloseCause, Stats, StatsSnapshot, Verb};
@@ -448,7 +449,7 @@ impl Core {
         let filter = crate::filter::Filter { kinds: Some(vec![crate::event::kind::KIND_VANISH]), ..Default::default() };
         let every = crate::limits::SHARD_EVENT_COUNT_MAX;
         let limits = QueryLimits { default: every, max: every, now: crate::now_unix(), bytes_max: usize::MAX };
-        let found = super::ingest::gather_hits(self, Arc::from([filter]), limits, Privacy::default()).await;
+        let found = super::gather::hits_everywhere(self, Arc::from([filter]), limits, Privacy::default()).await;
         for hit in found.into_iter().flatten() {
             let Ok(event) = serde_json::from_slice::<serde_json::Value>(&hit.json) else { continue };
             let pubkey = event["pubkey"].as_str().and_then(|key| crate::hex::decode_lower::<32>(key.as_bytes()));
@@ -463,7 +464,6 @@ impl Core {
         self.mesh
             .gather(Ask::Lists(lists.clone()), async {
                 self.apply_lists(lists);
-                Answer::Applied
             })
             .await;
     }
@@ -561,7 +561,7 @@ impl Core {
                 self.apply_lists(lists);
                 self.mesh.post(request.core, CoreMsg::Answer { request, answer: Answer::Applied });
             }
-            CoreMsg::Ask { request, ask } => self.start_remote_scan(request, ask),
+            CoreMsg::Ask { request, ask: Ask::Scan(scan) } => self.start_remote_scan(request, scan),
             CoreMsg::Cancel { request } => {
                 // Out of the map before the task is touched: no borrow lives through the block.
                 let removed = self.remote_scans.borrow_mut().remove(&request);
@@ -579,22 +579,17 @@ impl Core {
 
     /// Scan this core's shards for another core's gather; the asker bounds how many it
     /// has in flight, and may cancel.
-    fn start_remote_scan(self: &Rc<Self>, request: RequestId, ask: Ask) {
+    fn start_remote_scan(self: &Rc<Self>, request: RequestId, ask: ScanAsk) {
         self.stats.remote_scans.add(1);
         self.remote_scans.borrow_mut().insert(request, None);
         let core = self.clone();
         let task = self.spawn_query(async move {
             let answer = match ask {
-                Ask::Hits { filters, limits, privacy } => {
+                ScanAsk::Hits { filters, limits, privacy } => {
                     Answer::Hits(scan::hits(&core, &filters, limits, &privacy).await)
                 }
-                Ask::Count { filters, limits, privacy } => {
+                ScanAsk::Count { filters, limits, privacy } => {
                     Answer::Count(scan::count(&core, &filters, limits, &privacy).await)
-                }
-                Ask::Metrics => Answer::Metrics(Box::new(core.local_metrics())),
-                Ask::Lists(lists) => {
-                    core.apply_lists(lists);
-                    Answer::Applied
                 }
             };
             if core.remote_scans.borrow_mut().remove(&request).is_some() {
@@ -655,14 +650,8 @@ impl Core {
 
     /// Every core's figures, through the mesh's bounded gather.
     pub async fn metrics_everywhere(self: &Rc<Self>) -> Vec<CoreMetrics> {
-        let answers = self.mesh.gather(Ask::Metrics, async { Answer::Metrics(Box::new(self.local_metrics())) }).await;
-        let mut cores: Vec<CoreMetrics> = answers
-            .into_iter()
-            .filter_map(|answer| match answer {
-                Answer::Metrics(part) => Some(*part),
-                _ => None,
-            })
-            .collect();
+        let answers = self.mesh.gather(Ask::Metrics, async { Box::new(self.local_metrics()) }).await;
+        let mut cores: Vec<CoreMetrics> = answers.into_iter().map(|part| *part).collect();
         cores.sort_by_key(|core| core.core);
         cores
     }

@@ -18,19 +18,18 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 
 use super::core::Core;
-use super::mesh::{Answer, Ask, CoreMsg, Reply};
+use super::mesh::{CoreMsg, Reply};
 use super::outbox::Out;
+use super::parts::QueryLimits;
 use super::plugin::{Source, Verdict};
 use super::rates::Work;
-use super::scan::{self, QueryLimits};
 use super::stats::{Outcome, OutcomeClass};
 use crate::config::PluginFailure;
 use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANISH};
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
-use crate::store::query::merge_newest_first;
-use crate::store::{effective_limit, Admission, Durable, Privacy, Rejection, StoreError};
+use crate::store::{Admission, Durable, Privacy, Rejection, StoreError};
 use crate::subs::{ConnId, LiveEvent};
 
 /// The `OK` reason for an event already stored.
@@ -221,36 +220,8 @@ async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> 
     let filters: Arc<[Filter]> = Arc::from([any_author, own]);
     let limits = QueryLimits { default: count, max: count, now: crate::now_unix(), bytes_max: usize::MAX };
     // Ownership is judged over every stored event, private kinds included.
-    let found = gather_hits(core, filters, limits, Privacy::default()).await;
+    let found = super::gather::hits_everywhere(core, filters, limits, Privacy::default()).await;
     found[0].len() > found[1].len()
-}
-
-/// Per filter, the newest `limit` events over every core's shards.
-pub async fn gather_hits(
-    core: &Rc<Core>,
-    filters: Arc<[Filter]>,
-    limits: QueryLimits,
-    privacy: Privacy,
-) -> Vec<Vec<scan::WireHit>> {
-    let ask = Ask::Hits { filters: filters.clone(), limits, privacy: privacy.clone() };
-    let local = async { Answer::Hits(scan::hits(core, &filters, limits, &privacy).await) };
-    let mut parts: Vec<Vec<Vec<scan::WireHit>>> = core
-        .mesh
-        .gather(ask, local)
-        .await
-        .into_iter()
-        .filter_map(|answer| match answer {
-            Answer::Hits(per_filter) => Some(per_filter),
-            _ => None,
-        })
-        .collect();
-    (0..filters.len())
-        .map(|index| {
-            let limit = effective_limit(&filters[index], limits.default, limits.max);
-            let lists = parts.iter_mut().map(|part| std::mem::take(&mut part[index])).collect();
-            merge_newest_first(lists, limit)
-        })
-        .collect()
 }
 
 /// Send an event whose OK is owed to where it is stored: broadcast if ephemeral, else to

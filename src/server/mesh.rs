@@ -23,7 +23,7 @@ use std::task::{Poll, Waker};
 use glommio::channels::channel_mesh::Senders;
 
 use super::metrics::CoreMetrics;
-use super::scan::{CountPart, QueryLimits, WireHit};
+use super::parts::{CountPart, QueryLimits, WireHit};
 use super::stats::{Outcome, Stats};
 use crate::event::{EventId, VerifiedEvent};
 use crate::filter::Filter;
@@ -66,14 +66,21 @@ pub struct RequestId {
 /// What a gather asks each core for.
 #[derive(Clone)]
 pub enum Ask {
-    /// Per filter, the core's newest events (a REQ, a deletion's lookup).
-    Hits { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
-    /// How many of the core's events match (COUNT).
-    Count { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
-    /// The core's counters.
+    /// A scan of the core's shards, run as a task the asker may cancel.
+    Scan(ScanAsk),
+    /// The core's counters, answered at once.
     Metrics,
-    /// Put these lists in force (SIGHUP, NIP-86), then answer.
+    /// Put these lists in force (SIGHUP, NIP-86), then answer, at once.
     Lists(super::lists::Versioned),
+}
+
+/// The asks that scan a core's shards.
+#[derive(Clone)]
+pub enum ScanAsk {
+    /// Per filter, the core's newest events (a REQ, a deletion's lookup): `Answer::Hits`.
+    Hits { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
+    /// How many of the core's events match (COUNT): `Answer::Count`.
+    Count { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
 }
 
 /// One core's part of a gather.
@@ -83,6 +90,65 @@ pub enum Answer {
     Metrics(Box<CoreMetrics>),
     /// The lists asked for are in force.
     Applied,
+}
+
+impl Answer {
+    fn name(&self) -> &'static str {
+        match self {
+            Answer::Hits(_) => "hits",
+            Answer::Count(_) => "a count",
+            Answer::Metrics(_) => "metrics",
+            Answer::Applied => "lists applied",
+        }
+    }
+}
+
+/// What a gather's parts are, taken out of the one [`Answer`] enum. Every core answers an
+/// [`Ask`] with its own variant (`ScanAsk::Hits` with `Answer::Hits`, ...), so a part of
+/// another variant is a programmer error, and crashes here, in one place.
+pub trait Part: Sized {
+    fn take(answer: Answer) -> Self;
+}
+
+fn mismatch(expected: &str, got: &Answer) -> ! {
+    panic!("a gather of {expected} got {} from a peer", got.name())
+}
+
+impl Part for Vec<Vec<WireHit>> {
+    fn take(answer: Answer) -> Self {
+        match answer {
+            Answer::Hits(hits) => hits,
+            other => mismatch("hits", &other),
+        }
+    }
+}
+
+impl Part for CountPart {
+    fn take(answer: Answer) -> Self {
+        match answer {
+            Answer::Count(part) => part,
+            other => mismatch("a count", &other),
+        }
+    }
+}
+
+impl Part for Box<CoreMetrics> {
+    fn take(answer: Answer) -> Self {
+        match answer {
+            Answer::Metrics(metrics) => metrics,
+            other => mismatch("metrics", &other),
+        }
+    }
+}
+
+/// Lists put in force.
+impl Part for () {
+    fn take(answer: Answer) -> Self {
+        match answer {
+            Answer::Applied => (),
+            other => mismatch("lists applied", &other),
+        }
+    }
 }
 
 struct Gather {
@@ -171,7 +237,7 @@ impl Mesh {
 
     /// Ask every other core, run `local` for this core's part meanwhile, and return every
     /// part, this core's first. Dropping the future cancels the work on every core.
-    pub async fn gather(self: &Rc<Self>, ask: Ask, local: impl Future<Output = Answer>) -> Vec<Answer> {
+    pub async fn gather<T: Part>(self: &Rc<Self>, ask: Ask, local: impl Future<Output = T>) -> Vec<T> {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         let request = RequestId { core: self.id, seq };
@@ -196,7 +262,7 @@ impl Mesh {
         let gather = self.gathers.borrow_mut().remove(&seq).expect("present until now");
         let mut answers = Vec::with_capacity(self.core_count);
         answers.push(mine);
-        answers.extend(gather.answers);
+        answers.extend(gather.answers.into_iter().map(T::take));
         answers
     }
 

@@ -1,16 +1,19 @@
 //! `ringrelay serve`: one glommio executor pinned per core, each with its own
 //! SO_REUSEPORT listener, connections, subscriptions and storage shards.
 //!
-//! Reading order, along the data path: [`http`] (request head, NIP-11), [`conn`] (the
-//! socket loop of a connection), [`session`] (what a connection owns), [`outbox`] (its
-//! bounded queue), [`verbs`] (one module per client verb), [`ingest`] (an event's stages to
-//! its OK), [`mesh`] (core-to-core messages and the one scatter/gather), [`scan`] (a core's
-//! side of a query), [`fanout`] (live events), [`core`] (one core's state), [`stats`]
-//! (its counters).
+//! Reading order, along the data path: [`startup`] (the cores' startup and stop, as the
+//! main thread follows them), [`http`] (request head, NIP-11), [`conn`] (the socket loop of
+//! a connection), [`session`] (what a connection owns), [`outbox`] (its bounded queue),
+//! [`verbs`] (one module per client verb), [`ingest`] (an event's stages to its OK),
+//! [`slots`] (a core's query slots, given in turn), [`gather`] (a query's fan-in over every
+//! core), [`mesh`] (core-to-core messages and the one typed scatter/gather), [`parts`] (what
+//! a query asks and a core answers), [`scan`] (a core's side of a query), [`fanout`] (live
+//! events), [`core`] (one core's state), [`stats`] (its counters).
 
 pub mod conn;
 pub mod core;
 pub mod fanout;
+pub mod gather;
 pub mod http;
 pub mod ingest;
 pub mod ip_slots;
@@ -19,6 +22,7 @@ pub mod manage;
 pub mod mesh;
 pub mod metrics;
 pub mod outbox;
+pub mod parts;
 pub mod plugin;
 pub mod policy;
 pub mod rates;

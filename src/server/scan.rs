@@ -2,47 +2,13 @@
 //! Scans run in budgeted steps and yield between them, so a long one never holds the core.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use super::core::Core;
+use super::parts::{CountPart, QueryLimits, WireHit};
 use crate::filter::Filter;
 use crate::limits::{LONG_SCAN_AFTER_STEPS, QUERY_STEP_CANDIDATE_COUNT};
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
 use crate::store::{effective_limit, FilterScan, Hit, Privacy, ShardHit, ShardState};
-
-#[derive(Clone, Copy, Debug)]
-pub struct QueryLimits {
-    pub default: usize,
-    pub max: usize,
-    pub now: u64,
-    /// The most event JSON, in bytes, one core's part of an answer carries
-    /// (`query_answer_bytes_max`); past it the part is cut, newest events kept.
-    pub bytes_max: usize,
-}
-
-/// A stored event on its way to a client.
-#[derive(Clone, Debug)]
-pub struct WireHit {
-    pub created_at: u64,
-    pub id: [u8; 32],
-    pub json: Arc<[u8]>,
-}
-
-impl Ordered for WireHit {
-    fn created_at(&self) -> u64 {
-        self.created_at
-    }
-    fn id(&self) -> &[u8; 32] {
-        &self.id
-    }
-}
-
-/// One core's count: exact unless a filter's scan stopped at its limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CountPart {
-    pub count: u64,
-    pub approximate: bool,
-}
 
 /// Per filter, the newest `limit` events of this core's shards, with their JSON: at most
 /// `limits.bytes_max` of it over all filters (filters in order, each newest first).

@@ -3,14 +3,12 @@
 //! at `count_max` says `approximate`.
 
 use std::rc::Rc;
-use std::sync::Arc;
 
 use crate::filter::Filter;
 use crate::proto::{self, SubId};
 use crate::server::core::Core;
-use crate::server::mesh::{Answer, Ask};
-use crate::server::scan::{self, CountPart, QueryLimits};
-use crate::store::Privacy;
+use crate::server::gather::count_everywhere;
+use crate::server::parts::QueryLimits;
 use crate::subs::ConnId;
 
 pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
@@ -30,17 +28,4 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
         owner.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));
         owner.stats.count_seconds.observe_since(received);
     });
-}
-
-async fn count_everywhere(core: &Rc<Core>, filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy) -> CountPart {
-    let ask = Ask::Count { filters: filters.clone(), limits, privacy: privacy.clone() };
-    let local = async { Answer::Count(scan::count(core, &filters, limits, &privacy).await) };
-    let mut total = CountPart::default();
-    for answer in core.mesh.gather(ask, local).await {
-        if let Answer::Count(part) = answer {
-            total.count += part.count;
-            total.approximate |= part.approximate;
-        }
-    }
-    total
 }

@@ -11,7 +11,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::filter::{Filter, Matchable};
 use crate::proto::{self, SubId};
 use crate::server::core::Core;
-use crate::server::ingest::gather_hits;
+use crate::server::gather::hits_everywhere;
 use crate::server::outbox::Out;
 use crate::server::session::{PendingLive, SubState};
 use crate::store::query::union_filters;
@@ -95,7 +95,7 @@ async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
     let hits = {
         let _slot = core.query_slot(conn).await;
         let limits = core.query_limits();
-        let mut hits = union_filters(gather_hits(&core, filters.into(), limits, privacy).await);
+        let mut hits = union_filters(hits_everywhere(&core, filters.into(), limits, privacy).await);
         let mut bytes = 0;
         let kept = hits
             .iter()
