@@ -104,8 +104,13 @@ fn storage_append(c: &mut Criterion) {
         b.iter_batched(
             || {
                 let dir = tempfile::tempdir().unwrap();
-                let state =
-                    ShardState::open(dir.path(), 0, ShardConfig::new(64 << 20, None), OpenMode::ReadWrite).unwrap();
+                let state = ShardState::open(
+                    dir.path(),
+                    ringrelay::store::ShardId(0),
+                    ShardConfig::new(64 << 20, None),
+                    OpenMode::ReadWrite,
+                )
+                .unwrap();
                 (dir, state)
             },
             |(dir, mut state)| {
@@ -126,9 +131,13 @@ fn storage_append(c: &mut Criterion) {
                     let mut total = std::time::Duration::ZERO;
                     for _ in 0..iterations {
                         let dir = tempfile::tempdir().unwrap();
-                        let state =
-                            ShardState::open(dir.path(), 0, ShardConfig::new(64 << 20, None), OpenMode::ReadWrite)
-                                .unwrap();
+                        let state = ShardState::open(
+                            dir.path(),
+                            ringrelay::store::ShardId(0),
+                            ShardConfig::new(64 << 20, None),
+                            OpenMode::ReadWrite,
+                        )
+                        .unwrap();
                         let shard = Shard::start(state);
                         let started = std::time::Instant::now();
                         for window in events.chunks(256) {

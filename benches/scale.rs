@@ -76,7 +76,7 @@ fn ensure_shard(dir: &Path, stride: u64, offset: u64) {
     let path = dir.to_owned();
     ringrelay::tools::run_local("build-bench-store", move || {
         Box::pin(async move {
-            let state = ShardState::open(&path, 0, config(), OpenMode::ReadWrite).unwrap();
+            let state = ShardState::open(&path, ringrelay::store::ShardId(0), config(), OpenMode::ReadWrite).unwrap();
             let shard = Shard::start(state);
             for i in (offset..EVENT_COUNT).step_by(stride as usize) {
                 let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&synthetic_record(i)).unwrap();
@@ -100,7 +100,7 @@ fn scale(c: &mut Criterion) {
     group.sample_size(10);
     // The worst case for one core: all 1M events in one shard.
     group.bench_function("reopen_one_shard", |b| {
-        b.iter(|| ShardState::open(&dir, 0, config(), OpenMode::ReadOnly).unwrap())
+        b.iter(|| ShardState::open(&dir, ringrelay::store::ShardId(0), config(), OpenMode::ReadOnly).unwrap())
     });
     // What a 2-core relay does at start: each core replays its own shard, at the same time.
     group.bench_function("reopen_two_shards_in_parallel", |b| {
@@ -109,8 +109,12 @@ fn scale(c: &mut Criterion) {
                 let opening: Vec<_> = halves
                     .iter()
                     .map(|half| {
-                        scope
-                            .spawn(move || ShardState::open(half, 0, config(), OpenMode::ReadOnly).unwrap().index.len())
+                        scope.spawn(move || {
+                            ShardState::open(half, ringrelay::store::ShardId(0), config(), OpenMode::ReadOnly)
+                                .unwrap()
+                                .index
+                                .len()
+                        })
                     })
                     .collect();
                 opening.into_iter().map(|o| o.join().unwrap()).sum::<u32>()
@@ -118,7 +122,7 @@ fn scale(c: &mut Criterion) {
         })
     });
 
-    let state = ShardState::open(&dir, 0, config(), OpenMode::ReadOnly).unwrap();
+    let state = ShardState::open(&dir, ringrelay::store::ShardId(0), config(), OpenMode::ReadOnly).unwrap();
     assert_eq!(u64::from(state.index.len()), EVENT_COUNT);
     let bytes_per_event = state.index.memory_size() as f64 / EVENT_COUNT as f64;
     eprintln!("scale_1m/index_memory: {bytes_per_event:.1} bytes per event ({} events)", state.index.len());

@@ -31,7 +31,7 @@ use super::throttle::{LogThrottle, REPEATED_ERROR_LOG_INTERVAL};
 use crate::auth::RelayAddress;
 use crate::config::Config;
 use crate::event::{EventError, KeyCache, ParsedEvent, VerifiedEvent};
-use crate::store::{Privacy, Router, Shard, ShardState};
+use crate::store::{Privacy, Router, Shard, ShardId, ShardState};
 use crate::subs::{ConnId, SubscriptionIndex};
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -89,7 +89,7 @@ pub struct Core {
     pub stats: Rc<Stats>,
     pub mesh: Rc<Mesh>,
     router: Router,
-    pub(super) shards: RefCell<HashMap<u16, Shard>>,
+    pub(super) shards: RefCell<HashMap<ShardId, Shard>>,
     pub(super) subs: RefCell<SubscriptionIndex>,
     pub(super) sessions: RefCell<HashMap<ConnId, Session>>,
     ip_slots: IpSlots,
@@ -108,7 +108,7 @@ pub struct Core {
     /// Connections let go of whose loops have not ended yet, for the stall sweep.
     closing: RefCell<Vec<OutboxWatch>>,
     /// Per shard, the task that answers appends once durable.
-    pipelines: HashMap<u16, Rc<AckPipeline>>,
+    pipelines: HashMap<ShardId, Rc<AckPipeline>>,
     /// The core's long-lived tasks (mesh pumps, ack pipelines), cancelled when it stops.
     tasks: RefCell<Vec<JoinHandle<()>>>,
     /// Storage errors repeat once per event; they are logged once per interval.
@@ -119,7 +119,7 @@ impl Core {
     pub fn new(
         config: Arc<Config>,
         router: Router,
-        shards: HashMap<u16, Shard>,
+        shards: HashMap<ShardId, Shard>,
         mesh: Rc<Mesh>,
         stats: Rc<Stats>,
         shared: Shared,
@@ -218,7 +218,7 @@ impl Core {
     }
 
     /// The ack pipeline of one of this core's shards.
-    pub fn ack_pipeline(&self, shard: u16) -> Rc<AckPipeline> {
+    pub fn ack_pipeline(&self, shard: ShardId) -> Rc<AckPipeline> {
         self.pipelines[&shard].clone()
     }
 
@@ -238,21 +238,21 @@ impl Core {
 
     /// The shard that stores `pubkey`'s events: a keyed hash, computed once per event and
     /// passed along with it.
-    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> u16 {
+    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> ShardId {
         self.router.owner_shard(pubkey)
     }
 
     /// The core that owns `shard`.
-    pub fn owner_core(&self, shard: u16) -> usize {
+    pub fn owner_core(&self, shard: ShardId) -> usize {
         usize::from(shard) % self.core_count
     }
 
-    pub fn shard_ids(&self) -> Vec<u16> {
+    pub fn shard_ids(&self) -> Vec<ShardId> {
         self.shards.borrow().keys().copied().collect()
     }
 
     /// Run `f` on a shard's state; `None` once the shard is closed.
-    pub fn with_shard<T>(&self, shard: u16, f: impl FnOnce(&ShardState) -> T) -> Option<T> {
+    pub fn with_shard<T>(&self, shard: ShardId, f: impl FnOnce(&ShardState) -> T) -> Option<T> {
         let shards = self.shards.borrow();
         let shard = shards.get(&shard)?;
         let state = shard.state();
@@ -676,10 +676,10 @@ impl Core {
 
     /// Stop storing: finish every pending append and fsync, and close the shards.
     pub async fn close_shards(&self) {
-        let shards: Vec<(u16, Shard)> = self.shards.borrow_mut().drain().collect();
+        let shards: Vec<(ShardId, Shard)> = self.shards.borrow_mut().drain().collect();
         for (shard_id, shard) in shards {
             if let Err(error) = shard.close().await {
-                tracing::error!(core = self.id, shard = shard_id, %error, "closing shard");
+                tracing::error!(core = self.id, shard = %shard_id, %error, "closing shard");
             }
         }
     }

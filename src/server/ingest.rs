@@ -29,7 +29,7 @@ use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANI
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
-use crate::store::{Admission, Durable, Privacy, Rejection, StoreError};
+use crate::store::{Admission, Durable, Privacy, Rejection, ShardId, StoreError};
 use crate::subs::{ConnId, LiveEvent};
 
 /// The `OK` reason for an event already stored.
@@ -115,7 +115,7 @@ const OUTCOME_STORAGE_FAILING: Outcome = Outcome::new(OutcomeClass::Error, "stor
 /// the signature, which costs 20 times the rest of ingest). A copy whose original is not
 /// yet acknowledged is not answered here: it waits behind the original in the shard's
 /// pipeline, so its `duplicate:` OK never comes before the original's OK.
-pub fn is_known_duplicate(core: &Core, id: &EventId, shard: u16) -> bool {
+pub fn is_known_duplicate(core: &Core, id: &EventId, shard: ShardId) -> bool {
     if core.owner_core(shard) != core.id {
         return false;
     }
@@ -132,7 +132,7 @@ pub fn is_known_duplicate(core: &Core, id: &EventId, shard: u16) -> bool {
 /// A verified event from a connection of this core. Its OK is owed from now, so a client
 /// that publishes faster than events are stored is held back. A deletion request is first
 /// checked against every core, as a query owned by the connection.
-pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: u16) {
+pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: ShardId) {
     core.with_session(reply.conn, |session| session.outbound.owe_reply());
     // A request to vanish is followed whatever the plugin would say (NIP-62).
     let judged = core.plugin.is_some() && event.kind() != KIND_VANISH;
@@ -226,7 +226,7 @@ async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> 
 
 /// Send an event whose OK is owed to where it is stored: broadcast if ephemeral, else to
 /// the owner of its author's shard, waiting while that core's channel is full.
-async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: u16) {
+async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: ShardId) {
     if event.class() == KindClass::Ephemeral {
         broadcast(core, Arc::new(LiveEvent::from_event(&event))).await;
         deliver_ok(core, &reply, Outcome::EPHEMERAL, "");
@@ -240,7 +240,7 @@ async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: u16) 
 
 /// On the owner core: apply the rules and append; the shard's [`AckPipeline`] answers once
 /// the append is durable. Never waits: it also runs for other cores' `Append` messages.
-pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: u16, reply: Reply) {
+pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply: Reply) {
     let (admission, pipeline) = {
         let shards = core.shards.borrow();
         let Some(owned) = shards.get(&shard) else {
@@ -272,7 +272,7 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: u16, reply: Re
                 _ => (OUTCOME_STORAGE_FAILING, STORAGE_FAILING),
             };
             if let Some(held_back) = core.storage_errors.admit() {
-                tracing::warn!(core = core.id, shard, %error, held_back, "event refused: storage refuses writes");
+                tracing::warn!(core = core.id, %shard, %error, held_back, "event refused: storage refuses writes");
             }
             return deliver_ok(core, &reply, outcome, reason);
         }

@@ -27,13 +27,13 @@ use super::parts::{CountPart, QueryLimits, WireHit};
 use super::stats::{Outcome, Stats};
 use crate::event::{EventId, VerifiedEvent};
 use crate::filter::Filter;
-use crate::store::Privacy;
+use crate::store::{Privacy, ShardId};
 use crate::subs::{ConnId, LiveEvent};
 
 /// Everything one core says to another.
 pub enum CoreMsg {
     /// To the owner of the author's shard: store this verified event.
-    Append { event: Box<VerifiedEvent>, shard: u16, reply: Reply },
+    Append { event: Box<VerifiedEvent>, shard: ShardId, reply: Reply },
     /// Back to the publishing connection's core: the `OK` to send.
     Ack { reply: Reply, outcome: Outcome, reason: std::borrow::Cow<'static, str> },
     /// A durable (or ephemeral) event, to match against every core's subscriptions.

@@ -55,7 +55,7 @@ use self::mesh::{CoreMsg, Mesh};
 use self::startup::{CoreLink, Phase, Started, Supervisor};
 use self::stats::Stats;
 use crate::config::Config;
-use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardState};
+use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
 
 /// Capacity of each core-to-core channel.
 const MESH_CHANNEL_SIZE: usize = 4_096;
@@ -173,7 +173,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
             lists: (lists_file.clone(), lists.clone()),
             config: config.clone(),
             router: data_dir.router(),
-            shard_dirs: (0..data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
+            shard_dirs: ShardId::all(data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
             shard_config: shard_config.clone(),
             stop: stop.clone(),
             startup: supervisor.link(index),
@@ -278,7 +278,7 @@ struct CoreStart {
     lists: (Arc<lists::ListsFile>, lists::Versioned),
     config: Arc<Config>,
     router: Router,
-    shard_dirs: Vec<(u16, std::path::PathBuf)>,
+    shard_dirs: Vec<(ShardId, std::path::PathBuf)>,
     shard_config: ShardConfig,
     stop: Arc<AtomicBool>,
     /// Where the core reports its startup phases.
@@ -427,10 +427,10 @@ async fn run_joined(
 }
 
 /// Close the shards a core opened before its startup was abandoned.
-async fn close_opened(shards: HashMap<u16, Shard>) {
+async fn close_opened(shards: HashMap<ShardId, Shard>) {
     for (shard_id, shard) in shards {
         if let Err(error) = shard.close().await {
-            tracing::warn!(shard = shard_id, %error, "closing a shard after an abandoned startup");
+            tracing::warn!(shard = shard_id.0, %error, "closing a shard after an abandoned startup");
         }
     }
 }

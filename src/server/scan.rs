@@ -8,7 +8,7 @@ use super::parts::{CountPart, QueryLimits, WireHit};
 use crate::filter::Filter;
 use crate::limits::{LONG_SCAN_AFTER_STEPS, QUERY_STEP_CANDIDATE_COUNT};
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
-use crate::store::{effective_limit, FilterScan, Hit, Privacy, ShardHit, ShardState};
+use crate::store::{effective_limit, FilterScan, Hit, Privacy, ShardHit, ShardId, ShardState};
 
 /// Per filter, the newest `limit` events of this core's shards, with their JSON: at most
 /// `limits.bytes_max` of it over all filters (filters in order, each newest first).
@@ -41,7 +41,7 @@ pub async fn hits(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, priv
 /// so parts from different cores add up; within the core, events matching several filters
 /// are counted once. One filter with no field, or on kinds alone, or authors alone, is
 /// answered from the indexes' counts, O(keys) however many events there are, private kinds
-/// included (see [`count_from_index`]).
+/// included (see `count_from_index`).
 pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, privacy: &Privacy) -> CountPart {
     if let [filter] = filters {
         if let Some(count) = count_from_index(core, filter, privacy, limits.now) {
@@ -161,7 +161,7 @@ fn count_from_index(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -
 /// The newest `limit` hits of `filter` on one shard, examined a step at a time.
 async fn scan_shard(
     core: &Rc<Core>,
-    shard_id: u16,
+    shard_id: ShardId,
     filter: &Filter,
     limit: usize,
     now: u64,
@@ -175,7 +175,7 @@ async fn scan_shard(
 /// is closed. Past `LONG_SCAN_AFTER_STEPS` steps the rest runs in the long scans' queue.
 async fn run_scan(
     core: &Rc<Core>,
-    shard_id: u16,
+    shard_id: ShardId,
     plan: impl FnOnce(&ShardState) -> FilterScan,
     now: u64,
 ) -> Option<FilterScan> {
@@ -200,7 +200,7 @@ async fn run_scan(
 }
 
 /// One step of a scan: `Some(true)` once it is done, `None` once the shard is closed.
-fn step(core: &Core, shard_id: u16, scan: &mut FilterScan, now: u64) -> Option<bool> {
+fn step(core: &Core, shard_id: ShardId, scan: &mut FilterScan, now: u64) -> Option<bool> {
     core.with_shard(shard_id, |state| scan.step(&state.index, state, now, QUERY_STEP_CANDIDATE_COUNT))
 }
 

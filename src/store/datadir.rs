@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::segment;
 use super::shard::{io_error, StoreError};
+use super::ShardId;
 use crate::limits::SHARD_COUNT_MAX;
 
 const MANIFEST_FILE: &str = "ringrelay.manifest";
@@ -44,13 +45,13 @@ pub struct Router {
 impl Router {
     /// The shard that stores every event of `pubkey`. Keyed by the directory's secret seed, so
     /// nobody can pick keys that pile onto one shard.
-    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> u16 {
+    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> ShardId {
         if self.shard_count == 1 {
-            return 0;
+            return ShardId(0);
         }
         let hash = blake3::keyed_hash(&self.seed, pubkey);
         let value = u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"));
-        (value % u64::from(self.shard_count)) as u16
+        ShardId((value % u64::from(self.shard_count)) as u16)
     }
 
     pub fn shard_count(&self) -> u16 {
@@ -107,11 +108,11 @@ impl DataDir {
         Ok(DataDir { path: path.to_owned(), shard_count, router: Router { shard_count, seed }, _lock: lock })
     }
 
-    pub fn shard_dir(&self, shard: u16) -> PathBuf {
+    pub fn shard_dir(&self, shard: ShardId) -> PathBuf {
         self.path.join(format!("shard-{shard:03}"))
     }
 
-    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> u16 {
+    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> ShardId {
         self.router.owner_shard(pubkey)
     }
 

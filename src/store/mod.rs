@@ -29,6 +29,31 @@ pub use writer::{Admission, Durable, Shard};
 use crate::filter::Filter;
 use crate::limits::QUERY_STEP_CANDIDATE_COUNT;
 
+/// A shard's number in its data directory: its `shard-NNN` directory, and (modulo the
+/// cores) the core that owns it. Raw `u16` only where it is written to disk (segment
+/// headers, nonces) or read from the manifest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShardId(pub u16);
+
+impl ShardId {
+    /// Every shard of a directory of `count`, in order.
+    pub fn all(count: u16) -> impl Iterator<Item = ShardId> {
+        (0..count).map(ShardId)
+    }
+}
+
+impl From<ShardId> for usize {
+    fn from(shard: ShardId) -> usize {
+        usize::from(shard.0)
+    }
+}
+
+impl std::fmt::Display for ShardId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// What an operator retired from storage through the policy lists (`policy.toml`): banned
 /// event ids, and banned pubkeys' events up to the date of their ban. Put in force by the
 /// relay on every core and by the offline tools, so compaction drops those records.
@@ -49,7 +74,7 @@ impl Retirements {
 /// A hit tagged with its shard, for merging across shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShardHit {
-    pub shard: u16,
+    pub shard: ShardId,
     pub hit: Hit,
 }
 

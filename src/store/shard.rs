@@ -19,6 +19,7 @@ use super::index::{Admit, EventNo, Facts, Index, Loc, Rejection};
 use super::query::RecordSource;
 use super::record::{self, ArchivedRecord, Record};
 use super::segment::{self, AlignedBuf, KeyMismatch, SealHasher, SegmentBytes};
+use super::ShardId;
 use crate::event::VerifiedEvent;
 use crate::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::measure::{Counter, Histogram, HistogramSnapshot};
@@ -171,7 +172,7 @@ pub struct Repair {
 }
 
 pub struct ShardState {
-    pub shard_id: u16,
+    pub shard_id: ShardId,
     pub dir: PathBuf,
     config: ShardConfig,
     pub index: Index,
@@ -222,7 +223,7 @@ impl Default for CommitStats {
 /// One shard's figures at one moment, for `/metrics`.
 #[derive(Clone, Debug)]
 pub struct ShardFigures {
-    pub shard: u16,
+    pub shard: ShardId,
     pub segments: u64,
     /// Bytes in the shard's segment files.
     pub bytes: u64,
@@ -263,7 +264,7 @@ pub const QUARANTINE_DIR: &str = "quarantine";
 impl ShardState {
     /// Open a shard directory: replay every segment into the indexes, cut a torn tail of the
     /// last segment (read-write), and begin a fresh segment for appends.
-    pub fn open(dir: &Path, shard_id: u16, config: ShardConfig, mode: OpenMode) -> Result<ShardState, StoreError> {
+    pub fn open(dir: &Path, shard_id: ShardId, config: ShardConfig, mode: OpenMode) -> Result<ShardState, StoreError> {
         if mode == OpenMode::ReadWrite {
             std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
@@ -312,14 +313,14 @@ impl ShardState {
                 Ok(()) => {}
                 Err(StoreError::Io { path, source }) => {
                     let detail = format!("{}: {source}", path.display());
-                    tracing::warn!(shard = shard_id, %detail, "cannot begin a segment: writes are refused until it can");
+                    tracing::warn!(shard = shard_id.0, %detail, "cannot begin a segment: writes are refused until it can");
                     state.refusing = Some(Refusal { cause: RefusalCause::of(&source), detail });
                     state.active_sealed = true;
                 }
                 Err(other) => return Err(other),
             }
             if let Some(detail) = state.space_below_reserve().filter(|_| state.refusing.is_none()) {
-                tracing::warn!(shard = shard_id, %detail, "writes are refused until there is room");
+                tracing::warn!(shard = shard_id.0, %detail, "writes are refused until there is room");
                 state.refusing = Some(Refusal { cause: RefusalCause::Reserve, detail });
             }
             state.writable = true;
@@ -360,7 +361,7 @@ impl ShardState {
             }
             Err(error) => return Err(corrupt(0, error)),
         };
-        if header.segment_id != id || header.shard_id != self.shard_id {
+        if header.segment_id != id || header.shard_id != self.shard_id.0 {
             return Err(StoreError::DataDir(format!(
                 "{}: header says shard {} segment {}, but the file belongs to shard {} segment {id}",
                 path.display(),
@@ -386,7 +387,7 @@ impl ShardState {
                 return Err(corrupt(offset, error));
             }
             let cut_bytes = bytes.as_slice().len() - offset;
-            tracing::warn!(shard = self.shard_id, path = %path.display(), offset, cut_bytes, %error, "cutting torn tail of the newest segment");
+            tracing::warn!(shard = self.shard_id.0, path = %path.display(), offset, cut_bytes, %error, "cutting torn tail of the newest segment");
             if mode == OpenMode::ReadWrite {
                 quarantine(path, offset, &bytes.as_slice()[offset..]);
             }
@@ -411,7 +412,7 @@ impl ShardState {
                 // Only a speed-up for the next open (a full disk may refuse it): a segment
                 // without its seal is checked record by record.
                 if let Err(error) = segment::append_durably(path, valid_end, &format::seal_bytes(hash.as_bytes())) {
-                    tracing::warn!(shard = self.shard_id, path = %path.display(), %error, "cannot seal the segment a crash left open");
+                    tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "cannot seal the segment a crash left open");
                     // Nothing of a seal half written may stay after the records.
                     segment::truncate_file(path, valid_end).map_err(io_error(path))?;
                 }
@@ -448,7 +449,7 @@ impl ShardState {
         };
         image.clean_through(SEGMENT_HEADER_SIZE.next_multiple_of(BLOCK_SIZE));
         let header = SegmentHeader {
-            shard_id: self.shard_id,
+            shard_id: self.shard_id.0,
             segment_id: id,
             created_unix_ms: crate::now_unix_ms(),
             key_check: self.config.key.as_ref().map(SegmentKey::check_value),
@@ -505,7 +506,7 @@ impl ShardState {
             // Only beginning a segment writes here: no segment, no writes until one begins.
             Err(StoreError::Io { path, source }) => {
                 let detail = format!("{}: {source}", path.display());
-                tracing::warn!(shard = self.shard_id, %detail, "cannot begin a segment: writes are refused until it can");
+                tracing::warn!(shard = self.shard_id.0, %detail, "cannot begin a segment: writes are refused until it can");
                 self.refusing = Some(Refusal { cause: RefusalCause::of(&source), detail: detail.clone() });
                 return Err(StoreError::Io { path, source });
             }
@@ -546,7 +547,7 @@ impl ShardState {
         image[payload_start..payload_start + archive.len()].copy_from_slice(archive);
         if let Some(key) = &self.config.key {
             let prefix = format::record_prefix(payload_size, flags, committed_through);
-            let nonce = crypto::nonce(shard_id, segment.id, offset as u32);
+            let nonce = crypto::nonce(shard_id.0, segment.id, offset as u32);
             let (plain, rest) = image[payload_start..].split_at_mut(archive.len());
             let tag = key.seal(nonce, &prefix, plain);
             rest[..TAG_SIZE].copy_from_slice(&tag);
@@ -640,7 +641,7 @@ impl ShardState {
         let segment = &self.segments[loc.segment as usize];
         let bytes = segment.bytes.as_slice();
         let span = format::trusted_span(bytes, loc.offset as usize);
-        let nonce = || crypto::nonce(self.shard_id, segment.id, loc.offset);
+        let nonce = || crypto::nonce(self.shard_id.0, segment.id, loc.offset);
         segment::record_bytes(bytes, &span, self.config.key.as_ref(), nonce)
             .expect("a record that decrypted at open decrypts again")
     }

@@ -138,7 +138,7 @@ impl Shard {
         // Only a stricter check for the next open: a shard without its mark is opened as
         // after a crash.
         if let Err(error) = super::shard::write_clean_mark(&state.dir) {
-            tracing::warn!(shard = state.shard_id, %error, "cannot record the clean shutdown");
+            tracing::warn!(shard = %state.shard_id, %error, "cannot record the clean shutdown");
         }
         Ok(state)
     }
@@ -187,7 +187,7 @@ fn refuse(state: &Rc<RefCell<ShardState>>, error: &StoreError) {
         let _ = waiter.send(Err(detail.clone()));
     }
     if state.refusing.as_ref().is_none_or(|refusal| refusal.cause == RefusalCause::Reserve) {
-        tracing::error!(shard = state.shard_id, error = %detail, failed, "a commit failed: writes stop until it can be redone");
+        tracing::error!(shard = %state.shard_id, error = %detail, failed, "a commit failed: writes stop until it can be redone");
     }
     state.refusing = Some(Refusal { cause, detail });
 }
@@ -225,7 +225,7 @@ async fn retry(state: &Rc<RefCell<ShardState>>, closing: bool) {
     }
     let mut state = state.borrow_mut();
     if let Some(refusal) = state.refusing.take() {
-        tracing::info!(shard = state.shard_id, after = %refusal, "writes resume");
+        tracing::info!(shard = %state.shard_id, after = %refusal, "writes resume");
     }
 }
 
@@ -236,7 +236,7 @@ fn check_space(state: &Rc<RefCell<ShardState>>) {
     }
     let Some(detail) = state.borrow().space_below_reserve() else { return };
     let mut state = state.borrow_mut();
-    tracing::warn!(shard = state.shard_id, %detail, "writes stop until there is room");
+    tracing::warn!(shard = %state.shard_id, %detail, "writes stop until there is room");
     state.refusing = Some(Refusal { cause: RefusalCause::Reserve, detail });
 }
 

@@ -7,7 +7,7 @@
 //! treats the second copy of an event as a duplicate, so a crash at any point leaves every
 //! live event readable; a later compaction finishes the job.
 
-use crate::store::{DataDir, OpenMode, Shard, ShardState};
+use crate::store::{DataDir, OpenMode, Shard, ShardId, ShardState};
 
 use super::StoreOptions;
 
@@ -33,11 +33,11 @@ async fn compact(options: &StoreOptions) -> anyhow::Result<CompactSummary> {
     // vanish first, at the cost of reading each shard twice.
     let retirements = super::retirements(&options.data_dir)?;
     let mut requests = Vec::new();
-    for shard in 0..dir.shard_count {
+    for shard in ShardId::all(dir.shard_count) {
         let state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadOnly)?;
         requests.extend(state.index.vanish_requests());
     }
-    for shard in 0..dir.shard_count {
+    for shard in ShardId::all(dir.shard_count) {
         let mut state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
         super::retire_wraps_to_vanished(&mut state, &requests);
         retirements.apply(&mut state.index);

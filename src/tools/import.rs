@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::VerifiedEvent;
 use crate::limits::EventLimits;
-use crate::store::{Admission, DataDir, OpenMode, Shard, ShardState};
+use crate::store::{Admission, DataDir, OpenMode, Shard, ShardId, ShardState};
 
 use super::StoreOptions;
 
@@ -66,7 +66,7 @@ async fn import(
     let dir = DataDir::open_or_create(&options.data_dir, shard_count)?;
     let config = options.shard_config()?;
     let mut shards = Vec::new();
-    for shard in 0..dir.shard_count {
+    for shard in ShardId::all(dir.shard_count) {
         let state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
         shards.push(Shard::start(state));
     }

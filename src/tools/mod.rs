@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::store::crypto::SegmentKey;
-use crate::store::{Access, DataDir, OpenMode, ShardConfig, ShardState};
+use crate::store::{Access, DataDir, OpenMode, ShardConfig, ShardId, ShardState};
 
 /// What every offline command needs to find and open the store.
 #[derive(Clone, Debug)]
@@ -39,7 +39,7 @@ impl StoreOptions {
 pub fn open_read_only(options: &StoreOptions) -> anyhow::Result<(DataDir, Vec<ShardState>)> {
     let dir = DataDir::open(&options.data_dir, Access::Shared)?;
     let config = options.shard_config()?;
-    let mut shards = (0..dir.shard_count)
+    let mut shards = ShardId::all(dir.shard_count)
         .map(|shard| ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadOnly))
         .collect::<Result<Vec<_>, _>>()?;
     let requests: Vec<([u8; 32], u64)> = shards.iter().flat_map(|state| state.index.vanish_requests()).collect();

@@ -19,7 +19,7 @@ use crate::store::format::{
     self, check_seal, read_slot, FormatError, SegmentHeader, Slot, RECORD_ALIGN, SEGMENT_HEADER_SIZE,
 };
 use crate::store::shard::{read_clean_mark, remove_clean_mark, take_segment_id, QUARANTINE_DIR};
-use crate::store::{record, segment, Access, DataDir};
+use crate::store::{record, segment, Access, DataDir, ShardId};
 
 use super::StoreOptions;
 
@@ -82,7 +82,7 @@ pub fn run(options: &StoreOptions) -> anyhow::Result<RepairReport> {
     let dir = DataDir::open(&options.data_dir, Access::Exclusive)?;
     let key = options.key()?;
     let mut report = RepairReport::default();
-    for shard in 0..dir.shard_count {
+    for shard in ShardId::all(dir.shard_count) {
         let shard_dir = dir.shard_dir(shard);
         if !shard_dir.exists() {
             continue;
@@ -92,7 +92,7 @@ pub fn run(options: &StoreOptions) -> anyhow::Result<RepairReport> {
         for (position, (id, path)) in files.iter().enumerate() {
             report.segments_checked += 1;
             let clean_len = clean.filter(|&(clean_id, _)| clean_id == *id && position + 1 == files.len()).map(|m| m.1);
-            if let Some(repaired) = repair_segment(&shard_dir, shard, *id, path, clean_len, key.as_ref())? {
+            if let Some(repaired) = repair_segment(&shard_dir, shard.0, *id, path, clean_len, key.as_ref())? {
                 report.repaired.push(repaired);
             }
         }

@@ -9,7 +9,7 @@ use crate::limits::EventLimits;
 use crate::store::crypto::{self, SegmentKey};
 use crate::store::format::{self, check_seal, read_slot, SegmentHeader, Slot, RECORD_ALIGN, SEGMENT_HEADER_SIZE};
 use crate::store::shard::read_clean_mark;
-use crate::store::{record, segment, Access, DataDir};
+use crate::store::{record, segment, Access, DataDir, ShardId};
 
 use super::StoreOptions;
 
@@ -41,7 +41,7 @@ pub fn run(options: &StoreOptions, signatures: bool) -> anyhow::Result<VerifyRep
     let dir = DataDir::open(&options.data_dir, Access::Shared)?;
     let key = options.key()?;
     let mut report = VerifyReport::default();
-    for shard in 0..dir.shard_count {
+    for shard in ShardId::all(dir.shard_count) {
         let shard_dir = dir.shard_dir(shard);
         if !shard_dir.exists() {
             continue;
@@ -62,7 +62,7 @@ pub fn run(options: &StoreOptions, signatures: bool) -> anyhow::Result<VerifyRep
                     });
                 }
             }
-            verify_segment(path, shard, key.as_ref(), signatures, may_be_torn, &mut report);
+            verify_segment(path, shard.0, key.as_ref(), signatures, may_be_torn, &mut report);
         }
     }
     Ok(report)

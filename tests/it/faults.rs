@@ -18,12 +18,14 @@ fn config(faults: &Faults) -> ShardConfig {
 }
 
 fn open(path: &Path, faults: &Faults) -> ShardState {
-    ShardState::open(path, 0, config(faults), OpenMode::ReadWrite).expect("the shard opens")
+    ShardState::open(path, ringrelay::store::ShardId(0), config(faults), OpenMode::ReadWrite).expect("the shard opens")
 }
 
 /// Ids (hex) of the events a reopened shard serves.
 fn stored_ids(path: &Path) -> Vec<String> {
-    let state = ShardState::open(path, 0, ShardConfig::new(SEGMENT_SIZE, None), OpenMode::ReadOnly).unwrap();
+    let state =
+        ShardState::open(path, ringrelay::store::ShardId(0), ShardConfig::new(SEGMENT_SIZE, None), OpenMode::ReadOnly)
+            .unwrap();
     assert!(state.repairs.is_empty() || state.repairs.iter().all(|r| r.cut_bytes > 0), "{:?}", state.repairs);
     (0..state.index.len()).map(|no| ringrelay::hex::encode(&state.index.entry(no).id)).collect()
 }
@@ -226,7 +228,7 @@ fn a_crash_at_every_write_of_a_rotation_loses_nothing_acknowledged() {
             Box::pin(async move {
                 let faults = Faults::plan();
                 faults.crash_after(crash);
-                let state = ShardState::open(&path, 0, config(&faults), OpenMode::ReadWrite);
+                let state = ShardState::open(&path, ringrelay::store::ShardId(0), config(&faults), OpenMode::ReadWrite);
                 let Ok(state) = state else { return Vec::new() };
                 let shard = Shard::start(state);
                 let mut acked = Vec::new();
@@ -241,8 +243,13 @@ fn a_crash_at_every_write_of_a_rotation_loses_nothing_acknowledged() {
                 acked
             })
         });
-        let reopened = ShardState::open(dir.path(), 0, ShardConfig::new(SEGMENT_SIZE, None), OpenMode::ReadWrite)
-            .unwrap_or_else(|e| panic!("crash at operation {crash}: reopen failed: {e}"));
+        let reopened = ShardState::open(
+            dir.path(),
+            ringrelay::store::ShardId(0),
+            ShardConfig::new(SEGMENT_SIZE, None),
+            OpenMode::ReadWrite,
+        )
+        .unwrap_or_else(|e| panic!("crash at operation {crash}: reopen failed: {e}"));
         let stored: Vec<String> =
             (0..reopened.index.len()).map(|no| ringrelay::hex::encode(&reopened.index.entry(no).id)).collect();
         drop(reopened);

@@ -12,7 +12,7 @@ use ringrelay::limits::{EventLimits, CONTENT_SIZE_MAX, EVENT_SIZE_MAX, TAG_COUNT
 use ringrelay::store::crypto::SegmentKey;
 use ringrelay::store::format::{seal_offset, FormatError, SEAL_RECORD_SIZE};
 use ringrelay::store::{
-    query_shards, Admission, DataDir, OpenMode, Rejection, Shard, ShardConfig, ShardState, StoreError,
+    query_shards, Admission, DataDir, OpenMode, Rejection, Shard, ShardConfig, ShardId, ShardState, StoreError,
 };
 
 use crate::support::{keys, now, run_glommio, signed, verified};
@@ -41,7 +41,7 @@ impl Store {
         let dir = DataDir::open_or_create(path, shard_count)?;
         let config = ShardConfig::new(SEGMENT_SIZE, key);
         let mut shards = Vec::new();
-        for shard in 0..dir.shard_count {
+        for shard in ShardId::all(dir.shard_count) {
             let state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
             shards.push(Shard::start(state));
         }
@@ -459,7 +459,7 @@ fn store_all(path: &Path, events: &[String], key: Option<SegmentKey>) {
 
 fn open_one(path: &Path, key: Option<SegmentKey>, mode: OpenMode) -> Result<ShardState, StoreError> {
     let dir = DataDir::open_or_create(path, 1)?;
-    ShardState::open(&dir.shard_dir(0), 0, ShardConfig::new(SEGMENT_SIZE, key), mode)
+    ShardState::open(&dir.shard_dir(ShardId(0)), ShardId(0), ShardConfig::new(SEGMENT_SIZE, key), mode)
 }
 
 fn stored_json(state: &ShardState) -> Vec<String> {
@@ -727,15 +727,15 @@ fn data_dir_is_locked() {
 #[test]
 fn routing_is_stable_and_spread() {
     let dir = tempfile::tempdir().unwrap();
-    let first: Vec<u16> = {
+    let first: Vec<ShardId> = {
         let data = DataDir::open_or_create(dir.path(), 4).unwrap();
         (0..64).map(|i| data.owner_shard(&keys(i).public_key().to_bytes())).collect()
     };
     let data = DataDir::open_or_create(dir.path(), 2).unwrap();
     assert_eq!(data.shard_count, 4, "the manifest keeps the shard count it was created with");
-    let again: Vec<u16> = (0..64).map(|i| data.owner_shard(&keys(i).public_key().to_bytes())).collect();
+    let again: Vec<ShardId> = (0..64).map(|i| data.owner_shard(&keys(i).public_key().to_bytes())).collect();
     assert_eq!(first, again);
-    for shard in 0..4 {
+    for shard in ShardId::all(4) {
         assert!(first.contains(&shard), "64 authors must reach all 4 shards: {first:?}");
     }
 }
