@@ -115,14 +115,14 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         .max_message_size(Some(limits.message_size_max))
         .max_frame_size(Some(limits.message_size_max));
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
-    tracing::debug!(core = core.id, conn = conn.0, %peer, client = %ip, "websocket open");
+    tracing::debug!(core = core.id.0, conn = conn.0, %peer, client = %ip, "websocket open");
     if core.config.auth.challenge == crate::config::ChallengeWhen::OnConnect {
         core.send_challenge(conn);
     }
     let cause = session(&core, conn, ws, outbound).await;
     core.stats.closed(cause);
     core.close_session(conn);
-    tracing::debug!(core = core.id, conn = conn.0, "websocket closed");
+    tracing::debug!(core = core.id.0, conn = conn.0, "websocket closed");
 }
 
 /// A connection to the admin listener (`metrics_listen`): `/metrics`, `/stats`, `/healthz`
@@ -280,7 +280,7 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                     None => {
                         // The client has taken nothing for `write_stall`: it is gone or will
                         // not read. A close frame could not get through either.
-                        tracing::info!(core = core.id, conn = conn.0, "closing a connection whose writes stalled");
+                        tracing::info!(core = core.id.0, conn = conn.0, "closing a connection whose writes stalled");
                         core.stats.write_stall_closes.inc();
                         reset_on_close(ws.get_ref());
                         return CloseCause::WriteStall;

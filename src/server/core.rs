@@ -13,6 +13,7 @@ use std::sync::Arc;
 use glommio::task::JoinHandle;
 use glommio::{Task, TaskQueueHandle};
 
+use super::ids::CoreId;
 use super::ingest::AckPipeline;
 use super::ip_slots::IpSlots;
 use super::lists::{ListsFile, Versioned};
@@ -60,7 +61,7 @@ pub struct Shared {
 }
 
 pub struct Core {
-    pub id: usize,
+    pub id: CoreId,
     pub core_count: usize,
     pub config: Arc<Config>,
     /// The write policy, compiled from `[policy]` and the data directory's lists file;
@@ -243,8 +244,8 @@ impl Core {
     }
 
     /// The core that owns `shard`.
-    pub fn owner_core(&self, shard: ShardId) -> usize {
-        usize::from(shard) % self.core_count
+    pub fn owner_core(&self, shard: ShardId) -> CoreId {
+        CoreId(usize::from(shard) % self.core_count)
     }
 
     pub fn shard_ids(&self) -> Vec<ShardId> {
@@ -679,7 +680,7 @@ impl Core {
         let shards: Vec<(ShardId, Shard)> = self.shards.borrow_mut().drain().collect();
         for (shard_id, shard) in shards {
             if let Err(error) = shard.close().await {
-                tracing::error!(core = self.id, shard = %shard_id, %error, "closing shard");
+                tracing::error!(core = self.id.0, shard = %shard_id, %error, "closing shard");
             }
         }
     }

@@ -49,7 +49,7 @@ pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
         }
     }
     for conn in slow {
-        tracing::info!(core = core.id, conn = conn.0, "closing a slow consumer");
+        tracing::info!(core = core.id.0, conn = conn.0, "closing a slow consumer");
         core.stats.slow_consumer_closes.inc();
         core.close_session(conn);
     }

@@ -272,7 +272,7 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply
                 _ => (OUTCOME_STORAGE_FAILING, STORAGE_FAILING),
             };
             if let Some(held_back) = core.storage_errors.admit() {
-                tracing::warn!(core = core.id, %shard, %error, held_back, "event refused: storage refuses writes");
+                tracing::warn!(core = core.id.0, %shard, %error, held_back, "event refused: storage refuses writes");
             }
             return deliver_ok(core, &reply, outcome, reason);
         }
@@ -379,7 +379,7 @@ impl AckPipeline {
                 }
                 Err(error) => {
                     if let Some(held_back) = core.storage_errors.admit() {
-                        tracing::error!(core = core.id, %error, held_back, "append failed");
+                        tracing::error!(core = core.id.0, %error, held_back, "append failed");
                     }
                     deliver_ok(&core, &pending.reply, OUTCOME_STORAGE_FAILING, STORAGE_FAILING);
                 }

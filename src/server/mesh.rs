@@ -22,6 +22,7 @@ use std::task::{Poll, Waker};
 
 use glommio::channels::channel_mesh::Senders;
 
+use super::ids::CoreId;
 use super::metrics::CoreMetrics;
 use super::parts::{CountPart, QueryLimits, WireHit};
 use super::stats::{Outcome, Stats};
@@ -49,7 +50,7 @@ pub enum CoreMsg {
 /// Where an `OK` goes.
 #[derive(Clone, Debug)]
 pub struct Reply {
-    pub core: usize,
+    pub core: CoreId,
     pub conn: ConnId,
     pub event_id: EventId,
     /// When the EVENT arrived, for the ingest latency.
@@ -59,7 +60,7 @@ pub struct Reply {
 /// A gather, named by the core that started it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RequestId {
-    pub core: usize,
+    pub core: CoreId,
     pub seq: u64,
 }
 
@@ -158,7 +159,7 @@ struct Gather {
 }
 
 pub struct Mesh {
-    pub id: usize,
+    pub id: CoreId,
     pub core_count: usize,
     senders: Senders<CoreMsg>,
     /// Per peer: what [`Mesh::post`] could not put into the full channel, in order.
@@ -173,7 +174,7 @@ impl Mesh {
     pub fn new(senders: Senders<CoreMsg>, stats: Rc<Stats>) -> Rc<Mesh> {
         let core_count = senders.nr_consumers();
         Rc::new(Mesh {
-            id: senders.peer_id(),
+            id: CoreId(senders.peer_id()),
             core_count,
             senders,
             backlog: (0..core_count).map(|_| RefCell::new(VecDeque::new())).collect(),
@@ -185,24 +186,24 @@ impl Mesh {
     }
 
     /// Every core but this one.
-    pub fn peers(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.core_count).filter(move |&core| core != self.id)
+    pub fn peers(&self) -> impl Iterator<Item = CoreId> + '_ {
+        (0..self.core_count).map(CoreId).filter(move |&core| core != self.id)
     }
 
     /// Send a message that starts work on `peer`, waiting while its channel is full. Only
     /// tasks call this, never a message handler (see the module notes).
-    pub async fn send(&self, peer: usize, message: CoreMsg) {
+    pub async fn send(&self, peer: CoreId, message: CoreMsg) {
         debug_assert_ne!(peer, self.id);
         // The peer is gone only while shutting down; nothing waits for the message then.
-        let _ = self.senders.send_to(peer, message).await;
+        let _ = self.senders.send_to(peer.0, message).await;
     }
 
     /// Send without waiting: into the channel, or behind what already waits for `peer`.
-    pub fn post(&self, peer: usize, message: CoreMsg) {
+    pub fn post(&self, peer: CoreId, message: CoreMsg) {
         debug_assert_ne!(peer, self.id);
-        let mut backlog = self.backlog[peer].borrow_mut();
+        let mut backlog = self.backlog[peer.0].borrow_mut();
         let message = if backlog.is_empty() {
-            match self.senders.try_send_to(peer, message) {
+            match self.senders.try_send_to(peer.0, message) {
                 Ok(()) => return,
                 Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(message))) => message,
                 Err(_) => return,
@@ -212,24 +213,24 @@ impl Mesh {
         };
         backlog.push_back(message);
         self.stats.mesh_backlog.add(1);
-        if let Some(waker) = self.pump_wakers[peer].take() {
+        if let Some(waker) = self.pump_wakers[peer.0].take() {
             waker.wake();
         }
     }
 
     /// The task that drains `peer`'s backlog, for the life of the core.
-    pub async fn pump(self: Rc<Self>, peer: usize) {
+    pub async fn pump(self: Rc<Self>, peer: CoreId) {
         loop {
-            let message = poll_fn(|cx| match self.backlog[peer].borrow_mut().pop_front() {
+            let message = poll_fn(|cx| match self.backlog[peer.0].borrow_mut().pop_front() {
                 Some(message) => Poll::Ready(message),
                 None => {
-                    self.pump_wakers[peer].set(Some(cx.waker().clone()));
+                    self.pump_wakers[peer.0].set(Some(cx.waker().clone()));
                     Poll::Pending
                 }
             })
             .await;
             self.stats.mesh_backlog.sub(1);
-            if self.senders.send_to(peer, message).await.is_err() {
+            if self.senders.send_to(peer.0, message).await.is_err() {
                 return;
             }
         }

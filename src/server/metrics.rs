@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::ids::CoreId;
 use super::stats::{CloseCause, HistogramSnapshot, Outcome, StatsSnapshot, Verb};
 use crate::store::{RefusalCause, ShardFigures};
 
@@ -25,7 +26,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// One core's figures at scrape time.
 #[derive(Clone, Debug)]
 pub struct CoreMetrics {
-    pub core: usize,
+    pub core: CoreId,
     /// This core's `/stats` figures (gauges, budgets and their high-water marks).
     pub stats: StatsSnapshot,
     pub closes: Vec<(CloseCause, u64)>,

@@ -15,6 +15,7 @@ pub mod core;
 pub mod fanout;
 pub mod gather;
 pub mod http;
+pub mod ids;
 pub mod ingest;
 pub mod ip_slots;
 pub mod lists;
@@ -50,6 +51,7 @@ use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle}
 use self::core::QueryQueues;
 
 use self::core::Core;
+use self::ids::CoreId;
 use self::ip_slots::IpSlots;
 use self::mesh::{CoreMsg, Mesh};
 use self::startup::{CoreLink, Phase, Started, Supervisor};
@@ -409,7 +411,7 @@ async fn run_joined(
     drop(listener);
     drop(admin);
     let handover = start.handover.load(Ordering::SeqCst);
-    if handover && core.id == 0 {
+    if handover && core.id == CoreId(0) {
         tracing::info!("handing over: stopped accepting; finishing appends, then closing every connection with 1012");
     }
     // Finish in-flight appends (their OKs go out), then say goodbye to every client.
@@ -543,12 +545,12 @@ async fn accept_until_stopped<F: std::future::Future<Output = ()> + 'static>(
                     Ok(task) => {
                         task.detach();
                     }
-                    Err(error) => tracing::error!(core = core.id, %error, "cannot start a session"),
+                    Err(error) => tracing::error!(core = core.id.0, %error, "cannot start a session"),
                 }
             }
             Step::Accepted(Err(error)) => {
                 if let Some(held_back) = accept_errors.admit() {
-                    tracing::warn!(core = core.id, %error, held_back, "accept failed");
+                    tracing::warn!(core = core.id.0, %error, held_back, "accept failed");
                 }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }

@@ -168,7 +168,7 @@ async fn send_waiting(core: &Core, conn: ConnId, text: String) -> bool {
             Ok(())
         });
         if waited.await.is_err() {
-            tracing::info!(core = core.id, conn = conn.0, "closing a reader that stopped reading its answer");
+            tracing::info!(core = core.id.0, conn = conn.0, "closing a reader that stopped reading its answer");
             core.stats.slow_consumer_closes.inc();
             let reason = "slow consumer: the answer to a REQ was not read".to_owned();
             core.with_session(conn, |session| session.outbound.shut(CloseCode::Policy, reason));
