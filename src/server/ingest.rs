@@ -23,6 +23,7 @@ use super::outbox::Out;
 use super::parts::QueryLimits;
 use super::plugin::{Source, Verdict};
 use super::rates::Work;
+use super::refusal::{Prefix, Refusal};
 use super::stats::{Outcome, OutcomeClass};
 use crate::config::PluginFailure;
 use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANISH};
@@ -42,58 +43,62 @@ pub const STORAGE_FAILING: &str = "error: could not store the event (a disk writ
 /// The `OK` reason for a deletion request that names another author's event.
 pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
 
-/// What the relay refuses before looking at the signature: AUTH events sent as EVENT, the
-/// write policy (deny and kind lists, the write mode, NIP-70 protected events; an
-/// `auth-required:` answer is preceded by the connection's challenge) and dates outside the
-/// configured window.
-pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Option<(Outcome, String)> {
-    let limits = &core.config.limits;
-    let now = crate::now_unix();
+/// What the relay refuses before looking at the signature: the event rate, AUTH events sent
+/// as EVENT, the write policy (deny and kind lists, the write mode, NIP-70 protected events;
+/// an `auth-required:` answer is preceded by the connection's challenge), gift wraps to a
+/// pubkey that vanished, requests to vanish from elsewhere, and dates outside the window.
+pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Result<(), Refusal> {
     if core.over_rate(conn, Work::Event) {
         let rate = core.config.rate_limits.events;
-        let reason = format!("rate-limited: more than {} events a minute (bursts of {})", rate.per_minute, rate.burst);
-        return Some((Outcome::new(OutcomeClass::RateLimited, "events"), reason));
+        let message = format!("more than {} events a minute (bursts of {})", rate.per_minute, rate.burst);
+        return Err(Refusal::new(Prefix::RateLimited, "events", message));
     }
     if event.kind == crate::auth::KIND_AUTH {
-        let reason = "invalid: AUTH events (kind 22242) are sent in AUTH messages, never published".to_owned();
-        return Some((Outcome::new(OutcomeClass::Invalid, "auth_event"), reason));
+        let message = "AUTH events (kind 22242) are sent in AUTH messages, never published";
+        return Err(Refusal::new(Prefix::Invalid, "auth_event", message));
     }
     let policy = core.policy();
     if event.kind == KIND_VANISH {
         // NIP-62: a relay that restricts who may post follows a request to vanish all the
         // same, so it skips the write policy; it must name this relay.
         if !crate::auth::names_relay(&event.json, &core.addresses_for(conn)) {
-            let reason = "invalid: this request to vanish names neither this relay nor ALL_RELAYS".to_owned();
-            return Some((Outcome::new(OutcomeClass::Invalid, "vanish_elsewhere"), reason));
+            let message = "this request to vanish names neither this relay nor ALL_RELAYS";
+            return Err(Refusal::new(Prefix::Invalid, "vanish_elsewhere", message));
         }
     } else if event.kind == KIND_GIFT_WRAP && core.is_wrap_to_vanished(event) {
-        let reason =
-            "blocked: this gift wrap is addressed to a pubkey that asked this relay to delete its events".to_owned();
-        return Some((Outcome::new(OutcomeClass::Refused, "vanished"), reason));
+        let message = "this gift wrap is addressed to a pubkey that asked this relay to delete its events";
+        return Err(Refusal::new(Prefix::Blocked, "vanished", message));
     } else {
         let authed = match policy.needs_auth(event) {
             true => core.with_session(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
             false => Vec::new(),
         };
-        if let Err(refused) = policy.judge(event, &authed) {
-            if refused.challenge {
+        if let Err(refusal) = policy.judge(event, &authed) {
+            if refusal.wants_challenge() {
                 core.send_challenge(conn);
             }
-            return Some((refused.outcome, refused.reason));
+            return Err(refusal);
         }
     }
+    let limits = &core.config.limits;
     // The event's kind's own window, if `[[policy.kind_windows]]` gives it one.
     let (past_max, future_max) =
         policy.window(event.kind).unwrap_or((limits.created_at_past_max_secs, limits.created_at_future_max_secs));
-    if event.created_at > now.saturating_add(future_max) {
-        let reason = format!("invalid: created_at is more than {future_max} seconds in the future");
-        return Some((Outcome::new(OutcomeClass::Invalid, "created_at_future"), reason));
+    date_window(event.created_at, crate::now_unix(), past_max, future_max)
+}
+
+/// Whether `created_at` lies in the window: at most `future_max` seconds ahead of `now`, and
+/// at most `past_max` behind (0: any age).
+fn date_window(created_at: u64, now: u64, past_max: u64, future_max: u64) -> Result<(), Refusal> {
+    if created_at > now.saturating_add(future_max) {
+        let message = format!("created_at is more than {future_max} seconds in the future");
+        return Err(Refusal::new(Prefix::Invalid, "created_at_future", message));
     }
-    if past_max > 0 && event.created_at < now.saturating_sub(past_max) {
-        let reason = format!("invalid: created_at is more than {past_max} seconds in the past");
-        return Some((Outcome::new(OutcomeClass::Invalid, "created_at_past"), reason));
+    if past_max > 0 && created_at < now.saturating_sub(past_max) {
+        let message = format!("created_at is more than {past_max} seconds in the past");
+        return Err(Refusal::new(Prefix::Invalid, "created_at_past", message));
     }
-    None
+    Ok(())
 }
 
 /// How a storage rule's refusal is counted.
@@ -386,5 +391,26 @@ impl AckPipeline {
             }
             self.in_flight.set(self.in_flight.get() - 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(created_at: u64, past_max: u64, future_max: u64, expected: Result<(), &str>) {
+        let got = date_window(created_at, 1_000_000, past_max, future_max).map_err(|refusal| refusal.reason());
+        assert_eq!(got, expected.map_err(str::to_owned), "created_at {created_at}");
+    }
+
+    #[test]
+    fn the_date_window_refuses_with_invalid_and_says_which_side() {
+        check(1_000_000, 0, 900, Ok(()));
+        check(1_000_900, 0, 900, Ok(()));
+        check(1_000_901, 0, 900, Err("invalid: created_at is more than 900 seconds in the future"));
+        check(1, 0, 900, Ok(()));
+        check(999_000, 1_000, 900, Ok(()));
+        check(998_999, 1_000, 900, Err("invalid: created_at is more than 1000 seconds in the past"));
+        check(u64::MAX, 0, u64::MAX, Ok(()));
     }
 }

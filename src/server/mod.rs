@@ -27,6 +27,7 @@ pub mod parts;
 pub mod plugin;
 pub mod policy;
 pub mod rates;
+pub mod refusal;
 pub mod scan;
 pub mod session;
 pub mod slots;

@@ -5,7 +5,8 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
-use super::stats::{Outcome, OutcomeClass};
+use super::refusal::Prefix::{AuthRequired, Blocked, Restricted};
+use super::refusal::Refusal;
 use crate::config::{PolicyConfig, PolicyLists, WriteMode};
 use crate::event::{EventId, ParsedEvent, Pubkey};
 
@@ -24,20 +25,6 @@ pub struct Policy {
     ips_blocked: HashSet<IpAddr>,
     /// Per kind: how old and how far ahead `created_at` may be, in seconds.
     windows: HashMap<u16, (u64, u64)>,
-}
-
-/// Why an event is refused: its `OK` reason, how it is counted, and whether the client
-/// should get a challenge first (`auth-required:`).
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refused {
-    pub outcome: Outcome,
-    pub reason: String,
-    pub challenge: bool,
-}
-
-fn refused(label: &'static str, reason: &str) -> Refused {
-    let challenge = reason.starts_with("auth-required:");
-    Refused { outcome: Outcome::new(OutcomeClass::Refused, label), reason: reason.to_owned(), challenge }
 }
 
 impl Policy {
@@ -97,51 +84,47 @@ impl Policy {
     }
 
     /// The write rules, in order: deny lists, kind lists, the write mode, NIP-70.
-    pub fn judge(&self, event: &ParsedEvent, authed: &[Pubkey]) -> Result<(), Refused> {
+    pub fn judge(&self, event: &ParsedEvent, authed: &[Pubkey]) -> Result<(), Refusal> {
         let author = &event.pubkey.0;
         if self.denied.contains(author) {
-            return Err(refused("pubkey_denied", "blocked: this pubkey may not publish here"));
+            return Err(Refusal::new(Blocked, "pubkey_denied", "this pubkey may not publish here"));
         }
         if self.events_banned.contains(&event.id.0) {
-            return Err(refused("event_banned", "blocked: this event is banned here"));
+            return Err(Refusal::new(Blocked, "event_banned", "this event is banned here"));
         }
         if self.pubkeys_retired.get(author).is_some_and(|&until| event.created_at <= until) {
-            return Err(refused("pubkey_denied", "blocked: this pubkey's events up to its ban were removed here"));
+            return Err(Refusal::new(Blocked, "pubkey_denied", "this pubkey's events up to its ban were removed here"));
         }
         if self.kinds_denied.contains(&event.kind)
             || !self.kinds_allowed.is_empty() && !self.kinds_allowed.contains(&event.kind)
         {
-            return Err(refused(
-                "kind_denied",
-                &format!("blocked: events of kind {} are not accepted here", event.kind),
-            ));
+            let message = format!("events of kind {} are not accepted here", event.kind);
+            return Err(Refusal::new(Blocked, "kind_denied", message));
         }
         match self.write {
             WriteMode::Open => {}
             WriteMode::Auth if authed.is_empty() => {
-                return Err(refused(
-                    "auth_required",
-                    "auth-required: this relay accepts events from authenticated clients only",
-                ));
+                let message = "this relay accepts events from authenticated clients only";
+                return Err(Refusal::new(AuthRequired, "auth_required", message));
             }
             WriteMode::Auth => {
                 if !self.allowed.is_empty() && !authed.iter().any(|key| self.allowed.contains(&key.0)) {
-                    return Err(refused("restricted", "restricted: your pubkey may not publish here"));
+                    return Err(Refusal::new(Restricted, "restricted", "your pubkey may not publish here"));
                 }
             }
             WriteMode::AllowList => {
                 if !self.allowed.contains(author) {
-                    return Err(refused("not_allowed", "blocked: this relay accepts events from its members only"));
+                    return Err(Refusal::new(
+                        Blocked,
+                        "not_allowed",
+                        "this relay accepts events from its members only",
+                    ));
                 }
             }
         }
         if event.protected && !authed.iter().any(|key| &key.0 == author) {
-            let reason = if authed.is_empty() {
-                "auth-required: this event may only be published by its author"
-            } else {
-                "restricted: this event may only be published by its author"
-            };
-            return Err(refused("protected", reason));
+            let prefix = if authed.is_empty() { AuthRequired } else { Restricted };
+            return Err(Refusal::new(prefix, "protected", "this event may only be published by its author"));
         }
         Ok(())
     }
@@ -174,10 +157,10 @@ mod tests {
         crate::hex::encode(&[byte; 32])
     }
 
-    fn prefix(result: Result<(), Refused>) -> String {
+    fn prefix(result: Result<(), Refusal>) -> String {
         match result {
             Ok(()) => "ok".to_owned(),
-            Err(refused) => refused.reason.split(':').next().unwrap().to_owned(),
+            Err(refusal) => refusal.prefix.text().to_owned(),
         }
     }
 
@@ -192,7 +175,7 @@ mod tests {
         assert_eq!(prefix(policy.judge(&event(9, 1, false), &[])), "blocked");
         assert_eq!(prefix(policy.judge(&event(1, 4, false), &[])), "blocked");
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[])), "auth-required");
-        assert!(policy.judge(&event(1, 1, true), &[]).unwrap_err().challenge);
+        assert!(policy.judge(&event(1, 1, true), &[]).unwrap_err().wants_challenge());
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32])])), "restricted");
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32]), Pubkey([1; 32])])), "ok");
         assert!(!policy.restricts_writes());

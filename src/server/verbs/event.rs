@@ -30,9 +30,9 @@ pub async fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
         }
     };
     let id = parsed.id.to_hex();
-    if let Some((outcome, reason)) = ingest::before_signature(core, conn, &parsed) {
-        core.stats.answered(outcome, received);
-        core.send(conn, proto::frame_ok(&id, false, &reason));
+    if let Err(refusal) = ingest::before_signature(core, conn, &parsed) {
+        core.stats.answered(refusal.outcome(), received);
+        core.send(conn, proto::frame_ok(&id, false, &refusal.reason()));
         return;
     }
     let shard = core.owner_shard(&parsed.pubkey.0);
