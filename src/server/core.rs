@@ -284,18 +284,20 @@ impl Core {
         }
     }
 
-    /// Wait until every connection let go of has written its close frame (or ended), for at
-    /// most `within`: at shutdown, so that no client misses its close frame because the
-    /// process left first.
-    pub async fn connections_ended(&self, within: std::time::Duration) {
-        let deadline = std::time::Instant::now() + within;
+    /// Wait at least `at_least`, then until every connection let go of has written its close
+    /// frame (or ended), for at most `within` in all: at shutdown, so that no client misses
+    /// its close frame because the process left first, and a handshake in flight when the
+    /// accept loop ended gets its turn.
+    pub async fn connections_ended(&self, at_least: std::time::Duration, within: std::time::Duration) {
+        let started = std::time::Instant::now();
         loop {
             let open = {
                 let mut closing = self.closing.borrow_mut();
                 closing.retain(|watch| !watch.farewell_done());
                 closing.len()
             };
-            if open == 0 || std::time::Instant::now() >= deadline {
+            let waited = started.elapsed();
+            if (open == 0 && waited >= at_least) || waited >= within {
                 return;
             }
             glommio::timer::sleep(std::time::Duration::from_millis(5)).await;

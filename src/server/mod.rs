@@ -95,6 +95,10 @@ const LONG_SCAN_SHARES: usize = 100;
 /// that reads nothing holds it this long at most). It was a fixed 200 ms sleep, which a
 /// loaded host sometimes outran: a subscriber then saw the socket end without its 1012.
 const CLOSE_FRAME_WAIT: Duration = Duration::from_secs(1);
+/// How long a stopping core waits at least after closing its clients: a connection
+/// accepted just before the accept loop ended finishes its handshake meanwhile, rather than
+/// being reset (without it, 1 handover test in ~15 saw a reset handshake).
+const CLOSE_GRACE: Duration = Duration::from_millis(200);
 
 /// The CPUs this process may run on (its affinity mask, as set by taskset or a cpuset
 /// cgroup), lowest first; executor i is pinned to the i-th, and there are never more
@@ -126,8 +130,49 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     config.validate()?;
     let core_count = config.core_count();
     let cpus = allowed_cpus();
-    // Two executors on one CPU can hang at startup, in glommio's channel-mesh join (seen in
-    // ~1 start of 8, `taskset -c 1 ringrelay serve --cores 2`), and would share the CPU anyway.
+    check_cpus(core_count, &cpus)?;
+    // Signals first: a relay taking over from this one may send SIGUSR1 as soon as this one
+    // holds the data directory, and SIGUSR1's default action is to exit at once.
+    let signals = Signals::install()?;
+    let shard_count = core_count.min(crate::limits::SHARD_COUNT_MAX) as u16;
+    // Waiting for the port or for a relay handing over can take seconds: a signal ends it.
+    let (data_dir, listeners) = match claim(&config, shard_count, takeover, &signals.stop) {
+        Ok(claimed) => claimed,
+        Err(_) if signals.stop.load(Ordering::SeqCst) => {
+            eprintln!("ringrelay: stopped during startup");
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
+    let open_files = raise_open_files_limit();
+    let config = Arc::new(config);
+    let mut supervisor = Supervisor::new(core_count);
+    spawn_cores(&config, &data_dir, listeners, &cpus, &signals, &mut supervisor)?;
+    match supervisor.until_serving(&signals.stop) {
+        Ok(Started::Serving) => {}
+        Ok(Started::Stopped) => {
+            eprintln!("ringrelay: stopped during startup");
+            return Ok(());
+        }
+        Err(reason) => return Err(anyhow::anyhow!(reason)),
+    }
+    let on: Vec<String> = cpus.iter().take(core_count).map(usize::to_string).collect();
+    eprintln!(
+        "ringrelay: listening on {} with {core_count} core{} on CPU{} {}, data in {}, up to {open_files} open files",
+        config.listen,
+        if core_count == 1 { "" } else { "s" },
+        if on.len() == 1 { "" } else { "s" },
+        on.join(","),
+        config.data_dir.display()
+    );
+    supervisor.until_stopped(&signals.stop, SHUTDOWN_DEADLINE).map_err(|reason| anyhow::anyhow!(reason))?;
+    eprintln!("ringrelay: stopped");
+    Ok(())
+}
+
+/// Two executors on one CPU can hang at startup, in glommio's channel-mesh join (seen in ~1
+/// start of 8, `taskset -c 1 ringrelay serve --cores 2`), and would share the CPU anyway.
+fn check_cpus(core_count: usize, cpus: &[usize]) -> anyhow::Result<()> {
     if !cpus.is_empty() && core_count > cpus.len() {
         anyhow::bail!(
             "{core_count} cores asked for, but this process may run on {} CPU{} ({}): lower `cores` \
@@ -137,48 +182,69 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
             cpus.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
         );
     }
-    // Signals first: a relay taking over from this one may send SIGUSR1 as soon as this one
-    // holds the data directory, and SIGUSR1's default action is to exit at once.
-    let stop = Arc::new(AtomicBool::new(false));
-    let handover = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT, signal_hook::consts::SIGUSR1] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, handover.clone())
-        .context("installing signal handlers")?;
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).context("installing signal handlers")?;
-    let shard_count = core_count.min(crate::limits::SHARD_COUNT_MAX) as u16;
-    // Waiting for the port or for a relay handing over can take seconds: a signal ends it.
-    let (data_dir, listeners) = match claim(&config, shard_count, takeover, &stop) {
-        Ok(claimed) => claimed,
-        Err(_) if stop.load(Ordering::SeqCst) => {
-            eprintln!("ringrelay: stopped during startup");
-            return Ok(());
+    Ok(())
+}
+
+/// The flags the signal handlers set.
+struct Signals {
+    /// SIGTERM, SIGINT, SIGUSR1: stop.
+    stop: Arc<AtomicBool>,
+    /// SIGUSR1: the stop is a handover, and clients are told to reconnect (1012).
+    handover: Arc<AtomicBool>,
+    /// SIGHUP: reload the policy lists.
+    reload: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        let signals = Signals {
+            stop: Arc::new(AtomicBool::new(false)),
+            handover: Arc::new(AtomicBool::new(false)),
+            reload: Arc::new(AtomicBool::new(false)),
+        };
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let flags = [
+            (SIGTERM, &signals.stop),
+            (SIGINT, &signals.stop),
+            (SIGUSR1, &signals.stop),
+            (SIGUSR1, &signals.handover),
+            (SIGHUP, &signals.reload),
+        ];
+        for (signal, flag) in flags {
+            signal_hook::flag::register(signal, flag.clone()).context("installing signal handlers")?;
         }
-        Err(error) => return Err(error),
-    };
-    // The lists file must parse at start; later, on SIGHUP, a bad one only logs an error.
+        Ok(signals)
+    }
+}
+
+/// Start one executor per listener, each watched by `supervisor`. The lists file must parse
+/// here; later, on SIGHUP, a bad one only logs an error.
+fn spawn_cores(
+    config: &Arc<Config>,
+    data_dir: &DataDir,
+    listeners: Vec<std::net::TcpListener>,
+    cpus: &[usize],
+    signals: &Signals,
+    supervisor: &mut Supervisor,
+) -> anyhow::Result<()> {
+    let core_count = listeners.len();
     let (lists_file, lists) = lists::ListsFile::open(config.data_dir.clone())?;
     let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
     let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
-    let open_files = raise_open_files_limit();
-    let config = Arc::new(config);
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
-    let mut supervisor = Supervisor::new(core_count);
     for (index, listener) in listeners.into_iter().enumerate() {
         let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));
         let start = CoreStart {
-            listener,
-            handover: handover.clone(),
-            reload: reload.clone(),
+            listener: Some(listener),
+            handover: signals.handover.clone(),
+            reload: signals.reload.clone(),
             lists: (lists_file.clone(), lists.clone()),
             config: config.clone(),
             router: data_dir.router(),
             shard_dirs: ShardId::all(data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
             shard_config: shard_config.clone(),
-            stop: stop.clone(),
+            stop: signals.stop.clone(),
             startup: supervisor.link(index),
             ip_slots: ip_slots.clone(),
         };
@@ -200,7 +266,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
             // The cores started so far wait in the mesh join for this one, having opened
             // nothing: the process can leave them.
             Err(error) => {
-                stop.store(true, Ordering::SeqCst);
+                signals.stop.store(true, Ordering::SeqCst);
                 anyhow::bail!(
                     "cannot start the executor for core {index}: {error}\n\
                      glommio locks memory for io_uring: raise `ulimit -l` (or LimitMEMLOCK) to at least {} KiB; see tuning/",
@@ -209,25 +275,6 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
             }
         }
     }
-    match supervisor.until_serving(&stop) {
-        Ok(Started::Serving) => {}
-        Ok(Started::Stopped) => {
-            eprintln!("ringrelay: stopped during startup");
-            return Ok(());
-        }
-        Err(reason) => return Err(anyhow::anyhow!(reason)),
-    }
-    let on: Vec<String> = cpus.iter().take(core_count).map(usize::to_string).collect();
-    eprintln!(
-        "ringrelay: listening on {} with {core_count} core{} on CPU{} {}, data in {}, up to {open_files} open files",
-        config.listen,
-        if core_count == 1 { "" } else { "s" },
-        if on.len() == 1 { "" } else { "s" },
-        on.join(","),
-        config.data_dir.display()
-    );
-    supervisor.until_stopped(&stop, SHUTDOWN_DEADLINE).map_err(|reason| anyhow::anyhow!(reason))?;
-    eprintln!("ringrelay: stopped");
     Ok(())
 }
 
@@ -271,8 +318,9 @@ fn claim(
 }
 
 struct CoreStart {
-    /// This core's listener, bound before the cores start (see `bind_listeners`).
-    listener: std::net::TcpListener,
+    /// This core's listener, bound before the cores start (see `bind_listeners`); taken
+    /// by the core once its shards are open.
+    listener: Option<std::net::TcpListener>,
     /// Set by SIGUSR1: the stop is a handover, and clients are told to reconnect (1012).
     handover: Arc<AtomicBool>,
     /// Set by SIGHUP: reload the policy lists (core 0 watches it).
@@ -313,51 +361,12 @@ async fn run_core(start: CoreStart, mesh: MeshBuilder<CoreMsg, glommio::channels
 }
 
 async fn run_joined(
-    start: CoreStart,
+    mut start: CoreStart,
     senders: glommio::channels::channel_mesh::Senders<CoreMsg>,
     mut receivers: glommio::channels::channel_mesh::Receivers<CoreMsg>,
 ) {
     let id = senders.peer_id();
-    let core_count = senders.nr_consumers();
-    let mut shards = HashMap::new();
-    for (shard_id, dir) in &start.shard_dirs {
-        if usize::from(*shard_id) % core_count != id {
-            continue;
-        }
-        match ShardState::open(dir, *shard_id, start.shard_config.clone(), OpenMode::ReadWrite) {
-            Ok(state) => {
-                shards.insert(*shard_id, Shard::start(state));
-            }
-            Err(error) => {
-                start.startup.failed(format!("opening shard {shard_id}: {error}"));
-                close_opened(shards).await;
-                return;
-            }
-        }
-    }
-    let listener = {
-        use std::os::fd::{FromRawFd, IntoRawFd};
-        // SAFETY: a bound, listening TCP socket that this core now owns.
-        unsafe { TcpListener::from_raw_fd(start.listener.into_raw_fd()) }
-    };
-    // The admin listener (`metrics_listen`) is core 0's alone.
-    let admin = match start.config.metrics_listen.filter(|_| id == 0).map(listen).transpose() {
-        Ok(admin) => admin,
-        Err(error) => {
-            start
-                .startup
-                .failed(format!("cannot listen on {:?} (metrics_listen): {error}", start.config.metrics_listen));
-            close_opened(shards).await;
-            return;
-        }
-    };
-    start.startup.reached(Phase::Opened);
-    // Nothing below asks a peer anything until every core is open: a peer that failed (a
-    // damaged segment) would never answer.
-    if !start.startup.every_core_opened().await {
-        close_opened(shards).await;
-        return;
-    }
+    let Some((shards, listener, admin)) = open_core(&mut start, id, senders.nr_consumers()).await else { return };
     let stats = Rc::new(Stats::default());
     let mesh = Mesh::new(senders, stats.clone());
     // Scans get half the sessions' share of a busy core, in short slices: a flood of
@@ -411,11 +420,66 @@ async fn run_joined(
     }
     drop(listener);
     drop(admin);
-    let handover = start.handover.load(Ordering::SeqCst);
+    stop_core(&core, start.handover.load(Ordering::SeqCst)).await;
+    receiving.iter().for_each(|task| task.cancel());
+}
+
+/// A core's own startup: its shards opened and its listeners taken, then the wait until
+/// every core has; `None` when it failed (reported) or startup was abandoned.
+async fn open_core(
+    start: &mut CoreStart,
+    id: usize,
+    core_count: usize,
+) -> Option<(HashMap<ShardId, Shard>, TcpListener, Option<TcpListener>)> {
+    let mut shards = HashMap::new();
+    for (shard_id, dir) in &start.shard_dirs {
+        if usize::from(*shard_id) % core_count != id {
+            continue;
+        }
+        match ShardState::open(dir, *shard_id, start.shard_config.clone(), OpenMode::ReadWrite) {
+            Ok(state) => {
+                shards.insert(*shard_id, Shard::start(state));
+            }
+            Err(error) => {
+                start.startup.failed(format!("opening shard {shard_id}: {error}"));
+                close_opened(shards).await;
+                return None;
+            }
+        }
+    }
+    let listener = {
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let listener = start.listener.take().expect("a core's listener is taken once");
+        // SAFETY: a bound, listening TCP socket that this core now owns.
+        unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) }
+    };
+    // The admin listener (`metrics_listen`) is core 0's alone.
+    let admin = match start.config.metrics_listen.filter(|_| id == 0).map(listen).transpose() {
+        Ok(admin) => admin,
+        Err(error) => {
+            start
+                .startup
+                .failed(format!("cannot listen on {:?} (metrics_listen): {error}", start.config.metrics_listen));
+            close_opened(shards).await;
+            return None;
+        }
+    };
+    start.startup.reached(Phase::Opened);
+    // Nothing after this asks a peer anything until every core is open: a peer that failed
+    // (a damaged segment) would never answer.
+    if !start.startup.every_core_opened().await {
+        close_opened(shards).await;
+        return None;
+    }
+    Some((shards, listener, admin))
+}
+
+/// A core's stop: in-flight appends finished (their OKs go out), every client told why
+/// (1012 on a handover, else 1001) and its close frame written, the core's tasks stopped.
+async fn stop_core(core: &Rc<Core>, handover: bool) {
     if handover && core.id == CoreId(0) {
         tracing::info!("handing over: stopped accepting; finishing appends, then closing every connection with 1012");
     }
-    // Finish in-flight appends (their OKs go out), then say goodbye to every client.
     core.close_shards().await;
     core.acks_settled(Duration::from_secs(1)).await;
     if handover {
@@ -424,9 +488,8 @@ async fn run_joined(
         core.close_all(CloseCode::Away, "relay shutting down");
     }
     // A client that reads nothing gets its close frame dropped after CLOSE_FRAME_WAIT.
-    core.connections_ended(CLOSE_FRAME_WAIT).await;
+    core.connections_ended(CLOSE_GRACE, CLOSE_FRAME_WAIT).await;
     core.stop_tasks();
-    receiving.iter().for_each(|task| task.cancel());
 }
 
 /// Close the shards a core opened before its startup was abandoned.

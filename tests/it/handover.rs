@@ -105,10 +105,13 @@ fn a_relay_taking_over_refuses_no_connection_and_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let old = Relay::start(dir.path(), 2);
     let port = old.port;
-    // A client that holds a subscription across the handover is told to reconnect.
+    // A client that holds a subscription across the handover is told to reconnect. It reads
+    // the live events as they come, as a subscriber does: one that reads nothing fills its
+    // socket's buffers within a second of this load, and then no close frame can reach it.
     let mut subscriber = old.connect();
     subscriber.send(&json!(["REQ", "s", {"kinds": [1], "limit": 0}]).to_string());
     subscriber.until_eose("s");
+    let subscriber = std::thread::spawn(move || subscriber.read_until_close());
 
     let stop = Arc::new(AtomicBool::new(false));
     let clients: Vec<_> = (0..4)
@@ -138,7 +141,8 @@ fn a_relay_taking_over_refuses_no_connection_and_loses_no_acknowledged_event() {
         seen.iter().map(|s| s.restarts).sum::<usize>()
     );
     // The subscriber of the old relay got a close frame saying why.
-    let (_, close) = subscriber.read_until_close();
+    let (live, close) = subscriber.join().unwrap();
+    assert!(!live.is_empty(), "the subscriber saw live events before the handover");
     assert_eq!(close.map(|(code, _)| code), Some(1012));
 
     // Every acknowledged event is served by the new relay.
