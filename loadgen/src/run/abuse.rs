@@ -15,7 +15,7 @@ use crate::plan::AbusePlan;
 use crate::stats::Sample;
 
 use super::net::Ws;
-use super::Shared;
+use super::shared::Shared;
 
 /// What an abuser does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use futures_lite::StreamExt;
 use crate::stats::{Metric, Sample};
 
 use super::net::connect;
-use super::Shared;
+use super::shared::Shared;
 
 /// The `connect` ramp of this thread: `count` connections, one every `interval` ns from
 /// `phase`, each timed from its due time and then held open until the run ends.

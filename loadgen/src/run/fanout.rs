@@ -14,8 +14,7 @@ use crate::wire::{self, Reply};
 use crate::workload::{status, Follow};
 
 use super::net::Ws;
-use super::worker::lost;
-use super::Shared;
+use super::shared::{lost, Shared};
 
 /// One fanout subscriber: every delivery is checked against what it follows, counted once,
 /// and timed from the publish's due time.

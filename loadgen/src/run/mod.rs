@@ -9,9 +9,11 @@
 mod abuse;
 mod connect;
 mod fanout;
+mod known;
 mod net;
 mod publish;
 mod query;
+mod shared;
 mod worker;
 
 use std::collections::BTreeMap;
@@ -28,13 +30,13 @@ use crate::plan::Plan;
 use crate::stats::{GeneratorReport, Latency, Metric, RelayCpu, Report, Sample, ScenarioReport};
 use crate::workload::{self, status, EventTable, Follow};
 
+use self::known::Known;
 pub use self::net::Target;
 pub use self::query::check_answer;
-use self::query::{preload_store, Known};
+use self::query::preload_store;
+use self::shared::{Shared, Tick, IO_MEMORY_SIZE};
 use self::worker::worker;
 
-/// io_uring memory locked per generator executor; the generator does no file I/O.
-const IO_MEMORY_SIZE: usize = 256 * 1024;
 /// A generator thread busier than this during the measured phase is saturated.
 const SATURATED_BUSY: f64 = 0.9;
 /// Sends this late (p99) mean the generator did not keep its schedule.
@@ -42,18 +44,6 @@ const SEND_LAG_WARN_MS: f64 = 1.0;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// CPU time (user + system) of the calling thread.
-fn thread_cpu() -> Duration {
-    // SAFETY: getrusage fills the struct we pass; RUSAGE_THREAD is the calling thread.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        usage
-    };
-    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
-    Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
 /// Many connections need many descriptors: take the hard limit.
@@ -68,79 +58,6 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Everything the generator threads share, read-only but for atomics.
-struct Shared {
-    target: Target,
-    plan: Plan,
-    table: EventTable,
-    publish: Range<usize>,
-    fanout: Range<usize>,
-    follows: Vec<Follow>,
-    fanout_authors: Vec<Keypair>,
-    history_authors: Vec<Keypair>,
-    /// For each fanout event (by offset in `fanout`), how many subscribers want it.
-    wanted_by: Vec<u32>,
-    /// Fanout events (offsets) per topic and per author, for the missing-delivery count.
-    topic_events: Vec<Vec<u32>>,
-    author_events: Vec<Vec<u32>>,
-    known: Known,
-    since: u64,
-    threads: usize,
-    warmup_ns: u64,
-    end_ns: u64,
-    t0: OnceLock<Instant>,
-    finish: AtomicBool,
-}
-
-impl Shared {
-    fn t0(&self) -> Instant {
-        *self.t0.get().expect("started")
-    }
-
-    fn elapsed_ns(&self) -> u64 {
-        self.t0().elapsed().as_nanos() as u64
-    }
-
-    fn measured(&self, due_ns: u64) -> bool {
-        (self.warmup_ns..self.end_ns).contains(&due_ns)
-    }
-
-    fn finishing(&self) -> bool {
-        self.finish.load(Ordering::Acquire)
-    }
-
-    /// Sleep until `due_ns` after t0.
-    async fn sleep_until(&self, due_ns: u64) {
-        let now = self.elapsed_ns();
-        if due_ns > now {
-            glommio::timer::sleep(Duration::from_nanos(due_ns - now)).await;
-        }
-    }
-
-    /// Deliveries the relay owes for fanout events it accepted; with `measured_only`, only
-    /// for events due in the measured phase.
-    fn expected_deliveries(&self, measured_only: bool) -> u64 {
-        self.fanout
-            .clone()
-            .zip(&self.wanted_by)
-            .filter(|(index, _)| self.table.status(*index) == status::ACCEPTED)
-            .filter(|(index, _)| !measured_only || self.table.scheduled_ns(*index).is_some_and(|d| self.measured(d)))
-            .map(|(_, wanted)| u64::from(*wanted))
-            .sum()
-    }
-}
-
-/// A generator thread's report to the main thread.
-struct Tick {
-    worker: usize,
-    /// Which second after t0 this closes (0 for the final tick).
-    second: u64,
-    sample: Sample,
-    cpu: Duration,
-    /// The thread's CPU share over the measured phase, on its final tick.
-    final_busy: Option<f64>,
-}
-
 /// Run a plan against a relay and report; `progress` prints a line per second on stderr.
 pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Report> {
     plan.validate()?;
@@ -151,112 +68,151 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
         target.auth = workload::authors(plan.run.seed, "auth", 1).pop();
     }
     let target = &target;
-    let threads = match plan.run.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let seed = plan.run.seed;
-    let warmup = plan.run.warmup.0;
-    let duration = plan.run.duration.0;
-    let total_secs = (warmup + duration).as_secs_f64();
-    let now = unix_now();
     let log = |text: String| {
         if progress {
             eprintln!("{text}");
         }
     };
-
-    // The workload, signed now: publish, then fanout, then preload events in one table.
+    let now = unix_now();
     let started = Instant::now();
-    let publish_authors = workload::authors(seed, "publish", plan.run.authors);
-    let mut drafts = Vec::new();
-    if let Some(p) = &plan.publish {
-        let count = (p.rate * total_secs).ceil() as usize + p.connections;
-        let per_second = p.rate;
-        drafts
-            .extend(workload::publish_drafts(seed, count, &publish_authors, |i| now + (i as f64 / per_second) as u64));
-    }
-    let publish = 0..drafts.len();
-    let fanout_author_count = plan.fanout.as_ref().map_or(1, |f| f.topics);
-    let fanout_authors = workload::authors(seed, "fanout", fanout_author_count);
-    if let Some(f) = &plan.fanout {
-        let count = (f.rate * total_secs).ceil() as usize + f.publishers;
-        let per_second = f.rate;
-        drafts.extend(workload::fanout_drafts(seed, count, fanout_author_count, f.topics, |i| {
-            now + (i as f64 / per_second) as u64
-        }));
-    }
-    let fanout = publish.end..drafts.len();
-    let history_count = plan.query.as_ref().map_or(1, |q| (q.preload / 100).clamp(1, plan.run.authors));
-    let history_authors = workload::authors(seed, "history", history_count);
+    let workload = Workload::sign(plan, now);
+    log(format!("loadgen: signed {} events in {:.1}s", workload.table.events.len(), started.elapsed().as_secs_f64()));
     if let Some(q) = &plan.query {
-        drafts.extend(workload::preload_drafts(seed, q.preload, history_count, now));
-    }
-    let preload = fanout.end..drafts.len();
-    let mut events = Vec::with_capacity(drafts.len());
-    let pools = [&publish_authors, &fanout_authors, &history_authors];
-    // Each pool signs with its own keys; split the drafts by range.
-    let mut rest = drafts;
-    for (range, keys) in [publish.clone(), fanout.clone(), preload.clone()].into_iter().zip(pools) {
-        let tail = rest.split_off(range.len());
-        events.extend(workload::sign_all(std::mem::replace(&mut rest, tail), keys));
-    }
-    let table = EventTable::new(events);
-    log(format!("loadgen: signed {} events in {:.1}s", table.events.len(), started.elapsed().as_secs_f64()));
-
-    if let Some(q) = &plan.query {
-        let accepted = preload_store(target, &table, preload.clone(), q.connections)?;
+        let preload = workload.preload.clone();
+        let accepted = preload_store(target, &workload.table, preload.clone(), q.connections)?;
         log(format!("loadgen: preloaded {accepted} of {} events", preload.len()));
         anyhow::ensure!(accepted > 0, "the relay accepted none of the preloaded events; a query run needs a store");
     }
-    let known = Known::build(&table, preload.clone());
-
-    let follows = plan.fanout.as_ref().map_or_else(Vec::new, |f| {
-        workload::follows(seed, f.subscribers, f.topics, fanout_author_count, f.author_ratio, f.idle_ratio)
-    });
-    let topics = plan.fanout.as_ref().map_or(0, |f| f.topics);
-    let mut topic_events = vec![Vec::new(); topics];
-    let mut author_events = vec![Vec::new(); fanout_author_count];
-    for (offset, index) in fanout.clone().enumerate() {
-        let event = &table.events[index];
-        if let Some(topic) = event.topic {
-            topic_events[topic as usize].push(offset as u32);
-        }
-        author_events[event.author as usize].push(offset as u32);
+    let shared = Arc::new(workload.into_shared(target, plan, now));
+    let setup_started = Instant::now();
+    let (handles, tick_rx) = start_workers(&shared)?;
+    log(format!(
+        "loadgen: {} connections open in {:.1}s on {} threads; warm-up {:?}, then {:?} measured",
+        count_connections(plan),
+        setup_started.elapsed().as_secs_f64(),
+        shared.threads,
+        plan.run.warmup.0,
+        plan.run.duration.0
+    ));
+    let (total, busy, relay_cpu) = follow_run(&shared, &tick_rx, &log)?;
+    for handle in handles {
+        handle.join().map_err(|e| anyhow::anyhow!("generator thread failed: {e}"))?;
     }
-    let mut wanted_by = vec![0u32; fanout.len()];
-    for follow in &follows {
-        let list = match *follow {
-            Follow::Topic(topic) => &topic_events[topic as usize],
-            Follow::Author(author) => &author_events[author as usize],
-            Follow::Nothing => continue,
-        };
-        for &offset in list {
-            wanted_by[offset as usize] += 1;
+    let mut report = build_report(&shared, total, busy);
+    report.relay_cpu = relay_cpu.finish()?;
+    Ok(report)
+}
+
+/// The run's events, signed up front: publish, then fanout, then preload, in one table.
+struct Workload {
+    table: EventTable,
+    publish: Range<usize>,
+    fanout: Range<usize>,
+    preload: Range<usize>,
+    fanout_authors: Vec<Keypair>,
+    history_authors: Vec<Keypair>,
+}
+
+impl Workload {
+    fn sign(plan: &Plan, now: u64) -> Workload {
+        let seed = plan.run.seed;
+        let total_secs = (plan.run.warmup.0 + plan.run.duration.0).as_secs_f64();
+        let publish_authors = workload::authors(seed, "publish", plan.run.authors);
+        let mut drafts = Vec::new();
+        if let Some(p) = &plan.publish {
+            let count = (p.rate * total_secs).ceil() as usize + p.connections;
+            let per_second = p.rate;
+            drafts.extend(workload::publish_drafts(seed, count, &publish_authors, |i| {
+                now + (i as f64 / per_second) as u64
+            }));
         }
+        let publish = 0..drafts.len();
+        let fanout_author_count = plan.fanout.as_ref().map_or(1, |f| f.topics);
+        let fanout_authors = workload::authors(seed, "fanout", fanout_author_count);
+        if let Some(f) = &plan.fanout {
+            let count = (f.rate * total_secs).ceil() as usize + f.publishers;
+            let per_second = f.rate;
+            drafts.extend(workload::fanout_drafts(seed, count, fanout_author_count, f.topics, |i| {
+                now + (i as f64 / per_second) as u64
+            }));
+        }
+        let fanout = publish.end..drafts.len();
+        let history_count = plan.query.as_ref().map_or(1, |q| (q.preload / 100).clamp(1, plan.run.authors));
+        let history_authors = workload::authors(seed, "history", history_count);
+        if let Some(q) = &plan.query {
+            drafts.extend(workload::preload_drafts(seed, q.preload, history_count, now));
+        }
+        let preload = fanout.end..drafts.len();
+        let mut events = Vec::with_capacity(drafts.len());
+        let pools = [&publish_authors, &fanout_authors, &history_authors];
+        // Each pool signs with its own keys; split the drafts by range.
+        let mut rest = drafts;
+        for (range, keys) in [publish.clone(), fanout.clone(), preload.clone()].into_iter().zip(pools) {
+            let tail = rest.split_off(range.len());
+            events.extend(workload::sign_all(std::mem::replace(&mut rest, tail), keys));
+        }
+        Workload { table: EventTable::new(events), publish, fanout, preload, fanout_authors, history_authors }
     }
 
-    let shared = Arc::new(Shared {
-        target: target.clone(),
-        plan: plan.clone(),
-        table,
-        publish,
-        fanout,
-        follows,
-        fanout_authors,
-        history_authors,
-        wanted_by,
-        topic_events,
-        author_events,
-        known,
-        since: now.saturating_sub(1),
-        threads,
-        warmup_ns: warmup.as_nanos() as u64,
-        end_ns: (warmup + duration).as_nanos() as u64,
-        t0: OnceLock::new(),
-        finish: AtomicBool::new(false),
-    });
+    /// What the generator threads share, once the preload's answers are in the table.
+    fn into_shared(self, target: &Target, plan: &Plan, now: u64) -> Shared {
+        let known = Known::build(&self.table, self.preload.clone());
+        let fanout_author_count = self.fanout_authors.len();
+        let follows = plan.fanout.as_ref().map_or_else(Vec::new, |f| {
+            workload::follows(plan.run.seed, f.subscribers, f.topics, fanout_author_count, f.author_ratio, f.idle_ratio)
+        });
+        let topics = plan.fanout.as_ref().map_or(0, |f| f.topics);
+        let mut topic_events = vec![Vec::new(); topics];
+        let mut author_events = vec![Vec::new(); fanout_author_count];
+        for (offset, index) in self.fanout.clone().enumerate() {
+            let event = &self.table.events[index];
+            if let Some(topic) = event.topic {
+                topic_events[topic as usize].push(offset as u32);
+            }
+            author_events[event.author as usize].push(offset as u32);
+        }
+        let mut wanted_by = vec![0u32; self.fanout.len()];
+        for follow in &follows {
+            let list = match *follow {
+                Follow::Topic(topic) => &topic_events[topic as usize],
+                Follow::Author(author) => &author_events[author as usize],
+                Follow::Nothing => continue,
+            };
+            for &offset in list {
+                wanted_by[offset as usize] += 1;
+            }
+        }
+        let (warmup, duration) = (plan.run.warmup.0, plan.run.duration.0);
+        Shared {
+            target: target.clone(),
+            plan: plan.clone(),
+            table: self.table,
+            publish: self.publish,
+            fanout: self.fanout,
+            follows,
+            fanout_authors: self.fanout_authors,
+            history_authors: self.history_authors,
+            wanted_by,
+            topic_events,
+            author_events,
+            known,
+            since: now.saturating_sub(1),
+            threads: match plan.run.threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
+            warmup_ns: warmup.as_nanos() as u64,
+            end_ns: (warmup + duration).as_nanos() as u64,
+            t0: OnceLock::new(),
+            finish: AtomicBool::new(false),
+        }
+    }
+}
 
+/// One glommio executor per generator thread, each with its connections open; the ticks
+/// they will send. A thread that fails its setup stops them all.
+fn start_workers(shared: &Arc<Shared>) -> anyhow::Result<(Vec<glommio::ExecutorJoinHandle<()>>, mpsc::Receiver<Tick>)> {
+    let threads = shared.threads;
     let (tick_tx, tick_rx) = mpsc::channel::<Tick>();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
     let mut handles = Vec::new();
@@ -277,9 +233,7 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
             })?;
         handles.push(handle);
     }
-    drop(tick_tx);
     drop(ready_tx);
-    let setup_started = Instant::now();
     let mut setup_error = None;
     for _ in 0..threads {
         match ready_rx.recv() {
@@ -299,27 +253,32 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
         for handle in handles {
             let _ = handle.join();
         }
-        bail!("setting up connections to {} failed: {message}", target.url);
+        bail!("setting up connections to {} failed: {message}", shared.target.url);
     }
-    log(format!(
-        "loadgen: {} connections open in {:.1}s on {threads} threads; warm-up {:?}, then {:?} measured",
-        count_connections(plan),
-        setup_started.elapsed().as_secs_f64(),
-        warmup,
-        duration
-    ));
+    Ok((handles, tick_rx))
+}
 
+/// Start the clock, gather the threads' ticks (a progress line per complete second) until
+/// the run and its drain are over, then their final counts: everything measured, each
+/// thread's CPU share, and the relay's CPU probe.
+fn follow_run(
+    shared: &Shared,
+    tick_rx: &mpsc::Receiver<Tick>,
+    log: &impl Fn(String),
+) -> anyhow::Result<(Sample, Vec<f64>, RelayCpuProbe)> {
+    let threads = shared.threads;
+    let (warmup, duration) = (shared.plan.run.warmup.0, shared.plan.run.duration.0);
     let t0 = Instant::now() + Duration::from_millis(20);
     let _ = shared.t0.set(t0);
     let end = t0 + warmup + duration;
-    let drain_deadline = end + plan.run.drain.0;
+    let drain_deadline = end + shared.plan.run.drain.0;
     let mut total = Sample::default();
     let mut interval = Sample::default();
     let mut interval_cpu = vec![Duration::ZERO; threads];
     let mut seen_second: Vec<u64> = vec![0; threads];
     let mut printed_second = 0;
     let measure_start = t0 + warmup;
-    let mut relay_cpu = RelayCpuProbe::new(target.pid);
+    let mut relay_cpu = RelayCpuProbe::new(shared.target.pid);
     loop {
         match tick_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(tick) => {
@@ -335,13 +294,13 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
         if complete_second > printed_second && Instant::now() < end + Duration::from_millis(500) {
             let seconds = (complete_second - printed_second) as f64;
             printed_second = complete_second;
-            log(progress_line(&shared, complete_second, seconds, &interval, &total, &interval_cpu));
+            log(progress_line(shared, complete_second, seconds, &interval, &total, &interval_cpu));
             interval = Sample::default();
             interval_cpu.iter_mut().for_each(|cpu| *cpu = Duration::ZERO);
         }
         let now = Instant::now();
         relay_cpu.observe(now, measure_start, end);
-        if now >= end && (now >= drain_deadline || drained(&shared, &total)) {
+        if now >= end && (now >= drain_deadline || drained(shared, &total)) {
             break;
         }
     }
@@ -362,12 +321,7 @@ pub fn run(target: &Target, plan: &Plan, progress: bool) -> anyhow::Result<Repor
             Err(_) => bail!("generator threads did not report their final counts"),
         }
     }
-    for handle in handles {
-        handle.join().map_err(|e| anyhow::anyhow!("generator thread failed: {e}"))?;
-    }
-    let mut report = build_report(&shared, total, busy);
-    report.relay_cpu = relay_cpu.finish()?;
-    Ok(report)
+    Ok((total, busy, relay_cpu))
 }
 
 /// The relay's CPU time over the measured phase, read from /proc when its pid is known.

@@ -15,8 +15,7 @@ use crate::wire::{self, Reply};
 use crate::workload::status;
 
 use super::net::{next_text, Stream, Ws};
-use super::worker::lost;
-use super::Shared;
+use super::shared::{lost, Shared};
 
 /// Connection `conn` of `connections` sending the scenario's events at its share of `rate`:
 /// events `conn`, `conn + connections`, ... of the scenario's range, staggered by `conn`.

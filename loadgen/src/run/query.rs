@@ -22,54 +22,14 @@ use crate::stats::{Metric, Sample};
 use crate::wire::{self, Reply};
 use crate::workload::{self, status, EventTable};
 
+use super::known::{newest_first, Entry};
 use super::net::{connect, next_text, Stream, Target, Ws};
-use super::worker::lost;
-use super::{Shared, IO_MEMORY_SIZE};
+use super::shared::{lost, Shared, IO_MEMORY_SIZE};
 
 /// Answered query subscriptions a connection remembers, to tell late live events from strays.
 pub(super) const FINISHED_QUERIES_KEPT: usize = 4_096;
 /// Preload: EVENTs in flight per connection.
 pub(super) const PRELOAD_WINDOW: usize = 256;
-
-/// What queries expect of the preloaded store: acknowledged events, newest first with ties
-/// by lowest id, per author, kind and tag.
-#[derive(Default)]
-pub(super) struct Known {
-    pub(super) accepted: Vec<u32>,
-    by_author: HashMap<u32, Vec<Entry>>,
-    by_kind: HashMap<u16, Vec<Entry>>,
-    by_tag: HashMap<u32, Vec<Entry>>,
-}
-
-/// `(created_at, id)`; ordered the way a relay must return events.
-pub(super) type Entry = (u64, [u8; 32]);
-
-pub(super) fn newest_first(a: &Entry, b: &Entry) -> std::cmp::Ordering {
-    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
-}
-
-impl Known {
-    pub(super) fn build(table: &EventTable, range: Range<usize>) -> Known {
-        let mut known = Known::default();
-        for index in range {
-            if table.status(index) != status::ACCEPTED {
-                continue;
-            }
-            let event = &table.events[index];
-            let entry = (event.created_at, event.id);
-            known.accepted.push(index as u32);
-            known.by_author.entry(event.author).or_default().push(entry);
-            known.by_kind.entry(event.kind).or_default().push(entry);
-            if let Some(tag) = event.topic {
-                known.by_tag.entry(tag).or_default().push(entry);
-            }
-        }
-        for list in known.by_author.values_mut().chain(known.by_kind.values_mut()).chain(known.by_tag.values_mut()) {
-            list.sort_by(newest_first);
-        }
-        known
-    }
-}
 
 /// Publish the preload events (untimed, a window of EVENTs in flight per connection) and
 /// wait for their OKs; returns how many were accepted.

@@ -17,7 +17,7 @@ use super::fanout::{count_missing, read_deliveries};
 use super::net::{await_eose, closed_reason, connect, connect_with, SocketBuffer, Ws};
 use super::publish::{start_publisher, Scenario};
 use super::query::run_queries;
-use super::{thread_cpu, Shared, Tick};
+use super::shared::{thread_cpu, Shared, Tick};
 
 /// Connections opened at once while setting up.
 pub(super) const SETUP_CONCURRENCY: usize = 64;
@@ -202,11 +202,5 @@ pub(super) async fn measure_busy(shared: Arc<Shared>, busy: Rc<Cell<f64>>) {
     let seconds = wall.elapsed().as_secs_f64();
     if seconds > 0.0 {
         busy.set((thread_cpu() - cpu).as_secs_f64() / seconds);
-    }
-}
-
-pub(super) fn lost(shared: &Shared, stats: &Rc<RefCell<Sample>>) {
-    if !shared.finishing() {
-        stats.borrow_mut().error("connection.lost");
     }
 }
