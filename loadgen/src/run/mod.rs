@@ -16,7 +16,6 @@ mod query;
 mod shared;
 mod worker;
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
@@ -433,7 +432,28 @@ fn progress_line(
 fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
     let plan = &shared.plan;
     let seconds = plan.run.duration.0.as_secs_f64();
-    // Sends of the measured phase that never got an OK.
+    count_unanswered(shared, &mut total);
+    let scenarios = scenario_sections(shared, &total, seconds);
+    let operations: u64 = scenarios.iter().map(|s| s.offered).sum();
+    let error_total = total.error_total();
+    let generator = generator_section(&total, busy, shared.threads);
+    Report {
+        relay: shared.target.url.clone(),
+        seed: plan.run.seed,
+        warmup_s: plan.run.warmup.0.as_secs_f64(),
+        duration_s: seconds,
+        scenarios,
+        errors: total.errors.clone(),
+        error_ratio: if operations == 0 { 0.0 } else { error_total as f64 / operations as f64 },
+        generator,
+        relay_cpu: None,
+        abuse: total.counts.iter().filter(|(k, _)| k.starts_with("abuse.")).map(|(k, v)| (k.to_string(), *v)).collect(),
+        notices: total.counts.get("notices").copied().unwrap_or(0),
+    }
+}
+
+/// Sends of the measured phase that never got an OK, as errors.
+fn count_unanswered(shared: &Shared, total: &mut Sample) {
     for (range, name) in [(&shared.publish, "publish.no_reply"), (&shared.fanout, "fanout.no_reply")] {
         let unanswered = range
             .clone()
@@ -444,87 +464,69 @@ fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
             *total.errors.entry(name.to_owned()).or_default() += unanswered;
         }
     }
+}
+
+/// One report section per scenario the plan ran, in a fixed order.
+fn scenario_sections(shared: &Shared, total: &Sample, seconds: f64) -> Vec<ScenarioReport> {
+    let plan = &shared.plan;
     let count = |key: &str| total.counts.get(key).copied().unwrap_or(0);
-    let errors_of = |prefix: &str| -> BTreeMap<String, u64> {
-        total.errors.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), *v)).collect()
-    };
-    let mut scenarios = Vec::new();
-    let mut scenario =
-        |name: &'static str, metric: Metric, offered: u64, offered_rate: f64, counts: Vec<(&str, u64)>| {
-            let completed = total.completed[metric as usize];
-            scenarios.push(ScenarioReport {
-                name,
-                offered_rate,
-                achieved_rate: completed as f64 / seconds,
-                offered,
-                completed,
-                latency: Latency::of(&total.latency[metric as usize]),
-                counts: counts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-                errors: errors_of(&format!("{name}.")),
-            });
-        };
-    if let Some(p) = &plan.publish {
-        let offered = total.offered[Metric::Publish as usize];
-        scenario(
-            "publish",
-            Metric::Publish,
+    let section = |name: &'static str, metric: Metric, offered: u64, offered_rate: f64, counts: Vec<(&str, u64)>| {
+        let completed = total.completed[metric as usize];
+        let prefix = format!("{name}.");
+        ScenarioReport {
+            name,
+            offered_rate,
+            achieved_rate: completed as f64 / seconds,
             offered,
-            p.rate,
-            vec![
-                ("sent", count("publish.sent")),
-                ("accepted", count("publish.accepted")),
-                ("connections", p.connections as u64),
-            ],
-        );
+            completed,
+            latency: Latency::of(&total.latency[metric as usize]),
+            counts: counts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            errors: total.errors.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    };
+    let mut sections = Vec::new();
+    if let Some(p) = &plan.publish {
+        let counts = vec![
+            ("sent", count("publish.sent")),
+            ("accepted", count("publish.accepted")),
+            ("connections", p.connections as u64),
+        ];
+        sections.push(section("publish", Metric::Publish, total.offered[Metric::Publish as usize], p.rate, counts));
     }
     if let Some(f) = &plan.fanout {
         let offered = shared.expected_deliveries(true);
-        scenario(
-            "fanout",
-            Metric::Fanout,
-            offered,
-            offered as f64 / seconds,
-            vec![
-                ("events_sent", count("fanout.sent")),
-                ("events_accepted", count("fanout.accepted")),
-                ("deliveries", count("fanout.delivered")),
-                ("deliveries_expected", shared.expected_deliveries(false)),
-                ("subscribers", f.subscribers as u64),
-            ],
-        );
+        let counts = vec![
+            ("events_sent", count("fanout.sent")),
+            ("events_accepted", count("fanout.accepted")),
+            ("deliveries", count("fanout.delivered")),
+            ("deliveries_expected", shared.expected_deliveries(false)),
+            ("subscribers", f.subscribers as u64),
+        ];
+        sections.push(section("fanout", Metric::Fanout, offered, offered as f64 / seconds, counts));
     }
     if let Some(q) = &plan.query {
-        let offered = total.offered[Metric::Query as usize];
         let answered = total.latency[Metric::Query as usize].len().max(1);
-        scenario(
-            "query",
-            Metric::Query,
-            offered,
-            q.rate,
-            vec![
-                ("events_returned", count("query.events")),
-                ("events_per_query", count("query.measured_events") / answered),
-                ("preloaded", shared.known.accepted.len() as u64),
-            ],
-        );
+        let counts = vec![
+            ("events_returned", count("query.events")),
+            ("events_per_query", count("query.measured_events") / answered),
+            ("preloaded", shared.known.accepted.len() as u64),
+        ];
+        sections.push(section("query", Metric::Query, total.offered[Metric::Query as usize], q.rate, counts));
     }
     if let Some(c) = &plan.connect {
-        let offered = total.offered[Metric::Connect as usize];
+        let counts = vec![("opened", count("connect.open")), ("target", c.connections as u64)];
+        let mut connect = section("connect", Metric::Connect, total.offered[Metric::Connect as usize], c.rate, counts);
         // The ramp may end before the measured phase does; its rate is over the ramp.
         let ramp_seconds = (c.connections as f64 / c.rate).min(seconds);
-        scenario(
-            "connect",
-            Metric::Connect,
-            offered,
-            c.rate,
-            vec![("opened", count("connect.open")), ("target", c.connections as u64)],
-        );
-        if let Some(connect) = scenarios.last_mut() {
-            connect.achieved_rate = connect.completed as f64 / ramp_seconds;
-        }
+        connect.achieved_rate = connect.completed as f64 / ramp_seconds;
+        sections.push(connect);
     }
-    let operations: u64 = scenarios.iter().map(|s| s.offered).sum();
-    let error_total = total.error_total();
+    sections
+}
+
+/// The generator's view of itself: its threads' CPU shares, its send lag, and what they
+/// say about the run's figures.
+fn generator_section(total: &Sample, busy: Vec<f64>, threads: usize) -> GeneratorReport {
     let send_lag = Latency::of(&total.latency[Metric::SendLag as usize]);
     let mut warnings = Vec::new();
     for (thread, share) in busy.iter().enumerate() {
@@ -549,17 +551,5 @@ fn build_report(shared: &Shared, mut total: Sample, busy: Vec<f64>) -> Report {
              (ringrelay: [limits] connections_per_ip_max)"
         ));
     }
-    Report {
-        relay: shared.target.url.clone(),
-        seed: plan.run.seed,
-        warmup_s: plan.run.warmup.0.as_secs_f64(),
-        duration_s: seconds,
-        scenarios,
-        errors: total.errors.clone(),
-        error_ratio: if operations == 0 { 0.0 } else { error_total as f64 / operations as f64 },
-        generator: GeneratorReport { threads: shared.threads, thread_busy: busy, send_lag, saturated, warnings },
-        relay_cpu: None,
-        abuse: total.counts.iter().filter(|(k, _)| k.starts_with("abuse.")).map(|(k, v)| (k.to_string(), *v)).collect(),
-        notices: count("notices"),
-    }
+    GeneratorReport { threads, thread_busy: busy, send_lag, saturated, warnings }
 }
