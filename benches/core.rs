@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use nostr::{EventBuilder, JsonUtil, Keys, Kind, Tag, Timestamp};
 use ringrelay::event::{parse_event, VerifiedEvent};
 use ringrelay::limits::EventLimits;
-use ringrelay::store::{OpenMode, Shard, ShardConfig, ShardState};
+use ringrelay::store::{OpenMode, Shard, ShardConfig, ShardId, ShardState};
 use secp256k1::{schnorr::Signature, Message, XOnlyPublicKey, SECP256K1};
 
 /// A typical kind-1 note: ~300 bytes of content, an e, a p and a t tag.
@@ -94,6 +94,14 @@ fn event_core(c: &mut Criterion) {
 
 const APPEND_BATCH: usize = 20_000;
 
+/// An empty writable shard (64 MiB segments, no key) in a temporary directory.
+fn fresh_shard() -> (tempfile::TempDir, ShardState) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ShardConfig::new(64 << 20, None);
+    let state = ShardState::open(dir.path(), ShardId(0), config, OpenMode::ReadWrite).unwrap();
+    (dir, state)
+}
+
 fn storage_append(c: &mut Criterion) {
     let events = signed_events(APPEND_BATCH as u64);
     let mut group = c.benchmark_group("store");
@@ -102,17 +110,7 @@ fn storage_append(c: &mut Criterion) {
     // Rules, rkyv encoding, copy into the segment image and indexing; no I/O.
     group.bench_function("append_no_fsync_x20000", |b| {
         b.iter_batched(
-            || {
-                let dir = tempfile::tempdir().unwrap();
-                let state = ShardState::open(
-                    dir.path(),
-                    ringrelay::store::ShardId(0),
-                    ShardConfig::new(64 << 20, None),
-                    OpenMode::ReadWrite,
-                )
-                .unwrap();
-                (dir, state)
-            },
+            fresh_shard,
             |(dir, mut state)| {
                 for event in &events {
                     state.append(event, 1_800_000_000).unwrap();
@@ -130,14 +128,7 @@ fn storage_append(c: &mut Criterion) {
                 Box::pin(async move {
                     let mut total = std::time::Duration::ZERO;
                     for _ in 0..iterations {
-                        let dir = tempfile::tempdir().unwrap();
-                        let state = ShardState::open(
-                            dir.path(),
-                            ringrelay::store::ShardId(0),
-                            ShardConfig::new(64 << 20, None),
-                            OpenMode::ReadWrite,
-                        )
-                        .unwrap();
+                        let (_dir, state) = fresh_shard();
                         let shard = Shard::start(state);
                         let started = std::time::Instant::now();
                         for window in events.chunks(256) {

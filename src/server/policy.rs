@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::refusal::Prefix::{AuthRequired, Blocked, Restricted};
 use super::refusal::Refusal;
 use crate::config::{PolicyConfig, PolicyLists, WriteMode};
-use crate::event::{EventId, ParsedEvent, Pubkey};
+use crate::event::{ParsedEvent, Pubkey};
 
 pub struct Policy {
     write: WriteMode,
@@ -34,6 +34,8 @@ impl Policy {
 
     /// `[policy]` with the lists file's entries added to its lists.
     pub fn with_lists(config: &PolicyConfig, lists: &PolicyLists) -> Policy {
+        // Banned ids and retired pubkeys, parsed once.
+        let retirements = lists.retirements();
         let keys = |first: &[String], second: &[String]| {
             first.iter().chain(second).filter_map(|key| Pubkey::from_hex(key)).map(|key| key.0).collect()
         };
@@ -43,9 +45,9 @@ impl Policy {
             denied: keys(&config.pubkeys_denied, &lists.pubkeys_denied),
             kinds_allowed: config.kinds_allowed.iter().chain(&lists.kinds_allowed).copied().collect(),
             kinds_denied: config.kinds_denied.iter().chain(&lists.kinds_denied).copied().collect(),
-            events_banned: lists.events_banned.iter().filter_map(|id| EventId::from_hex(id)).map(|id| id.0).collect(),
+            events_banned: retirements.events.into_iter().collect(),
             ips_blocked: lists.ips_blocked.iter().filter_map(|ip| ip.parse().ok()).map(canonical).collect(),
-            pubkeys_retired: lists.retirements().pubkeys.into_iter().collect(),
+            pubkeys_retired: retirements.pubkeys.into_iter().collect(),
             windows: config
                 .kind_windows
                 .iter()
