@@ -64,19 +64,19 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
     let Ok(Some((http::Head { route, forwarded_for }, mut leftover))) = head else { return };
     // The client's address: the peer's, or the one a trusted proxy forwards for.
-    let ip = http::client_ip(peer.ip(), forwarded_for.as_deref(), &core.trusted_proxies);
-    if core.policy().blocks(ip) {
+    let ip = http::client_ip(peer.ip(), forwarded_for.as_deref(), &core.gate.trusted_proxies);
+    if core.gate.policy().blocks(ip) {
         core.stats.closed(CloseCause::Blocked);
         let _ = stream.write_all(&http::response(&Route::Blocked, &core.config)).await;
         let _ = stream.close().await;
         return;
     }
     let response = match &route {
-        Route::Stats => http::stats_response(&core.stats_everywhere().await),
+        Route::Stats => http::stats_response(&super::telemetry::stats_everywhere(&core).await),
         Route::Metrics if core.config.metrics_listen.is_some() => http::not_found(),
-        Route::Metrics => http::metrics_response(&core.scrape().await),
-        Route::Nip11 => http::nip11_response(&core.config, &core.policy(), &core.lists().lists),
-        Route::Page => http::page_response(&core.config, &core.lists().lists),
+        Route::Metrics => http::metrics_response(&super::telemetry::scrape(&core).await),
+        Route::Nip11 => http::nip11_response(&core.config, &core.gate.policy(), &core.gate.lists().lists),
+        Route::Page => http::page_response(&core.config, &core.gate.lists().lists),
         Route::Manage(request) => {
             let Some(body) = read_body(&mut stream, &mut leftover, request.body_size).await else { return };
             super::manage::serve(&core, ip, request, &body).await
@@ -90,15 +90,15 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         let _ = stream.close().await;
         return;
     };
-    let rate_key = core.rates.borrow().key(ip, &[]);
-    if rate_key.is_some_and(|key| core.over_rate_of(key, Work::Connection)) {
+    let rate_key = core.gate.rate_key(ip, &[]);
+    if rate_key.is_some_and(|key| core.gate.over_rate_of(key, Work::Connection)) {
         core.stats.closed(CloseCause::RateLimited);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
         close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many new connections from your address", None)
             .await;
         return;
     }
-    let Some((conn, outbound)) = core.open_session(ip, host) else {
+    let Some((conn, outbound)) = core.sessions.open(ip, host) else {
         core.stats.closed(CloseCause::AddressLimit);
         let mut ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, None).await;
         close_with_notice(&mut ws, CloseCode::Again, "rate-limited: too many connections from your address", None)
@@ -115,14 +115,14 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
         .max_message_size(Some(limits.message_size_max))
         .max_frame_size(Some(limits.message_size_max));
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
-    tracing::debug!(core = core.id.0, conn = conn.0, %peer, client = %ip, "websocket open");
+    tracing::debug!(core = core.id().0, conn = conn.0, %peer, client = %ip, "websocket open");
     if core.config.auth.challenge == crate::config::ChallengeWhen::OnConnect {
-        core.send_challenge(conn);
+        core.sessions.send_challenge(conn);
     }
     let cause = session(&core, conn, ws, outbound).await;
     core.stats.closed(cause);
-    core.close_session(conn);
-    tracing::debug!(core = core.id.0, conn = conn.0, "websocket closed");
+    core.sessions.close(conn);
+    tracing::debug!(core = core.id().0, conn = conn.0, "websocket closed");
 }
 
 /// A connection to the admin listener (`metrics_listen`): `/metrics`, `/stats`, `/healthz`
@@ -131,10 +131,10 @@ pub async fn serve_admin(core: Rc<Core>, mut stream: TcpStream) {
     let Ok(peer) = stream.peer_addr() else { return };
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
     let Ok(Some((http::Head { route, forwarded_for }, mut leftover))) = head else { return };
-    let ip = http::client_ip(peer.ip(), forwarded_for.as_deref(), &core.trusted_proxies);
+    let ip = http::client_ip(peer.ip(), forwarded_for.as_deref(), &core.gate.trusted_proxies);
     let response = match &route {
-        Route::Metrics => http::metrics_response(&core.scrape().await),
-        Route::Stats => http::stats_response(&core.stats_everywhere().await),
+        Route::Metrics => http::metrics_response(&super::telemetry::scrape(&core).await),
+        Route::Stats => http::stats_response(&super::telemetry::stats_everywhere(&core).await),
         Route::Health => http::response(&route, &core.config),
         Route::Manage(request) => {
             let Some(body) = read_body(&mut stream, &mut leftover, request.body_size).await else { return };
@@ -233,7 +233,8 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
             Next::Incoming(Some(Ok(Message::Binary(data)))) => {
                 core.stats.received_bytes.add(data.len() as u64);
                 core.stats.message(Verb::Binary);
-                core.send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
+                core.sessions
+                    .send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
             }
             Next::Incoming(Some(Ok(Message::Close(_)))) => {
                 // tungstenite has queued the answering close frame; it goes out on a flush.
@@ -280,7 +281,7 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                     None => {
                         // The client has taken nothing for `write_stall`: it is gone or will
                         // not read. A close frame could not get through either.
-                        tracing::info!(core = core.id.0, conn = conn.0, "closing a connection whose writes stalled");
+                        tracing::info!(core = core.id().0, conn = conn.0, "closing a connection whose writes stalled");
                         core.stats.write_stall_closes.inc();
                         reset_on_close(ws.get_ref());
                         return CloseCause::WriteStall;

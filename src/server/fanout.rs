@@ -15,42 +15,33 @@ use crate::subs::LiveEvent;
 pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
     use crate::filter::Matchable;
     if event.kind() == crate::event::kind::KIND_VANISH {
-        core.note_vanish(event.pubkey(), event.created_at());
+        core.storage.note_vanish(event.pubkey(), event.created_at());
     }
-    let mut matches = Vec::new();
-    core.subs.borrow_mut().matches(event, &mut matches);
     let pending_max = core.config.limits.pending_live_max;
     // A private kind (a DM, a gift wrap) reaches only its author and its recipients.
-    let private = core.private_kinds.contains(&crate::filter::Matchable::kind(&**event));
+    let private = core.gate.private_kinds.contains(&event.kind());
     let mut slow = Vec::new();
-    {
-        let mut sessions = core.sessions.borrow_mut();
-        for (conn, sub_id) in matches {
-            let Some(session) = sessions.get_mut(&conn) else { continue };
-            if private && !session.auth.pubkeys.iter().any(|viewer| event.is_for(&viewer.0)) {
-                continue;
-            }
-            match session.subs.get_mut(&sub_id) {
-                None => continue,
-                Some(SubState::Pending { buffered, .. }) => {
-                    buffered.push(event, pending_max);
-                    continue;
-                }
-                Some(SubState::Live { .. }) => {}
-            }
-            let queued = session.outbound.try_send_live(Out::Event { sub: sub_id, json: event.json.clone() });
-            if queued.is_ok() {
-                core.stats.live_deliveries.inc();
-            } else if !slow.contains(&conn) {
-                let reason = "slow consumer: more queued for this connection than its budget allows";
-                session.outbound.shut(CloseCode::Policy, reason.to_owned());
-                slow.push(conn);
-            }
+    core.sessions.for_each_match(event, |conn, session, sub_id| {
+        if private && !session.auth.pubkeys.iter().any(|viewer| event.is_for(&viewer.0)) {
+            return;
         }
-    }
+        match session.subs.get_mut(&sub_id) {
+            None => return,
+            Some(SubState::Pending { buffered, .. }) => return buffered.push(event, pending_max),
+            Some(SubState::Live { .. }) => {}
+        }
+        let queued = session.outbound.try_send_live(Out::Event { sub: sub_id, json: event.json.clone() });
+        if queued.is_ok() {
+            core.stats.live_deliveries.inc();
+        } else if !slow.contains(&conn) {
+            let reason = "slow consumer: more queued for this connection than its budget allows";
+            session.outbound.shut(CloseCode::Policy, reason.to_owned());
+            slow.push(conn);
+        }
+    });
     for conn in slow {
-        tracing::info!(core = core.id.0, conn = conn.0, "closing a slow consumer");
+        tracing::info!(core = core.id().0, conn = conn.0, "closing a slow consumer");
         core.stats.slow_consumer_closes.inc();
-        core.close_session(conn);
+        core.sessions.close(conn);
     }
 }

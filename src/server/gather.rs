@@ -21,7 +21,7 @@ pub async fn hits_everywhere(
     privacy: Privacy,
 ) -> Vec<Vec<WireHit>> {
     let ask = Ask::Scan(ScanAsk::Hits { filters: filters.clone(), limits, privacy: privacy.clone() });
-    let local = scan::hits(core, &filters, limits, &privacy);
+    let local = scan::hits(&core.storage, &core.queries, &filters, limits, &privacy);
     let mut parts: Vec<Vec<Vec<WireHit>>> = core.mesh.gather(ask, local).await;
     (0..filters.len())
         .map(|index| {
@@ -41,7 +41,7 @@ pub async fn count_everywhere(
     privacy: Privacy,
 ) -> CountPart {
     let ask = Ask::Scan(ScanAsk::Count { filters: filters.clone(), limits, privacy: privacy.clone() });
-    let local = scan::count(core, &filters, limits, &privacy);
+    let local = scan::count(&core.storage, &core.queries, &core.stats, &filters, limits, &privacy);
     let parts: Vec<CountPart> = core.mesh.gather(ask, local).await;
     parts.iter().fold(CountPart::default(), |total, part| CountPart {
         count: total.count + part.count,

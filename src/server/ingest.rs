@@ -6,17 +6,14 @@
 //!   every core (NIP-09 ownership), both as work the connection owns;
 //! - `route`: to the owner core of the author's shard, waiting while its channel is full;
 //! - [`append_owned`], on the owner: the storage rules, the append, and the shard's
-//!   [`AckPipeline`], one task per shard that acknowledges each append once it is durable
-//!   and then broadcasts it.
+//!   [`AckPipeline`]; [`answer_appends`], one task per shard, acknowledges each append once
+//!   it is durable and then broadcasts it.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 
+use super::acks::{AckPipeline, Pending};
 use super::core::Core;
 use super::mesh::{CoreMsg, Reply};
 use super::outbox::Out;
@@ -30,7 +27,7 @@ use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANI
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
-use crate::store::{Admission, Durable, Privacy, Rejection, ShardId, StoreError};
+use crate::store::{Admission, Privacy, Rejection, ShardId, StoreError};
 use crate::subs::{ConnId, LiveEvent};
 
 /// The `OK` reason for an event already stored.
@@ -57,7 +54,7 @@ pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Resul
         let message = "AUTH events (kind 22242) are sent in AUTH messages, never published";
         return Err(Refusal::new(Prefix::Invalid, "auth_event", message));
     }
-    let policy = core.policy();
+    let policy = core.gate.policy();
     if event.kind == KIND_VANISH {
         // NIP-62: a relay that restricts who may post follows a request to vanish all the
         // same, so it skips the write policy; it must name this relay.
@@ -65,17 +62,17 @@ pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Resul
             let message = "this request to vanish names neither this relay nor ALL_RELAYS";
             return Err(Refusal::new(Prefix::Invalid, "vanish_elsewhere", message));
         }
-    } else if event.kind == KIND_GIFT_WRAP && core.is_wrap_to_vanished(event) {
+    } else if event.kind == KIND_GIFT_WRAP && core.storage.is_wrap_to_vanished(event) {
         let message = "this gift wrap is addressed to a pubkey that asked this relay to delete its events";
         return Err(Refusal::new(Prefix::Blocked, "vanished", message));
     } else {
         let authed = match policy.needs_auth(event) {
-            true => core.with_session(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
+            true => core.sessions.with(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
             false => Vec::new(),
         };
         if let Err(refusal) = policy.judge(event, &authed) {
             if refusal.wants_challenge() {
-                core.send_challenge(conn);
+                core.sessions.send_challenge(conn);
             }
             return Err(refusal);
         }
@@ -121,26 +118,27 @@ const OUTCOME_STORAGE_FAILING: Outcome = Outcome::new(OutcomeClass::Error, "stor
 /// yet acknowledged is not answered here: it waits behind the original in the shard's
 /// pipeline, so its `duplicate:` OK never comes before the original's OK.
 pub fn is_known_duplicate(core: &Core, id: &EventId, shard: ShardId) -> bool {
-    if core.owner_core(shard) != core.id {
+    if !core.storage.owns(shard) {
         return false;
     }
-    let answered = core.ack_pipeline(shard).answered_count();
-    core.with_shard(shard, |state| {
-        let index = &state.index;
-        index
-            .lookup_id(&id.0)
-            .is_some_and(|no| !index.entry(no).is_dead() && no < index.durable_count() && no < answered)
-    })
-    .unwrap_or(false)
+    let answered = core.storage.ack_pipeline(shard).answered_count();
+    core.storage
+        .with_shard(shard, |state| {
+            let index = &state.index;
+            index
+                .lookup_id(&id.0)
+                .is_some_and(|no| !index.entry(no).is_dead() && no < index.durable_count() && no < answered)
+        })
+        .unwrap_or(false)
 }
 
 /// A verified event from a connection of this core. Its OK is owed from now, so a client
 /// that publishes faster than events are stored is held back. A deletion request is first
 /// checked against every core, as a query owned by the connection.
 pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: ShardId) {
-    core.with_session(reply.conn, |session| session.outbound.owe_reply());
+    core.sessions.with(reply.conn, |session| session.outbound.owe_reply());
     // A request to vanish is followed whatever the plugin would say (NIP-62).
-    let judged = core.plugin.is_some() && event.kind() != KIND_VANISH;
+    let judged = core.gate.plugin.is_some() && event.kind() != KIND_VANISH;
     if event.kind() != KIND_DELETION && !judged {
         return route(core, reply, event, shard).await;
     }
@@ -167,9 +165,9 @@ pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent
 
 /// The write plugin's stage: whether `event` goes on; when not, its OK is sent here.
 async fn plugin_accepts(core: &Rc<Core>, reply: &Reply, event: &VerifiedEvent) -> bool {
-    let Some(plugin) = &core.plugin else { return true };
+    let Some(plugin) = &core.gate.plugin else { return true };
     let Some((ip, authed)) =
-        core.with_session(reply.conn, |session| (session.ip, session.auth.pubkeys.first().copied()))
+        core.sessions.with(reply.conn, |session| (session.ip, session.auth.pubkeys.first().copied()))
     else {
         return false;
     };
@@ -237,8 +235,8 @@ async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: Shard
         deliver_ok(core, &reply, Outcome::EPHEMERAL, "");
         return;
     }
-    match core.owner_core(shard) {
-        owner if owner == core.id => append_owned(core, event, shard, reply),
+    match core.storage.owner_core(shard) {
+        owner if owner == core.id() => append_owned(core, event, shard, reply),
         owner => core.mesh.send(owner, CoreMsg::Append { event: Box::new(event), shard, reply }).await,
     }
 }
@@ -246,18 +244,13 @@ async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: Shard
 /// On the owner core: apply the rules and append; the shard's [`AckPipeline`] answers once
 /// the append is durable. Never waits: it also runs for other cores' `Append` messages.
 pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply: Reply) {
-    let (admission, pipeline) = {
-        let shards = core.shards.borrow();
-        let Some(owned) = shards.get(&shard) else {
-            drop(shards);
-            let outcome = Outcome::new(OutcomeClass::Error, "shutting_down");
-            return deliver_ok(core, &reply, outcome, "error: the relay is shutting down");
-        };
-        (owned.append(&event, crate::now_unix()), core.ack_pipeline(shard))
+    let Some((admission, pipeline)) = core.storage.append(shard, &event, crate::now_unix()) else {
+        let outcome = Outcome::new(OutcomeClass::Error, "shutting_down");
+        return deliver_ok(core, &reply, outcome, "error: the relay is shutting down");
     };
     let pending = match admission {
         Ok(Admission::Stored(durable)) => {
-            let no = core.with_shard(shard, |state| state.index.lookup_id(&event.id().0)).flatten();
+            let no = core.storage.with_shard(shard, |state| state.index.lookup_id(&event.id().0)).flatten();
             Pending { durable: Some(durable), reply, live: Some(event), duplicate: false, no }
         }
         // Behind whatever the pipeline holds: the original's OK may still be in it.
@@ -276,8 +269,8 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply
                 StoreError::Refusing(refusal) if refusal.is_full() => (OUTCOME_STORAGE_FULL, STORAGE_FULL),
                 _ => (OUTCOME_STORAGE_FAILING, STORAGE_FAILING),
             };
-            if let Some(held_back) = core.storage_errors.admit() {
-                tracing::warn!(core = core.id.0, %shard, %error, held_back, "event refused: storage refuses writes");
+            if let Some(held_back) = core.storage.errors.admit() {
+                tracing::warn!(core = core.id().0, %shard, %error, held_back, "event refused: storage refuses writes");
             }
             return deliver_ok(core, &reply, outcome, reason);
         }
@@ -287,9 +280,9 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply
 
 /// Send an OK to its connection, here or on its core, where it is counted. Never waits.
 pub fn deliver_ok(core: &Core, reply: &Reply, outcome: Outcome, reason: &str) {
-    if reply.core == core.id {
+    if reply.core == core.id() {
         core.stats.answered(outcome, reply.received);
-        core.with_session(reply.conn, |session| {
+        core.sessions.with(reply.conn, |session| {
             let ok = proto::frame_ok(&reply.event_id.to_hex(), outcome.accepted(), reason);
             session.outbound.send_reply(Out::Text(ok), true);
         });
@@ -307,90 +300,34 @@ pub async fn broadcast(core: &Rc<Core>, event: Arc<LiveEvent>) {
     super::fanout::fan_out(core, &event);
 }
 
-/// An append waiting for its fsync.
-pub struct Pending {
-    durable: Option<Durable>,
-    reply: Reply,
-    /// The event to broadcast once durable (none for a duplicate).
-    live: Option<VerifiedEvent>,
-    duplicate: bool,
-    /// The stored event's number in its shard.
-    no: Option<u32>,
-}
-
-/// One shard's appends in the order they were made, answered by one task as each becomes
-/// durable (the committer resolves them in that order). It holds no more than the appends
-/// in flight, which the publishers' owed replies bound.
-#[derive(Default)]
-pub struct AckPipeline {
-    queue: RefCell<VecDeque<Pending>>,
-    waker: RefCell<Option<Waker>>,
-    /// Appends pushed and not yet answered.
-    in_flight: std::cell::Cell<usize>,
-    /// One past the newest stored event whose OK has gone out: copies of events below it
-    /// may be answered at once.
-    answered: std::cell::Cell<u32>,
-}
-
-impl AckPipeline {
-    /// Whether every append pushed has been answered.
-    pub fn is_idle(&self) -> bool {
-        self.in_flight.get() == 0
-    }
-
-    /// A pipeline for a shard opened with `durable_count` events, all of them answered.
-    pub fn new(durable_count: u32) -> AckPipeline {
-        AckPipeline { answered: std::cell::Cell::new(durable_count), ..AckPipeline::default() }
-    }
-
-    /// One past the newest stored event this pipeline has acknowledged.
-    pub fn answered_count(&self) -> u32 {
-        self.answered.get()
-    }
-
-    fn push(&self, pending: Pending) {
-        self.in_flight.set(self.in_flight.get() + 1);
-        self.queue.borrow_mut().push_back(pending);
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    /// The pipeline's task, for the life of the shard.
-    pub async fn run(self: Rc<Self>, core: Rc<Core>) {
-        loop {
-            let pending = poll_fn(|cx| match self.queue.borrow_mut().pop_front() {
-                Some(pending) => Poll::Ready(pending),
-                None => {
-                    *self.waker.borrow_mut() = Some(cx.waker().clone());
-                    Poll::Pending
+/// The task of one shard's ack pipeline, for the life of the shard: each append's OK once
+/// it is durable, in the order the appends were made, then its broadcast.
+pub async fn answer_appends(core: Rc<Core>, pipeline: Rc<AckPipeline>) {
+    loop {
+        let pending = pipeline.next().await;
+        let outcome = match pending.durable {
+            Some(durable) => durable.await,
+            None => Ok(()),
+        };
+        match outcome {
+            Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, OUTCOME_DUPLICATE, DUPLICATE),
+            Ok(()) => {
+                if let Some(no) = pending.no {
+                    pipeline.acknowledged(no);
                 }
-            })
-            .await;
-            let outcome = match pending.durable {
-                Some(durable) => durable.await,
-                None => Ok(()),
-            };
-            match outcome {
-                Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, OUTCOME_DUPLICATE, DUPLICATE),
-                Ok(()) => {
-                    if let Some(no) = pending.no {
-                        self.answered.set(no + 1);
-                    }
-                    deliver_ok(&core, &pending.reply, Outcome::STORED, "");
-                    if let Some(event) = pending.live {
-                        broadcast(&core, Arc::new(LiveEvent::from_event(&event))).await;
-                    }
-                }
-                Err(error) => {
-                    if let Some(held_back) = core.storage_errors.admit() {
-                        tracing::error!(core = core.id.0, %error, held_back, "append failed");
-                    }
-                    deliver_ok(&core, &pending.reply, OUTCOME_STORAGE_FAILING, STORAGE_FAILING);
+                deliver_ok(&core, &pending.reply, Outcome::STORED, "");
+                if let Some(event) = pending.live {
+                    broadcast(&core, Arc::new(LiveEvent::from_event(&event))).await;
                 }
             }
-            self.in_flight.set(self.in_flight.get() - 1);
+            Err(error) => {
+                if let Some(held_back) = core.storage.errors.admit() {
+                    tracing::error!(core = core.id().0, %error, held_back, "append failed");
+                }
+                deliver_ok(&core, &pending.reply, OUTCOME_STORAGE_FAILING, STORAGE_FAILING);
+            }
         }
+        pipeline.finished();
     }
 }
 

@@ -270,8 +270,8 @@ fn remove(list: &mut Vec<String>, reasons: &mut std::collections::BTreeMap<Strin
 
 /// Answer one management call: the caller's rate, its NIP-98 authorization, then the call.
 pub async fn serve(core: &Rc<Core>, peer: IpAddr, request: &ManageRequest, body: &[u8]) -> Vec<u8> {
-    let rate_key = core.rates.borrow().key(peer, &[]);
-    if rate_key.is_some_and(|key| core.over_rate_of(key, Work::Query)) {
+    let rate_key = core.gate.rate_key(peer, &[]);
+    if rate_key.is_some_and(|key| core.gate.over_rate_of(key, Work::Query)) {
         core.stats.managed(ManageResult::RateLimited);
         return http::manage_response("429 Too Many Requests", &error("rate-limited: too many calls; slow down"));
     }
@@ -288,11 +288,11 @@ pub async fn serve(core: &Rc<Core>, peer: IpAddr, request: &ManageRequest, body:
     };
     if !call.changes() {
         core.stats.managed(ManageResult::Read);
-        let result = call.read(&core.lists().lists, &core.config.policy);
+        let result = call.read(&core.gate.lists().lists, &core.config.policy);
         return http::manage_response("200 OK", &json!({ "result": result }).to_string());
     }
     tracing::info!(?call, "management call");
-    let file = core.lists_file.clone();
+    let file = core.gate.lists_file.clone();
     let config = core.config.policy.clone();
     let changed = glommio::executor().spawn_blocking(move || file.change(|lists| call.apply(lists, &config))).await;
     match changed {
@@ -329,11 +329,8 @@ fn authorize(core: &Core, request: &ManageRequest, body: &[u8]) -> Result<(), St
     let header = request.authorization.as_deref().ok_or("an Authorization header (NIP-98) is required")?;
     let json = auth::http_auth_event(header).ok_or("the Authorization header is not `Nostr <base64 event>`")?;
     let parsed = parse_event(&json, &core.config.limits.event_limits()).map_err(|e| e.reason())?;
-    let event = core.verify(parsed).map_err(|e| e.reason())?;
-    let relay = match &core.relay_addresses[..] {
-        [] => request.host.iter().cloned().collect(),
-        configured => configured.to_vec(),
-    };
+    let event = core.gate.verify(parsed).map_err(|e| e.reason())?;
+    let relay = core.gate.addresses(request.host.clone());
     let check = HttpCheck {
         method: "POST",
         relay: &relay,

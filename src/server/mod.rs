@@ -10,9 +10,12 @@
 //! a query asks and a core answers), [`scan`] (a core's side of a query), [`fanout`] (live
 //! events), [`core`] (one core's state), [`stats`] (its counters).
 
+pub mod acks;
 pub mod conn;
 pub mod core;
+pub mod dispatch;
 pub mod fanout;
+pub mod gate;
 pub mod gather;
 pub mod http;
 pub mod ids;
@@ -26,13 +29,17 @@ pub mod outbox;
 pub mod parts;
 pub mod plugin;
 pub mod policy;
+pub mod queries;
 pub mod rates;
 pub mod refusal;
 pub mod scan;
 pub mod session;
+pub mod sessions;
 pub mod slots;
 pub mod startup;
 pub mod stats;
+pub mod storage;
+pub mod telemetry;
 pub mod throttle;
 pub mod verbs;
 
@@ -49,14 +56,16 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
 use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
 
-use self::core::QueryQueues;
-
 use self::core::Core;
+use self::gate::{Gate, GateStart};
 use self::ids::CoreId;
 use self::ip_slots::IpSlots;
 use self::mesh::{CoreMsg, Mesh};
+use self::queries::{Queries, QueryQueues};
+use self::sessions::{SessionLimits, Sessions};
 use self::startup::{CoreLink, Phase, Started, Supervisor};
 use self::stats::Stats;
+use self::storage::Storage;
 use crate::config::Config;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
 
@@ -383,14 +392,24 @@ async fn run_joined(
     let (lists_file, lists) = start.lists;
     let plugin =
         (!start.config.write_plugin.command.is_empty()).then(|| plugin::Plugin::start(&start.config.write_plugin));
-    let shared = core::Shared { ip_slots: start.ip_slots, lists_file, lists, plugin };
-    let core = Core::new(start.config.clone(), start.router, shards, mesh, stats, shared, queues);
+    let config = start.config.clone();
+    let limits = &config.limits;
+    let sessions = Sessions::new(
+        SessionLimits::from_config(limits),
+        limits.outbound_bytes_per_core_max,
+        start.ip_slots,
+        stats.clone(),
+    );
+    let storage = Storage::new(mesh.id, mesh.core_count, start.router, shards);
+    let gate = Gate::new(config.clone(), GateStart { lists_file, lists, plugin }, stats.clone());
+    let queries = Queries::new(limits.queries_per_core_max, queues, stats.clone());
+    let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries);
     // Again, now that the shards are open: banned events are retired from them.
     core.apply_lists(at_start);
     if id == 0 {
-        core.watch_reloads(start.reload.clone());
+        core.gate.watch_reloads(start.reload.clone());
     }
-    core.start_tasks();
+    dispatch::start_tasks(&core);
     // One receiver task per peer, for the life of the core; handlers never wait (see `mesh`).
     let receiving: Vec<_> = receivers
         .streams()
@@ -399,7 +418,7 @@ async fn run_joined(
             let core = core.clone();
             glommio::spawn_local(async move {
                 while let Some(message) = receiver.next().await {
-                    core.handle_message(message);
+                    dispatch::handle_message(&core, message);
                 }
             })
             .detach()
@@ -408,7 +427,7 @@ async fn run_joined(
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
     // Gift wraps to pubkeys that vanished (NIP-62) are retired before anything is served.
-    core.apply_stored_vanish_requests().await;
+    dispatch::apply_stored_vanish_requests(&core).await;
     start.startup.reached(Phase::Serving);
     let clients = accept_until_stopped(&core, &listener, &start.stop, sessions, conn::serve_connection);
     match &admin {
@@ -477,18 +496,18 @@ async fn open_core(
 /// A core's stop: in-flight appends finished (their OKs go out), every client told why
 /// (1012 on a handover, else 1001) and its close frame written, the core's tasks stopped.
 async fn stop_core(core: &Rc<Core>, handover: bool) {
-    if handover && core.id == CoreId(0) {
+    if handover && core.id() == CoreId(0) {
         tracing::info!("handing over: stopped accepting; finishing appends, then closing every connection with 1012");
     }
-    core.close_shards().await;
-    core.acks_settled(Duration::from_secs(1)).await;
+    core.storage.close().await;
+    core.storage.acks_settled(Duration::from_secs(1)).await;
     if handover {
-        core.close_all(CloseCode::Restart, "relay restarting; reconnect");
+        core.sessions.close_all(CloseCode::Restart, "relay restarting; reconnect");
     } else {
-        core.close_all(CloseCode::Away, "relay shutting down");
+        core.sessions.close_all(CloseCode::Away, "relay shutting down");
     }
     // A client that reads nothing gets its close frame dropped after CLOSE_FRAME_WAIT.
-    core.connections_ended(CLOSE_GRACE, CLOSE_FRAME_WAIT).await;
+    core.sessions.ended(CLOSE_GRACE, CLOSE_FRAME_WAIT).await;
     core.stop_tasks();
 }
 
@@ -609,12 +628,12 @@ async fn accept_until_stopped<F: std::future::Future<Output = ()> + 'static>(
                     Ok(task) => {
                         task.detach();
                     }
-                    Err(error) => tracing::error!(core = core.id.0, %error, "cannot start a session"),
+                    Err(error) => tracing::error!(core = core.id().0, %error, "cannot start a session"),
                 }
             }
             Step::Accepted(Err(error)) => {
                 if let Some(held_back) = accept_errors.admit() {
-                    tracing::warn!(core = core.id.0, %error, held_back, "accept failed");
+                    tracing::warn!(core = core.id().0, %error, held_back, "accept failed");
                 }
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }

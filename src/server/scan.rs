@@ -3,8 +3,10 @@
 
 use std::rc::Rc;
 
-use super::core::Core;
 use super::parts::{CountPart, QueryLimits, WireHit};
+use super::queries::Queries;
+use super::stats::Stats;
+use super::storage::Storage;
 use crate::filter::Filter;
 use crate::limits::{LONG_SCAN_AFTER_STEPS, QUERY_STEP_CANDIDATE_COUNT};
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
@@ -12,19 +14,25 @@ use crate::store::{effective_limit, FilterScan, Hit, Privacy, ShardHit, ShardId,
 
 /// Per filter, the newest `limit` events of this core's shards, with their JSON: at most
 /// `limits.bytes_max` of it over all filters (filters in order, each newest first).
-pub async fn hits(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, privacy: &Privacy) -> Vec<Vec<WireHit>> {
+pub async fn hits(
+    storage: &Rc<Storage>,
+    queries: &Queries,
+    filters: &[Filter],
+    limits: QueryLimits,
+    privacy: &Privacy,
+) -> Vec<Vec<WireHit>> {
     let mut per_filter = Vec::with_capacity(filters.len());
     let mut bytes_left = limits.bytes_max;
     for filter in filters {
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut lists = Vec::new();
-        for shard_id in core.shard_ids() {
-            let found = scan_shard(core, shard_id, filter, limit, limits.now, privacy).await;
+        for shard_id in storage.shard_ids() {
+            let found = scan_shard(storage, queries, shard_id, filter, limit, limits.now, privacy).await;
             lists.push(found.into_iter().map(|hit| ShardHit { shard: shard_id, hit }).collect());
         }
         let mut hits = Vec::new();
         for ShardHit { shard, hit } in merge_newest_first(lists, limit) {
-            let Some(json) = core.with_shard(shard, |state| state.event_json(hit.no)) else { continue };
+            let Some(json) = storage.with_shard(shard, |state| state.event_json(hit.no)) else { continue };
             if json.len() > bytes_left {
                 bytes_left = 0;
                 break;
@@ -42,23 +50,30 @@ pub async fn hits(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, priv
 /// are counted once. One filter with no field, or on kinds alone, or authors alone, is
 /// answered from the indexes' counts, O(keys) however many events there are, private kinds
 /// included (see `count_from_index`).
-pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, privacy: &Privacy) -> CountPart {
+pub async fn count(
+    storage: &Rc<Storage>,
+    queries: &Queries,
+    stats: &Stats,
+    filters: &[Filter],
+    limits: QueryLimits,
+    privacy: &Privacy,
+) -> CountPart {
     if let [filter] = filters {
-        if let Some(count) = count_from_index(core, filter, privacy, limits.now) {
-            core.stats.counts_from_index.inc();
+        if let Some(count) = count_from_index(storage, filter, privacy, limits.now) {
+            stats.counts_from_index.inc();
             let limit = effective_limit(filter, limits.default, limits.max) as u64;
             return CountPart { count: count.min(limit), approximate: false };
         }
     }
-    core.stats.counts_scanned.inc();
+    stats.counts_scanned.inc();
     if let [filter] = filters {
         // One filter: its events on different shards are different events; count them
         // without keeping them.
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut total = CountPart::default();
-        for shard_id in core.shard_ids() {
+        for shard_id in storage.shard_ids() {
             let plan = |state: &ShardState| FilterScan::new_count(filter, limit, &state.index).hiding(privacy);
-            if let Some(scan) = run_scan(core, shard_id, plan, limits.now).await {
+            if let Some(scan) = run_scan(storage, queries, shard_id, plan, limits.now).await {
                 total.count += scan.count() as u64;
                 total.approximate |= scan.count() >= limit;
             }
@@ -70,8 +85,8 @@ pub async fn count(core: &Rc<Core>, filters: &[Filter], limits: QueryLimits, pri
     for filter in filters {
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut found = Vec::new();
-        for shard_id in core.shard_ids() {
-            let hits = scan_shard(core, shard_id, filter, limit, limits.now, privacy).await;
+        for shard_id in storage.shard_ids() {
+            let hits = scan_shard(storage, queries, shard_id, filter, limit, limits.now, privacy).await;
             approximate |= hits.len() >= limit;
             found.extend(hits.into_iter().map(|hit| CountedHit { created_at: hit.created_at, id: hit.id }));
         }
@@ -98,7 +113,7 @@ impl Ordered for CountedHit {
 /// Whether `privacy` may hide some of `filter`'s events on this core: the filter could match
 /// a private kind, the viewers are not all of its authors, and a private event is stored
 /// here. (A relay that stores no DMs keeps every one-key COUNT O(1).)
-fn hides_here(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -> bool {
+fn hides_here(storage: &Storage, filter: &Filter, privacy: &Privacy, now: u64) -> bool {
     if !privacy.may_hide(filter) {
         return false;
     }
@@ -106,11 +121,12 @@ fn hides_here(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -> bool
     if own {
         return false;
     }
-    core.shard_ids().into_iter().any(|shard_id| {
-        core.with_shard(shard_id, |state| {
-            privacy.kinds.iter().any(|&kind| state.index.visible_count_of_kind(kind, now) != Some(0))
-        })
-        .unwrap_or(false)
+    storage.shard_ids().into_iter().any(|shard_id| {
+        storage
+            .with_shard(shard_id, |state| {
+                privacy.kinds.iter().any(|&kind| state.index.visible_count_of_kind(kind, now) != Some(0))
+            })
+            .unwrap_or(false)
     })
 }
 
@@ -119,7 +135,7 @@ fn hides_here(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -> bool
 /// authenticated, who may see none of them, they are left out by kind (a COUNT flood of
 /// `{}` costs a few lookups, not a scan); for an authenticated one, who may see some, only
 /// when this core stores none (else `None`: a scan applies the rule per event).
-fn count_from_index(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -> Option<u64> {
+fn count_from_index(storage: &Storage, filter: &Filter, privacy: &Privacy, now: u64) -> Option<u64> {
     let plain = filter.ids.is_none() && filter.tags.is_empty() && filter.since.is_none() && filter.until.is_none();
     if !plain {
         return None;
@@ -127,12 +143,12 @@ fn count_from_index(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -
     let hidden: &[u16] = match privacy.may_hide(filter) {
         false => &[],
         true if privacy.viewers.is_empty() && filter.authors.is_none() => &privacy.kinds,
-        true if hides_here(core, filter, privacy, now) => return None,
+        true if hides_here(storage, filter, privacy, now) => return None,
         true => &[],
     };
     let mut total = 0;
-    for shard_id in core.shard_ids() {
-        total += core.with_shard(shard_id, |state| match (&filter.kinds, &filter.authors) {
+    for shard_id in storage.shard_ids() {
+        total += storage.with_shard(shard_id, |state| match (&filter.kinds, &filter.authors) {
             (None, None) => {
                 let all = state.index.visible_count_of_all(now)?;
                 let private =
@@ -160,7 +176,8 @@ fn count_from_index(core: &Core, filter: &Filter, privacy: &Privacy, now: u64) -
 
 /// The newest `limit` hits of `filter` on one shard, examined a step at a time.
 async fn scan_shard(
-    core: &Rc<Core>,
+    storage: &Rc<Storage>,
+    queries: &Queries,
     shard_id: ShardId,
     filter: &Filter,
     limit: usize,
@@ -168,40 +185,41 @@ async fn scan_shard(
     privacy: &Privacy,
 ) -> Vec<Hit> {
     let plan = |state: &ShardState| FilterScan::new(filter, limit, &state.index).hiding(privacy);
-    run_scan(core, shard_id, plan, now).await.map(FilterScan::into_hits).unwrap_or_default()
+    run_scan(storage, queries, shard_id, plan, now).await.map(FilterScan::into_hits).unwrap_or_default()
 }
 
 /// Plan a scan on one shard and run it to its end a step at a time; `None` once the shard
 /// is closed. Past `LONG_SCAN_AFTER_STEPS` steps the rest runs in the long scans' queue.
 async fn run_scan(
-    core: &Rc<Core>,
+    storage: &Rc<Storage>,
+    queries: &Queries,
     shard_id: ShardId,
     plan: impl FnOnce(&ShardState) -> FilterScan,
     now: u64,
 ) -> Option<FilterScan> {
-    let mut scan = core.with_shard(shard_id, plan)?;
+    let mut scan = storage.with_shard(shard_id, plan)?;
     for _ in 0..LONG_SCAN_AFTER_STEPS {
-        if step(core, shard_id, &mut scan, now)? {
+        if step(storage, shard_id, &mut scan, now)? {
             return Some(scan);
         }
         yield_step().await;
     }
-    core.stats.long_scans.inc();
-    let owner = core.clone();
-    core.spawn_long_scan(async move {
-        loop {
-            if step(&owner, shard_id, &mut scan, now)? {
-                return Some(scan);
+    let owner = storage.clone();
+    queries
+        .spawn_long(async move {
+            loop {
+                if step(&owner, shard_id, &mut scan, now)? {
+                    return Some(scan);
+                }
+                yield_step().await;
             }
-            yield_step().await;
-        }
-    })
-    .await
+        })
+        .await
 }
 
 /// One step of a scan: `Some(true)` once it is done, `None` once the shard is closed.
-fn step(core: &Core, shard_id: ShardId, scan: &mut FilterScan, now: u64) -> Option<bool> {
-    core.with_shard(shard_id, |state| scan.step(&state.index, state, now, QUERY_STEP_CANDIDATE_COUNT))
+fn step(storage: &Storage, shard_id: ShardId, scan: &mut FilterScan, now: u64) -> Option<bool> {
+    storage.with_shard(shard_id, |state| scan.step(&state.index, state, now, QUERY_STEP_CANDIDATE_COUNT))
 }
 
 /// Every step, not only when the time slice is spent, and to the other task queues too:

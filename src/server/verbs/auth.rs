@@ -22,7 +22,7 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
             Some(id) => proto::frame_ok(&id, false, reason),
             None => proto::frame_notice(reason),
         };
-        return core.send(conn, reply);
+        return core.sessions.send(conn, reply);
     }
     let limits = core.config.limits.event_limits();
     let parsed = match parse_event(raw.get().as_bytes(), &limits) {
@@ -33,16 +33,16 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
                 Some(id) => proto::frame_ok(&id, false, &error.reason()),
                 None => proto::frame_notice(&error.reason()),
             };
-            return core.send(conn, reply);
+            return core.sessions.send(conn, reply);
         }
     };
     let id = parsed.id.to_hex();
-    let verdict = core.verify(parsed).map_err(|error| error.reason()).and_then(|event| {
+    let verdict = core.gate.verify(parsed).map_err(|error| error.reason()).and_then(|event| {
         let config = &core.config.auth;
-        let challenge = core.with_session(conn, |session| session.auth.challenge.clone()).flatten();
+        let challenge = core.sessions.with(conn, |session| session.auth.challenge.clone()).flatten();
         let Some(challenge) = challenge else {
             // A client that authenticates before the relay asked gets its challenge now.
-            core.send_challenge(conn);
+            core.sessions.send_challenge(conn);
             return Err("auth-required: authenticate with the challenge just sent".to_owned());
         };
         let relay = core.addresses_for(conn);
@@ -54,27 +54,28 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
         };
         auth::check(&event, &check)?;
         let max = config.pubkeys_per_connection_max;
-        core.with_session(conn, |session| {
-            let pubkeys = &mut session.auth.pubkeys;
-            if pubkeys.contains(event.pubkey()) {
-                Ok(())
-            } else if pubkeys.len() >= max {
-                Err(format!("restricted: at most {max} pubkeys may authenticate on one connection"))
-            } else {
-                pubkeys.push(*event.pubkey());
-                Ok(())
-            }
-        })
-        .unwrap_or(Ok(()))
+        core.sessions
+            .with(conn, |session| {
+                let pubkeys = &mut session.auth.pubkeys;
+                if pubkeys.contains(event.pubkey()) {
+                    Ok(())
+                } else if pubkeys.len() >= max {
+                    Err(format!("restricted: at most {max} pubkeys may authenticate on one connection"))
+                } else {
+                    pubkeys.push(*event.pubkey());
+                    Ok(())
+                }
+            })
+            .unwrap_or(Ok(()))
     });
     match verdict {
         Ok(()) => {
             core.stats.auth_accepted.inc();
-            core.send(conn, proto::frame_ok(&id, true, ""));
+            core.sessions.send(conn, proto::frame_ok(&id, true, ""));
         }
         Err(reason) => {
             core.stats.auth_refused.inc();
-            core.send(conn, proto::frame_ok(&id, false, &reason));
+            core.sessions.send(conn, proto::frame_ok(&id, false, &reason));
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::subs::ConnId;
 pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
     let received = std::time::Instant::now();
     if let Some(reason) = super::req::read_refusal(core, conn) {
-        return core.send(conn, proto::frame_closed(&sub_id, reason));
+        return core.sessions.send(conn, proto::frame_closed(&sub_id, reason));
     }
     let privacy = core.privacy_for(conn);
     let owner = core.clone();
@@ -25,7 +25,7 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>
             let limits = QueryLimits { default: max, max, now: crate::now_unix(), bytes_max: 0 };
             count_everywhere(&owner, filters.into(), limits, privacy).await
         };
-        owner.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));
+        owner.sessions.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));
         owner.stats.count_seconds.observe_since(received);
     });
 }

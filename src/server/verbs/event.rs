@@ -25,31 +25,31 @@ pub async fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
                 Some(id) => proto::frame_ok(&id, false, &error.reason()),
                 None => proto::frame_notice(&error.reason()),
             };
-            core.send(conn, reply);
+            core.sessions.send(conn, reply);
             return;
         }
     };
     let id = parsed.id.to_hex();
     if let Err(refusal) = ingest::before_signature(core, conn, &parsed) {
         core.stats.answered(refusal.outcome(), received);
-        core.send(conn, proto::frame_ok(&id, false, &refusal.reason()));
+        core.sessions.send(conn, proto::frame_ok(&id, false, &refusal.reason()));
         return;
     }
-    let shard = core.owner_shard(&parsed.pubkey.0);
+    let shard = core.storage.owner_shard(&parsed.pubkey.0);
     if ingest::is_known_duplicate(core, &parsed.id, shard) {
         core.stats.answered(ingest::OUTCOME_DUPLICATE, received);
-        core.send(conn, proto::frame_ok(&id, true, ingest::DUPLICATE));
+        core.sessions.send(conn, proto::frame_ok(&id, true, ingest::DUPLICATE));
         return;
     }
     let event_id = parsed.id;
-    match core.verify(parsed) {
+    match core.gate.verify(parsed) {
         Ok(event) => {
-            let reply = Reply { core: core.id, conn, event_id, received };
+            let reply = Reply { core: core.id(), conn, event_id, received };
             ingest::after_signature(core, reply, event, shard).await;
         }
         Err(error) => {
             core.stats.answered(invalid(&error), received);
-            core.send(conn, proto::frame_ok(&id, false, &error.reason()));
+            core.sessions.send(conn, proto::frame_ok(&id, false, &error.reason()));
         }
     }
 }

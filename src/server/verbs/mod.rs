@@ -21,12 +21,12 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
         Ok(message) => message,
         Err(Refusal::Notice(reason)) => {
             core.stats.message(Verb::Invalid);
-            core.send(conn, proto::frame_notice(&reason));
+            core.sessions.send(conn, proto::frame_notice(&reason));
             return true;
         }
         Err(Refusal::Closed { sub_id, reason }) => {
             core.stats.message(Verb::Invalid);
-            core.send(conn, proto::frame_closed(&sub_id, &reason));
+            core.sessions.send(conn, proto::frame_closed(&sub_id, &reason));
             return true;
         }
     };

@@ -13,7 +13,7 @@ use crate::proto::{self, SubId};
 use crate::server::core::Core;
 use crate::server::gather::hits_everywhere;
 use crate::server::outbox::Out;
-use crate::server::session::{PendingLive, SubState};
+use crate::server::session::SubState;
 use crate::store::query::union_filters;
 use crate::store::Privacy;
 use crate::subs::ConnId;
@@ -26,16 +26,16 @@ const HISTORY_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
     let received = Instant::now();
     if let Some(reason) = read_refusal(core, conn) {
-        return core.send(conn, proto::frame_closed(&sub_id, reason));
+        return core.sessions.send(conn, proto::frame_closed(&sub_id, reason));
     }
-    match subscribe(core, conn, &sub_id, &filters) {
+    match core.sessions.subscribe(conn, &sub_id, &filters) {
         Ok(token) => {
             let owner = core.clone();
             let sub = sub_id.clone();
             let request = Request { conn, sub_id: sub, token, received, privacy: core.privacy_for(conn) };
             core.start_query(conn, Some(sub_id), async move { serve(owner, request, filters).await });
         }
-        Err(reason) => core.send(conn, proto::frame_closed(&sub_id, &reason)),
+        Err(reason) => core.sessions.send(conn, proto::frame_closed(&sub_id, &reason)),
     }
 }
 
@@ -48,35 +48,12 @@ pub fn read_refusal(core: &Core, conn: ConnId) -> Option<&'static str> {
     if core.config.policy.read != crate::config::ReadMode::Auth {
         return None;
     }
-    let authed = core.with_session(conn, |session| !session.auth.pubkeys.is_empty()).unwrap_or(false);
+    let authed = core.sessions.with(conn, |session| !session.auth.pubkeys.is_empty()).unwrap_or(false);
     if authed {
         return None;
     }
-    core.send_challenge(conn);
+    core.sessions.send_challenge(conn);
     Some("auth-required: this relay serves authenticated clients only")
-}
-
-/// Open (or replace) a subscription. Returns the token of this REQ, or the refusal to send.
-fn subscribe(core: &Core, conn: ConnId, sub_id: &SubId, filters: &[Filter]) -> Result<u64, String> {
-    let max = core.config.limits.subscriptions_per_connection_max;
-    let token = core.fresh_id();
-    core.with_session(conn, |session| {
-        if !session.subs.contains_key(sub_id) && session.subs.len() >= max {
-            return Err(format!("error: too many subscriptions on this connection (max {max})"));
-        }
-        session.cancel_queries_of(sub_id);
-        let buffered = PendingLive::new(core.stats.clone());
-        session.subs.insert(sub_id.clone(), SubState::Pending { token, buffered });
-        Ok(())
-    })
-    .unwrap_or_else(|| Err("error: connection closed".to_owned()))?;
-    core.subs.borrow_mut().insert(conn, sub_id.clone(), filters.to_vec());
-    Ok(token)
-}
-
-/// Whether `sub_id` is still the subscription this REQ opened.
-fn current(core: &Core, conn: ConnId, sub_id: &SubId, token: u64) -> bool {
-    core.with_session(conn, |session| session.subs.get(sub_id).is_some_and(|sub| sub.token() == token)).unwrap_or(false)
 }
 
 /// A REQ being answered.
@@ -107,24 +84,24 @@ async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
         hits.truncate(kept);
         hits
     };
-    if !current(&core, conn, &sub_id, token) {
+    if !core.sessions.is_current(conn, &sub_id, token) {
         return;
     }
     let mut sent = HashSet::with_capacity(hits.len());
     for hit in &hits {
         if !send_waiting(&core, conn, proto::frame_stored_event(&sub_id, &hit.json)).await
-            || !current(&core, conn, &sub_id, token)
+            || !core.sessions.is_current(conn, &sub_id, token)
         {
             return;
         }
         sent.insert(hit.id);
     }
     drop(hits);
-    if !send_waiting(&core, conn, proto::frame_eose(&sub_id)).await || !current(&core, conn, &sub_id, token) {
+    if !send_waiting(&core, conn, proto::frame_eose(&sub_id)).await || !core.sessions.is_current(conn, &sub_id, token) {
         return;
     }
     core.stats.req_seconds.observe_since(received);
-    let taken = core.with_session(conn, |session| {
+    let taken = core.sessions.with(conn, |session| {
         let state = session.subs.get_mut(&sub_id)?;
         match std::mem::replace(state, SubState::Live { token }) {
             SubState::Pending { buffered, .. } => Some(buffered.take()),
@@ -133,9 +110,9 @@ async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
     });
     let Some(Some((buffered, overflowed))) = taken else { return };
     if overflowed {
-        core.subs.borrow_mut().remove(conn, &sub_id);
-        core.with_session(conn, |session| session.subs.remove(&sub_id));
-        core.send(conn, proto::frame_closed(&sub_id, "error: slow consumer: too many live events during the query"));
+        core.sessions.unsubscribe(conn, &sub_id);
+        core.sessions
+            .send(conn, proto::frame_closed(&sub_id, "error: slow consumer: too many live events during the query"));
         return;
     }
     for event in buffered.iter().filter(|event| !sent.contains(event.id())) {
@@ -152,7 +129,7 @@ async fn send_waiting(core: &Core, conn: ConnId, text: String) -> bool {
     let deadline = Instant::now() + HISTORY_SEND_TIMEOUT;
     let mut out = Out::Text(text);
     loop {
-        let room = core.with_session(conn, |session| match session.outbound.try_send(out) {
+        let room = core.sessions.with(conn, |session| match session.outbound.try_send(out) {
             Ok(()) => Ok(()),
             Err(back) => Err((session.outbound.room(back.size()), back)),
         });
@@ -168,11 +145,10 @@ async fn send_waiting(core: &Core, conn: ConnId, text: String) -> bool {
             Ok(())
         });
         if waited.await.is_err() {
-            tracing::info!(core = core.id.0, conn = conn.0, "closing a reader that stopped reading its answer");
+            tracing::info!(core = core.id().0, conn = conn.0, "closing a reader that stopped reading its answer");
             core.stats.slow_consumer_closes.inc();
             let reason = "slow consumer: the answer to a REQ was not read".to_owned();
-            core.with_session(conn, |session| session.outbound.shut(CloseCode::Policy, reason));
-            core.close_session(conn);
+            core.sessions.shut(conn, CloseCode::Policy, reason);
             return false;
         }
     }

@@ -1,0 +1,163 @@
+//! `Storage`: one core's shards, their ack pipelines, and what NIP-62 keeps on them (the
+//! pubkeys that vanished). The only part of a core that touches its shards.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::acks::AckPipeline;
+use super::ids::CoreId;
+use super::throttle::{LogThrottle, REPEATED_ERROR_LOG_INTERVAL};
+use crate::event::{ParsedEvent, VerifiedEvent};
+use crate::store::{Admission, Retirements, Router, Shard, ShardFigures, ShardId, ShardState, StoreError};
+
+pub struct Storage {
+    core: CoreId,
+    core_count: usize,
+    router: Router,
+    shards: RefCell<HashMap<ShardId, Shard>>,
+    /// Per shard, the appends waiting for their OK.
+    pipelines: HashMap<ShardId, Rc<AckPipeline>>,
+    /// Per pubkey that asked to vanish (NIP-62): the latest date it asked for. Gift wraps to it
+    /// up to then are retired from this core's shards and refused.
+    vanished: RefCell<HashMap<[u8; 32], u64>>,
+    /// Storage errors repeat once per event; they are logged once per interval.
+    pub errors: LogThrottle,
+}
+
+impl Storage {
+    pub fn new(core: CoreId, core_count: usize, router: Router, shards: HashMap<ShardId, Shard>) -> Storage {
+        let pipelines = shards
+            .iter()
+            .map(|(&id, shard)| (id, Rc::new(AckPipeline::new(shard.state().index.durable_count()))))
+            .collect();
+        Storage {
+            core,
+            core_count,
+            router,
+            shards: RefCell::new(shards),
+            pipelines,
+            vanished: RefCell::new(HashMap::new()),
+            errors: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
+        }
+    }
+
+    /// The shard that stores `pubkey`'s events: a keyed hash, computed once per event and
+    /// passed along with it.
+    pub fn owner_shard(&self, pubkey: &[u8; 32]) -> ShardId {
+        self.router.owner_shard(pubkey)
+    }
+
+    /// The core that owns `shard`.
+    pub fn owner_core(&self, shard: ShardId) -> CoreId {
+        CoreId(usize::from(shard) % self.core_count)
+    }
+
+    /// Whether `shard` is one of this core's.
+    pub fn owns(&self, shard: ShardId) -> bool {
+        self.owner_core(shard) == self.core
+    }
+
+    pub fn shard_ids(&self) -> Vec<ShardId> {
+        self.shards.borrow().keys().copied().collect()
+    }
+
+    /// Run `f` on a shard's state; `None` once the shard is closed.
+    pub fn with_shard<T>(&self, shard: ShardId, f: impl FnOnce(&ShardState) -> T) -> Option<T> {
+        let shards = self.shards.borrow();
+        let shard = shards.get(&shard)?;
+        let state = shard.state();
+        Some(f(&state))
+    }
+
+    /// Append `event` to `shard` under the storage rules, with its pipeline; `None` once the
+    /// shard is closed.
+    pub fn append(
+        &self,
+        shard: ShardId,
+        event: &VerifiedEvent,
+        now: u64,
+    ) -> Option<(Result<Admission, StoreError>, Rc<AckPipeline>)> {
+        let shards = self.shards.borrow();
+        let owned = shards.get(&shard)?;
+        Some((owned.append(event, now), self.pipelines[&shard].clone()))
+    }
+
+    /// The ack pipeline of one of this core's shards.
+    pub fn ack_pipeline(&self, shard: ShardId) -> Rc<AckPipeline> {
+        self.pipelines[&shard].clone()
+    }
+
+    pub fn pipelines(&self) -> impl Iterator<Item = &Rc<AckPipeline>> {
+        self.pipelines.values()
+    }
+
+    /// Wait (up to `deadline`) until every append has been answered.
+    pub async fn acks_settled(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        while !self.pipelines.values().all(|pipeline| pipeline.is_idle()) && Instant::now() < until {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Retire banned events and banned pubkeys' events from every shard.
+    pub fn retire(&self, retirements: &Retirements) {
+        for shard in self.shards.borrow().values() {
+            let retired = retirements.apply(&mut shard.state_mut().index);
+            if retired > 0 {
+                tracing::info!(retired, "banned events and banned pubkeys' events retired");
+            }
+        }
+    }
+
+    /// A request to vanish from `pubkey` up to `until` is stored (on any core): retire the
+    /// gift wraps to it from this core's shards, and refuse them from now on (NIP-62).
+    pub fn note_vanish(&self, pubkey: &[u8; 32], until: u64) {
+        let mut vanished = self.vanished.borrow_mut();
+        let latest = vanished.entry(*pubkey).or_insert(0);
+        *latest = (*latest).max(until);
+        let hex = crate::hex::encode(pubkey);
+        let mut retired = 0;
+        for shard in self.shards.borrow().values() {
+            retired += shard.state_mut().index.kill_wraps_to(hex.as_bytes(), until);
+        }
+        if retired > 0 {
+            tracing::info!(pubkey = %hex, retired, "gift wraps to a pubkey that vanished retired");
+        }
+    }
+
+    /// Whether a gift wrap dated `created_at` `p`-tags a pubkey that vanished since.
+    pub fn is_wrap_to_vanished(&self, event: &ParsedEvent) -> bool {
+        let vanished = self.vanished.borrow();
+        !vanished.is_empty()
+            && event.index_tags.iter().any(|tag| {
+                tag.letter == b'p'
+                    && crate::hex::decode_lower::<32>(&tag.value)
+                        .and_then(|key| vanished.get(&key).copied())
+                        .is_some_and(|until| event.created_at <= until)
+            })
+    }
+
+    /// How many of this core's shards refuse writes now.
+    pub fn refusing_count(&self) -> usize {
+        self.shards.borrow().values().filter(|shard| shard.refusal().is_some()).count()
+    }
+
+    /// Each shard's figures, in shard order.
+    pub fn figures(&self) -> Vec<ShardFigures> {
+        let mut shards: Vec<_> = self.shards.borrow().values().map(|shard| shard.state().figures()).collect();
+        shards.sort_by_key(|figures| figures.shard);
+        shards
+    }
+
+    /// Stop storing: finish every pending append and fsync, and close the shards.
+    pub async fn close(&self) {
+        let shards: Vec<(ShardId, Shard)> = self.shards.borrow_mut().drain().collect();
+        for (shard_id, shard) in shards {
+            if let Err(error) = shard.close().await {
+                tracing::error!(core = self.core.0, shard = %shard_id, %error, "closing shard");
+            }
+        }
+    }
+}

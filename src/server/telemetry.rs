@@ -1,0 +1,80 @@
+//! A core's figures for `/metrics` and `/stats`: its own, read from its subsystems, and
+//! every core's, gathered through the mesh.
+
+use std::rc::Rc;
+
+use super::core::Core;
+use super::mesh::Ask;
+use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
+use super::rates::Work;
+use super::stats::{CloseCause, ManageResult, StatsSnapshot, Verb};
+
+fn local_stats(core: &Core) -> StatsSnapshot {
+    let mut snapshot = core.stats.snapshot(core.sessions.subscription_count() as u64);
+    snapshot.shards_refusing_writes = core.storage.refusing_count() as u64;
+    snapshot
+}
+
+/// This core's figures for a scrape: a copy of its cells and one pass over its shards.
+pub fn local_metrics(core: &Core) -> CoreMetrics {
+    let stats = &core.stats;
+    let limits = &core.config.limits;
+    let plugin = core.gate.plugin.as_ref();
+    CoreMetrics {
+        core: core.id(),
+        stats: local_stats(core),
+        closes: CloseCause::ALL.iter().zip(&stats.closes).map(|(cause, count)| (*cause, count.get())).collect(),
+        messages: Verb::ALL.iter().zip(&stats.messages).map(|(verb, count)| (*verb, count.get())).collect(),
+        events: stats.events.borrow().clone(),
+        live_deliveries: stats.live_deliveries.get(),
+        rate_limited: Work::ALL.iter().map(|work| (work.label(), stats.rate_limited[work.index()].get())).collect(),
+        rate_keys: core.gate.rate_keys() as u64,
+        policy_reloads: stats.policy_reloads.get(),
+        policy_reload_failures: stats.policy_reload_failures.get(),
+        auth_accepted: stats.auth_accepted.get(),
+        auth_refused: stats.auth_refused.get(),
+        plugin_starts: plugin.map_or(0, |plugin| plugin.figures.starts.get()),
+        plugin_failures: plugin.map_or(0, |plugin| plugin.figures.failures.get()),
+        manage_calls: ManageResult::ALL
+            .iter()
+            .map(|result| (result.label(), stats.manage_calls[*result as usize].get()))
+            .collect(),
+        received_bytes: stats.received_bytes.get(),
+        sent_bytes: stats.sent_bytes.get(),
+        ingest_seconds: stats.ingest_seconds.snapshot(),
+        req_seconds: stats.req_seconds.snapshot(),
+        count_seconds: stats.count_seconds.snapshot(),
+        busy_seconds: glommio::executor().executor_stats().executor_runtime().as_secs_f64(),
+        budget_limits: vec![
+            ("outbound_bytes", limits.outbound_bytes_per_core_max as u64),
+            ("queries", limits.queries_per_core_max as u64),
+        ],
+        shards: core.storage.figures(),
+    }
+}
+
+/// Every core's figures, through the mesh's bounded gather.
+pub async fn metrics_everywhere(core: &Rc<Core>) -> Vec<CoreMetrics> {
+    let answers = core.mesh.gather(Ask::Metrics, async { Box::new(local_metrics(core)) }).await;
+    let mut cores: Vec<CoreMetrics> = answers.into_iter().map(|part| *part).collect();
+    cores.sort_by_key(|core| core.core);
+    cores
+}
+
+/// `/metrics`: every core's figures, with the process's read off the cores.
+pub async fn scrape(core: &Rc<Core>) -> String {
+    let cores = metrics_everywhere(core).await;
+    let data_dir = core.config.data_dir.clone();
+    let process = glommio::executor().spawn_blocking(move || ProcessMetrics::read(&data_dir)).await;
+    super::metrics::render(Scrape { cores, process, storage_reserve_bytes: core.config.storage_reserve_bytes })
+}
+
+/// Every core's counters, summed, with the process's.
+pub async fn stats_everywhere(core: &Rc<Core>) -> StatsSnapshot {
+    let mut total = StatsSnapshot { cores: 0, ..StatsSnapshot::default() };
+    for core in metrics_everywhere(core).await {
+        total.merge(&core.stats);
+    }
+    total.rss_bytes = super::stats::resident_bytes();
+    total
+}
