@@ -122,7 +122,7 @@ impl Gate {
     pub fn over_rate_of(&self, key: RateKey, work: Work) -> bool {
         let admitted = self.rates.borrow_mut().admit(key, work, Instant::now());
         if !admitted {
-            self.stats.rate_limited[work.index()].inc();
+            self.stats.rate_limited.inc(work);
         }
         !admitted
     }

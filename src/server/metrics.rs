@@ -17,38 +17,24 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::ids::CoreId;
-use super::stats::{CloseCause, HistogramSnapshot, Outcome, StatsSnapshot, Verb};
+use super::stats::{FigureKind, HistogramSnapshot, Outcome, StatsSnapshot, HISTOGRAMS, LABELLED};
 use crate::store::{RefusalCause, ShardFigures};
 
 /// The content type of what [`render`] returns.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// One core's figures at scrape time.
+/// One core's figures at scrape time (what each is, and its family, is declared once in
+/// `stats`'s `figures!` table).
 #[derive(Clone, Debug)]
 pub struct CoreMetrics {
     pub core: CoreId,
-    /// This core's `/stats` figures (gauges, budgets and their high-water marks).
+    /// The plain figures, one value each (`StatsSnapshot::FIGURES`, `BUDGETS`).
     pub stats: StatsSnapshot,
-    pub closes: Vec<(CloseCause, u64)>,
-    pub messages: Vec<(Verb, u64)>,
+    /// The labelled counters, as `stats::LABELLED` lists them.
+    pub labelled: Vec<Vec<(&'static str, u64)>>,
     pub events: Vec<(Outcome, u64)>,
-    pub live_deliveries: u64,
-    pub rate_limited: Vec<(&'static str, u64)>,
-    /// Keys (addresses, pubkeys) the core's rate limiter tracks.
-    pub rate_keys: u64,
-    pub policy_reloads: u64,
-    pub policy_reload_failures: u64,
-    pub auth_accepted: u64,
-    pub auth_refused: u64,
-    pub manage_calls: Vec<(&'static str, u64)>,
-    /// The write plugin's processes started and events it failed to judge.
-    pub plugin_starts: u64,
-    pub plugin_failures: u64,
-    pub received_bytes: u64,
-    pub sent_bytes: u64,
-    pub ingest_seconds: HistogramSnapshot,
-    pub req_seconds: HistogramSnapshot,
-    pub count_seconds: HistogramSnapshot,
+    /// The latency histograms, as `stats::HISTOGRAMS` lists them.
+    pub histograms: Vec<HistogramSnapshot>,
     /// Time the core's executor spent running tasks (glommio's count; parked time excluded).
     pub busy_seconds: f64,
     /// The budgets whose limit is per core: (name, limit).
@@ -227,347 +213,180 @@ struct RelayCollector {
 impl Collector for RelayCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let e = &mut encoder;
-        let cores = &self.cores;
-        let per_core = |value: fn(&CoreMetrics) -> u64| cores.iter().map(move |core| (core_label(core), value(core)));
-
-        gauges(
-            e,
-            "build_info",
-            "The running build (value 1).",
-            None,
-            [(vec![("version", env!("CARGO_PKG_VERSION").to_owned())], 1_i64)],
-        )?;
-        gauges(e, "cores", "Cores (executors) serving.", None, [(Vec::new(), cores.len() as u64)])?;
-
-        // Connections.
-        gauges(e, "connections", "Open WebSocket connections.", None, per_core(|c| c.stats.connections))?;
-        counters(
-            e,
-            "connections_accepted",
-            "WebSocket connections accepted.",
-            None,
-            per_core(|c| c.stats.connections_accepted),
-        )?;
-        counters(
-            e,
-            "connections_closed",
-            "Connections ended, by cause (address_limit, rate_limited: refused at the upgrade; blocked: a blocked address, refused or closed).",
-            None,
-            cores.iter().flat_map(|core| {
-                core.closes.iter().map(move |(cause, count)| (core_with(core, "cause", cause.label()), *count))
-            }),
-        )?;
-        counters(
-            e,
-            "slow_consumer_closes",
-            "Connections closed for not reading what they asked for or subscribed to.",
-            None,
-            per_core(|c| c.stats.slow_consumer_closes),
-        )?;
-
-        // Traffic.
-        counters(
-            e,
-            "client_messages",
-            "Client messages received, by verb (invalid: not a valid client message).",
-            None,
-            cores.iter().flat_map(|core| {
-                core.messages.iter().map(move |(verb, count)| (core_with(core, "verb", verb.label()), *count))
-            }),
-        )?;
-        counters(
-            e,
-            "events",
-            "EVENTs answered, by outcome (the OK's class) and a reason from a fixed set.",
-            None,
-            cores.iter().flat_map(|core| {
-                core.events.iter().map(move |(outcome, count)| {
-                    let mut labels = core_label(core);
-                    labels.push(("outcome", outcome.class.label().to_owned()));
-                    labels.push(("reason", outcome.reason.to_owned()));
-                    (labels, *count)
-                })
-            }),
-        )?;
-        gauges(e, "subscriptions", "Open subscriptions.", None, per_core(|c| c.stats.subscriptions))?;
-        counters(e, "live_deliveries", "Live events queued to subscriptions.", None, per_core(|c| c.live_deliveries))?;
-        counters(
-            e,
-            "rate_limited",
-            "Requests refused by the rate limits, by what (event, query, connection).",
-            None,
-            cores.iter().flat_map(|core| {
-                core.rate_limited.iter().map(move |(what, count)| (core_with(core, "what", what), *count))
-            }),
-        )?;
-        counters(
-            e,
-            "policy_reloads",
-            "Policy list reloads (SIGHUP) put in force (counted on core 0).",
-            None,
-            per_core(|c| c.policy_reloads),
-        )?;
-        counters(
-            e,
-            "policy_reload_failures",
-            "Policy list reloads refused: the file did not parse.",
-            None,
-            per_core(|c| c.policy_reload_failures),
-        )?;
-        gauges(
-            e,
-            "rate_limit_keys",
-            "Addresses and pubkeys the rate limiter tracks (at most rate_limits.tracked_max per core).",
-            None,
-            per_core(|c| c.rate_keys),
-        )?;
-        counters(
-            e,
-            "auth",
-            "AUTH messages (NIP-42) answered, by result.",
-            None,
-            cores.iter().flat_map(|core| {
-                [("accepted", core.auth_accepted), ("refused", core.auth_refused)]
-                    .map(|(result, count)| (core_with(core, "result", result), count))
-            }),
-        )?;
-        counters(
-            e,
-            "manage_calls",
-            "Management API calls (NIP-86), by result.",
-            None,
-            cores.iter().flat_map(|core| {
-                core.manage_calls.iter().map(move |(result, count)| (core_with(core, "result", result), *count))
-            }),
-        )?;
-        counters(
-            e,
-            "plugin_starts",
-            "Write plugin processes started (the first, and each restart after a timeout, a crash or a change).",
-            None,
-            per_core(|c| c.plugin_starts),
-        )?;
-        counters(
-            e,
-            "plugin_failures",
-            "Events the write plugin failed to judge (timed out, died, answered nonsense), given write_plugin.on_failure's decision.",
-            None,
-            per_core(|c| c.plugin_failures),
-        )?;
-        counters(
-            e,
-            "received",
-            "WebSocket message payload bytes received from clients.",
-            Some(Unit::Bytes),
-            per_core(|c| c.received_bytes),
-        )?;
-        counters(
-            e,
-            "sent",
-            "WebSocket message payload bytes sent to clients.",
-            Some(Unit::Bytes),
-            per_core(|c| c.sent_bytes),
-        )?;
-        counters(
-            e,
-            "queries_cancelled",
-            "Queries stopped before they finished (replaced, closed, or their connection gone).",
-            None,
-            per_core(|c| c.stats.queries_cancelled),
-        )?;
-        counters(
-            e,
-            "counts_from_index",
-            "COUNTs answered from the indexes' counts, without a scan.",
-            None,
-            per_core(|c| c.stats.counts_from_index),
-        )?;
-        counters(e, "counts_scanned", "COUNTs answered by a scan.", None, per_core(|c| c.stats.counts_scanned))?;
-        counters(
-            e,
-            "long_scans",
-            "Scans that ran long enough to move to the long scans' task queue.",
-            None,
-            per_core(|c| c.stats.long_scans),
-        )?;
-
-        // Latency.
-        histograms(
-            e,
-            "ingest_duration",
-            "From an EVENT's arrival to its OK being queued.",
-            Some(Unit::Seconds),
-            cores.iter().map(|c| (core_label(c), &c.ingest_seconds)),
-        )?;
-        histograms(
-            e,
-            "req_duration",
-            "From a REQ's arrival to its EOSE being queued.",
-            Some(Unit::Seconds),
-            cores.iter().map(|c| (core_label(c), &c.req_seconds)),
-        )?;
-        histograms(
-            e,
-            "count_duration",
-            "From a COUNT's arrival to its answer being queued.",
-            Some(Unit::Seconds),
-            cores.iter().map(|c| (core_label(c), &c.count_seconds)),
-        )?;
-        family(
-            e,
-            "core_busy",
-            "Time each core's executor spent running tasks (not parked).",
-            Some(Unit::Seconds),
-            cores.iter().map(|c| (core_label(c), ConstCounter::new(c.busy_seconds))),
-        )?;
-
-        // Budgets: what each uses now, its high-water mark, and its limit where it has one per core.
-        let budgets = |core: &CoreMetrics| -> [(&'static str, u64, u64); 7] {
-            let s = &core.stats;
-            [
-                ("connections", s.connections, s.connections_max_seen),
-                ("outbound_bytes", s.outbound_bytes, s.outbound_bytes_max_seen),
-                ("queries", s.queries, s.queries_max_seen),
-                ("queries_waiting", s.queries_waiting, s.queries_waiting),
-                ("remote_scans", s.remote_scans, s.remote_scans_max_seen),
-                ("mesh_backlog", s.mesh_backlog, s.mesh_backlog_max_seen),
-                ("pending_live", s.pending_live, s.pending_live_max_seen),
-            ]
-        };
-        let budget_samples = |pick: fn(&(&'static str, u64, u64)) -> u64| {
-            cores
-                .iter()
-                .flat_map(move |core| {
-                    budgets(core).into_iter().map(move |budget| (core_with(core, "budget", budget.0), pick(&budget)))
-                })
-                .collect::<Vec<_>>()
-        };
-        gauges(
-            e,
-            "budget_used",
-            "Each per-core budget's current use (bytes for outbound_bytes, else a count).",
-            None,
-            budget_samples(|b| b.1),
-        )?;
-        gauges(
-            e,
-            "budget_high_water",
-            "Each per-core budget's highest use since start.",
-            None,
-            budget_samples(|b| b.2),
-        )?;
-        gauges(
-            e,
-            "budget_limit",
-            "Each per-core budget's limit, where it has one.",
-            None,
-            cores.iter().flat_map(|core| {
-                core.budget_limits.iter().map(move |(name, limit)| (core_with(core, "budget", name), *limit))
-            }),
-        )?;
-
-        // Storage, per shard.
-        let shards = || cores.iter().flat_map(|core| core.shards.iter().map(move |shard| (core, shard)));
-        gauges(
-            e,
-            "shard_segments",
-            "Segment files per shard.",
-            None,
-            shards().map(|(c, s)| (shard_labels(c, s), s.segments)),
-        )?;
-        gauges(
-            e,
-            "shard_size",
-            "Bytes in each shard's segment files.",
-            Some(Unit::Bytes),
-            shards().map(|(c, s)| (shard_labels(c, s), s.bytes)),
-        )?;
-        gauges(
-            e,
-            "shard_dead",
-            "Bytes of dead records (replaced, deleted, expired) compaction would drop, estimated per segment.",
-            Some(Unit::Bytes),
-            shards().map(|(c, s)| (shard_labels(c, s), s.dead_bytes)),
-        )?;
-        gauges(
-            e,
-            "shard_records",
-            "Records indexed per shard, dead ones included.",
-            None,
-            shards().map(|(c, s)| (shard_labels(c, s), s.records)),
-        )?;
-        gauges(
-            e,
-            "shard_live_records",
-            "Records per shard still served.",
-            None,
-            shards().map(|(c, s)| (shard_labels(c, s), s.live_records)),
-        )?;
-        gauges(
-            e,
-            "index_memory",
-            "Heap bytes of each shard's in-memory indexes.",
-            Some(Unit::Bytes),
-            shards().map(|(c, s)| (shard_labels(c, s), s.index_bytes)),
-        )?;
-        gauges(
-            e,
-            "shard_writes_refused",
-            "1 while a shard refuses new events, labelled with why (reserve: free space below storage_reserve_bytes; full: ENOSPC; io_error: a failed write); 0 otherwise.",
-            None,
-            shards().flat_map(|(c, s)| {
-                RefusalCause::ALL.iter().map(move |cause| {
-                    let mut labels = shard_labels(c, s);
-                    labels.push(("cause", cause.label().to_owned()));
-                    (labels, u64::from(s.refusal == Some(*cause)))
-                })
-            }),
-        )?;
-        histograms(
-            e,
-            "fsync_duration",
-            "Each segment file's fdatasync in a group commit.",
-            Some(Unit::Seconds),
-            shards().map(|(c, s)| (shard_labels(c, s), &s.fsync_seconds)),
-        )?;
-        histograms(
-            e,
-            "commit_batch_events",
-            "Events made durable per group commit.",
-            None,
-            shards().map(|(c, s)| (shard_labels(c, s), &s.batch_events)),
-        )?;
-        counters(
-            e,
-            "commit_written",
-            "Bytes written by group commits.",
-            Some(Unit::Bytes),
-            shards().map(|(c, s)| (shard_labels(c, s), s.written_bytes)),
-        )?;
-        counters(
-            e,
-            "commit_failures",
-            "Group commits that failed (the shard then refuses writes until a retry succeeds).",
-            None,
-            shards().map(|(c, s)| (shard_labels(c, s), s.commit_failures)),
-        )?;
+        let version = env!("CARGO_PKG_VERSION").to_owned();
+        gauges(e, "build_info", "The running build (value 1).", None, [(vec![("version", version)], 1_i64)])?;
+        gauges(e, "cores", "Cores (executors) serving.", None, [(Vec::new(), self.cores.len() as u64)])?;
+        encode_core_figures(e, &self.cores)?;
+        encode_budgets(e, &self.cores)?;
+        encode_shards(e, &self.cores)?;
+        let bytes = Some(Unit::Bytes);
+        let (free, reserve) = (self.storage_free_bytes, self.storage_reserve_bytes);
         gauges(
             e,
             "storage_free",
             "Free bytes on the data directory's filesystem.",
-            Some(Unit::Bytes),
-            [(Vec::new(), self.storage_free_bytes)],
+            bytes.clone(),
+            [(Vec::new(), free)],
         )?;
-        gauges(
-            e,
-            "storage_reserve",
-            "The free-space reserve (storage_reserve_bytes) below which events are refused.",
-            Some(Unit::Bytes),
-            [(Vec::new(), self.storage_reserve_bytes)],
-        )?;
-
-        Ok(())
+        let help = "The free-space reserve (storage_reserve_bytes) below which events are refused.";
+        gauges(e, "storage_reserve", help, bytes, [(Vec::new(), reserve)])
     }
+}
+
+/// Every per-core family: the plain figures, the labelled counters, the EVENT outcomes, the
+/// histograms, and the executor's busy time.
+fn encode_core_figures(e: &mut DescriptorEncoder<'_>, cores: &[CoreMetrics]) -> Result<(), std::fmt::Error> {
+    for figure in StatsSnapshot::FIGURES.iter().filter(|figure| !figure.metric.is_empty()) {
+        let unit = figure.bytes.then_some(Unit::Bytes);
+        let samples = cores.iter().map(|core| (core_label(core), (figure.read)(&core.stats)));
+        match figure.kind {
+            FigureKind::Counter => counters(e, figure.metric, figure.help.trim_start(), unit, samples)?,
+            FigureKind::Gauge => gauges(e, figure.metric, figure.help.trim_start(), unit, samples)?,
+        }
+    }
+    for (index, figure) in LABELLED.iter().enumerate() {
+        let samples = cores.iter().flat_map(|core| {
+            core.labelled[index].iter().map(move |(label, count)| (core_with(core, figure.key, label), *count))
+        });
+        counters(e, figure.metric, figure.help.trim_start(), None, samples)?;
+    }
+    counters(
+        e,
+        "events",
+        "EVENTs answered, by outcome (the OK's class) and a reason from a fixed set.",
+        None,
+        cores.iter().flat_map(|core| {
+            core.events.iter().map(move |(outcome, count)| {
+                let mut labels = core_label(core);
+                labels.push(("outcome", outcome.class.label().to_owned()));
+                labels.push(("reason", outcome.reason.to_owned()));
+                (labels, *count)
+            })
+        }),
+    )?;
+    for (index, figure) in HISTOGRAMS.iter().enumerate() {
+        let samples = cores.iter().map(|core| (core_label(core), &core.histograms[index]));
+        histograms(e, figure.metric, figure.help.trim_start(), Some(Unit::Seconds), samples)?;
+    }
+    family(
+        e,
+        "core_busy",
+        "Time each core's executor spent running tasks (not parked).",
+        Some(Unit::Seconds),
+        cores.iter().map(|c| (core_label(c), ConstCounter::new(c.busy_seconds))),
+    )
+}
+
+/// Each per-core budget: what it uses now, its high-water mark, and its limit where it has
+/// one per core.
+fn encode_budgets(e: &mut DescriptorEncoder<'_>, cores: &[CoreMetrics]) -> Result<(), std::fmt::Error> {
+    let samples = |pick: fn(&super::stats::BudgetFigure) -> fn(&StatsSnapshot) -> u64| {
+        cores
+            .iter()
+            .flat_map(move |core| {
+                StatsSnapshot::BUDGETS
+                    .iter()
+                    .map(move |budget| (core_with(core, "budget", budget.budget), pick(budget)(&core.stats)))
+            })
+            .collect::<Vec<_>>()
+    };
+    let help = "Each per-core budget's current use (bytes for outbound_bytes, else a count).";
+    gauges(e, "budget_used", help, None, samples(|budget| budget.used))?;
+    let help = "Each per-core budget's highest use since start.";
+    gauges(e, "budget_high_water", help, None, samples(|budget| budget.high))?;
+    let limits = cores
+        .iter()
+        .flat_map(|core| core.budget_limits.iter().map(move |(name, limit)| (core_with(core, "budget", name), *limit)));
+    gauges(e, "budget_limit", "Each per-core budget's limit, where it has one.", None, limits)
+}
+
+/// A per-shard gauge or counter: its family, its help, whether it counts bytes, and where
+/// its value comes from.
+struct ShardFigure {
+    metric: &'static str,
+    help: &'static str,
+    bytes: bool,
+    read: fn(&ShardFigures) -> u64,
+}
+
+const SHARD_GAUGES: &[ShardFigure] = &[
+    ShardFigure { metric: "shard_segments", help: "Segment files per shard.", bytes: false, read: |s| s.segments },
+    ShardFigure { metric: "shard_size", help: "Bytes in each shard's segment files.", bytes: true, read: |s| s.bytes },
+    ShardFigure {
+        metric: "shard_dead",
+        help: "Bytes of dead records (replaced, deleted, expired) compaction would drop, estimated per segment.",
+        bytes: true,
+        read: |s| s.dead_bytes,
+    },
+    ShardFigure {
+        metric: "shard_records",
+        help: "Records indexed per shard, dead ones included.",
+        bytes: false,
+        read: |s| s.records,
+    },
+    ShardFigure {
+        metric: "shard_live_records",
+        help: "Records per shard still served.",
+        bytes: false,
+        read: |s| s.live_records,
+    },
+    ShardFigure {
+        metric: "index_memory",
+        help: "Heap bytes of each shard's in-memory indexes.",
+        bytes: true,
+        read: |s| s.index_bytes,
+    },
+];
+
+const SHARD_COUNTERS: &[ShardFigure] = &[
+    ShardFigure {
+        metric: "commit_written",
+        help: "Bytes written by group commits.",
+        bytes: true,
+        read: |s| s.written_bytes,
+    },
+    ShardFigure {
+        metric: "commit_failures",
+        help: "Group commits that failed (the shard then refuses writes until a retry succeeds).",
+        bytes: false,
+        read: |s| s.commit_failures,
+    },
+];
+
+/// Storage, per shard.
+fn encode_shards(e: &mut DescriptorEncoder<'_>, cores: &[CoreMetrics]) -> Result<(), std::fmt::Error> {
+    let shards = || cores.iter().flat_map(|core| core.shards.iter().map(move |shard| (core, shard)));
+    for figure in SHARD_GAUGES {
+        let samples = shards().map(|(c, s)| (shard_labels(c, s), (figure.read)(s)));
+        gauges(e, figure.metric, figure.help, figure.bytes.then_some(Unit::Bytes), samples)?;
+    }
+    for figure in SHARD_COUNTERS {
+        let samples = shards().map(|(c, s)| (shard_labels(c, s), (figure.read)(s)));
+        counters(e, figure.metric, figure.help, figure.bytes.then_some(Unit::Bytes), samples)?;
+    }
+    gauges(
+        e,
+        "shard_writes_refused",
+        "1 while a shard refuses new events, labelled with why (reserve: free space below storage_reserve_bytes; full: ENOSPC; io_error: a failed write); 0 otherwise.",
+        None,
+        shards().flat_map(|(c, s)| {
+            RefusalCause::ALL.iter().map(move |cause| {
+                let mut labels = shard_labels(c, s);
+                labels.push(("cause", cause.label().to_owned()));
+                (labels, u64::from(s.refusal == Some(*cause)))
+            })
+        }),
+    )?;
+    let help = "Each segment file's fdatasync in a group commit.";
+    histograms(
+        e,
+        "fsync_duration",
+        help,
+        Some(Unit::Seconds),
+        shards().map(|(c, s)| (shard_labels(c, s), &s.fsync_seconds)),
+    )?;
+    let help = "Events made durable per group commit.";
+    histograms(e, "commit_batch_events", help, None, shards().map(|(c, s)| (shard_labels(c, s), &s.batch_events)))
 }
 
 /// The process's families.

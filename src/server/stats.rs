@@ -1,6 +1,7 @@
 //! One core's counters and gauges: plain cells, touched only by their core, gathered across
-//! cores at read time through the mesh (`/stats` now; the Prometheus metrics later). Every
-//! budget in `config::RelayLimits` has its current use and its high-water mark here.
+//! cores at read time through the mesh (`/stats`, `/metrics`). Every figure is declared once,
+//! in the `figures!` table below. Every budget in `config::RelayLimits` has its current use
+//! and its high-water mark here.
 
 use std::cell::RefCell;
 
@@ -183,142 +184,320 @@ impl Outcome {
     }
 }
 
-/// One core's counts.
-#[derive(Debug)]
-pub struct Stats {
-    pub connections: Gauge,
-    pub connections_accepted: Counter,
-    /// Bytes queued to clients, summed over this core's connections (`outbound_bytes_per_core_max`).
-    pub outbound_bytes: Gauge,
-    /// REQ, COUNT and deletion lookups this core's connections have running
-    /// (`queries_per_core_max`).
-    pub queries: Gauge,
-    /// Queries waiting for one of the core's query slots.
-    pub queries_waiting: Gauge,
-    /// Scans this core runs for other cores' queries.
-    pub remote_scans: Gauge,
-    /// Queries stopped before they finished: replaced, closed, or their connection gone.
-    pub queries_cancelled: Counter,
-    pub counts_from_index: Counter,
-    pub counts_scanned: Counter,
-    /// Scans that ran past `LONG_SCAN_AFTER_STEPS` and finished in the long scans' queue.
-    pub long_scans: Counter,
-    /// Messages waiting for room in a full core-to-core channel.
-    pub mesh_backlog: Gauge,
-    /// Live events held for subscriptions whose stored events are still being sent.
-    pub pending_live: Gauge,
-    pub slow_consumer_closes: Counter,
-    pub write_stall_closes: Counter,
-    pub protocol_error_closes: Counter,
-    /// Connections ended, by [`CloseCause`] (indexed as `CloseCause::ALL`).
-    pub closes: [Counter; CloseCause::ALL.len()],
-    /// Client messages, by [`Verb`] (indexed as `Verb::ALL`).
-    pub messages: [Counter; Verb::ALL.len()],
-    /// EVENTs answered, by outcome: a handful of entries, the most frequent first.
-    pub events: RefCell<Vec<(Outcome, u64)>>,
-    /// Events queued to live subscriptions.
-    pub live_deliveries: Counter,
-    /// Requests refused by the rate limits, by `rates::Work` (event, query, connection).
-    pub rate_limited: [Counter; 3],
-    /// Policy list reloads (SIGHUP) that took effect, and that failed (the file did not parse).
-    pub policy_reloads: Counter,
-    pub policy_reload_failures: Counter,
-    /// AUTH messages answered `OK true`, and refused.
-    pub auth_accepted: Counter,
-    pub auth_refused: Counter,
-    /// Management calls (NIP-86), by `ManageResult`.
-    pub manage_calls: [Counter; 6],
-    /// WebSocket message payload bytes read from and queued to clients.
-    pub received_bytes: Counter,
-    pub sent_bytes: Counter,
-    /// From an EVENT's arrival to its `OK` being queued, on the connection's core.
-    pub ingest_seconds: Histogram,
-    /// From a REQ's arrival to its EOSE being queued.
-    pub req_seconds: Histogram,
-    /// From a COUNT's arrival to its answer being queued.
-    pub count_seconds: Histogram,
+/// A fixed set of labels one counter is kept by (a cause, a verb, a result).
+pub trait LabelSet: Copy + PartialEq + 'static {
+    fn all() -> &'static [Self];
+    fn label(self) -> &'static str;
 }
 
-impl Default for Stats {
-    fn default() -> Stats {
-        Stats {
-            connections: Gauge::default(),
-            connections_accepted: Counter::default(),
-            outbound_bytes: Gauge::default(),
-            queries: Gauge::default(),
-            queries_waiting: Gauge::default(),
-            remote_scans: Gauge::default(),
-            queries_cancelled: Counter::default(),
-            counts_from_index: Counter::default(),
-            counts_scanned: Counter::default(),
-            long_scans: Counter::default(),
-            mesh_backlog: Gauge::default(),
-            pending_live: Gauge::default(),
-            slow_consumer_closes: Counter::default(),
-            write_stall_closes: Counter::default(),
-            protocol_error_closes: Counter::default(),
-            closes: Default::default(),
-            messages: Default::default(),
-            events: RefCell::new(vec![(Outcome::STORED, 0)]),
-            live_deliveries: Counter::default(),
-            rate_limited: Default::default(),
-            policy_reloads: Counter::default(),
-            policy_reload_failures: Counter::default(),
-            auth_accepted: Counter::default(),
-            auth_refused: Counter::default(),
-            manage_calls: Default::default(),
-            received_bytes: Counter::default(),
-            sent_bytes: Counter::default(),
-            ingest_seconds: Histogram::latency(),
-            req_seconds: Histogram::latency(),
-            count_seconds: Histogram::latency(),
+macro_rules! label_set {
+    ($($set:ty),*) => {$(
+        impl LabelSet for $set {
+            fn all() -> &'static [Self] {
+                &<$set>::ALL
+            }
+            fn label(self) -> &'static str {
+                <$set>::label(self)
+            }
+        }
+    )*};
+}
+
+label_set!(CloseCause, Verb, ManageResult, AuthResult, super::rates::Work);
+
+/// How an AUTH message (NIP-42) was answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthResult {
+    Accepted,
+    Refused,
+}
+
+impl AuthResult {
+    pub const ALL: [AuthResult; 2] = [AuthResult::Accepted, AuthResult::Refused];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthResult::Accepted => "accepted",
+            AuthResult::Refused => "refused",
         }
     }
 }
 
-/// What `/stats` serves: every core's [`Stats`] summed (high-water marks are per core, the
-/// highest of them), with process figures.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub cores: u64,
-    pub connections: u64,
-    pub connections_max_seen: u64,
-    pub connections_accepted: u64,
-    pub subscriptions: u64,
-    pub outbound_bytes: u64,
-    pub outbound_bytes_max_seen: u64,
-    pub queries: u64,
-    pub queries_max_seen: u64,
-    pub queries_waiting: u64,
-    pub remote_scans: u64,
-    pub remote_scans_max_seen: u64,
-    pub queries_cancelled: u64,
-    pub counts_from_index: u64,
-    pub counts_scanned: u64,
-    pub long_scans: u64,
-    pub mesh_backlog: u64,
-    pub mesh_backlog_max_seen: u64,
-    pub pending_live: u64,
-    pub pending_live_max_seen: u64,
-    pub slow_consumer_closes: u64,
-    pub write_stall_closes: u64,
-    pub protocol_error_closes: u64,
-    /// Shards refusing writes now (a full disk, the free-space reserve, a failed write).
-    pub shards_refusing_writes: u64,
-    pub rss_bytes: u64,
+/// A counter per label of `L`.
+#[derive(Debug)]
+pub struct ByLabel<L> {
+    counts: Vec<Counter>,
+    set: std::marker::PhantomData<L>,
+}
+
+impl<L: LabelSet> Default for ByLabel<L> {
+    fn default() -> ByLabel<L> {
+        ByLabel { counts: L::all().iter().map(|_| Counter::default()).collect(), set: std::marker::PhantomData }
+    }
+}
+
+impl<L: LabelSet> ByLabel<L> {
+    pub fn inc(&self, label: L) {
+        let index = L::all().iter().position(|&known| known == label).expect("every label is in its set");
+        self.counts[index].inc();
+    }
+
+    /// Each label with its count, in the set's order.
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        L::all().iter().zip(&self.counts).map(|(label, count)| (label.label(), count.get())).collect()
+    }
+}
+
+/// Whether a figure only goes up (a counter) or goes up and down (a gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FigureKind {
+    Counter,
+    Gauge,
+}
+
+/// One figure with one value per core: its `/metrics` family (empty: `/stats` only), its
+/// help, which is also its field's doc (so it starts with the doc comment's space), its
+/// kind and how it is read from a snapshot.
+pub struct Figure {
+    pub metric: &'static str,
+    pub help: &'static str,
+    pub kind: FigureKind,
+    pub bytes: bool,
+    pub read: fn(&StatsSnapshot) -> u64,
+}
+
+/// A per-core budget's gauge: its name in the `budget` label, its use and its high-water
+/// mark.
+pub struct BudgetFigure {
+    pub budget: &'static str,
+    pub used: fn(&StatsSnapshot) -> u64,
+    pub high: fn(&StatsSnapshot) -> u64,
+}
+
+/// A counter kept by a label: its family, its help and its label's name.
+pub struct LabelledFigure {
+    pub metric: &'static str,
+    pub help: &'static str,
+    pub key: &'static str,
+}
+
+/// A latency histogram's family and help.
+pub struct HistogramFigure {
+    pub metric: &'static str,
+    pub help: &'static str,
+}
+
+/// The figures, declared once: from this one table follow a core's cells ([`Stats`]), the
+/// copy it answers a scrape with ([`StatsSnapshot`], [`LabelledCounts`] and histogram
+/// snapshots), the sum over cores (`merge`, for `/stats`) and the `/metrics` families
+/// ([`StatsSnapshot::FIGURES`], [`StatsSnapshot::BUDGETS`], [`LABELLED`], [`HISTOGRAMS`]).
+/// - `counters`: a `Counter` per core, summed;
+/// - `gauges`: a `Gauge` per core (a budget's use), with its high-water mark;
+/// - `read`: a value the core reads from its subsystems when asked, not a cell;
+/// - `labelled`: a counter per label of a `LabelSet`;
+/// - `histograms`: latency histograms;
+/// - `cells`: the rest (encoded by hand in `metrics`).
+macro_rules! figures {
+    (
+        counters { $( #[doc = $chelp:literal] $c:ident => $cmetric:literal $(, $cbytes:ident)?; )* }
+        gauges { $( #[doc = $ghelp:literal] $g:ident, $gmax:ident => $gmetric:literal; )* }
+        read { $( #[doc = $rhelp:literal] $r:ident => $rmetric:literal, $rkind:ident; )* }
+        labelled { $( #[doc = $lhelp:literal] $l:ident: $lset:ty => $lmetric:literal, $lkey:literal; )* }
+        histograms { $( #[doc = $hhelp:literal] $h:ident => $hmetric:literal; )* }
+        cells { $( #[doc = $ohelp:literal] $o:ident: $oty:ty = $oinit:expr; )* }
+    ) => {
+        /// One core's counts: plain cells, touched only by their core.
+        #[derive(Debug)]
+        pub struct Stats {
+            $( #[doc = $chelp] pub $c: Counter, )*
+            $( #[doc = $ghelp] pub $g: Gauge, )*
+            $( #[doc = $lhelp] pub $l: ByLabel<$lset>, )*
+            $( #[doc = $hhelp] pub $h: Histogram, )*
+            $( #[doc = $ohelp] pub $o: $oty, )*
+        }
+
+        impl Default for Stats {
+            fn default() -> Stats {
+                Stats {
+                    $( $c: Counter::default(), )*
+                    $( $g: Gauge::default(), )*
+                    $( $l: ByLabel::default(), )*
+                    $( $h: Histogram::latency(), )*
+                    $( $o: $oinit, )*
+                }
+            }
+        }
+
+        /// What `/stats` serves: every core's plain figures summed (high-water marks are per
+        /// core, the highest of them), with the process's resident memory.
+        #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            pub cores: u64,
+            $( pub $c: u64, )*
+            $( pub $g: u64, pub $gmax: u64, )*
+            $( pub $r: u64, )*
+            pub rss_bytes: u64,
+        }
+
+        impl Stats {
+            /// This core's plain figures; those it reads from its subsystems are left 0.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot {
+                    cores: 1,
+                    $( $c: self.$c.get(), )*
+                    $( $g: self.$g.get(), $gmax: self.$g.high(), )*
+                    ..StatsSnapshot::default()
+                }
+            }
+
+            /// The labelled counters, as [`LABELLED`] lists them.
+            pub fn labelled(&self) -> Vec<Vec<(&'static str, u64)>> {
+                vec![$( self.$l.counts(), )*]
+            }
+
+            /// The histograms, as [`HISTOGRAMS`] lists them.
+            pub fn histograms(&self) -> Vec<HistogramSnapshot> {
+                vec![$( self.$h.snapshot(), )*]
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Add another core's figures: counts and gauges sum, high-water marks take the
+            /// highest.
+            pub fn merge(&mut self, other: &StatsSnapshot) {
+                self.cores += other.cores;
+                $( self.$c += other.$c; )*
+                $( self.$g += other.$g; self.$gmax = self.$gmax.max(other.$gmax); )*
+                $( self.$r += other.$r; )*
+            }
+
+            /// Every plain figure with one value per core.
+            pub const FIGURES: &'static [Figure] = &[
+                $( Figure {
+                    metric: $cmetric,
+                    help: $chelp,
+                    kind: FigureKind::Counter,
+                    bytes: figures!(@bytes $($cbytes)?),
+                    read: |s: &StatsSnapshot| s.$c,
+                }, )*
+                $( Figure { metric: $gmetric, help: $ghelp, kind: FigureKind::Gauge, bytes: false, read: |s: &StatsSnapshot| s.$g }, )*
+                $( Figure { metric: $rmetric, help: $rhelp, kind: FigureKind::$rkind, bytes: false, read: |s: &StatsSnapshot| s.$r }, )*
+            ];
+
+            /// Every gauge is a per-core budget's use (`budget_used`, `budget_high_water`).
+            pub const BUDGETS: &'static [BudgetFigure] = &[
+                $( BudgetFigure {
+                    budget: stringify!($g),
+                    used: |s: &StatsSnapshot| s.$g,
+                    high: |s: &StatsSnapshot| s.$gmax,
+                }, )*
+            ];
+        }
+
+        /// The labelled counters' families, in the order `Stats::labelled` gives them.
+        pub const LABELLED: &[LabelledFigure] = &[ $( LabelledFigure { metric: $lmetric, help: $lhelp, key: $lkey }, )* ];
+
+        /// The histograms' families, in the order `Stats::histograms` gives them.
+        pub const HISTOGRAMS: &[HistogramFigure] = &[ $( HistogramFigure { metric: $hmetric, help: $hhelp }, )* ];
+    };
+    (@bytes bytes) => { true };
+    (@bytes) => { false };
+}
+
+figures! {
+    counters {
+        /// WebSocket connections accepted.
+        connections_accepted => "connections_accepted";
+        /// Connections closed for not reading what they asked for or subscribed to.
+        slow_consumer_closes => "slow_consumer_closes";
+        /// Connections cut because their writes made no progress for write_stall_secs.
+        write_stall_closes => "";
+        /// Connections closed for breaking the WebSocket protocol or sending invalid UTF-8.
+        protocol_error_closes => "";
+        /// Live events queued to subscriptions.
+        live_deliveries => "live_deliveries";
+        /// Policy list reloads (SIGHUP) put in force (counted on core 0).
+        policy_reloads => "policy_reloads";
+        /// Policy list reloads refused: the file did not parse.
+        policy_reload_failures => "policy_reload_failures";
+        /// WebSocket message payload bytes received from clients.
+        received_bytes => "received", bytes;
+        /// WebSocket message payload bytes sent to clients.
+        sent_bytes => "sent", bytes;
+        /// Queries stopped before they finished (replaced, closed, or their connection gone).
+        queries_cancelled => "queries_cancelled";
+        /// COUNTs answered from the indexes' counts, without a scan.
+        counts_from_index => "counts_from_index";
+        /// COUNTs answered by a scan.
+        counts_scanned => "counts_scanned";
+        /// Scans that ran long enough to move to the long scans' task queue.
+        long_scans => "long_scans";
+    }
+    gauges {
+        /// Open WebSocket connections.
+        connections, connections_max_seen => "connections";
+        /// Bytes queued to clients, summed over the core's connections (outbound_bytes_per_core_max).
+        outbound_bytes, outbound_bytes_max_seen => "";
+        /// REQ, COUNT and deletion lookups the core's connections have running (queries_per_core_max).
+        queries, queries_max_seen => "";
+        /// Queries waiting for one of the core's query slots.
+        queries_waiting, queries_waiting_max_seen => "";
+        /// Scans the core runs for other cores' queries.
+        remote_scans, remote_scans_max_seen => "";
+        /// Messages waiting for room in a full core-to-core channel.
+        mesh_backlog, mesh_backlog_max_seen => "";
+        /// Live events held for subscriptions whose stored events are still being sent.
+        pending_live, pending_live_max_seen => "";
+    }
+    read {
+        /// Open subscriptions.
+        subscriptions => "subscriptions", Gauge;
+        /// Shards refusing writes now (a full disk, the free-space reserve, a failed write).
+        shards_refusing_writes => "", Gauge;
+        /// Addresses and pubkeys the rate limiter tracks (at most rate_limits.tracked_max per core).
+        rate_keys => "rate_limit_keys", Gauge;
+        /// Write plugin processes started (the first, and each restart after a timeout, a crash or a change).
+        plugin_starts => "plugin_starts", Counter;
+        /// Events the write plugin failed to judge (timed out, died, answered nonsense), given write_plugin.on_failure's decision.
+        plugin_failures => "plugin_failures", Counter;
+    }
+    labelled {
+        /// Connections ended, by cause (address_limit, rate_limited: refused at the upgrade; blocked: a blocked address, refused or closed).
+        closes: CloseCause => "connections_closed", "cause";
+        /// Client messages received, by verb (invalid: not a valid client message).
+        messages: Verb => "client_messages", "verb";
+        /// Requests refused by the rate limits, by what (event, query, connection).
+        rate_limited: super::rates::Work => "rate_limited", "what";
+        /// AUTH messages (NIP-42) answered, by result.
+        auth: AuthResult => "auth", "result";
+        /// Management API calls (NIP-86), by result.
+        manage_calls: ManageResult => "manage_calls", "result";
+    }
+    histograms {
+        /// From an EVENT's arrival to its OK being queued.
+        ingest_seconds => "ingest_duration";
+        /// From a REQ's arrival to its EOSE being queued.
+        req_seconds => "req_duration";
+        /// From a COUNT's arrival to its answer being queued.
+        count_seconds => "count_duration";
+    }
+    cells {
+        /// EVENTs answered, by outcome: a handful of entries, the most frequent first.
+        events: RefCell<Vec<(Outcome, u64)>> = RefCell::new(vec![(Outcome::STORED, 0)]);
+    }
 }
 
 impl Stats {
     pub fn managed(&self, result: ManageResult) {
-        self.manage_calls[result as usize].inc();
+        self.manage_calls.inc(result);
     }
 
     pub fn closed(&self, cause: CloseCause) {
-        self.closes[CloseCause::ALL.iter().position(|&c| c == cause).expect("every cause is listed")].inc();
+        self.closes.inc(cause);
     }
 
     pub fn message(&self, verb: Verb) {
-        self.messages[Verb::ALL.iter().position(|&v| v == verb).expect("every verb is listed")].inc();
+        self.messages.inc(verb);
     }
 
     /// Count an EVENT's answer, and the time since it arrived.
@@ -330,67 +509,6 @@ impl Stats {
             None => events.push((outcome, 1)),
         }
     }
-
-    /// This core's figures; `subscriptions` comes from the subscription index.
-    pub fn snapshot(&self, subscriptions: u64) -> StatsSnapshot {
-        StatsSnapshot {
-            cores: 1,
-            connections: self.connections.get(),
-            connections_max_seen: self.connections.high(),
-            connections_accepted: self.connections_accepted.get(),
-            subscriptions,
-            outbound_bytes: self.outbound_bytes.get(),
-            outbound_bytes_max_seen: self.outbound_bytes.high(),
-            queries: self.queries.get(),
-            queries_max_seen: self.queries.high(),
-            queries_waiting: self.queries_waiting.get(),
-            remote_scans: self.remote_scans.get(),
-            remote_scans_max_seen: self.remote_scans.high(),
-            queries_cancelled: self.queries_cancelled.get(),
-            counts_from_index: self.counts_from_index.get(),
-            counts_scanned: self.counts_scanned.get(),
-            long_scans: self.long_scans.get(),
-            mesh_backlog: self.mesh_backlog.get(),
-            mesh_backlog_max_seen: self.mesh_backlog.high(),
-            pending_live: self.pending_live.get(),
-            pending_live_max_seen: self.pending_live.high(),
-            slow_consumer_closes: self.slow_consumer_closes.get(),
-            write_stall_closes: self.write_stall_closes.get(),
-            protocol_error_closes: self.protocol_error_closes.get(),
-            shards_refusing_writes: 0,
-            rss_bytes: 0,
-        }
-    }
-}
-
-impl StatsSnapshot {
-    /// Add another core's figures: counts and gauges sum, high-water marks take the highest.
-    pub fn merge(&mut self, other: &StatsSnapshot) {
-        self.cores += other.cores;
-        self.connections += other.connections;
-        self.connections_max_seen = self.connections_max_seen.max(other.connections_max_seen);
-        self.connections_accepted += other.connections_accepted;
-        self.subscriptions += other.subscriptions;
-        self.outbound_bytes += other.outbound_bytes;
-        self.outbound_bytes_max_seen = self.outbound_bytes_max_seen.max(other.outbound_bytes_max_seen);
-        self.queries += other.queries;
-        self.queries_max_seen = self.queries_max_seen.max(other.queries_max_seen);
-        self.queries_waiting += other.queries_waiting;
-        self.remote_scans += other.remote_scans;
-        self.remote_scans_max_seen = self.remote_scans_max_seen.max(other.remote_scans_max_seen);
-        self.queries_cancelled += other.queries_cancelled;
-        self.counts_from_index += other.counts_from_index;
-        self.counts_scanned += other.counts_scanned;
-        self.long_scans += other.long_scans;
-        self.mesh_backlog += other.mesh_backlog;
-        self.mesh_backlog_max_seen = self.mesh_backlog_max_seen.max(other.mesh_backlog_max_seen);
-        self.pending_live += other.pending_live;
-        self.pending_live_max_seen = self.pending_live_max_seen.max(other.pending_live_max_seen);
-        self.slow_consumer_closes += other.slow_consumer_closes;
-        self.shards_refusing_writes += other.shards_refusing_writes;
-        self.write_stall_closes += other.write_stall_closes;
-        self.protocol_error_closes += other.protocol_error_closes;
-    }
 }
 
 /// The process's resident memory, from `/proc/self/statm`; 0 where it cannot be read.
@@ -400,4 +518,58 @@ pub fn resident_bytes() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages * u64::try_from(page_size).unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_reads_every_cell_and_merging_sums_counts_and_keeps_the_highest_mark() {
+        let (one, two) = (Stats::default(), Stats::default());
+        one.connections_accepted.add(3);
+        two.connections_accepted.add(4);
+        one.connections.add(5);
+        one.connections.sub(4);
+        two.connections.add(2);
+        let mut total = one.snapshot();
+        total.merge(&two.snapshot());
+        assert_eq!(total.cores, 2);
+        assert_eq!(total.connections_accepted, 7);
+        assert_eq!(total.connections, 3, "gauges sum");
+        assert_eq!(total.connections_max_seen, 5, "high-water marks take the highest");
+        let connections = StatsSnapshot::FIGURES.iter().find(|figure| figure.metric == "connections").unwrap();
+        assert_eq!((connections.read)(&total), 3);
+        assert_eq!(connections.kind, FigureKind::Gauge);
+    }
+
+    #[test]
+    fn every_family_is_named_once_and_every_gauge_is_a_budget() {
+        let mut names: Vec<&str> = StatsSnapshot::FIGURES.iter().map(|figure| figure.metric).collect();
+        names.retain(|name| !name.is_empty());
+        names.extend(LABELLED.iter().map(|figure| figure.metric));
+        names.extend(HISTOGRAMS.iter().map(|figure| figure.metric));
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a family declared twice");
+        let budgets: Vec<&str> = StatsSnapshot::BUDGETS.iter().map(|budget| budget.budget).collect();
+        assert!(budgets.contains(&"outbound_bytes") && budgets.contains(&"queries_waiting"), "{budgets:?}");
+        assert!(StatsSnapshot::FIGURES.iter().all(|figure| !figure.help.trim().is_empty()));
+    }
+
+    #[test]
+    fn labelled_counters_count_by_label_in_the_order_their_family_lists_them() {
+        let stats = Stats::default();
+        stats.closed(CloseCause::Blocked);
+        stats.closed(CloseCause::Blocked);
+        stats.message(Verb::Req);
+        stats.auth.inc(AuthResult::Refused);
+        let labelled = stats.labelled();
+        assert_eq!(labelled.len(), LABELLED.len());
+        let closes = &labelled[LABELLED.iter().position(|figure| figure.metric == "connections_closed").unwrap()];
+        assert!(closes.contains(&("blocked", 2)) && closes.contains(&("client", 0)), "{closes:?}");
+        let auth = &labelled[LABELLED.iter().position(|figure| figure.metric == "auth").unwrap()];
+        assert_eq!(auth, &vec![("accepted", 0), ("refused", 1)]);
+    }
 }

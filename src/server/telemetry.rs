@@ -6,44 +6,26 @@ use std::rc::Rc;
 use super::core::Core;
 use super::mesh::Ask;
 use super::metrics::{CoreMetrics, ProcessMetrics, Scrape};
-use super::rates::Work;
-use super::stats::{CloseCause, ManageResult, StatsSnapshot, Verb};
+use super::stats::StatsSnapshot;
 
-fn local_stats(core: &Core) -> StatsSnapshot {
-    let mut snapshot = core.stats.snapshot(core.sessions.subscription_count() as u64);
-    snapshot.shards_refusing_writes = core.storage.refusing_count() as u64;
-    snapshot
-}
-
-/// This core's figures for a scrape: a copy of its cells and one pass over its shards.
+/// This core's figures for a scrape: a copy of its cells, what its subsystems hold now, and
+/// one pass over its shards.
 pub fn local_metrics(core: &Core) -> CoreMetrics {
     let stats = &core.stats;
     let limits = &core.config.limits;
     let plugin = core.gate.plugin.as_ref();
+    let mut snapshot = stats.snapshot();
+    snapshot.subscriptions = core.sessions.subscription_count() as u64;
+    snapshot.shards_refusing_writes = core.storage.refusing_count() as u64;
+    snapshot.rate_keys = core.gate.rate_keys() as u64;
+    snapshot.plugin_starts = plugin.map_or(0, |plugin| plugin.figures.starts.get());
+    snapshot.plugin_failures = plugin.map_or(0, |plugin| plugin.figures.failures.get());
     CoreMetrics {
         core: core.id(),
-        stats: local_stats(core),
-        closes: CloseCause::ALL.iter().zip(&stats.closes).map(|(cause, count)| (*cause, count.get())).collect(),
-        messages: Verb::ALL.iter().zip(&stats.messages).map(|(verb, count)| (*verb, count.get())).collect(),
+        stats: snapshot,
+        labelled: stats.labelled(),
         events: stats.events.borrow().clone(),
-        live_deliveries: stats.live_deliveries.get(),
-        rate_limited: Work::ALL.iter().map(|work| (work.label(), stats.rate_limited[work.index()].get())).collect(),
-        rate_keys: core.gate.rate_keys() as u64,
-        policy_reloads: stats.policy_reloads.get(),
-        policy_reload_failures: stats.policy_reload_failures.get(),
-        auth_accepted: stats.auth_accepted.get(),
-        auth_refused: stats.auth_refused.get(),
-        plugin_starts: plugin.map_or(0, |plugin| plugin.figures.starts.get()),
-        plugin_failures: plugin.map_or(0, |plugin| plugin.figures.failures.get()),
-        manage_calls: ManageResult::ALL
-            .iter()
-            .map(|result| (result.label(), stats.manage_calls[*result as usize].get()))
-            .collect(),
-        received_bytes: stats.received_bytes.get(),
-        sent_bytes: stats.sent_bytes.get(),
-        ingest_seconds: stats.ingest_seconds.snapshot(),
-        req_seconds: stats.req_seconds.snapshot(),
-        count_seconds: stats.count_seconds.snapshot(),
+        histograms: stats.histograms(),
         busy_seconds: glommio::executor().executor_stats().executor_runtime().as_secs_f64(),
         budget_limits: vec![
             ("outbound_bytes", limits.outbound_bytes_per_core_max as u64),

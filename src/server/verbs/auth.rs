@@ -10,13 +10,14 @@ use crate::auth::{self, AuthCheck};
 use crate::event::parse_event;
 use crate::proto;
 use crate::server::core::Core;
+use crate::server::stats::AuthResult;
 use crate::subs::ConnId;
 
 pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
     // An AUTH costs a signature check. It draws on the queries' bucket, not the events': a
     // client that spent its events may still authenticate, and get a bucket of its own.
     if core.over_rate(conn, crate::server::rates::Work::Query) {
-        core.stats.auth_refused.inc();
+        core.stats.auth.inc(AuthResult::Refused);
         let reason = "rate-limited: too many REQ, COUNT and AUTH messages; slow down";
         let reply = match proto::event_id_hint(raw) {
             Some(id) => proto::frame_ok(&id, false, reason),
@@ -28,7 +29,7 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
     let parsed = match parse_event(raw.get().as_bytes(), &limits) {
         Ok(parsed) => parsed,
         Err(error) => {
-            core.stats.auth_refused.inc();
+            core.stats.auth.inc(AuthResult::Refused);
             let reply = match proto::event_id_hint(raw) {
                 Some(id) => proto::frame_ok(&id, false, &error.reason()),
                 None => proto::frame_notice(&error.reason()),
@@ -70,11 +71,11 @@ pub fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
     });
     match verdict {
         Ok(()) => {
-            core.stats.auth_accepted.inc();
+            core.stats.auth.inc(AuthResult::Accepted);
             core.sessions.send(conn, proto::frame_ok(&id, true, ""));
         }
         Err(reason) => {
-            core.stats.auth_refused.inc();
+            core.stats.auth.inc(AuthResult::Refused);
             core.sessions.send(conn, proto::frame_ok(&id, false, &reason));
         }
     }
