@@ -8,6 +8,8 @@ pub mod ids;
 pub mod json;
 pub mod kind;
 pub mod parse;
+#[cfg(test)]
+pub mod testing;
 pub mod verify;
 
 pub use ids::{EventId, Pubkey};

@@ -18,17 +18,19 @@ use super::core::Core;
 use super::mesh::{CoreMsg, Reply};
 use super::outbox::Out;
 use super::parts::QueryLimits;
+use super::peer::Peer;
 use super::plugin::{Source, Verdict};
+use super::policy::Policy;
 use super::rates::Work;
 use super::refusal::{Prefix, Refusal};
 use super::stats::{Outcome, OutcomeClass};
-use crate::config::PluginFailure;
+use crate::config::{Config, PluginFailure};
 use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANISH};
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
 use crate::store::{Admission, Privacy, Rejection, ShardId, StoreError};
-use crate::subs::{ConnId, LiveEvent};
+use crate::subs::LiveEvent;
 
 /// The `OK` reason for an event already stored.
 pub const DUPLICATE: &str = "duplicate: already have this event";
@@ -40,13 +42,23 @@ pub const STORAGE_FAILING: &str = "error: could not store the event (a disk writ
 /// The `OK` reason for a deletion request that names another author's event.
 pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
 
+/// What the stages before the signature read besides the connection: the write policy and
+/// the config in force, the time, and whether the event is a gift wrap to a pubkey that
+/// vanished (`Storage::is_wrap_to_vanished`, asked only of gift wraps).
+pub struct EventRules<'a> {
+    pub policy: &'a Policy,
+    pub config: &'a Config,
+    pub now: u64,
+    pub wrap_to_vanished: bool,
+}
+
 /// What the relay refuses before looking at the signature: the event rate, AUTH events sent
 /// as EVENT, the write policy (deny and kind lists, the write mode, NIP-70 protected events;
-/// an `auth-required:` answer is preceded by the connection's challenge), gift wraps to a
+/// an `auth-required:` refusal wants the connection's challenge sent first), gift wraps to a
 /// pubkey that vanished, requests to vanish from elsewhere, and dates outside the window.
-pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Result<(), Refusal> {
-    if core.over_rate(conn, Work::Event) {
-        let rate = core.config.rate_limits.events;
+pub fn before_signature(peer: &impl Peer, rules: &EventRules, event: &ParsedEvent) -> Result<(), Refusal> {
+    if peer.over_rate(Work::Event) {
+        let rate = rules.config.rate_limits.events;
         let message = format!("more than {} events a minute (bursts of {})", rate.per_minute, rate.burst);
         return Err(Refusal::new(Prefix::RateLimited, "events", message));
     }
@@ -54,34 +66,29 @@ pub fn before_signature(core: &Core, conn: ConnId, event: &ParsedEvent) -> Resul
         let message = "AUTH events (kind 22242) are sent in AUTH messages, never published";
         return Err(Refusal::new(Prefix::Invalid, "auth_event", message));
     }
-    let policy = core.gate.policy();
+    let policy = rules.policy;
     if event.kind == KIND_VANISH {
         // NIP-62: a relay that restricts who may post follows a request to vanish all the
         // same, so it skips the write policy; it must name this relay.
-        if !crate::auth::names_relay(&event.json, &core.addresses_for(conn)) {
+        if !crate::auth::names_relay(&event.json, &peer.addresses()) {
             let message = "this request to vanish names neither this relay nor ALL_RELAYS";
             return Err(Refusal::new(Prefix::Invalid, "vanish_elsewhere", message));
         }
-    } else if event.kind == KIND_GIFT_WRAP && core.storage.is_wrap_to_vanished(event) {
+    } else if event.kind == KIND_GIFT_WRAP && rules.wrap_to_vanished {
         let message = "this gift wrap is addressed to a pubkey that asked this relay to delete its events";
         return Err(Refusal::new(Prefix::Blocked, "vanished", message));
     } else {
         let authed = match policy.needs_auth(event) {
-            true => core.sessions.with(conn, |session| session.auth.pubkeys.clone()).unwrap_or_default(),
+            true => peer.authed(),
             false => Vec::new(),
         };
-        if let Err(refusal) = policy.judge(event, &authed) {
-            if refusal.wants_challenge() {
-                core.sessions.send_challenge(conn);
-            }
-            return Err(refusal);
-        }
+        policy.judge(event, &authed)?;
     }
-    let limits = &core.config.limits;
+    let limits = &rules.config.limits;
     // The event's kind's own window, if `[[policy.kind_windows]]` gives it one.
     let (past_max, future_max) =
         policy.window(event.kind).unwrap_or((limits.created_at_past_max_secs, limits.created_at_future_max_secs));
-    date_window(event.created_at, crate::now_unix(), past_max, future_max)
+    date_window(event.created_at, rules.now, past_max, future_max)
 }
 
 /// Whether `created_at` lies in the window: at most `future_max` seconds ahead of `now`, and
@@ -334,6 +341,87 @@ pub async fn answer_appends(core: Rc<Core>, pipeline: Rc<AckPipeline>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::RelayAddress;
+    use crate::config::WriteMode;
+    use crate::event::testing::{keypair, signed};
+    use crate::event::{parse_event, Pubkey};
+    use crate::server::peer::tests::FakePeer;
+
+    fn parsed(kind: u16, created_at: u64, tags: serde_json::Value) -> ParsedEvent {
+        let json = signed(1, kind, created_at, &tags, "hello");
+        parse_event(json.as_bytes(), &Config::default().limits.event_limits()).unwrap()
+    }
+
+    fn judged(peer: &FakePeer, config: &Config, event: &ParsedEvent, wrap_to_vanished: bool) -> Result<(), String> {
+        let policy = Policy::new(&config.policy);
+        let rules = EventRules { policy: &policy, config, now: crate::now_unix(), wrap_to_vanished };
+        before_signature(peer, &rules, event).map_err(|refusal| refusal.reason())
+    }
+
+    fn prefix(result: Result<(), String>) -> String {
+        result.unwrap_err().split_once(": ").unwrap().0.to_owned()
+    }
+
+    #[test]
+    fn an_event_within_the_rules_passes_and_each_refusal_has_its_nip01_prefix() {
+        let config = Config::default();
+        let now = crate::now_unix();
+        let note = parsed(1, now, serde_json::json!([]));
+        assert_eq!(judged(&FakePeer::default(), &config, &note, false), Ok(()));
+
+        let spent = FakePeer { tokens: Some(0).into(), ..FakePeer::default() };
+        assert_eq!(prefix(judged(&spent, &config, &note, false)), "rate-limited");
+
+        let auth = parsed(crate::auth::KIND_AUTH, now, serde_json::json!([]));
+        assert_eq!(prefix(judged(&FakePeer::default(), &config, &auth, false)), "invalid");
+
+        let wrap = parsed(KIND_GIFT_WRAP, now, serde_json::json!([["p", "00".repeat(32)]]));
+        assert_eq!(prefix(judged(&FakePeer::default(), &config, &wrap, true)), "blocked");
+        assert_eq!(judged(&FakePeer::default(), &config, &wrap, false), Ok(()));
+
+        let future = parsed(1, now + 3_600, serde_json::json!([]));
+        assert_eq!(prefix(judged(&FakePeer::default(), &config, &future, false)), "invalid");
+    }
+
+    #[test]
+    fn a_request_to_vanish_must_name_this_relay_and_skips_the_write_policy() {
+        let mut config = Config::default();
+        config.policy.write = WriteMode::Auth;
+        let here = RelayAddress::parse_url("wss://relay.example.com").unwrap();
+        let peer = FakePeer { addresses: vec![here], ..FakePeer::default() };
+        let now = crate::now_unix();
+        let elsewhere = parsed(KIND_VANISH, now, serde_json::json!([["relay", "wss://other.example.com"]]));
+        assert_eq!(prefix(judged(&peer, &config, &elsewhere, false)), "invalid");
+        let this_one = parsed(KIND_VANISH, now, serde_json::json!([["relay", "wss://relay.example.com"]]));
+        assert_eq!(judged(&peer, &config, &this_one, false), Ok(()), "no AUTH needed to vanish");
+    }
+
+    #[test]
+    fn where_writes_need_auth_an_unauthenticated_event_is_auth_required_and_wants_the_challenge() {
+        let mut config = Config::default();
+        config.policy.write = WriteMode::Auth;
+        let note = parsed(1, crate::now_unix(), serde_json::json!([]));
+        let policy = Policy::new(&config.policy);
+        let rules = EventRules { policy: &policy, config: &config, now: crate::now_unix(), wrap_to_vanished: false };
+        let refusal = before_signature(&FakePeer::default(), &rules, &note).unwrap_err();
+        assert_eq!(refusal.prefix, Prefix::AuthRequired);
+        assert!(refusal.wants_challenge());
+        let author = Pubkey(keypair(1).x_only_public_key().0.serialize());
+        let authed = FakePeer { authed: vec![author], ..FakePeer::default() };
+        assert_eq!(judged(&authed, &config, &note, false), Ok(()));
+    }
+
+    #[test]
+    fn a_protected_event_is_taken_only_from_its_authenticated_author() {
+        let config = Config::default();
+        let protected = parsed(1, crate::now_unix(), serde_json::json!([["-"]]));
+        assert_eq!(prefix(judged(&FakePeer::default(), &config, &protected, false)), "auth-required");
+        let someone = FakePeer { authed: vec![Pubkey([7; 32])], ..FakePeer::default() };
+        assert_eq!(prefix(judged(&someone, &config, &protected, false)), "restricted");
+        let author =
+            FakePeer { authed: vec![Pubkey(keypair(1).x_only_public_key().0.serialize())], ..FakePeer::default() };
+        assert_eq!(judged(&author, &config, &protected, false), Ok(()));
+    }
 
     fn check(created_at: u64, past_max: u64, future_max: u64, expected: Result<(), &str>) {
         let got = date_window(created_at, 1_000_000, past_max, future_max).map_err(|refusal| refusal.reason());

@@ -27,6 +27,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod outbox;
 pub mod parts;
+pub mod peer;
 pub mod plugin;
 pub mod policy;
 pub mod queries;

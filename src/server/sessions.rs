@@ -25,7 +25,6 @@ use crate::subs::{ConnId, LiveEvent, SubscriptionIndex};
 #[derive(Clone, Copy)]
 pub struct SessionLimits {
     pub connections_per_ip_max: usize,
-    pub subscriptions_per_connection_max: usize,
     pub budget: Budget,
 }
 
@@ -33,7 +32,6 @@ impl SessionLimits {
     pub fn from_config(limits: &RelayLimits) -> SessionLimits {
         SessionLimits {
             connections_per_ip_max: limits.connections_per_ip_max,
-            subscriptions_per_connection_max: limits.subscriptions_per_connection_max,
             budget: Budget { capacity_size: limits.outbound_bytes_max, queries_max: limits.queries_per_connection_max },
         }
     }
@@ -151,22 +149,17 @@ impl Sessions {
     }
 
     /// Open (or replace) `sub_id`: its query, if one still runs, is cancelled, and live
-    /// events wait in it until its EOSE. Returns this REQ's token, or the refusal to send.
-    pub fn subscribe(&self, conn: ConnId, sub_id: &SubId, filters: &[Filter]) -> Result<u64, String> {
-        let max = self.limits.subscriptions_per_connection_max;
+    /// events wait in it until its EOSE. Returns this REQ's token; `None` once the
+    /// connection is gone.
+    pub fn subscribe(&self, conn: ConnId, sub_id: &SubId, filters: &[Filter]) -> Option<u64> {
         let token = self.fresh_id();
         self.with(conn, |session| {
-            if !session.subs.contains_key(sub_id) && session.subs.len() >= max {
-                return Err(format!("error: too many subscriptions on this connection (max {max})"));
-            }
             session.cancel_queries_of(sub_id);
             let buffered = PendingLive::new(self.stats.clone());
             session.subs.insert(sub_id.clone(), SubState::Pending { token, buffered });
-            Ok(())
-        })
-        .unwrap_or_else(|| Err("error: connection closed".to_owned()))?;
+        })?;
         self.index.borrow_mut().insert(conn, sub_id.clone(), filters.to_vec());
-        Ok(token)
+        Some(token)
     }
 
     /// Close `sub_id` (CLOSE, or a subscription that overflowed): it gets no more live
@@ -229,5 +222,70 @@ impl Sessions {
             }
             glommio::timer::sleep(Duration::from_millis(5)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::testing::signed;
+    use crate::event::{parse_event, VerifiedEvent};
+
+    fn sessions() -> Sessions {
+        let limits = SessionLimits::from_config(&RelayLimits::default());
+        Sessions::new(limits, 1 << 20, IpSlots::default(), Rc::new(Stats::default()))
+    }
+
+    fn live(kind: u16) -> Arc<LiveEvent> {
+        let json = signed(2, kind, 1_700_000_000, &serde_json::json!([]), "hi");
+        let parsed = parse_event(json.as_bytes(), &RelayLimits::default().event_limits()).unwrap();
+        Arc::new(LiveEvent::from_event(&VerifiedEvent::verify(parsed).unwrap()))
+    }
+
+    fn kinds(kind: u16) -> Vec<Filter> {
+        vec![Filter { kinds: Some(vec![kind]), ..Filter::default() }]
+    }
+
+    #[test]
+    fn a_req_that_reuses_an_id_replaces_the_subscription_in_the_session_and_the_index_together() {
+        let sessions = sessions();
+        let (conn, _outbox) = sessions.open(IpAddr::from([127, 0, 0, 1]), None).unwrap();
+        let sub = SubId::new("s").unwrap();
+        let first = sessions.subscribe(conn, &sub, &kinds(1)).unwrap();
+        let second = sessions.subscribe(conn, &sub, &kinds(7)).unwrap();
+        assert!(!sessions.is_current(conn, &sub, first), "the first REQ was replaced");
+        assert!(sessions.is_current(conn, &sub, second));
+        assert_eq!(sessions.subscription_count(), 1);
+
+        // Only the replacement's filters match; until its EOSE the event waits in it.
+        let mut matched = Vec::new();
+        sessions.for_each_match(&live(1), |_, _, sub| matched.push(sub));
+        assert!(matched.is_empty());
+        sessions.for_each_match(&live(7), |_, session, sub| {
+            if let Some(SubState::Pending { buffered, .. }) = session.subs.get_mut(&sub) {
+                buffered.push(&live(7), 10);
+                matched.push(sub);
+            }
+        });
+        assert_eq!(matched, vec![SubId::new("s").unwrap()]);
+
+        sessions.unsubscribe(conn, &sub);
+        assert_eq!(sessions.subscription_count(), 0);
+        assert!(!sessions.is_current(conn, &sub, second));
+    }
+
+    #[test]
+    fn a_closed_connection_leaves_no_subscription_and_is_watched_until_its_loop_ends() {
+        let sessions = sessions();
+        let (conn, outbox) = sessions.open(IpAddr::from([127, 0, 0, 1]), None).unwrap();
+        sessions.subscribe(conn, &SubId::new("s").unwrap(), &kinds(1)).unwrap();
+        sessions.close_all(CloseCode::Away, "bye");
+        assert_eq!(sessions.subscription_count(), 0);
+        assert!(sessions.with(conn, |_| ()).is_none());
+        assert!(sessions.subscribe(conn, &SubId::new("t").unwrap(), &kinds(1)).is_none());
+        assert!(matches!(outbox.try_recv(), Some(Out::Close(CloseCode::Away, _))));
+        assert_eq!(sessions.closing.borrow().len(), 1, "its close frame is still to be written");
     }
 }

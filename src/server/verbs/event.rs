@@ -6,10 +6,12 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
+use super::Conn;
+use crate::event::kind::KIND_GIFT_WRAP;
 use crate::event::{parse_event, EventError};
 use crate::proto;
 use crate::server::core::Core;
-use crate::server::ingest;
+use crate::server::ingest::{self, EventRules};
 use crate::server::mesh::Reply;
 use crate::server::stats::{Outcome, OutcomeClass};
 use crate::subs::ConnId;
@@ -30,7 +32,13 @@ pub async fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
         }
     };
     let id = parsed.id.to_hex();
-    if let Err(refusal) = ingest::before_signature(core, conn, &parsed) {
+    let policy = core.gate.policy();
+    let wrap_to_vanished = parsed.kind == KIND_GIFT_WRAP && core.storage.is_wrap_to_vanished(&parsed);
+    let rules = EventRules { policy: &policy, config: &core.config, now: crate::now_unix(), wrap_to_vanished };
+    if let Err(refusal) = ingest::before_signature(&Conn { core, conn }, &rules, &parsed) {
+        if refusal.wants_challenge() {
+            core.sessions.send_challenge(conn);
+        }
         core.stats.answered(refusal.outcome(), received);
         core.sessions.send(conn, proto::frame_ok(&id, false, &refusal.reason()));
         return;

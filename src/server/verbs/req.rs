@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
+use super::{read_refusal, Effect, Peer};
+use crate::config::Config;
 use crate::filter::{Filter, Matchable};
 use crate::proto::{self, SubId};
 use crate::server::core::Core;
@@ -23,37 +25,28 @@ use crate::subs::ConnId;
 /// write-stall limit).
 const HISTORY_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub fn handle(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
-    let received = Instant::now();
-    if let Some(reason) = read_refusal(core, conn) {
-        return core.sessions.send(conn, proto::frame_closed(&sub_id, reason));
+/// A REQ: refused (over the query rate, not authenticated where reads need it, one
+/// subscription too many), or subscribed. Replacing an open subscription is never "too many".
+pub fn decide(peer: &impl Peer, config: &Config, sub_id: SubId, filters: Vec<Filter>) -> Vec<Effect> {
+    if let Some(refusal) = read_refusal(peer, config, &sub_id) {
+        return refusal;
     }
-    match core.sessions.subscribe(conn, &sub_id, &filters) {
-        Ok(token) => {
-            let owner = core.clone();
-            let sub = sub_id.clone();
-            let request = Request { conn, sub_id: sub, token, received, privacy: core.privacy_for(conn) };
-            core.start_query(conn, Some(sub_id), async move { serve(owner, request, filters).await });
-        }
-        Err(reason) => core.sessions.send(conn, proto::frame_closed(&sub_id, &reason)),
+    let max = config.limits.subscriptions_per_connection_max;
+    let (open, replaces) = peer.subscriptions(&sub_id);
+    if !replaces && open >= max {
+        let reason = format!("error: too many subscriptions on this connection (max {max})");
+        return vec![Effect::Reply(proto::frame_closed(&sub_id, &reason))];
     }
+    vec![Effect::Subscribe { sub: sub_id, filters }]
 }
 
-/// Why a REQ or COUNT is refused: over the connection's query rate, or, with
-/// `policy.read = "auth"`, not authenticated (its challenge goes out first).
-pub fn read_refusal(core: &Core, conn: ConnId) -> Option<&'static str> {
-    if core.over_rate(conn, crate::server::rates::Work::Query) {
-        return Some("rate-limited: too many REQs and COUNTs from this client; slow down");
-    }
-    if core.config.policy.read != crate::config::ReadMode::Auth {
-        return None;
-    }
-    let authed = core.sessions.with(conn, |session| !session.auth.pubkeys.is_empty()).unwrap_or(false);
-    if authed {
-        return None;
-    }
-    core.sessions.send_challenge(conn);
-    Some("auth-required: this relay serves authenticated clients only")
+/// Open (or replace) the subscription, and answer it with a query the connection owns.
+pub fn start(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>) {
+    let received = Instant::now();
+    let Some(token) = core.sessions.subscribe(conn, &sub_id, &filters) else { return };
+    let owner = core.clone();
+    let request = Request { conn, sub_id: sub_id.clone(), token, received, privacy: core.privacy_for(conn) };
+    core.start_query(conn, Some(sub_id), async move { serve(owner, request, filters).await });
 }
 
 /// A REQ being answered.
@@ -151,5 +144,67 @@ async fn send_waiting(core: &Core, conn: ConnId, text: String) -> bool {
             core.sessions.shut(conn, CloseCode::Policy, reason);
             return false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ReadMode;
+    use crate::event::Pubkey;
+    use crate::server::peer::tests::FakePeer;
+    use crate::server::verbs::tests::{reply, sub};
+
+    fn kinds(kind: u16) -> Vec<Filter> {
+        vec![Filter { kinds: Some(vec![kind]), ..Filter::default() }]
+    }
+
+    #[test]
+    fn a_req_subscribes_and_one_over_the_maximum_is_closed_with_error() {
+        let mut config = Config::default();
+        config.limits.subscriptions_per_connection_max = 2;
+        let peer = FakePeer { subs: vec![sub("a"), sub("b")], ..FakePeer::default() };
+        let closed = reply(&decide(&peer, &config, sub("c"), kinds(1)));
+        assert_eq!(closed[0], "CLOSED");
+        assert_eq!(closed[1], "c");
+        assert_eq!(closed[2], "error: too many subscriptions on this connection (max 2)");
+
+        let fewer = FakePeer { subs: vec![sub("a")], ..FakePeer::default() };
+        assert_eq!(
+            decide(&fewer, &config, sub("c"), kinds(1)),
+            vec![Effect::Subscribe { sub: sub("c"), filters: kinds(1) }]
+        );
+    }
+
+    #[test]
+    fn a_req_that_reuses_an_open_id_replaces_it_even_at_the_maximum() {
+        let mut config = Config::default();
+        config.limits.subscriptions_per_connection_max = 2;
+        let peer = FakePeer { subs: vec![sub("a"), sub("b")], ..FakePeer::default() };
+        assert_eq!(
+            decide(&peer, &config, sub("b"), kinds(7)),
+            vec![Effect::Subscribe { sub: sub("b"), filters: kinds(7) }]
+        );
+    }
+
+    #[test]
+    fn a_req_over_the_query_rate_is_closed_rate_limited_and_takes_a_token_otherwise() {
+        let config = Config::default();
+        let peer = FakePeer { tokens: Some(1).into(), ..FakePeer::default() };
+        assert!(matches!(decide(&peer, &config, sub("a"), kinds(1))[..], [Effect::Subscribe { .. }]));
+        let closed = reply(&decide(&peer, &config, sub("a"), kinds(1)));
+        assert_eq!(closed[2], "rate-limited: too many REQs and COUNTs from this client; slow down");
+    }
+
+    #[test]
+    fn where_reads_need_auth_an_unauthenticated_req_gets_the_challenge_then_auth_required() {
+        let mut config = Config::default();
+        config.policy.read = ReadMode::Auth;
+        let effects = decide(&FakePeer::default(), &config, sub("a"), kinds(1));
+        assert_eq!(effects[0], Effect::Challenge);
+        assert_eq!(reply(&effects)[2], "auth-required: this relay serves authenticated clients only");
+
+        let authed = FakePeer { authed: vec![Pubkey([3; 32])], ..FakePeer::default() };
+        assert!(matches!(decide(&authed, &config, sub("a"), kinds(1))[..], [Effect::Subscribe { .. }]));
     }
 }
