@@ -119,7 +119,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
     if core.config.auth.challenge == crate::config::ChallengeWhen::OnConnect {
         core.sessions.send_challenge(conn);
     }
-    let cause = session(&core, conn, ws, outbound).await;
+    let cause = socket_loop(&core, conn, ws, outbound).await;
     core.stats.closed(cause);
     core.sessions.close(conn);
     tracing::debug!(core = core.id().0, conn = conn.0, "websocket closed");
@@ -199,8 +199,13 @@ enum Next {
     Changed,
 }
 
-/// The session's loop, until the connection ends; returns why it did.
-async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStream>, outbound: Outbox) -> CloseCause {
+/// The connection's socket loop, until it ends; returns why it did.
+async fn socket_loop(
+    core: &Rc<Core>,
+    conn: ConnId,
+    mut ws: WebSocketStream<TcpStream>,
+    outbound: Outbox,
+) -> CloseCause {
     loop {
         // A read that finds data ready does not yield, so a client that keeps its socket full
         // would otherwise hold the core: other clients, and the group commit whose fsync has
@@ -255,42 +260,54 @@ async fn session(core: &Rc<Core>, conn: ConnId, mut ws: WebSocketStream<TcpStrea
                 return relay_close_cause(code, &reason);
             }
             Next::Outgoing(Some(out)) => {
-                // Most batches go straight into the socket; only one that has to wait is timed.
-                // A write that has to wait is timed by the core's once-a-second sweep
-                // (`write_stall_secs`), not by a timer of its own.
-                let written = {
-                    let mut batch = std::pin::pin!(write_batch(core, &mut ws, &outbound, out));
-                    match futures_lite::future::poll_once(&mut batch).await {
-                        Some(done) => Some(done),
-                        None => {
-                            outbound.begin_write();
-                            let waited = futures_lite::future::or(async { Some(batch.await) }, async {
-                                outbound.stalled().await;
-                                None
-                            });
-                            let done = waited.await;
-                            outbound.end_write();
-                            done
-                        }
-                    }
-                };
-                match written {
-                    Some(Ok(())) => {}
-                    Some(Err(WriteEnd::Closed(cause))) => return cause,
-                    Some(Err(WriteEnd::Failed)) => return CloseCause::Client,
-                    None => {
-                        // The client has taken nothing for `write_stall`: it is gone or will
-                        // not read. A close frame could not get through either.
-                        tracing::info!(core = core.id().0, conn = conn.0, "closing a connection whose writes stalled");
-                        core.stats.write_stall_closes.inc();
-                        reset_on_close(ws.get_ref());
-                        return CloseCause::WriteStall;
-                    }
+                if let Err(cause) = write_or_stall(core, conn, &mut ws, &outbound, out).await {
+                    return cause;
                 }
             }
             // The core let go of the session. Every path that does (a slow consumer,
             // shutdown) queues its close first, so this is reached only after that close.
             Next::Outgoing(None) => return CloseCause::SlowConsumer,
+        }
+    }
+}
+
+/// Write `out` and what is queued behind it. Most batches go straight into the socket; a
+/// write that has to wait is timed by the core's once-a-second sweep (`write_stall_secs`),
+/// not by a timer of its own. `Err` once the connection is over, with why.
+async fn write_or_stall(
+    core: &Rc<Core>,
+    conn: ConnId,
+    ws: &mut WebSocketStream<TcpStream>,
+    outbound: &Outbox,
+    out: Out,
+) -> Result<(), CloseCause> {
+    let written = {
+        let mut batch = std::pin::pin!(write_batch(core, ws, outbound, out));
+        match futures_lite::future::poll_once(&mut batch).await {
+            Some(done) => Some(done),
+            None => {
+                outbound.begin_write();
+                let waited = futures_lite::future::or(async { Some(batch.await) }, async {
+                    outbound.stalled().await;
+                    None
+                });
+                let done = waited.await;
+                outbound.end_write();
+                done
+            }
+        }
+    };
+    match written {
+        Some(Ok(())) => Ok(()),
+        Some(Err(WriteEnd::Closed(cause))) => Err(cause),
+        Some(Err(WriteEnd::Failed)) => Err(CloseCause::Client),
+        None => {
+            // The client has taken nothing for `write_stall`: it is gone or will not read. A
+            // close frame could not get through either.
+            tracing::info!(core = core.id().0, conn = conn.0, "closing a connection whose writes stalled");
+            core.stats.write_stall_closes.inc();
+            reset_on_close(ws.get_ref());
+            Err(CloseCause::WriteStall)
         }
     }
 }
@@ -326,7 +343,7 @@ fn close_for(error: &WsError) -> Option<(CloseCode, String)> {
 }
 
 /// Tell the client why in a NOTICE it can read, then close with `code`. Boxed, like
-/// [`close_session`]: it runs once per connection.
+/// [`close_socket`]: it runs once per connection.
 fn close_with_notice<'a>(
     ws: &'a mut WebSocketStream<TcpStream>,
     code: CloseCode,
@@ -349,7 +366,7 @@ fn close_with_notice<'a>(
                 (*size <= 123).then_some(c)
             })
             .collect();
-        close_session(ws, code, &short, outbound).await;
+        close_socket(ws, code, &short, outbound).await;
     })
 }
 
@@ -359,7 +376,7 @@ fn close_with_notice<'a>(
 ///
 /// Boxed: a connection closes once, and its future would otherwise carry this state (two
 /// timeouts, ~0.9 KiB) for its whole life.
-fn close_session<'a>(
+fn close_socket<'a>(
     ws: &'a mut WebSocketStream<TcpStream>,
     code: CloseCode,
     reason: &'a str,

@@ -29,18 +29,11 @@ use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANI
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
-use crate::store::{Admission, Privacy, Rejection, ShardId, StoreError};
+use crate::store::{Admission, Privacy, ShardId};
 use crate::subs::LiveEvent;
 
 /// The `OK` reason for an event already stored.
 pub const DUPLICATE: &str = "duplicate: already have this event";
-/// Refused while the data directory's filesystem is full or below its reserve.
-pub const STORAGE_FULL: &str = "error: the relay's storage is full; try again later";
-/// Refused, or not stored, because a write to disk failed; the relay retries by itself.
-pub const STORAGE_FAILING: &str = "error: could not store the event (a disk write failed); try again later";
-
-/// The `OK` reason for a deletion request that names another author's event.
-pub const FOREIGN_DELETION: &str = "blocked: a deletion request can only name its author's own events";
 
 /// What the stages before the signature read besides the connection: the write policy and
 /// the config in force, the time, and whether the event is a gift wrap to a pubkey that
@@ -105,20 +98,7 @@ fn date_window(created_at: u64, now: u64, past_max: u64, future_max: u64) -> Res
     Ok(())
 }
 
-/// How a storage rule's refusal is counted.
-fn rejection_outcome(rejection: Rejection) -> Outcome {
-    match rejection {
-        Rejection::Deleted => Outcome::new(OutcomeClass::Refused, "deleted"),
-        Rejection::Superseded => Outcome::SUPERSEDED,
-        Rejection::Expired => Outcome::new(OutcomeClass::Invalid, "expired"),
-        Rejection::ShardFull => Outcome::new(OutcomeClass::Error, "shard_full"),
-        Rejection::Vanished => Outcome::new(OutcomeClass::Refused, "vanished"),
-    }
-}
-
 pub const OUTCOME_DUPLICATE: Outcome = Outcome::new(OutcomeClass::Duplicate, "duplicate");
-const OUTCOME_STORAGE_FULL: Outcome = Outcome::new(OutcomeClass::Error, "storage_full");
-const OUTCOME_STORAGE_FAILING: Outcome = Outcome::new(OutcomeClass::Error, "storage_failing");
 
 /// Whether this core owns `event`'s shard and has already acknowledged it (checked before
 /// the signature, which costs 20 times the rest of ingest). A copy whose original is not
@@ -163,7 +143,8 @@ pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent
             names_another_authors_event(&owner, &event).await
         };
         if refused {
-            deliver_ok(&owner, &reply, Outcome::new(OutcomeClass::Refused, "foreign_deletion"), FOREIGN_DELETION);
+            let message = "a deletion request can only name its author's own events";
+            deliver_refusal(&owner, &reply, &Refusal::new(Prefix::Blocked, "foreign_deletion", message));
         } else {
             route(&owner, reply, event, shard).await;
         }
@@ -180,31 +161,21 @@ async fn plugin_accepts(core: &Rc<Core>, reply: &Reply, event: &VerifiedEvent) -
     };
     let source = Source { ip, authed: authed.as_ref() };
     let verdict = plugin.judge(event.json(), event.id().to_hex(), &source).await;
-    let (outcome, reason) = match verdict {
+    let refusal = match verdict {
         Verdict::Accept => return true,
-        Verdict::Reject(msg) => (Outcome::new(OutcomeClass::Refused, "plugin"), with_prefix(msg, "blocked")),
-        Verdict::ShadowReject(msg) => (Outcome::new(OutcomeClass::ShadowRejected, "plugin"), msg),
+        Verdict::Reject(msg) => Refusal::from_plugin(msg),
+        Verdict::ShadowReject(msg) => {
+            deliver_ok(core, reply, Outcome::new(OutcomeClass::ShadowRejected, "plugin"), &msg);
+            return false;
+        }
         Verdict::Failed(_) if core.config.write_plugin.on_failure == PluginFailure::Accept => return true,
-        Verdict::Failed(_) => (
-            Outcome::new(OutcomeClass::Error, "plugin_failed"),
-            "error: the relay's write policy could not judge this event; try again later".to_owned(),
-        ),
+        Verdict::Failed(_) => {
+            let message = "the relay's write policy could not judge this event; try again later";
+            Refusal::new(Prefix::Error, "plugin_failed", message)
+        }
     };
-    deliver_ok(core, reply, outcome, &reason);
+    deliver_refusal(core, reply, &refusal);
     false
-}
-
-/// A plugin's message as an `OK` reason: kept when it has a NIP-01 prefix (`word: ...`),
-/// else given `prefix`.
-fn with_prefix(msg: String, prefix: &str) -> String {
-    let has_prefix = msg
-        .split_once(": ")
-        .is_some_and(|(word, _)| !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'));
-    match (has_prefix, msg.is_empty()) {
-        (true, _) => msg,
-        (false, true) => format!("{prefix}: rejected by the relay's write policy"),
-        (false, false) => format!("{prefix}: {msg}"),
-    }
 }
 
 /// NIP-09 lets a relay refuse a deletion request that names someone else's address, or an
@@ -252,8 +223,8 @@ async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: Shard
 /// the append is durable. Never waits: it also runs for other cores' `Append` messages.
 pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply: Reply) {
     let Some((admission, pipeline)) = core.storage.append(shard, &event, crate::now_unix()) else {
-        let outcome = Outcome::new(OutcomeClass::Error, "shutting_down");
-        return deliver_ok(core, &reply, outcome, "error: the relay is shutting down");
+        let refusal = Refusal::new(Prefix::Error, "shutting_down", "the relay is shutting down");
+        return deliver_refusal(core, &reply, &refusal);
     };
     let pending = match admission {
         Ok(Admission::Stored(durable)) => {
@@ -268,21 +239,25 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply
             Pending { durable: Some(original), reply, live: None, duplicate: true, no: None }
         }
         Ok(Admission::Ephemeral) => Pending { durable: None, reply, live: Some(event), duplicate: false, no: None },
-        Ok(Admission::Rejected(rejection)) => {
-            return deliver_ok(core, &reply, rejection_outcome(rejection), rejection.reason())
-        }
+        Ok(Admission::Rejected(rejection)) => return deliver_refusal(core, &reply, &Refusal::rejected(rejection)),
         Err(error) => {
-            let (outcome, reason) = match &error {
-                StoreError::Refusing(refusal) if refusal.is_full() => (OUTCOME_STORAGE_FULL, STORAGE_FULL),
-                _ => (OUTCOME_STORAGE_FAILING, STORAGE_FAILING),
-            };
+            let refusal = Refusal::storage(&error);
             if let Some(held_back) = core.storage.errors.admit() {
                 tracing::warn!(core = core.id().0, %shard, %error, held_back, "event refused: storage refuses writes");
             }
-            return deliver_ok(core, &reply, outcome, reason);
+            return deliver_refusal(core, &reply, &refusal);
         }
     };
     pipeline.push(pending);
+}
+
+/// Send a refusal's `OK false` to its connection (after the challenge it wants, when the
+/// connection is here). Never waits.
+pub fn deliver_refusal(core: &Core, reply: &Reply, refusal: &Refusal) {
+    if refusal.wants_challenge() && reply.core == core.id() {
+        core.sessions.send_challenge(reply.conn);
+    }
+    deliver_ok(core, reply, refusal.outcome(), &refusal.reason());
 }
 
 /// Send an OK to its connection, here or on its core, where it is counted. Never waits.
@@ -331,7 +306,7 @@ pub async fn answer_appends(core: Rc<Core>, pipeline: Rc<AckPipeline>) {
                 if let Some(held_back) = core.storage.errors.admit() {
                     tracing::error!(core = core.id().0, %error, held_back, "append failed");
                 }
-                deliver_ok(&core, &pending.reply, OUTCOME_STORAGE_FAILING, STORAGE_FAILING);
+                deliver_refusal(&core, &pending.reply, &Refusal::storage_failing());
             }
         }
         pipeline.finished();

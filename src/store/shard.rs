@@ -361,17 +361,7 @@ impl ShardState {
             }
             Err(error) => return Err(corrupt(0, error)),
         };
-        if header.segment_id != id || header.shard_id != self.shard_id.0 {
-            return Err(StoreError::DataDir(format!(
-                "{}: header says shard {} segment {}, but the file belongs to shard {} segment {id}",
-                path.display(),
-                header.shard_id,
-                header.segment_id,
-                self.shard_id
-            )));
-        }
-        segment::check_key(&header, self.config.key.as_ref())
-            .map_err(|error| StoreError::Key { path: path.to_owned(), error })?;
+        self.check_header(&header, id, path)?;
         let slot = self.segments.len() as u32;
         let index = &mut self.index;
         let report = segment::scan(bytes.as_slice(), self.config.key.as_ref(), |span, record| {
@@ -401,22 +391,8 @@ impl ShardState {
         } else {
             bytes
         };
-        // A segment a crash left without its seal gets one now (no record is ever appended to
-        // it again), so later opens check it in one pass. Version 1 segments stay as written.
-        let unsealed = !report.sealed && valid_end > SEGMENT_HEADER_SIZE;
-        if mode == OpenMode::ReadWrite && unsealed && format::segment_version(bytes.as_slice()) >= 2 {
-            // The last record's padding may lie past the end of a file cut short: it is zeros.
-            let present = &bytes.as_slice()[..valid_end.min(bytes.as_slice().len())];
-            if let Some(padding) = [0u8; format::RECORD_ALIGN].get(..valid_end - present.len()) {
-                let hash = blake3::Hasher::new().update(present).update(padding).finalize();
-                // Only a speed-up for the next open (a full disk may refuse it): a segment
-                // without its seal is checked record by record.
-                if let Err(error) = segment::append_durably(path, valid_end, &format::seal_bytes(hash.as_bytes())) {
-                    tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "cannot seal the segment a crash left open");
-                    // Nothing of a seal half written may stay after the records.
-                    segment::truncate_file(path, valid_end).map_err(io_error(path))?;
-                }
-            }
+        if mode == OpenMode::ReadWrite && !report.sealed && valid_end > SEGMENT_HEADER_SIZE {
+            self.seal_left_open(path, bytes.as_slice(), valid_end)?;
         }
         self.segments.push(Segment {
             id,
@@ -426,6 +402,41 @@ impl ShardState {
             durable_len: valid_end,
             file: None,
         });
+        Ok(())
+    }
+
+    /// Whether a segment's header names this shard and segment, and this relay's key.
+    fn check_header(&self, header: &SegmentHeader, id: u32, path: &Path) -> Result<(), StoreError> {
+        if header.segment_id != id || header.shard_id != self.shard_id.0 {
+            return Err(StoreError::DataDir(format!(
+                "{}: header says shard {} segment {}, but the file belongs to shard {} segment {id}",
+                path.display(),
+                header.shard_id,
+                header.segment_id,
+                self.shard_id
+            )));
+        }
+        segment::check_key(header, self.config.key.as_ref())
+            .map_err(|error| StoreError::Key { path: path.to_owned(), error })
+    }
+
+    /// A segment a crash left without its seal gets one now (no record is ever appended to
+    /// it again), so later opens check it in one pass. Version 1 segments stay as written.
+    fn seal_left_open(&self, path: &Path, bytes: &[u8], valid_end: usize) -> Result<(), StoreError> {
+        if format::segment_version(bytes) < 2 {
+            return Ok(());
+        }
+        // The last record's padding may lie past the end of a file cut short: it is zeros.
+        let present = &bytes[..valid_end.min(bytes.len())];
+        let Some(padding) = [0u8; format::RECORD_ALIGN].get(..valid_end - present.len()) else { return Ok(()) };
+        let hash = blake3::Hasher::new().update(present).update(padding).finalize();
+        // Only a speed-up for the next open (a full disk may refuse it): a segment without
+        // its seal is checked record by record.
+        if let Err(error) = segment::append_durably(path, valid_end, &format::seal_bytes(hash.as_bytes())) {
+            tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "cannot seal the segment a crash left open");
+            // Nothing of a seal half written may stay after the records.
+            segment::truncate_file(path, valid_end).map_err(io_error(path))?;
+        }
         Ok(())
     }
 
