@@ -5,7 +5,8 @@
 //!                                               with the relay's pid, also per relay CPU-second
 //!   fanout  URL [subscribers] [events]          deliveries per second to N subscribers
 //!   latency URL [rate/s] [seconds]              publish->OK latency at a fixed offered rate
-//!   idle    URL PID [connections]               resident memory per idle connection
+//!   idle    URL PID [connections] [subs]        resident memory per idle connection holding
+//!                                               `subs` open subscriptions (default 0)
 //!   acked   URL FILE [events] [connections]     publish until done or the relay goes away,
 //!                                               appending every acknowledged id to FILE
 //!   check   URL FILE                            every id in FILE is served (exit 1 if not)
@@ -329,17 +330,33 @@ fn rss_kib(pid: u32) -> u64 {
     status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }
 
-fn idle(url: &str, pid: u32, connections: usize) {
+fn idle(url: &str, pid: u32, connections: usize, subs: usize) {
+    let open = |url: &str| {
+        let mut ws = connect(url);
+        for n in 0..subs {
+            // A live subscription with nothing stored to send: its EOSE comes at once.
+            let req = format!(r#"["REQ","idle{n}",{{"kinds":[1],"authors":["{:064x}"],"limit":0}}]"#, n + 1);
+            ws.send(Message::Text(req.into())).expect("send REQ");
+            loop {
+                match ws.read().expect("the REQ's answer") {
+                    Message::Text(text) if text.starts_with("[\"EOSE\"") => break,
+                    Message::Text(text) if text.starts_with("[\"CLOSED\"") => panic!("REQ refused: {text}"),
+                    _ => {}
+                }
+            }
+        }
+        ws
+    };
     // Warm up allocator pools with one round, then measure a second.
-    let warm: Vec<Socket> = (0..64).map(|_| connect(url)).collect();
+    let warm: Vec<Socket> = (0..64).map(|_| open(url)).collect();
     drop(warm);
     std::thread::sleep(Duration::from_millis(500));
     let before = rss_kib(pid);
-    let sockets: Vec<Socket> = (0..connections).map(|_| connect(url)).collect();
+    let sockets: Vec<Socket> = (0..connections).map(|_| open(url)).collect();
     std::thread::sleep(Duration::from_secs(1));
     let after = rss_kib(pid);
     println!(
-        "idle: {connections} connections: RSS {before} KiB -> {after} KiB: {:.1} KiB per idle connection",
+        "idle: {connections} connections, {subs} subscriptions each: RSS {before} KiB -> {after} KiB: {:.1} KiB per idle connection",
         (after.saturating_sub(before)) as f64 / connections as f64
     );
     drop(sockets);
@@ -360,7 +377,8 @@ fn main() {
             latency(&arg(1, "ws://127.0.0.1:7777"), arg(2, "5000").parse().unwrap(), arg(3, "10").parse().unwrap())
         }
         Some("idle") => {
-            idle(&arg(1, "ws://127.0.0.1:7777"), arg(2, "0").parse().unwrap(), arg(3, "2000").parse().unwrap())
+            let (url, pid) = (arg(1, "ws://127.0.0.1:7777"), arg(2, "0").parse().unwrap());
+            idle(&url, pid, arg(3, "2000").parse().unwrap(), arg(4, "0").parse().unwrap())
         }
         Some("acked") => acked(
             &arg(1, "ws://127.0.0.1:7777"),
