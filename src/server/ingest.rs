@@ -1,7 +1,7 @@
 //! An event's way from a verified signature to its `OK`, in named stages:
 //! - [`before_signature`]: what is refused on sight (the event rate, the write policy, a
 //!   request to vanish naming other relays, the date window);
-//! - the signature check (`Core::verify`), then [`after_signature`]: the write plugin's
+//! - the signature check (`Gate::verify`), then [`after_signature`]: the write plugin's
 //!   decision (`plugin`, strfry's protocol), and a deletion request's targets looked up on
 //!   every core (NIP-09 ownership), both as work the connection owns;
 //! - `route`: to the owner core of the author's shard, waiting while its channel is full;

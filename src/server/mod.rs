@@ -3,12 +3,16 @@
 //!
 //! Reading order, along the data path: [`startup`] (the cores' startup and stop, as the
 //! main thread follows them), [`http`] (request head, NIP-11), [`conn`] (the socket loop of
-//! a connection), [`session`] (what a connection owns), [`outbox`] (its bounded queue),
-//! [`verbs`] (one module per client verb), [`ingest`] (an event's stages to its OK),
-//! [`slots`] (a core's query slots, given in turn), [`gather`] (a query's fan-in over every
+//! a connection), [`sessions`] and [`session`] (a core's connections, and what one owns),
+//! [`outbox`] (its bounded queue), [`verbs`] (one module per client verb: a sans-IO decision
+//! over a [`peer::Peer`], and its effects), [`gate`] (policy, lists, rates, keys),
+//! [`ingest`] (an event's stages to its OK, each refusing with one [`refusal::Refusal`]),
+//! [`storage`] and [`acks`] (a core's shards and their ack pipelines), [`queries`] and
+//! [`slots`] (where queries run, given in turn), [`gather`] (a query's fan-in over every
 //! core), [`mesh`] (core-to-core messages and the one typed scatter/gather), [`parts`] (what
 //! a query asks and a core answers), [`scan`] (a core's side of a query), [`fanout`] (live
-//! events), [`core`] (one core's state), [`stats`] (its counters).
+//! events), [`dispatch`] (messages from other cores, long-lived tasks), [`core`] (one core's
+//! subsystems), [`stats`], [`telemetry`] and [`metrics`] (its figures).
 
 pub mod acks;
 pub mod conn;
