@@ -16,6 +16,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use glommio::task::JoinHandle;
 
 use super::gate::Gate;
+use super::gather::Scatter;
 use super::ids::CoreId;
 use super::lists::Versioned;
 use super::mesh::{Ask, Mesh};
@@ -75,6 +76,11 @@ impl Core {
 
     pub fn id(&self) -> CoreId {
         self.mesh.id
+    }
+
+    /// The parts of this core a query's fan-in uses.
+    pub fn scatter(&self) -> Scatter<'_> {
+        Scatter { mesh: &self.mesh, storage: &self.storage, queries: &self.queries, stats: &self.stats }
     }
 
     /// Own a long-lived task: cancelled by [`Core::stop_tasks`].

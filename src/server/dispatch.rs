@@ -69,7 +69,7 @@ pub async fn apply_stored_vanish_requests(core: &Rc<Core>) {
     let filter = crate::filter::Filter { kinds: Some(vec![crate::event::kind::KIND_VANISH]), ..Default::default() };
     let every = crate::limits::SHARD_EVENT_COUNT_MAX;
     let limits = QueryLimits { default: every, max: every, now: crate::now_unix(), bytes_max: usize::MAX };
-    let found = super::gather::hits_everywhere(core, Arc::from([filter]), limits, Privacy::default()).await;
+    let found = super::gather::hits_everywhere(core.scatter(), Arc::from([filter]), limits, Privacy::default()).await;
     for hit in found.into_iter().flatten() {
         let Ok(event) = serde_json::from_slice::<serde_json::Value>(&hit.json) else { continue };
         let pubkey = event["pubkey"].as_str().and_then(|key| crate::hex::decode_lower::<32>(key.as_bytes()));

@@ -201,7 +201,7 @@ async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> 
     let filters: Arc<[Filter]> = Arc::from([any_author, own]);
     let limits = QueryLimits { default: count, max: count, now: crate::now_unix(), bytes_max: usize::MAX };
     // Ownership is judged over every stored event, private kinds included.
-    let found = super::gather::hits_everywhere(core, filters, limits, Privacy::default()).await;
+    let found = super::gather::hits_everywhere(core.scatter(), filters, limits, Privacy::default()).await;
     found[0].len() > found[1].len()
 }
 

@@ -31,7 +31,7 @@ pub fn start(core: &Rc<Core>, conn: ConnId, sub_id: SubId, filters: Vec<Filter>)
             let _slot = owner.query_slot(conn).await;
             let max = owner.config.limits.count_max;
             let limits = QueryLimits { default: max, max, now: crate::now_unix(), bytes_max: 0 };
-            count_everywhere(&owner, filters.into(), limits, privacy).await
+            count_everywhere(owner.scatter(), filters.into(), limits, privacy).await
         };
         owner.sessions.send(conn, proto::frame_count(&sub_id, part.count, part.approximate));
         owner.stats.count_seconds.observe_since(received);

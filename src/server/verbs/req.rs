@@ -65,7 +65,7 @@ async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
     let hits = {
         let _slot = core.query_slot(conn).await;
         let limits = core.query_limits();
-        let mut hits = union_filters(hits_everywhere(&core, filters.into(), limits, privacy).await);
+        let mut hits = union_filters(hits_everywhere(core.scatter(), filters.into(), limits, privacy).await);
         let mut bytes = 0;
         let kept = hits
             .iter()
