@@ -98,7 +98,7 @@ fn date_window(created_at: u64, now: u64, past_max: u64, future_max: u64) -> Res
     Ok(())
 }
 
-pub const OUTCOME_DUPLICATE: Outcome = Outcome::new(OutcomeClass::Duplicate, "duplicate");
+pub const OUTCOME_DUPLICATE: Outcome = Outcome::DUPLICATE;
 
 /// Whether this core owns `event`'s shard and has already acknowledged it (checked before
 /// the signature, which costs 20 times the rest of ingest). A copy whose original is not

@@ -167,6 +167,8 @@ impl OutcomeClass {
 impl Outcome {
     pub const STORED: Outcome = Outcome { class: OutcomeClass::Stored, reason: "" };
     pub const EPHEMERAL: Outcome = Outcome { class: OutcomeClass::Ephemeral, reason: "" };
+    /// A copy of an event already stored: answered `OK true "duplicate: ..."`.
+    pub const DUPLICATE: Outcome = Outcome { class: OutcomeClass::Duplicate, reason: "duplicate" };
     /// A replaceable or addressable event older than the stored version: answered
     /// `OK false "duplicate: ..."`.
     pub const SUPERSEDED: Outcome = Outcome { class: OutcomeClass::Duplicate, reason: "superseded" };
@@ -175,12 +177,11 @@ impl Outcome {
         Outcome { class, reason }
     }
 
-    /// The `OK`'s `true` or `false`.
+    /// The `OK`'s `true` or `false`: of the duplicates, only a copy of a stored event is
+    /// `true` (a superseded version, or a plugin's `duplicate:` refusal, is `false`).
     pub fn accepted(self) -> bool {
-        matches!(
-            self.class,
-            OutcomeClass::Stored | OutcomeClass::Ephemeral | OutcomeClass::Duplicate | OutcomeClass::ShadowRejected
-        ) && self != Outcome::SUPERSEDED
+        matches!(self.class, OutcomeClass::Stored | OutcomeClass::Ephemeral | OutcomeClass::ShadowRejected)
+            || self == Outcome::DUPLICATE
     }
 }
 
