@@ -37,6 +37,12 @@ pub const LONG_SCAN_AFTER_STEPS: usize = 4;
 /// Most events with the same `created_at` a query gathers past its `limit` to order ties by id.
 pub const QUERY_TIE_COUNT_MAX: usize = 100_000;
 
+/// Accepted sockets one core holds before they become sessions (reading the request head,
+/// answering an HTTP request, upgrading), each for at most the 10 s handshake timeout. Past
+/// it a new socket is closed at once (`ringrelay_handshakes_shed_total`): a flood of sockets
+/// that never finish their handshake costs the host a bounded number of tasks, and the
+/// sessions already open lose nothing.
+pub const HANDSHAKES_PER_CORE_MAX: usize = 4_096;
 /// Largest management call (NIP-86) body accepted, in bytes.
 pub const MANAGE_BODY_SIZE_MAX: usize = 64 * 1024;
 /// Longest reason, relay name, description or icon URL a management call may set, in bytes.

@@ -26,7 +26,7 @@ use super::core::Core;
 use super::http::{self, Route};
 use super::outbox::{Out, Outbox};
 use super::rates::Work;
-use super::stats::{CloseCause, Verb};
+use super::stats::{CloseCause, Handshake, Verb};
 use crate::proto;
 use crate::subs::ConnId;
 
@@ -45,7 +45,7 @@ const WRITE_BATCH_COUNT: usize = 64;
 /// §7.1.1: the server closes the TCP connection once the handshake is done).
 const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(1);
 
-pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
+pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream, handshake: Handshake) {
     let peer = match stream.peer_addr() {
         Ok(peer) => peer,
         Err(_) => return,
@@ -105,6 +105,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
             .await;
         return;
     };
+    drop(handshake);
     let limits = &core.config.limits;
     // tungstenite reserves 128 KiB each way by default; Nostr messages are small, and the
     // buffers grow on demand, so an idle connection stays light.
@@ -127,7 +128,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream) {
 
 /// A connection to the admin listener (`metrics_listen`): `/metrics`, `/stats`, `/healthz`
 /// and the management API, nothing else.
-pub async fn serve_admin(core: Rc<Core>, mut stream: TcpStream) {
+pub async fn serve_admin(core: Rc<Core>, mut stream: TcpStream, _handshake: Handshake) {
     let Ok(peer) = stream.peer_addr() else { return };
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
     let Ok(Some((http::Head { route, forwarded_for }, mut leftover))) = head else { return };

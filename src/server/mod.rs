@@ -69,7 +69,7 @@ use self::mesh::{CoreMsg, Mesh};
 use self::queries::{Queries, QueryQueues};
 use self::sessions::{SessionLimits, Sessions};
 use self::startup::{CoreLink, Phase, Started, Supervisor};
-use self::stats::Stats;
+use self::stats::{Handshake, Stats};
 use self::storage::Storage;
 use crate::config::Config;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
@@ -608,7 +608,7 @@ async fn accept_until_stopped<F: std::future::Future<Output = ()> + 'static>(
     listener: &TcpListener,
     stop: &AtomicBool,
     sessions: TaskQueueHandle,
-    serve: fn(Rc<Core>, glommio::net::TcpStream) -> F,
+    serve: fn(Rc<Core>, glommio::net::TcpStream, Handshake) -> F,
 ) {
     enum Step {
         Accepted(glommio::Result<glommio::net::TcpStream, ()>),
@@ -625,11 +625,18 @@ async fn accept_until_stopped<F: std::future::Future<Output = ()> + 'static>(
         .await;
         match step {
             Step::Accepted(Ok(stream)) => {
-                match glommio::spawn_local_into(serve(core.clone(), stream), sessions) {
+                if core.stats.handshakes.get() as usize >= crate::limits::HANDSHAKES_PER_CORE_MAX {
+                    core.stats.handshakes_shed.inc();
+                    drop(stream);
+                    continue;
+                }
+                let handshake = Handshake::begin(core.stats.clone());
+                match glommio::spawn_local_into(serve(core.clone(), stream, handshake), sessions) {
                     // The connection's task is owned through its `Session` once upgraded (the
                     // core closes it through its outbox, and `connections_per_ip_max` bounds
-                    // them); before that, only the 10 s handshake timeout bounds it: new
-                    // connections per address are for the rate limits (issue 15).
+                    // them); before that it is counted as a `Handshake`, at most
+                    // `HANDSHAKES_PER_CORE_MAX` per core, each for at most the 10 s handshake
+                    // timeout.
                     Ok(task) => {
                         task.detach();
                     }

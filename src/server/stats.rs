@@ -433,6 +433,8 @@ figures! {
         counts_scanned => "counts_scanned";
         /// Scans that ran long enough to move to the long scans' task queue.
         long_scans => "long_scans";
+        /// Accepted sockets closed at once because the core held HANDSHAKES_PER_CORE_MAX sockets not yet sessions.
+        handshakes_shed => "handshakes_shed";
     }
     gauges {
         /// Open WebSocket connections.
@@ -449,6 +451,8 @@ figures! {
         mesh_backlog, mesh_backlog_max_seen => "";
         /// Live events held for subscriptions whose stored events are still being sent.
         pending_live, pending_live_max_seen => "";
+        /// Accepted sockets not yet sessions: reading the request head, answered over HTTP, upgrading (HANDSHAKES_PER_CORE_MAX).
+        handshakes, handshakes_max_seen => "";
     }
     read {
         /// Open subscriptions.
@@ -485,6 +489,22 @@ figures! {
     cells {
         /// EVENTs answered, by outcome: a handful of entries, the most frequent first.
         events: RefCell<Vec<(Outcome, u64)>> = RefCell::new(vec![(Outcome::STORED, 0)]);
+    }
+}
+
+/// An accepted socket counted in `Stats::handshakes` until it becomes a session or ends.
+pub struct Handshake(std::rc::Rc<Stats>);
+
+impl Handshake {
+    pub fn begin(stats: std::rc::Rc<Stats>) -> Handshake {
+        stats.handshakes.add(1);
+        Handshake(stats)
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.handshakes.sub(1);
     }
 }
 

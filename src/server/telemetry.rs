@@ -30,6 +30,7 @@ pub fn local_metrics(core: &Core) -> CoreMetrics {
         budget_limits: vec![
             ("outbound_bytes", limits.outbound_bytes_per_core_max as u64),
             ("queries", limits.queries_per_core_max as u64),
+            ("handshakes", crate::limits::HANDSHAKES_PER_CORE_MAX as u64),
         ],
         shards: core.storage.figures(),
     }

@@ -328,3 +328,29 @@ fn a_large_answer_is_cut_to_its_byte_budget_newest_first() {
     newest.reverse();
     assert_eq!(ids(&answer), ids(&newest[..answer.len()]));
 }
+
+#[test]
+fn sockets_that_never_finish_their_handshake_are_counted_and_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 1);
+    // Connected, a request head begun and never finished: each holds a task on the core.
+    let mut idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| {
+            let mut socket = std::net::TcpStream::connect(("127.0.0.1", relay.port)).unwrap();
+            socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+            socket
+        })
+        .collect();
+    // The /stats request itself is one more handshake while it is served.
+    let stats = relay.stats_until(Duration::from_secs(10), |s| count_of(s, "handshakes") >= 40);
+    assert_eq!(count_of(&stats, "handshakes"), 41, "{stats}");
+    assert_eq!(count_of(&stats, "handshakes_shed"), 0, "{stats}");
+    idle.clear();
+    let stats = relay.stats_until(Duration::from_secs(10), |s| count_of(s, "handshakes") == 1);
+    assert_eq!(count_of(&stats, "handshakes"), 1, "only the /stats request: {stats}");
+    assert!(count_of(&stats, "handshakes_max_seen") >= 41, "{stats}");
+    // A session is no longer a handshake.
+    let _client = relay.connect();
+    let stats = relay.stats_until(Duration::from_secs(10), |s| count_of(s, "connections") == 1);
+    assert_eq!(count_of(&stats, "handshakes"), 1, "{stats}");
+}
