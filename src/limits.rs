@@ -34,6 +34,14 @@ pub const QUERY_STEP_CANDIDATE_COUNT: usize = 1_024;
 /// Steps a scan takes in the queries' task queue before it moves to the long scans' queue,
 /// which has a smaller CPU share: an index lookup answering a `limit` is done by then.
 pub const LONG_SCAN_AFTER_STEPS: usize = 4;
+/// One in this many of a core's query slots is kept for connections that hold none
+/// (`server::slots`): a connection's second query waits while only that many are free.
+pub const QUERY_SLOTS_KEPT_SHARE: usize = 4;
+/// How much later a scan's next step is due for every step it has taken (`server::turns`):
+/// a scan that has taken `n` steps goes after scans started up to `n` times this after it.
+/// Far more than a step takes (~0.1–0.4 ms), so that the steps of ~60 scans running at
+/// once (a flood from many addresses) still leave a newer query first.
+pub const SCAN_STEP_TURN_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
 /// Most events with the same `created_at` a query gathers past its `limit` to order ties by id.
 pub const QUERY_TIE_COUNT_MAX: usize = 100_000;
 

@@ -25,7 +25,7 @@ pub fn start_tasks(core: &Rc<Core>) {
 /// A message from another core. Never waits (see `mesh`).
 pub fn handle_message(core: &Rc<Core>, message: CoreMsg) {
     match message {
-        CoreMsg::Append { event, shard, reply } => ingest::append_owned(core, *event, shard, reply),
+        CoreMsg::Append { routed, reply } => ingest::append_owned(core, *routed, reply),
         CoreMsg::Ack { reply, outcome, reason } => ingest::deliver_ok(core, &reply, outcome, &reason),
         CoreMsg::Live(event) => fanout::fan_out(core, &event),
         CoreMsg::Ask { request, ask: Ask::Metrics } => {

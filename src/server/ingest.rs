@@ -1,13 +1,18 @@
-//! An event's way from a verified signature to its `OK`, in named stages:
-//! - [`before_signature`]: what is refused on sight (the event rate, the write policy, a
-//!   request to vanish naming other relays, the date window);
-//! - the signature check (`Gate::verify`), then [`after_signature`]: the write plugin's
-//!   decision (`plugin`, strfry's protocol), and a deletion request's targets looked up on
-//!   every core (NIP-09 ownership), both as work the connection owns;
-//! - `route`: to the owner core of the author's shard, waiting while its channel is full;
-//! - [`append_owned`], on the owner: the storage rules, the append, and the shard's
-//!   [`AckPipeline`]; [`answer_appends`], one task per shard, acknowledges each append once
-//!   it is durable and then broadcasts it.
+//! An event's way from its parse to its `OK`, one step per stage (`stages`), each taking
+//! one stage and giving the next or the [`Stop`] that answers it:
+//! - [`admit`] (`ParsedEvent` → [`Admitted`]): what is refused on sight
+//!   ([`before_signature`]: the event rate, the write policy, a request to vanish naming
+//!   other relays, the date window), its author's shard, and a copy of an event already
+//!   acknowledged answered at once, before the signature that costs 20 times the rest;
+//! - [`verify`] (→ [`Verified`]): the signature (`Gate::verify`, with its key cache);
+//! - [`after_signature`], then `judge` (→ [`Judged`]): the write plugin's decision (`plugin`,
+//!   strfry's protocol), and a deletion request's targets looked up on every core (NIP-09
+//!   ownership), both as work the connection owns;
+//! - `route` (→ [`Routed`]): to the owner core of the author's shard, waiting while its
+//!   channel is full;
+//! - [`append`] (→ `Pending`), on the owner: the storage rules and the append, into the
+//!   shard's [`AckPipeline`]; [`answer_appends`], one task per shard, acknowledges each
+//!   append once it is durable and then broadcasts it.
 
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -15,6 +20,7 @@ use std::sync::Arc;
 
 use super::acks::{AckPipeline, Pending};
 use super::core::Core;
+use super::gate::Gate;
 use super::mesh::{CoreMsg, Reply};
 use super::outbox::Out;
 use super::parts::QueryLimits;
@@ -23,13 +29,15 @@ use super::plugin::{Source, Verdict};
 use super::policy::Policy;
 use super::rates::Work;
 use super::refusal::{Prefix, Refusal};
+use super::stages::{Admitted, Judged, Routed, Stop, Verified};
 use super::stats::{Outcome, OutcomeClass};
+use super::storage::Storage;
 use crate::config::{Config, PluginFailure};
 use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANISH};
 use crate::event::{EventId, KindClass, ParsedEvent, VerifiedEvent};
 use crate::filter::Filter;
 use crate::proto;
-use crate::store::{Admission, Privacy, ShardId};
+use crate::store::{Admission, Privacy};
 use crate::subs::LiveEvent;
 
 /// The `OK` reason for an event already stored.
@@ -98,18 +106,33 @@ fn date_window(created_at: u64, now: u64, past_max: u64, future_max: u64) -> Res
     Ok(())
 }
 
-pub const OUTCOME_DUPLICATE: Outcome = Outcome::DUPLICATE;
+/// The first step: the rules before the signature, the author's shard, and the answer to a
+/// copy of an event this core has already acknowledged.
+pub fn admit(peer: &impl Peer, rules: &EventRules, storage: &Storage, event: ParsedEvent) -> Result<Admitted, Stop> {
+    before_signature(peer, rules, &event)?;
+    let shard = storage.owner_shard(&event.pubkey.0);
+    if is_known_duplicate(storage, &event.id, shard) {
+        return Err(Stop::Answered { outcome: Outcome::DUPLICATE, reason: DUPLICATE.into() });
+    }
+    Ok(Admitted { event, shard })
+}
+
+/// The signature.
+pub fn verify(gate: &Gate, admitted: Admitted) -> Result<Verified, Stop> {
+    let Admitted { event, shard } = admitted;
+    Ok(Verified { event: gate.verify(event)?, shard })
+}
 
 /// Whether this core owns `event`'s shard and has already acknowledged it (checked before
-/// the signature, which costs 20 times the rest of ingest). A copy whose original is not
-/// yet acknowledged is not answered here: it waits behind the original in the shard's
-/// pipeline, so its `duplicate:` OK never comes before the original's OK.
-pub fn is_known_duplicate(core: &Core, id: &EventId, shard: ShardId) -> bool {
-    if !core.storage.owns(shard) {
+/// the signature). A copy whose original is not yet acknowledged is not answered here: it
+/// waits behind the original in the shard's pipeline, so its `duplicate:` OK never comes
+/// before the original's OK.
+fn is_known_duplicate(storage: &Storage, id: &EventId, shard: crate::store::ShardId) -> bool {
+    if !storage.owns(shard) {
         return false;
     }
-    let answered = core.storage.ack_pipeline(shard).answered_count();
-    core.storage
+    let answered = storage.ack_pipeline(shard).answered_count();
+    storage
         .with_shard(shard, |state| {
             let index = &state.index;
             index
@@ -120,84 +143,85 @@ pub fn is_known_duplicate(core: &Core, id: &EventId, shard: ShardId) -> bool {
 }
 
 /// A verified event from a connection of this core. Its OK is owed from now, so a client
-/// that publishes faster than events are stored is held back. A deletion request is first
-/// checked against every core, as a query owned by the connection.
-pub async fn after_signature(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: ShardId) {
+/// that publishes faster than events are stored is held back. When the write plugin or
+/// NIP-09 has to judge it, that is work the connection owns (a query).
+pub async fn after_signature(core: &Rc<Core>, reply: Reply, verified: Verified) {
     core.sessions.with(reply.conn, |session| session.outbound.owe_reply());
-    // A request to vanish is followed whatever the plugin would say (NIP-62).
-    let judged = core.gate.plugin.is_some() && event.kind() != KIND_VANISH;
-    if event.kind() != KIND_DELETION && !judged {
-        return route(core, reply, event, shard).await;
+    if !needs_judging(core, &verified.event) {
+        let Verified { event, shard } = verified;
+        return route(core, reply, Judged { event, shard }).await;
     }
-    let conn = reply.conn;
     let owner = core.clone();
-    core.start_query(conn, None, async move {
-        if judged && !plugin_accepts(&owner, &reply, &event).await {
-            return;
-        }
-        if event.kind() != KIND_DELETION {
-            return route(&owner, reply, event, shard).await;
-        }
-        let refused = {
-            let _slot = owner.query_slot(conn).await;
-            names_another_authors_event(&owner, &event).await
-        };
-        if refused {
-            let message = "a deletion request can only name its author's own events";
-            deliver_refusal(&owner, &reply, &Refusal::new(Prefix::Blocked, "foreign_deletion", message));
-        } else {
-            route(&owner, reply, event, shard).await;
+    core.start_query(reply.conn, None, async move {
+        match judge(&owner, &reply, verified).await {
+            Ok(judged) => route(&owner, reply, judged).await,
+            Err(stop) => deliver_stop(&owner, &reply, &stop),
         }
     });
 }
 
-/// The write plugin's stage: whether `event` goes on; when not, its OK is sent here.
-async fn plugin_accepts(core: &Rc<Core>, reply: &Reply, event: &VerifiedEvent) -> bool {
-    let Some(plugin) = &core.gate.plugin else { return true };
+/// Whether `judge` has anything to ask: a write plugin (a request to vanish is followed
+/// whatever it would say, NIP-62), or a deletion request's targets.
+fn needs_judging(core: &Core, event: &VerifiedEvent) -> bool {
+    let judged = core.gate.plugin.is_some() && event.kind() != KIND_VANISH;
+    judged || event.kind() == KIND_DELETION
+}
+
+/// The write plugin's verdict, then a deletion request's ownership (NIP-09), under a query
+/// slot since it looks on every core.
+async fn judge(core: &Rc<Core>, reply: &Reply, verified: Verified) -> Result<Judged, Stop> {
+    let Verified { event, shard } = verified;
+    if core.gate.plugin.is_some() && event.kind() != KIND_VANISH {
+        plugin_verdict(core, reply, &event).await?;
+    }
+    if event.kind() == KIND_DELETION {
+        let refused = {
+            let _slot = core.query_slot(reply.conn).await;
+            names_another_authors_event(core, &event).await
+        };
+        if refused {
+            let message = "a deletion request can only name its author's own events";
+            return Err(Refusal::new(Prefix::Blocked, "foreign_deletion", message).into());
+        }
+    }
+    Ok(Judged { event, shard })
+}
+
+/// The write plugin's stage: `Ok` when the event goes on.
+async fn plugin_verdict(core: &Rc<Core>, reply: &Reply, event: &VerifiedEvent) -> Result<(), Stop> {
+    let Some(plugin) = &core.gate.plugin else { return Ok(()) };
     let Some((ip, authed)) =
         core.sessions.with(reply.conn, |session| (session.ip, session.auth.pubkeys.first().copied()))
     else {
-        return false;
+        let refusal = Refusal::new(Prefix::Error, "closed", "the connection closed before the event was judged");
+        return Err(refusal.into());
     };
     let source = Source { ip, authed: authed.as_ref() };
     let verdict = plugin.judge(event.json(), event.id().to_hex(), &source).await;
-    let refusal = match verdict {
-        Verdict::Accept => return true,
-        Verdict::Reject(msg) => Refusal::from_plugin(msg),
+    match verdict {
+        Verdict::Accept => Ok(()),
+        Verdict::Reject(msg) => Err(Refusal::from_plugin(msg).into()),
         Verdict::ShadowReject(msg) => {
-            deliver_ok(core, reply, Outcome::new(OutcomeClass::ShadowRejected, "plugin"), &msg);
-            return false;
+            Err(Stop::Answered { outcome: Outcome::new(OutcomeClass::ShadowRejected, "plugin"), reason: msg.into() })
         }
-        Verdict::Failed(_) if core.config.write_plugin.on_failure == PluginFailure::Accept => return true,
+        Verdict::Failed(_) if core.config.write_plugin.on_failure == PluginFailure::Accept => Ok(()),
         Verdict::Failed(_) => {
             let message = "the relay's write policy could not judge this event; try again later";
-            Refusal::new(Prefix::Error, "plugin_failed", message)
+            Err(Refusal::new(Prefix::Error, "plugin_failed", message).into())
         }
-    };
-    deliver_refusal(core, reply, &refusal);
-    false
+    }
 }
 
 /// NIP-09 lets a relay refuse a deletion request that names someone else's address, or an
 /// event stored under another author. Such an event can be on any core's shard.
 async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> bool {
-    let author = event.pubkey();
-    let mut ids = Vec::new();
-    for tag in event.index_tags() {
-        match tag.letter {
-            b'a' if parse_address(&tag.value).is_some_and(|address| address.pubkey != author.0) => return true,
-            b'e' => ids.extend(crate::hex::decode_lower::<32>(&tag.value).map(EventId)),
-            _ => {}
-        }
-    }
-    ids.sort_unstable();
-    ids.dedup();
+    let Some(ids) = deletion_targets(event) else { return true };
     if ids.is_empty() {
         return false;
     }
     let count = ids.len();
     let any_author = Filter { ids: Some(ids), limit: Some(count as u64), ..Filter::default() };
-    let own = Filter { authors: Some(vec![*author]), ..any_author.clone() };
+    let own = Filter { authors: Some(vec![*event.pubkey()]), ..any_author.clone() };
     let filters: Arc<[Filter]> = Arc::from([any_author, own]);
     let limits = QueryLimits { default: count, max: count, now: crate::now_unix(), bytes_max: usize::MAX };
     // Ownership is judged over every stored event, private kinds included.
@@ -205,30 +229,59 @@ async fn names_another_authors_event(core: &Rc<Core>, event: &VerifiedEvent) -> 
     found[0].len() > found[1].len()
 }
 
+/// The event ids a deletion request names (`e` tags, sorted, once each), to be looked up;
+/// `None` when an `a` tag names another author's address, refused without a lookup.
+fn deletion_targets(event: &VerifiedEvent) -> Option<Vec<EventId>> {
+    let author = event.pubkey();
+    let mut ids = Vec::new();
+    for tag in event.index_tags() {
+        match tag.letter {
+            b'a' if parse_address(&tag.value).is_some_and(|address| address.pubkey != author.0) => return None,
+            b'e' => ids.extend(crate::hex::decode_lower::<32>(&tag.value).map(EventId)),
+            _ => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Some(ids)
+}
+
 /// Send an event whose OK is owed to where it is stored: broadcast if ephemeral, else to
 /// the owner of its author's shard, waiting while that core's channel is full.
-async fn route(core: &Rc<Core>, reply: Reply, event: VerifiedEvent, shard: ShardId) {
+async fn route(core: &Rc<Core>, reply: Reply, judged: Judged) {
+    let Judged { event, shard } = judged;
     if event.class() == KindClass::Ephemeral {
         broadcast(core, Arc::new(LiveEvent::from_event(&event))).await;
         deliver_ok(core, &reply, Outcome::EPHEMERAL, "");
         return;
     }
+    let routed = Routed { event, shard };
     match core.storage.owner_core(shard) {
-        owner if owner == core.id() => append_owned(core, event, shard, reply),
-        owner => core.mesh.send(owner, CoreMsg::Append { event: Box::new(event), shard, reply }).await,
+        owner if owner == core.id() => append_owned(core, routed, reply),
+        owner => core.mesh.send(owner, CoreMsg::Append { routed: Box::new(routed), reply }).await,
     }
 }
 
-/// On the owner core: apply the rules and append; the shard's [`AckPipeline`] answers once
-/// the append is durable. Never waits: it also runs for other cores' `Append` messages.
-pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply: Reply) {
-    let Some((admission, pipeline)) = core.storage.append(shard, &event, crate::now_unix()) else {
+/// On the owner core: append, and the shard's [`AckPipeline`] answers once the append is
+/// durable. Never waits: it also runs for other cores' `Append` messages.
+pub fn append_owned(core: &Rc<Core>, routed: Routed, reply: Reply) {
+    match append(&core.storage, routed, reply) {
+        Ok((pending, pipeline)) => pipeline.push(pending),
+        Err((reply, stop)) => deliver_stop(core, &reply, &stop),
+    }
+}
+
+/// The last step: the storage rules and the append, as the `Pending` the shard's pipeline
+/// answers once it is durable (with its pipeline), or the stop and the reply it is owed to.
+pub fn append(storage: &Storage, routed: Routed, reply: Reply) -> Result<(Pending, Rc<AckPipeline>), (Reply, Stop)> {
+    let Routed { event, shard } = routed;
+    let Some((admission, pipeline)) = storage.append(shard, &event, crate::now_unix()) else {
         let refusal = Refusal::new(Prefix::Error, "shutting_down", "the relay is shutting down");
-        return deliver_refusal(core, &reply, &refusal);
+        return Err((reply, refusal.into()));
     };
     let pending = match admission {
         Ok(Admission::Stored(durable)) => {
-            let no = core.storage.with_shard(shard, |state| state.index.lookup_id(&event.id().0)).flatten();
+            let no = storage.with_shard(shard, |state| state.index.lookup_id(&event.id().0)).flatten();
             Pending { durable: Some(durable), reply, live: Some(event), duplicate: false, no }
         }
         // Behind whatever the pipeline holds: the original's OK may still be in it.
@@ -239,16 +292,23 @@ pub fn append_owned(core: &Rc<Core>, event: VerifiedEvent, shard: ShardId, reply
             Pending { durable: Some(original), reply, live: None, duplicate: true, no: None }
         }
         Ok(Admission::Ephemeral) => Pending { durable: None, reply, live: Some(event), duplicate: false, no: None },
-        Ok(Admission::Rejected(rejection)) => return deliver_refusal(core, &reply, &Refusal::rejected(rejection)),
+        Ok(Admission::Rejected(rejection)) => return Err((reply, Refusal::rejected(rejection).into())),
         Err(error) => {
-            let refusal = Refusal::storage(&error);
-            if let Some(held_back) = core.storage.errors.admit() {
-                tracing::warn!(core = core.id().0, %shard, %error, held_back, "event refused: storage refuses writes");
+            if let Some(held_back) = storage.errors.admit() {
+                tracing::warn!(%shard, %error, held_back, "event refused: storage refuses writes");
             }
-            return deliver_refusal(core, &reply, &refusal);
+            return Err((reply, Refusal::storage(&error).into()));
         }
     };
-    pipeline.push(pending);
+    Ok((pending, pipeline))
+}
+
+/// Send a stop's `OK` to its connection.
+pub fn deliver_stop(core: &Core, reply: &Reply, stop: &Stop) {
+    match stop {
+        Stop::Refused(refusal) => deliver_refusal(core, reply, refusal),
+        Stop::Answered { outcome, reason } => deliver_ok(core, reply, *outcome, reason),
+    }
 }
 
 /// Send a refusal's `OK false` to its connection (after the challenge it wants, when the
@@ -292,7 +352,7 @@ pub async fn answer_appends(core: Rc<Core>, pipeline: Rc<AckPipeline>) {
             None => Ok(()),
         };
         match outcome {
-            Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, OUTCOME_DUPLICATE, DUPLICATE),
+            Ok(()) if pending.duplicate => deliver_ok(&core, &pending.reply, Outcome::DUPLICATE, DUPLICATE),
             Ok(()) => {
                 if let Some(no) = pending.no {
                     pipeline.acknowledged(no);
@@ -321,6 +381,7 @@ mod tests {
     use crate::event::testing::{keypair, signed};
     use crate::event::{parse_event, Pubkey};
     use crate::server::peer::tests::FakePeer;
+    use crate::server::stages::Verified;
 
     fn parsed(kind: u16, created_at: u64, tags: serde_json::Value) -> ParsedEvent {
         let json = signed(1, kind, created_at, &tags, "hello");
@@ -396,6 +457,119 @@ mod tests {
         let author =
             FakePeer { authed: vec![Pubkey(keypair(1).x_only_public_key().0.serialize())], ..FakePeer::default() };
         assert_eq!(judged(&author, &config, &protected, false), Ok(()));
+    }
+
+    fn verified(kind: u16, created_at: u64, content: &str) -> VerifiedEvent {
+        let json = signed(1, kind, created_at, &serde_json::json!([]), content);
+        let parsed = parse_event(json.as_bytes(), &Config::default().limits.event_limits()).unwrap();
+        VerifiedEvent::verify(parsed).unwrap()
+    }
+
+    /// The signature step: a forged signature stops the event with `invalid:`, counted under
+    /// the parse error's label; a good one gives the next stage.
+    #[test]
+    fn the_signature_step_refuses_a_forged_signature_as_invalid() {
+        let json = signed(1, 1, crate::now_unix(), &serde_json::json!([]), "hello");
+        let sig_at = json.find("\"sig\":\"").unwrap() + 7;
+        let forged = format!("{}{}{}", &json[..sig_at], "0".repeat(128), &json[sig_at + 128..]);
+        let limits = Config::default().limits.event_limits();
+        let check = |json: &str| {
+            let parsed = parse_event(json.as_bytes(), &limits).unwrap();
+            let shard = crate::store::ShardId(0);
+            VerifiedEvent::verify(parsed).map(|event| Verified { event, shard }).map_err(Stop::from)
+        };
+        let stop = check(&forged).err().unwrap();
+        assert_eq!(stop.reason(), "invalid: signature is invalid");
+        assert_eq!(stop.outcome(), Outcome::new(OutcomeClass::Invalid, "bad_signature"));
+        assert!(!stop.outcome().accepted() && !stop.wants_challenge());
+        assert!(check(&json).is_ok());
+    }
+
+    /// The last step, on a real shard in a scratch directory: a new event is appended (its
+    /// OK waits for its fsync, then it is broadcast), a copy waits behind its original and is
+    /// not broadcast, an older version of a replaceable event is refused `duplicate:`, and a
+    /// deletion's target is refused `blocked:` afterwards.
+    #[test]
+    fn the_append_step_stores_queues_copies_and_applies_the_storage_rules() {
+        use crate::server::ids::CoreId;
+        use crate::store::{DataDir, OpenMode, Shard, ShardConfig, ShardId, ShardState};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let labels = crate::tools::run_local("ingest-append-test", move || {
+            Box::pin(async move {
+                let data = DataDir::open_or_create(&path, 1).unwrap();
+                let config = ShardConfig::new(crate::limits::SEGMENT_SIZE_MIN, None);
+                let state = ShardState::open(&data.shard_dir(ShardId(0)), ShardId(0), config, OpenMode::ReadWrite);
+                let shards = std::collections::HashMap::from([(ShardId(0), Shard::start(state.unwrap()))]);
+                let storage = Storage::new(CoreId(0), 1, data.router(), shards);
+                let reply = |event: &VerifiedEvent| Reply {
+                    core: CoreId(0),
+                    conn: crate::subs::ConnId(1),
+                    event_id: *event.id(),
+                    received: std::time::Instant::now(),
+                };
+                let step = |event: VerifiedEvent| {
+                    let reply = reply(&event);
+                    append(&storage, Routed { event, shard: ShardId(0) }, reply).map(|(pending, _)| pending)
+                };
+                let now = crate::now_unix();
+                let mut labels = Vec::new();
+
+                let profile = verified(0, now, "v2");
+                let stored = step(profile.clone()).ok().unwrap();
+                assert!(!stored.duplicate && stored.live.is_some() && stored.no == Some(0));
+                stored.durable.unwrap().await.unwrap();
+                let copy = step(profile.clone()).ok().unwrap();
+                assert!(copy.duplicate && copy.live.is_none(), "a copy is answered, not broadcast");
+                // Once the original's OK is out, the first step answers a copy itself.
+                let config = Config::default();
+                let policy = Policy::new(&config.policy);
+                let rules = EventRules { policy: &policy, config: &config, now, wrap_to_vanished: false };
+                let again = || parse_event(profile.json().as_bytes(), &config.limits.event_limits()).unwrap();
+                assert!(admit(&FakePeer::default(), &rules, &storage, again()).is_ok(), "not yet acknowledged");
+                storage.ack_pipeline(ShardId(0)).acknowledged(0);
+                let stop = admit(&FakePeer::default(), &rules, &storage, again()).err().unwrap();
+                assert_eq!(stop, Stop::Answered { outcome: Outcome::DUPLICATE, reason: DUPLICATE.into() });
+                assert!(stop.outcome().accepted());
+
+                let older = step(verified(0, now - 10, "v1")).err().unwrap().1;
+                labels.push((older.reason().split_once(':').unwrap().0.to_owned(), older.outcome().reason));
+
+                let note = verified(1, now, "hello");
+                step(note.clone()).ok().unwrap().durable.unwrap().await.unwrap();
+                let tags = serde_json::json!([["e", note.id().to_hex()]]);
+                let deletion = signed(1, KIND_DELETION, now, &tags, "");
+                let limits = Config::default().limits.event_limits();
+                let deletion = VerifiedEvent::verify(parse_event(deletion.as_bytes(), &limits).unwrap()).unwrap();
+                step(deletion).ok().unwrap().durable.unwrap().await.unwrap();
+                let again = step(note).err().unwrap().1;
+                labels.push((again.reason().split_once(':').unwrap().0.to_owned(), again.outcome().reason));
+                storage.close().await;
+                labels
+            })
+        })
+        .unwrap();
+        assert_eq!(labels, vec![("duplicate".to_owned(), "superseded"), ("blocked".to_owned(), "deleted")]);
+    }
+
+    /// The judging step's own part of NIP-09: an `a` tag naming another author's address is
+    /// refused outright; `e` tags are looked up once each.
+    #[test]
+    fn a_deletion_naming_another_authors_address_is_refused_before_any_lookup() {
+        let own = keypair(1).x_only_public_key().0.serialize();
+        let deletion = |tags: serde_json::Value| {
+            let json = signed(1, KIND_DELETION, crate::now_unix(), &tags, "");
+            VerifiedEvent::verify(parse_event(json.as_bytes(), &Config::default().limits.event_limits()).unwrap())
+                .unwrap()
+        };
+        let other = format!("30023:{}:post", "ab".repeat(32));
+        assert_eq!(deletion_targets(&deletion(serde_json::json!([["a", other]]))), None);
+        let mine = format!("30023:{}:post", crate::hex::encode(&own));
+        let (x, y) = ("11".repeat(32), "22".repeat(32));
+        let targets = deletion_targets(&deletion(serde_json::json!([["a", mine], ["e", y], ["e", x], ["e", y]])));
+        assert_eq!(targets, Some(vec![EventId([0x11; 32]), EventId([0x22; 32])]));
+        assert_eq!(deletion_targets(&deletion(serde_json::json!([]))), Some(vec![]));
     }
 
     fn check(created_at: u64, past_max: u64, future_max: u64, expected: Result<(), &str>) {

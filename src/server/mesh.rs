@@ -25,16 +25,17 @@ use glommio::channels::channel_mesh::Senders;
 use super::ids::CoreId;
 use super::metrics::CoreMetrics;
 use super::parts::{CountPart, QueryLimits, WireHit};
+use super::stages::Routed;
 use super::stats::{Outcome, Stats};
-use crate::event::{EventId, VerifiedEvent};
+use crate::event::EventId;
 use crate::filter::Filter;
-use crate::store::{Privacy, ShardId};
+use crate::store::Privacy;
 use crate::subs::{ConnId, LiveEvent};
 
 /// Everything one core says to another.
 pub enum CoreMsg {
     /// To the owner of the author's shard: store this verified event.
-    Append { event: Box<VerifiedEvent>, shard: ShardId, reply: Reply },
+    Append { routed: Box<Routed>, reply: Reply },
     /// Back to the publishing connection's core: the `OK` to send.
     Ack { reply: Reply, outcome: Outcome, reason: std::borrow::Cow<'static, str> },
     /// A durable (or ephemeral) event, to match against every core's subscriptions.

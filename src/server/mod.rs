@@ -41,11 +41,13 @@ pub mod scan;
 pub mod session;
 pub mod sessions;
 pub mod slots;
+pub mod stages;
 pub mod startup;
 pub mod stats;
 pub mod storage;
 pub mod telemetry;
 pub mod throttle;
+pub mod turns;
 pub mod verbs;
 
 use std::collections::HashMap;
@@ -96,10 +98,11 @@ const SESSION_LATENCY: Duration = Duration::from_millis(2);
 const QUERY_SHARES: usize = 500;
 /// The queries task queue's latency, which is the executor's time slice while scans run. A
 /// queue woken by I/O (a client's message, an fsync) is scheduled after the running queue's
-/// next slice: with scans running all the time (a COUNT flood), every hop of a publish
-/// waited a 2 ms slice, and publish p50 went from 0.9 to 17 ms; 250 µs slices keep it near
-/// its unloaded figure (docs/benchmarks.md).
-const QUERY_SLICE: Duration = Duration::from_micros(250);
+/// next slice, and I/O completions are seen once a slice: with scans running all the time
+/// (a COUNT flood), every hop of a publish waited a slice. 2 ms put publish p50 at 17 ms;
+/// 250 µs at 2.4 ms; 100 µs at 0.9–1.0 ms (0.45 unloaded), with p99 4.4–4.6 ms against
+/// 5.3–6.2 (docs/benchmarks.md). 50 µs was no better.
+const QUERY_SLICE: Duration = Duration::from_micros(100);
 /// The long scans' task queue's CPU share: a scan still running after
 /// `LONG_SCAN_AFTER_STEPS` moves there, so a flood of expensive queries takes a fifth of the
 /// queries' share while short queries, publishing and live events keep theirs. Alone on a

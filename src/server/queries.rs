@@ -13,6 +13,7 @@ use glommio::{Task, TaskQueueHandle};
 use super::mesh::RequestId;
 use super::slots::{Asker, FairSlots, Slot};
 use super::stats::Stats;
+use super::turns::{ScanTurn, Turns};
 
 /// The task queues a core's queries run in. A task spawned there never runs inside the
 /// spawning session's turn, so a REQ replaced by the next message costs no scan, and glommio
@@ -32,12 +33,25 @@ pub struct Queries {
     /// Scans run for other cores' gathers (the handle is set once the task is spawned;
     /// glommio may run it to completion first).
     remote: RefCell<HashMap<RequestId, Option<JoinHandle<()>>>>,
+    /// Which running scan takes the next step.
+    turns: Rc<Turns>,
     stats: Rc<Stats>,
 }
 
 impl Queries {
     pub fn new(slots: usize, queues: QueryQueues, stats: Rc<Stats>) -> Queries {
-        Queries { slots: FairSlots::new(slots), queues, remote: RefCell::new(HashMap::new()), stats }
+        Queries {
+            slots: FairSlots::new(slots),
+            queues,
+            remote: RefCell::new(HashMap::new()),
+            turns: Turns::new(),
+            stats,
+        }
+    }
+
+    /// A scan starting now: its steps wait for their turn (see `turns`).
+    pub fn start_scan(&self) -> Rc<ScanTurn> {
+        Rc::new(self.turns.start())
     }
 
     /// Run `work` in the queries' queue; the handle cancels it.

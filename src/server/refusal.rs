@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use super::stats::{Outcome, OutcomeClass};
+use crate::event::EventError;
 use crate::store::{Rejection, StoreError};
 
 /// NIP-01's machine-readable prefixes for an `OK false`.
@@ -128,6 +129,11 @@ impl Refusal {
             "storage_failing",
             "could not store the event (a disk write failed); try again later",
         )
+    }
+
+    /// An event that is not well formed, or whose id or signature does not hold.
+    pub fn invalid_event(error: &EventError) -> Refusal {
+        Refusal::new(Prefix::Invalid, error.label(), error.to_string())
     }
 
     /// A write plugin's `reject`: its message keeps a NIP-01 prefix it starts with, else it

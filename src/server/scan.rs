@@ -7,6 +7,7 @@ use super::parts::{CountPart, QueryLimits, WireHit};
 use super::queries::Queries;
 use super::stats::Stats;
 use super::storage::Storage;
+use super::turns::ScanTurn;
 use crate::filter::Filter;
 use crate::limits::{LONG_SCAN_AFTER_STEPS, QUERY_STEP_CANDIDATE_COUNT};
 use crate::store::query::{merge_newest_first, union_filters, Ordered};
@@ -21,13 +22,14 @@ pub async fn hits(
     limits: QueryLimits,
     privacy: &Privacy,
 ) -> Vec<Vec<WireHit>> {
+    let turn = queries.start_scan();
     let mut per_filter = Vec::with_capacity(filters.len());
     let mut bytes_left = limits.bytes_max;
     for filter in filters {
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut lists = Vec::new();
         for shard_id in storage.shard_ids() {
-            let found = scan_shard(storage, queries, shard_id, filter, limit, limits.now, privacy).await;
+            let found = scan_shard(storage, queries, &turn, shard_id, filter, limit, limits.now, privacy).await;
             lists.push(found.into_iter().map(|hit| ShardHit { shard: shard_id, hit }).collect());
         }
         let mut hits = Vec::new();
@@ -66,6 +68,7 @@ pub async fn count(
         }
     }
     stats.counts_scanned.inc();
+    let turn = queries.start_scan();
     if let [filter] = filters {
         // One filter: its events on different shards are different events; count them
         // without keeping them.
@@ -73,7 +76,7 @@ pub async fn count(
         let mut total = CountPart::default();
         for shard_id in storage.shard_ids() {
             let plan = |state: &ShardState| FilterScan::new_count(filter, limit, &state.index).hiding(privacy);
-            if let Some(scan) = run_scan(storage, queries, shard_id, plan, limits.now).await {
+            if let Some(scan) = run_scan(storage, queries, &turn, shard_id, plan, limits.now).await {
                 total.count += scan.count() as u64;
                 total.approximate |= scan.count() >= limit;
             }
@@ -86,7 +89,7 @@ pub async fn count(
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut found = Vec::new();
         for shard_id in storage.shard_ids() {
-            let hits = scan_shard(storage, queries, shard_id, filter, limit, limits.now, privacy).await;
+            let hits = scan_shard(storage, queries, &turn, shard_id, filter, limit, limits.now, privacy).await;
             approximate |= hits.len() >= limit;
             found.extend(hits.into_iter().map(|hit| CountedHit { created_at: hit.created_at, id: hit.id }));
         }
@@ -175,9 +178,11 @@ fn count_from_index(storage: &Storage, filter: &Filter, privacy: &Privacy, now: 
 }
 
 /// The newest `limit` hits of `filter` on one shard, examined a step at a time.
+#[allow(clippy::too_many_arguments)]
 async fn scan_shard(
     storage: &Rc<Storage>,
     queries: &Queries,
+    turn: &Rc<ScanTurn>,
     shard_id: ShardId,
     filter: &Filter,
     limit: usize,
@@ -185,30 +190,32 @@ async fn scan_shard(
     privacy: &Privacy,
 ) -> Vec<Hit> {
     let plan = |state: &ShardState| FilterScan::new(filter, limit, &state.index).hiding(privacy);
-    run_scan(storage, queries, shard_id, plan, now).await.map(FilterScan::into_hits).unwrap_or_default()
+    run_scan(storage, queries, turn, shard_id, plan, now).await.map(FilterScan::into_hits).unwrap_or_default()
 }
 
-/// Plan a scan on one shard and run it to its end a step at a time; `None` once the shard
-/// is closed. Past `LONG_SCAN_AFTER_STEPS` steps the rest runs in the long scans' queue.
+/// Plan a scan on one shard and run it to its end a step at a time, each step in its turn
+/// (`turns`); `None` once the shard is closed. Past `LONG_SCAN_AFTER_STEPS` steps the rest
+/// runs in the long scans' queue.
 async fn run_scan(
     storage: &Rc<Storage>,
     queries: &Queries,
+    turn: &Rc<ScanTurn>,
     shard_id: ShardId,
     plan: impl FnOnce(&ShardState) -> FilterScan,
     now: u64,
 ) -> Option<FilterScan> {
     let mut scan = storage.with_shard(shard_id, plan)?;
     for _ in 0..LONG_SCAN_AFTER_STEPS {
-        if step(storage, shard_id, &mut scan, now)? {
+        if turn.step(|| step(storage, shard_id, &mut scan, now)).await? {
             return Some(scan);
         }
         yield_step().await;
     }
-    let owner = storage.clone();
+    let (owner, turn) = (storage.clone(), turn.clone());
     queries
         .spawn_long(async move {
             loop {
-                if step(&owner, shard_id, &mut scan, now)? {
+                if turn.step(|| step(&owner, shard_id, &mut scan, now)).await? {
                     return Some(scan);
                 }
                 yield_step().await;

@@ -7,6 +7,11 @@
 //! addresses flooding COUNT took a healthy REQ from p99 11 ms to 1 s), and plain round robin
 //! over addresses gave the healthy address one slot in sixty whatever its need.
 //!
+//! A quarter of the slots (`QUERY_SLOTS_KEPT_SHARE`) is kept for connections that hold none:
+//! a connection's second query waits while that few are free. Flooders from many addresses
+//! then hold one slot each, and a client's one REQ finds a slot free at once rather than
+//! waiting for a flooder's scan to end.
+//!
 //! [`FairQueue`] is the plain bookkeeping, tested without an executor; [`FairSlots`] wraps it
 //! in futures. Choosing is a pass over the addresses that wait (at most one per connection).
 
@@ -17,6 +22,7 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
+use crate::limits::QUERY_SLOTS_KEPT_SHARE;
 use crate::subs::ConnId;
 
 /// Who waits: the client's address (its forwarded one behind a trusted proxy) and its
@@ -34,9 +40,13 @@ pub type Ticket = u64;
 #[derive(Default)]
 pub struct FairQueue {
     free: usize,
+    /// Free slots only a connection that holds none may take.
+    kept: usize,
     next_ticket: Ticket,
     /// Slots held, per address (absent: none).
     running: HashMap<IpAddr, usize>,
+    /// Slots held, per connection (absent: none).
+    held: HashMap<ConnId, usize>,
     /// Addresses with waiters, in turn order.
     turn: VecDeque<IpAddr>,
     by_address: HashMap<IpAddr, AddressWaiters>,
@@ -53,14 +63,27 @@ struct AddressWaiters {
 
 impl FairQueue {
     pub fn new(slots: usize) -> FairQueue {
-        FairQueue { free: slots, ..FairQueue::default() }
+        FairQueue { free: slots, kept: slots / QUERY_SLOTS_KEPT_SHARE, ..FairQueue::default() }
+    }
+
+    /// Whether `conn` may take one of `free` slots: one it holds none of, or one of those
+    /// past the kept ones.
+    fn may_take(&self, conn: ConnId, free: usize) -> bool {
+        free > self.kept || !self.held.contains_key(&conn)
+    }
+
+    fn hold(&mut self, asker: Asker) {
+        *self.running.entry(asker.ip).or_default() += 1;
+        *self.held.entry(asker.conn).or_default() += 1;
     }
 
     /// Ask for a slot: `Ok` when one is free now (taken), else `Err` with the ticket to wait on.
+    /// Nobody who waits could take a free slot (`give_back` grants those), so taking one
+    /// passes nobody.
     pub fn take_or_wait(&mut self, asker: Asker) -> Result<(), Ticket> {
-        if self.free > 0 && self.waiting.is_empty() {
+        if self.free > 0 && self.may_take(asker.conn, self.free) {
             self.free -= 1;
-            *self.running.entry(asker.ip).or_default() += 1;
+            self.hold(asker);
             return Ok(());
         }
         let ticket = self.next_ticket;
@@ -78,22 +101,31 @@ impl FairQueue {
         Err(ticket)
     }
 
-    /// `ip` gives a slot back: the ticket it goes to, and its address, if anyone waits (else
-    /// the slot is free).
+    /// `from` gives a slot back: the ticket it goes to, and its address, if anyone waits who
+    /// may take it (else the slot is free).
     ///
-    /// The slot still counts as `ip`'s while the next is chosen: an address that keeps
+    /// The slot still counts as its address's while the next is chosen: an address that keeps
     /// queries queued does not take back the slot it frees ahead of one with none running.
-    pub fn give_back(&mut self, ip: IpAddr) -> Option<(Ticket, IpAddr)> {
-        let granted = self.next_in_turn();
+    pub fn give_back(&mut self, from: Asker) -> Option<(Ticket, Asker)> {
+        if let Some(held) = self.held.get_mut(&from.conn) {
+            *held -= 1;
+            if *held == 0 {
+                self.held.remove(&from.conn);
+            }
+        }
+        let granted = self.next_in_turn(self.free + 1);
         match granted {
-            Some((_, to)) => *self.running.entry(to).or_default() += 1,
+            Some((_, to)) => *self.running.entry(to.ip).or_default() += 1,
             None => self.free += 1,
         }
-        if let Some(running) = self.running.get_mut(&ip) {
+        if let Some(running) = self.running.get_mut(&from.ip) {
             *running -= 1;
             if *running == 0 {
-                self.running.remove(&ip);
+                self.running.remove(&from.ip);
             }
+        }
+        if let Some((_, to)) = granted {
+            *self.held.entry(to.conn).or_default() += 1;
         }
         granted
     }
@@ -119,23 +151,30 @@ impl FairQueue {
         self.waiting.len()
     }
 
-    /// The waiting address with the fewest slots held (the first in turn of those), its next
-    /// connection's oldest ticket; both go to the back of their turn if they still wait.
-    fn next_in_turn(&mut self) -> Option<(Ticket, IpAddr)> {
+    /// Of the waiters who may take one of `free` slots: the address with the fewest slots
+    /// held (the first in turn of those), its next such connection's oldest ticket; both go
+    /// to the back of their turn if they still wait.
+    fn next_in_turn(&mut self, free: usize) -> Option<(Ticket, Asker)> {
         let running = |ip: &IpAddr| self.running.get(ip).copied().unwrap_or(0);
         let mut chosen = None;
         for (position, ip) in self.turn.iter().enumerate() {
             let held = running(ip);
-            if chosen.is_none_or(|(_, fewest)| held < fewest) {
-                chosen = Some((position, held));
-                if held == 0 {
-                    break;
-                }
+            if chosen.is_some_and(|(_, fewest, _)| held >= fewest) {
+                continue;
+            }
+            let waiters = &self.by_address[ip];
+            let Some(conn_position) = waiters.turn.iter().position(|&conn| self.may_take(conn, free)) else {
+                continue;
+            };
+            chosen = Some((position, held, conn_position));
+            if held == 0 {
+                break;
             }
         }
-        let ip = self.turn.remove(chosen?.0).expect("a position in the turn");
+        let (position, _, conn_position) = chosen?;
+        let ip = self.turn.remove(position).expect("a position in the turn");
         let address = self.by_address.get_mut(&ip).expect("an address in turn has waiters");
-        let conn_id = address.turn.pop_front().expect("an address in turn has a connection waiting");
+        let conn_id = address.turn.remove(conn_position).expect("a connection in turn has a position");
         let conn = address.by_conn.get_mut(&conn_id).expect("a connection in turn has tickets");
         let ticket = conn.pop_front().expect("a connection in turn has a ticket");
         if conn.is_empty() {
@@ -149,7 +188,7 @@ impl FairQueue {
             self.turn.push_back(ip);
         }
         self.waiting.remove(&ticket);
-        Some((ticket, ip))
+        Some((ticket, Asker { ip, conn: conn_id }))
     }
 }
 
@@ -164,12 +203,12 @@ pub struct FairSlots {
 /// A query slot, given back when dropped.
 pub struct Slot {
     slots: Rc<FairSlots>,
-    ip: IpAddr,
+    holder: Asker,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.give_back(self.ip);
+        self.slots.give_back(self.holder);
     }
 }
 
@@ -186,9 +225,9 @@ impl FairSlots {
     /// slot granted to a future dropped before it saw it is given back.
     pub async fn acquire(self: &Rc<Self>, asker: Asker) -> Slot {
         let taken = self.queue.borrow_mut().take_or_wait(asker);
-        let Err(ticket) = taken else { return Slot { slots: self.clone(), ip: asker.ip } };
+        let Err(ticket) = taken else { return Slot { slots: self.clone(), holder: asker } };
         self.wakers.borrow_mut().insert(ticket, None);
-        let mut wait = Waiting { slots: self, ticket, ip: asker.ip, done: false };
+        let mut wait = Waiting { slots: self, ticket, asker, done: false };
         poll_fn(|cx| {
             if self.granted.borrow_mut().remove(&ticket) {
                 wait.done = true;
@@ -198,15 +237,15 @@ impl FairSlots {
             Poll::Pending
         })
         .await;
-        Slot { slots: self.clone(), ip: asker.ip }
+        Slot { slots: self.clone(), holder: asker }
     }
 
     pub fn waiting_count(&self) -> usize {
         self.queue.borrow().waiting_count()
     }
 
-    fn give_back(&self, ip: IpAddr) {
-        let granted = self.queue.borrow_mut().give_back(ip);
+    fn give_back(&self, from: Asker) {
+        let granted = self.queue.borrow_mut().give_back(from);
         if let Some((ticket, _)) = granted {
             let waker = self.wakers.borrow_mut().remove(&ticket).flatten();
             self.granted.borrow_mut().insert(ticket);
@@ -222,7 +261,7 @@ impl FairSlots {
 struct Waiting<'a> {
     slots: &'a Rc<FairSlots>,
     ticket: Ticket,
-    ip: IpAddr,
+    asker: Asker,
     done: bool,
 }
 
@@ -234,7 +273,7 @@ impl Drop for Waiting<'_> {
         self.slots.wakers.borrow_mut().remove(&self.ticket);
         let was_granted = self.slots.granted.borrow_mut().remove(&self.ticket);
         if was_granted {
-            self.slots.give_back(self.ip);
+            self.slots.give_back(self.asker);
         } else {
             self.slots.queue.borrow_mut().cancel(self.ticket);
         }
@@ -282,11 +321,11 @@ mod tests {
             }
         }
         ask(&mut queue, asker(3, 30));
-        let mut holder = ip(9);
+        let mut holder = asker(9, 90);
         let mut order = Vec::new();
         while let Some((ticket, granted)) = queue.give_back(holder) {
-            assert_eq!(who[&ticket].ip, granted);
-            order.push(who[&ticket]);
+            assert_eq!(who[&ticket], granted);
+            order.push(granted);
             holder = granted;
         }
         let expected = [
@@ -321,9 +360,36 @@ mod tests {
             }
         }
         let healthy = queue.take_or_wait(asker(50, 500)).unwrap_err();
-        assert_eq!(queue.give_back(ip(3)).map(|(ticket, _)| ticket), Some(healthy));
+        assert_eq!(queue.give_back(asker(3, 3)).map(|(ticket, _)| ticket), Some(healthy));
         // Then address 3, which now runs nothing, before 1, 2 and 4, which run one each.
-        assert_eq!(queue.give_back(ip(1)).map(|(_, granted)| granted), Some(ip(3)));
+        assert_eq!(queue.give_back(asker(1, 1)).map(|(_, granted)| granted), Some(asker(3, 3)));
+    }
+
+    /// A quarter of the slots is kept for connections that hold none: one connection takes
+    /// the rest, then waits, while others still take the kept ones at once; a freed slot
+    /// goes to a waiter that holds none, else stays free for the next such.
+    #[test]
+    fn the_kept_slots_go_to_connections_that_hold_none() {
+        let mut queue = FairQueue::new(8);
+        let greedy = asker(1, 1);
+        for _ in 0..6 {
+            assert_eq!(queue.take_or_wait(greedy), Ok(()));
+        }
+        let greedy_waits = queue.take_or_wait(greedy).unwrap_err();
+        assert_eq!(queue.take_or_wait(asker(2, 2)), Ok(()));
+        assert_eq!(queue.take_or_wait(asker(3, 3)), Ok(()));
+        let late = queue.take_or_wait(asker(4, 4)).unwrap_err();
+        // The greedy connection's own slot goes to the one that holds none.
+        assert_eq!(queue.give_back(greedy), Some((late, asker(4, 4))));
+        // Then it stays free: the greedy connection still holds 4 and only 1 would be free.
+        assert_eq!(queue.give_back(greedy), None);
+        assert_eq!(queue.waiting_count(), 1);
+        assert_eq!(queue.take_or_wait(asker(5, 5)), Ok(()));
+        // Once more than the kept slots are free, the greedy connection's query runs.
+        assert_eq!(queue.give_back(asker(2, 2)), None);
+        assert_eq!(queue.give_back(asker(3, 3)), None);
+        assert_eq!(queue.give_back(asker(4, 4)), Some((greedy_waits, greedy)));
+        assert_eq!(queue.waiting_count(), 0);
     }
 
     #[test]
@@ -334,10 +400,10 @@ mod tests {
         let second = queue.take_or_wait(asker(2, 2)).unwrap_err();
         queue.cancel(first);
         queue.cancel(first);
-        assert_eq!(queue.give_back(ip(9)), Some((second, ip(2))));
-        assert_eq!(queue.give_back(ip(2)), None);
+        assert_eq!(queue.give_back(asker(9, 9)), Some((second, asker(2, 2))));
+        assert_eq!(queue.give_back(asker(2, 2)), None);
         assert!(queue.turn.is_empty() && queue.by_address.is_empty() && queue.waiting.is_empty());
-        assert!(queue.running.is_empty());
+        assert!(queue.running.is_empty() && queue.held.is_empty());
         assert_eq!(queue.take_or_wait(asker(1, 1)), Ok(()));
     }
 

@@ -31,33 +31,25 @@ pub async fn handle(core: &Rc<Core>, conn: ConnId, raw: &RawValue) {
             return;
         }
     };
-    let id = parsed.id.to_hex();
     let policy = core.gate.policy();
     let wrap_to_vanished = parsed.kind == KIND_GIFT_WRAP && core.storage.is_wrap_to_vanished(&parsed);
     let rules = EventRules { policy: &policy, config: &core.config, now: crate::now_unix(), wrap_to_vanished };
-    if let Err(refusal) = ingest::before_signature(&Conn { core, conn }, &rules, &parsed) {
-        if refusal.wants_challenge() {
-            core.sessions.send_challenge(conn);
-        }
-        core.stats.answered(refusal.outcome(), received);
-        core.sessions.send(conn, proto::frame_ok(&id, false, &refusal.reason()));
-        return;
-    }
-    let shard = core.storage.owner_shard(&parsed.pubkey.0);
-    if ingest::is_known_duplicate(core, &parsed.id, shard) {
-        core.stats.answered(ingest::OUTCOME_DUPLICATE, received);
-        core.sessions.send(conn, proto::frame_ok(&id, true, ingest::DUPLICATE));
-        return;
-    }
     let event_id = parsed.id;
-    match core.gate.verify(parsed) {
-        Ok(event) => {
+    let verified = ingest::admit(&Conn { core, conn }, &rules, &core.storage, parsed)
+        .and_then(|admitted| ingest::verify(&core.gate, admitted));
+    match verified {
+        Ok(verified) => {
             let reply = Reply { core: core.id(), conn, event_id, received };
-            ingest::after_signature(core, reply, event, shard).await;
+            ingest::after_signature(core, reply, verified).await;
         }
-        Err(error) => {
-            core.stats.answered(invalid(&error), received);
-            core.sessions.send(conn, proto::frame_ok(&id, false, &error.reason()));
+        Err(stop) => {
+            // Answered here, before any reply was owed.
+            if stop.wants_challenge() {
+                core.sessions.send_challenge(conn);
+            }
+            core.stats.answered(stop.outcome(), received);
+            let ok = proto::frame_ok(&event_id.to_hex(), stop.outcome().accepted(), &stop.reason());
+            core.sessions.send(conn, ok);
         }
     }
 }
