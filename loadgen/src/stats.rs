@@ -69,6 +69,11 @@ impl Default for Sample {
 }
 
 impl Sample {
+    /// A count so far (0 when never counted).
+    pub fn count_of(&self, key: &str) -> u64 {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
+
     pub fn record(&mut self, metric: Metric, micros: u64) {
         self.latency[metric as usize].saturating_record(micros.clamp(1, LATENCY_MAX_US));
     }

@@ -13,6 +13,7 @@ mod known;
 mod net;
 mod publish;
 mod query;
+mod scenario;
 mod shared;
 mod worker;
 
@@ -33,6 +34,7 @@ use self::known::Known;
 pub use self::net::Target;
 pub use self::query::check_answer;
 use self::query::preload_store;
+use self::scenario::Scenario;
 use self::shared::{Shared, Tick, IO_MEMORY_SIZE};
 use self::worker::worker;
 
@@ -368,19 +370,14 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / per_second)
 }
 
+/// Connections open once set up (the connect ramp's are opened during the run).
 fn count_connections(plan: &Plan) -> usize {
-    plan.publish.as_ref().map_or(0, |p| p.connections)
-        + plan.fanout.as_ref().map_or(0, |f| f.publishers + f.subscribers)
-        + plan.query.as_ref().map_or(0, |q| q.connections)
+    Scenario::of(plan).iter().filter(|s| !matches!(s, Scenario::Connect(_))).map(Scenario::connections).sum()
 }
 
-/// Every send has its reply and every accepted fanout event all its deliveries.
+/// Every scenario has drained (see `Scenario::drained`).
 fn drained(shared: &Shared, total: &Sample) -> bool {
-    let count = |key: &str| total.counts.get(key).copied().unwrap_or(0);
-    count("publish.replies") >= count("publish.sent")
-        && count("fanout.replies") >= count("fanout.sent")
-        && count("query.done") >= count("query.sent")
-        && count("fanout.delivered") >= shared.expected_deliveries(false)
+    Scenario::of(&shared.plan).iter().all(|scenario| scenario.drained(shared, total))
 }
 
 fn progress_line(
@@ -391,38 +388,11 @@ fn progress_line(
     total: &Sample,
     cpu: &[Duration],
 ) -> String {
-    let count = |key: &str| interval.counts.get(key).copied().unwrap_or(0) as f64 / seconds;
+    let count = |key: &str| interval.count_of(key) as f64 / seconds;
     let p99 = |metric: Metric| Latency::of(&total.latency[metric as usize]).p99_ms;
     let phase = if second * 1_000_000_000 <= shared.warmup_ns { "warm-up " } else { "measured" };
     let mut parts = vec![format!("[{second:>4}s {phase}]")];
-    if let Some(p) = &shared.plan.publish {
-        parts.push(format!(
-            "publish {:.0}/{:.0}/s p99 {:.2}ms",
-            count("publish.accepted"),
-            p.rate,
-            p99(Metric::Publish)
-        ));
-    }
-    if shared.plan.fanout.is_some() {
-        parts.push(format!(
-            "fanout {:.0} ev/s {:.0} deliveries/s p99 {:.2}ms",
-            count("fanout.sent"),
-            count("fanout.delivered"),
-            p99(Metric::Fanout)
-        ));
-    }
-    if let Some(q) = &shared.plan.query {
-        parts.push(format!("query {:.0}/{:.0}/s p99 {:.2}ms", count("query.done"), q.rate, p99(Metric::Query)));
-    }
-    if shared.plan.connect.is_some() {
-        parts.push(format!(
-            "connect {:.0}/s p99 {:.2}ms open {}",
-            count("connect.open"),
-            p99(Metric::Connect),
-            total.counts.get("connect.open").copied().unwrap_or(0)
-                - total.counts.get("connect.dropped").copied().unwrap_or(0)
-        ));
-    }
+    parts.extend(Scenario::of(&shared.plan).iter().map(|scenario| scenario.progress(&count, &p99, total)));
     parts.push(format!("errors {}", total.error_total()));
     let busy: Vec<String> = cpu.iter().map(|cpu| format!("{:.0}%", 100.0 * cpu.as_secs_f64() / seconds)).collect();
     parts.push(format!("generator busy {}", busy.join(" ")));
@@ -466,62 +436,9 @@ fn count_unanswered(shared: &Shared, total: &mut Sample) {
     }
 }
 
-/// One report section per scenario the plan ran, in a fixed order.
+/// One report section per scenario the plan ran, in the plan's order.
 fn scenario_sections(shared: &Shared, total: &Sample, seconds: f64) -> Vec<ScenarioReport> {
-    let plan = &shared.plan;
-    let count = |key: &str| total.counts.get(key).copied().unwrap_or(0);
-    let section = |name: &'static str, metric: Metric, offered: u64, offered_rate: f64, counts: Vec<(&str, u64)>| {
-        let completed = total.completed[metric as usize];
-        let prefix = format!("{name}.");
-        ScenarioReport {
-            name,
-            offered_rate,
-            achieved_rate: completed as f64 / seconds,
-            offered,
-            completed,
-            latency: Latency::of(&total.latency[metric as usize]),
-            counts: counts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-            errors: total.errors.iter().filter(|(k, _)| k.starts_with(&prefix)).map(|(k, v)| (k.clone(), *v)).collect(),
-        }
-    };
-    let mut sections = Vec::new();
-    if let Some(p) = &plan.publish {
-        let counts = vec![
-            ("sent", count("publish.sent")),
-            ("accepted", count("publish.accepted")),
-            ("connections", p.connections as u64),
-        ];
-        sections.push(section("publish", Metric::Publish, total.offered[Metric::Publish as usize], p.rate, counts));
-    }
-    if let Some(f) = &plan.fanout {
-        let offered = shared.expected_deliveries(true);
-        let counts = vec![
-            ("events_sent", count("fanout.sent")),
-            ("events_accepted", count("fanout.accepted")),
-            ("deliveries", count("fanout.delivered")),
-            ("deliveries_expected", shared.expected_deliveries(false)),
-            ("subscribers", f.subscribers as u64),
-        ];
-        sections.push(section("fanout", Metric::Fanout, offered, offered as f64 / seconds, counts));
-    }
-    if let Some(q) = &plan.query {
-        let answered = total.latency[Metric::Query as usize].len().max(1);
-        let counts = vec![
-            ("events_returned", count("query.events")),
-            ("events_per_query", count("query.measured_events") / answered),
-            ("preloaded", shared.known.accepted.len() as u64),
-        ];
-        sections.push(section("query", Metric::Query, total.offered[Metric::Query as usize], q.rate, counts));
-    }
-    if let Some(c) = &plan.connect {
-        let counts = vec![("opened", count("connect.open")), ("target", c.connections as u64)];
-        let mut connect = section("connect", Metric::Connect, total.offered[Metric::Connect as usize], c.rate, counts);
-        // The ramp may end before the measured phase does; its rate is over the ramp.
-        let ramp_seconds = (c.connections as f64 / c.rate).min(seconds);
-        connect.achieved_rate = connect.completed as f64 / ramp_seconds;
-        sections.push(connect);
-    }
-    sections
+    Scenario::of(&shared.plan).iter().filter_map(|scenario| scenario.section(shared, total, seconds)).collect()
 }
 
 /// The generator's view of itself: its threads' CPU shares, its send lag, and what they

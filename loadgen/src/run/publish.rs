@@ -25,11 +25,11 @@ pub(super) fn start_publisher(
     ws: Ws,
     conn: usize,
     (connections, rate): (usize, f64),
-    scenario: Scenario,
+    scenario: Feed,
 ) {
     let range = match scenario {
-        Scenario::Publish => shared.publish.clone(),
-        Scenario::Fanout => shared.fanout.clone(),
+        Feed::Publish => shared.publish.clone(),
+        Feed::Fanout => shared.fanout.clone(),
     };
     let events: Vec<u32> = (range.start + conn..range.end).step_by(connections).map(|i| i as u32).collect();
     let interval = 1e9 * connections as f64 / rate;
@@ -40,28 +40,30 @@ pub(super) fn start_publisher(
     glommio::spawn_local(read_replies(shared.clone(), stats.clone(), receiver, scenario)).detach();
 }
 
+/// Which events a publisher sends, and which counters and latency it records them under:
+/// the `publish` scenario's, or the fan-out scenario's.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Scenario {
+pub(super) enum Feed {
     Publish,
     Fanout,
 }
 
-impl Scenario {
+impl Feed {
     fn metric(self) -> Metric {
         match self {
-            Scenario::Publish => Metric::Publish,
-            Scenario::Fanout => Metric::Fanout,
+            Feed::Publish => Metric::Publish,
+            Feed::Fanout => Metric::Fanout,
         }
     }
 
     fn key(self, what: &'static str) -> &'static str {
         match (self, what) {
-            (Scenario::Publish, "sent") => "publish.sent",
-            (Scenario::Publish, "replies") => "publish.replies",
-            (Scenario::Publish, "accepted") => "publish.accepted",
-            (Scenario::Fanout, "sent") => "fanout.sent",
-            (Scenario::Fanout, "replies") => "fanout.replies",
-            (Scenario::Fanout, "accepted") => "fanout.accepted",
+            (Feed::Publish, "sent") => "publish.sent",
+            (Feed::Publish, "replies") => "publish.replies",
+            (Feed::Publish, "accepted") => "publish.accepted",
+            (Feed::Fanout, "sent") => "fanout.sent",
+            (Feed::Fanout, "replies") => "fanout.replies",
+            (Feed::Fanout, "accepted") => "fanout.accepted",
             _ => "other",
         }
     }
@@ -81,7 +83,7 @@ pub(super) async fn send_events(
     events: Vec<u32>,
     interval: f64,
     phase: f64,
-    scenario: Scenario,
+    scenario: Feed,
 ) {
     let due = |i: usize| (phase + interval * i as f64) as u64;
     let mut next = 0;
@@ -97,7 +99,7 @@ pub(super) async fn send_events(
                 sample.count(scenario.key("sent"), 1);
                 if shared.measured(scheduled) {
                     sample.record(Metric::SendLag, (now - scheduled) / 1_000);
-                    if scenario == Scenario::Publish {
+                    if scenario == Feed::Publish {
                         sample.offered[Metric::Publish as usize] += 1;
                     }
                 }
@@ -125,7 +127,7 @@ pub(super) async fn read_replies(
     shared: Arc<Shared>,
     stats: Rc<RefCell<Sample>>,
     mut receiver: WebSocketReceiver<Stream>,
-    scenario: Scenario,
+    scenario: Feed,
 ) {
     while let Some(text) = next_text(&mut receiver).await {
         let now = shared.elapsed_ns();
@@ -142,7 +144,7 @@ pub(super) async fn read_replies(
                 if accepted {
                     shared.table.set_status(index, status::ACCEPTED);
                     sample.count(scenario.key("accepted"), 1);
-                    if shared.measured(due) && scenario == Scenario::Publish {
+                    if shared.measured(due) && scenario == Feed::Publish {
                         sample.complete(Metric::Publish, due, now, shared.end_ns);
                     }
                 } else {

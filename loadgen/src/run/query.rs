@@ -18,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+use crate::plan::QueryPlan;
 use crate::stats::{Metric, Sample};
 use crate::wire::{self, Reply};
 use crate::workload::{self, status, EventTable};
@@ -206,6 +207,53 @@ pub fn check_answer(got: &[Entry], expected: &[Entry], limit: Option<usize>) -> 
     errors
 }
 
+/// The shapes of a connection's queries, drawn by the plan's weights from a seeded stream.
+struct ShapePicker {
+    rng: StdRng,
+    weights: [u32; 4],
+    limit: usize,
+}
+
+impl ShapePicker {
+    fn new(seed: u64, conn: usize, plan: &QueryPlan) -> ShapePicker {
+        ShapePicker {
+            rng: StdRng::seed_from_u64(seed ^ (conn as u64) << 32 ^ 0x7175),
+            weights: [plan.ids, plan.author, plan.kind, plan.tag],
+            limit: plan.limit,
+        }
+    }
+
+    /// The next query's shape and its `limit` (none for ids).
+    fn pick(&mut self, shared: &Shared) -> (Shape, Option<usize>) {
+        let rng = &mut self.rng;
+        let mut pick = rng.gen_range(0..self.weights.iter().sum::<u32>());
+        let shape_index = self
+            .weights
+            .iter()
+            .position(|w| {
+                if pick < *w {
+                    true
+                } else {
+                    pick -= w;
+                    false
+                }
+            })
+            .unwrap_or(0);
+        match shape_index {
+            0 => {
+                let accepted = &shared.known.accepted;
+                let ids: HashSet<_> = (0..rng.gen_range(1..=5))
+                    .map(|_| shared.table.events[accepted[rng.gen_range(0..accepted.len())] as usize].id)
+                    .collect();
+                (Shape::Ids(ids.into_iter().collect()), None)
+            }
+            1 => (Shape::Author(rng.gen_range(0..shared.history_authors.len()) as u32), Some(self.limit)),
+            2 => (Shape::Kind(if rng.gen_bool(0.75) { 1 } else { 7 }), Some(self.limit)),
+            _ => (Shape::Tag(rng.gen_range(0..workload::QUERY_TAGS)), Some(self.limit)),
+        }
+    }
+}
+
 /// A query connection: REQs on an open-loop schedule, answers checked at EOSE, then CLOSE.
 pub(super) async fn run_queries(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>, ws: Ws, conn: usize) {
     let plan = shared.plan.query.as_ref().expect("query plan");
@@ -216,9 +264,7 @@ pub(super) async fn run_queries(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>,
     let interval = 1e9 * plan.connections as f64 / plan.rate;
     let phase = interval * conn as f64 / plan.connections as f64;
     let due = |i: u64| (phase + interval * i as f64) as u64;
-    let mut rng = StdRng::seed_from_u64(shared.plan.run.seed ^ (conn as u64) << 32 ^ 0x7175);
-    let weights = [plan.ids, plan.author, plan.kind, plan.tag];
-    let weight_total: u32 = weights.iter().sum();
+    let mut shapes = ShapePicker::new(shared.plan.run.seed, conn, plan);
     let mut next = 0u64;
     enum Step {
         Due,
@@ -249,40 +295,7 @@ pub(super) async fn run_queries(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>,
                 let mut result = Ok(());
                 while due(next) <= now && due(next) < shared.end_ns {
                     let scheduled = due(next);
-                    let mut pick = rng.gen_range(0..weight_total);
-                    let shape_index = weights
-                        .iter()
-                        .position(|w| {
-                            if pick < *w {
-                                true
-                            } else {
-                                pick -= w;
-                                false
-                            }
-                        })
-                        .unwrap_or(0);
-                    let shape = match shape_index {
-                        0 => {
-                            let count = rng.gen_range(1..=5);
-                            let accepted = &shared.known.accepted;
-                            Shape::Ids(
-                                (0..count)
-                                    .map(|_| {
-                                        shared.table.events[accepted[rng.gen_range(0..accepted.len())] as usize].id
-                                    })
-                                    .collect::<HashSet<_>>()
-                                    .into_iter()
-                                    .collect(),
-                            )
-                        }
-                        1 => Shape::Author(rng.gen_range(0..shared.history_authors.len()) as u32),
-                        2 => Shape::Kind(if rng.gen_bool(0.75) { 1 } else { 7 }),
-                        _ => Shape::Tag(rng.gen_range(0..workload::QUERY_TAGS)),
-                    };
-                    let limit = match &shape {
-                        Shape::Ids(_) => None,
-                        _ => Some(plan.limit),
-                    };
+                    let (shape, limit) = shapes.pick(&shared);
                     let sub = format!("q{conn}-{next}");
                     let request = json!(["REQ", sub, shape.filter(&shared, limit)]).to_string();
                     {
