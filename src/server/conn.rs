@@ -34,8 +34,12 @@ use crate::subs::ConnId;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes read at a time while the request head arrives.
 const HEAD_READ_SIZE: usize = 2 * 1024;
-/// Initial read buffer of a WebSocket, in bytes.
-const CONNECTION_BUFFER_SIZE: usize = 4 * 1024;
+/// A WebSocket's read buffer, in bytes, and the most read at once: it is touched whole and
+/// kept for the connection's life, so it is most of what an idle connection costs. 4 KiB
+/// put an idle connection holding one subscription at 14.3–14.8 KiB of relay RSS, 1 KiB at
+/// 11.3 KiB (docs/benchmarks.md). A larger message grows the buffer while it is read, in
+/// reads of this size (a 70 KiB follow list takes 70).
+const CONNECTION_BUFFER_SIZE: usize = 1024;
 /// Bytes of frames gathered before a `send()`; the buffer grows to this only on a
 /// connection that has had that much queued at once.
 const WRITE_FLUSH_SIZE: usize = 16 * 1024;
@@ -86,6 +90,8 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream, handshake: 
     if stream.write_all(&response).await.is_err() {
         return;
     }
+    // Not kept in the connection's future for its life.
+    drop(response);
     let Route::Upgrade { host, .. } = route else {
         let _ = stream.close().await;
         return;
