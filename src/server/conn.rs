@@ -112,15 +112,7 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream, handshake: 
         return;
     };
     drop(handshake);
-    let limits = &core.config.limits;
-    // tungstenite reserves 128 KiB each way by default; Nostr messages are small, and the
-    // buffers grow on demand, so an idle connection stays light.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(CONNECTION_BUFFER_SIZE)
-        .write_buffer_size(WRITE_FLUSH_SIZE)
-        .max_write_buffer_size(limits.message_size_max + WRITE_FLUSH_SIZE)
-        .max_message_size(Some(limits.message_size_max))
-        .max_frame_size(Some(limits.message_size_max));
+    let config = websocket_config(&core.config.limits);
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     tracing::debug!(core = core.id().0, conn = conn.0, %peer, client = %ip, "websocket open");
     if core.config.auth.challenge == crate::config::ChallengeWhen::OnConnect {
@@ -130,6 +122,17 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream, handshake: 
     core.stats.closed(cause);
     core.sessions.close(conn);
     tracing::debug!(core = core.id().0, conn = conn.0, "websocket closed");
+}
+
+/// tungstenite reserves 128 KiB each way by default; Nostr messages are small, and the
+/// buffers grow on demand, so an idle connection stays light.
+fn websocket_config(limits: &crate::config::RelayLimits) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(CONNECTION_BUFFER_SIZE)
+        .write_buffer_size(WRITE_FLUSH_SIZE)
+        .max_write_buffer_size(limits.message_size_max + WRITE_FLUSH_SIZE)
+        .max_message_size(Some(limits.message_size_max))
+        .max_frame_size(Some(limits.message_size_max))
 }
 
 /// A connection to the admin listener (`metrics_listen`): `/metrics`, `/stats`, `/healthz`

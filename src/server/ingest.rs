@@ -21,6 +21,7 @@ use std::sync::Arc;
 use super::acks::{AckPipeline, Pending};
 use super::core::Core;
 use super::gate::Gate;
+use super::ids::CoreId;
 use super::mesh::{CoreMsg, Reply};
 use super::outbox::Out;
 use super::parts::QueryLimits;
@@ -198,13 +199,18 @@ async fn plugin_verdict(core: &Rc<Core>, reply: &Reply, event: &VerifiedEvent) -
     };
     let source = Source { ip, authed: authed.as_ref() };
     let verdict = plugin.judge(event.json(), event.id().to_hex(), &source).await;
+    plugin_stop(verdict, core.config.write_plugin.on_failure)
+}
+
+/// What a plugin's verdict means for the event: on, or its stop.
+fn plugin_stop(verdict: Verdict, on_failure: PluginFailure) -> Result<(), Stop> {
     match verdict {
         Verdict::Accept => Ok(()),
         Verdict::Reject(msg) => Err(Refusal::from_plugin(msg).into()),
         Verdict::ShadowReject(msg) => {
             Err(Stop::Answered { outcome: Outcome::new(OutcomeClass::ShadowRejected, "plugin"), reason: msg.into() })
         }
-        Verdict::Failed(_) if core.config.write_plugin.on_failure == PluginFailure::Accept => Ok(()),
+        Verdict::Failed(_) if on_failure == PluginFailure::Accept => Ok(()),
         Verdict::Failed(_) => {
             let message = "the relay's write policy could not judge this event; try again later";
             Err(Refusal::new(Prefix::Error, "plugin_failed", message).into())
@@ -250,15 +256,34 @@ fn deletion_targets(event: &VerifiedEvent) -> Option<Vec<EventId>> {
 /// the owner of its author's shard, waiting while that core's channel is full.
 async fn route(core: &Rc<Core>, reply: Reply, judged: Judged) {
     let Judged { event, shard } = judged;
-    if event.class() == KindClass::Ephemeral {
-        broadcast(core, Arc::new(LiveEvent::from_event(&event))).await;
-        deliver_ok(core, &reply, Outcome::EPHEMERAL, "");
-        return;
+    match destination(event.class(), core.storage.owner_core(shard), core.id()) {
+        Destination::Everyone => {
+            broadcast(core, Arc::new(LiveEvent::from_event(&event))).await;
+            deliver_ok(core, &reply, Outcome::EPHEMERAL, "");
+        }
+        Destination::Here => append_owned(core, Routed { event, shard }, reply),
+        Destination::Core(owner) => {
+            let routed = Box::new(Routed { event, shard });
+            core.mesh.send(owner, CoreMsg::Append { routed, reply }).await;
+        }
     }
-    let routed = Routed { event, shard };
-    match core.storage.owner_core(shard) {
-        owner if owner == core.id() => append_owned(core, routed, reply),
-        owner => core.mesh.send(owner, CoreMsg::Append { routed: Box::new(routed), reply }).await,
+}
+
+/// Where a judged event goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Destination {
+    /// An ephemeral event: to every core's subscribers, stored nowhere.
+    Everyone,
+    /// Its shard is this core's.
+    Here,
+    Core(CoreId),
+}
+
+fn destination(class: KindClass, owner: CoreId, here: CoreId) -> Destination {
+    match class {
+        KindClass::Ephemeral => Destination::Everyone,
+        _ if owner == here => Destination::Here,
+        _ => Destination::Core(owner),
     }
 }
 
@@ -570,6 +595,36 @@ mod tests {
         let targets = deletion_targets(&deletion(serde_json::json!([["a", mine], ["e", y], ["e", x], ["e", y]])));
         assert_eq!(targets, Some(vec![EventId([0x11; 32]), EventId([0x22; 32])]));
         assert_eq!(deletion_targets(&deletion(serde_json::json!([]))), Some(vec![]));
+    }
+
+    /// The routing step: an ephemeral event goes to every core's subscribers, another to
+    /// its shard's owner, here or through the mesh.
+    #[test]
+    fn the_routing_step_sends_ephemeral_events_everywhere_and_others_to_their_shards_owner() {
+        let (here, other) = (CoreId(0), CoreId(1));
+        assert_eq!(destination(KindClass::Ephemeral, other, here), Destination::Everyone);
+        assert_eq!(destination(KindClass::Regular, here, here), Destination::Here);
+        assert_eq!(destination(KindClass::Replaceable, other, here), Destination::Core(other));
+        assert_eq!(destination(KindClass::Addressable, other, here), Destination::Core(other));
+    }
+
+    /// The judging step's plugin part: each verdict's `OK`.
+    #[test]
+    fn a_plugins_verdict_lets_the_event_on_or_stops_it_with_its_ok() {
+        assert_eq!(plugin_stop(Verdict::Accept, PluginFailure::Reject), Ok(()));
+        let rejected = plugin_stop(Verdict::Reject("spam: no".into()), PluginFailure::Reject).unwrap_err();
+        assert_eq!(
+            (rejected.reason().into_owned(), rejected.outcome().accepted()),
+            ("blocked: spam: no".into(), false)
+        );
+        let pow = plugin_stop(Verdict::Reject("pow: 20 bits".into()), PluginFailure::Reject).unwrap_err();
+        assert_eq!(pow.reason(), "pow: 20 bits");
+        let shadow = plugin_stop(Verdict::ShadowReject("".into()), PluginFailure::Reject).unwrap_err();
+        assert!(shadow.outcome().accepted(), "a shadow reject answers OK true");
+        let failed = || Verdict::Failed("timeout");
+        assert_eq!(plugin_stop(failed(), PluginFailure::Accept), Ok(()));
+        let refused = plugin_stop(failed(), PluginFailure::Reject).unwrap_err();
+        assert_eq!(refused.outcome(), Outcome::new(OutcomeClass::Error, "plugin_failed"));
     }
 
     fn check(created_at: u64, past_max: u64, future_max: u64, expected: Result<(), &str>) {

@@ -386,7 +386,10 @@ impl ExecutorQueues {
     fn maybe_activate(&mut self, queue: Rc<RefCell<TaskQueue>>) {
         let mut state = queue.borrow_mut();
         if !state.is_active() {
-            state.vruntime = self.default_vruntime + 1;
+            // ringrelay patch: a queue woken from idle goes next, not after the queue that
+            // kept running takes one more turn (upstream: `default_vruntime + 1`); see
+            // docs/ARCHITECTURE.md, "Vendored glommio".
+            state.vruntime = self.default_vruntime.saturating_sub(1);
             state.active = true;
             drop(state);
             self.active_executors.push(queue);
