@@ -39,6 +39,56 @@ pub struct Config {
     pub management: ManagementConfig,
     pub write_plugin: WritePluginConfig,
     pub limits: RelayLimits,
+    pub negentropy: NegentropyConfig,
+}
+
+/// NIP-77 negentropy syncs (`NEG-OPEN`, `NEG-MSG`, `NEG-CLOSE`): each holds its filter's
+/// (created_at, id) set, 40 bytes an event, until it is closed or idle.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NegentropyConfig {
+    /// Serve NIP-77 (and list 77 in NIP-11).
+    pub enabled: bool,
+    /// Most events one sync may span; past it `NEG-ERR "blocked: ..."` (strfry's default is 1M).
+    pub items_max: usize,
+    /// Most events the syncs of one core hold together; past it a new sync is refused.
+    pub items_per_core_max: usize,
+    /// Syncs one connection may have open.
+    pub syncs_per_connection_max: usize,
+    /// Most bytes of one negentropy message the relay sends (0: no limit; else at least
+    /// 4,096): the client asks again for the rest. Hex doubles it on the wire.
+    pub frame_size_max: u64,
+    /// A sync with no message for this long is closed with `NEG-ERR "closed: ..."`.
+    pub idle_secs: u64,
+}
+
+impl NegentropyConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.items_max >= 1, "negentropy.items_max must be at least 1");
+        anyhow::ensure!(
+            self.items_per_core_max >= self.items_max,
+            "negentropy.items_per_core_max must be at least negentropy.items_max"
+        );
+        anyhow::ensure!(
+            self.frame_size_max == 0 || self.frame_size_max >= 4096,
+            "negentropy.frame_size_max must be 0 (no limit) or at least 4096"
+        );
+        anyhow::ensure!(self.idle_secs >= 1, "negentropy.idle_secs must be at least 1");
+        Ok(())
+    }
+}
+
+impl Default for NegentropyConfig {
+    fn default() -> Self {
+        NegentropyConfig {
+            enabled: true,
+            items_max: 500_000,
+            items_per_core_max: 2_000_000,
+            syncs_per_connection_max: 4,
+            frame_size_max: 60_000,
+            idle_secs: 60,
+        }
+    }
 }
 
 /// A write-policy plugin speaking strfry's protocol: one JSON line per event in, one
@@ -462,6 +512,7 @@ impl Default for Config {
             management: ManagementConfig::default(),
             write_plugin: WritePluginConfig::default(),
             limits: RelayLimits::default(),
+            negentropy: NegentropyConfig::default(),
         }
     }
 }
@@ -544,6 +595,7 @@ impl Config {
         );
         anyhow::ensure!(limits.queries_per_connection_max >= 1, "limits.queries_per_connection_max must be at least 1");
         anyhow::ensure!(limits.queries_per_core_max >= 1, "limits.queries_per_core_max must be at least 1");
+        self.negentropy.validate()?;
         anyhow::ensure!(
             limits.query_answer_bytes_max >= limits.event_size_max,
             "limits.query_answer_bytes_max must be at least limits.event_size_max"
@@ -658,6 +710,17 @@ mod tests {
                 assert!(docs.contains(&format!("`{key}`")), "docs/configuration.md does not document `{key}`");
             }
         }
+    }
+
+    #[test]
+    fn negentropy_budgets_are_checked() {
+        assert!(Config::default().validate().is_ok());
+        let with = |negentropy: NegentropyConfig| Config { negentropy, ..Config::default() }.validate();
+        let defaults = NegentropyConfig::default();
+        assert!(with(NegentropyConfig { frame_size_max: 1000, ..defaults.clone() }).is_err());
+        assert!(with(NegentropyConfig { frame_size_max: 0, ..defaults.clone() }).is_ok());
+        assert!(with(NegentropyConfig { items_per_core_max: 10, items_max: 11, ..defaults.clone() }).is_err());
+        assert!(with(NegentropyConfig { idle_secs: 0, ..defaults }).is_err());
     }
 
     #[test]

@@ -44,6 +44,21 @@ pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     (seen & 0xf0 == 0).then_some(out)
 }
 
+/// Decode lowercase hex of any even length (a NIP-77 message).
+pub fn decode_lower_vec(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() / 2);
+    let mut seen = 0u8;
+    for pair in text.chunks_exact(2) {
+        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        seen |= high | low;
+        out.push((high << 4) | (low & 0x0f));
+    }
+    (seen & 0xf0 == 0).then_some(out)
+}
+
 /// Append the lowercase hex of `bytes` to a string; the digits go through a stack buffer so
 /// the string grows by whole slices.
 pub fn encode_into(bytes: &[u8], out: &mut String) {

@@ -2,6 +2,7 @@
 //! panics) and frame what the relay sends. Stored event JSON is framed as is, never
 //! re-serialized.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::rc::Rc;
 
@@ -47,10 +48,31 @@ impl Default for MessageLimits {
 #[derive(Debug)]
 pub enum ClientMessage<'a> {
     Event(&'a RawValue),
-    Req { sub_id: SubId, filters: Vec<Filter> },
-    Count { sub_id: SubId, filters: Vec<Filter> },
-    Close { sub_id: SubId },
+    Req {
+        sub_id: SubId,
+        filters: Vec<Filter>,
+    },
+    Count {
+        sub_id: SubId,
+        filters: Vec<Filter>,
+    },
+    Close {
+        sub_id: SubId,
+    },
     Auth(&'a RawValue),
+    /// NIP-77: a sync of one filter's set, with the client's first negentropy message (hex).
+    NegOpen {
+        sub_id: SubId,
+        filter: Box<Filter>,
+        message: Cow<'a, str>,
+    },
+    NegMsg {
+        sub_id: SubId,
+        message: Cow<'a, str>,
+    },
+    NegClose {
+        sub_id: SubId,
+    },
 }
 
 /// How to answer a message that cannot be served.
@@ -60,6 +82,8 @@ pub enum Refusal {
     Notice(String),
     /// `["CLOSED", sub_id, reason]`: a REQ or COUNT that is well-formed enough to name its id.
     Closed { sub_id: SubId, reason: String },
+    /// `["NEG-ERR", sub_id, reason]`: a NEG-OPEN or NEG-MSG that names its id (NIP-77).
+    NegErr { sub_id: SubId, reason: String },
 }
 
 /// Parse one text frame from a client.
@@ -129,10 +153,36 @@ impl MessageVisitor<'_> {
                     ClientMessage::Count { sub_id, filters }
                 }
             }
-            "CLOSE" => match sub_id(seq)? {
-                Some(sub_id) => ClientMessage::Close { sub_id },
+            "CLOSE" | "NEG-CLOSE" => match sub_id(seq)? {
+                Some(sub_id) if verb == "CLOSE" => ClientMessage::Close { sub_id },
+                Some(sub_id) => ClientMessage::NegClose { sub_id },
                 None => return notice("invalid: subscription id must be a string of 1 to 64 characters"),
             },
+            "NEG-OPEN" | "NEG-MSG" => {
+                let Some(sub_id) = sub_id(seq)? else {
+                    return notice("invalid: subscription id must be a string of 1 to 64 characters");
+                };
+                let filter = if verb == "NEG-OPEN" {
+                    let parsed = seq.next_element::<serde_json::Value>()?.map(|value| Filter::from_json(&value));
+                    match parsed {
+                        Some(Ok(filter)) => Some(Box::new(filter)),
+                        Some(Err(error)) => return Ok(Err(Refusal::NegErr { sub_id, reason: error.reason() })),
+                        None => {
+                            let reason = "invalid: NEG-OPEN needs a filter".to_owned();
+                            return Ok(Err(Refusal::NegErr { sub_id, reason }));
+                        }
+                    }
+                } else {
+                    None
+                };
+                let Some(message) = seq.next_element::<Cow<'de, str>>()? else {
+                    return Ok(Err(Refusal::NegErr { sub_id, reason: "invalid: no negentropy message".into() }));
+                };
+                match filter {
+                    Some(filter) => ClientMessage::NegOpen { sub_id, filter, message },
+                    None => ClientMessage::NegMsg { sub_id, message },
+                }
+            }
             other => {
                 let shown: String = other.chars().take(32).collect();
                 return Ok(Err(Refusal::Notice(format!("invalid: unknown message type {shown:?}"))));
@@ -227,7 +277,16 @@ pub fn frame_closed(sub_id: &SubId, reason: &str) -> String {
     frame_strings(&["CLOSED", sub_id.as_str(), reason])
 }
 
-/// `["NOTICE",<message>]`.
+/// `["NEG-MSG",<sub_id>,<hex>]` (NIP-77).
+pub fn frame_neg_msg(sub_id: &SubId, message: &[u8]) -> String {
+    frame_strings(&["NEG-MSG", sub_id.as_str(), &crate::hex::encode(message)])
+}
+
+/// `["NEG-ERR",<sub_id>,<reason>]` (NIP-77): the sync is over.
+pub fn frame_neg_err(sub_id: &SubId, reason: &str) -> String {
+    frame_strings(&["NEG-ERR", sub_id.as_str(), reason])
+}
+
 /// `["AUTH", challenge]` (NIP-42).
 pub fn frame_auth(challenge: &str) -> String {
     frame_strings(&["AUTH", challenge])
@@ -324,6 +383,40 @@ mod tests {
         check_closed(r#"["REQ","s",{"kinds":"x"}]"#, "s", "invalid: filter field `kinds`");
         check_closed(r#"["COUNT","s",{"nope":1},{"more":[1,2]}]"#, "s", "unsupported: filter field `nope`");
         check_closed(r#"["REQ","s",[]]"#, "s", "invalid: filter is not a json object");
+    }
+
+    /// NIP-77's messages, and a NEG-ERR for one that names its id but is malformed.
+    #[test]
+    fn negentropy_messages() {
+        match parse(r#"["NEG-OPEN","n1",{"kinds":[1]},"6100"]"#) {
+            Ok(ClientMessage::NegOpen { sub_id, filter, message }) => {
+                assert_eq!((sub_id.as_str(), filter.kinds.as_deref(), &*message), ("n1", Some(&[1u16][..]), "6100"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(parse(r#"["NEG-MSG","n1","61"]"#), Ok(ClientMessage::NegMsg { message, .. }) if message == "61")
+        );
+        assert!(
+            matches!(parse(r#"["NEG-CLOSE","n1"]"#), Ok(ClientMessage::NegClose { sub_id }) if sub_id.as_str() == "n1")
+        );
+        for (text, expected) in [
+            (r#"["NEG-OPEN","n1"]"#, "invalid: NEG-OPEN needs a filter"),
+            (r#"["NEG-OPEN","n1",{"kinds":[1]}]"#, "invalid: no negentropy message"),
+            (r#"["NEG-OPEN","n1",{"kinds":"x"},"61"]"#, "invalid: filter field `kinds`"),
+            (r#"["NEG-MSG","n1"]"#, "invalid: no negentropy message"),
+        ] {
+            match parse(text) {
+                Err(Refusal::NegErr { sub_id, reason }) => {
+                    assert_eq!(sub_id.as_str(), "n1");
+                    assert!(reason.starts_with(expected), "{text}: {reason}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        check_notice(r#"["NEG-MSG",7,"61"]"#, "invalid: malformed message");
+        assert_eq!(frame_neg_msg(&SubId::new("n").unwrap(), &[0x61, 0xab]), r#"["NEG-MSG","n","61ab"]"#);
+        assert_eq!(frame_neg_err(&SubId::new("n").unwrap(), "closed: idle"), r#"["NEG-ERR","n","closed: idle"]"#);
     }
 
     #[test]

@@ -95,8 +95,8 @@ impl Core {
         }
     }
 
-    /// Once a second: the outboxes' clock and stalled writes, idle rate buckets, and a
-    /// reload of the lists when one was asked for (on the core that watches for it).
+    /// Once a second: the outboxes' clock and stalled writes, idle NIP-77 syncs, idle rate
+    /// buckets, and a reload of the lists when one was asked for (on the core that watches for it).
     pub async fn sweep(self: Rc<Self>) {
         let stall_secs = self.config.limits.write_stall_secs;
         loop {
@@ -106,6 +106,8 @@ impl Core {
                 self.reload_lists().await;
             }
             self.sessions.sweep_stalled(stall_secs);
+            let idle_syncs = Duration::from_secs(self.config.negentropy.idle_secs);
+            self.stats.neg_idle_closed.add(self.sessions.sweep_idle_syncs(idle_syncs) as u64);
         }
     }
 

@@ -55,6 +55,9 @@ fn start_remote_scan(core: &Rc<Core>, request: RequestId, ask: ScanAsk) {
             ScanAsk::Count { filters, limits, privacy } => {
                 Answer::Count(scan::count(storage, queries, &owner.stats, &filters, limits, &privacy).await)
             }
+            ScanAsk::Ids { filter, limit, now, privacy } => {
+                Answer::Ids(scan::ids(storage, queries, &filter, limit, now, &privacy).await)
+            }
         };
         if owner.queries.finish_remote(request) {
             owner.mesh.post(request.core, CoreMsg::Answer { request, answer });

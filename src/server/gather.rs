@@ -46,6 +46,21 @@ pub async fn hits_everywhere(
         .collect()
 }
 
+/// The (created_at, id) of up to `limit` events matching `filter` on each core's shards
+/// (a NIP-77 sync's set: more than `limit` in all means the set is over its maximum).
+pub async fn ids_everywhere(
+    core: Scatter<'_>,
+    filter: Arc<Filter>,
+    limit: usize,
+    now: u64,
+    privacy: Privacy,
+) -> Vec<(u64, [u8; 32])> {
+    let ask = Ask::Scan(ScanAsk::Ids { filter: filter.clone(), limit, now, privacy: privacy.clone() });
+    let local = scan::ids(core.storage, core.queries, &filter, limit, now, &privacy);
+    let parts: Vec<Vec<(u64, [u8; 32])>> = core.mesh.gather(ask, local).await;
+    parts.concat()
+}
+
 /// How many events match any of the filters over every core's shards (an event lives on
 /// one shard, so the parts add up).
 pub async fn count_everywhere(

@@ -195,6 +195,9 @@ pub fn page_response(config: &Config, lists: &PolicyLists) -> Vec<u8> {
 /// The NIPs this relay implements as configured: NIP-86 only with admin pubkeys.
 pub fn supported_nips(config: &Config) -> Vec<u16> {
     let mut nips = vec![1, 9, 11, 40, 42, 45, 62, 70];
+    if config.negentropy.enabled {
+        nips.push(77);
+    }
     if !config.management.admin_pubkeys.is_empty() {
         nips.push(86);
     }
@@ -325,6 +328,7 @@ mod tests {
             serde_json::from_str(&nip11_document(&config, &Policy::new(&config.policy), &lists)).unwrap();
         assert_eq!(document["name"], "renamed");
         assert!(!document["supported_nips"].as_array().unwrap().contains(&86.into()), "no admins: no NIP-86");
+        assert!(document["supported_nips"].as_array().unwrap().contains(&77.into()), "NIP-77 on by default");
         assert_eq!(document["limitation"]["max_limit"], 5000);
         assert_eq!(document["limitation"]["max_subid_length"], 64);
         assert!(document["supported_nips"].as_array().unwrap().contains(&1.into()));

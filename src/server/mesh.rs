@@ -83,12 +83,16 @@ pub enum ScanAsk {
     Hits { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
     /// How many of the core's events match (COUNT): `Answer::Count`.
     Count { filters: Arc<[Filter]>, limits: QueryLimits, privacy: Privacy },
+    /// The (created_at, id) of the core's newest `limit` events matching one filter (a
+    /// NIP-77 sync's set): `Answer::Ids`.
+    Ids { filter: Arc<Filter>, limit: usize, now: u64, privacy: Privacy },
 }
 
 /// One core's part of a gather.
 pub enum Answer {
     Hits(Vec<Vec<WireHit>>),
     Count(CountPart),
+    Ids(Vec<(u64, [u8; 32])>),
     Metrics(Box<CoreMetrics>),
     /// The lists asked for are in force.
     Applied,
@@ -99,6 +103,7 @@ impl Answer {
         match self {
             Answer::Hits(_) => "hits",
             Answer::Count(_) => "a count",
+            Answer::Ids(_) => "ids",
             Answer::Metrics(_) => "metrics",
             Answer::Applied => "lists applied",
         }
@@ -130,6 +135,15 @@ impl Part for CountPart {
         match answer {
             Answer::Count(part) => part,
             other => mismatch("a count", &other),
+        }
+    }
+}
+
+impl Part for Vec<(u64, [u8; 32])> {
+    fn take(answer: Answer) -> Self {
+        match answer {
+            Answer::Ids(ids) => ids,
+            other => mismatch("ids", &other),
         }
     }
 }

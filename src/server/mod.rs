@@ -29,6 +29,7 @@ pub mod lists;
 pub mod manage;
 pub mod mesh;
 pub mod metrics;
+pub mod negsync;
 pub mod outbox;
 pub mod parts;
 pub mod peer;

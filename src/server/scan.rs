@@ -47,6 +47,25 @@ pub async fn hits(
     per_filter
 }
 
+/// The (created_at, id) of this core's newest `limit` events matching `filter`, over every
+/// shard (a NIP-77 sync's set; the asker checks whether the whole is over its maximum).
+pub async fn ids(
+    storage: &Rc<Storage>,
+    queries: &Queries,
+    filter: &Filter,
+    limit: usize,
+    now: u64,
+    privacy: &Privacy,
+) -> Vec<(u64, [u8; 32])> {
+    let turn = queries.start_scan();
+    let mut ids = Vec::new();
+    for shard_id in storage.shard_ids() {
+        let hits = scan_shard(storage, queries, &turn, shard_id, filter, limit, now, privacy).await;
+        ids.extend(hits.into_iter().map(|hit| (hit.created_at, hit.id)));
+    }
+    ids
+}
+
 /// How many of this core's events match any of the filters. An event lives on one shard,
 /// so parts from different cores add up; within the core, events matching several filters
 /// are counted once. One filter with no field, or on kinds alone, or authors alone, is

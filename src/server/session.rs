@@ -10,6 +10,7 @@ use std::sync::Arc;
 use glommio::task::JoinHandle;
 
 use super::ip_slots::IpSlot;
+use super::negsync::NegSync;
 use super::outbox::OutboxSender;
 use super::stats::Stats;
 use crate::auth::RelayAddress;
@@ -28,6 +29,8 @@ pub struct Session {
     pub auth: SessionAuth,
     _slot: IpSlot,
     pub subs: HashMap<SubId, SubState>,
+    /// NIP-77 syncs open, by their id (a namespace apart from `subs`).
+    pub negs: HashMap<SubId, NegSync>,
     queries: HashMap<QueryId, Query>,
     stats: Rc<Stats>,
 }
@@ -109,7 +112,16 @@ impl Session {
     pub fn new(outbound: OutboxSender, slot: IpSlot, stats: Rc<Stats>, host: Option<RelayAddress>) -> Session {
         stats.connections.add(1);
         let auth = SessionAuth { host, ..SessionAuth::default() };
-        Session { outbound, ip: slot.ip(), auth, _slot: slot, subs: HashMap::new(), queries: HashMap::new(), stats }
+        Session {
+            outbound,
+            ip: slot.ip(),
+            auth,
+            _slot: slot,
+            subs: HashMap::new(),
+            negs: HashMap::new(),
+            queries: HashMap::new(),
+            stats,
+        }
     }
 
     /// Register a query answering `sub` (if any), before its task is spawned: glommio runs

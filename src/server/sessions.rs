@@ -204,6 +204,27 @@ impl Sessions {
         self.closing.borrow_mut().retain(|watch| watch.check_stall(stall_secs).is_some());
     }
 
+    /// Once a second: close the NIP-77 syncs idle for `idle` (`NEG-ERR "closed: ..."`); how
+    /// many were.
+    pub fn sweep_idle_syncs(&self, idle: Duration) -> usize {
+        let mut closed = 0;
+        for session in self.by_conn.borrow_mut().values_mut() {
+            let idle_subs: Vec<SubId> = session
+                .negs
+                .iter()
+                .filter(|(_, sync)| sync.last_used.elapsed() >= idle)
+                .map(|(sub, _)| sub.clone())
+                .collect();
+            for sub in idle_subs {
+                session.negs.remove(&sub);
+                let frame = crate::proto::frame_neg_err(&sub, "closed: this sync had no message for too long");
+                session.outbound.send_reply(Out::Text(frame), false);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Wait at least `at_least`, then until every connection let go of has written its close
     /// frame (or ended), for at most `within` in all: at shutdown, so that no client misses
     /// its close frame because the process left first, and a handshake in flight when the

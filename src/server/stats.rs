@@ -64,6 +64,8 @@ pub enum Verb {
     Count,
     Close,
     Auth,
+    /// NIP-77: NEG-OPEN, NEG-MSG and NEG-CLOSE.
+    Neg,
     /// A text message that is not a valid client message (answered with a NOTICE or CLOSED).
     Invalid,
     /// A binary message (refused).
@@ -71,8 +73,8 @@ pub enum Verb {
 }
 
 impl Verb {
-    pub const ALL: [Verb; 7] =
-        [Verb::Event, Verb::Req, Verb::Count, Verb::Close, Verb::Auth, Verb::Invalid, Verb::Binary];
+    pub const ALL: [Verb; 8] =
+        [Verb::Event, Verb::Req, Verb::Count, Verb::Close, Verb::Auth, Verb::Neg, Verb::Invalid, Verb::Binary];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -81,6 +83,7 @@ impl Verb {
             Verb::Count => "COUNT",
             Verb::Close => "CLOSE",
             Verb::Auth => "AUTH",
+            Verb::Neg => "NEG",
             Verb::Invalid => "invalid",
             Verb::Binary => "binary",
         }
@@ -435,6 +438,10 @@ figures! {
         long_scans => "long_scans";
         /// Accepted sockets closed at once because the core held HANDSHAKES_PER_CORE_MAX sockets not yet sessions.
         handshakes_shed => "handshakes_shed";
+        /// NIP-77 syncs refused with NEG-ERR blocked: over negentropy.items_max, the core's negentropy.items_per_core_max, or the connection's syncs.
+        neg_refused => "negentropy_refused";
+        /// NIP-77 syncs closed with NEG-ERR closed after negentropy.idle_secs without a message.
+        neg_idle_closed => "negentropy_idle_closed";
     }
     gauges {
         /// Open WebSocket connections.
@@ -453,6 +460,10 @@ figures! {
         pending_live, pending_live_max_seen => "";
         /// Accepted sockets not yet sessions: reading the request head, answered over HTTP, upgrading (HANDSHAKES_PER_CORE_MAX).
         handshakes, handshakes_max_seen => "";
+        /// NIP-77 syncs open on the core's connections.
+        neg_syncs, neg_syncs_max_seen => "negentropy_syncs";
+        /// Events the core's NIP-77 syncs hold, 40 bytes each (negentropy.items_per_core_max).
+        neg_items, neg_items_max_seen => "";
     }
     read {
         /// Open subscriptions.

@@ -31,6 +31,7 @@ pub fn local_metrics(core: &Core) -> CoreMetrics {
             ("outbound_bytes", limits.outbound_bytes_per_core_max as u64),
             ("queries", limits.queries_per_core_max as u64),
             ("handshakes", crate::limits::HANDSHAKES_PER_CORE_MAX as u64),
+            ("neg_items", core.config.negentropy.items_per_core_max as u64),
         ],
         shards: core.storage.figures(),
     }

@@ -12,6 +12,7 @@ mod handover;
 mod loadgen_runs;
 mod manage;
 mod metrics;
+mod negentropy;
 mod plugins;
 mod rates;
 mod relay;

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod close;
 pub mod count;
 pub mod event;
+pub mod neg;
 pub mod req;
 
 use std::rc::Rc;
@@ -39,6 +40,12 @@ pub enum Effect {
     Authenticated(Pubkey),
     /// An AUTH answered, for the metrics.
     AuthAnswered(AuthResult),
+    /// Open (or replace) a NIP-77 sync: gather the filter's set and answer the message.
+    NegOpen { sub: SubId, filter: Box<Filter>, message: Vec<u8> },
+    /// Answer a message of an open sync.
+    NegMsg { sub: SubId, message: Vec<u8> },
+    /// Close a sync.
+    NegClose(SubId),
 }
 
 /// A connection of this core, as its verbs see it.
@@ -87,6 +94,11 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
             core.sessions.send(conn, proto::frame_closed(&sub_id, &reason));
             return true;
         }
+        Err(Refusal::NegErr { sub_id, reason }) => {
+            core.stats.message(Verb::Invalid);
+            core.sessions.send(conn, proto::frame_neg_err(&sub_id, &reason));
+            return true;
+        }
     };
     core.stats.message(match &message {
         ClientMessage::Event(_) => Verb::Event,
@@ -94,6 +106,7 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
         ClientMessage::Count { .. } => Verb::Count,
         ClientMessage::Close { .. } => Verb::Close,
         ClientMessage::Auth(_) => Verb::Auth,
+        ClientMessage::NegOpen { .. } | ClientMessage::NegMsg { .. } | ClientMessage::NegClose { .. } => Verb::Neg,
     });
     let peer = Conn { core, conn };
     let effects = match message {
@@ -107,6 +120,11 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
         ClientMessage::Count { sub_id, filters } => count::decide(&peer, &core.config, sub_id, filters),
         ClientMessage::Close { sub_id } => close::decide(sub_id),
         ClientMessage::Auth(raw) => auth::decide(&peer, &core.config, raw, |parsed| core.gate.verify(parsed)),
+        ClientMessage::NegOpen { sub_id, filter, message } => {
+            neg::decide_open(&peer, &core.config, sub_id, filter, &message)
+        }
+        ClientMessage::NegMsg { sub_id, message } => neg::decide_msg(&core.config, sub_id, &message),
+        ClientMessage::NegClose { sub_id } => vec![Effect::NegClose(sub_id)],
     };
     let answered = !matches!(effects[..], [Effect::Unsubscribe(_)]);
     apply(core, conn, effects);
@@ -126,6 +144,11 @@ pub fn apply(core: &Rc<Core>, conn: ConnId, effects: Vec<Effect>) {
                 core.sessions.with(conn, |session| session.auth.pubkeys.push(pubkey));
             }
             Effect::AuthAnswered(result) => core.stats.auth.inc(result),
+            Effect::NegOpen { sub, filter, message } => neg::start(core, conn, sub, *filter, message),
+            Effect::NegMsg { sub, message } => neg::answer(core, conn, &sub, &message),
+            Effect::NegClose(sub) => {
+                core.sessions.with(conn, |session| session.negs.remove(&sub));
+            }
         }
     }
 }
@@ -133,15 +156,25 @@ pub fn apply(core: &Rc<Core>, conn: ConnId, effects: Vec<Effect>) {
 /// Why a REQ or COUNT is refused: over the connection's query rate, or, with
 /// `policy.read = "auth"`, not authenticated (its challenge goes out first).
 pub fn read_refusal(peer: &impl Peer, config: &crate::config::Config, sub: &SubId) -> Option<Vec<Effect>> {
+    read_refusal_as(peer, config, |reason| proto::frame_closed(sub, reason))
+}
+
+/// [`read_refusal`], answered with the frame `answer` makes of the reason (a NIP-77 sync's
+/// is a `NEG-ERR`).
+pub fn read_refusal_as(
+    peer: &impl Peer,
+    config: &crate::config::Config,
+    answer: impl Fn(&str) -> String,
+) -> Option<Vec<Effect>> {
     if peer.over_rate(Work::Query) {
         let reason = "rate-limited: too many REQs and COUNTs from this client; slow down";
-        return Some(vec![Effect::Reply(proto::frame_closed(sub, reason))]);
+        return Some(vec![Effect::Reply(answer(reason))]);
     }
     if config.policy.read != crate::config::ReadMode::Auth || !peer.authed().is_empty() {
         return None;
     }
     let reason = "auth-required: this relay serves authenticated clients only";
-    Some(vec![Effect::Challenge, Effect::Reply(proto::frame_closed(sub, reason))])
+    Some(vec![Effect::Challenge, Effect::Reply(answer(reason))])
 }
 
 /// Helpers for the verbs' unit tests.

@@ -1,0 +1,159 @@
+//! NIP-77 negentropy syncs: `NEG-OPEN` gathers the filter's (created_at, id) set from every
+//! core, under the same read rules as a REQ (private kinds hidden from who may not read
+//! them, `policy.read`), as a query the connection owns, and answers the client's first
+//! message; `NEG-MSG` answers the next ones from the state kept in the session; `NEG-CLOSE`
+//! drops it. Budgets (`[negentropy]`): events per sync, events per core, syncs per
+//! connection, the message size, and an idle timeout (the core's sweep).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::{read_refusal_as, Effect, Peer};
+use crate::config::Config;
+use crate::filter::Filter;
+use crate::proto::{self, SubId};
+use crate::server::core::Core;
+use crate::server::gather::ids_everywhere;
+use crate::server::negsync::NegSync;
+use crate::subs::ConnId;
+
+/// A NEG-OPEN: refused as a REQ would be (NIP-77 off, rate, `policy.read`), or opened.
+pub fn decide_open(peer: &impl Peer, config: &Config, sub: SubId, filter: Box<Filter>, message: &str) -> Vec<Effect> {
+    if !config.negentropy.enabled {
+        return vec![Effect::Reply(proto::frame_neg_err(&sub, "blocked: NIP-77 sync is turned off on this relay"))];
+    }
+    if let Some(refusal) = read_refusal_as(peer, config, |reason| proto::frame_neg_err(&sub, reason)) {
+        return refusal;
+    }
+    match crate::hex::decode_lower_vec(message.as_bytes()) {
+        Some(message) => vec![Effect::NegOpen { sub, filter, message }],
+        None => vec![Effect::Reply(proto::frame_neg_err(&sub, NOT_HEX))],
+    }
+}
+
+/// A NEG-MSG: its message decoded, to be answered by the open sync.
+pub fn decide_msg(config: &Config, sub: SubId, message: &str) -> Vec<Effect> {
+    if !config.negentropy.enabled {
+        return vec![Effect::Reply(proto::frame_neg_err(&sub, "blocked: NIP-77 sync is turned off on this relay"))];
+    }
+    match crate::hex::decode_lower_vec(message.as_bytes()) {
+        Some(message) => vec![Effect::NegMsg { sub, message }],
+        None => vec![Effect::Reply(proto::frame_neg_err(&sub, NOT_HEX))],
+    }
+}
+
+const NOT_HEX: &str = "invalid: a negentropy message is lowercase hex";
+
+/// Open a sync: any sync under the same id closes first; then the set is gathered, as a
+/// query the connection owns, and the client's first message answered.
+pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message: Vec<u8>) {
+    let settings = &core.config.negentropy;
+    let open = core.sessions.with(conn, |session| {
+        session.negs.remove(&sub);
+        session.negs.len()
+    });
+    if open.is_some_and(|open| open >= settings.syncs_per_connection_max) {
+        let reason = format!("blocked: at most {} syncs at once per connection", settings.syncs_per_connection_max);
+        return refuse(core, conn, &sub, &reason);
+    }
+    let privacy = core.privacy_for(conn);
+    let owner = core.clone();
+    core.start_query(conn, None, async move {
+        let settings = &owner.config.negentropy;
+        // A filter's own `limit` narrows the set to its newest events, as a REQ's would.
+        let wanted = filter.limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
+        let limit = wanted.unwrap_or(usize::MAX).min(settings.items_max + 1);
+        let mut items = {
+            let _slot = owner.query_slot(conn).await;
+            let filter = Arc::new(filter);
+            ids_everywhere(owner.scatter(), filter, limit, crate::now_unix(), privacy).await
+        };
+        if let Some(wanted) = wanted.filter(|&wanted| wanted < items.len()) {
+            items.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            items.truncate(wanted);
+        }
+        if items.len() > settings.items_max {
+            let reason = format!("blocked: this filter matches more than {} events; narrow it", settings.items_max);
+            return refuse(&owner, conn, &sub, &reason);
+        }
+        if owner.stats.neg_items.get() + items.len() as u64 > settings.items_per_core_max as u64 {
+            return refuse(&owner, conn, &sub, "blocked: the relay holds too many syncs now; try again later");
+        }
+        let frame = match NegSync::new(items, settings.frame_size_max, owner.stats.clone()) {
+            Ok(mut sync) => match sync.reconcile(&message) {
+                Ok(answer) => {
+                    owner.sessions.with(conn, |session| session.negs.insert(sub.clone(), sync));
+                    proto::frame_neg_msg(&sub, &answer)
+                }
+                Err(error) => proto::frame_neg_err(&sub, &format!("invalid: {error}")),
+            },
+            Err(error) => proto::frame_neg_err(&sub, &format!("error: {error}")),
+        };
+        owner.sessions.send(conn, frame);
+    });
+}
+
+/// Answer a message of an open sync; a message it cannot read ends the sync.
+pub fn answer(core: &Core, conn: ConnId, sub: &SubId, message: &[u8]) {
+    let frame = core.sessions.with(conn, |session| {
+        let Some(sync) = session.negs.get_mut(sub) else {
+            return proto::frame_neg_err(sub, "closed: no sync is open under this id");
+        };
+        match sync.reconcile(message) {
+            Ok(answer) => proto::frame_neg_msg(sub, &answer),
+            Err(error) => {
+                session.negs.remove(sub);
+                proto::frame_neg_err(sub, &format!("invalid: {error}"))
+            }
+        }
+    });
+    if let Some(frame) = frame {
+        core.sessions.send(conn, frame);
+    }
+}
+
+fn refuse(core: &Core, conn: ConnId, sub: &SubId, reason: &str) {
+    core.stats.neg_refused.inc();
+    core.sessions.send(conn, proto::frame_neg_err(sub, reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ReadMode;
+    use crate::server::peer::tests::FakePeer;
+    use crate::server::verbs::tests::{reply, sub};
+
+    fn filter() -> Box<Filter> {
+        Box::new(Filter { kinds: Some(vec![1]), ..Filter::default() })
+    }
+
+    #[test]
+    fn a_neg_open_is_opened_unless_off_over_the_rate_unauthenticated_or_not_hex() {
+        let mut config = Config::default();
+        let peer = FakePeer::default();
+        assert_eq!(
+            decide_open(&peer, &config, sub("n"), filter(), "61ab"),
+            vec![Effect::NegOpen { sub: sub("n"), filter: filter(), message: vec![0x61, 0xab] }]
+        );
+        let refused = |effects: Vec<Effect>| reply(&effects)[2].as_str().unwrap().to_owned();
+        assert!(refused(decide_open(&peer, &config, sub("n"), filter(), "6G")).starts_with("invalid: "));
+        let spent = FakePeer { tokens: Some(0).into(), ..FakePeer::default() };
+        assert!(refused(decide_open(&spent, &config, sub("n"), filter(), "61")).starts_with("rate-limited: "));
+        config.policy.read = ReadMode::Auth;
+        let effects = decide_open(&peer, &config, sub("n"), filter(), "61");
+        assert_eq!(effects[0], Effect::Challenge);
+        assert!(refused(effects).starts_with("auth-required: "));
+        config.negentropy.enabled = false;
+        assert!(refused(decide_open(&peer, &config, sub("n"), filter(), "61")).starts_with("blocked: "));
+        assert!(refused(decide_msg(&config, sub("n"), "61")).starts_with("blocked: "));
+    }
+
+    #[test]
+    fn a_neg_msg_is_decoded_or_refused() {
+        let config = Config::default();
+        assert_eq!(decide_msg(&config, sub("n"), "61"), vec![Effect::NegMsg { sub: sub("n"), message: vec![0x61] }]);
+        assert_eq!(reply(&decide_msg(&config, sub("n"), "6"))[0], "NEG-ERR");
+        assert_eq!(reply(&decide_msg(&config, sub("n"), "AB"))[0], "NEG-ERR", "uppercase is not NIP-77's hex");
+    }
+}

@@ -1,0 +1,165 @@
+//! NIP-77 negentropy syncs through the real binary on two cores, driven by the negentropy
+//! crate as the client (rust-nostr's, which nostr-sdk's `Client::sync` uses): what each side
+//! lacks, the read rules, the budgets and a hostile message.
+
+use std::time::Duration;
+
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use serde_json::{json, Value};
+use tungstenite::Message;
+
+use crate::relay::{id_of, Client, Relay};
+use crate::support::{keys, now, signed};
+
+/// The next relay message as JSON (NOTICE and AUTH skipped).
+fn next(client: &mut Client) -> Value {
+    client.set_read_timeout(Duration::from_secs(10));
+    match client.read_within() {
+        Some(Ok(Message::Text(text))) => serde_json::from_str(text.as_str()).unwrap(),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn decode(hex: &str) -> Vec<u8> {
+    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect()
+}
+
+fn encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn item(json: &str) -> (u64, [u8; 32]) {
+    let event: Value = serde_json::from_str(json).unwrap();
+    let id = decode(event["id"].as_str().unwrap());
+    (event["created_at"].as_u64().unwrap(), id.try_into().unwrap())
+}
+
+/// Sync `filter` holding `mine`: the ids the client has that the relay lacks, and the ids
+/// the relay has that the client lacks, sorted, hex; or the NEG-ERR reason.
+fn sync(
+    client: &mut Client,
+    sub: &str,
+    filter: Value,
+    mine: &[(u64, [u8; 32])],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut storage = NegentropyStorageVector::new();
+    for &(created_at, id) in mine {
+        storage.insert(created_at, Id::from_byte_array(id)).unwrap();
+    }
+    storage.seal().unwrap();
+    let mut negentropy = Negentropy::owned(storage, 0).unwrap();
+    let first = negentropy.initiate().unwrap();
+    client.send(&json!(["NEG-OPEN", sub, filter, encode(&first)]).to_string());
+    let (mut have, mut need) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let message = next(client);
+        assert_eq!(message[1], sub, "{message}");
+        match message[0].as_str().unwrap() {
+            "NEG-MSG" => {
+                let answer = decode(message[2].as_str().unwrap());
+                match negentropy.reconcile_with_ids(&answer, &mut have, &mut need).unwrap() {
+                    Some(next) => client.send(&json!(["NEG-MSG", sub, encode(&next)]).to_string()),
+                    None => {
+                        client.send(&json!(["NEG-CLOSE", sub]).to_string());
+                        let hex = |ids: Vec<Id>| {
+                            let mut ids: Vec<String> = ids.into_iter().map(|id| encode(id.as_bytes())).collect();
+                            ids.sort();
+                            ids
+                        };
+                        return Ok((hex(have), hex(need)));
+                    }
+                }
+            }
+            "NEG-ERR" => return Err(message[2].as_str().unwrap().to_owned()),
+            other => panic!("unexpected {other}: {message}"),
+        }
+    }
+    panic!("the sync did not end in 100 rounds")
+}
+
+#[test]
+fn a_sync_tells_each_side_what_the_other_lacks_across_cores() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let base = now() - 10_000;
+    // 40 notes from 20 authors (both cores' shards), one profile that the filter leaves out.
+    let stored: Vec<String> =
+        (0..40).map(|i| signed(&keys(7000 + i % 20), 1, base + u64::from(i) * 7, &[], &format!("n{i}"))).collect();
+    let profile = signed(&keys(7000), 0, base, &[], "{}");
+    assert_eq!(client.publish_all(&stored), 40);
+    assert!(client.publish(&profile).0);
+    // The client holds the first 15 and 5 of its own.
+    let extra: Vec<String> =
+        (0..5).map(|i| signed(&keys(7100 + i), 1, base + u64::from(i), &[], &format!("mine {i}"))).collect();
+    let mine: Vec<(u64, [u8; 32])> = stored[..15].iter().chain(&extra).map(|json| item(json)).collect();
+    let (have, need) = sync(&mut client, "s1", json!({"kinds": [1]}), &mine).unwrap();
+    let mut expected_have: Vec<String> = extra.iter().map(|json| id_of(json)).collect();
+    let mut expected_need: Vec<String> = stored[15..].iter().map(|json| id_of(json)).collect();
+    expected_have.sort();
+    expected_need.sort();
+    assert_eq!(have, expected_have);
+    assert_eq!(need, expected_need);
+
+    // A filter's limit narrows the set to its newest events.
+    let (_, need) = sync(&mut client, "s2", json!({"kinds": [1], "limit": 5}), &[]).unwrap();
+    let mut newest: Vec<String> = stored[35..].iter().map(|json| id_of(json)).collect();
+    newest.sort();
+    assert_eq!(need, newest);
+    let stats = relay.stats();
+    assert_eq!((stats["neg_syncs"].as_u64(), stats["neg_items"].as_u64()), (Some(0), Some(0)), "{stats}");
+}
+
+#[test]
+fn private_kinds_stay_out_of_a_sync_for_who_may_not_read_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let recipient = keys(7201).public_key().to_hex();
+    let wrap = signed(&keys(7200), 1059, now() - 60, &[&["p", &recipient]], "sealed");
+    let note = signed(&keys(7200), 1, now() - 60, &[], "public");
+    assert!(client.publish(&wrap).0);
+    assert!(client.publish(&note).0);
+    let (_, need) = sync(&mut client, "p", json!({"authors": [keys(7200).public_key().to_hex()]}), &[]).unwrap();
+    assert_eq!(need, vec![id_of(&note)], "the gift wrap is not in an unauthenticated reader's set");
+}
+
+#[test]
+fn budgets_and_bad_messages_get_a_neg_err_and_the_relay_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[negentropy]\nitems_max = 10\nidle_secs = 1\nsyncs_per_connection_max = 1\n";
+    let relay = Relay::start_with_config(dir.path(), 2, config);
+    let mut client = relay.connect();
+    let base = now() - 1000;
+    let events: Vec<String> = (0..12).map(|i| signed(&keys(7300 + i), 1, base + u64::from(i), &[], "x")).collect();
+    assert_eq!(client.publish_all(&events), 12);
+
+    let over = sync(&mut client, "big", json!({"kinds": [1]}), &[]).unwrap_err();
+    assert!(over.starts_with("blocked: "), "{over}");
+    assert_eq!(sync(&mut client, "small", json!({"kinds": [1], "limit": 10}), &[]).unwrap().1.len(), 10);
+
+    client.send(&json!(["NEG-MSG", "nobody", "61"]).to_string());
+    assert!(next(&mut client)[2].as_str().unwrap().starts_with("closed: "));
+    client.send(&json!(["NEG-OPEN", "hex", {"kinds": [1]}, "not hex"]).to_string());
+    assert!(next(&mut client)[2].as_str().unwrap().starts_with("invalid: "));
+    // A hostile message: an id list claiming 2^35 ids.
+    client.send(&json!(["NEG-OPEN", "huge", {"kinds": [1], "limit": 1}, "61000002818080808000"]).to_string());
+    let answer = next(&mut client);
+    assert_eq!((&answer[0], &answer[1]), (&json!("NEG-ERR"), &json!("huge")), "{answer}");
+    // The second open sync of this connection is over its budget.
+    let mut storage = NegentropyStorageVector::new();
+    storage.seal().unwrap();
+    let first = encode(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap());
+    client.send(&json!(["NEG-OPEN", "kept", {"kinds": [1], "limit": 1}, first]).to_string());
+    assert_eq!(next(&mut client)[0], "NEG-MSG");
+    client.send(&json!(["NEG-OPEN", "second", {"kinds": [1], "limit": 1}, first]).to_string());
+    assert!(next(&mut client)[2].as_str().unwrap().starts_with("blocked: "));
+    // The kept one goes idle and is closed.
+    let idle = next(&mut client);
+    assert_eq!((&idle[0], &idle[1]), (&json!("NEG-ERR"), &json!("kept")), "{idle}");
+    assert!(idle[2].as_str().unwrap().starts_with("closed: "));
+    // Everyone else is still served.
+    assert_eq!(relay.connect().req("after", &[json!({"kinds": [1], "limit": 1})]).len(), 1);
+    let stats = relay.stats();
+    assert!(stats["neg_refused"].as_u64().unwrap() >= 2 && stats["neg_idle_closed"].as_u64() == Some(1), "{stats}");
+}
