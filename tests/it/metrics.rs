@@ -20,28 +20,7 @@ const PARSER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics");
 /// (and once per test run: the tests of this module share it).
 fn parser_site() -> PathBuf {
     static SITE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    SITE.get_or_init(install_parser).clone()
-}
-
-fn install_parser() -> PathBuf {
-    let site = Path::new(env!("CARGO_TARGET_TMPDIR")).join("metrics-parser");
-    let requirements = std::fs::read(Path::new(PARSER).join("requirements.txt")).unwrap();
-    let marker = site.join(".ringrelay-installed-requirements");
-    if std::fs::read(&marker).ok().as_deref() != Some(requirements.as_slice()) {
-        let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
-            .args(["--upgrade", "--target"])
-            .arg(&site)
-            .arg("-r")
-            .arg(Path::new(PARSER).join("requirements.txt"))
-            // Into a directory of its own, so a Debian system Python's PEP 668 guard does not apply.
-            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
-            .status()
-            .expect("this test needs python3 with pip, as .ci/run installs");
-        assert!(status.success(), "pip could not install the Prometheus client into {}", site.display());
-        std::fs::write(&marker, &requirements).unwrap();
-    }
-    site
+    SITE.get_or_init(|| crate::support::python_packages(Path::new(PARSER), "metrics-parser")).clone()
 }
 
 /// One parsed sample.

@@ -1,6 +1,7 @@
 //! NIP-77 negentropy syncs through the real binary on two cores, driven by the negentropy
 //! crate as the client (rust-nostr's, which nostr-sdk's `Client::sync` uses): what each side
-//! lacks, the read rules, the budgets and a hostile message.
+//! lacks, the read rules, the budgets and a hostile message; and by nostr-sdk itself
+//! (`Client.sync` from PyPI, tests/sync/), which moves the events both ways.
 
 use std::time::Duration;
 
@@ -108,6 +109,55 @@ fn a_sync_tells_each_side_what_the_other_lacks_across_cores() {
     assert_eq!(need, newest);
     let stats = relay.stats();
     assert_eq!((stats["neg_syncs"].as_u64(), stats["neg_items"].as_u64()), (Some(0), Some(0)), "{stats}");
+}
+
+/// nostr-sdk's own `Client.sync` (Python, from PyPI) against the relay, both directions:
+/// what the client lacks is fetched, what the relay lacks is published, and afterwards both
+/// hold the same set.
+#[test]
+fn nostr_sdk_syncs_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 2);
+    let mut client = relay.connect();
+    let base = now() - 5_000;
+    let events: Vec<String> =
+        (0..20).map(|i| signed(&keys(7400 + i % 7), 1, base + u64::from(i), &[], &format!("sdk {i}"))).collect();
+    assert_eq!(client.publish_all(&events[..12]), 12);
+    let mine = dir.path().join("client-events.jsonl");
+    std::fs::write(&mine, events[8..].join("\n")).unwrap();
+    let sync_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sync");
+    let site = crate::support::python_packages(std::path::Path::new(sync_dir), "nostr-sdk");
+    let output = std::process::Command::new("python3")
+        .arg(std::path::Path::new(sync_dir).join("sync.py"))
+        .arg(format!("ws://127.0.0.1:{}", relay.port))
+        .arg(dir.path().join("client-db"))
+        .arg(&mine)
+        .args(["1", "both"])
+        .env("PYTHONPATH", site)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "sync.py failed ({}): {} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sorted = |events: &[String]| {
+        let mut ids: Vec<String> = events.iter().map(|json| id_of(json)).collect();
+        ids.sort();
+        json!(ids)
+    };
+    assert_eq!(summary["failed"], json!({}), "{summary}");
+    assert_eq!((&summary["local"], &summary["sent"]), (&sorted(&events[12..]), &sorted(&events[12..])), "{summary}");
+    assert_eq!((&summary["remote"], &summary["received"]), (&sorted(&events[..8]), &sorted(&events[..8])), "{summary}");
+    // The relay now holds all 20, and a second sync finds nothing to move.
+    assert_eq!(client.req("all", &[json!({"kinds": [1], "since": base})]).len(), 20);
+    let (have, need) =
+        sync(&mut client, "again", json!({"kinds": [1]}), &events.iter().map(|json| item(json)).collect::<Vec<_>>())
+            .unwrap();
+    assert!(have.is_empty() && need.is_empty(), "{have:?} {need:?}");
 }
 
 #[test]

@@ -62,3 +62,26 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Where the pinned Python packages of `dir`'s `requirements.txt` are installed (`pip install
+/// --target` into the target directory under `name`), once per requirements file.
+pub fn python_packages(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let site = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let requirements = std::fs::read(dir.join("requirements.txt")).unwrap();
+    let marker = site.join(".ringrelay-installed-requirements");
+    if std::fs::read(&marker).ok().as_deref() != Some(requirements.as_slice()) {
+        let status = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--root-user-action=ignore"])
+            .args(["--upgrade", "--target"])
+            .arg(&site)
+            .arg("-r")
+            .arg(dir.join("requirements.txt"))
+            // Into a directory of its own, so a Debian system Python's PEP 668 guard does not apply.
+            .env("PIP_BREAK_SYSTEM_PACKAGES", "1")
+            .status()
+            .expect("this test needs python3 with pip, as .ci/run installs");
+        assert!(status.success(), "pip could not install {} into {}", dir.display(), site.display());
+        std::fs::write(&marker, &requirements).unwrap();
+    }
+    site
+}
