@@ -73,3 +73,15 @@ pub fn client_message(bytes: &[u8]) {
         let _ = parse_client_message(text, &MessageLimits::default());
     }
 }
+
+/// A NIP-77 message from a client, to the relay's side of a sync over a small fixed set:
+/// as the first message (`NEG-OPEN`) and as a later one (`NEG-MSG`). An error is an
+/// answer; a panic or an allocation the message sizes is the bug.
+pub fn neg_message(bytes: &[u8]) {
+    use crate::server::negsync::Built;
+    let items: Vec<(u64, [u8; 32])> = (0..40u8).map(|n| (u64::from(n / 3), [n; 32])).collect();
+    let _ = Built::build(items.clone(), 0, bytes);
+    if let Ok((mut built, _)) = Built::build(items, 4096, &[0x61]) {
+        let _ = built.reconcile(bytes);
+    }
+}

@@ -42,6 +42,11 @@ impl Built {
         let answer = state.reconcile(first)?;
         Ok((Built { state, items: count }, answer))
     }
+
+    /// The answer to a later message, before the sync is counted (the fuzz target's way in).
+    pub fn reconcile(&mut self, message: &[u8]) -> Result<Vec<u8>, negentropy::Error> {
+        self.state.reconcile(message)
+    }
 }
 
 impl NegSync {

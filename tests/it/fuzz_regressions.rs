@@ -33,6 +33,11 @@ fn event_inputs() {
 }
 
 #[test]
+fn neg_message_inputs() {
+    replay("neg_message", ringrelay::fuzzing::neg_message);
+}
+
+#[test]
 fn client_message_inputs() {
     replay("client_message", ringrelay::fuzzing::client_message);
 }
