@@ -60,6 +60,9 @@ pub struct NegentropyConfig {
     pub frame_size_max: u64,
     /// A sync with no message for this long is closed with `NEG-ERR "closed: ..."`.
     pub idle_secs: u64,
+    /// Syncs over sets of at least this many events answer each message on glommio's
+    /// blocking thread rather than on the core (~4 ms a message at 500,000 events).
+    pub answer_off_core_from: usize,
 }
 
 impl NegentropyConfig {
@@ -87,6 +90,7 @@ impl Default for NegentropyConfig {
             syncs_per_connection_max: 4,
             frame_size_max: 60_000,
             idle_secs: 60,
+            answer_off_core_from: 50_000,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! reconciliation over the (created_at, id) set gathered at `NEG-OPEN`, counted in the
 //! core's `neg_syncs` and `neg_items` for as long as it lives.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -10,8 +11,11 @@ use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use super::stats::Stats;
 
 pub struct NegSync {
-    state: Negentropy<'static, NegentropyStorageVector>,
+    /// None while it is lent out to answer a message off the core.
+    state: Option<Negentropy<'static, NegentropyStorageVector>>,
     items: usize,
+    /// Which sync this is, so that a state lent out comes back only to it.
+    serial: u64,
     /// When the client last sent a message for it (`negentropy.idle_secs` counts from here).
     pub last_used: Instant,
     stats: Rc<Stats>,
@@ -49,18 +53,68 @@ impl Built {
     }
 }
 
+/// The state of a sync lent out to answer one message on glommio's blocking thread.
+pub struct Lent {
+    state: Negentropy<'static, NegentropyStorageVector>,
+    serial: u64,
+}
+
+impl Lent {
+    pub fn reconcile(&mut self, message: &[u8]) -> Result<Vec<u8>, negentropy::Error> {
+        self.state.reconcile(message)
+    }
+}
+
+/// How a message of a sync is answered.
+pub enum Turn {
+    /// Here and now: the set is small.
+    Now(Result<Vec<u8>, negentropy::Error>),
+    /// Off the core, by the state lent out (given back with [`NegSync::give_back`]).
+    Lend(Lent),
+    /// The last message is still being answered: the client did not wait for it.
+    Busy,
+}
+
+thread_local! {
+    static NEXT_SERIAL: Cell<u64> = const { Cell::new(0) };
+}
+
 impl NegSync {
     /// A built sync, counted from now on.
     pub fn new(built: Built, stats: Rc<Stats>) -> NegSync {
         stats.neg_syncs.add(1);
         stats.neg_items.add(built.items as u64);
-        NegSync { state: built.state, items: built.items, last_used: Instant::now(), stats }
+        let serial = NEXT_SERIAL.with(|next| next.replace(next.get() + 1));
+        NegSync { state: Some(built.state), items: built.items, serial, last_used: Instant::now(), stats }
     }
 
-    /// The answer to one of the client's messages.
+    /// The answer to one of the client's messages, here.
     pub fn reconcile(&mut self, message: &[u8]) -> Result<Vec<u8>, negentropy::Error> {
+        match self.turn(message, usize::MAX) {
+            Turn::Now(answer) => answer,
+            _ => Err(negentropy::Error::BadRange),
+        }
+    }
+
+    /// Answer `message` here if the set holds fewer than `lend_from` events, else lend the
+    /// state out to answer it off the core.
+    pub fn turn(&mut self, message: &[u8], lend_from: usize) -> Turn {
         self.last_used = Instant::now();
-        self.state.reconcile(message)
+        match self.state.as_mut() {
+            None => Turn::Busy,
+            Some(state) if self.items < lend_from => Turn::Now(state.reconcile(message)),
+            Some(_) => Turn::Lend(Lent { state: self.state.take().expect("just seen"), serial: self.serial }),
+        }
+    }
+
+    /// Take back a state lent out; `false` (and it is dropped) when it is another sync's:
+    /// this one was closed and replaced meanwhile.
+    pub fn give_back(&mut self, lent: Lent) -> bool {
+        if lent.serial != self.serial || self.state.is_some() {
+            return false;
+        }
+        self.state = Some(lent.state);
+        true
     }
 }
 
@@ -137,6 +191,23 @@ mod tests {
         assert_eq!(bytes(need), vec![id(2), id(3)]);
         drop(sync);
         assert_eq!((stats.neg_syncs.get(), stats.neg_items.get()), (0, 0));
+    }
+
+    /// A large set's state is lent out and must come back to the same sync before the next
+    /// message; a message while it is out is `Busy`; another sync does not take it.
+    #[test]
+    fn a_lent_state_comes_back_only_to_its_sync() {
+        let stats = Rc::new(Stats::default());
+        let build = || Built::build(vec![(1, id(1)), (2, id(2))], 0, &[0x61]).unwrap().0;
+        let (mut sync, mut other) = (NegSync::new(build(), stats.clone()), NegSync::new(build(), stats));
+        assert!(matches!(sync.turn(&[0x61], 10), Turn::Now(Ok(_))), "a small set is answered here");
+        let Turn::Lend(mut lent) = sync.turn(&[0x61], 2) else { panic!("a set of 2 is lent from 2") };
+        assert!(matches!(sync.turn(&[0x61], 2), Turn::Busy));
+        assert!(lent.reconcile(&[0x61]).is_ok());
+        let Turn::Lend(others) = other.turn(&[0x61], 0) else { panic!("lent") };
+        assert!(!sync.give_back(others), "not its state");
+        assert!(sync.give_back(lent));
+        assert!(matches!(sync.turn(&[0x61], 10), Turn::Now(Ok(_))));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::filter::Filter;
 use crate::proto::{self, SubId};
 use crate::server::core::Core;
 use crate::server::gather::ids_everywhere;
-use crate::server::negsync::{Built, NegSync, Reserved};
+use crate::server::negsync::{Built, Lent, NegSync, Reserved, Turn};
 use crate::subs::ConnId;
 
 /// A NEG-OPEN: refused as a REQ would be (NIP-77 off, rate, `policy.read`), or opened.
@@ -98,23 +98,50 @@ pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message:
     });
 }
 
-/// Answer a message of an open sync; a message it cannot read ends the sync.
-pub fn answer(core: &Core, conn: ConnId, sub: &SubId, message: &[u8]) {
-    let frame = core.sessions.with(conn, |session| {
-        let Some(sync) = session.negs.get_mut(sub) else {
-            return proto::frame_neg_err(sub, "closed: no sync is open under this id");
-        };
-        match sync.reconcile(message) {
-            Ok(answer) => proto::frame_neg_msg(sub, &answer),
-            Err(error) => {
-                session.negs.remove(sub);
-                proto::frame_neg_err(sub, &format!("invalid: {error}"))
-            }
+/// Answer a message of an open sync, here or (a large set) off the core; a message it
+/// cannot read ends the sync.
+pub fn answer(core: &Rc<Core>, conn: ConnId, sub: &SubId, message: Vec<u8>) {
+    let lend_from = core.config.negentropy.answer_off_core_from;
+    let turn = core.sessions.with(conn, |session| session.negs.get_mut(sub).map(|sync| sync.turn(&message, lend_from)));
+    let answered = match turn {
+        None => return,
+        Some(None) => Err("closed: no sync is open under this id".to_owned()),
+        Some(Some(Turn::Now(answer))) => answer.map_err(|error| format!("invalid: {error}")),
+        Some(Some(Turn::Busy)) => Err("invalid: a NEG-MSG came before the last one was answered".to_owned()),
+        Some(Some(Turn::Lend(lent))) => return answer_off_core(core, conn, sub.clone(), lent, message),
+    };
+    finish(core, conn, sub, answered);
+}
+
+/// Answer with the state lent out, on glommio's blocking thread, as work the connection
+/// owns; the state goes back to its sync unless that was closed meanwhile.
+fn answer_off_core(core: &Rc<Core>, conn: ConnId, sub: SubId, mut lent: Lent, message: Vec<u8>) {
+    let owner = core.clone();
+    core.start_query(conn, None, async move {
+        let (lent, answered) = glommio::executor()
+            .spawn_blocking(move || {
+                let answer = lent.reconcile(&message);
+                (lent, answer)
+            })
+            .await;
+        let back =
+            owner.sessions.with(conn, |session| session.negs.get_mut(&sub).is_some_and(|sync| sync.give_back(lent)));
+        if back == Some(true) {
+            finish(&owner, conn, &sub, answered.map_err(|error| format!("invalid: {error}")));
         }
     });
-    if let Some(frame) = frame {
-        core.sessions.send(conn, frame);
-    }
+}
+
+/// Send a sync's answer, or end it with its error.
+fn finish(core: &Core, conn: ConnId, sub: &SubId, answered: Result<Vec<u8>, String>) {
+    let frame = match answered {
+        Ok(answer) => proto::frame_neg_msg(sub, &answer),
+        Err(reason) => {
+            core.sessions.with(conn, |session| session.negs.remove(sub));
+            proto::frame_neg_err(sub, &reason)
+        }
+    };
+    core.sessions.send(conn, frame);
 }
 
 fn refuse(core: &Core, conn: ConnId, sub: &SubId, reason: &str) {
