@@ -411,7 +411,9 @@ async fn run_joined(
     );
     let storage = Storage::new(mesh.id, mesh.core_count, start.router, shards);
     let gate = Gate::new(config.clone(), GateStart { lists_file, lists, plugin }, stats.clone());
-    let queries = Queries::new(limits.queries_per_core_max, queues, stats.clone());
+    let negentropy = &config.negentropy;
+    let neg_opens = negentropy.items_per_core_max / negentropy.items_max;
+    let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
     let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries);
     // Again, now that the shards are open: banned events are retired from them.
     core.apply_lists(at_start);

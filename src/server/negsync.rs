@@ -118,31 +118,6 @@ impl NegSync {
     }
 }
 
-/// Room held in the core's `neg_items` budget for a sync whose set is being gathered
-/// (`negentropy.items_max`, the most it may turn out to hold), given back when dropped, so
-/// that opens in flight never add up to more than `items_per_core_max`.
-pub struct Reserved {
-    stats: Rc<Stats>,
-    items: u64,
-}
-
-impl Reserved {
-    /// `items` of the budget, if `max` leaves room for them.
-    pub fn take(stats: &Rc<Stats>, items: u64, max: u64) -> Option<Reserved> {
-        if stats.neg_items.get() + items > max {
-            return None;
-        }
-        stats.neg_items.add(items);
-        Some(Reserved { stats: stats.clone(), items })
-    }
-}
-
-impl Drop for Reserved {
-    fn drop(&mut self) {
-        self.stats.neg_items.sub(self.items);
-    }
-}
-
 impl Drop for NegSync {
     fn drop(&mut self) {
         self.stats.neg_syncs.sub(1);
@@ -208,17 +183,6 @@ mod tests {
         assert!(!sync.give_back(others), "not its state");
         assert!(sync.give_back(lent));
         assert!(matches!(sync.turn(&[0x61], 10), Turn::Now(Ok(_))));
-    }
-
-    #[test]
-    fn room_for_a_set_being_gathered_is_held_until_dropped() {
-        let stats = Rc::new(Stats::default());
-        let first = Reserved::take(&stats, 6, 10).unwrap();
-        assert!(Reserved::take(&stats, 6, 10).is_none(), "no room for a second");
-        assert_eq!(stats.neg_items.get(), 6);
-        drop(first);
-        assert!(Reserved::take(&stats, 6, 10).is_some());
-        assert_eq!(stats.neg_items.get(), 0);
     }
 
     /// A message that is not negentropy is an error, not a panic; one claiming a huge id

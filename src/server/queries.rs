@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::rc::Rc;
 
+use glommio::sync::{Semaphore, StaticPermit};
 use glommio::task::JoinHandle;
 use glommio::{Task, TaskQueueHandle};
 
@@ -35,18 +36,28 @@ pub struct Queries {
     remote: RefCell<HashMap<RequestId, Option<JoinHandle<()>>>>,
     /// Which running scan takes the next step.
     turns: Rc<Turns>,
+    /// NIP-77 sets being gathered at once: each may hold `negentropy.items_max` events until
+    /// it is counted, so at most `items_per_core_max / items_max` gather; the rest wait.
+    neg_opens: Rc<Semaphore>,
     stats: Rc<Stats>,
 }
 
 impl Queries {
-    pub fn new(slots: usize, queues: QueryQueues, stats: Rc<Stats>) -> Queries {
+    pub fn new(slots: usize, neg_opens: usize, queues: QueryQueues, stats: Rc<Stats>) -> Queries {
         Queries {
             slots: FairSlots::new(slots),
             queues,
             remote: RefCell::new(HashMap::new()),
             turns: Turns::new(),
+            neg_opens: Rc::new(Semaphore::new(neg_opens.max(1) as u64)),
             stats,
         }
+    }
+
+    /// A turn to gather a NIP-77 sync's set, waited for while as many are gathering as the
+    /// core's budget allows; `None` once the core is stopping.
+    pub async fn neg_open_turn(&self) -> Option<StaticPermit> {
+        self.neg_opens.acquire_static_permit(1).await.ok()
     }
 
     /// A scan starting now: its steps wait for their turn (see `turns`).

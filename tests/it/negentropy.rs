@@ -137,6 +137,31 @@ fn messages_answered_off_the_core_come_out_the_same() {
     assert!(closed(&stats), "{stats}");
 }
 
+/// Room for three sets being gathered at a time per core (`items_per_core_max = 3 x
+/// items_max`): six syncs opened at once wait their turn to gather rather than being
+/// refused, and every one is answered (the 20 events each holds fit the core's budget even
+/// if all six land on one core).
+#[test]
+fn syncs_opened_at_once_wait_their_turn_to_gather() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 2, "[negentropy]\nitems_max = 40\nitems_per_core_max = 120\n");
+    let mut publisher = relay.connect();
+    let events: Vec<String> =
+        (0..20).map(|i| signed(&keys(7600 + i), 1, now() - 100 + u64::from(i), &[], "t")).collect();
+    assert_eq!(publisher.publish_all(&events), 20);
+    let mut storage = NegentropyStorageVector::new();
+    storage.seal().unwrap();
+    let first = encode(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap());
+    let mut clients: Vec<Client> = (0..6).map(|_| relay.connect()).collect();
+    for client in &mut clients {
+        client.send(&json!(["NEG-OPEN", "t", {"kinds": [1]}, first]).to_string());
+    }
+    for client in &mut clients {
+        let answer = next(client);
+        assert_eq!((&answer[0], &answer[1]), (&json!("NEG-MSG"), &json!("t")), "{answer}");
+    }
+}
+
 /// nostr-sdk's own `Client.sync` (Python, from PyPI) against the relay, both directions:
 /// what the client lacks is fetched, what the relay lacks is published, and afterwards both
 /// hold the same set.

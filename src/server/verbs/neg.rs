@@ -14,7 +14,7 @@ use crate::filter::Filter;
 use crate::proto::{self, SubId};
 use crate::server::core::Core;
 use crate::server::gather::ids_everywhere;
-use crate::server::negsync::{Built, Lent, NegSync, Reserved, Turn};
+use crate::server::negsync::{Built, Lent, NegSync, Turn};
 use crate::subs::ConnId;
 
 /// A NEG-OPEN: refused as a REQ would be (NIP-77 off, rate, `policy.read`), or opened.
@@ -56,11 +56,6 @@ pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message:
         let reason = format!("blocked: at most {} syncs at once per connection", settings.syncs_per_connection_max);
         return refuse(core, conn, &sub, &reason);
     }
-    // The set may hold up to `items_max` events until it is gathered and counted.
-    let Some(reserved) = Reserved::take(&core.stats, settings.items_max as u64, settings.items_per_core_max as u64)
-    else {
-        return refuse(core, conn, &sub, "blocked: the relay holds too many syncs now; try again later");
-    };
     let privacy = core.privacy_for(conn);
     let owner = core.clone();
     core.start_query(conn, None, async move {
@@ -68,6 +63,9 @@ pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message:
         // A filter's own `limit` narrows the set to its newest events, as a REQ's would.
         let wanted = filter.limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
         let limit = wanted.unwrap_or(usize::MAX).min(settings.items_max + 1);
+        // The set may hold up to `items_max` events until it is counted: only so many
+        // gather at once, the rest wait their turn.
+        let Some(_gathering) = owner.queries.neg_open_turn().await else { return };
         let mut items = {
             let _slot = owner.query_slot(conn).await;
             let filter = Arc::new(filter);
@@ -81,11 +79,13 @@ pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message:
             let reason = format!("blocked: this filter matches more than {} events; narrow it", settings.items_max);
             return refuse(&owner, conn, &sub, &reason);
         }
+        if owner.stats.neg_items.get() + items.len() as u64 > settings.items_per_core_max as u64 {
+            return refuse(&owner, conn, &sub, "blocked: the relay holds too many syncs now; try again later");
+        }
         // Sorting the set and the first answer run on glommio's blocking thread: ~40 ms at
         // 500,000 events would otherwise hold the core.
         let frame_size_max = settings.frame_size_max;
         let built = glommio::executor().spawn_blocking(move || Built::build(items, frame_size_max, &message)).await;
-        drop(reserved);
         let frame = match built {
             Ok((built, answer)) => {
                 let sync = NegSync::new(built, owner.stats.clone());
