@@ -31,6 +31,9 @@ pub struct Session {
     pub subs: HashMap<SubId, SubState>,
     /// NIP-77 syncs open, by their id (a namespace apart from `subs`).
     pub negs: HashMap<SubId, NegSync>,
+    /// NIP-77 syncs whose set is being gathered, by id, with the open's serial: an open
+    /// replaced or closed meanwhile is not answered when its set arrives.
+    pub negs_opening: HashMap<SubId, u64>,
     queries: HashMap<QueryId, Query>,
     stats: Rc<Stats>,
 }
@@ -119,6 +122,7 @@ impl Session {
             _slot: slot,
             subs: HashMap::new(),
             negs: HashMap::new(),
+            negs_opening: HashMap::new(),
             queries: HashMap::new(),
             stats,
         }

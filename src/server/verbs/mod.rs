@@ -146,9 +146,7 @@ pub fn apply(core: &Rc<Core>, conn: ConnId, effects: Vec<Effect>) {
             Effect::AuthAnswered(result) => core.stats.auth.inc(result),
             Effect::NegOpen { sub, filter, message } => neg::start(core, conn, sub, *filter, message),
             Effect::NegMsg { sub, message } => neg::answer(core, conn, &sub, message),
-            Effect::NegClose(sub) => {
-                core.sessions.with(conn, |session| session.negs.remove(&sub));
-            }
+            Effect::NegClose(sub) => neg::close(core, conn, &sub),
         }
     }
 }

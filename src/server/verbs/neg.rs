@@ -48,53 +48,105 @@ const NOT_HEX: &str = "invalid: a negentropy message is lowercase hex";
 /// query the connection owns, and the client's first message answered.
 pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message: Vec<u8>) {
     let settings = &core.config.negentropy;
-    let open = core.sessions.with(conn, |session| {
+    let serial = core.sessions.fresh_id();
+    let already = core.sessions.with(conn, |session| {
         session.negs.remove(&sub);
-        session.negs.len()
+        session.negs_opening.remove(&sub);
+        let already = session.negs.len() + session.negs_opening.len();
+        if already < settings.syncs_per_connection_max {
+            session.negs_opening.insert(sub.clone(), serial);
+        }
+        already
     });
-    if open.is_some_and(|open| open >= settings.syncs_per_connection_max) {
+    if already.is_some_and(|already| already >= settings.syncs_per_connection_max) {
         let reason = format!("blocked: at most {} syncs at once per connection", settings.syncs_per_connection_max);
         return refuse(core, conn, &sub, &reason);
     }
     let privacy = core.privacy_for(conn);
     let owner = core.clone();
     core.start_query(conn, None, async move {
-        let settings = &owner.config.negentropy;
-        // A filter's own `limit` narrows the set to its newest events, as a REQ's would.
-        let wanted = filter.limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
-        let limit = wanted.unwrap_or(usize::MAX).min(settings.items_max + 1);
-        // The set may hold up to `items_max` events until it is counted: only so many
-        // gather at once, the rest wait their turn.
-        let Some(_gathering) = owner.queries.neg_open_turn().await else { return };
-        let mut items = {
-            let _slot = owner.query_slot(conn).await;
-            let filter = Arc::new(filter);
-            ids_everywhere(owner.scatter(), filter, limit, crate::now_unix(), privacy).await
-        };
-        if let Some(wanted) = wanted.filter(|&wanted| wanted < items.len()) {
-            items.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            items.truncate(wanted);
+        let opened = gather_and_build(&owner, conn, filter, privacy, message).await;
+        // Answered only if this open is still the one under its id (not closed or replaced).
+        let current = owner.sessions.with(conn, |session| {
+            let current = session.negs_opening.get(&sub) == Some(&serial);
+            if current {
+                session.negs_opening.remove(&sub);
+            }
+            current
+        });
+        if current != Some(true) {
+            return;
         }
-        if items.len() > settings.items_max {
-            let reason = format!("blocked: this filter matches more than {} events; narrow it", settings.items_max);
-            return refuse(&owner, conn, &sub, &reason);
-        }
-        if owner.stats.neg_items.get() + items.len() as u64 > settings.items_per_core_max as u64 {
-            return refuse(&owner, conn, &sub, "blocked: the relay holds too many syncs now; try again later");
-        }
-        // Sorting the set and the first answer run on glommio's blocking thread: ~40 ms at
-        // 500,000 events would otherwise hold the core.
-        let frame_size_max = settings.frame_size_max;
-        let built = glommio::executor().spawn_blocking(move || Built::build(items, frame_size_max, &message)).await;
-        let frame = match built {
+        let frame = match opened {
             Ok((built, answer)) => {
                 let sync = NegSync::new(built, owner.stats.clone());
                 owner.sessions.with(conn, |session| session.negs.insert(sub.clone(), sync));
                 proto::frame_neg_msg(&sub, &answer)
             }
-            Err(error) => proto::frame_neg_err(&sub, &format!("invalid: {error}")),
+            Err(Refused(reason)) => {
+                owner.stats.neg_refused.inc();
+                proto::frame_neg_err(&sub, &reason)
+            }
+            Err(Invalid(reason)) => proto::frame_neg_err(&sub, &reason),
         };
         owner.sessions.send(conn, frame);
+    });
+}
+
+/// Why an open is not answered with a `NEG-MSG`.
+enum NotOpened {
+    /// Over a budget (`blocked:`), counted.
+    Refused(String),
+    /// The client's first message does not read.
+    Invalid(String),
+}
+use NotOpened::{Invalid, Refused};
+
+/// Gather the filter's set (waiting for a turn to gather and a query slot), then build the
+/// relay's side and answer the first message on glommio's blocking thread (~40 ms at
+/// 500,000 events would otherwise hold the core).
+async fn gather_and_build(
+    core: &Rc<Core>,
+    conn: ConnId,
+    filter: Filter,
+    privacy: crate::store::Privacy,
+    message: Vec<u8>,
+) -> Result<(Built, Vec<u8>), NotOpened> {
+    let settings = &core.config.negentropy;
+    // A filter's own `limit` narrows the set to its newest events, as a REQ's would.
+    let wanted = filter.limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
+    let limit = wanted.unwrap_or(usize::MAX).min(settings.items_max + 1);
+    // The set may hold up to `items_max` events until it is counted: only so many gather at
+    // once, the rest wait their turn.
+    let stopping = || Refused("error: the relay is shutting down".to_owned());
+    let _gathering = core.queries.neg_open_turn().await.ok_or_else(stopping)?;
+    let mut items = {
+        let _slot = core.query_slot(conn).await;
+        ids_everywhere(core.scatter(), Arc::new(filter), limit, crate::now_unix(), privacy).await
+    };
+    if let Some(wanted) = wanted.filter(|&wanted| wanted < items.len()) {
+        items.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        items.truncate(wanted);
+    }
+    if items.len() > settings.items_max {
+        return Err(Refused(format!(
+            "blocked: this filter matches more than {} events; narrow it",
+            settings.items_max
+        )));
+    }
+    if core.stats.neg_items.get() + items.len() as u64 > settings.items_per_core_max as u64 {
+        return Err(Refused("blocked: the relay holds too many syncs now; try again later".to_owned()));
+    }
+    let frame_size_max = settings.frame_size_max;
+    let built = glommio::executor().spawn_blocking(move || Built::build(items, frame_size_max, &message)).await;
+    built.map_err(|error| Invalid(format!("invalid: {error}")))
+}
+
+/// Close a sync, or an open still gathering its set.
+pub fn close(core: &Core, conn: ConnId, sub: &SubId) {
+    core.sessions.with(conn, |session| {
+        session.negs.remove(sub);
+        session.negs_opening.remove(sub);
     });
 }
 
