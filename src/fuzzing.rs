@@ -71,6 +71,7 @@ pub fn event(bytes: &[u8]) {
 pub fn client_message(bytes: &[u8]) {
     if let Ok(text) = std::str::from_utf8(bytes) {
         let _ = parse_client_message(text, &MessageLimits::default());
+        let _ = crate::proto::event_id_in_unparsed(text);
     }
 }
 

@@ -215,6 +215,19 @@ fn filters<'de, A: SeqAccess<'de>>(seq: &mut A, count_max: usize) -> Result<Resu
     Ok(Ok(filters))
 }
 
+/// The `id` an `EVENT` message names when the message as a whole is not JSON (a literal
+/// control character in a string, a missing brace): its first `"id"` key followed by 64
+/// lowercase hex digits, found without parsing, so the client gets an `OK false` for the
+/// event it sent rather than only a NOTICE.
+pub fn event_id_in_unparsed(text: &str) -> Option<&str> {
+    let rest = text.trim_start().strip_prefix('[')?.trim_start().strip_prefix("\"EVENT\"")?;
+    let after_key = &rest[rest.find("\"id\"")? + 4..];
+    let value = after_key.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let id = value.get(..64)?;
+    let closed = value[64..].starts_with('"');
+    (closed && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))).then_some(id)
+}
+
 /// The `id` of an event object that failed to parse, when it has a readable one, so the
 /// refusal can be an `OK` rather than a `NOTICE`: 64 hex digits, echoed as sent (an id in
 /// uppercase is refused, but with the id the client will look for).
@@ -435,6 +448,20 @@ mod tests {
         for frame in [frame_ok("ab", false, "x"), frame_closed(&sub, "y"), frame_count(&sub, 1, false)] {
             serde_json::from_str::<serde_json::Value>(&frame).expect("frames are json");
         }
+    }
+
+    #[test]
+    fn the_id_of_an_event_message_that_is_not_json() {
+        let id = "ab".repeat(32);
+        let text = format!("[\"EVENT\", {{\"id\" : \"{id}\",\"content\":\"a\u{1}b\"}}]");
+        assert!(parse(&text).is_err(), "a literal control character is not JSON");
+        assert_eq!(event_id_in_unparsed(&text), Some(id.as_str()));
+        assert_eq!(event_id_in_unparsed(&format!("[\"REQ\",{{\"id\":\"{id}\"}}]")), None);
+        assert_eq!(event_id_in_unparsed(&format!("[\"EVENT\",{{\"id\":\"{}\"}}]", "AB".repeat(32))), None);
+        assert_eq!(event_id_in_unparsed(&format!("[\"EVENT\",{{\"id\":\"{id}0\"}}]")), None);
+        assert_eq!(event_id_in_unparsed("[\"EVENT\",{\"id\":\"ab\"}]"), None);
+        assert_eq!(event_id_in_unparsed("[\"EVENT\",{\"id\":"), None);
+        assert_eq!(event_id_in_unparsed("[\"EVENT\",{\"id\":\"é"), None);
     }
 
     #[test]

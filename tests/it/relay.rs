@@ -544,6 +544,13 @@ fn bad_input_gets_an_answer_and_the_relay_keeps_serving() {
     client.send(&format!(r#"["EVENT",{tampered}]"#));
     let ok = client.expect("OK");
     assert!(ok[2] == false && ok[3].as_str().unwrap().starts_with("invalid:"), "{ok}");
+    // An EVENT that is not JSON (a literal control character in its content) still gets
+    // its OK false when its id can be read.
+    let control = good.replace("tampered", "tamp\u{1}ered");
+    client.send(&format!(r#"["EVENT",{control}]"#));
+    let ok = client.expect("OK");
+    assert!(ok[1] == id_of(&good).as_str() && ok[2] == false, "{ok}");
+    assert!(ok[3].as_str().unwrap().starts_with("invalid: malformed message"), "{ok}");
     // An id in uppercase is refused with an OK carrying the id as the client sent it.
     let upper_id = id_of(&good).to_uppercase();
     client.send(&format!(r#"["EVENT",{}]"#, good.replace(&id_of(&good), &upper_id)));

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use super::core::Core;
 pub use super::peer::Peer;
 use super::rates::Work;
-use super::stats::{AuthResult, Verb};
+use super::stats::{AuthResult, Outcome, OutcomeClass, Verb};
 use crate::auth::RelayAddress;
 use crate::event::Pubkey;
 use crate::filter::Filter;
@@ -86,7 +86,16 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
         Ok(message) => message,
         Err(Refusal::Notice(reason)) => {
             core.stats.message(Verb::Invalid);
-            core.sessions.send(conn, proto::frame_notice(&reason));
+            // An EVENT that is not JSON still gets its OK when its id can be read.
+            let frame = match proto::event_id_in_unparsed(text) {
+                Some(id) => {
+                    let outcome = Outcome::new(OutcomeClass::Invalid, "malformed_json");
+                    core.stats.answered(outcome, std::time::Instant::now());
+                    proto::frame_ok(id, false, &reason)
+                }
+                None => proto::frame_notice(&reason),
+            };
+            core.sessions.send(conn, frame);
             return true;
         }
         Err(Refusal::Closed { sub_id, reason }) => {
