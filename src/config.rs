@@ -449,6 +449,9 @@ pub struct RelayInfo {
     pub payments_url: Option<String>,
     /// NIP-11 `icon`: the URL of a round image.
     pub icon: Option<String>,
+    /// NIP-11 `software`: the URL of the relay software's project, when the operator has one
+    /// to name (absent by default: ringrelay has no public project page to point to).
+    pub software: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -531,6 +534,7 @@ impl Default for RelayInfo {
             payment_required: false,
             payments_url: None,
             icon: None,
+            software: None,
         }
     }
 }
@@ -703,6 +707,7 @@ mod tests {
             contact: Some("mailto:x".into()),
             payments_url: Some("https://x".into()),
             icon: Some("https://x/icon.png".into()),
+            software: Some("https://x/ringrelay".into()),
             ..RelayInfo::default()
         };
         let metrics_listen = Some("127.0.0.1:9777".parse().unwrap());

@@ -234,7 +234,6 @@ pub fn nip11_document(config: &Config, policy: &Policy, lists: &PolicyLists) -> 
         "name": lists.name.as_ref().unwrap_or(&info.name),
         "description": lists.description.as_ref().unwrap_or(&info.description),
         "supported_nips": supported_nips(config),
-        "software": "https://github.com/ringrelay/ringrelay",
         "version": env!("CARGO_PKG_VERSION"),
         "limitation": limitation,
     });
@@ -249,6 +248,9 @@ pub fn nip11_document(config: &Config, policy: &Policy, lists: &PolicyLists) -> 
     }
     if let Some(icon) = lists.icon.as_ref().or(info.icon.as_ref()) {
         document["icon"] = icon.clone().into();
+    }
+    if let Some(software) = &info.software {
+        document["software"] = software.clone().into();
     }
     document.to_string()
 }
@@ -329,11 +331,18 @@ mod tests {
         assert_eq!(document["name"], "renamed");
         assert!(!document["supported_nips"].as_array().unwrap().contains(&86.into()), "no admins: no NIP-86");
         assert!(document["supported_nips"].as_array().unwrap().contains(&77.into()), "NIP-77 on by default");
+        assert!(document.get("software").is_none(), "no software URL unless the operator names one");
         assert_eq!(document["limitation"]["max_limit"], 5000);
         assert_eq!(document["limitation"]["max_subid_length"], 64);
         assert!(document["supported_nips"].as_array().unwrap().contains(&1.into()));
         let response = String::from_utf8(response(&Route::Nip11, &Config::default())).unwrap();
         assert!(response.contains("Access-Control-Allow-Origin: *"));
         assert!(response.contains("Content-Type: application/nostr+json"));
+        let mut named = Config::default();
+        named.info.software = Some("https://example.com/ringrelay".into());
+        let lists = PolicyLists::default();
+        let document: serde_json::Value =
+            serde_json::from_str(&nip11_document(&named, &Policy::new(&named.policy), &lists)).unwrap();
+        assert_eq!(document["software"], "https://example.com/ringrelay");
     }
 }
