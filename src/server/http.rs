@@ -192,9 +192,24 @@ pub fn page_response(config: &Config, lists: &PolicyLists) -> Vec<u8> {
     respond("200 OK", "text/html; charset=utf-8", &page(config, lists))
 }
 
-/// The NIPs this relay implements as configured: NIP-86 only with admin pubkeys.
+/// The NIPs this relay implements as configured, each claim checked by a test through the
+/// real binary: 1 (tests/it/rules.rs), 9 and 40 and 45 and 62 and 70 (rules.rs), 11
+/// (relay.rs), 42 (auth.rs); 17 and 59 only while gift wraps (kind 1059) are a private kind,
+/// served to their parties alone (auth.rs, `private_kinds_reach_only_their_author_and_recipients`);
+/// 65, relay lists (kind 10002) kept as replaceable events (rules.rs,
+/// `a_replaceable_event_keeps_the_newest_version_and_the_lowest_id_on_a_tie`); 77 when on
+/// (negentropy.rs); 86 only with admin pubkeys (manage.rs).
 pub fn supported_nips(config: &Config) -> Vec<u16> {
-    let mut nips = vec![1, 9, 11, 40, 42, 45, 62, 70];
+    let mut nips = vec![1, 9, 11];
+    let gift_wraps_private = config.policy.private_kinds.contains(&crate::event::kind::KIND_GIFT_WRAP);
+    if gift_wraps_private {
+        nips.push(17);
+    }
+    nips.extend([40, 42, 45]);
+    if gift_wraps_private {
+        nips.push(59);
+    }
+    nips.extend([62, 65, 70]);
     if config.negentropy.enabled {
         nips.push(77);
     }
@@ -332,6 +347,15 @@ mod tests {
         assert!(!document["supported_nips"].as_array().unwrap().contains(&86.into()), "no admins: no NIP-86");
         assert!(document["supported_nips"].as_array().unwrap().contains(&77.into()), "NIP-77 on by default");
         assert!(document.get("software").is_none(), "no software URL unless the operator names one");
+        assert_eq!(document["supported_nips"], serde_json::json!([1, 9, 11, 17, 40, 42, 45, 59, 62, 65, 70, 77]));
+        let mut public_wraps = Config::default();
+        public_wraps.policy.private_kinds.retain(|&kind| kind != crate::event::kind::KIND_GIFT_WRAP);
+        public_wraps.negentropy.enabled = false;
+        assert_eq!(
+            supported_nips(&public_wraps),
+            vec![1, 9, 11, 40, 42, 45, 62, 65, 70],
+            "no 17/59 when gift wraps are public"
+        );
         assert_eq!(document["limitation"]["max_limit"], 5000);
         assert_eq!(document["limitation"]["max_subid_length"], 64);
         assert!(document["supported_nips"].as_array().unwrap().contains(&1.into()));
