@@ -35,13 +35,7 @@ pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
         return None;
     }
     let mut out = [0u8; N];
-    let mut seen = 0u8;
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
-        seen |= high | low;
-        *byte = (high << 4) | (low & 0x0f);
-    }
-    (seen & 0xf0 == 0).then_some(out)
+    decode_into(text, &mut out).then_some(out)
 }
 
 /// Decode lowercase hex of any even length (a NIP-77 message).
@@ -49,14 +43,21 @@ pub fn decode_lower_vec(text: &[u8]) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 {
         return None;
     }
-    let mut out = Vec::with_capacity(text.len() / 2);
+    let mut out = vec![0u8; text.len() / 2];
+    decode_into(text, &mut out).then_some(out)
+}
+
+/// Fill `out` from the pairs of digits in `text` (twice its length); whether every byte of
+/// `text` was a lowercase hex digit.
+#[inline]
+fn decode_into(text: &[u8], out: &mut [u8]) -> bool {
     let mut seen = 0u8;
-    for pair in text.chunks_exact(2) {
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
         let (high, low) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
         seen |= high | low;
-        out.push((high << 4) | (low & 0x0f));
+        *byte = (high << 4) | (low & 0x0f);
     }
-    (seen & 0xf0 == 0).then_some(out)
+    seen & 0xf0 == 0
 }
 
 /// Append the lowercase hex of `bytes` to a string; the digits go through a stack buffer so

@@ -88,14 +88,6 @@ impl NegSync {
         NegSync { state: Some(built.state), items: built.items, serial, last_used: Instant::now(), stats }
     }
 
-    /// The answer to one of the client's messages, here.
-    pub fn reconcile(&mut self, message: &[u8]) -> Result<Vec<u8>, negentropy::Error> {
-        match self.turn(message, usize::MAX) {
-            Turn::Now(answer) => answer,
-            _ => Err(negentropy::Error::BadRange),
-        }
-    }
-
     /// Answer `message` here if the set holds fewer than `lend_from` events, else lend the
     /// state out to answer it off the core.
     pub fn turn(&mut self, message: &[u8], lend_from: usize) -> Turn {
@@ -129,6 +121,14 @@ impl Drop for NegSync {
 mod tests {
     use super::*;
 
+    /// A message answered here (the set is never lent out).
+    fn answered(sync: &mut NegSync, message: &[u8]) -> Result<Vec<u8>, negentropy::Error> {
+        match sync.turn(message, usize::MAX) {
+            Turn::Now(answer) => answer,
+            _ => panic!("a sync never lent out answers here"),
+        }
+    }
+
     fn id(n: u8) -> [u8; 32] {
         [n; 32]
     }
@@ -153,7 +153,7 @@ mod tests {
         let (mut have, mut need) = (Vec::new(), Vec::new());
         for _ in 0..10 {
             match client.reconcile_with_ids(&answer, &mut have, &mut need).unwrap() {
-                Some(next) => answer = sync.reconcile(&next).unwrap(),
+                Some(next) => answer = answered(&mut sync, &next).unwrap(),
                 None => break,
             }
         }
@@ -192,13 +192,13 @@ mod tests {
         assert!(Built::build(vec![(1, id(1))], 0, b"").is_err(), "no version byte");
         let (built, _) = Built::build(vec![(1, id(1))], 0, &[0x61]).unwrap();
         let mut sync = NegSync::new(built, Rc::new(Stats::default()));
-        assert!(sync.reconcile(b"").is_err(), "no version byte");
-        assert!(sync.reconcile(&[0x20]).is_err(), "not a version");
+        assert!(answered(&mut sync, b"").is_err(), "no version byte");
+        assert!(answered(&mut sync, &[0x20]).is_err(), "not a version");
         let huge_id_list = [0x61, 0x00, 0x00, 0x02, 0x81, 0x80, 0x80, 0x80, 0x80, 0x00];
-        assert!(sync.reconcile(&huge_id_list).is_err());
+        assert!(answered(&mut sync, &huge_id_list).is_err());
         // An overlong varint: whatever the answer, no panic.
-        let _ = sync.reconcile(&[0x61, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        let _ = answered(&mut sync, &[0x61, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
         // A newer protocol version: answered with the one this side speaks (0x61).
-        assert_eq!(sync.reconcile(&[0x62]).unwrap(), vec![0x61]);
+        assert_eq!(answered(&mut sync, &[0x62]).unwrap(), vec![0x61]);
     }
 }

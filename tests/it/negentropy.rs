@@ -29,6 +29,27 @@ fn encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The ids of `events`, sorted: what a sync reports.
+fn sorted_ids<'a>(events: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    let mut ids: Vec<String> = events.into_iter().map(|json| id_of(json)).collect();
+    ids.sort();
+    ids
+}
+
+/// A client's first message over an empty set.
+fn first_of_nothing() -> String {
+    let mut storage = NegentropyStorageVector::new();
+    storage.seal().unwrap();
+    encode(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap())
+}
+
+/// NEG-CLOSE was the last thing sent: the core's sync budgets come back to zero.
+fn assert_budgets_released(relay: &Relay) {
+    let closed = |stats: &Value| stats["neg_syncs"] == 0 && stats["neg_items"] == 0;
+    let stats = relay.stats_until(Duration::from_secs(5), closed);
+    assert!(closed(&stats), "{stats}");
+}
+
 fn item(json: &str) -> (u64, [u8; 32]) {
     let event: Value = serde_json::from_str(json).unwrap();
     let id = decode(event["id"].as_str().unwrap());
@@ -95,22 +116,13 @@ fn a_sync_tells_each_side_what_the_other_lacks_across_cores() {
         (0..5).map(|i| signed(&keys(7100 + i), 1, base + u64::from(i), &[], &format!("mine {i}"))).collect();
     let mine: Vec<(u64, [u8; 32])> = stored[..15].iter().chain(&extra).map(|json| item(json)).collect();
     let (have, need) = sync(&mut client, "s1", json!({"kinds": [1]}), &mine).unwrap();
-    let mut expected_have: Vec<String> = extra.iter().map(|json| id_of(json)).collect();
-    let mut expected_need: Vec<String> = stored[15..].iter().map(|json| id_of(json)).collect();
-    expected_have.sort();
-    expected_need.sort();
-    assert_eq!(have, expected_have);
-    assert_eq!(need, expected_need);
+    assert_eq!(have, sorted_ids(&extra));
+    assert_eq!(need, sorted_ids(&stored[15..]));
 
     // A filter's limit narrows the set to its newest events.
     let (_, need) = sync(&mut client, "s2", json!({"kinds": [1], "limit": 5}), &[]).unwrap();
-    let mut newest: Vec<String> = stored[35..].iter().map(|json| id_of(json)).collect();
-    newest.sort();
-    assert_eq!(need, newest);
-    // NEG-CLOSE was the last thing sent: the syncs' budgets are given back.
-    let closed = |stats: &Value| stats["neg_syncs"] == 0 && stats["neg_items"] == 0;
-    let stats = relay.stats_until(Duration::from_secs(5), closed);
-    assert!(closed(&stats), "{stats}");
+    assert_eq!(need, sorted_ids(&stored[35..]));
+    assert_budgets_released(&relay);
 }
 
 /// With every message answered off the core (`answer_off_core_from = 0`, as sets of 50,000
@@ -127,14 +139,9 @@ fn messages_answered_off_the_core_come_out_the_same() {
     assert_eq!(client.publish_all(&stored), 300);
     let mine: Vec<(u64, [u8; 32])> = stored.iter().step_by(2).map(|json| item(json)).collect();
     let (have, need) = sync(&mut client, "off", json!({"kinds": [1]}), &mine).unwrap();
-    let mut expected: Vec<String> = stored.iter().skip(1).step_by(2).map(|json| id_of(json)).collect();
-    expected.sort();
     assert!(have.is_empty(), "{have:?}");
-    assert_eq!(need, expected);
-    // NEG-CLOSE was the last thing sent: the syncs' budgets are given back.
-    let closed = |stats: &Value| stats["neg_syncs"] == 0 && stats["neg_items"] == 0;
-    let stats = relay.stats_until(Duration::from_secs(5), closed);
-    assert!(closed(&stats), "{stats}");
+    assert_eq!(need, sorted_ids(stored.iter().skip(1).step_by(2)));
+    assert_budgets_released(&relay);
 }
 
 /// Room for three sets being gathered at a time per core (`items_per_core_max = 3 x
@@ -149,9 +156,7 @@ fn syncs_opened_at_once_wait_their_turn_to_gather() {
     let events: Vec<String> =
         (0..20).map(|i| signed(&keys(7600 + i), 1, now() - 100 + u64::from(i), &[], "t")).collect();
     assert_eq!(publisher.publish_all(&events), 20);
-    let mut storage = NegentropyStorageVector::new();
-    storage.seal().unwrap();
-    let first = encode(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap());
+    let first = first_of_nothing();
     let mut clients: Vec<Client> = (0..6).map(|_| relay.connect()).collect();
     for client in &mut clients {
         client.send(&json!(["NEG-OPEN", "t", {"kinds": [1]}, first]).to_string());
@@ -195,11 +200,7 @@ fn nostr_sdk_syncs_both_ways() {
         String::from_utf8_lossy(&output.stderr)
     );
     let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let sorted = |events: &[String]| {
-        let mut ids: Vec<String> = events.iter().map(|json| id_of(json)).collect();
-        ids.sort();
-        json!(ids)
-    };
+    let sorted = |events: &[String]| json!(sorted_ids(events));
     assert_eq!(summary["failed"], json!({}), "{summary}");
     assert_eq!((&summary["local"], &summary["sent"]), (&sorted(&events[12..]), &sorted(&events[12..])), "{summary}");
     assert_eq!((&summary["remote"], &summary["received"]), (&sorted(&events[..8]), &sorted(&events[..8])), "{summary}");
@@ -248,9 +249,7 @@ fn budgets_and_bad_messages_get_a_neg_err_and_the_relay_goes_on() {
     let answer = next(&mut client);
     assert_eq!((&answer[0], &answer[1]), (&json!("NEG-ERR"), &json!("huge")), "{answer}");
     // The second open sync of this connection is over its budget.
-    let mut storage = NegentropyStorageVector::new();
-    storage.seal().unwrap();
-    let first = encode(&Negentropy::owned(storage, 0).unwrap().initiate().unwrap());
+    let first = first_of_nothing();
     client.send(&json!(["NEG-OPEN", "kept", {"kinds": [1], "limit": 1}, first]).to_string());
     assert_eq!(next(&mut client)[0], "NEG-MSG");
     client.send(&json!(["NEG-OPEN", "second", {"kinds": [1], "limit": 1}, first]).to_string());
