@@ -10,12 +10,14 @@
 //! - [`store`]: segments, indexes, storage rules, queries, group commit.
 //! - [`config`]: the configuration and every per-connection budget.
 //! - [`server`]: `ringrelay serve`: sessions, verbs, ingest stages, the core mesh, fan-out.
-//! - [`tools`]: the offline commands: import, export, verify, compact.
+//! - [`fleet`]: the relay as a client of other relays: NIP-77 sync, peering.
+//! - [`tools`]: the offline commands: import, export, verify, compact, repair, sync.
 
 pub mod auth;
 pub mod config;
 pub mod event;
 pub mod filter;
+pub mod fleet;
 pub mod fuzzing;
 pub mod hex;
 pub mod limits;

@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use ringrelay::config::{LogConfig, LogFormat};
 use ringrelay::filter::Filter;
+use ringrelay::fleet::client::RelayUrl;
+use ringrelay::fleet::sync::{Direction, Plan};
 use ringrelay::limits::SEGMENT_SIZE_DEFAULT;
 use ringrelay::tools::{self, StoreOptions};
 
@@ -89,6 +91,26 @@ enum Command {
     Compact {
         #[command(flatten)]
         store: StoreArgs,
+    },
+    /// Reconcile a stopped data directory with a running relay (NIP-77 negentropy: ringrelay,
+    /// strfry, chorus), then fetch what it has and we lack (down), publish what we have and
+    /// it lacks (up), or both; with a progress line on stderr and a summary at the end.
+    Sync {
+        /// The relay, ws://host:port/path.
+        url: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Shards of a new data directory (one per core); an existing one keeps its own.
+        #[arg(long)]
+        shards: Option<u16>,
+        /// The NIP-01 filter both sides' sets are drawn with (default: every event).
+        #[arg(long, default_value = "{}")]
+        filter: String,
+        #[arg(long, value_enum, default_value = "down")]
+        dir: Direction,
+        /// A secret key (64 hex characters) to answer the relay's NIP-42 challenge with.
+        #[arg(long)]
+        auth_key: Option<PathBuf>,
     },
 }
 
@@ -230,6 +252,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 segment_size: SEGMENT_SIZE_DEFAULT,
             };
             println!("{}", tools::repair::run(&options)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sync { url, store, shards, filter, dir, auth_key } => {
+            let url = RelayUrl::parse(&url).map_err(|error| anyhow::anyhow!(error))?;
+            let shard_count =
+                shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
+            let job = tools::sync::SyncJob { url, plan: Plan::new(filter, dir), auth_key, shard_count };
+            let summary = tools::sync::run(&store.options()?, job)?;
+            eprintln!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { store } => {

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Instant;
 
-use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use negentropy::{Negentropy, NegentropyStorageVector};
 
 use super::stats::Stats;
 
@@ -37,11 +37,7 @@ impl Built {
         first: &[u8],
     ) -> Result<(Built, Vec<u8>), negentropy::Error> {
         let count = items.len();
-        let mut storage = NegentropyStorageVector::with_capacity(count);
-        for (created_at, id) in items {
-            storage.insert(created_at, Id::from_byte_array(id))?;
-        }
-        storage.seal()?;
+        let storage = crate::fleet::sync::sealed_set(items)?;
         let mut state = Negentropy::owned(storage, frame_size_max)?;
         let answer = state.reconcile(first)?;
         Ok((Built { state, items: count }, answer))
@@ -120,6 +116,7 @@ impl Drop for NegSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use negentropy::Id;
 
     /// A message answered here (the set is never lent out).
     fn answered(sync: &mut NegSync, message: &[u8]) -> Result<Vec<u8>, negentropy::Error> {

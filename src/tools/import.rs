@@ -63,14 +63,7 @@ async fn import(
     shard_count: u16,
     mut input: Box<dyn BufRead + Send>,
 ) -> anyhow::Result<ImportSummary> {
-    let dir = DataDir::open_or_create(&options.data_dir, shard_count)?;
-    let config = options.shard_config()?;
-    let mut shards = Vec::new();
-    for shard in ShardId::all(dir.shard_count) {
-        let state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
-        shards.push(Shard::start(state));
-    }
-    let limits = EventLimits::hard_caps();
+    let importer = Importer::open(options, shard_count)?;
     let mut summary = ImportSummary::default();
     let started = Instant::now();
     let mut last_progress = started;
@@ -79,28 +72,12 @@ async fn import(
         if lines.is_empty() {
             break;
         }
-        let verified = verify_parallel(&lines, &limits);
-        let mut pending = Vec::new();
-        let now = crate::now_unix();
-        for outcome in verified {
-            let event = match outcome {
-                Ok(event) => event,
-                Err(reason) => {
-                    summary.reject(&reason);
-                    continue;
-                }
-            };
-            let shard = &shards[usize::from(dir.owner_shard(&event.pubkey().0))];
-            match shard.append(&event, now)? {
-                Admission::Stored(durable) => pending.push(durable),
-                Admission::Duplicate(_) => summary.duplicate += 1,
-                Admission::Ephemeral => summary.reject("ephemeral: not stored"),
-                Admission::Rejected(rejection) => summary.reject(rejection.reason()),
+        for outcome in importer.store(&lines).await? {
+            match outcome {
+                Outcome::Stored => summary.accepted += 1,
+                Outcome::Duplicate => summary.duplicate += 1,
+                Outcome::Rejected(reason) => summary.reject(&reason),
             }
-        }
-        for durable in pending {
-            durable.await?;
-            summary.accepted += 1;
         }
         if last_progress.elapsed() >= PROGRESS_INTERVAL {
             last_progress = Instant::now();
@@ -114,10 +91,80 @@ async fn import(
             );
         }
     }
-    for shard in shards {
-        shard.close().await?;
-    }
+    importer.close().await?;
     Ok(summary)
+}
+
+/// What became of one event handed to [`Importer::store`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    Duplicate,
+    Rejected(String),
+}
+
+/// A data directory opened for writing by an offline command (import, sync): every shard
+/// started, events verified on every core and appended under the live rules.
+pub struct Importer {
+    dir: DataDir,
+    shards: Vec<Shard>,
+    limits: EventLimits,
+}
+
+impl Importer {
+    /// Open (or create, with `shard_count` shards) the data directory.
+    pub fn open(options: &StoreOptions, shard_count: u16) -> anyhow::Result<Importer> {
+        let dir = DataDir::open_or_create(&options.data_dir, shard_count)?;
+        let config = options.shard_config()?;
+        let mut shards = Vec::new();
+        for shard in ShardId::all(dir.shard_count) {
+            let state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
+            shards.push(Shard::start(state));
+        }
+        Ok(Importer { dir, shards, limits: EventLimits::hard_caps() })
+    }
+
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// Verify `events` (JSON each) in parallel, append them, and wait until the appended
+    /// ones are durable: one outcome per event, in order.
+    pub async fn store<T: AsRef<[u8]> + Sync>(&self, events: &[T]) -> anyhow::Result<Vec<Outcome>> {
+        let now = crate::now_unix();
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut pending = Vec::new();
+        for verified in verify_parallel(events, &self.limits) {
+            let event = match verified {
+                Ok(event) => event,
+                Err(reason) => {
+                    outcomes.push(Outcome::Rejected(reason));
+                    continue;
+                }
+            };
+            let shard = &self.shards[usize::from(self.dir.owner_shard(&event.pubkey().0))];
+            outcomes.push(match shard.append(&event, now)? {
+                Admission::Stored(durable) => {
+                    pending.push(durable);
+                    Outcome::Stored
+                }
+                Admission::Duplicate(_) => Outcome::Duplicate,
+                Admission::Ephemeral => Outcome::Rejected("ephemeral: not stored".into()),
+                Admission::Rejected(rejection) => Outcome::Rejected(rejection.reason().into()),
+            });
+        }
+        for durable in pending {
+            durable.await?;
+        }
+        Ok(outcomes)
+    }
+
+    pub async fn close(self) -> anyhow::Result<()> {
+        for shard in self.shards {
+            shard.close().await?;
+        }
+        Ok(())
+    }
 }
 
 fn read_batch(input: &mut dyn BufRead, summary: &mut ImportSummary) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -137,7 +184,7 @@ fn read_batch(input: &mut dyn BufRead, summary: &mut ImportSummary) -> anyhow::R
 }
 
 /// Verify lines on every core; signatures are the cost of an import.
-fn verify_parallel(lines: &[Vec<u8>], limits: &EventLimits) -> Vec<Result<VerifiedEvent, String>> {
+fn verify_parallel<T: AsRef<[u8]> + Sync>(lines: &[T], limits: &EventLimits) -> Vec<Result<VerifiedEvent, String>> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk_size = lines.len().div_ceil(threads).max(1);
     std::thread::scope(|scope| {
@@ -148,7 +195,8 @@ fn verify_parallel(lines: &[Vec<u8>], limits: &EventLimits) -> Vec<Result<Verifi
                     chunk
                         .iter()
                         .map(|line| {
-                            VerifiedEvent::from_json(line.trim_ascii(), limits).map_err(|e| e.category().to_owned())
+                            VerifiedEvent::from_json(line.as_ref().trim_ascii(), limits)
+                                .map_err(|e| e.category().to_owned())
                         })
                         .collect::<Vec<_>>()
                 })

@@ -1,11 +1,12 @@
 //! The offline commands an operator runs against a data directory: [`import`], [`export`],
-//! [`verify`], [`compact`], [`repair`]. They share the data directory lock with the server, so they never
+//! [`verify`], [`compact`], [`repair`], [`sync`]. They share the data directory lock with the server, so they never
 //! run beside it (export and verify may run beside each other).
 
 pub mod compact;
 pub mod export;
 pub mod import;
 pub mod repair;
+pub mod sync;
 pub mod verify;
 
 use std::path::{Path, PathBuf};

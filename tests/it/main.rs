@@ -7,6 +7,7 @@ mod clients;
 mod disk_full;
 mod event_vectors;
 mod faults;
+mod fleet;
 mod fuzz_regressions;
 mod handover;
 mod loadgen_runs;

@@ -1,0 +1,377 @@
+//! One NIP-77 sync against a relay, from the initiating side: the local set the filter
+//! selects reconciled with the relay's (negentropy), then what the relay has and we lack
+//! fetched by id (down) and what we have and it lacks published (up). The local side is a
+//! [`Local`]: a stopped data directory (`ringrelay sync`) or the running relay (peering).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
+
+use super::client::{Client, ClientError, Traffic};
+use super::wire::{self, RelayMessage};
+
+/// Which way events move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Fetch what the relay has and we lack.
+    Down,
+    /// Publish what we have and the relay lacks.
+    Up,
+    Both,
+}
+
+impl Direction {
+    pub fn down(self) -> bool {
+        matches!(self, Direction::Down | Direction::Both)
+    }
+
+    pub fn up(self) -> bool {
+        matches!(self, Direction::Up | Direction::Both)
+    }
+}
+
+/// How one sync runs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The NIP-01 filter (JSON text) both sets are drawn with.
+    pub filter: String,
+    pub direction: Direction,
+    /// Our negentropy messages' largest size (0: none; else at least 4096).
+    pub frame_size: u64,
+    /// Ids asked for in one REQ.
+    pub fetch_batch: usize,
+    /// REQs for ids open at once.
+    pub fetch_window: usize,
+    /// EVENTs sent and not yet answered with their OK.
+    pub publish_window: usize,
+    /// How long the relay may take to answer anything before the sync gives up.
+    pub answer_deadline: Duration,
+}
+
+impl Plan {
+    pub fn new(filter: String, direction: Direction) -> Plan {
+        Plan {
+            filter,
+            direction,
+            frame_size: 500_000,
+            fetch_batch: 500,
+            fetch_window: 4,
+            publish_window: 256,
+            answer_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The local side of a sync.
+#[allow(async_fn_in_trait)]
+pub trait Local {
+    /// `(created_at, id)` of every local event the filter selects.
+    async fn items(&mut self, filter: &crate::filter::Filter) -> anyhow::Result<Vec<(u64, [u8; 32])>>;
+    /// Store events fetched from the relay (each checked as any other event), counting
+    /// each outcome into `summary`.
+    async fn store(&mut self, events: Vec<String>, summary: &mut Summary) -> anyhow::Result<()>;
+    /// The JSON of those of `ids` still held.
+    async fn events(&mut self, ids: &[[u8; 32]]) -> anyhow::Result<Vec<String>>;
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Local events the filter selected.
+    pub local: u64,
+    /// Events only we hold.
+    pub have: u64,
+    /// Events only the relay holds.
+    pub need: u64,
+    /// NEG-MSG exchanges.
+    pub rounds: u32,
+    pub fetched: u64,
+    pub stored: u64,
+    pub duplicate: u64,
+    /// Fetched events not stored, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Events the relay took (OK true, `duplicate:` included).
+    pub published: u64,
+    /// Events the relay refused, by OK prefix.
+    pub refused: BTreeMap<String, u64>,
+    pub traffic: Traffic,
+    pub reconcile_ms: u64,
+    pub transfer_ms: u64,
+}
+
+impl Summary {
+    pub fn reject(&mut self, reason: &str) {
+        *self.rejected.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    fn refuse(&mut self, prefix: &str) {
+        *self.refused.entry(prefix.to_owned()).or_default() += 1;
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} local, {} only here, {} only there ({} rounds, {} ms); fetched {}: {} stored, {} duplicate, {} \
+             rejected; published {}, {} refused ({} ms); {} bytes sent, {} received",
+            self.local,
+            self.have,
+            self.need,
+            self.rounds,
+            self.reconcile_ms,
+            self.fetched,
+            self.stored,
+            self.duplicate,
+            self.rejected.values().sum::<u64>(),
+            self.published,
+            self.refused.values().sum::<u64>(),
+            self.transfer_ms,
+            self.traffic.bytes_sent,
+            self.traffic.bytes_received,
+        )?;
+        for (reason, count) in self.rejected.iter().chain(&self.refused) {
+            write!(f, "\n  {count:>10}  {reason}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the relay refused: {0}")]
+    Refused(String),
+    #[error("negentropy: {0}")]
+    Negentropy(String),
+    #[error("{0}")]
+    Local(#[from] anyhow::Error),
+}
+
+/// Sorted and sealed for negentropy (a sort of the whole set: run it off a serving core).
+pub fn sealed_set(items: Vec<(u64, [u8; 32])>) -> Result<NegentropyStorageVector, negentropy::Error> {
+    let mut storage = NegentropyStorageVector::with_capacity(items.len());
+    for (created_at, id) in items {
+        storage.insert(created_at, Id::from_byte_array(id))?;
+    }
+    storage.seal()?;
+    Ok(storage)
+}
+
+/// Run one sync over `client`; `progress` sees the summary after every step.
+pub async fn sync(
+    client: &mut Client,
+    plan: &Plan,
+    local: &mut impl Local,
+    progress: &mut dyn FnMut(&Summary),
+) -> Result<Summary, SyncError> {
+    let filter = crate::filter::Filter::from_text(&plan.filter)
+        .map_err(|error| SyncError::Local(anyhow::anyhow!("--filter: {}", error.reason())))?;
+    let mut summary = Summary::default();
+    let started = Instant::now();
+    client.authenticate(CHALLENGE_WAIT, plan.answer_deadline).await?;
+    let items = local.items(&filter).await?;
+    summary.local = items.len() as u64;
+    let storage = glommio::executor().spawn_blocking(move || sealed_set(items)).await;
+    let storage = storage.map_err(|error| SyncError::Negentropy(error.to_string()))?;
+    let (have, need) = match reconcile(client, plan, storage, &mut summary).await {
+        Err(SyncError::Refused(message))
+            if wire::prefix(&message) == "auth-required" && authenticated(client, plan).await? =>
+        {
+            let storage = sealed_set(local.items(&filter).await?).map_err(|e| SyncError::Negentropy(e.to_string()))?;
+            reconcile(client, plan, storage, &mut summary).await?
+        }
+        other => other?,
+    };
+    summary.have = have.len() as u64;
+    summary.need = need.len() as u64;
+    summary.reconcile_ms = started.elapsed().as_millis() as u64;
+    summary.traffic = client.traffic;
+    progress(&summary);
+    let started = Instant::now();
+    if plan.direction.down() {
+        fetch(client, plan, &need, local, &mut summary, progress).await?;
+    }
+    if plan.direction.up() {
+        publish(client, plan, &have, local, &mut summary, progress).await?;
+    }
+    summary.transfer_ms = started.elapsed().as_millis() as u64;
+    summary.traffic = client.traffic;
+    Ok(summary)
+}
+
+/// After an `auth-required:` answer: authenticated now (the challenge may have come with
+/// the answer), so that the request is worth sending again?
+async fn authenticated(client: &mut Client, plan: &Plan) -> Result<bool, SyncError> {
+    Ok(client.authenticate(CHALLENGE_WAIT, plan.answer_deadline).await?)
+}
+
+/// How long a client with a key waits for a challenge before it asks unauthenticated (a
+/// relay that sends none on connect sends it with its first `auth-required:` answer).
+const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
+
+type Ids = Vec<[u8; 32]>;
+
+/// NEG-OPEN, then NEG-MSG until our side has nothing more to say.
+async fn reconcile(
+    client: &mut Client,
+    plan: &Plan,
+    storage: NegentropyStorageVector,
+    summary: &mut Summary,
+) -> Result<(Ids, Ids), SyncError> {
+    let negentropy_error = |error: negentropy::Error| SyncError::Negentropy(error.to_string());
+    let mut state = Negentropy::owned(storage, plan.frame_size).map_err(negentropy_error)?;
+    let sub = "sync";
+    client.send(wire::neg_open(sub, &plan.filter, &state.initiate().map_err(negentropy_error)?)).await?;
+    let (mut have, mut need) = (Vec::new(), Vec::new());
+    loop {
+        let answer = match client.recv(plan.answer_deadline, "a NEG-MSG").await? {
+            RelayMessage::NegMsg { sub: answered, message } if answered == sub => message,
+            RelayMessage::NegErr { sub: answered, message } if answered == sub => {
+                return Err(SyncError::Refused(message))
+            }
+            RelayMessage::Notice(notice) => return Err(SyncError::Refused(format!("NOTICE: {notice}"))),
+            other => {
+                tracing::debug!(?other, "ignored during a sync");
+                continue;
+            }
+        };
+        summary.rounds += 1;
+        let answer = crate::hex::decode_lower_vec(answer.as_bytes())
+            .ok_or_else(|| SyncError::Negentropy("a NEG-MSG that is not lowercase hex".into()))?;
+        let next = state.reconcile_with_ids(&answer, &mut have, &mut need).map_err(negentropy_error)?;
+        match next {
+            Some(next) => client.send(wire::neg_msg(sub, &next)).await?,
+            None => {
+                client.send(wire::neg_close(sub)).await?;
+                let bytes = |ids: Vec<Id>| ids.into_iter().map(|id| id.to_bytes()).collect();
+                return Ok((bytes(have), bytes(need)));
+            }
+        }
+    }
+}
+
+/// A REQ for ids in flight: the events come so far, the ids asked, whether it was asked again
+/// after our AUTH.
+type Asked<'a> = (Vec<String>, &'a [[u8; 32]], bool);
+
+/// REQs by id, `fetch_window` open at once; each batch stored once its EOSE comes.
+async fn fetch(
+    client: &mut Client,
+    plan: &Plan,
+    need: &[[u8; 32]],
+    local: &mut impl Local,
+    summary: &mut Summary,
+    progress: &mut dyn FnMut(&Summary),
+) -> Result<(), SyncError> {
+    let mut batches = need.chunks(plan.fetch_batch.max(1)).enumerate().peekable();
+    let mut open: HashMap<String, Asked> = HashMap::new();
+    loop {
+        while open.len() < plan.fetch_window.max(1) {
+            let Some((n, ids)) = batches.next() else { break };
+            let sub = format!("fetch-{n}");
+            client.send(wire::req_ids(&sub, ids)).await?;
+            open.insert(sub, (Vec::new(), ids, false));
+        }
+        if open.is_empty() {
+            return Ok(());
+        }
+        match client.recv(plan.answer_deadline, "the events asked for").await? {
+            RelayMessage::Event { sub, event } => {
+                if let Some((events, _, _)) = open.get_mut(&sub) {
+                    events.push(event);
+                }
+            }
+            RelayMessage::Eose { sub } => {
+                if let Some((events, _, _)) = open.remove(&sub) {
+                    client.send(wire::close(&sub)).await?;
+                    summary.fetched += events.len() as u64;
+                    local.store(events, summary).await?;
+                    summary.traffic = client.traffic;
+                    progress(summary);
+                }
+            }
+            RelayMessage::Closed { sub, message } => {
+                let Some((_, ids, retried)) = open.remove(&sub) else { continue };
+                if wire::prefix(&message) == "auth-required" && !retried && authenticated(client, plan).await? {
+                    client.send(wire::req_ids(&sub, ids)).await?;
+                    open.insert(sub, (Vec::new(), ids, true));
+                } else {
+                    return Err(SyncError::Refused(format!("CLOSED: {message}")));
+                }
+            }
+            RelayMessage::Notice(notice) => tracing::info!(url = %client.url(), notice, "relay notice"),
+            _ => {}
+        }
+    }
+}
+
+/// EVENTs, `publish_window` unanswered at most; `rate-limited:` ones are sent again after
+/// a pause, `auth-required:` ones once after our AUTH is taken.
+async fn publish(
+    client: &mut Client,
+    plan: &Plan,
+    have: &[[u8; 32]],
+    local: &mut impl Local,
+    summary: &mut Summary,
+    progress: &mut dyn FnMut(&Summary),
+) -> Result<(), SyncError> {
+    const RETRIES_MAX: u32 = 8;
+    let mut chunks = have.chunks(plan.publish_window.max(1));
+    let mut queued: VecDeque<(String, u32)> = VecDeque::new();
+    let mut unanswered: HashMap<String, (String, u32)> = HashMap::new();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        if queued.is_empty() {
+            if let Some(ids) = chunks.next() {
+                queued.extend(local.events(ids).await?.into_iter().map(|event| (event, 0)));
+            }
+        }
+        while unanswered.len() < plan.publish_window.max(1) {
+            let Some((event, tries)) = queued.pop_front() else { break };
+            let Some(id) = event_id(&event) else { continue };
+            client.feed(wire::event(&event)).await?;
+            unanswered.insert(id, (event, tries));
+        }
+        if unanswered.is_empty() && queued.is_empty() {
+            return Ok(());
+        }
+        client.flush().await?;
+        let RelayMessage::Ok { id, accepted, message } = client.recv(plan.answer_deadline, "OKs").await? else {
+            continue;
+        };
+        let Some((event, tries)) = unanswered.remove(&id) else { continue };
+        let prefix = wire::prefix(&message);
+        if accepted {
+            summary.published += 1;
+            pause = Duration::from_millis(100);
+        } else if (prefix == "rate-limited" || (prefix == "auth-required" && authenticated(client, plan).await?))
+            && tries < RETRIES_MAX
+        {
+            if prefix == "rate-limited" {
+                glommio::timer::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            queued.push_back((event, tries + 1));
+        } else {
+            summary.refuse(prefix);
+        }
+        if (summary.published + summary.refused.values().sum::<u64>()) % 256 == 0 {
+            summary.traffic = client.traffic;
+            progress(summary);
+        }
+    }
+}
+
+/// The `id` field of an event's JSON, unchecked (the relay checks it).
+fn event_id(event: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Id>(event).ok().map(|found| found.id.into_owned())
+}
