@@ -40,6 +40,83 @@ pub struct Config {
     pub write_plugin: WritePluginConfig,
     pub limits: RelayLimits,
     pub negentropy: NegentropyConfig,
+    pub peering: PeeringConfig,
+    /// The relays this one keeps converged with (`[[peers]]`, docs/fleet.md).
+    pub peers: Vec<PeerConfig>,
+}
+
+/// A fleet (docs/fleet.md): how this relay meets its peers, and what a peer's connection
+/// to it may do.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeeringConfig {
+    /// This relay's identity toward its peers: a file holding a secret key (64 hex
+    /// characters), used to answer their NIP-42 challenges. Without it, peers are met
+    /// unauthenticated (and serve it no private kinds).
+    pub key_file: Option<PathBuf>,
+    /// The fleet's pubkeys (64 hex each): a connection authenticated as one is a peer. It
+    /// reads private kinds, is not rate-limited, and may have `outbound_bytes_max` queued.
+    pub pubkeys: Vec<String>,
+    /// Bytes queued to a peer's connection before it is cut off as a slow reader (it then
+    /// catches up by a negentropy sync, not by replaying everything).
+    pub outbound_bytes_max: usize,
+    /// Most events one catch-up sync with a peer may span (40 bytes each while it runs).
+    pub items_max: usize,
+    /// The first pause before reconnecting to a peer; it doubles up to `reconnect_max_secs`.
+    pub reconnect_min_secs: u64,
+    pub reconnect_max_secs: u64,
+}
+
+impl Default for PeeringConfig {
+    fn default() -> Self {
+        PeeringConfig {
+            key_file: None,
+            pubkeys: Vec::new(),
+            outbound_bytes_max: 64 << 20,
+            items_max: 5_000_000,
+            reconnect_min_secs: 1,
+            reconnect_max_secs: 60,
+        }
+    }
+}
+
+/// One peer (`[[peers]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// `ws://host:port/path`.
+    pub url: String,
+    /// `down` (fetch what it has), `up` (send what we have) or `both`.
+    #[serde(default = "PeerConfig::both")]
+    pub direction: crate::fleet::sync::Direction,
+    /// The NIP-01 filter (JSON) of what is kept converged.
+    #[serde(default = "PeerConfig::everything")]
+    pub filter: String,
+    /// Stream new events as they come (a subscription each way the direction allows).
+    #[serde(default = "PeerConfig::yes")]
+    pub live: bool,
+    /// Seconds between catch-up syncs (one also runs at start and after every reconnect);
+    /// 0: only those.
+    #[serde(default = "PeerConfig::hourly")]
+    pub interval_secs: u64,
+}
+
+impl PeerConfig {
+    fn both() -> crate::fleet::sync::Direction {
+        crate::fleet::sync::Direction::Both
+    }
+
+    fn everything() -> String {
+        "{}".to_owned()
+    }
+
+    fn yes() -> bool {
+        true
+    }
+
+    fn hourly() -> u64 {
+        3600
+    }
 }
 
 /// NIP-77 negentropy syncs (`NEG-OPEN`, `NEG-MSG`, `NEG-CLOSE`): each holds its filter's
@@ -520,6 +597,8 @@ impl Default for Config {
             write_plugin: WritePluginConfig::default(),
             limits: RelayLimits::default(),
             negentropy: NegentropyConfig::default(),
+            peering: PeeringConfig::default(),
+            peers: Vec::new(),
         }
     }
 }
@@ -604,6 +683,7 @@ impl Config {
         anyhow::ensure!(limits.queries_per_connection_max >= 1, "limits.queries_per_connection_max must be at least 1");
         anyhow::ensure!(limits.queries_per_core_max >= 1, "limits.queries_per_core_max must be at least 1");
         self.negentropy.validate()?;
+        self.validate_peering()?;
         anyhow::ensure!(
             limits.query_answer_bytes_max >= limits.event_size_max,
             "limits.query_answer_bytes_max must be at least limits.event_size_max"
@@ -665,6 +745,36 @@ impl Config {
     }
 
     /// The whole config as TOML, every key with its value (what `check-config` prints).
+    fn validate_peering(&self) -> anyhow::Result<()> {
+        let peering = &self.peering;
+        for pubkey in &peering.pubkeys {
+            anyhow::ensure!(
+                crate::hex::decode_lower::<32>(pubkey.as_bytes()).is_some(),
+                "peering.pubkeys: {pubkey:?} is not 64 lowercase hex characters"
+            );
+        }
+        anyhow::ensure!(
+            peering.outbound_bytes_max >= self.limits.outbound_bytes_max,
+            "peering.outbound_bytes_max must be at least limits.outbound_bytes_max"
+        );
+        anyhow::ensure!(peering.items_max >= 1, "peering.items_max must be at least 1");
+        anyhow::ensure!(
+            1 <= peering.reconnect_min_secs && peering.reconnect_min_secs <= peering.reconnect_max_secs,
+            "peering.reconnect_min_secs must be at least 1 and at most peering.reconnect_max_secs"
+        );
+        for peer in &self.peers {
+            crate::fleet::client::RelayUrl::parse(&peer.url).map_err(|error| anyhow::anyhow!("peers: {error}"))?;
+            crate::filter::Filter::from_text(&peer.filter)
+                .map_err(|error| anyhow::anyhow!("peers: {}: filter: {}", peer.url, error.reason()))?;
+        }
+        Ok(())
+    }
+
+    /// The fleet's pubkeys, parsed (checked by `validate`).
+    pub fn peer_pubkeys(&self) -> Vec<[u8; 32]> {
+        self.peering.pubkeys.iter().filter_map(|key| crate::hex::decode_lower::<32>(key.as_bytes())).collect()
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("the config serializes")
     }
@@ -713,12 +823,55 @@ mod tests {
         let metrics_listen = Some("127.0.0.1:9777".parse().unwrap());
         let window = KindWindow { kinds: vec![1], past_secs: 60, future_secs: 60 };
         let policy = PolicyConfig { kind_windows: vec![window], ..PolicyConfig::default() };
-        let full = Config { key_file: Some("key".into()), metrics_listen, info, policy, ..Config::default() };
+        let peer = PeerConfig {
+            url: "ws://127.0.0.1:7778".into(),
+            direction: crate::fleet::sync::Direction::Both,
+            filter: "{}".into(),
+            live: true,
+            interval_secs: 60,
+        };
+        let peering = PeeringConfig { key_file: Some("peer.key".into()), ..PeeringConfig::default() };
+        let full = Config {
+            key_file: Some("key".into()),
+            metrics_listen,
+            info,
+            policy,
+            peering,
+            peers: vec![peer],
+            ..Config::default()
+        };
+        assert_eq!(toml::from_str::<Config>(&full.to_toml()).expect("its own output parses"), full);
         for line in full.to_toml().lines() {
             if let Some((key, _)) = line.split_once(" = ") {
                 assert!(docs.contains(&format!("`{key}`")), "docs/configuration.md does not document `{key}`");
             }
         }
+    }
+
+    #[test]
+    fn peers_and_the_fleet_keys_are_checked() {
+        let peer = |url: &str, filter: &str| PeerConfig {
+            url: url.into(),
+            direction: crate::fleet::sync::Direction::Down,
+            filter: filter.into(),
+            live: true,
+            interval_secs: 0,
+        };
+        let with = |peers: Vec<PeerConfig>, pubkeys: Vec<String>| {
+            let peering = PeeringConfig { pubkeys, ..PeeringConfig::default() };
+            Config { peers, peering, ..Config::default() }.validate()
+        };
+        assert!(with(vec![peer("ws://10.0.0.6:7777", r#"{"kinds":[1]}"#)], vec!["ab".repeat(32)]).is_ok());
+        assert!(with(vec![peer("wss://10.0.0.6", "{}")], vec![]).is_err());
+        assert!(with(vec![peer("ws://10.0.0.6", r#"{"kinds":"x"}"#)], vec![]).is_err());
+        assert!(with(vec![], vec!["AB".repeat(32)]).is_err());
+        let parsed: Config = toml::from_str("[[peers]]\nurl = \"ws://h:1\"\n").expect("a peer with defaults");
+        let expected = PeerConfig {
+            interval_secs: 3600,
+            direction: crate::fleet::sync::Direction::Both,
+            ..peer("ws://h:1", "{}")
+        };
+        assert_eq!(parsed.peers[0], expected);
     }
 
     #[test]

@@ -19,6 +19,24 @@ impl Signer {
         Some(Signer { keys, pubkey })
     }
 
+    /// A key made now from the kernel's random source (a relay's identity toward its peers
+    /// when it is given none).
+    pub fn ephemeral() -> Signer {
+        loop {
+            let mut secret = [0u8; 32];
+            // SAFETY: getrandom writes at most `secret.len()` bytes into the buffer.
+            let filled = unsafe { libc::getrandom(secret.as_mut_ptr().cast(), secret.len(), 0) };
+            assert_eq!(filled, secret.len() as isize, "the kernel's random source failed");
+            if let Some(signer) = Signer::from_secret(secret) {
+                return signer;
+            }
+        }
+    }
+
+    pub fn pubkey(&self) -> [u8; 32] {
+        self.keys.x_only_public_key().0.serialize()
+    }
+
     /// Read a key file: 32 raw bytes or 64 lowercase hex characters.
     pub fn from_file(path: &Path) -> anyhow::Result<Signer> {
         let bytes = std::fs::read(path).map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;

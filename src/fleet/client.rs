@@ -3,7 +3,7 @@
 //! challenge when it has a [`Signer`], and count the bytes each way.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -116,7 +116,7 @@ pub enum AuthState {
 pub struct Client {
     ws: WebSocketStream<TcpStream>,
     url: RelayUrl,
-    signer: Option<Rc<Signer>>,
+    signer: Option<Arc<Signer>>,
     pub auth: AuthState,
     pub traffic: Traffic,
 }
@@ -124,7 +124,7 @@ pub struct Client {
 impl Client {
     pub async fn connect(
         url: &RelayUrl,
-        signer: Option<Rc<Signer>>,
+        signer: Option<Arc<Signer>>,
         deadline: Duration,
     ) -> Result<Client, ClientError> {
         let opened = glommio::timer::timeout(deadline, async {
@@ -252,6 +252,12 @@ impl Client {
             serde_json::from_str::<serde_json::Value>(&event).ok().and_then(|e| e["id"].as_str().map(str::to_owned));
         self.auth = AuthState::Sent(id.unwrap_or_default());
         self.send(wire::auth(&event)).await
+    }
+
+    /// A WebSocket ping: a connection with nothing to say shows it is still there.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.ws.send(Message::Ping(Vec::new().into())).await?;
+        Ok(())
     }
 
     pub async fn close(mut self) {

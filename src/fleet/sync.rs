@@ -367,7 +367,7 @@ async fn publish(
 }
 
 /// The `id` field of an event's JSON, unchecked (the relay checks it).
-fn event_id(event: &str) -> Option<String> {
+pub fn event_id(event: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Id<'a> {
         #[serde(borrow)]

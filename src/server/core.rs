@@ -21,6 +21,7 @@ use super::ids::CoreId;
 use super::lists::Versioned;
 use super::mesh::{Ask, Mesh};
 use super::parts::QueryLimits;
+use super::peers::Peers;
 use super::queries::Queries;
 use super::rates::Work;
 use super::sessions::Sessions;
@@ -47,6 +48,8 @@ pub struct Core {
     pub gate: Gate,
     /// Query slots, the queries' task queues, other cores' scans.
     pub queries: Rc<Queries>,
+    /// The peer links this core runs (`[[peers]]`).
+    pub peers: Peers,
     /// The core's long-lived tasks (mesh pumps, ack pipelines, the sweep), cancelled when
     /// it stops.
     tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -70,6 +73,7 @@ impl Core {
             storage: Rc::new(storage),
             gate,
             queries: Rc::new(queries),
+            peers: Peers::default(),
             tasks: RefCell::new(Vec::new()),
         })
     }

@@ -28,6 +28,8 @@ pub struct GateStart {
     pub lists: Versioned,
     /// This core's write-policy plugin (its own; not shared).
     pub plugin: Option<Plugin>,
+    /// This relay's own pubkey toward its peers (`peering.key_file`), if it has one.
+    pub identity: Option<[u8; 32]>,
 }
 
 pub struct Gate {
@@ -53,12 +55,16 @@ pub struct Gate {
     relay_addresses: Vec<RelayAddress>,
     /// Proxies whose `X-Forwarded-For` names the client (`trusted_proxies`).
     pub trusted_proxies: Vec<IpAddr>,
+    /// The fleet's pubkeys (`peering.pubkeys` and this relay's own): a connection
+    /// authenticated as one is a peer.
+    peers: Vec<[u8; 32]>,
     stats: Rc<Stats>,
 }
 
 impl Gate {
     pub fn new(config: Arc<Config>, start: GateStart, stats: Rc<Stats>) -> Gate {
-        let GateStart { lists_file, lists, plugin } = start;
+        let GateStart { lists_file, lists, plugin, identity } = start;
+        let peers = config.peer_pubkeys().into_iter().chain(identity).collect();
         Gate {
             policy: RefCell::new(Rc::new(Policy::with_lists(&config.policy, &lists.lists))),
             lists: RefCell::new(lists),
@@ -75,6 +81,7 @@ impl Gate {
                 .filter_map(|ip| ip.parse::<IpAddr>().ok())
                 .map(|ip| ip.to_canonical())
                 .collect(),
+            peers,
             stats,
             config,
         }
@@ -114,7 +121,15 @@ impl Gate {
 
     /// The rate key of a client at `ip` authenticated as `pubkeys`; `None` when exempt.
     pub fn rate_key(&self, ip: IpAddr, pubkeys: &[Pubkey]) -> Option<RateKey> {
+        if self.is_peer(pubkeys.iter().map(|key| &key.0)) {
+            return None;
+        }
         self.rates.borrow().key(ip, pubkeys)
+    }
+
+    /// Whether any of `pubkeys` is one of the fleet's (a peer relay, or this one).
+    pub fn is_peer<'a>(&self, mut pubkeys: impl Iterator<Item = &'a [u8; 32]>) -> bool {
+        !self.peers.is_empty() && pubkeys.any(|key| self.peers.contains(key))
     }
 
     /// Whether `key` is over its rate for `work` (one token is taken when it is not);
@@ -144,8 +159,13 @@ impl Gate {
 
     /// What a reader authenticated as `viewers` may not see: the private kinds, unless it
     /// is their author or a recipient.
+    /// A peer relay reads them all: it serves them under the same rules.
     pub fn privacy(&self, viewers: Arc<[[u8; 32]]>) -> Privacy {
-        Privacy { kinds: self.private_kinds.clone(), viewers }
+        let kinds = match self.is_peer(viewers.iter()) {
+            true => Arc::from([]),
+            false => self.private_kinds.clone(),
+        };
+        Privacy { kinds, viewers }
     }
 
     /// The addresses a client may name this relay by (NIP-42, NIP-62): the configured

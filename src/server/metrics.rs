@@ -17,6 +17,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::ids::CoreId;
+use super::peers::PeerFigures;
 use super::stats::{FigureKind, HistogramSnapshot, Outcome, StatsSnapshot, HISTOGRAMS, LABELLED};
 use crate::store::{RefusalCause, ShardFigures};
 
@@ -40,6 +41,8 @@ pub struct CoreMetrics {
     /// The budgets whose limit is per core: (name, limit).
     pub budget_limits: Vec<(&'static str, u64)>,
     pub shards: Vec<ShardFigures>,
+    /// The peer links the core runs.
+    pub peers: Vec<PeerFigures>,
 }
 
 /// The process's figures, from `/proc/self` and the data directory's filesystem.
@@ -219,6 +222,7 @@ impl Collector for RelayCollector {
         encode_core_figures(e, &self.cores)?;
         encode_budgets(e, &self.cores)?;
         encode_shards(e, &self.cores)?;
+        encode_peers(e, &self.cores)?;
         let bytes = Some(Unit::Bytes);
         let (free, reserve) = (self.storage_free_bytes, self.storage_reserve_bytes);
         gauges(
@@ -387,6 +391,75 @@ fn encode_shards(e: &mut DescriptorEncoder<'_>, cores: &[CoreMetrics]) -> Result
     )?;
     let help = "Events made durable per group commit.";
     histograms(e, "commit_batch_events", help, None, shards().map(|(c, s)| (shard_labels(c, s), &s.batch_events)))
+}
+
+struct PeerFigure {
+    metric: &'static str,
+    help: &'static str,
+    read: fn(&PeerFigures) -> u64,
+}
+
+const PEER_GAUGES: &[PeerFigure] = &[
+    PeerFigure {
+        metric: "peer_connected",
+        help: "1 while a peer's live connection is up.",
+        read: |p| u64::from(p.connected),
+    },
+    PeerFigure {
+        metric: "peer_last_sync_timestamp_seconds",
+        help: "When a peer's last catch-up sync ended well (Unix time; 0: none yet).",
+        read: |p| p.last_sync_unix,
+    },
+    PeerFigure {
+        metric: "peer_last_sync_missing",
+        help: "Events the peer held and this relay lacked at its last catch-up sync.",
+        read: |p| p.last_sync_need,
+    },
+    PeerFigure {
+        metric: "peer_last_sync_extra",
+        help: "Events this relay held and the peer lacked at its last catch-up sync.",
+        read: |p| p.last_sync_have,
+    },
+];
+
+const PEER_COUNTERS: &[PeerFigure] = &[
+    PeerFigure {
+        metric: "peer_events_received",
+        help: "Events from a peer stored here (live and by catch-up syncs).",
+        read: |p| p.received,
+    },
+    PeerFigure {
+        metric: "peer_events_sent",
+        help: "Events of this relay a peer took (live and by catch-up syncs).",
+        read: |p| p.sent,
+    },
+    PeerFigure {
+        metric: "peer_events_refused",
+        help: "Events refused either way on a peer link.",
+        read: |p| p.refused,
+    },
+    PeerFigure { metric: "peer_syncs", help: "Catch-up syncs with a peer that ended well.", read: |p| p.syncs },
+    PeerFigure {
+        metric: "peer_syncs_failed",
+        help: "Catch-up syncs with a peer that failed.",
+        read: |p| p.syncs_failed,
+    },
+    PeerFigure { metric: "peer_reconnects", help: "Times a peer's live connection was lost.", read: |p| p.reconnects },
+];
+
+/// Each peer link's families, labelled by core and peer URL.
+fn encode_peers(e: &mut DescriptorEncoder<'_>, cores: &[CoreMetrics]) -> Result<(), std::fmt::Error> {
+    let peers = || cores.iter().flat_map(|core| core.peers.iter().map(move |peer| (core, peer)));
+    let labels = |core: &CoreMetrics, peer: &PeerFigures| -> Labels {
+        vec![("core", core.core.to_string()), ("peer", peer.url.clone())]
+    };
+    for figure in PEER_GAUGES {
+        gauges(e, figure.metric, figure.help, None, peers().map(|(c, p)| (labels(c, p), (figure.read)(p))))?;
+    }
+    for figure in PEER_COUNTERS {
+        counters(e, figure.metric, figure.help, None, peers().map(|(c, p)| (labels(c, p), (figure.read)(p))))?;
+    }
+    Ok(())
 }
 
 /// The process's families.

@@ -33,6 +33,8 @@ pub mod negsync;
 pub mod outbox;
 pub mod parts;
 pub mod peer;
+pub mod peering;
+pub mod peers;
 pub mod plugin;
 pub mod policy;
 pub mod queries;
@@ -75,6 +77,7 @@ use self::startup::{CoreLink, Phase, Started, Supervisor};
 use self::stats::{Handshake, Stats};
 use self::storage::Storage;
 use crate::config::Config;
+use crate::event::sign::Signer;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
 
 /// Capacity of each core-to-core channel.
@@ -237,6 +240,25 @@ impl Signals {
 
 /// Start one executor per listener, each watched by `supervisor`. The lists file must parse
 /// here; later, on SIGHUP, a bad one only logs an error.
+/// This relay's key toward its peers: `peering.key_file`, or with `[[peers]]` and no key
+/// file, one made now (its pubkey logged, for the peers' `peering.pubkeys`).
+fn peering_identity(config: &Config) -> anyhow::Result<Option<Arc<Signer>>> {
+    let signer = match &config.peering.key_file {
+        Some(path) => Signer::from_file(path)?,
+        None if config.peers.is_empty() => return Ok(None),
+        None => {
+            let signer = Signer::ephemeral();
+            tracing::warn!(
+                pubkey = signer.pubkey_hex(),
+                "no peering.key_file: this relay meets its peers under a key made at start"
+            );
+            signer
+        }
+    };
+    tracing::info!(pubkey = signer.pubkey_hex(), peers = config.peers.len(), "peering identity");
+    Ok(Some(Arc::new(signer)))
+}
+
 fn spawn_cores(
     config: &Arc<Config>,
     data_dir: &DataDir,
@@ -251,6 +273,7 @@ fn spawn_cores(
     let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
+    let identity = peering_identity(config)?;
     for (index, listener) in listeners.into_iter().enumerate() {
         let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));
         let start = CoreStart {
@@ -265,6 +288,7 @@ fn spawn_cores(
             stop: signals.stop.clone(),
             startup: supervisor.link(index),
             ip_slots: ip_slots.clone(),
+            identity: identity.clone(),
         };
         let joining = mesh.clone();
         let spawned = LocalExecutorBuilder::new(placement)
@@ -353,6 +377,9 @@ struct CoreStart {
     /// Where the core reports its startup phases.
     startup: CoreLink,
     ip_slots: IpSlots,
+    /// This relay's key toward its peers (`peering.key_file`, or one made at start), when it
+    /// has `[[peers]]` or `peering.key_file`.
+    identity: Option<Arc<Signer>>,
 }
 
 async fn run_core(start: CoreStart, mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>) {
@@ -410,7 +437,8 @@ async fn run_joined(
         stats.clone(),
     );
     let storage = Storage::new(mesh.id, mesh.core_count, start.router, shards);
-    let gate = Gate::new(config.clone(), GateStart { lists_file, lists, plugin }, stats.clone());
+    let identity = start.identity.as_ref().map(|signer| signer.pubkey());
+    let gate = Gate::new(config.clone(), GateStart { lists_file, lists, plugin, identity }, stats.clone());
     let negentropy = &config.negentropy;
     let neg_opens = negentropy.items_per_core_max / negentropy.items_max;
     let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
@@ -421,25 +449,15 @@ async fn run_joined(
         core.gate.watch_reloads(start.reload.clone());
     }
     dispatch::start_tasks(&core);
-    // One receiver task per peer, for the life of the core; handlers never wait (see `mesh`).
-    let receiving: Vec<_> = receivers
-        .streams()
-        .into_iter()
-        .map(|(_, mut receiver)| {
-            let core = core.clone();
-            glommio::spawn_local(async move {
-                while let Some(message) = receiver.next().await {
-                    dispatch::handle_message(&core, message);
-                }
-            })
-            .detach()
-        })
-        .collect();
+    let receiving = receive_from_peers(&core, &mut receivers);
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
     // Gift wraps to pubkeys that vanished (NIP-62) are retired before anything is served.
     dispatch::apply_stored_vanish_requests(&core).await;
     start.startup.reached(Phase::Serving);
+    if let Some(identity) = &start.identity {
+        peering::start(&core, identity);
+    }
     let clients = accept_until_stopped(&core, &listener, &start.stop, sessions, conn::serve_connection);
     match &admin {
         Some(admin) => {
@@ -452,6 +470,27 @@ async fn run_joined(
     drop(admin);
     stop_core(&core, start.handover.load(Ordering::SeqCst)).await;
     receiving.iter().for_each(|task| task.cancel());
+}
+
+/// One receiver task per other core, for the life of the core; handlers never wait (see
+/// `mesh`).
+fn receive_from_peers(
+    core: &Rc<Core>,
+    receivers: &mut glommio::channels::channel_mesh::Receivers<CoreMsg>,
+) -> Vec<glommio::task::JoinHandle<()>> {
+    receivers
+        .streams()
+        .into_iter()
+        .map(|(_, mut receiver)| {
+            let core = core.clone();
+            glommio::spawn_local(async move {
+                while let Some(message) = receiver.next().await {
+                    dispatch::handle_message(&core, message);
+                }
+            })
+            .detach()
+        })
+        .collect()
 }
 
 /// A core's own startup: its shards opened and its listeners taken, then the wait until

@@ -92,7 +92,7 @@ pub struct Budget {
 struct Shared {
     queue: RefCell<VecDeque<Out>>,
     queued_size: Cell<usize>,
-    budget: Budget,
+    budget: Cell<Budget>,
     core: Rc<CoreOutboxes>,
     /// Queries the connection has running.
     queries: Cell<usize>,
@@ -173,7 +173,7 @@ pub fn outbox(budget: Budget, core: Rc<CoreOutboxes>) -> (OutboxSender, Outbox) 
     let shared = Rc::new(Shared {
         queue: RefCell::new(VecDeque::new()),
         queued_size: Cell::new(0),
-        budget,
+        budget: Cell::new(budget),
         core,
         queries: Cell::new(0),
         writing_since: Cell::new(None),
@@ -192,13 +192,19 @@ impl OutboxSender {
     /// and either over its own budget, or the core is over its budget and this connection
     /// holds more than its share of it (more than the core's connections hold on average):
     /// the readers that cause the pressure are shed, not whoever is a little behind.
+    /// A budget of its own for this connection (a peer relay's: `peering.outbound_bytes_max`).
+    pub fn set_capacity_size(&self, size: usize) {
+        let shared = &self.0;
+        shared.budget.set(Budget { capacity_size: size, ..shared.budget.get() });
+    }
+
     pub fn try_send_live(&self, out: Out) -> Result<(), Out> {
         let shared = &self.0;
         let size = out.size();
         let queued = shared.queued_size.get();
         let behind = !shared.queue.borrow().is_empty();
         let core_queued = shared.core.stats.outbound_bytes.get() as usize;
-        let over_own = queued + size > shared.budget.capacity_size;
+        let over_own = queued + size > shared.budget.get().capacity_size;
         let over_core = core_queued + size > shared.core.capacity_size;
         let connections = shared.core.stats.connections.get().max(1) as usize;
         if behind && (over_own || (over_core && queued > core_queued / connections)) {
@@ -212,7 +218,9 @@ impl OutboxSender {
     /// one message, so the largest event always gets through).
     pub fn try_send(&self, out: Out) -> Result<(), Out> {
         let shared = &self.0;
-        if !shared.queue.borrow().is_empty() && shared.queued_size.get() + out.size() > shared.budget.capacity_size {
+        if !shared.queue.borrow().is_empty()
+            && shared.queued_size.get() + out.size() > shared.budget.get().capacity_size
+        {
             return Err(out);
         }
         shared.push(out);
@@ -273,7 +281,7 @@ impl OutboxSender {
         poll_fn(move |cx| {
             if shared.closed.get()
                 || shared.queue.borrow().is_empty()
-                || shared.queued_size.get() + size <= shared.budget.capacity_size
+                || shared.queued_size.get() + size <= shared.budget.get().capacity_size
             {
                 return Poll::Ready(());
             }
@@ -328,8 +336,8 @@ impl Outbox {
     /// still owed leave room in the budget, and the connection may start another query.
     pub fn accepts_input(&self) -> bool {
         let shared = &self.0;
-        shared.queued_size.get() + shared.owed.get() * OWED_REPLY_SIZE < shared.budget.capacity_size
-            && shared.queries.get() < shared.budget.queries_max
+        shared.queued_size.get() + shared.owed.get() * OWED_REPLY_SIZE < shared.budget.get().capacity_size
+            && shared.queries.get() < shared.budget.get().queries_max
     }
 
     /// A write has to wait for the socket: time it from now.

@@ -34,6 +34,7 @@ pub fn local_metrics(core: &Core) -> CoreMetrics {
             ("neg_items", core.config.negentropy.items_per_core_max as u64),
         ],
         shards: core.storage.figures(),
+        peers: core.peers.figures(),
     }
 }
 

@@ -4,7 +4,7 @@
 //! same rules as `import`; what is published is what the relay itself would serve.
 
 use std::path::PathBuf;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::sign::Signer;
@@ -35,7 +35,7 @@ pub fn run(options: &StoreOptions, job: SyncJob) -> anyhow::Result<Summary> {
 }
 
 async fn sync_dir(options: &StoreOptions, job: SyncJob) -> anyhow::Result<Summary> {
-    let signer = job.auth_key.as_deref().map(Signer::from_file).transpose()?.map(Rc::new);
+    let signer = job.auth_key.as_deref().map(Signer::from_file).transpose()?.map(Arc::new);
     let mut local = StoppedDir::open(options, job.shard_count)?;
     let mut client = Client::connect(&job.url, signer, CONNECT_DEADLINE).await?;
     let started = Instant::now();

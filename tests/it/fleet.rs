@@ -136,3 +136,136 @@ fn a_refused_or_unreachable_sync_fails_with_its_reason() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("wss:// is not spoken"));
 }
+
+/// One relay of a peered fleet: its key and port, known before any of them starts.
+struct Member {
+    key: nostr::Keys,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Member {
+    fn new(root: &Path, n: u32) -> Member {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Member { key: keys(9200 + n), port, dir: root.join(format!("relay-{n}")) }
+    }
+
+    /// Its config: its key, the fleet's pubkeys, and every other member as a peer.
+    fn config(&self, fleet: &[Member]) -> String {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let key_file = self.dir.join("peer.key");
+        std::fs::write(&key_file, self.key.secret_key().to_secret_hex()).unwrap();
+        let pubkeys: Vec<String> = fleet.iter().map(|m| format!("\"{}\"", m.key.public_key().to_hex())).collect();
+        let mut config = format!(
+            "[peering]\nkey_file = \"{}\"\npubkeys = [{}]\nreconnect_max_secs = 2\n",
+            key_file.display(),
+            pubkeys.join(", ")
+        );
+        for other in fleet.iter().filter(|other| other.port != self.port) {
+            config.push_str(&format!("\n[[peers]]\nurl = \"ws://127.0.0.1:{}\"\n", other.port));
+        }
+        config
+    }
+
+    fn start(&self, fleet: &[Member]) -> Relay {
+        Relay::start_on(&self.dir, 1, &self.config(fleet), self.port)
+    }
+}
+
+/// Ids served for `since`, waiting up to 20 s for them to include every one of `expected`;
+/// each id is served once.
+fn served_within(relay: &Relay, since: u64, expected: &BTreeSet<String>) -> BTreeSet<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let served: Vec<String> = relay
+            .connect()
+            .req("all", &[json!({"since": since, "limit": 5000})])
+            .iter()
+            .map(|event| event["id"].as_str().unwrap().to_owned())
+            .collect();
+        let unique: BTreeSet<String> = served.iter().cloned().collect();
+        assert_eq!(unique.len(), served.len(), "an event served twice");
+        if unique.is_superset(expected) || std::time::Instant::now() > deadline {
+            return unique;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Three relays on loopback, each peered with the other two: what is published to one is
+/// served by all (live); a relay stopped while the others take events catches up when it
+/// starts again (NIP-77); a gift wrap reaches every member, which keep it from strangers;
+/// the links show in /metrics.
+#[test]
+fn three_peered_relays_converge_live_and_after_a_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet: Vec<Member> = (0..3).map(|n| Member::new(dir.path(), n)).collect();
+    let mut relays: Vec<Relay> = fleet.iter().map(|member| member.start(&fleet)).collect();
+    let since = now() - 1000;
+    let mut published = Vec::new();
+    for (n, relay) in relays.iter().enumerate() {
+        let mut client = relay.connect();
+        for i in 0..5u32 {
+            let event = signed(&keys(9300 + i), 1, since + u64::from(i), &[], &format!("to relay {n}, {i}"));
+            assert!(client.publish(&event).0);
+            published.push(event);
+        }
+    }
+    let recipient = keys(9310).public_key().to_hex();
+    let wrap = signed(&keys(9311), 1059, now() - 5, &[&["p", &recipient]], "sealed");
+    assert!(relays[0].connect().publish(&wrap).0);
+    let expected = ids_of(&published);
+    for relay in &relays {
+        assert_eq!(served_within(relay, since, &expected), expected, "live: relay on {}", relay.port);
+    }
+
+    // Stop the third; the others take more; it starts again and catches up.
+    relays.pop().unwrap().terminate();
+    for (n, relay) in relays.iter().enumerate() {
+        let mut client = relay.connect();
+        let more: Vec<String> = (0..20u32)
+            .map(|i| signed(&keys(9320 + i), 1, since + 100 + u64::from(i), &[], &format!("while down, {n} {i}")))
+            .collect();
+        assert_eq!(client.publish_all(&more), 20);
+        published.extend(more);
+    }
+    relays.push(fleet[2].start(&fleet));
+    let expected = ids_of(&published);
+    for relay in &relays {
+        assert_eq!(served_within(relay, since, &expected), expected, "after the restart: relay on {}", relay.port);
+    }
+    let samples = crate::metrics::scrape(relays[0].port);
+    let url = format!("ws://127.0.0.1:{}", fleet[1].port);
+    assert_eq!(crate::metrics::total(&samples, "ringrelay_peer_connected", &[("peer", &url)]), 1.0);
+    assert!(crate::metrics::total(&samples, "ringrelay_peer_syncs_total", &[]) >= 2.0);
+
+    // The wrap reached every member; a stranger is not served it.
+    assert!(relays[2].connect().req("wraps", &[json!({"kinds": [1059]})]).is_empty());
+    for (member, relay) in fleet.iter().zip(relays) {
+        relay.terminate();
+        assert!(exported_ids(&member.dir).contains(&id_of(&wrap)), "the gift wrap on {}", member.port);
+    }
+}
+
+/// Two peers' links can hand the relay the same event at the same moment: it is stored and
+/// served once.
+#[test]
+fn the_same_event_from_two_connections_at_once_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(dir.path(), 1);
+    let mut a = relay.connect();
+    let mut b = relay.connect();
+    let since = now() - 1000;
+    let events: Vec<String> =
+        (0..50u32).map(|i| signed(&keys(9400 + i), 1, since + u64::from(i), &[], "same")).collect();
+    for event in &events {
+        a.feed(&json!(["EVENT", serde_json::from_str::<serde_json::Value>(event).unwrap()]).to_string());
+        b.feed(&json!(["EVENT", serde_json::from_str::<serde_json::Value>(event).unwrap()]).to_string());
+    }
+    a.flush();
+    b.flush();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let served = relay.connect().req("x", &[json!({"since": since})]);
+    let unique: BTreeSet<String> = served.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(served.len(), unique.len());
+}

@@ -150,7 +150,13 @@ pub fn apply(core: &Rc<Core>, conn: ConnId, effects: Vec<Effect>) {
             Effect::Unsubscribe(sub) => core.sessions.unsubscribe(conn, &sub),
             Effect::Count { sub, filters } => count::start(core, conn, sub, filters),
             Effect::Authenticated(pubkey) => {
-                core.sessions.with(conn, |session| session.auth.pubkeys.push(pubkey));
+                let peer = core.gate.is_peer(std::iter::once(&pubkey.0));
+                core.sessions.with(conn, |session| {
+                    session.auth.pubkeys.push(pubkey);
+                    if peer {
+                        session.outbound.set_capacity_size(core.config.peering.outbound_bytes_max);
+                    }
+                });
             }
             Effect::AuthAnswered(result) => core.stats.auth.inc(result),
             Effect::NegOpen { sub, filter, message } => neg::start(core, conn, sub, *filter, message),

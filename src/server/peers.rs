@@ -1,0 +1,69 @@
+//! `Peers`: what a core knows of the peer links it runs (`[[peers]]`, `peering`): each
+//! link's state and counts, read by the metrics. The links themselves are tasks the core
+//! owns (`peering`).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// One link's figures at scrape time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerFigures {
+    pub url: String,
+    /// Whether its live connection is up.
+    pub connected: bool,
+    /// Events it sent us that we stored (live and fetched by catch-up syncs).
+    pub received: u64,
+    /// Events of ours it took (live and published by catch-up syncs).
+    pub sent: u64,
+    /// Events refused either way.
+    pub refused: u64,
+    pub syncs: u64,
+    pub syncs_failed: u64,
+    pub reconnects: u64,
+    /// When its last catch-up sync ended well (Unix seconds; 0: none yet).
+    pub last_sync_unix: u64,
+    /// What its last catch-up sync found: events only it held, events only we held.
+    pub last_sync_need: u64,
+    pub last_sync_have: u64,
+}
+
+/// One link's cells, written by its tasks.
+#[derive(Default)]
+pub struct PeerState {
+    figures: RefCell<PeerFigures>,
+    /// Set when a catch-up sync is due now (after a reconnect).
+    pub sync_wanted: Cell<bool>,
+}
+
+impl PeerState {
+    pub fn new(url: &str) -> PeerState {
+        PeerState {
+            figures: RefCell::new(PeerFigures { url: url.to_owned(), ..PeerFigures::default() }),
+            sync_wanted: Cell::new(true),
+        }
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut PeerFigures)) {
+        change(&mut self.figures.borrow_mut());
+    }
+
+    pub fn figures(&self) -> PeerFigures {
+        self.figures.borrow().clone()
+    }
+}
+
+/// The peer links one core runs.
+#[derive(Default)]
+pub struct Peers {
+    links: RefCell<Vec<Rc<PeerState>>>,
+}
+
+impl Peers {
+    pub fn add(&self, state: Rc<PeerState>) {
+        self.links.borrow_mut().push(state);
+    }
+
+    pub fn figures(&self) -> Vec<PeerFigures> {
+        self.links.borrow().iter().map(|link| link.figures()).collect()
+    }
+}
