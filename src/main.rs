@@ -108,9 +108,14 @@ enum Command {
         filter: String,
         #[arg(long, value_enum, default_value = "down")]
         dir: Direction,
-        /// A secret key (64 hex characters) to answer the relay's NIP-42 challenge with.
+        /// A secret key (64 hex characters) to answer the relay's NIP-42 challenge with; with
+        /// `--relay`, an admin key of that relay (NIP-98).
         #[arg(long)]
         auth_key: Option<PathBuf>,
+        /// Instead of a stopped data directory: a running relay's management address
+        /// (http://host:port, its `listen` or `metrics_listen`), asked to sync with URL now.
+        #[arg(long)]
+        relay: Option<String>,
     },
 }
 
@@ -254,8 +259,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", tools::repair::run(&options)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync { url, store, shards, filter, dir, auth_key } => {
+        Command::Sync { url, store, shards, filter, dir, auth_key, relay } => {
             let url = RelayUrl::parse(&url).map_err(|error| anyhow::anyhow!(error))?;
+            if let Some(relay) = relay {
+                let key = auth_key.context("--relay needs --auth-key, an admin key of that relay (NIP-98)")?;
+                let (ok, answer) = tools::sync::ask_running(&relay, &key, &url, dir, &filter)?;
+                println!("{answer}");
+                return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
             let shard_count =
                 shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
             let job = tools::sync::SyncJob { url, plan: Plan::new(filter, dir), auth_key, shard_count };

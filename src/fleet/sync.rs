@@ -33,7 +33,7 @@ impl Direction {
 }
 
 /// How one sync runs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     /// The NIP-01 filter (JSON text) both sets are drawn with.
     pub filter: String,

@@ -56,6 +56,7 @@ pub struct Core {
 }
 
 impl Core {
+    #[allow(clippy::too_many_arguments)] // one per subsystem, each built by the core's start
     pub fn new(
         config: Arc<Config>,
         mesh: Rc<Mesh>,
@@ -64,6 +65,7 @@ impl Core {
         storage: Storage,
         gate: Gate,
         queries: Queries,
+        peers: Peers,
     ) -> Rc<Core> {
         Rc::new(Core {
             config,
@@ -73,7 +75,7 @@ impl Core {
             storage: Rc::new(storage),
             gate,
             queries: Rc::new(queries),
-            peers: Peers::default(),
+            peers,
             tasks: RefCell::new(Vec::new()),
         })
     }

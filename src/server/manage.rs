@@ -18,6 +18,8 @@ use super::stats::ManageResult;
 use crate::auth::{self, HttpCheck};
 use crate::config::{PolicyConfig, PolicyLists};
 use crate::event::{parse_event, EventId, Pubkey};
+use crate::fleet::client::RelayUrl;
+use crate::fleet::sync::{Direction, Plan};
 use crate::limits::MANAGE_TEXT_SIZE_MAX;
 
 /// How far a NIP-98 event's `created_at` may be from now, in seconds (NIP-98 suggests 60).
@@ -44,6 +46,7 @@ pub const METHODS: &[&str] = &[
     "changerelayname",
     "changerelaydescription",
     "changerelayicon",
+    "syncrelay",
 ];
 
 /// One management call, its parameters checked.
@@ -279,6 +282,9 @@ pub async fn serve(core: &Rc<Core>, peer: IpAddr, request: &ManageRequest, body:
         core.stats.managed(ManageResult::Unauthorized);
         return http::manage_response("401 Unauthorized", &error(&reason));
     }
+    if let Some(sync) = SyncCall::parse(body) {
+        return sync_now(core, sync).await;
+    }
     let call = match Call::parse(body) {
         Ok(call) => call,
         Err(reason) => {
@@ -311,6 +317,73 @@ pub async fn serve(core: &Rc<Core>, peer: IpAddr, request: &ManageRequest, body:
             let reason =
                 "error: the lists file could not be read or written (the relay's log says why); nothing changed";
             http::manage_response("500 Internal Server Error", &error(reason))
+        }
+    }
+}
+
+/// `syncrelay` (this relay's own method): `[url, direction ("down", "up", "both";
+/// default "both"), filter (JSON text; default every event)]`: the running relay syncs with
+/// the relay at `url` now (NIP-77) and answers with what moved.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SyncCall {
+    pub url: RelayUrl,
+    pub plan: Plan,
+}
+
+impl SyncCall {
+    /// `None` for any other method.
+    pub fn parse(body: &[u8]) -> Option<Result<SyncCall, String>> {
+        let request: Value = serde_json::from_slice(body).ok()?;
+        (request["method"] == "syncrelay").then(|| {
+            let param = |index: usize| request["params"].get(index).and_then(Value::as_str);
+            let url = RelayUrl::parse(param(0).ok_or("params[0] must be a relay URL (ws://...)")?)?;
+            let direction = match param(1).unwrap_or("both") {
+                "down" => Direction::Down,
+                "up" => Direction::Up,
+                "both" => Direction::Both,
+                _ => return Err("params[1] must be \"down\", \"up\" or \"both\"".to_owned()),
+            };
+            let filter = param(2).unwrap_or("{}");
+            crate::filter::Filter::from_text(filter)
+                .map_err(|e| format!("params[2] is not a filter: {}", e.reason()))?;
+            Ok(SyncCall { url, plan: Plan::new(filter.to_owned(), direction) })
+        })
+    }
+}
+
+async fn sync_now(core: &Rc<Core>, sync: Result<SyncCall, String>) -> Vec<u8> {
+    let sync = match sync {
+        Ok(sync) => sync,
+        Err(reason) => {
+            core.stats.managed(ManageResult::Invalid);
+            return http::manage_response("400 Bad Request", &error(&reason));
+        }
+    };
+    tracing::info!(url = %sync.url, direction = ?sync.plan.direction, filter = sync.plan.filter, "sync asked for");
+    match super::peering::sync_once(core, &sync.url, &sync.plan).await {
+        Ok(summary) => {
+            tracing::info!(url = %sync.url, %summary, "sync done");
+            core.stats.managed(ManageResult::Changed);
+            let result = json!({
+                "local": summary.local,
+                "only_here": summary.have,
+                "only_there": summary.need,
+                "rounds": summary.rounds,
+                "fetched": summary.fetched,
+                "stored": summary.stored,
+                "duplicate": summary.duplicate,
+                "rejected": summary.rejected,
+                "published": summary.published,
+                "refused": summary.refused,
+                "bytes_sent": summary.traffic.bytes_sent,
+                "bytes_received": summary.traffic.bytes_received,
+                "milliseconds": summary.reconcile_ms + summary.transfer_ms,
+            });
+            http::manage_response("200 OK", &json!({ "result": result }).to_string())
+        }
+        Err(failure) => {
+            core.stats.managed(ManageResult::Failed);
+            http::manage_response("502 Bad Gateway", &error(&format!("error: the sync failed: {failure}")))
         }
     }
 }
@@ -358,6 +431,12 @@ mod tests {
     fn every_listed_method_parses() {
         let key = "ab".repeat(32);
         for method in METHODS {
+            if *method == "syncrelay" {
+                let body = json!({"method": method, "params": ["ws://10.0.0.6:7777", "down", "{\"kinds\":[1]}"]});
+                let sync = SyncCall::parse(body.to_string().as_bytes()).expect("syncrelay").expect("valid");
+                assert_eq!((sync.plan.direction, sync.url.port), (Direction::Down, 7777));
+                continue;
+            }
             let params = match *method {
                 "allowkind" | "disallowkind" => json!([7]),
                 "blockip" | "unblockip" => json!(["192.0.2.1"]),
@@ -370,6 +449,14 @@ mod tests {
         assert!(call("allowkind", json!([70000])).is_err());
         assert!(call("createrole", json!([])).unwrap_err().starts_with("unsupported method"));
         assert!(Call::parse(b"not json").is_err());
+        let sync =
+            |params: Value| SyncCall::parse(json!({"method": "syncrelay", "params": params}).to_string().as_bytes());
+        assert_eq!(sync(json!(["ws://h:1"])).expect("syncrelay").expect("valid").plan.direction, Direction::Both);
+        assert!(sync(json!(["wss://h"])).expect("syncrelay").is_err());
+        assert!(sync(json!(["ws://h:1", "sideways"])).expect("syncrelay").is_err());
+        assert!(sync(json!(["ws://h:1", "up", "[1]"])).expect("syncrelay").is_err());
+        assert!(sync(json!([])).expect("syncrelay").is_err());
+        assert!(SyncCall::parse(br#"{"method":"banpubkey"}"#).is_none());
     }
 
     #[test]

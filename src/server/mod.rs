@@ -240,23 +240,23 @@ impl Signals {
 
 /// Start one executor per listener, each watched by `supervisor`. The lists file must parse
 /// here; later, on SIGHUP, a bad one only logs an error.
-/// This relay's key toward its peers: `peering.key_file`, or with `[[peers]]` and no key
-/// file, one made now (its pubkey logged, for the peers' `peering.pubkeys`).
-fn peering_identity(config: &Config) -> anyhow::Result<Option<Arc<Signer>>> {
+/// This relay's key toward other relays: `peering.key_file`, or one made now (with
+/// `[[peers]]`, its pubkey logged for the peers' `peering.pubkeys`).
+fn peering_identity(config: &Config) -> anyhow::Result<Arc<Signer>> {
     let signer = match &config.peering.key_file {
         Some(path) => Signer::from_file(path)?,
-        None if config.peers.is_empty() => return Ok(None),
-        None => {
-            let signer = Signer::ephemeral();
-            tracing::warn!(
+        None => Signer::ephemeral(),
+    };
+    if !config.peers.is_empty() {
+        match config.peering.key_file {
+            Some(_) => tracing::info!(pubkey = signer.pubkey_hex(), peers = config.peers.len(), "peering"),
+            None => tracing::warn!(
                 pubkey = signer.pubkey_hex(),
                 "no peering.key_file: this relay meets its peers under a key made at start"
-            );
-            signer
+            ),
         }
-    };
-    tracing::info!(pubkey = signer.pubkey_hex(), peers = config.peers.len(), "peering identity");
-    Ok(Some(Arc::new(signer)))
+    }
+    Ok(Arc::new(signer))
 }
 
 fn spawn_cores(
@@ -377,9 +377,8 @@ struct CoreStart {
     /// Where the core reports its startup phases.
     startup: CoreLink,
     ip_slots: IpSlots,
-    /// This relay's key toward its peers (`peering.key_file`, or one made at start), when it
-    /// has `[[peers]]` or `peering.key_file`.
-    identity: Option<Arc<Signer>>,
+    /// This relay's key toward other relays (`peering.key_file`, or one made at start).
+    identity: Arc<Signer>,
 }
 
 async fn run_core(start: CoreStart, mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>) {
@@ -437,12 +436,13 @@ async fn run_joined(
         stats.clone(),
     );
     let storage = Storage::new(mesh.id, mesh.core_count, start.router, shards);
-    let identity = start.identity.as_ref().map(|signer| signer.pubkey());
+    let identity = Some(start.identity.pubkey());
     let gate = Gate::new(config.clone(), GateStart { lists_file, lists, plugin, identity }, stats.clone());
     let negentropy = &config.negentropy;
     let neg_opens = negentropy.items_per_core_max / negentropy.items_max;
     let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
-    let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries);
+    let peers = peers::Peers::new(start.identity.clone());
+    let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries, peers);
     // Again, now that the shards are open: banned events are retired from them.
     core.apply_lists(at_start);
     if id == 0 {
@@ -455,9 +455,7 @@ async fn run_joined(
     // Gift wraps to pubkeys that vanished (NIP-62) are retired before anything is served.
     dispatch::apply_stored_vanish_requests(&core).await;
     start.startup.reached(Phase::Serving);
-    if let Some(identity) = &start.identity {
-        peering::start(&core, identity);
-    }
+    peering::start(&core);
     let clients = accept_until_stopped(&core, &listener, &start.stop, sessions, conn::serve_connection);
     match &admin {
         Some(admin) => {

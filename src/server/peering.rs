@@ -44,7 +44,8 @@ const LIVE_SUB: &str = "peer-live";
 const UP_SUB: &str = "peer-up";
 
 /// Start the links of the `[[peers]]` this core runs.
-pub fn start(core: &Rc<Core>, identity: &Arc<Signer>) {
+pub fn start(core: &Rc<Core>) {
+    let identity = &core.peers.identity;
     let cores = core.mesh.core_count.max(1);
     for (index, peer) in core.config.peers.iter().enumerate() {
         if index % cores != core.id().0 {
@@ -238,15 +239,21 @@ impl Link {
     }
 
     async fn catch_up(&self) -> Result<Summary, SyncError> {
-        let mut client = Client::connect(&self.url, Some(self.identity.clone()), CONNECT_DEADLINE).await?;
-        let link = LinkSession::open(&self.core, &self.identity)
-            .ok_or_else(|| SyncError::Local(anyhow::anyhow!("no session for the link")))?;
-        let mut local = RelayLocal { core: &self.core, link: &link };
-        let plan = Plan::new(self.peer.filter.clone(), self.peer.direction);
-        let outcome = sync::sync(&mut client, &plan, &mut local, &mut |_| {}).await;
-        client.close().await;
-        outcome
+        sync_once(&self.core, &self.url, &Plan::new(self.peer.filter.clone(), self.peer.direction)).await
     }
+}
+
+/// One sync of the running relay with the relay at `url` (a peer's catch-up, or an
+/// operator's `syncrelay` management call), over a connection of its own.
+pub async fn sync_once(core: &Rc<Core>, url: &RelayUrl, plan: &Plan) -> Result<Summary, SyncError> {
+    let identity = &core.peers.identity;
+    let mut client = Client::connect(url, Some(identity.clone()), CONNECT_DEADLINE).await?;
+    let link = LinkSession::open(core, identity)
+        .ok_or_else(|| SyncError::Local(anyhow::anyhow!("no session for the link")))?;
+    let mut local = RelayLocal { core, link: &link };
+    let outcome = sync::sync(&mut client, plan, &mut local, &mut |_| {}).await;
+    client.close().await;
+    outcome
 }
 
 enum Next {

@@ -4,6 +4,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::event::sign::Signer;
 
 /// One link's figures at scrape time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -52,13 +55,18 @@ impl PeerState {
     }
 }
 
-/// The peer links one core runs.
-#[derive(Default)]
+/// The peer links one core runs, and the key it meets other relays with.
 pub struct Peers {
     links: RefCell<Vec<Rc<PeerState>>>,
+    /// This relay's identity toward other relays (`peering.key_file`, or made at start).
+    pub identity: Arc<Signer>,
 }
 
 impl Peers {
+    pub fn new(identity: Arc<Signer>) -> Peers {
+        Peers { links: RefCell::new(Vec::new()), identity }
+    }
+
     pub fn add(&self, state: Rc<PeerState>) {
         self.links.borrow_mut().push(state);
     }

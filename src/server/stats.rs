@@ -102,7 +102,7 @@ pub enum ManageResult {
     /// No valid NIP-98 authorization from an admin pubkey (401).
     Unauthorized,
     RateLimited,
-    /// The lists file could not be written (nothing changed).
+    /// The lists file could not be written (nothing changed), or a `syncrelay` failed.
     Failed,
 }
 

@@ -3,15 +3,17 @@
 //! published (up), with a progress line. Fetched events are verified and stored under the
 //! same rules as `import`; what is published is what the relay itself would serve.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::event::sign::Signer;
 use crate::filter::Filter;
 use crate::fleet::client::{Client, RelayUrl};
-use crate::fleet::sync::{self, Local, Plan, Summary};
+use crate::fleet::sync::{self, Direction, Local, Plan, Summary};
 use crate::store::query_shards;
+use base64::Engine;
+use sha2::Digest;
 
 use super::import::{Importer, Outcome};
 use super::StoreOptions;
@@ -119,4 +121,44 @@ impl Local for StoppedDir {
         }
         Ok(events)
     }
+}
+
+/// `ringrelay sync URL --relay http://ADMIN`: ask a running relay to sync with `url` now,
+/// through its management API (`syncrelay`, signed with NIP-98 by an admin key); the
+/// relay's answer, and whether it succeeded.
+pub fn ask_running(
+    relay: &str,
+    admin_key: &Path,
+    url: &RelayUrl,
+    direction: Direction,
+    filter: &str,
+) -> anyhow::Result<(bool, String)> {
+    use std::io::{Read, Write};
+    let signer = Signer::from_file(admin_key)?;
+    let rest = relay.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("--relay {relay}: not an http:// URL"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let direction = match direction {
+        Direction::Down => "down",
+        Direction::Up => "up",
+        Direction::Both => "both",
+    };
+    let body = serde_json::json!({"method": "syncrelay", "params": [url.to_string(), direction, filter]}).to_string();
+    let payload = crate::hex::encode(&sha2::Sha256::digest(body.as_bytes()));
+    let tags =
+        serde_json::json!([["u", format!("http://{authority}{path}")], ["method", "POST"], ["payload", payload]]);
+    let event = signer.sign(crate::auth::KIND_HTTP_AUTH, crate::now_unix(), &tags, "");
+    let authorization = base64::engine::general_purpose::STANDARD.encode(event);
+    let mut stream = std::net::TcpStream::connect(authority)?;
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/nostr+json+rpc\r\nAuthorization: Nostr \
+         {authorization}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let ok = response.starts_with("HTTP/1.1 200");
+    let answer = response.split_once("\r\n\r\n").map_or(response.as_str(), |(_, body)| body).to_owned();
+    Ok((ok, answer))
 }

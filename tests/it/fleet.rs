@@ -269,3 +269,40 @@ fn the_same_event_from_two_connections_at_once_is_stored_once() {
     let unique: BTreeSet<String> = served.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
     assert_eq!(served.len(), unique.len());
 }
+
+/// An operator asks a running relay to sync with another one now, through its management
+/// API (`ringrelay sync URL --relay`, signed by an admin key): the events move without a
+/// restart, and a key that is not an admin's is refused.
+#[test]
+fn a_running_relay_syncs_when_its_operator_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Relay::start(&dir.path().join("source"), 1);
+    let admin = keys(9500);
+    let config = format!("[management]\nadmin_pubkeys = [\"{}\"]\n", admin.public_key().to_hex());
+    let target = Relay::start_with_config(&dir.path().join("target"), 2, &config);
+    let since = now() - 1000;
+    let events: Vec<String> =
+        (0..30u32).map(|i| signed(&keys(9510 + i % 6), 1, since + u64::from(i), &[], &format!("asked {i}"))).collect();
+    assert_eq!(source.connect().publish_all(&events), 30);
+
+    let key_file = |name: &str, key: &nostr::Keys| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, key.secret_key().to_secret_hex()).unwrap();
+        path
+    };
+    let ask = |key: &Path| {
+        let source_url = format!("ws://127.0.0.1:{}", source.port);
+        let relay = format!("http://127.0.0.1:{}", target.port);
+        ringrelay(&["sync", &source_url, "--relay", &relay, "--auth-key", key.to_str().unwrap(), "--dir", "down"], None)
+    };
+    let stranger = ask(&key_file("stranger.key", &keys(9501)));
+    assert!(!stranger.status.success());
+    assert!(String::from_utf8_lossy(&stranger.stdout).contains("error"));
+
+    let output = ask(&key_file("admin.key", &admin));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((&answer["result"]["only_there"], &answer["result"]["stored"]), (&json!(30), &json!(30)), "{answer}");
+    let expected = ids_of(&events);
+    assert_eq!(served_within(&target, since, &expected), expected);
+}
