@@ -119,6 +119,8 @@ pub struct Client {
     signer: Option<Arc<Signer>>,
     pub auth: AuthState,
     pub traffic: Traffic,
+    /// When the relay last sent anything (a pong included).
+    last_heard: std::time::Instant,
 }
 
 impl Client {
@@ -144,7 +146,15 @@ impl Client {
         .await;
         match opened {
             Ok(Ok((ws, _response))) => {
-                Ok(Client { ws, url: url.clone(), signer, auth: AuthState::None, traffic: Traffic::default() })
+                let last_heard = std::time::Instant::now();
+                Ok(Client {
+                    ws,
+                    url: url.clone(),
+                    signer,
+                    auth: AuthState::None,
+                    traffic: Traffic::default(),
+                    last_heard,
+                })
             }
             Ok(Err(error)) => Err(ClientError::Connect(error)),
             Err(_) => Err(ClientError::Timeout(deadline, "connecting")),
@@ -226,6 +236,7 @@ impl Client {
             Ok(None) => return Err(ClientError::Closed("end of stream".into())),
             Ok(Some(message)) => message?,
         };
+        self.last_heard = std::time::Instant::now();
         let text = match message {
             Message::Text(text) => text,
             Message::Close(frame) => {
@@ -252,6 +263,11 @@ impl Client {
             serde_json::from_str::<serde_json::Value>(&event).ok().and_then(|e| e["id"].as_str().map(str::to_owned));
         self.auth = AuthState::Sent(id.unwrap_or_default());
         self.send(wire::auth(&event)).await
+    }
+
+    /// How long since the relay last sent anything.
+    pub fn silent_for(&self) -> Duration {
+        self.last_heard.elapsed()
     }
 
     /// A WebSocket ping: a connection with nothing to say shows it is still there.

@@ -33,7 +33,8 @@ use crate::subs::ConnId;
 const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
 const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
 const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
-/// A live connection with nothing to say for this long is pinged.
+/// A live connection with nothing to say for this long is pinged; one that has sent nothing,
+/// not even a pong, for twice as long is given up (a peer partitioned away, not closed).
 const LIVE_IDLE: Duration = Duration::from_secs(30);
 /// Ids of the latest events a peer sent us, not sent back to it: enough for a burst to
 /// come back through our fan-out (the fan-out follows the append within milliseconds).
@@ -156,6 +157,9 @@ impl Link {
                 Next::Peer(Ok(other)) => {
                     tracing::debug!(peer = %self.url, ?other, "from a peer");
                     Ok(())
+                }
+                Next::Peer(Err(ClientError::Timeout(..))) if client.silent_for() > 2 * LIVE_IDLE => {
+                    return format!("no answer to a ping for {:?}", client.silent_for() - LIVE_IDLE);
                 }
                 Next::Peer(Err(ClientError::Timeout(..))) => client.ping().await,
                 Next::Peer(Err(error)) => return error.to_string(),

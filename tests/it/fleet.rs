@@ -152,6 +152,12 @@ impl Member {
 
     /// Its config: its key, the fleet's pubkeys, and every other member as a peer.
     fn config(&self, fleet: &[Member]) -> String {
+        let others: Vec<u16> = fleet.iter().filter(|other| other.port != self.port).map(|other| other.port).collect();
+        self.config_with_peers(fleet, &others)
+    }
+
+    /// Its config with the peers reached on `peer_ports`.
+    fn config_with_peers(&self, fleet: &[Member], peer_ports: &[u16]) -> String {
         std::fs::create_dir_all(&self.dir).unwrap();
         let key_file = self.dir.join("peer.key");
         std::fs::write(&key_file, self.key.secret_key().to_secret_hex()).unwrap();
@@ -161,8 +167,8 @@ impl Member {
             key_file.display(),
             pubkeys.join(", ")
         );
-        for other in fleet.iter().filter(|other| other.port != self.port) {
-            config.push_str(&format!("\n[[peers]]\nurl = \"ws://127.0.0.1:{}\"\n", other.port));
+        for port in peer_ports {
+            config.push_str(&format!("\n[[peers]]\nurl = \"ws://127.0.0.1:{port}\"\n"));
         }
         config
     }
@@ -305,4 +311,112 @@ fn a_running_relay_syncs_when_its_operator_asks() {
     assert_eq!((&answer["result"]["only_there"], &answer["result"]["stored"]), (&json!(30), &json!(30)), "{answer}");
     let expected = ids_of(&events);
     assert_eq!(served_within(&target, since, &expected), expected);
+}
+
+/// A TCP forwarder to a relay that the test can cut: while cut, the connections through it
+/// are reset and new ones closed at once, as a partition between two running relays looks.
+struct Cuttable {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cuttable {
+    fn to(target: u16) -> Cuttable {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let cuttable = Cuttable {
+            port: listener.local_addr().unwrap().port(),
+            cut: Default::default(),
+            stop: Default::default(),
+            open: Default::default(),
+        };
+        let (cut, stop, open) = (cuttable.cut.clone(), cuttable.stop.clone(), cuttable.open.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                if cut.load(Ordering::SeqCst) {
+                    continue;
+                }
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                open.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        cuttable
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cuttable {
+    fn drop(&mut self) {
+        self.cut();
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Two running relays peered through links the test cuts: each takes events while they
+/// cannot reach each other, and once the partition heals they converge (the links reconnect
+/// and catch up), each event served once.
+#[test]
+fn a_partition_between_running_relays_heals_into_one_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet: Vec<Member> = (0..2).map(|n| Member::new(dir.path(), 10 + n)).collect();
+    let links: Vec<Cuttable> = fleet.iter().map(|member| Cuttable::to(member.port)).collect();
+    let relays: Vec<Relay> = fleet
+        .iter()
+        .enumerate()
+        .map(|(n, member)| {
+            Relay::start_on(&member.dir, 1, &member.config_with_peers(&fleet, &[links[1 - n].port]), member.port)
+        })
+        .collect();
+    let since = now() - 1000;
+    let publish = |relay: &Relay, text: &str| -> Vec<String> {
+        let events: Vec<String> =
+            (0..10u32).map(|i| signed(&keys(9600 + i), 1, since + u64::from(i), &[], &format!("{text} {i}"))).collect();
+        assert_eq!(relay.connect().publish_all(&events), 10);
+        events
+    };
+    let mut published = [publish(&relays[0], "before, on 0"), publish(&relays[1], "before, on 1")].concat();
+    let expected = ids_of(&published);
+    for relay in &relays {
+        assert_eq!(served_within(relay, since, &expected), expected);
+    }
+
+    links.iter().for_each(Cuttable::cut);
+    let on_0 = publish(&relays[0], "cut off, on 0");
+    let on_1 = publish(&relays[1], "cut off, on 1");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let served = served_within(&relays[1], since, &BTreeSet::new());
+    assert!(served.is_disjoint(&ids_of(&on_0)), "the partition let events through");
+
+    links.iter().for_each(Cuttable::heal);
+    published.extend(on_0);
+    published.extend(on_1);
+    let expected = ids_of(&published);
+    for relay in &relays {
+        assert_eq!(served_within(relay, since, &expected), expected, "healed: relay on {}", relay.port);
+    }
 }
