@@ -61,9 +61,10 @@ pub enum ClientMessage<'a> {
     },
     Auth(&'a RawValue),
     /// NIP-77: a sync of one filter's set, with the client's first negentropy message (hex).
+    /// An array of filters (NDK's sync sends one) is taken as their union.
     NegOpen {
         sub_id: SubId,
-        filter: Box<Filter>,
+        filters: Vec<Filter>,
         message: Cow<'a, str>,
     },
     NegMsg {
@@ -162,15 +163,11 @@ impl MessageVisitor<'_> {
                 let Some(sub_id) = sub_id(seq)? else {
                     return notice("invalid: subscription id must be a string of 1 to 64 characters");
                 };
-                let filter = if verb == "NEG-OPEN" {
-                    let parsed = seq.next_element::<serde_json::Value>()?.map(|value| Filter::from_json(&value));
-                    match parsed {
-                        Some(Ok(filter)) => Some(Box::new(filter)),
-                        Some(Err(error)) => return Ok(Err(Refusal::NegErr { sub_id, reason: error.reason() })),
-                        None => {
-                            let reason = "invalid: NEG-OPEN needs a filter".to_owned();
-                            return Ok(Err(Refusal::NegErr { sub_id, reason }));
-                        }
+                let filters = if verb == "NEG-OPEN" {
+                    let value = seq.next_element::<serde_json::Value>()?;
+                    match neg_filters(value, self.limits.filter_count_max) {
+                        Ok(filters) => Some(filters),
+                        Err(reason) => return Ok(Err(Refusal::NegErr { sub_id, reason })),
                     }
                 } else {
                     None
@@ -178,8 +175,8 @@ impl MessageVisitor<'_> {
                 let Some(message) = seq.next_element::<Cow<'de, str>>()? else {
                     return Ok(Err(Refusal::NegErr { sub_id, reason: "invalid: no negentropy message".into() }));
                 };
-                match filter {
-                    Some(filter) => ClientMessage::NegOpen { sub_id, filter, message },
+                match filters {
+                    Some(filters) => ClientMessage::NegOpen { sub_id, filters, message },
                     None => ClientMessage::NegMsg { sub_id, message },
                 }
             }
@@ -189,6 +186,20 @@ impl MessageVisitor<'_> {
             }
         };
         Ok(Ok(message))
+    }
+}
+
+/// A NEG-OPEN's filter: one object, as NIP-77 has it, or an array of 1 to `count_max`
+/// filters (their union).
+fn neg_filters(value: Option<serde_json::Value>, count_max: usize) -> Result<Vec<Filter>, String> {
+    let parse = |value: &serde_json::Value| Filter::from_json(value).map_err(|error| error.reason());
+    match value {
+        None => Err("invalid: NEG-OPEN needs a filter".to_owned()),
+        Some(serde_json::Value::Array(values)) if (1..=count_max).contains(&values.len()) => {
+            values.iter().map(parse).collect()
+        }
+        Some(serde_json::Value::Array(_)) => Err(format!("invalid: NEG-OPEN takes 1 to {count_max} filters")),
+        Some(value) => parse(&value).map(|filter| vec![filter]),
     }
 }
 
@@ -402,9 +413,16 @@ mod tests {
     #[test]
     fn negentropy_messages() {
         match parse(r#"["NEG-OPEN","n1",{"kinds":[1]},"6100"]"#) {
-            Ok(ClientMessage::NegOpen { sub_id, filter, message }) => {
-                assert_eq!((sub_id.as_str(), filter.kinds.as_deref(), &*message), ("n1", Some(&[1u16][..]), "6100"));
+            Ok(ClientMessage::NegOpen { sub_id, filters, message }) => {
+                assert_eq!(
+                    (sub_id.as_str(), filters[0].kinds.as_deref(), &*message),
+                    ("n1", Some(&[1u16][..]), "6100")
+                );
             }
+            other => panic!("{other:?}"),
+        }
+        match parse(r#"["NEG-OPEN","n2",[{"kinds":[1]},{"kinds":[7]}],"6100"]"#) {
+            Ok(ClientMessage::NegOpen { filters, .. }) => assert_eq!(filters.len(), 2),
             other => panic!("{other:?}"),
         }
         assert!(
@@ -417,6 +435,9 @@ mod tests {
             (r#"["NEG-OPEN","n1"]"#, "invalid: NEG-OPEN needs a filter"),
             (r#"["NEG-OPEN","n1",{"kinds":[1]}]"#, "invalid: no negentropy message"),
             (r#"["NEG-OPEN","n1",{"kinds":"x"},"61"]"#, "invalid: filter field `kinds`"),
+            (r#"["NEG-OPEN","n1",[],"61"]"#, "invalid: NEG-OPEN takes 1 to 2 filters"),
+            (r#"["NEG-OPEN","n1",[{},{},{}],"61"]"#, "invalid: NEG-OPEN takes 1 to 2 filters"),
+            (r#"["NEG-OPEN","n1",[{},1],"61"]"#, "invalid: filter is not a json object"),
             (r#"["NEG-MSG","n1"]"#, "invalid: no negentropy message"),
         ] {
             match parse(text) {

@@ -87,8 +87,11 @@ impl Ordered for ShardHit {
     }
 }
 
-/// The `limit` a filter is served with: its own, capped at `max`, or `default` when absent.
+/// The `limit` a filter is served with: its own, capped at `max`, or when absent `default`,
+/// or as many as it names ids (capped at `max`): a client fetching the ids a sync found
+/// missing (NDK's sync does) asks for them all without a `limit`.
 pub fn effective_limit(filter: &Filter, default: usize, max: usize) -> usize {
+    let default = filter.ids.as_ref().map_or(default, |ids| default.max(ids.len().min(max)));
     filter.limit.map_or(default, |limit| usize::try_from(limit).unwrap_or(usize::MAX).min(max))
 }
 
@@ -118,4 +121,21 @@ pub fn query_shards(
         })
         .collect();
     query::union_filters(per_filter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventId;
+
+    #[test]
+    fn a_filter_of_ids_without_a_limit_is_served_every_id() {
+        let ids = |count: u8| Some((0..count).map(|n| EventId([n; 32])).collect());
+        let of = |filter: Filter| effective_limit(&filter, 3, 5);
+        assert_eq!(of(Filter::default()), 3);
+        assert_eq!(of(Filter { ids: ids(2), ..Filter::default() }), 3);
+        assert_eq!(of(Filter { ids: ids(4), ..Filter::default() }), 4);
+        assert_eq!(of(Filter { ids: ids(9), ..Filter::default() }), 5);
+        assert_eq!(of(Filter { ids: ids(4), limit: Some(1), ..Filter::default() }), 1);
+    }
 }

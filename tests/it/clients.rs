@@ -34,7 +34,7 @@ pub fn installed_checks() -> PathBuf {
         std::fs::write(&installed_lock, &lock).unwrap();
     }
     // Node resolves the scripts' imports next to the scripts.
-    for script in ["nostr-tools.mjs", "nip98.mjs"] {
+    for script in ["nostr-tools.mjs", "nip98.mjs", "ndk-sync.mjs"] {
         std::fs::copy(Path::new(CHECKS).join(script), dir.join(script)).unwrap();
     }
     dir

@@ -264,3 +264,47 @@ fn budgets_and_bad_messages_get_a_neg_err_and_the_relay_goes_on() {
     let stats = relay.stats_until(Duration::from_secs(5), counted);
     assert!(counted(&stats), "{stats}");
 }
+
+/// NDK's NIP-77 sync (`@nostr-dev-kit/sync`, under node, `tests/clients/ndk-sync.mjs`) both
+/// ways: against an empty relay it finds all of its 10,000 events missing there and
+/// publishes them; then, holding 9,600 of them while the relay also took 300 others, it
+/// fetches the 700 it lacks (in one REQ of 700 ids without a `limit`: more than
+/// `limit_default`, all served).
+#[test]
+fn ndk_syncs_both_ways_from_an_empty_side_and_over_a_10k_difference() {
+    let checks = crate::clients::installed_checks();
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), 2);
+    let base = now() - 50_000;
+    let own: Vec<String> = (0..10_000u32)
+        .map(|i| signed(&keys(7700 + i % 50), 1, base + u64::from(i), &[], &format!("ndk {i}")))
+        .collect();
+    let ndk = |name: &str, events: &[String]| -> Value {
+        let file = dir.path().join(name);
+        std::fs::write(&file, events.join("\n")).unwrap();
+        let output = std::process::Command::new("node")
+            .arg(checks.join("ndk-sync.mjs"))
+            .arg(format!("ws://127.0.0.1:{}", relay.port))
+            .arg(&file)
+            .arg(json!({"kinds": [1], "since": base}).to_string())
+            .output()
+            .expect("node runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "ndk-sync.mjs: {stdout} {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap()
+    };
+
+    let first = ndk("all-mine.jsonl", &own);
+    assert_eq!(first["have"].as_array().unwrap().len(), 10_000);
+    assert_eq!((&first["need"], &first["published"]), (&json!([]), &json!(10_000)));
+    let counted = relay.connect().req("n", &[json!({"kinds": [1], "since": base, "limit": 5000})]).len();
+    assert_eq!(counted, 5000, "the relay serves what NDK published");
+
+    let others: Vec<String> =
+        (0..300u32).map(|i| signed(&keys(7800 + i % 10), 1, base + 20_000 + u64::from(i), &[], "other")).collect();
+    assert_eq!(relay.connect().publish_all(&others), 300);
+    let second = ndk("most.jsonl", &own[400..]);
+    let lacking: Vec<String> = sorted_ids(own[..400].iter().chain(&others));
+    assert_eq!((&second["have"], &second["need"]), (&json!([]), &json!(lacking)));
+    assert_eq!(second["fetched"], json!(lacking));
+}

@@ -41,7 +41,7 @@ pub enum Effect {
     /// An AUTH answered, for the metrics.
     AuthAnswered(AuthResult),
     /// Open (or replace) a NIP-77 sync: gather the filter's set and answer the message.
-    NegOpen { sub: SubId, filter: Box<Filter>, message: Vec<u8> },
+    NegOpen { sub: SubId, filters: Vec<Filter>, message: Vec<u8> },
     /// Answer a message of an open sync.
     NegMsg { sub: SubId, message: Vec<u8> },
     /// Close a sync.
@@ -129,8 +129,8 @@ pub async fn handle_text(core: &Rc<Core>, conn: ConnId, text: &str) -> bool {
         ClientMessage::Count { sub_id, filters } => count::decide(&peer, &core.config, sub_id, filters),
         ClientMessage::Close { sub_id } => close::decide(sub_id),
         ClientMessage::Auth(raw) => auth::decide(&peer, &core.config, raw, |parsed| core.gate.verify(parsed)),
-        ClientMessage::NegOpen { sub_id, filter, message } => {
-            neg::decide_open(&peer, &core.config, sub_id, filter, &message)
+        ClientMessage::NegOpen { sub_id, filters, message } => {
+            neg::decide_open(&peer, &core.config, sub_id, filters, &message)
         }
         ClientMessage::NegMsg { sub_id, message } => neg::decide_msg(&core.config, sub_id, &message),
         ClientMessage::NegClose { sub_id } => vec![Effect::NegClose(sub_id)],
@@ -159,7 +159,7 @@ pub fn apply(core: &Rc<Core>, conn: ConnId, effects: Vec<Effect>) {
                 });
             }
             Effect::AuthAnswered(result) => core.stats.auth.inc(result),
-            Effect::NegOpen { sub, filter, message } => neg::start(core, conn, sub, *filter, message),
+            Effect::NegOpen { sub, filters, message } => neg::start(core, conn, sub, filters, message),
             Effect::NegMsg { sub, message } => neg::answer(core, conn, &sub, message),
             Effect::NegClose(sub) => neg::close(core, conn, &sub),
         }

@@ -18,7 +18,7 @@ use crate::server::negsync::{Built, Lent, NegSync, Turn};
 use crate::subs::ConnId;
 
 /// A NEG-OPEN: refused as a REQ would be (NIP-77 off, rate, `policy.read`), or opened.
-pub fn decide_open(peer: &impl Peer, config: &Config, sub: SubId, filter: Box<Filter>, message: &str) -> Vec<Effect> {
+pub fn decide_open(peer: &impl Peer, config: &Config, sub: SubId, filters: Vec<Filter>, message: &str) -> Vec<Effect> {
     if !config.negentropy.enabled {
         return vec![Effect::Reply(proto::frame_neg_err(&sub, "blocked: NIP-77 sync is turned off on this relay"))];
     }
@@ -26,7 +26,7 @@ pub fn decide_open(peer: &impl Peer, config: &Config, sub: SubId, filter: Box<Fi
         return refusal;
     }
     match crate::hex::decode_lower_vec(message.as_bytes()) {
-        Some(message) => vec![Effect::NegOpen { sub, filter, message }],
+        Some(message) => vec![Effect::NegOpen { sub, filters, message }],
         None => vec![Effect::Reply(proto::frame_neg_err(&sub, NOT_HEX))],
     }
 }
@@ -46,7 +46,7 @@ const NOT_HEX: &str = "invalid: a negentropy message is lowercase hex";
 
 /// Open a sync: any sync under the same id closes first; then the set is gathered, as a
 /// query the connection owns, and the client's first message answered.
-pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message: Vec<u8>) {
+pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filters: Vec<Filter>, message: Vec<u8>) {
     let settings = &core.config.negentropy;
     let serial = core.sessions.fresh_id();
     let already = core.sessions.with(conn, |session| {
@@ -65,7 +65,7 @@ pub fn start(core: &Rc<Core>, conn: ConnId, sub: SubId, filter: Filter, message:
     let privacy = core.privacy_for(conn);
     let owner = core.clone();
     core.start_query(conn, None, async move {
-        let opened = gather_and_build(&owner, conn, filter, privacy, message).await;
+        let opened = gather_and_build(&owner, conn, filters, privacy, message).await;
         // Answered only if this open is still the one under its id (not closed or replaced).
         let current = owner.sessions.with(conn, |session| {
             let current = session.negs_opening.get(&sub) == Some(&serial);
@@ -102,32 +102,34 @@ enum NotOpened {
 }
 use NotOpened::{Invalid, Refused};
 
-/// Gather the filter's set (waiting for a turn to gather and a query slot), then build the
+/// Gather the filters' set (waiting for a turn to gather and a query slot), then build the
 /// relay's side and answer the first message on glommio's blocking thread (~40 ms at
 /// 500,000 events would otherwise hold the core).
 async fn gather_and_build(
     core: &Rc<Core>,
     conn: ConnId,
-    filter: Filter,
+    filters: Vec<Filter>,
     privacy: crate::store::Privacy,
     message: Vec<u8>,
 ) -> Result<(Built, Vec<u8>), NotOpened> {
     let settings = &core.config.negentropy;
-    // A filter's own `limit` narrows the set to its newest events, as a REQ's would.
-    let wanted = filter.limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
-    let limit = wanted.unwrap_or(usize::MAX).min(settings.items_max + 1);
     // The set may hold up to `items_max` events until it is counted: only so many gather at
     // once, the rest wait their turn.
     let stopping = || Refused("error: the relay is shutting down".to_owned());
     let _gathering = core.queries.neg_open_turn().await.ok_or_else(stopping)?;
-    let mut items = {
+    let mut items = Vec::new();
+    {
         let _slot = core.query_slot(conn).await;
-        ids_everywhere(core.scatter(), Arc::new(filter), limit, crate::now_unix(), privacy).await
-    };
-    if let Some(wanted) = wanted.filter(|&wanted| wanted < items.len()) {
-        items.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        items.truncate(wanted);
+        for filter in filters {
+            items.extend(gather(core, filter, settings.items_max + 1, privacy.clone()).await);
+            if items.len() > settings.items_max {
+                break;
+            }
+        }
     }
+    // An event several filters match is in the set once.
+    items.sort_unstable_by_key(|item| item.1);
+    items.dedup_by(|a, b| a.1 == b.1);
     if items.len() > settings.items_max {
         return Err(Refused(format!(
             "blocked: this filter matches more than {} events; narrow it",
@@ -140,6 +142,19 @@ async fn gather_and_build(
     let frame_size_max = settings.frame_size_max;
     let built = glommio::executor().spawn_blocking(move || Built::build(items, frame_size_max, &message)).await;
     built.map_err(|error| Invalid(format!("invalid: {error}")))
+}
+
+/// One filter's part of the set, at most `cap` events; a filter's own `limit` narrows it
+/// to its newest events, as a REQ's would.
+async fn gather(core: &Rc<Core>, filter: Filter, cap: usize, privacy: crate::store::Privacy) -> Vec<(u64, [u8; 32])> {
+    let wanted = filter.limit.map(|limit| usize::try_from(limit).unwrap_or(usize::MAX));
+    let limit = wanted.unwrap_or(usize::MAX).min(cap);
+    let mut items = ids_everywhere(core.scatter(), Arc::new(filter), limit, crate::now_unix(), privacy).await;
+    if let Some(wanted) = wanted.filter(|&wanted| wanted < items.len()) {
+        items.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        items.truncate(wanted);
+    }
+    items
 }
 
 /// Close a sync, or an open still gathering its set.
@@ -208,8 +223,8 @@ mod tests {
     use crate::server::peer::tests::FakePeer;
     use crate::server::verbs::tests::{reply, sub};
 
-    fn filter() -> Box<Filter> {
-        Box::new(Filter { kinds: Some(vec![1]), ..Filter::default() })
+    fn filter() -> Vec<Filter> {
+        vec![Filter { kinds: Some(vec![1]), ..Filter::default() }]
     }
 
     #[test]
@@ -218,7 +233,7 @@ mod tests {
         let peer = FakePeer::default();
         assert_eq!(
             decide_open(&peer, &config, sub("n"), filter(), "61ab"),
-            vec![Effect::NegOpen { sub: sub("n"), filter: filter(), message: vec![0x61, 0xab] }]
+            vec![Effect::NegOpen { sub: sub("n"), filters: filter(), message: vec![0x61, 0xab] }]
         );
         let refused = |effects: Vec<Effect>| reply(&effects)[2].as_str().unwrap().to_owned();
         assert!(refused(decide_open(&peer, &config, sub("n"), filter(), "6G")).starts_with("invalid: "));
