@@ -18,8 +18,13 @@ fn auth_message(keys: &Keys, challenge: &str, relay: &str, created_at: u64) -> (
 
 /// Authenticate `client` as `keys` with the challenge it was sent; returns the OK.
 pub fn authenticate(client: &mut Client, relay: &Relay, keys: &Keys) -> Value {
+    authenticate_to(client, &format!("ws://127.0.0.1:{}", relay.port), keys)
+}
+
+/// Authenticate `client`, connected to the relay as `url` (a proxy's, say), as `keys`.
+pub fn authenticate_to(client: &mut Client, url: &str, keys: &Keys) -> Value {
     let challenge = challenge_of(client);
-    let (id, message) = auth_message(keys, &challenge, &format!("ws://127.0.0.1:{}", relay.port), now());
+    let (id, message) = auth_message(keys, &challenge, url, now());
     client.send(&message);
     let ok = client.expect("OK");
     assert_eq!(ok[1], id.as_str());

@@ -176,6 +176,16 @@ impl Member {
     fn start(&self, fleet: &[Member]) -> Relay {
         Relay::start_on(&self.dir, 1, &self.config(fleet), self.port)
     }
+
+    /// Behind a proxy on this host: its `X-Forwarded-For` is trusted, and the event rate is
+    /// low enough for a test to reach.
+    fn start_behind_proxy(&self, fleet: &[Member]) -> Relay {
+        let config = format!(
+            "trusted_proxies = [\"127.0.0.1\"]\n[rate_limits]\nevents = {{ per_minute = 60, burst = 5 }}\n{}",
+            self.config(fleet)
+        );
+        Relay::start_on(&self.dir, 1, &config, self.port)
+    }
 }
 
 /// Ids served for `since`, waiting up to 20 s for them to include every one of `expected`;
@@ -418,5 +428,125 @@ fn a_partition_between_running_relays_heals_into_one_set() {
     let expected = ids_of(&published);
     for relay in &relays {
         assert_eq!(served_within(relay, since, &expected), expected, "healed: relay on {}", relay.port);
+    }
+}
+
+/// HAProxy from Debian, running `tuning/haproxy.cfg` with its `bind` and `server` lines
+/// pointed at loopback ports; stopped when dropped.
+struct Haproxy {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Haproxy {
+    fn start(dir: &Path, relays: &[u16]) -> Haproxy {
+        let found = std::process::Command::new("haproxy").arg("-v").output();
+        assert!(
+            found.is_ok_and(|out| out.status.success()),
+            "this test needs HAProxy: `apt-get install haproxy`, as .ci/run does"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let shipped = include_str!("../../tuning/haproxy.cfg");
+        let mut config = String::new();
+        let mut servers = relays.iter();
+        for line in shipped.lines() {
+            let trimmed = line.trim_start();
+            if trimmed.starts_with("maxconn ") {
+                config.push_str("    maxconn 2000\n");
+            } else if trimmed.starts_with("bind ") {
+                config.push_str(&format!("    bind 127.0.0.1:{port}\n"));
+            } else if let Some(name) = trimmed.strip_prefix("server ").and_then(|rest| rest.split_whitespace().next()) {
+                let relay = servers.next().expect("as many relays as server lines");
+                config.push_str(&format!("    server {name} 127.0.0.1:{relay}\n"));
+            } else {
+                config.push_str(line);
+                config.push('\n');
+            }
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("haproxy starts");
+        Haproxy { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// A client through the proxy from `source`, once the proxy takes connections.
+    fn connect(&self, source: std::net::Ipv4Addr) -> crate::relay::Client {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "haproxy did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        crate::relay::connect_to(self.port, Some(source))
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three peered relays behind HAProxy with `tuning/haproxy.cfg` (docs/fleet.md): what a
+/// client publishes through the one address, another reads through it whichever relay
+/// serves it; the rate limits see each client's own address (from X-Forwarded-For); NIP-42
+/// works with the proxy's URL; and with one relay stopped, clients are still served.
+#[test]
+fn a_fleet_behind_haproxy_serves_one_address_with_rate_limits_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet: Vec<Member> = (0..3).map(|n| Member::new(dir.path(), 20 + n)).collect();
+    let mut relays: Vec<Relay> = fleet.iter().map(|member| member.start_behind_proxy(&fleet)).collect();
+    let proxy = Haproxy::start(dir.path(), &fleet.iter().map(|member| member.port).collect::<Vec<_>>());
+    let address = |n: u8| std::net::Ipv4Addr::new(127, 0, 0, n);
+    let since = now() - 1000;
+
+    let notes: Vec<String> =
+        (0..3u32).map(|i| signed(&keys(9700 + i), 1, since + u64::from(i), &[], &format!("proxied {i}"))).collect();
+    let mut publisher = proxy.connect(address(5));
+    assert_eq!(publisher.publish_all(&notes), 3);
+    let expected = ids_of(&notes);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for reader in 0..4 {
+        loop {
+            let served = proxy.connect(address(6)).req("r", &[json!({"since": since})]);
+            let served: BTreeSet<String> = served.iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+            if served == expected {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "reader {reader} through the proxy got {served:?}");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    // The event rate is per client address, as forwarded: a burst of 5, then rate-limited.
+    let mut flooder = proxy.connect(address(7));
+    let burst: Vec<String> =
+        (0..8u32).map(|i| signed(&keys(9710), 1, since + 100 + u64::from(i), &[], &format!("burst {i}"))).collect();
+    let answers: Vec<(bool, String)> = burst.iter().map(|event| flooder.publish(event)).collect();
+    assert!(answers.iter().filter(|(ok, _)| *ok).count() <= 6, "{answers:?}");
+    assert!(answers.iter().any(|(ok, reason)| !ok && reason.starts_with("rate-limited:")), "{answers:?}");
+    assert!(proxy.connect(address(8)).publish(&signed(&keys(9711), 1, since + 200, &[], "another address")).0);
+
+    // NIP-42 with the URL the client dialled: the proxy's.
+    let mut authed = proxy.connect(address(9));
+    let ok = crate::auth::authenticate_to(&mut authed, &proxy.url(), &keys(9712));
+    assert_eq!(ok[2], true, "{ok}");
+
+    // One relay stops: new clients are served by the others.
+    relays.remove(0).terminate();
+    for _ in 0..6 {
+        let served = proxy.connect(address(10)).req("after", &[json!({"ids": [id_of(&notes[0])]})]);
+        assert_eq!(served.len(), 1);
     }
 }

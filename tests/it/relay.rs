@@ -180,16 +180,7 @@ impl Relay {
         request: tungstenite::handshake::client::Request,
         prepare: impl FnOnce(&socket2::Socket),
     ) -> Client {
-        let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        prepare(&socket);
-        socket.connect_timeout(&address.into(), READ_TIMEOUT).expect("TCP connects");
-        let stream: TcpStream = socket.into();
-        stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
-        stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
-        let (ws, _) = tungstenite::client(request, MaybeTlsStream::Plain(stream))
-            .expect("websocket handshake within the read timeout");
-        Client { ws, challenge: None }
+        connect_request(self.port, request, prepare)
     }
 
     /// The relay's counters (`GET /stats`), summed over its cores.
@@ -438,6 +429,35 @@ impl Client {
 }
 
 /// The NIP-11 document served on `port`.
+/// A WebSocket client to whatever listens on `port` (a relay, or a proxy in front of
+/// several), from another loopback address when `source` is given.
+pub fn connect_to(port: u16, source: Option<std::net::Ipv4Addr>) -> Client {
+    use tungstenite::client::IntoClientRequest;
+    let request = format!("ws://127.0.0.1:{port}").into_client_request().unwrap();
+    connect_request(port, request, |socket| {
+        if let Some(source) = source {
+            socket.bind(&std::net::SocketAddr::from((source, 0)).into()).unwrap();
+        }
+    })
+}
+
+fn connect_request(
+    port: u16,
+    request: tungstenite::handshake::client::Request,
+    prepare: impl FnOnce(&socket2::Socket),
+) -> Client {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    prepare(&socket);
+    socket.connect_timeout(&address.into(), READ_TIMEOUT).expect("TCP connects");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(READ_TIMEOUT)).unwrap();
+    let (ws, _) = tungstenite::client(request, MaybeTlsStream::Plain(stream))
+        .expect("websocket handshake within the read timeout");
+    Client { ws, challenge: None }
+}
+
 pub fn nip11(port: u16) -> Value {
     let mut http = TcpStream::connect(("127.0.0.1", port)).unwrap();
     http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nAccept: application/nostr+json\r\n\r\n").unwrap();
