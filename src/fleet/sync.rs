@@ -55,7 +55,9 @@ impl Plan {
         Plan {
             filter,
             direction,
-            frame_size: 500_000,
+            // Hex doubles it: 120 KB messages fit strfry's default 128 KiB payload limit and
+            // ringrelay's 260 KiB (`limits.message_size_max`).
+            frame_size: 60_000,
             fetch_batch: 500,
             fetch_window: 4,
             publish_window: 256,
@@ -374,4 +376,34 @@ pub fn event_id(event: &str) -> Option<String> {
         id: std::borrow::Cow<'a, str>,
     }
     serde_json::from_str::<Id>(event).ok().map(|found| found.id.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our messages, hex-encoded in a NEG-MSG, fit what relays accept by default: strfry's
+    /// 128 KiB payload limit and ringrelay's own `limits.message_size_max`.
+    #[test]
+    fn a_sync_message_fits_the_relays_default_message_size() {
+        let plan = Plan::new("{}".into(), Direction::Both);
+        let largest_frame = 2 * plan.frame_size as usize + 100;
+        assert!(largest_frame <= 128 * 1024);
+        assert!(largest_frame <= crate::config::RelayLimits::default().message_size_max);
+    }
+
+    #[test]
+    fn a_sealed_set_is_sorted_oldest_first() {
+        let storage = sealed_set(vec![(2, [2; 32]), (1, [1; 32]), (3, [3; 32])]).expect("seals");
+        use negentropy::NegentropyStorageBase;
+        assert_eq!(storage.size().expect("sealed"), 3);
+        assert_eq!(storage.get_item(0).expect("an item").expect("first").timestamp, 1);
+    }
+
+    #[test]
+    fn an_event_id_is_read_without_checking_the_rest() {
+        assert_eq!(event_id(r#"{"id":"ab","kind":1}"#).as_deref(), Some("ab"));
+        assert_eq!(event_id(r#"{"kind":1}"#), None);
+        assert_eq!(event_id("not json"), None);
+    }
 }
