@@ -123,7 +123,7 @@ impl Link {
         let Some(link) = LinkSession::open(&self.core, &self.identity) else {
             return "no session for the link".into();
         };
-        let from_now = with_since(&self.peer.filter, crate::now_unix());
+        let from_now = live_only(&self.peer.filter);
         if self.peer.direction.down() {
             if let Err(error) = client.send(wire::req(LIVE_SUB, &from_now)).await {
                 return error.to_string();
@@ -265,11 +265,14 @@ enum Next {
     Local(Option<Out>),
 }
 
-/// `filter` (JSON text, checked at start) with `since` set.
-fn with_since(filter: &str, since: u64) -> String {
+/// `filter` (JSON text, checked at start) for new events only: `limit: 0` (NIP-01: no stored
+/// events, then every new one). Not `since: now`, which would also drop new events dated a
+/// little earlier (clients' clocks, backdated events), since `since` applies to live events
+/// too.
+fn live_only(filter: &str) -> String {
     let mut value: serde_json::Value = serde_json::from_str(filter).unwrap_or_else(|_| serde_json::json!({}));
     if let Some(object) = value.as_object_mut() {
-        object.insert("since".into(), since.into());
+        object.insert("limit".into(), 0.into());
     }
     value.to_string()
 }
@@ -392,9 +395,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_live_filter_starts_now_and_keeps_the_rest() {
-        let live: serde_json::Value = serde_json::from_str(&with_since(r#"{"kinds":[1],"since":5}"#, 100)).unwrap();
-        assert_eq!(live, serde_json::json!({"kinds": [1], "since": 100}));
+    fn the_live_filter_asks_for_new_events_only_and_keeps_the_rest() {
+        let live: serde_json::Value = serde_json::from_str(&live_only(r#"{"kinds":[1],"since":5,"limit":9}"#)).unwrap();
+        assert_eq!(live, serde_json::json!({"kinds": [1], "since": 5, "limit": 0}));
     }
 
     #[test]

@@ -235,6 +235,29 @@ fn three_peered_relays_converge_live_and_after_a_stop() {
         assert_eq!(served_within(relay, since, &expected), expected, "live: relay on {}", relay.port);
     }
 
+    // Once the links' first syncs are done (no sync for 1.5 s), only the live connections
+    // move events: a backdated one (dated before the links came up) reaches the others all
+    // the same, and no sync runs meanwhile.
+    let syncs = |relay: &Relay| crate::metrics::total(&crate::metrics::scrape(relay.port), "ringrelay_peer_syncs_total", &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut quiet: Vec<f64> = relays.iter().map(syncs).collect();
+    let mut steady = 0;
+    while steady < 5 {
+        assert!(std::time::Instant::now() < deadline, "the links kept syncing");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now: Vec<f64> = relays.iter().map(syncs).collect();
+        steady = if now == quiet && now.iter().all(|&count| count >= 2.0) { steady + 1 } else { 0 };
+        quiet = now;
+    }
+    let backdated = signed(&keys(9305), 1, since + 50, &[], "backdated, live");
+    assert!(relays[0].connect().publish(&backdated).0);
+    published.push(backdated);
+    let expected = ids_of(&published);
+    for relay in &relays {
+        assert_eq!(served_within(relay, since, &expected), expected, "live, backdated: relay on {}", relay.port);
+    }
+    assert_eq!(relays.iter().map(syncs).collect::<Vec<_>>(), quiet, "no sync ran: it came live");
+
     // Stop the third; the others take more; it starts again and catches up.
     relays.pop().unwrap().terminate();
     for (n, relay) in relays.iter().enumerate() {
