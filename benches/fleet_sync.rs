@@ -182,7 +182,14 @@ fn live(rate: u64, seconds: u64) {
     let count = rate * seconds;
     let batch = |from: u64| -> Vec<String> {
         (from..from + count)
-            .map(|n| signers[(n % 64) as usize].sign(1, now - 10 + n % 10, &serde_json::json!([["t", "live"]]), &format!("live {n}")))
+            .map(|n| {
+                signers[(n % 64) as usize].sign(
+                    1,
+                    now - 10 + n % 10,
+                    &serde_json::json!([["t", "live"]]),
+                    &format!("live {n}"),
+                )
+            })
             .collect()
     };
     let alone = batch(0);

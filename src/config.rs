@@ -43,6 +43,9 @@ pub struct Config {
     pub peering: PeeringConfig,
     /// The relays this one keeps converged with (`[[peers]]`, docs/fleet.md).
     pub peers: Vec<PeerConfig>,
+    /// The file this config was read from, if any: SIGHUP reads `[[peers]]` from it again.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// A fleet (docs/fleet.md): how this relay meets its peers, and what a peer's connection
@@ -599,6 +602,7 @@ impl Default for Config {
             negentropy: NegentropyConfig::default(),
             peering: PeeringConfig::default(),
             peers: Vec::new(),
+            source: None,
         }
     }
 }
@@ -662,8 +666,9 @@ impl Config {
     /// Read a TOML file over the defaults.
     pub fn from_file(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         config.validate()?;
+        config.source = Some(path.to_owned());
         Ok(config)
     }
 

@@ -260,19 +260,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Sync { url, store, shards, filter, dir, auth_key, relay } => {
-            let url = RelayUrl::parse(&url).map_err(|error| anyhow::anyhow!(error))?;
-            if let Some(relay) = relay {
-                let key = auth_key.context("--relay needs --auth-key, an admin key of that relay (NIP-98)")?;
-                let (ok, answer) = tools::sync::ask_running(&relay, &key, &url, dir, &filter)?;
-                println!("{answer}");
-                return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
-            }
-            let shard_count =
-                shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
-            let job = tools::sync::SyncJob { url, plan: Plan::new(filter, dir), auth_key, shard_count };
-            let summary = tools::sync::run(&store.options()?, job)?;
-            eprintln!("{summary}");
-            Ok(ExitCode::SUCCESS)
+            sync(&url, store, shards, filter, dir, auth_key, relay)
         }
         Command::Compact { store } => {
             let summary = tools::compact::run(&store.options()?)?;
@@ -283,4 +271,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ringrelay sync`: a stopped data directory, or (`--relay`) a running relay asked to.
+fn sync(
+    url: &str,
+    store: StoreArgs,
+    shards: Option<u16>,
+    filter: String,
+    dir: Direction,
+    auth_key: Option<PathBuf>,
+    relay: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let url = RelayUrl::parse(url).map_err(|error| anyhow::anyhow!(error))?;
+    if let Some(relay) = relay {
+        let key = auth_key.context("--relay needs --auth-key, an admin key of that relay (NIP-98)")?;
+        let (ok, answer) = tools::sync::ask_running(&relay, &key, &url, dir, &filter)?;
+        println!("{answer}");
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let shard_count = shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
+    let job = tools::sync::SyncJob { url, plan: Plan::new(filter, dir), auth_key, shard_count };
+    let summary = tools::sync::run(&store.options()?, job)?;
+    eprintln!("{summary}");
+    Ok(ExitCode::SUCCESS)
 }

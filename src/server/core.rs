@@ -101,20 +101,13 @@ impl Core {
         }
     }
 
-    /// Once a second: the outboxes' clock and stalled writes, idle NIP-77 syncs, idle rate
-    /// buckets, and a reload of the lists when one was asked for (on the core that watches for it).
-    pub async fn sweep(self: Rc<Self>) {
-        let stall_secs = self.config.limits.write_stall_secs;
-        loop {
-            glommio::timer::sleep(Duration::from_secs(1)).await;
-            self.gate.forget_idle();
-            if self.gate.take_reload_request() {
-                self.reload_lists().await;
-            }
-            self.sessions.sweep_stalled(stall_secs);
-            let idle_syncs = Duration::from_secs(self.config.negentropy.idle_secs);
-            self.stats.neg_idle_closed.add(self.sessions.sweep_idle_syncs(idle_syncs) as u64);
-        }
+    /// The once-a-second sweep's own part (`dispatch::sweep` runs it, and the reloads): the
+    /// outboxes' clock and stalled writes, idle NIP-77 syncs, idle rate buckets.
+    pub fn sweep_once(&self) {
+        self.gate.forget_idle();
+        self.sessions.sweep_stalled(self.config.limits.write_stall_secs);
+        let idle_syncs = Duration::from_secs(self.config.negentropy.idle_secs);
+        self.stats.neg_idle_closed.add(self.sessions.sweep_idle_syncs(idle_syncs) as u64);
     }
 
     /// Run `work` as a query owned by `conn`'s session, answering `sub` if given: cancelled

@@ -19,7 +19,20 @@ pub fn start_tasks(core: &Rc<Core>) {
     for pipeline in core.storage.pipelines() {
         core.own_task(glommio::spawn_local(ingest::answer_appends(core.clone(), pipeline.clone())).detach());
     }
-    core.own_task(glommio::spawn_local(core.clone().sweep()).detach());
+    core.own_task(glommio::spawn_local(sweep(core.clone())).detach());
+}
+
+/// Once a second, `Core::sweep_once`; and on the core that watches for SIGHUP, when one came,
+/// the lists and the `[[peers]]` reloaded everywhere.
+async fn sweep(core: Rc<Core>) {
+    loop {
+        glommio::timer::sleep(std::time::Duration::from_secs(1)).await;
+        if core.gate.take_reload_request() {
+            core.reload_lists().await;
+            super::peering::reload(&core).await;
+        }
+        core.sweep_once();
+    }
 }
 
 /// A message from another core. Never waits (see `mesh`).
@@ -34,6 +47,10 @@ pub fn handle_message(core: &Rc<Core>, message: CoreMsg) {
         }
         CoreMsg::Ask { request, ask: Ask::Lists(lists) } => {
             core.apply_lists(lists);
+            core.mesh.post(request.core, CoreMsg::Answer { request, answer: Answer::Applied });
+        }
+        CoreMsg::Ask { request, ask: Ask::Peers(peers) } => {
+            super::peering::apply(core, &peers);
             core.mesh.post(request.core, CoreMsg::Answer { request, answer: Answer::Applied });
         }
         CoreMsg::Ask { request, ask: Ask::Scan(scan) } => start_remote_scan(core, request, scan),

@@ -74,6 +74,9 @@ pub enum Ask {
     Metrics,
     /// Put these lists in force (SIGHUP, NIP-86), then answer, at once.
     Lists(super::lists::Versioned),
+    /// Run the links of these `[[peers]]` that fall to the core, and no others (SIGHUP);
+    /// answered at once.
+    Peers(Arc<[crate::config::PeerConfig]>),
 }
 
 /// The asks that scan a core's shards.
@@ -94,7 +97,7 @@ pub enum Answer {
     Count(CountPart),
     Ids(Vec<(u64, [u8; 32])>),
     Metrics(Box<CoreMetrics>),
-    /// The lists asked for are in force.
+    /// The lists (or peers) asked for are in force.
     Applied,
 }
 

@@ -547,6 +547,7 @@ async fn stop_core(core: &Rc<Core>, handover: bool) {
     if handover && core.id() == CoreId(0) {
         tracing::info!("handing over: stopped accepting; finishing appends, then closing every connection with 1012");
     }
+    core.peers.stop();
     core.storage.close().await;
     core.storage.acks_settled(Duration::from_secs(1)).await;
     if handover {

@@ -1,5 +1,6 @@
-//! Peering (`[[peers]]`, docs/fleet.md): each peer's link, run by one core (peer i by core
-//! i mod cores) as tasks the core owns:
+//! Peering (`[[peers]]`, docs/fleet.md): each peer's link, run by one core (`core_of`, a
+//! hash of its URL) as a task its `Peers` owns, started and stopped as the list changes
+//! (`apply`; SIGHUP `reload`s the list):
 //! - the live connection: a REQ from now on for what comes down, and this relay's new
 //!   events sent up as they are stored (not those the peer itself sent us), with reconnects
 //!   under a doubling pause;
@@ -44,23 +45,57 @@ const READ_BATCH: usize = 500;
 const LIVE_SUB: &str = "peer-live";
 const UP_SUB: &str = "peer-up";
 
-/// Start the links of the `[[peers]]` this core runs.
+/// Start the links of the configured `[[peers]]` that fall to this core.
 pub fn start(core: &Rc<Core>) {
-    let identity = &core.peers.identity;
-    let cores = core.mesh.core_count.max(1);
-    for (index, peer) in core.config.peers.iter().enumerate() {
-        if index % cores != core.id().0 {
-            continue;
+    apply(core, &core.config.peers);
+}
+
+/// Which core runs the link to `url`: a hash of it, so that a link stays where it is when
+/// other peers are added or removed.
+pub fn core_of(url: &str, cores: usize) -> usize {
+    let hash =
+        url.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
+    (hash % cores.max(1) as u64) as usize
+}
+
+/// Run exactly the links of `peers` that fall to this core: those no longer listed (or
+/// listed with other settings) stop, new ones start, the rest go on untouched.
+pub fn apply(core: &Rc<Core>, peers: &[PeerConfig]) {
+    let mine: Vec<&PeerConfig> =
+        peers.iter().filter(|peer| core_of(&peer.url, core.mesh.core_count) == core.id().0).collect();
+    for running in core.peers.running() {
+        if !mine.contains(&&running) && core.peers.remove(&running) {
+            tracing::info!(peer = running.url, "peer link stopped");
         }
+    }
+    let running = core.peers.running();
+    for peer in mine.into_iter().filter(|peer| !running.contains(peer)) {
         let Ok(url) = RelayUrl::parse(&peer.url) else { continue };
         let state = Rc::new(PeerState::new(&peer.url));
-        core.peers.add(state.clone());
-        let link = Link { core: core.clone(), peer: peer.clone(), url, identity: identity.clone(), state };
+        let identity = core.peers.identity.clone();
+        let link = Link { core: core.clone(), peer: peer.clone(), url, identity, state: state.clone() };
         let task = glommio::spawn_local(async move {
             futures_lite::future::zip(link.live_loop(), link.sync_loop()).await;
         })
         .detach();
-        core.own_task(task);
+        core.peers.add(peer.clone(), state, task);
+    }
+}
+
+/// SIGHUP, on the core that watches for it: read `[[peers]]` from the config file again
+/// and have every core run its share. A file that does not read or validate changes
+/// nothing, and says why in the log. (Only `[[peers]]` is reloaded.)
+pub async fn reload(core: &Rc<Core>) {
+    let Some(path) = core.config.source.clone() else { return };
+    let read = glommio::executor().spawn_blocking(move || crate::config::Config::from_file(&path)).await;
+    match read {
+        Ok(config) => {
+            let count = config.peers.len();
+            let peers: Arc<[PeerConfig]> = config.peers.into();
+            core.mesh.gather(super::mesh::Ask::Peers(peers.clone()), async { apply(core, &peers) }).await;
+            tracing::info!(peers = count, "peers reloaded");
+        }
+        Err(error) => tracing::error!(%error, "peers not reloaded; the links running stay as they are"),
     }
 }
 
@@ -398,6 +433,17 @@ mod tests {
     fn the_live_filter_asks_for_new_events_only_and_keeps_the_rest() {
         let live: serde_json::Value = serde_json::from_str(&live_only(r#"{"kinds":[1],"since":5,"limit":9}"#)).unwrap();
         assert_eq!(live, serde_json::json!({"kinds": [1], "since": 5, "limit": 0}));
+    }
+
+    #[test]
+    fn a_link_stays_on_its_core_whatever_else_is_listed() {
+        let url = "ws://10.0.0.6:7777";
+        assert_eq!(core_of(url, 4), core_of(url, 4));
+        assert!((0..64).all(|n| core_of(&format!("ws://10.0.0.{n}:7777"), 3) < 3));
+        let spread: std::collections::HashSet<usize> =
+            (0..64).map(|n| core_of(&format!("ws://10.0.0.{n}:7777"), 4)).collect();
+        assert_eq!(spread.len(), 4, "64 peers land on every one of 4 cores");
+        assert_eq!(core_of(url, 1), 0);
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use glommio::task::JoinHandle;
+
+use crate::config::PeerConfig;
 use crate::event::sign::Signer;
 
 /// One link's figures at scrape time.
@@ -55,9 +58,16 @@ impl PeerState {
     }
 }
 
+/// One running link: what it was started with, its cells, and its task.
+struct Running {
+    config: PeerConfig,
+    state: Rc<PeerState>,
+    task: JoinHandle<()>,
+}
+
 /// The peer links one core runs, and the key it meets other relays with.
 pub struct Peers {
-    links: RefCell<Vec<Rc<PeerState>>>,
+    links: RefCell<Vec<Running>>,
     /// This relay's identity toward other relays (`peering.key_file`, or made at start).
     pub identity: Arc<Signer>,
 }
@@ -67,11 +77,32 @@ impl Peers {
         Peers { links: RefCell::new(Vec::new()), identity }
     }
 
-    pub fn add(&self, state: Rc<PeerState>) {
-        self.links.borrow_mut().push(state);
+    /// Own a link's task, cancelled when the link is removed or the core stops.
+    pub fn add(&self, config: PeerConfig, state: Rc<PeerState>, task: JoinHandle<()>) {
+        self.links.borrow_mut().push(Running { config, state, task });
+    }
+
+    /// The settings of the links running now.
+    pub fn running(&self) -> Vec<PeerConfig> {
+        self.links.borrow().iter().map(|link| link.config.clone()).collect()
+    }
+
+    /// Stop the link started with `config`, if one runs.
+    pub fn remove(&self, config: &PeerConfig) -> bool {
+        let mut links = self.links.borrow_mut();
+        let Some(at) = links.iter().position(|link| &link.config == config) else { return false };
+        links.remove(at).task.cancel();
+        true
+    }
+
+    /// Stop every link (the core is stopping).
+    pub fn stop(&self) {
+        for link in self.links.borrow_mut().drain(..) {
+            link.task.cancel();
+        }
     }
 
     pub fn figures(&self) -> Vec<PeerFigures> {
-        self.links.borrow().iter().map(|link| link.figures()).collect()
+        self.links.borrow().iter().map(|link| link.state.figures()).collect()
     }
 }

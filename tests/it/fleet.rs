@@ -238,7 +238,8 @@ fn three_peered_relays_converge_live_and_after_a_stop() {
     // Once the links' first syncs are done (no sync for 1.5 s), only the live connections
     // move events: a backdated one (dated before the links came up) reaches the others all
     // the same, and no sync runs meanwhile.
-    let syncs = |relay: &Relay| crate::metrics::total(&crate::metrics::scrape(relay.port), "ringrelay_peer_syncs_total", &[]);
+    let syncs =
+        |relay: &Relay| crate::metrics::total(&crate::metrics::scrape(relay.port), "ringrelay_peer_syncs_total", &[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut quiet: Vec<f64> = relays.iter().map(syncs).collect();
     let mut steady = 0;
@@ -571,5 +572,39 @@ fn a_fleet_behind_haproxy_serves_one_address_with_rate_limits_and_auth() {
     for _ in 0..6 {
         let served = proxy.connect(address(10)).req("after", &[json!({"ids": [id_of(&notes[0])]})]);
         assert_eq!(served.len(), 1);
+    }
+}
+
+/// `[[peers]]` reloads on SIGHUP: a relay started with no peer starts syncing with one
+/// added to its config file, and stops its link when the peer is removed again.
+#[test]
+fn peers_are_added_and_removed_by_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet: Vec<Member> = (0..2).map(|n| Member::new(dir.path(), 30 + n)).collect();
+    let lonely = fleet[0].config_with_peers(&fleet, &[]);
+    let relay = Relay::start_on(&fleet[0].dir, 1, &lonely, fleet[0].port);
+    let other = fleet[1].start(&fleet[1..]);
+    let since = now() - 1000;
+    let events: Vec<String> =
+        (0..5u32).map(|i| signed(&keys(9800 + i), 1, since + u64::from(i), &[], "elsewhere")).collect();
+    assert_eq!(other.connect().publish_all(&events), 5);
+    let config_path = fleet[0].dir.join("test-config.toml");
+    let hangup = || unsafe { libc::kill(relay.pid() as i32, libc::SIGHUP) };
+
+    std::fs::write(&config_path, fleet[0].config_with_peers(&fleet, &[fleet[1].port])).unwrap();
+    hangup();
+    let expected = ids_of(&events);
+    assert_eq!(served_within(&relay, since, &expected), expected, "the added peer's events");
+    let connected = |relay: &Relay| {
+        crate::metrics::scrape(relay.port).iter().filter(|sample| sample.name == "ringrelay_peer_connected").count()
+    };
+    assert_eq!(connected(&relay), 1);
+
+    std::fs::write(&config_path, &lonely).unwrap();
+    hangup();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while connected(&relay) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the removed peer's link still runs");
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }

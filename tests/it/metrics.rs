@@ -26,7 +26,7 @@ fn parser_site() -> PathBuf {
 /// One parsed sample.
 #[derive(Debug)]
 pub struct Sample {
-    name: String,
+    pub name: String,
     labels: Value,
     value: f64,
 }
