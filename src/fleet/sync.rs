@@ -89,6 +89,9 @@ pub struct Summary {
     pub need: u64,
     /// NEG-MSG exchanges.
     pub rounds: u32,
+    /// NEG-OPENs: more than one when the relay found the whole set too large and it was
+    /// split by date.
+    pub windows: u32,
     pub fetched: u64,
     pub stored: u64,
     pub duplicate: u64,
@@ -117,12 +120,13 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} local, {} only here, {} only there ({} rounds, {} ms); fetched {}: {} stored, {} duplicate, {} \
-             rejected; published {}, {} refused ({} ms); {} bytes sent, {} received",
+            "{} local, {} only here, {} only there ({} rounds in {} syncs, {} ms); fetched {}: {} stored, {} \
+             duplicate, {} rejected; published {}, {} refused ({} ms); {} bytes sent, {} received",
             self.local,
             self.have,
             self.need,
             self.rounds,
+            self.windows,
             self.reconcile_ms,
             self.fetched,
             self.stored,
@@ -177,14 +181,11 @@ pub async fn sync(
     client.authenticate(CHALLENGE_WAIT, plan.answer_deadline).await?;
     let items = local.items(&filter).await?;
     summary.local = items.len() as u64;
-    let storage = glommio::executor().spawn_blocking(move || sealed_set(items)).await;
-    let storage = storage.map_err(|error| SyncError::Negentropy(error.to_string()))?;
-    let (have, need) = match reconcile(client, plan, storage, &mut summary).await {
+    let (have, need) = match reconcile_in_windows(client, plan, &filter, &items, &mut summary).await {
         Err(SyncError::Refused(message))
             if wire::prefix(&message) == "auth-required" && authenticated(client, plan).await? =>
         {
-            let storage = sealed_set(local.items(&filter).await?).map_err(|e| SyncError::Negentropy(e.to_string()))?;
-            reconcile(client, plan, storage, &mut summary).await?
+            reconcile_in_windows(client, plan, &filter, &items, &mut summary).await?
         }
         other => other?,
     };
@@ -218,16 +219,103 @@ const CHALLENGE_WAIT: Duration = Duration::from_secs(2);
 type Ids = Vec<[u8; 32]>;
 
 /// NEG-OPEN, then NEG-MSG until our side has nothing more to say.
+/// Windows of `created_at` a sync is split into at most, when the relay finds the set too
+/// large for one sync.
+const WINDOWS_MAX: usize = 256;
+
+/// Reconcile the filter's set, split into `created_at` windows while the relay refuses a
+/// window as too large (`blocked:` over its item limit: ringrelay's `negentropy.items_max`,
+/// strfry's 1M): each part is its own NEG-OPEN, with the local items dated inside it.
+async fn reconcile_in_windows(
+    client: &mut Client,
+    plan: &Plan,
+    filter: &crate::filter::Filter,
+    items: &[(u64, [u8; 32])],
+    summary: &mut Summary,
+) -> Result<(Ids, Ids), SyncError> {
+    let mut windows = vec![Window { since: filter.since, until: filter.until }];
+    let (mut have, mut need) = (Vec::new(), Vec::new());
+    let mut opened = 0;
+    while let Some(window) = windows.pop() {
+        opened += 1;
+        let part: Vec<(u64, [u8; 32])> = items.iter().filter(|(at, _)| window.holds(*at)).copied().collect();
+        let middle = window.middle(&part);
+        let storage = glommio::executor().spawn_blocking(move || sealed_set(part)).await;
+        let storage = storage.map_err(|error| SyncError::Negentropy(error.to_string()))?;
+        match reconcile(client, plan, &window.filter(&plan.filter), storage, summary).await {
+            Ok((part_have, part_need)) => {
+                have.extend(part_have);
+                need.extend(part_need);
+            }
+            Err(SyncError::Refused(message)) if too_large(&message) && opened + windows.len() < WINDOWS_MAX => {
+                let Some(middle) = middle else { return Err(SyncError::Refused(message)) };
+                tracing::debug!(?window, middle, "the relay finds the window too large; split");
+                windows.push(Window { since: Some(middle + 1), until: window.until });
+                windows.push(Window { since: window.since, until: Some(middle) });
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    summary.windows = opened as u32;
+    Ok((have, need))
+}
+
+/// A NEG-ERR that says the set is over the relay's item limit (ringrelay: "matches more
+/// than"; strfry: "too many query results").
+fn too_large(message: &str) -> bool {
+    wire::prefix(message) == "blocked"
+        && ["matches more than", "too many query results", "narrow"].iter().any(|words| message.contains(words))
+}
+
+/// Part of a sync's range of `created_at` (inclusive; `None`: open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Window {
+    since: Option<u64>,
+    until: Option<u64>,
+}
+
+impl Window {
+    fn holds(&self, created_at: u64) -> bool {
+        self.since.is_none_or(|since| created_at >= since) && self.until.is_none_or(|until| created_at <= until)
+    }
+
+    /// Where to split: the median date of the local events in it when it holds a few, else
+    /// halfway in time (an open end counts as now); `None` when it cannot be split.
+    fn middle(&self, part: &[(u64, [u8; 32])]) -> Option<u64> {
+        let since = self.since.unwrap_or(0);
+        let until = self.until.unwrap_or_else(crate::now_unix).max(since);
+        let mut dates: Vec<u64> = part.iter().map(|(at, _)| *at).collect();
+        let median = (dates.len() >= 2).then(|| *dates.select_nth_unstable(part.len() / 2).1);
+        let middle = median.filter(|&m| since <= m && m < until).unwrap_or(since + (until - since) / 2);
+        (since < until || self.until.is_none()).then_some(middle)
+    }
+
+    /// The plan's filter (JSON text) with this window's bounds.
+    fn filter(&self, filter: &str) -> String {
+        let mut value: serde_json::Value = serde_json::from_str(filter).unwrap_or_else(|_| serde_json::json!({}));
+        if let Some(object) = value.as_object_mut() {
+            for (key, bound) in [("since", self.since), ("until", self.until)] {
+                match bound {
+                    Some(bound) => object.insert(key.into(), bound.into()),
+                    None => object.remove(key),
+                };
+            }
+        }
+        value.to_string()
+    }
+}
+
 async fn reconcile(
     client: &mut Client,
     plan: &Plan,
+    filter: &str,
     storage: NegentropyStorageVector,
     summary: &mut Summary,
 ) -> Result<(Ids, Ids), SyncError> {
     let negentropy_error = |error: negentropy::Error| SyncError::Negentropy(error.to_string());
     let mut state = Negentropy::owned(storage, plan.frame_size).map_err(negentropy_error)?;
     let sub = "sync";
-    client.send(wire::neg_open(sub, &plan.filter, &state.initiate().map_err(negentropy_error)?)).await?;
+    client.send(wire::neg_open(sub, filter, &state.initiate().map_err(negentropy_error)?)).await?;
     let (mut have, mut need) = (Vec::new(), Vec::new());
     loop {
         let answer = match client.recv(plan.answer_deadline, "a NEG-MSG").await? {
@@ -398,6 +486,31 @@ mod tests {
         use negentropy::NegentropyStorageBase;
         assert_eq!(storage.size().expect("sealed"), 3);
         assert_eq!(storage.get_item(0).expect("an item").expect("first").timestamp, 1);
+    }
+
+    #[test]
+    fn a_window_holds_its_dates_splits_at_the_local_median_and_bounds_the_filter() {
+        let open = Window { since: None, until: None };
+        assert!(open.holds(0) && open.holds(u64::MAX));
+        let window = Window { since: Some(100), until: Some(200) };
+        assert!(window.holds(100) && window.holds(200) && !window.holds(99) && !window.holds(201));
+        let part: Vec<(u64, [u8; 32])> = [110, 120, 130, 190].iter().map(|&at| (at, [0; 32])).collect();
+        assert_eq!(window.middle(&part), Some(130));
+        assert_eq!(window.middle(&[]), Some(150), "halfway when nothing local says better");
+        assert_eq!(Window { since: Some(7), until: Some(7) }.middle(&[]), None, "one second is not split");
+        let bounded: serde_json::Value = serde_json::from_str(&window.filter(r#"{"kinds":[1],"since":5}"#)).unwrap();
+        assert_eq!(bounded, serde_json::json!({"kinds": [1], "since": 100, "until": 200}));
+        let reopened: serde_json::Value = serde_json::from_str(&open.filter(r#"{"since":5,"until":9}"#)).unwrap();
+        assert_eq!(reopened, serde_json::json!({}));
+    }
+
+    #[test]
+    fn only_a_set_over_the_relays_limit_is_split() {
+        assert!(too_large("blocked: this filter matches more than 500000 events; narrow it"));
+        assert!(too_large("blocked: too many query results"));
+        assert!(!too_large("blocked: NIP-77 sync is turned off on this relay"));
+        assert!(!too_large("blocked: the relay holds too many syncs now; try again later"));
+        assert!(!too_large("error: matches more than"));
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn sync_moves_the_difference_both_ways_between_a_stopped_directory_and_a_relay()
 
     let (ok, stderr) = sync(&relay, &data, &["--dir", "both"]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("1201 local, 901 only here, 1201 only there"), "{stderr}");
+    assert!(stderr.contains("1201 local, 901 only here, 1201 only there (2 rounds in 1 syncs"), "{stderr}");
     assert!(stderr.contains("fetched 1201: 1200 stored, 0 duplicate, 1 rejected"), "{stderr}");
     assert!(stderr.contains("published 901, 0 refused"), "{stderr}");
 
@@ -607,4 +607,27 @@ fn peers_are_added_and_removed_by_a_reload() {
         assert!(std::time::Instant::now() < deadline, "the removed peer's link still runs");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// A relay that refuses a set as too large (`negentropy.items_max`, strfry's 1M) is synced
+/// with date by date: the tool splits the range until each part is taken.
+#[test]
+fn a_sync_too_large_for_the_relay_is_split_by_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(&dir.path().join("relay"), 2, "[negentropy]\nitems_max = 40\n");
+    let since = now() - 100_000;
+    let events: Vec<String> = (0..150u32)
+        .map(|i| signed(&keys(9900 + i % 15), 1, since + u64::from(i) * 300, &[], &format!("dated {i}")))
+        .collect();
+    assert_eq!(relay.connect().publish_all(&events), 150);
+    let data = dir.path().join("empty");
+    let (ok, stderr) = sync(&relay, &data, &[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("0 local, 0 only here, 150 only there"), "{stderr}");
+    let syncs: u32 =
+        stderr.split(" rounds in ").nth(1).and_then(|rest| rest.split(' ').next()).unwrap().parse().unwrap();
+    assert!(syncs >= 4, "150 events in parts of at most 40: {stderr}");
+    assert_eq!(exported_ids(&data), ids_of(&events));
+    let (ok, stderr) = sync(&relay, &data, &[]);
+    assert!(ok && stderr.contains("150 local, 0 only here, 0 only there"), "{stderr}");
 }
