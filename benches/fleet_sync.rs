@@ -11,6 +11,9 @@
 //!   time, rounds, bytes each way, the sync process's peak RSS, relay A's RSS growth;
 //! - the same against relay A again (nothing to move): what a converged pair costs.
 //!
+//! `RELAY_DEFAULTS=1` keeps relay A's default `negentropy.items_max`, so the sync is split
+//! by date.
+//!
 //! `live`: two relays on one core each, B a `[[peers]]` peer of A (both ways, live); events
 //! published to A at a fixed rate, a subscriber on B: the delay from each publish to its
 //! delivery on B (p50, p99, max), and relay A's CPU per event with and without its peer.
@@ -325,8 +328,12 @@ fn main() {
 
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = dir.join("a.toml");
+    // `RELAY_DEFAULTS=1`: the relay's default `negentropy.items_max` (500,000), so that a
+    // whole-store sync is split by date; else raised to take the store in one sync.
     let items = (events + 2 * difference) * 2;
-    std::fs::write(&config, format!("[negentropy]\nitems_max = {items}\nitems_per_core_max = {items}\n")).unwrap();
+    let negentropy = format!("[negentropy]\nitems_max = {items}\nitems_per_core_max = {items}\n");
+    let defaults = std::env::var_os("RELAY_DEFAULTS").is_some();
+    std::fs::write(&config, if defaults { String::new() } else { negentropy }).unwrap();
     let mut relay = Stopped(
         Command::new(binary())
             .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", a.to_str().unwrap(), "--config"])
@@ -344,7 +351,9 @@ fn main() {
     }
     std::thread::spawn(move || lines.for_each(drop));
     let url = format!("ws://127.0.0.1:{port}");
-    first_answer(port, relay.0.id());
+    if !defaults {
+        first_answer(port, relay.0.id());
+    }
     for pass in ["first (1% each side)", "second (converged)"] {
         let before = rss_kib(relay.0.id());
         let (took, stderr) = run(&["sync", &url, "--data-dir", b.to_str().unwrap(), "--dir", "both"]);
