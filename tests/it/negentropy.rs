@@ -167,6 +167,32 @@ fn syncs_opened_at_once_wait_their_turn_to_gather() {
     }
 }
 
+/// nostr-sdk's `Client.sync` (tests/sync/sync.py) against `relay` over kind 1, with a fresh
+/// client database `name` holding `events`: its summary.
+fn sdk_sync(relay: &Relay, dir: &std::path::Path, name: &str, events: &[String], direction: &str) -> Value {
+    let mine = dir.join(format!("{name}-events.jsonl"));
+    std::fs::write(&mine, events.join("\n")).unwrap();
+    let sync_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sync");
+    let site = crate::support::python_packages(std::path::Path::new(sync_dir), "nostr-sdk");
+    let output = std::process::Command::new("python3")
+        .arg(std::path::Path::new(sync_dir).join("sync.py"))
+        .arg(format!("ws://127.0.0.1:{}", relay.port))
+        .arg(dir.join(format!("{name}-db")))
+        .arg(&mine)
+        .args(["1", direction])
+        .env("PYTHONPATH", site)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "sync.py failed ({}): {} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// nostr-sdk's own `Client.sync` (Python, from PyPI) against the relay, both directions:
 /// what the client lacks is fetched, what the relay lacks is published, and afterwards both
 /// hold the same set.
@@ -179,27 +205,7 @@ fn nostr_sdk_syncs_both_ways() {
     let events: Vec<String> =
         (0..20).map(|i| signed(&keys(7400 + i % 7), 1, base + u64::from(i), &[], &format!("sdk {i}"))).collect();
     assert_eq!(client.publish_all(&events[..12]), 12);
-    let mine = dir.path().join("client-events.jsonl");
-    std::fs::write(&mine, events[8..].join("\n")).unwrap();
-    let sync_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sync");
-    let site = crate::support::python_packages(std::path::Path::new(sync_dir), "nostr-sdk");
-    let output = std::process::Command::new("python3")
-        .arg(std::path::Path::new(sync_dir).join("sync.py"))
-        .arg(format!("ws://127.0.0.1:{}", relay.port))
-        .arg(dir.path().join("client-db"))
-        .arg(&mine)
-        .args(["1", "both"])
-        .env("PYTHONPATH", site)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "sync.py failed ({}): {} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let summary = sdk_sync(&relay, dir.path(), "client", &events[8..], "both");
     let sorted = |events: &[String]| json!(sorted_ids(events));
     assert_eq!(summary["failed"], json!({}), "{summary}");
     assert_eq!((&summary["local"], &summary["sent"]), (&sorted(&events[12..]), &sorted(&events[12..])), "{summary}");
@@ -210,6 +216,25 @@ fn nostr_sdk_syncs_both_ways() {
         sync(&mut client, "again", json!({"kinds": [1]}), &events.iter().map(|json| item(json)).collect::<Vec<_>>())
             .unwrap();
     assert!(have.is_empty() && need.is_empty(), "{have:?} {need:?}");
+}
+
+/// nostr-sdk with an empty side and a 10,000-event difference: an empty relay takes all of a
+/// client's 10,000 events (up), then a client with an empty database gets them all (down).
+#[test]
+fn nostr_sdk_syncs_an_empty_side_and_a_10k_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), 2);
+    let base = now() - 50_000;
+    let events: Vec<String> = (0..10_000u32)
+        .map(|i| signed(&keys(7900 + i % 40), 1, base + u64::from(i), &[], &format!("sdk {i}")))
+        .collect();
+    let all = json!(sorted_ids(&events));
+    let up = sdk_sync(&relay, dir.path(), "full", &events, "up");
+    assert_eq!(up["failed"], json!({}), "{up}");
+    assert_eq!((&up["local"], &up["sent"], &up["remote"]), (&all, &all, &json!([])));
+    let down = sdk_sync(&relay, dir.path(), "empty", &[], "down");
+    assert_eq!(down["failed"], json!({}), "{down}");
+    assert_eq!((&down["remote"], &down["received"], &down["local"]), (&all, &all, &json!([])));
 }
 
 #[test]
