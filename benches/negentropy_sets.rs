@@ -1,6 +1,8 @@
 //! The relay's side of a NIP-77 sync over a large set, with the negentropy crate the relay
 //! uses: building and sorting the set, and each answer of a sync in which the client lacks
-//! some of it. Figures in docs/benchmarks.md.
+//! some of it; and, for comparison, a set kept sorted on write (strfry's way: a tree per
+//! configured filter), its cost per write and at a sync's open. Figures in
+//! docs/benchmarks.md.
 //!
 //!     cargo bench --bench negentropy_sets [ITEMS] [MISSING]   (defaults 500000 10000)
 
@@ -56,4 +58,24 @@ fn main() {
         "{items} items: insert and seal {build:?}; {missing} missing found in {rounds} rounds of 60 KB frames, \
          relay answers {total:?} in all, longest {longest:?}"
     );
+    kept_sorted(items);
+}
+
+/// The other way to hold a sync's set: kept sorted as events are written (a B-tree of
+/// (created_at, id)), copied out at a sync's open.
+fn kept_sorted(items: u64) {
+    let started = Instant::now();
+    let mut tree = std::collections::BTreeSet::new();
+    for i in 0..items {
+        tree.insert((created_at(i), id(i)));
+    }
+    let per_write = started.elapsed() / items as u32;
+    let started = Instant::now();
+    let mut storage = NegentropyStorageVector::with_capacity(tree.len());
+    for (created_at, id) in &tree {
+        storage.insert(*created_at, Id::from_byte_array(*id)).unwrap();
+    }
+    storage.seal().unwrap();
+    let open = started.elapsed();
+    println!("kept sorted: {per_write:?} per write (in a tree of up to {items}); copied out and sealed at open in {open:?}");
 }
