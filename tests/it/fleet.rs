@@ -77,8 +77,8 @@ fn sync_moves_the_difference_both_ways_between_a_stopped_directory_and_a_relay()
 }
 
 /// A gift wrap reaches a stopped directory only when the sync authenticates as its
-/// recipient (`--auth-key`, answered to the relay's NIP-42 challenge); a filter narrows
-/// what moves.
+/// recipient (`--auth-key`, answered to the relay's NIP-42 challenge), not unauthenticated
+/// nor as a stranger; a filter narrows what moves.
 #[test]
 fn private_kinds_move_only_to_their_recipient_and_a_filter_narrows_the_sync() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,6 +96,13 @@ fn private_kinds_move_only_to_their_recipient_and_a_filter_narrows_the_sync() {
     let (ok, stderr) = sync(&relay, &stranger, &[]);
     assert!(ok, "{stderr}");
     assert_eq!(exported_ids(&stranger), ids_of(&[note.clone(), reaction.clone()]));
+
+    let stranger_key = dir.path().join("stranger.key");
+    std::fs::write(&stranger_key, keys(9102).secret_key().to_secret_hex()).unwrap();
+    let authenticated_stranger = dir.path().join("authenticated-stranger");
+    let (ok, stderr) = sync(&relay, &authenticated_stranger, &["--auth-key", stranger_key.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    assert_eq!(exported_ids(&authenticated_stranger), ids_of(&[note.clone(), reaction.clone()]));
 
     let key = dir.path().join("recipient.key");
     std::fs::write(&key, recipient.secret_key().to_secret_hex()).unwrap();
