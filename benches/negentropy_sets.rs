@@ -77,5 +77,7 @@ fn kept_sorted(items: u64) {
     }
     storage.seal().unwrap();
     let open = started.elapsed();
-    println!("kept sorted: {per_write:?} per write (in a tree of up to {items}); copied out and sealed at open in {open:?}");
+    println!(
+        "kept sorted: {per_write:?} per write (in a tree of up to {items}); copied out and sealed at open in {open:?}"
+    );
 }

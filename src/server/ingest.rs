@@ -80,11 +80,11 @@ pub fn before_signature(peer: &impl Peer, rules: &EventRules, event: &ParsedEven
         let message = "this gift wrap is addressed to a pubkey that asked this relay to delete its events";
         return Err(Refusal::new(Prefix::Blocked, "vanished", message));
     } else {
-        let authed = match policy.needs_auth(event) {
-            true => peer.authed(),
-            false => Vec::new(),
+        let (authed, fleet) = match policy.needs_auth(event) {
+            true => (peer.authed(), peer.is_fleet()),
+            false => (Vec::new(), false),
         };
-        policy.judge(event, &authed)?;
+        policy.judge_from(event, &authed, fleet)?;
     }
     let limits = &rules.config.limits;
     // The event's kind's own window, if `[[policy.kind_windows]]` gives it one.

@@ -14,6 +14,9 @@ pub trait Peer {
     fn over_rate(&self, work: Work) -> bool;
     /// The pubkeys it authenticated as.
     fn authed(&self) -> Vec<Pubkey>;
+    /// Whether it is a relay of this one's fleet (authenticated as one of
+    /// `peering.pubkeys`, or as this relay: its peer links' own sessions).
+    fn is_fleet(&self) -> bool;
     /// The NIP-42 challenge it was sent, if any.
     fn challenge(&self) -> Option<String>;
     /// The addresses it may name this relay by (NIP-42, NIP-62).
@@ -37,6 +40,7 @@ pub mod tests {
         pub challenge: Option<String>,
         pub addresses: Vec<RelayAddress>,
         pub subs: Vec<SubId>,
+        pub fleet: bool,
     }
 
     impl Peer for FakePeer {
@@ -52,6 +56,9 @@ pub mod tests {
         }
         fn authed(&self) -> Vec<Pubkey> {
             self.authed.clone()
+        }
+        fn is_fleet(&self) -> bool {
+            self.fleet
         }
         fn challenge(&self) -> Option<String> {
             self.challenge.clone()

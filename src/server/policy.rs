@@ -87,6 +87,13 @@ impl Policy {
 
     /// The write rules, in order: deny lists, kind lists, the write mode, NIP-70.
     pub fn judge(&self, event: &ParsedEvent, authed: &[Pubkey]) -> Result<(), Refusal> {
+        self.judge_from(event, authed, false)
+    }
+
+    /// The same rules for an event `fleet` says came from a relay of this one's fleet (a peer,
+    /// docs/fleet.md): the member that took it first applied the write mode and NIP-70 to its
+    /// publisher, so only the lists (deny, bans, kinds, members) are applied again.
+    pub fn judge_from(&self, event: &ParsedEvent, authed: &[Pubkey], fleet: bool) -> Result<(), Refusal> {
         let author = &event.pubkey.0;
         if self.denied.contains(author) {
             return Err(Refusal::new(Blocked, "pubkey_denied", "this pubkey may not publish here"));
@@ -105,6 +112,7 @@ impl Policy {
         }
         match self.write {
             WriteMode::Open => {}
+            WriteMode::Auth if fleet => {}
             WriteMode::Auth if authed.is_empty() => {
                 let message = "this relay accepts events from authenticated clients only";
                 return Err(Refusal::new(AuthRequired, "auth_required", message));
@@ -124,7 +132,7 @@ impl Policy {
                 }
             }
         }
-        if event.protected && !authed.iter().any(|key| &key.0 == author) {
+        if event.protected && !fleet && !authed.iter().any(|key| &key.0 == author) {
             let prefix = if authed.is_empty() { AuthRequired } else { Restricted };
             return Err(Refusal::new(prefix, "protected", "this event may only be published by its author"));
         }
@@ -178,6 +186,9 @@ mod tests {
         assert_eq!(prefix(policy.judge(&event(1, 4, false), &[])), "blocked");
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[])), "auth-required");
         assert!(policy.judge(&event(1, 1, true), &[]).unwrap_err().wants_challenge());
+        // From a relay of the fleet: NIP-70 was its to apply; the deny list still holds.
+        assert_eq!(prefix(policy.judge_from(&event(1, 1, true), &[Pubkey([7; 32])], true)), "ok");
+        assert_eq!(prefix(policy.judge_from(&event(9, 1, false), &[Pubkey([7; 32])], true)), "blocked");
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32])])), "restricted");
         assert_eq!(prefix(policy.judge(&event(1, 1, true), &[Pubkey([2; 32]), Pubkey([1; 32])])), "ok");
         assert!(!policy.restricts_writes());

@@ -638,3 +638,30 @@ fn a_sync_too_large_for_the_relay_is_split_by_date() {
     let (ok, stderr) = sync(&relay, &data, &[]);
     assert!(ok && stderr.contains("150 local, 0 only here, 0 only there"), "{stderr}");
 }
+
+/// A fleet whose relays take events from authenticated members only (`policy.write =
+/// "auth"` with an allow list) and protected events (NIP-70) from their authors only: what
+/// a member publishes on one, authenticated, reaches the other through the peers, which the
+/// other judges by its lists, not by the link's own key.
+#[test]
+fn a_fleet_with_a_write_policy_replicates_what_its_members_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet: Vec<Member> = (0..2).map(|n| Member::new(dir.path(), 40 + n)).collect();
+    let member = keys(9950);
+    let policy = format!("[policy]\nwrite = \"auth\"\npubkeys_allowed = [\"{}\"]\n", member.public_key().to_hex());
+    let relays: Vec<Relay> =
+        fleet.iter().map(|m| Relay::start_on(&m.dir, 1, &format!("{policy}{}", m.config(&fleet)), m.port)).collect();
+    let since = now() - 1000;
+    let plain = signed(&member, 1, since, &[], "a member's note");
+    let protected = signed(&member, 1, since + 1, &[&["-"]], "a member's protected note");
+    let mut client = relays[0].connect();
+    assert_eq!(crate::auth::authenticate(&mut client, &relays[0], &member)[2], true);
+    assert!(client.publish(&plain).0);
+    assert!(client.publish(&protected).0);
+    let expected = ids_of(&[plain, protected]);
+    assert_eq!(served_within(&relays[1], since, &expected), expected);
+    // The other relay still refuses a stranger's event, from a client or not.
+    let stranger = signed(&keys(9951), 1, since + 2, &[], "a stranger's note");
+    let (accepted, reason) = relays[1].connect().publish(&stranger);
+    assert!(!accepted && reason.starts_with("auth-required:"), "{reason}");
+}

@@ -63,6 +63,10 @@ impl Peer for Conn<'_> {
         self.core.sessions.with(self.conn, |session| session.auth.pubkeys.clone()).unwrap_or_default()
     }
 
+    fn is_fleet(&self) -> bool {
+        self.core.gate.is_peer(self.authed().iter().map(|key| &key.0))
+    }
+
     fn challenge(&self) -> Option<String> {
         self.core.sessions.with(self.conn, |session| session.auth.challenge.clone()).flatten()
     }
