@@ -665,3 +665,35 @@ fn a_fleet_with_a_write_policy_replicates_what_its_members_publish() {
     let (accepted, reason) = relays[1].connect().publish(&stranger);
     assert!(!accepted && reason.starts_with("auth-required:"), "{reason}");
 }
+
+/// A request to vanish (NIP-62) naming the fleet's public URL (`auth.relay_urls`), published
+/// on one member, is honoured by the other when its peer passes it on: the author's events
+/// are gone from both.
+#[test]
+fn a_request_to_vanish_reaches_every_member_of_the_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet: Vec<Member> = (0..2).map(|n| Member::new(dir.path(), 50 + n)).collect();
+    let public = "[auth]\nrelay_urls = [\"wss://fleet.example\"]\n";
+    let relays: Vec<Relay> =
+        fleet.iter().map(|m| Relay::start_on(&m.dir, 1, &format!("{public}{}", m.config(&fleet)), m.port)).collect();
+    let author = keys(9960);
+    let since = now() - 1000;
+    let note = signed(&author, 1, since, &[], "soon gone");
+    assert!(relays[0].connect().publish(&note).0);
+    let expected = ids_of(&[note]);
+    assert_eq!(served_within(&relays[1], since, &expected), expected);
+    let vanish = signed(&author, 62, now(), &[&["relay", "wss://fleet.example"]], "");
+    let (accepted, reason) = relays[0].connect().publish(&vanish);
+    assert!(accepted, "{reason}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for relay in &relays {
+        loop {
+            let left = relay.connect().req("gone", &[json!({"authors": [author.public_key().to_hex()], "kinds": [1]})]);
+            if left.is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "relay on {} still serves the vanished author", relay.port);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
