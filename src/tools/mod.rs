@@ -2,6 +2,7 @@
 //! [`verify`], [`compact`], [`repair`], [`sync`]. They share the data directory lock with the server, so they never
 //! run beside it (export and verify may run beside each other).
 
+pub mod bench_store;
 pub mod compact;
 pub mod export;
 pub mod import;

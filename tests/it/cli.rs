@@ -387,3 +387,34 @@ fn logs_are_plain_or_json_when_not_on_a_terminal() {
         }
     }
 }
+
+/// The benchmark store builder (`tools::bench_store`, unsigned events) makes a data
+/// directory the relay opens and serves: its events, replaceable ones reduced to the newest
+/// per author; `verify` finds its records sound and, with `--signatures`, every signature
+/// bad, as the builder says.
+#[test]
+fn a_benchmark_store_opens_and_serves_and_is_told_apart_by_its_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bench");
+    let options = ringrelay::tools::StoreOptions {
+        data_dir: data.clone(),
+        key_file: None,
+        segment_size: ringrelay::limits::SEGMENT_SIZE_DEFAULT,
+    };
+    ringrelay::tools::bench_store::build(&options, 2, 3000, |_| {}).unwrap();
+    let now = ringrelay::now_unix();
+    let records: Vec<_> = (0..3000).map(|n| ringrelay::tools::bench_store::record(n, now)).collect();
+    let notes = records.iter().filter(|record| record.kind == 1).count();
+    let profiles: std::collections::HashSet<_> =
+        records.iter().filter(|record| record.kind == 0).map(|record| record.pubkey).collect();
+
+    let output = ringrelay(&["verify", data.to_str().unwrap()], None);
+    assert!(output.status.success(), "{}", text(&output.stdout));
+    let output = ringrelay(&["verify", data.to_str().unwrap(), "--signatures"], None);
+    assert!(!output.status.success());
+
+    let relay = crate::relay::Relay::start(&data, 2);
+    let mut client = relay.connect();
+    assert_eq!(client.req("notes", &[serde_json::json!({"kinds": [1], "limit": 5000})]).len(), notes);
+    assert_eq!(client.req("profiles", &[serde_json::json!({"kinds": [0], "limit": 5000})]).len(), profiles.len());
+}
