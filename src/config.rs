@@ -57,6 +57,9 @@ pub struct PeeringConfig {
     /// characters), used to answer their NIP-42 challenges. Without it, peers are met
     /// unauthenticated (and serve it no private kinds).
     pub key_file: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for `wss://` peers besides the Mozilla roots (a fleet's
+    /// own CA).
+    pub ca_file: Option<PathBuf>,
     /// The fleet's pubkeys (64 hex each): a connection authenticated as one is a peer. It
     /// reads private kinds, is not rate-limited, and may have `outbound_bytes_max` queued.
     pub pubkeys: Vec<String>,
@@ -74,6 +77,7 @@ impl Default for PeeringConfig {
     fn default() -> Self {
         PeeringConfig {
             key_file: None,
+            ca_file: None,
             pubkeys: Vec::new(),
             outbound_bytes_max: 64 << 20,
             items_max: 5_000_000,
@@ -835,7 +839,11 @@ mod tests {
             live: true,
             interval_secs: 60,
         };
-        let peering = PeeringConfig { key_file: Some("peer.key".into()), ..PeeringConfig::default() };
+        let peering = PeeringConfig {
+            key_file: Some("peer.key".into()),
+            ca_file: Some("fleet-ca.pem".into()),
+            ..PeeringConfig::default()
+        };
         let full = Config {
             key_file: Some("key".into()),
             metrics_listen,
@@ -867,7 +875,8 @@ mod tests {
             Config { peers, peering, ..Config::default() }.validate()
         };
         assert!(with(vec![peer("ws://10.0.0.6:7777", r#"{"kinds":[1]}"#)], vec!["ab".repeat(32)]).is_ok());
-        assert!(with(vec![peer("wss://10.0.0.6", "{}")], vec![]).is_err());
+        assert!(with(vec![peer("wss://relay.example", "{}")], vec![]).is_ok());
+        assert!(with(vec![peer("http://10.0.0.6", "{}")], vec![]).is_err());
         assert!(with(vec![peer("ws://10.0.0.6", r#"{"kinds":"x"}"#)], vec![]).is_err());
         assert!(with(vec![], vec!["AB".repeat(32)]).is_err());
         let parsed: Config = toml::from_str("[[peers]]\nurl = \"ws://h:1\"\n").expect("a peer with defaults");

@@ -112,6 +112,9 @@ enum Command {
         /// `--relay`, an admin key of that relay (NIP-98).
         #[arg(long)]
         auth_key: Option<PathBuf>,
+        /// CA certificates (PEM) trusted for a wss:// URL besides the Mozilla roots.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
         /// Instead of a stopped data directory: a running relay's management address
         /// (http://host:port, its `listen` or `metrics_listen`), asked to sync with URL now.
         #[arg(long)]
@@ -259,8 +262,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", tools::repair::run(&options)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Sync { url, store, shards, filter, dir, auth_key, relay } => {
-            sync(&url, store, shards, filter, dir, auth_key, relay)
+        Command::Sync { url, store, shards, filter, dir, auth_key, tls_ca, relay } => {
+            let job = SyncArgs { shards, filter, dir, auth_key, tls_ca, relay };
+            sync(&url, store, job)
         }
         Command::Compact { store } => {
             let summary = tools::compact::run(&store.options()?)?;
@@ -273,16 +277,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `ringrelay sync`: a stopped data directory, or (`--relay`) a running relay asked to.
-fn sync(
-    url: &str,
-    store: StoreArgs,
+/// `ringrelay sync`'s options besides the URL and the store.
+struct SyncArgs {
     shards: Option<u16>,
     filter: String,
     dir: Direction,
     auth_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
     relay: Option<String>,
-) -> anyhow::Result<ExitCode> {
+}
+
+/// `ringrelay sync`: a stopped data directory, or (`--relay`) a running relay asked to.
+fn sync(url: &str, store: StoreArgs, args: SyncArgs) -> anyhow::Result<ExitCode> {
+    let SyncArgs { shards, filter, dir, auth_key, tls_ca, relay } = args;
     let url = RelayUrl::parse(url).map_err(|error| anyhow::anyhow!(error))?;
     if let Some(relay) = relay {
         let key = auth_key.context("--relay needs --auth-key, an admin key of that relay (NIP-98)")?;
@@ -291,7 +298,7 @@ fn sync(
         return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     let shard_count = shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u16));
-    let job = tools::sync::SyncJob { url, plan: Plan::new(filter, dir), auth_key, shard_count };
+    let job = tools::sync::SyncJob { url, plan: Plan::new(filter, dir), auth_key, tls_ca, shard_count };
     let summary = tools::sync::run(&store.options()?, job)?;
     eprintln!("{summary}");
     Ok(ExitCode::SUCCESS)

@@ -1,16 +1,22 @@
-//! A WebSocket connection to another relay, on the calling glommio executor: connect (with a
-//! deadline), send frames, read [`RelayMessage`]s (with a deadline), answer the relay's NIP-42
+//! A WebSocket connection to another relay, on the calling glommio executor: connect over
+//! `ws://` or `wss://` (rustls, the Mozilla roots and any CA the operator adds) with a
+//! deadline, send frames, read [`RelayMessage`]s (with a deadline), answer the relay's NIP-42
 //! challenge when it has a [`Signer`], and count the bytes each way.
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_tungstenite::stream::Stream;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
+use futures_rustls::rustls::{ClientConfig, RootCertStore};
 use futures_util::{SinkExt, StreamExt};
 use glommio::net::TcpStream;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::wire::{self, RelayMessage};
 use crate::event::sign::Signer;
@@ -19,25 +25,21 @@ use crate::event::sign::Signer;
 /// twice its frame size in hex.
 const MESSAGE_SIZE_MAX: usize = 4 << 20;
 
-/// `ws://host[:port][/path]`. (wss:// needs TLS, which this client does not speak.)
+/// `ws://` or `wss://host[:port][/path]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayUrl {
     pub host: String,
     pub port: u16,
     pub path: String,
+    pub tls: bool,
 }
 
 impl RelayUrl {
     pub fn parse(text: &str) -> Result<RelayUrl, String> {
-        let rest = match text.split_once("://") {
-            Some(("ws", rest)) => rest,
-            Some(("wss", _)) => {
-                return Err(format!(
-                    "{text}: wss:// is not spoken yet; reach the relay over ws:// (its own listener on a private \
-                     network, or an SSH tunnel)"
-                ))
-            }
-            _ => return Err(format!("{text}: not a ws:// URL")),
+        let (rest, tls) = match text.split_once("://") {
+            Some(("ws", rest)) => (rest, false),
+            Some(("wss", rest)) => (rest, true),
+            _ => return Err(format!("{text}: not a ws:// or wss:// URL")),
         };
         let (authority, path) = match rest.find('/') {
             Some(at) => (&rest[..at], &rest[at..]),
@@ -47,13 +49,13 @@ impl RelayUrl {
             Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
                 (host, port.parse().map_err(|_| format!("{text}: the port is not a number"))?)
             }
-            _ => (authority, 80),
+            _ => (authority, if tls { 443 } else { 80 }),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
             return Err(format!("{text}: no host"));
         }
-        Ok(RelayUrl { host: host.to_owned(), port, path: path.to_owned() })
+        Ok(RelayUrl { host: host.to_owned(), port, path: path.to_owned(), tls })
     }
 
     /// Where to connect: an address as is, a name resolved on glommio's blocking thread.
@@ -69,12 +71,87 @@ impl RelayUrl {
 
 impl std::fmt::Display for RelayUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "wss" } else { "ws" };
         match self.host.parse::<IpAddr>() {
-            Ok(IpAddr::V6(ip)) => write!(f, "ws://[{ip}]:{}{}", self.port, self.path),
-            _ => write!(f, "ws://{}:{}{}", self.host, self.port, self.path),
+            Ok(IpAddr::V6(ip)) => write!(f, "{scheme}://[{ip}]:{}{}", self.port, self.path),
+            _ => write!(f, "{scheme}://{}:{}{}", self.host, self.port, self.path),
         }
     }
 }
+
+/// How connections to other relays are made: the key that answers their NIP-42
+/// challenges, and the TLS roots trusted for `wss://` (the Mozilla roots, and the operator's
+/// own CA when given).
+#[derive(Clone)]
+pub struct Connector {
+    pub signer: Option<Arc<Signer>>,
+    tls: Arc<ClientConfig>,
+}
+
+impl Connector {
+    pub fn new(signer: Option<Arc<Signer>>, extra_ca: Option<&Path>) -> anyhow::Result<Connector> {
+        let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(path) = extra_ca {
+            let mut added = 0;
+            let certificates = CertificateDer::pem_file_iter(path)
+                .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
+            for certificate in certificates {
+                let certificate = certificate.map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+                roots.add(certificate).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+                added += 1;
+            }
+            anyhow::ensure!(added > 0, "{} holds no PEM certificate", path.display());
+        }
+        let provider = Arc::new(futures_rustls::rustls::crypto::ring::default_provider());
+        let tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Connector { signer, tls: Arc::new(tls) })
+    }
+
+    /// A connection to `url`, its handshakes (TCP, TLS, WebSocket) done within `deadline`.
+    pub async fn connect(&self, url: &RelayUrl, deadline: Duration) -> Result<Client, ClientError> {
+        let opened = glommio::timer::timeout(deadline, async { Ok(self.open(url).await) }).await;
+        match opened {
+            Ok(Ok(ws)) => Ok(Client {
+                ws,
+                url: url.clone(),
+                signer: self.signer.clone(),
+                auth: AuthState::None,
+                traffic: Traffic::default(),
+                last_heard: std::time::Instant::now(),
+            }),
+            Ok(Err(error)) => Err(ClientError::Connect(error)),
+            Err(_) => Err(ClientError::Timeout(deadline, "connecting")),
+        }
+    }
+
+    async fn open(&self, url: &RelayUrl) -> Result<WebSocketStream<Socket>, String> {
+        let addr = url.socket_addr().await.map_err(|error| error.to_string())?;
+        let tcp = TcpStream::connect(addr).await.map_err(|error| error.to_string())?;
+        tcp.set_nodelay(true).map_err(|error| error.to_string())?;
+        let stream = match url.tls {
+            false => Stream::Plain(tcp),
+            true => {
+                let name = ServerName::try_from(url.host.clone())
+                    .map_err(|error| format!("{} is not a TLS server name: {error}", url.host))?;
+                let connector = futures_rustls::TlsConnector::from(self.tls.clone());
+                let tls = connector.connect(name, tcp).await.map_err(|error| format!("TLS: {error}"))?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
+        let config =
+            WebSocketConfig::default().max_message_size(Some(MESSAGE_SIZE_MAX)).max_frame_size(Some(MESSAGE_SIZE_MAX));
+        let (ws, _response) = async_tungstenite::client_async_with_config(url.to_string(), stream, Some(config))
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(ws)
+    }
+}
+
+/// A connection's socket: plain TCP, or TLS over it.
+type Socket = Stream<TcpStream, Box<futures_rustls::client::TlsStream<TcpStream>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -114,7 +191,7 @@ pub enum AuthState {
 }
 
 pub struct Client {
-    ws: WebSocketStream<TcpStream>,
+    ws: WebSocketStream<Socket>,
     url: RelayUrl,
     signer: Option<Arc<Signer>>,
     pub auth: AuthState,
@@ -124,43 +201,6 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(
-        url: &RelayUrl,
-        signer: Option<Arc<Signer>>,
-        deadline: Duration,
-    ) -> Result<Client, ClientError> {
-        let opened = glommio::timer::timeout(deadline, async {
-            Ok(async {
-                let addr = url.socket_addr().await.map_err(|error| error.to_string())?;
-                let stream = TcpStream::connect(addr).await.map_err(|error| error.to_string())?;
-                stream.set_nodelay(true).map_err(|error| error.to_string())?;
-                let config = WebSocketConfig::default()
-                    .max_message_size(Some(MESSAGE_SIZE_MAX))
-                    .max_frame_size(Some(MESSAGE_SIZE_MAX));
-                async_tungstenite::client_async_with_config(url.to_string(), stream, Some(config))
-                    .await
-                    .map_err(|error| error.to_string())
-            }
-            .await)
-        })
-        .await;
-        match opened {
-            Ok(Ok((ws, _response))) => {
-                let last_heard = std::time::Instant::now();
-                Ok(Client {
-                    ws,
-                    url: url.clone(),
-                    signer,
-                    auth: AuthState::None,
-                    traffic: Traffic::default(),
-                    last_heard,
-                })
-            }
-            Ok(Err(error)) => Err(ClientError::Connect(error)),
-            Err(_) => Err(ClientError::Timeout(deadline, "connecting")),
-        }
-    }
-
     pub fn url(&self) -> &RelayUrl {
         &self.url
     }
@@ -288,14 +328,15 @@ mod tests {
     #[test]
     fn a_relay_url_is_ws_with_host_port_and_path() {
         let url = RelayUrl::parse("ws://127.0.0.1:7777").expect("valid");
-        assert_eq!(url, RelayUrl { host: "127.0.0.1".into(), port: 7777, path: "/".into() });
+        assert_eq!(url, RelayUrl { host: "127.0.0.1".into(), port: 7777, path: "/".into(), tls: false });
         assert_eq!(url.to_string(), "ws://127.0.0.1:7777/");
         let url = RelayUrl::parse("ws://relay.example/nostr").expect("valid");
         assert_eq!((url.port, url.path.as_str()), (80, "/nostr"));
         let url = RelayUrl::parse("ws://[::1]:9000/").expect("valid");
         assert_eq!((url.host.as_str(), url.port), ("::1", 9000));
         assert_eq!(url.to_string(), "ws://[::1]:9000/");
-        assert!(RelayUrl::parse("wss://relay.example").unwrap_err().contains("wss:// is not spoken"));
+        let url = RelayUrl::parse("wss://relay.example").expect("valid");
+        assert_eq!((url.port, url.tls, url.to_string().as_str()), (443, true, "wss://relay.example:443/"));
         for bad in ["http://x", "ws://", "ws://host:port", "relay.example"] {
             assert!(RelayUrl::parse(bad).is_err(), "{bad}");
         }

@@ -452,7 +452,7 @@ mod tests {
         let sync =
             |params: Value| SyncCall::parse(json!({"method": "syncrelay", "params": params}).to_string().as_bytes());
         assert_eq!(sync(json!(["ws://h:1"])).expect("syncrelay").expect("valid").plan.direction, Direction::Both);
-        assert!(sync(json!(["wss://h"])).expect("syncrelay").is_err());
+        assert!(sync(json!(["http://h"])).expect("syncrelay").is_err());
         assert!(sync(json!(["ws://h:1", "sideways"])).expect("syncrelay").is_err());
         assert!(sync(json!(["ws://h:1", "up", "[1]"])).expect("syncrelay").is_err());
         assert!(sync(json!([])).expect("syncrelay").is_err());

@@ -78,6 +78,7 @@ use self::stats::{Handshake, Stats};
 use self::storage::Storage;
 use crate::config::Config;
 use crate::event::sign::Signer;
+use crate::fleet::client::Connector;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
 
 /// Capacity of each core-to-core channel.
@@ -273,7 +274,7 @@ fn spawn_cores(
     let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
-    let identity = peering_identity(config)?;
+    let connector = Connector::new(Some(peering_identity(config)?), config.peering.ca_file.as_deref())?;
     for (index, listener) in listeners.into_iter().enumerate() {
         let placement = cpus.get(index).map_or(Placement::Unbound, |&cpu| Placement::Fixed(cpu));
         let start = CoreStart {
@@ -288,7 +289,7 @@ fn spawn_cores(
             stop: signals.stop.clone(),
             startup: supervisor.link(index),
             ip_slots: ip_slots.clone(),
-            identity: identity.clone(),
+            connector: connector.clone(),
         };
         let joining = mesh.clone();
         let spawned = LocalExecutorBuilder::new(placement)
@@ -377,8 +378,9 @@ struct CoreStart {
     /// Where the core reports its startup phases.
     startup: CoreLink,
     ip_slots: IpSlots,
-    /// This relay's key toward other relays (`peering.key_file`, or one made at start).
-    identity: Arc<Signer>,
+    /// How this relay reaches others: its key toward them (`peering.key_file`, or one made at
+    /// start) and the TLS roots it trusts (`peering.ca_file` besides the Mozilla roots).
+    connector: Connector,
 }
 
 async fn run_core(start: CoreStart, mesh: MeshBuilder<CoreMsg, glommio::channels::channel_mesh::Full>) {
@@ -436,12 +438,12 @@ async fn run_joined(
         stats.clone(),
     );
     let storage = Storage::new(mesh.id, mesh.core_count, start.router, shards);
-    let identity = Some(start.identity.pubkey());
+    let peers = peers::Peers::new(start.connector.clone());
+    let identity = Some(peers.identity.pubkey());
     let gate = Gate::new(config.clone(), GateStart { lists_file, lists, plugin, identity }, stats.clone());
     let negentropy = &config.negentropy;
     let neg_opens = negentropy.items_per_core_max / negentropy.items_max;
     let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
-    let peers = peers::Peers::new(start.identity.clone());
     let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries, peers);
     // Again, now that the shards are open: banned events are retired from them.
     core.apply_lists(at_start);

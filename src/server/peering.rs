@@ -122,7 +122,7 @@ impl Link {
         let mut pause = min;
         let mut reported_down = false;
         loop {
-            match Client::connect(&self.url, Some(self.identity.clone()), CONNECT_DEADLINE).await {
+            match self.core.peers.connector.connect(&self.url, CONNECT_DEADLINE).await {
                 Ok(client) => {
                     tracing::info!(peer = %self.url, "peer connected");
                     reported_down = false;
@@ -286,7 +286,7 @@ impl Link {
 /// operator's `syncrelay` management call), over a connection of its own.
 pub async fn sync_once(core: &Rc<Core>, url: &RelayUrl, plan: &Plan) -> Result<Summary, SyncError> {
     let identity = &core.peers.identity;
-    let mut client = Client::connect(url, Some(identity.clone()), CONNECT_DEADLINE).await?;
+    let mut client = core.peers.connector.connect(url, CONNECT_DEADLINE).await?;
     let link = LinkSession::open(core, identity)
         .ok_or_else(|| SyncError::Local(anyhow::anyhow!("no session for the link")))?;
     let mut local = RelayLocal { core, link: &link };

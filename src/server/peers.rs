@@ -10,6 +10,7 @@ use glommio::task::JoinHandle;
 
 use crate::config::PeerConfig;
 use crate::event::sign::Signer;
+use crate::fleet::client::Connector;
 
 /// One link's figures at scrape time.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -70,11 +71,14 @@ pub struct Peers {
     links: RefCell<Vec<Running>>,
     /// This relay's identity toward other relays (`peering.key_file`, or made at start).
     pub identity: Arc<Signer>,
+    /// How it connects to them: that identity, and the TLS roots it trusts.
+    pub connector: Connector,
 }
 
 impl Peers {
-    pub fn new(identity: Arc<Signer>) -> Peers {
-        Peers { links: RefCell::new(Vec::new()), identity }
+    pub fn new(connector: Connector) -> Peers {
+        let identity = connector.signer.clone().expect("a relay has an identity toward its peers");
+        Peers { links: RefCell::new(Vec::new()), identity, connector }
     }
 
     /// Own a link's task, cancelled when the link is removed or the core stops.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::event::sign::Signer;
 use crate::filter::Filter;
-use crate::fleet::client::{Client, RelayUrl};
+use crate::fleet::client::{Connector, RelayUrl};
 use crate::fleet::sync::{self, Direction, Local, Plan, Summary};
 use crate::store::query_shards;
 use base64::Engine;
@@ -27,6 +27,8 @@ pub struct SyncJob {
     pub plan: Plan,
     /// A secret key to answer the relay's NIP-42 challenge with.
     pub auth_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for `wss://` besides the Mozilla roots.
+    pub tls_ca: Option<PathBuf>,
     /// Shards of a new data directory.
     pub shard_count: u16,
 }
@@ -39,7 +41,8 @@ pub fn run(options: &StoreOptions, job: SyncJob) -> anyhow::Result<Summary> {
 async fn sync_dir(options: &StoreOptions, job: SyncJob) -> anyhow::Result<Summary> {
     let signer = job.auth_key.as_deref().map(Signer::from_file).transpose()?.map(Arc::new);
     let mut local = StoppedDir::open(options, job.shard_count)?;
-    let mut client = Client::connect(&job.url, signer, CONNECT_DEADLINE).await?;
+    let connector = Connector::new(signer, job.tls_ca.as_deref())?;
+    let mut client = connector.connect(&job.url, CONNECT_DEADLINE).await?;
     let started = Instant::now();
     let mut last_progress = started;
     let mut progress = |summary: &Summary| {

@@ -117,7 +117,8 @@ fn private_kinds_move_only_to_their_recipient_and_a_filter_narrows_the_sync() {
     assert_eq!(exported_ids(&narrow), ids_of(&[note]));
 }
 
-/// A relay that refuses the sync, or is not there, makes the command fail with the reason.
+/// A relay that refuses the sync, or is not there, or a URL that is not a relay's, makes the
+/// command fail with the reason.
 #[test]
 fn a_refused_or_unreachable_sync_fails_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -139,9 +140,35 @@ fn a_refused_or_unreachable_sync_fails_with_its_reason() {
         String::from_utf8_lossy(&output.stderr)
     );
     let output =
-        ringrelay(&["sync", "wss://relay.example", "--data-dir", dir.path().join("data").to_str().unwrap()], None);
+        ringrelay(&["sync", "http://relay.example", "--data-dir", dir.path().join("data").to_str().unwrap()], None);
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("wss:// is not spoken"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a ws:// or wss:// URL"));
+}
+
+/// Over `wss://` (a TLS terminator in front of the relay, its certificate from a CA given
+/// with `--tls-ca`): the sync runs; without that CA, it fails on the certificate.
+#[test]
+fn a_sync_over_tls_trusts_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("relay"), 1);
+    let events: Vec<String> =
+        (0..20u32).map(|i| signed(&keys(9970 + i), 1, now() - 100 + u64::from(i), &[], "tls")).collect();
+    assert_eq!(relay.connect().publish_all(&events), 20);
+    let ca = dir.path().join("ca.pem");
+    let port = crate::loadgen_runs::tls_front(relay.port, &ca);
+    let url = format!("wss://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let untrusted = ringrelay(&["sync", &url, "--data-dir", data.to_str().unwrap()], None);
+    assert!(!untrusted.status.success());
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("TLS"),
+        "{}",
+        String::from_utf8_lossy(&untrusted.stderr)
+    );
+    let output =
+        ringrelay(&["sync", &url, "--tls-ca", ca.to_str().unwrap(), "--data-dir", data.to_str().unwrap()], None);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(exported_ids(&data), ids_of(&events));
 }
 
 /// One relay of a peered fleet: its key and port, known before any of them starts.

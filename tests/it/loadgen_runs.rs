@@ -304,7 +304,7 @@ fn a_relay_that_gets_fanout_wrong_is_caught() {
 
 /// A TLS terminator in front of `relay_port`, with a fresh self-signed certificate for
 /// 127.0.0.1 (written as PEM to `ca_path`): one thread per connection, copying both ways.
-fn tls_front(relay_port: u16, ca_path: &std::path::Path) -> u16 {
+pub fn tls_front(relay_port: u16, ca_path: &std::path::Path) -> u16 {
     use std::io::{ErrorKind, Read, Write};
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     std::fs::write(ca_path, certified.cert.pem()).unwrap();
