@@ -136,6 +136,18 @@ timeseries("Budget use", [(f'sum by (budget) (ringrelay_budget_used{{{SEL}}})', 
 timeseries("Budget high-water marks", [(f'max by (budget) (ringrelay_budget_high_water{{{SEL}}})', "{{budget}}")])
 timeseries("Core busy", [(f'rate(ringrelay_core_busy_seconds_total{{{SEL}}}[{RATE}])', "core {{core}}")], unit="percentunit", description="Share of each core its executor spent running tasks.")
 
+row("Peers (a fleet, docs/fleet.md)")
+timeseries("Peer links up", [(f'max by (peer) (ringrelay_peer_connected{{{SEL}}})', "{{peer}}")], description="1 while a peer's live connection is up.")
+timeseries("Events from and to peers", [
+    (f'sum by (peer) (rate(ringrelay_peer_events_received_total{{{SEL}}}[{RATE}]))', "from {{peer}}"),
+    (f'sum by (peer) (rate(ringrelay_peer_events_sent_total{{{SEL}}}[{RATE}]))', "to {{peer}}"),
+], unit="ops")
+timeseries("Peer lag: what the last sync found missing", [
+    (f'max by (peer) (ringrelay_peer_last_sync_missing{{{SEL}}})', "here, from {{peer}}"),
+    (f'max by (peer) (ringrelay_peer_last_sync_extra{{{SEL}}})', "at {{peer}}"),
+    (f'time() - max by (peer) (ringrelay_peer_last_sync_timestamp_seconds{{{SEL}}})', "seconds since {{peer}}'s last sync"),
+], description="Events each side lacked at the last catch-up sync, and how long ago it ended well.")
+
 row("Process")
 timeseries("CPU", [('rate(process_cpu_seconds_total{instance=~"$instance", job=~"$job"}[$__rate_interval])', "cores used")])
 timeseries("Memory", [

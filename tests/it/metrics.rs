@@ -233,7 +233,10 @@ fn metrics_listen_serves_metrics_apart_from_the_relay_port() {
 #[test]
 fn the_dashboard_and_the_alerts_name_only_metrics_the_relay_exposes() {
     let dir = tempfile::tempdir().unwrap();
-    let relay = Relay::start(dir.path(), 1);
+    // A peer that is not there, so that the peer links' families are exposed too.
+    let unreachable = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let relay =
+        Relay::start_with_config(dir.path(), 1, &format!("[[peers]]\nurl = \"ws://127.0.0.1:{unreachable}\"\n"));
     let mut client = relay.connect();
     assert!(client.publish(&signed(&keys(4300), 1, now(), &[], "one")).0);
     let exposed: std::collections::HashSet<String> = scrape(relay.port).into_iter().map(|s| s.name).collect();
