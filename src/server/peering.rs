@@ -202,12 +202,18 @@ impl Link {
                     Some(id) if from_peer.contains(&id) => Ok(()),
                     _ => client.send(wire::event(&json)).await,
                 },
-                Next::Local(Some(out)) => {
-                    if let Some((accepted, message)) = ok_of(out) {
+                Next::Local(Some(out)) => match out.into_text().map(|text| RelayMessage::parse(&text)) {
+                    Some(Ok(RelayMessage::Ok { accepted, message, .. })) => {
                         self.count_received(accepted, &message);
+                        Ok(())
                     }
-                    Ok(())
-                }
+                    Some(Ok(RelayMessage::Closed { sub, message })) if sub == UP_SUB => {
+                        return format!("this relay closed the link's subscription: {message}");
+                    }
+                    // A close queued to the link's session: cut off as a slow reader, or stopping.
+                    None => return "this relay closed the link's session".into(),
+                    _ => Ok(()),
+                },
                 Next::Local(None) => return "cut off as a slow reader".into(),
             };
             if let Err(error) = sent {
