@@ -344,9 +344,12 @@ async fn reconcile(
     }
 }
 
-/// A REQ for ids in flight: the events come so far, the ids asked, whether it was asked again
-/// after our AUTH.
-type Asked<'a> = (Vec<String>, &'a [[u8; 32]], bool);
+/// A REQ for ids in flight: the events come so far, the ids asked, how many times it was
+/// asked again (after our AUTH, after `rate-limited:`).
+type Asked<'a> = (Vec<String>, &'a [[u8; 32]], u32);
+
+/// Times an answer refused `rate-limited:` is asked again, after a pause that doubles.
+const RETRIES_MAX: u32 = 8;
 
 /// REQs by id, `fetch_window` open at once; each batch stored once its EOSE comes.
 async fn fetch(
@@ -364,7 +367,7 @@ async fn fetch(
             let Some((n, ids)) = batches.next() else { break };
             let sub = format!("fetch-{n}");
             client.send(wire::req_ids(&sub, ids)).await?;
-            open.insert(sub, (Vec::new(), ids, false));
+            open.insert(sub, (Vec::new(), ids, 0));
         }
         if open.is_empty() {
             return Ok(());
@@ -385,13 +388,20 @@ async fn fetch(
                 }
             }
             RelayMessage::Closed { sub, message } => {
-                let Some((_, ids, retried)) = open.remove(&sub) else { continue };
-                if wire::prefix(&message) == "auth-required" && !retried && authenticated(client, plan).await? {
-                    client.send(wire::req_ids(&sub, ids)).await?;
-                    open.insert(sub, (Vec::new(), ids, true));
-                } else {
+                let Some((_, ids, tries)) = open.remove(&sub) else { continue };
+                let again = match wire::prefix(&message) {
+                    "auth-required" => tries == 0 && authenticated(client, plan).await?,
+                    "rate-limited" if tries < RETRIES_MAX => {
+                        glommio::timer::sleep(Duration::from_millis(100 << tries)).await;
+                        true
+                    }
+                    _ => false,
+                };
+                if !again {
                     return Err(SyncError::Refused(format!("CLOSED: {message}")));
                 }
+                client.send(wire::req_ids(&sub, ids)).await?;
+                open.insert(sub, (Vec::new(), ids, tries + 1));
             }
             RelayMessage::Notice(notice) => tracing::info!(url = %client.url(), notice, "relay notice"),
             _ => {}
@@ -409,7 +419,6 @@ async fn publish(
     summary: &mut Summary,
     progress: &mut dyn FnMut(&Summary),
 ) -> Result<(), SyncError> {
-    const RETRIES_MAX: u32 = 8;
     let mut chunks = have.chunks(plan.publish_window.max(1));
     let mut queued: VecDeque<(String, u32)> = VecDeque::new();
     let mut unanswered: HashMap<String, (String, u32)> = HashMap::new();

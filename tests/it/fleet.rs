@@ -724,3 +724,28 @@ fn a_request_to_vanish_reaches_every_member_of_the_fleet() {
         }
     }
 }
+
+/// A relay that rate-limits the sync's REQs (`CLOSED "rate-limited: ..."`) is asked again
+/// after a pause, and the sync completes.
+#[test]
+fn a_sync_rate_limited_by_the_relay_waits_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[rate_limits]\nexempt_ips = []\nqueries = { per_minute = 240, burst = 2 }\n\
+                  events = { per_minute = 1000000, burst = 100000 }\n";
+    let relay = Relay::start_with_config(&dir.path().join("relay"), 1, config);
+    let since = now() - 10_000;
+    let events: Vec<String> = (0..2500u32)
+        .map(|i| signed(&keys(9980 + i % 10), 1, since + u64::from(i), &[], &format!("limited {i}")))
+        .collect();
+    assert_eq!(relay.connect().publish_all(&events), 2500);
+    let data = dir.path().join("data");
+    let (ok, stderr) = sync(&relay, &data, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(exported_ids(&data), ids_of(&events));
+    let limited = crate::metrics::total(
+        &crate::metrics::scrape(relay.port),
+        "ringrelay_rate_limited_total",
+        &[("what", "query")],
+    );
+    assert!(limited >= 1.0, "the relay did rate-limit the sync's REQs");
+}
