@@ -86,3 +86,24 @@ pub fn neg_message(bytes: &[u8]) {
         let _ = built.reconcile(bytes);
     }
 }
+
+/// What another relay sends a syncing client (`ringrelay sync`, a peer link), all of it
+/// untrusted: its messages as `fleet::wire` reads them, and a NEG-MSG answer to the
+/// initiating side of a sync over a small set (bad varints, huge id lists, ranges that
+/// overlap or go backwards).
+pub fn relay_message(bytes: &[u8]) {
+    use negentropy::{Id, Negentropy};
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if let Ok(crate::fleet::wire::RelayMessage::Event { event, .. }) = crate::fleet::wire::RelayMessage::parse(text)
+        {
+            let _ = crate::fleet::sync::event_id(&event);
+        }
+    }
+    let items: Vec<(u64, [u8; 32])> = (0..40u8).map(|n| (u64::from(n / 3), [n; 32])).collect();
+    let Ok(storage) = crate::fleet::sync::sealed_set(items) else { return };
+    let Ok(mut client) = Negentropy::owned(storage, 60_000) else { return };
+    if client.initiate().is_ok() {
+        let (mut have, mut need): (Vec<Id>, Vec<Id>) = (Vec::new(), Vec::new());
+        let _ = client.reconcile_with_ids(bytes, &mut have, &mut need);
+    }
+}

@@ -38,6 +38,11 @@ fn neg_message_inputs() {
 }
 
 #[test]
+fn relay_message_inputs() {
+    replay("relay_message", ringrelay::fuzzing::relay_message);
+}
+
+#[test]
 fn client_message_inputs() {
     replay("client_message", ringrelay::fuzzing::client_message);
 }
