@@ -120,13 +120,14 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} local, {} only here, {} only there ({} rounds in {} syncs, {} ms); fetched {}: {} stored, {} \
+            "{} local, {} only here, {} only there ({} rounds in {} part{}, {} ms); fetched {}: {} stored, {} \
              duplicate, {} rejected; published {}, {} refused ({} ms); {} bytes sent, {} received",
             self.local,
             self.have,
             self.need,
             self.rounds,
             self.windows,
+            if self.windows == 1 { "" } else { "s" },
             self.reconcile_ms,
             self.fetched,
             self.stored,

@@ -61,7 +61,7 @@ fn sync_moves_the_difference_both_ways_between_a_stopped_directory_and_a_relay()
 
     let (ok, stderr) = sync(&relay, &data, &["--dir", "both"]);
     assert!(ok, "{stderr}");
-    assert!(stderr.contains("1201 local, 901 only here, 1201 only there (2 rounds in 1 syncs"), "{stderr}");
+    assert!(stderr.contains("1201 local, 901 only here, 1201 only there (2 rounds in 1 part,"), "{stderr}");
     assert!(stderr.contains("fetched 1201: 1200 stored, 0 duplicate, 1 rejected"), "{stderr}");
     assert!(stderr.contains("published 901, 0 refused"), "{stderr}");
 
