@@ -264,6 +264,12 @@ fn budgets_and_bad_messages_get_a_neg_err_and_the_relay_goes_on() {
     let over = sync(&mut client, "big", json!({"kinds": [1]}), &[]).unwrap_err();
     assert!(over.starts_with("blocked: "), "{over}");
     assert_eq!(sync(&mut client, "small", json!({"kinds": [1], "limit": 10}), &[]).unwrap().1.len(), 10);
+    // An array of filters is their union (NDK sends one), each event once, under the same
+    // maximum: the newest 6 and the newest 4 are 6; the newest 6 and the oldest 6 are 12.
+    let union = json!([{"kinds": [1], "limit": 6}, {"kinds": [1], "limit": 4}]);
+    assert_eq!(sync(&mut client, "union", union, &[]).unwrap().1.len(), 6);
+    let over = json!([{"kinds": [1], "limit": 6}, {"kinds": [1], "until": base + 5}]);
+    assert!(sync(&mut client, "union-over", over, &[]).unwrap_err().starts_with("blocked: "));
 
     client.send(&json!(["NEG-MSG", "nobody", "61"]).to_string());
     assert!(next(&mut client)[2].as_str().unwrap().starts_with("closed: "));

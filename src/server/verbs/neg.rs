@@ -120,8 +120,11 @@ async fn gather_and_build(
     let mut items = Vec::new();
     {
         let _slot = core.query_slot(conn).await;
+        // At most `items_max + 1` held in all, whatever the number of filters: one more than
+        // the maximum is enough to refuse.
         for filter in filters {
-            items.extend(gather(core, filter, settings.items_max + 1, privacy.clone()).await);
+            let room = (settings.items_max + 1).saturating_sub(items.len()).max(1);
+            items.extend(gather(core, filter, room, privacy.clone()).await);
             if items.len() > settings.items_max {
                 break;
             }
