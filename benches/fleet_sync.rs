@@ -89,13 +89,14 @@ fn run(args: &[&str]) -> (Duration, String) {
     (started.elapsed(), stderr)
 }
 
-/// `ringrelay serve` on one core with `config`, until dropped; its port.
-fn serve(dir: &Path, name: &str, port: u16, config: &str) -> Stopped {
+/// `ringrelay serve` on `cores` cores (0: every CPU) with `config` and the data directory
+/// `dir/name`, until dropped.
+fn serve(dir: &Path, name: &str, port: u16, config: &str, cores: usize) -> Stopped {
     let config_path = dir.join(format!("{name}.toml"));
     std::fs::write(&config_path, config).unwrap();
     let mut relay = Stopped(
         Command::new(binary())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cores", "1", "--data-dir"])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--cores", &cores.to_string(), "--data-dir"])
             .arg(dir.join(name))
             .arg("--config")
             .arg(&config_path)
@@ -200,7 +201,7 @@ fn live(rate: u64, seconds: u64) {
 
     // Relay A alone: its CPU per event.
     let port_a = free_port();
-    let relay = serve(dir, "alone", port_a, "");
+    let relay = serve(dir, "alone", port_a, "", 1);
     let cpu = cpu_seconds(relay.0.id());
     publish_at_rate(port_a, &alone, rate);
     let alone_cpu = cpu_seconds(relay.0.id()) - cpu;
@@ -209,8 +210,8 @@ fn live(rate: u64, seconds: u64) {
     // A with B as its peer, a subscriber on B.
     let (port_a, port_b) = (free_port(), free_port());
     let peer = |port: u16| format!("[[peers]]\nurl = \"ws://127.0.0.1:{port}\"\n");
-    let relay_a = serve(dir, "a", port_a, &peer(port_b));
-    let _relay_b = serve(dir, "b", port_b, &peer(port_a));
+    let relay_a = serve(dir, "a", port_a, &peer(port_b), 1);
+    let _relay_b = serve(dir, "b", port_b, &peer(port_a), 1);
     std::thread::sleep(Duration::from_secs(2));
     let mut subscriber = connect(port_b);
     subscriber.send(tungstenite::Message::text(r##"["REQ","live",{"#t":["live"],"limit":0}]"##)).unwrap();
@@ -326,30 +327,13 @@ fn main() {
     run(&["import", "--data-dir", a.to_str().unwrap(), dir.join("only-a.jsonl").to_str().unwrap()]);
     run(&["import", "--data-dir", b.to_str().unwrap(), dir.join("only-b.jsonl").to_str().unwrap()]);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.join("a.toml");
+    let port = free_port();
     // `RELAY_DEFAULTS=1`: the relay's default `negentropy.items_max` (500,000), so that a
     // whole-store sync is split by date; else raised to take the store in one sync.
     let items = (events + 2 * difference) * 2;
     let negentropy = format!("[negentropy]\nitems_max = {items}\nitems_per_core_max = {items}\n");
     let defaults = std::env::var_os("RELAY_DEFAULTS").is_some();
-    std::fs::write(&config, if defaults { String::new() } else { negentropy }).unwrap();
-    let mut relay = Stopped(
-        Command::new(binary())
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", a.to_str().unwrap(), "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut lines = BufReader::new(relay.0.stderr.take().unwrap()).lines();
-    while let Some(Ok(line)) = lines.next() {
-        if line.contains("listening on") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
+    let relay = serve(dir, "a", port, if defaults { "" } else { &negentropy }, 0);
     let url = format!("ws://127.0.0.1:{port}");
     if !defaults {
         first_answer(port, relay.0.id());
