@@ -340,6 +340,24 @@ const SHARD_GAUGES: &[ShardFigure] = &[
         bytes: true,
         read: |s| s.index_bytes,
     },
+    ShardFigure {
+        metric: "index_parts",
+        help: "Sealed segments served through their mapped index parts.",
+        bytes: false,
+        read: |s| s.parts,
+    },
+    ShardFigure {
+        metric: "index_parts_size",
+        help: "Bytes of the mapped index parts (pages the kernel may drop and read again).",
+        bytes: true,
+        read: |s| s.part_bytes,
+    },
+    ShardFigure {
+        metric: "shard_damaged_segments",
+        help: "Sealed segments the scrub found damaged (their damaged records are not served).",
+        bytes: false,
+        read: |s| s.damaged_segments,
+    },
 ];
 
 const SHARD_COUNTERS: &[ShardFigure] = &[

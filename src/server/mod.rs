@@ -505,8 +505,20 @@ async fn open_core(
         if usize::from(*shard_id) % core_count != id {
             continue;
         }
+        let started = std::time::Instant::now();
         match ShardState::open(dir, *shard_id, start.shard_config.clone(), OpenMode::ReadWrite) {
             Ok(state) => {
+                let figures = state.figures();
+                let (segments, through_parts) = (figures.segments, figures.parts);
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(
+                    shard = shard_id.0,
+                    events = figures.records,
+                    segments,
+                    through_parts,
+                    ms,
+                    "shard opened: sealed segments mapped through their index parts, the others read"
+                );
                 shards.insert(*shard_id, Shard::start(state));
             }
             Err(error) => {

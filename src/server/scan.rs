@@ -34,7 +34,7 @@ pub async fn hits(
         }
         let mut hits = Vec::new();
         for ShardHit { shard, hit } in merge_newest_first(lists, limit) {
-            let Some(json) = storage.with_shard(shard, |state| state.event_json(hit.no)) else { continue };
+            let Some(json) = storage.with_shard(shard, |state| state.event_json(hit.no)).flatten() else { continue };
             if json.len() > bytes_left {
                 bytes_left = 0;
                 break;

@@ -1,5 +1,11 @@
-//! One shard's in-memory indexes and the storage rules that use them (duplicates,
-//! replaceable and addressable versions, NIP-09 deletions, NIP-40 expiration).
+//! One shard's indexes and the storage rules that use them (duplicates, replaceable and
+//! addressable versions, NIP-09 deletions, NIP-40 expiration, NIP-62 vanish).
+//!
+//! Two halves. The postings and entries live in one layer per segment (`layer.rs`): in
+//! memory for the segment being written, a mapped part for a sealed one. What the rules
+//! keep (ids, versions, deletions, vanish requests, expirations, which records are dead)
+//! is shard-wide and resident, rebuilt at open by one pass over the parts' entries in
+//! append order, with the same decisions a replay of the records would make.
 //! Sans-IO: the shard tells it where records lie; it never touches a file.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -7,11 +13,13 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
+use super::layer::{Layer, MappedLayer, MemLayer};
+use super::part::Part;
 use crate::event::kind::{parse_address, KIND_DELETION, KIND_GIFT_WRAP, KIND_VANISH};
 use crate::event::KindClass;
 use crate::limits::SHARD_EVENT_COUNT_MAX;
 
-pub use super::postings::{Postings, Runs, NO_RUNS};
+pub use super::layer::Run;
 
 /// A record's ordinal within its shard, in append order.
 pub type EventNo = u32;
@@ -23,7 +31,8 @@ pub struct Loc {
     pub offset: u32,
 }
 
-/// What the indexes keep of every event: 56 bytes.
+/// What the indexes know of an event: 56 bytes in a memory layer, read from the entry in a
+/// part, its dead flag from the shard-wide set.
 #[derive(Clone, Copy, Debug)]
 pub struct Entry {
     pub id: [u8; 32],
@@ -46,6 +55,9 @@ impl Entry {
         (std::cmp::Reverse(self.created_at), self.id)
     }
 }
+
+/// A tag the rules read (a `d`, `e` or `a`), owned.
+type RuleTag = (u8, Vec<u8>);
 
 /// What the rules need to know of an event, from the wire or from a stored record.
 pub struct Facts<'a> {
@@ -113,10 +125,6 @@ struct VersionKey {
     d: Box<[u8]>,
 }
 
-const TAG_LIST_BIT: u32 = 1 << 31;
-const _: () = assert!(SHARD_EVENT_COUNT_MAX < TAG_LIST_BIT as usize);
-const ENTRY_CHUNK_SIZE: usize = 1 << 16;
-
 /// Per-segment record counts, for compaction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentStat {
@@ -126,19 +134,16 @@ pub struct SegmentStat {
 
 #[derive(Default)]
 pub struct Index {
-    /// Entries in chunks of `ENTRY_CHUNK_SIZE`, so growth never copies or over-allocates much.
-    chunks: Vec<Vec<Entry>>,
+    /// One per segment, in event-number order; each numbers its events from its `base`.
+    layers: Vec<Layer>,
     len: u32,
+    /// One bit per event: retired (replaced, deleted, expired, vanished, banned), or dead on
+    /// arrival at replay.
+    dead: Vec<u64>,
     hasher: DefaultHashBuilder,
     by_id: HashTable<EventNo>,
     authors: HashMap<[u8; 32], u32>,
     author_keys: Vec<[u8; 32]>,
-    by_author: Vec<Postings>,
-    by_kind: HashMap<u16, Postings>,
-    /// Keyed hash of (letter, value) to one event number, or `TAG_LIST_BIT | list index`.
-    by_tag: HashMap<u64, u32>,
-    tag_lists: Vec<Postings>,
-    global: Postings,
     versions: HashMap<VersionKey, EventNo>,
     deleted_ids: HashMap<[u8; 32], u32>,
     deleted_addresses: HashMap<VersionKey, u64>,
@@ -157,10 +162,20 @@ pub struct Index {
     live_by_author: Vec<u64>,
     /// While loading, postings are appended unsorted and sorted once by `finish_bulk`.
     bulk: bool,
-    /// Heap bytes of every postings list, and of the versions' `d` values, kept as they grow
-    /// so that the memory figure never walks the index (a scrape at millions of keys).
-    postings_bytes: usize,
+    /// Heap bytes of the versions' `d` values, kept as they grow.
     version_d_bytes: usize,
+}
+
+fn mapped_id(layer: &MappedLayer, local: u32) -> &[u8; 32] {
+    &layer.part.entry(local).id
+}
+
+/// The layer holding event `no`.
+fn layer_of(layers: &[Layer], no: EventNo) -> &Layer {
+    match layers.last() {
+        Some(last) if last.base() <= no => last,
+        _ => &layers[layers.partition_point(|layer| layer.base() <= no) - 1],
+    }
 }
 
 impl Index {
@@ -185,20 +200,36 @@ impl Index {
     pub fn segment_stats(&self) -> &[SegmentStat] {
         &self.segment_stats
     }
-
-    pub fn entry(&self, no: EventNo) -> &Entry {
-        let no = no as usize;
-        &self.chunks[no / ENTRY_CHUNK_SIZE][no % ENTRY_CHUNK_SIZE]
+    pub fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 
-    fn entry_mut(&mut self, no: EventNo) -> &mut Entry {
-        let no = no as usize;
-        &mut self.chunks[no / ENTRY_CHUNK_SIZE][no % ENTRY_CHUNK_SIZE]
+    pub fn entry(&self, no: EventNo) -> Entry {
+        let layer = layer_of(&self.layers, no);
+        let mut entry = layer.entry(no - layer.base());
+        if self.is_dead(no) {
+            entry.flags |= FLAG_DEAD;
+        }
+        entry
+    }
+
+    pub fn created_at(&self, no: EventNo) -> u64 {
+        let layer = layer_of(&self.layers, no);
+        layer.created_at(no - layer.base())
+    }
+
+    fn is_dead(&self, no: EventNo) -> bool {
+        self.dead[no as usize / 64] & (1 << (no % 64)) != 0
     }
 
     pub fn lookup_id(&self, id: &[u8; 32]) -> Option<EventNo> {
         let hash = self.hasher.hash_one(id);
-        self.by_id.find(hash, |&no| &self.entry(no).id == id).copied()
+        self.by_id
+            .find(hash, |&no| {
+                let layer = layer_of(&self.layers, no);
+                layer.id(no - layer.base()) == id
+            })
+            .copied()
     }
 
     pub fn author_of(&self, pubkey: &[u8; 32]) -> Option<u32> {
@@ -207,45 +238,45 @@ impl Index {
     pub fn author_key(&self, author: u32) -> &[u8; 32] {
         &self.author_keys[author as usize]
     }
-    pub fn author_postings(&self, author: u32) -> &Postings {
-        &self.by_author[author as usize]
+
+    /// An author's events, as sorted runs (one or more per layer).
+    pub fn author_runs(&self, author: u32) -> Vec<Run<'_>> {
+        let mut runs = Vec::new();
+        let pubkey = self.author_key(author);
+        self.layers.iter().for_each(|layer| layer.author_runs(author, pubkey, &mut runs));
+        runs
     }
-    pub fn kind_postings(&self, kind: u16) -> Option<&Postings> {
-        self.by_kind.get(&kind)
+    pub fn kind_runs(&self, kind: u16) -> Vec<Run<'_>> {
+        let mut runs = Vec::new();
+        self.layers.iter().for_each(|layer| layer.kind_runs(kind, &mut runs));
+        runs
     }
-    pub fn global_postings(&self) -> &Postings {
-        &self.global
+    /// The events carrying tag `letter` = `value`, as sorted runs; hash collisions are
+    /// possible, so callers check the record's tags.
+    pub fn tag_runs(&self, letter: u8, value: &[u8]) -> Vec<Run<'_>> {
+        let mut runs = Vec::new();
+        self.layers.iter().for_each(|layer| layer.tag_runs(letter, value, &mut runs));
+        runs
+    }
+    pub fn global_runs(&self) -> Vec<Run<'_>> {
+        let mut runs = Vec::new();
+        self.layers.iter().for_each(|layer| layer.global_runs(&mut runs));
+        runs
     }
 
-    /// The events carrying tag `letter` = `value`, as sorted runs (see [`Postings`]); hash
-    /// collisions are possible, so callers check the record's tags.
-    pub fn tag_postings(&self, letter: u8, value: &[u8]) -> Runs<'_> {
-        match self.by_tag.get(&self.tag_hash(letter, value)) {
-            None => NO_RUNS,
-            Some(slot) if slot & TAG_LIST_BIT != 0 => self.tag_lists[(slot & !TAG_LIST_BIT) as usize].runs(),
-            Some(slot) => [std::slice::from_ref(slot), &[], &[]],
-        }
-    }
-
-    /// Every posted event, oldest first (one merged copy of the global postings).
+    /// Every indexed event, oldest first.
     pub fn all_oldest_first(&self) -> Vec<EventNo> {
-        self.global.merged(|n| (self.entry(n).created_at, n))
-    }
-
-    fn tag_hash(&self, letter: u8, value: &[u8]) -> u64 {
-        self.hasher.hash_one((letter, value))
+        let mut all: Vec<EventNo> = (0..self.len).collect();
+        all.sort_unstable_by_key(|&no| (self.created_at(no), no));
+        all
     }
 
     /// Whether `no` may be served at `now`: durable, live and not expired.
     pub fn is_visible(&self, no: EventNo, now: u64) -> bool {
-        if no >= self.durable_count {
+        if no >= self.durable_count || self.is_dead(no) {
             return false;
         }
-        let entry = self.entry(no);
-        if entry.is_dead() {
-            return false;
-        }
-        entry.flags & FLAG_EXPIRES == 0 || self.expiration_of.get(&no).is_none_or(|&at| at > now)
+        self.expiration_of.get(&no).is_none_or(|&at| at > now)
     }
 
     /// Decide what to do with an event, without changing anything.
@@ -267,7 +298,7 @@ impl Index {
         // A live copy is a duplicate; a dead one (replaced, deleted by address, expired) falls
         // through so the reply says why it is not served.
         let known = self.lookup_id(facts.id);
-        if let Some(no) = known.filter(|&no| !self.entry(no).is_dead()) {
+        if let Some(no) = known.filter(|&no| !self.is_dead(no)) {
             return Admit::Duplicate(no);
         }
         if facts.expiration.is_some_and(|at| at <= now) {
@@ -306,12 +337,14 @@ impl Index {
     /// The live records a request to vanish retires: every one of its author's up to its
     /// `created_at`, deletion requests included, except other requests to vanish (NIP-62).
     fn vanish_targets(&self, until: u64, author: u32, kills: &mut Vec<EventNo>) {
-        for run in self.author_postings(author).runs() {
-            for &no in run {
-                let entry = self.entry(no);
+        for run in self.author_runs(author) {
+            for no in run.iter() {
                 // Each record is posted once per author, and a kind 62 carries no other kills.
-                if entry.created_at <= until && entry.kind != KIND_VANISH && !entry.is_dead() {
-                    kills.push(no);
+                if !self.is_dead(no) {
+                    let entry = self.entry(no);
+                    if entry.created_at <= until && entry.kind != KIND_VANISH {
+                        kills.push(no);
+                    }
                 }
             }
         }
@@ -330,7 +363,7 @@ impl Index {
                         class.is_versioned().then(|| version_key(author, address.kind, class, address.d))
                     })
                     .and_then(|key| self.versions.get(&key).copied())
-                    .filter(|&no| self.entry(no).created_at <= facts.created_at),
+                    .filter(|&no| self.created_at(no) <= facts.created_at),
                 _ => None,
             };
             let Some(no) = target else { continue };
@@ -342,46 +375,168 @@ impl Index {
         }
     }
 
-    /// Add an admitted event stored at `loc`; its kills wait until it is durable.
-    pub fn insert(&mut self, facts: &Facts<'_>, loc: Loc, kills: Vec<EventNo>) -> EventNo {
+    /// The memory layer new events of segment slot `segment` go to.
+    fn layer_for(&mut self, segment: u32) -> &mut MemLayer {
+        let fresh = !matches!(self.layers.last(), Some(layer @ Layer::Memory(_)) if layer.segment() == segment);
+        if fresh {
+            self.layers.push(Layer::Memory(MemLayer::new(self.len, segment)));
+        }
+        match self.layers.last_mut() {
+            Some(Layer::Memory(layer)) => layer,
+            _ => unreachable!("a memory layer was just pushed"),
+        }
+    }
+
+    /// Number the next event: its entry in the memory layer of its segment, posted.
+    fn push(&mut self, facts: &Facts<'_>, loc: Loc) -> EventNo {
         assert!((self.len as usize) < SHARD_EVENT_COUNT_MAX);
         let no = self.len;
         let author = self.intern_author(facts.pubkey);
-        let mut flags = 0;
+        let flags = if facts.expiration.is_some() { FLAG_EXPIRES } else { 0 };
+        let entry = Entry { id: *facts.id, created_at: facts.created_at, loc, author, kind: facts.kind, flags };
+        let bulk = self.bulk;
+        self.layer_for(loc.segment).push(entry, facts.tags, bulk);
+        self.grow(1, loc.segment);
+        no
+    }
+
+    /// Room for `count` more events, of segment slot `segment`.
+    fn grow(&mut self, count: u32, segment: u32) {
+        self.len += count;
+        self.dead.resize((self.len as usize).div_ceil(64), 0);
+        let segment = segment as usize;
+        if self.segment_stats.len() <= segment {
+            self.segment_stats.resize(segment + 1, SegmentStat::default());
+        }
+        self.segment_stats[segment].records += count;
+    }
+
+    /// Add an admitted event stored at `loc`; its kills wait until it is durable.
+    pub fn insert(&mut self, facts: &Facts<'_>, loc: Loc, kills: Vec<EventNo>) -> EventNo {
+        let no = self.push(facts, loc);
+        self.register(no, facts);
+        self.pending_kills.extend(kills.into_iter().map(|victim| (no, victim)));
+        no
+    }
+
+    /// Add a record that replay found dead on arrival (refused by the rules as they stand,
+    /// or a second copy): numbered and posted like any, never served, never looked up.
+    pub fn insert_dead(&mut self, facts: &Facts<'_>, loc: Loc) -> EventNo {
+        let no = self.push(facts, loc);
+        self.mark_dead(no, loc.segment);
+        no
+    }
+
+    fn mark_dead(&mut self, no: EventNo, segment: u32) {
+        self.dead[no as usize / 64] |= 1 << (no % 64);
+        self.segment_stats[segment as usize].dead += 1;
+    }
+
+    /// What the rules keep of a stored event: its id, its live counts, its expiration,
+    /// the version, deletion or vanish it is.
+    fn register(&mut self, no: EventNo, facts: &Facts<'_>) {
+        let author = self.intern_author(facts.pubkey);
         if let Some(at) = facts.expiration {
-            flags |= FLAG_EXPIRES;
             self.expiring.insert((at, no));
             self.expiration_of.insert(no, at);
         }
-        let entry = Entry { id: *facts.id, created_at: facts.created_at, loc, author, kind: facts.kind, flags };
-        if self.chunks.last().is_none_or(|chunk| chunk.len() == ENTRY_CHUNK_SIZE) {
-            self.chunks.push(Vec::with_capacity(ENTRY_CHUNK_SIZE));
-        }
-        self.chunks.last_mut().expect("a chunk with room").push(entry);
-        self.len += 1;
         self.live_count += 1;
         *self.live_by_kind.entry(facts.kind).or_default() += 1;
         if self.live_by_author.len() <= author as usize {
             self.live_by_author.resize(author as usize + 1, 0);
         }
         self.live_by_author[author as usize] += 1;
-
         let hash = self.hasher.hash_one(facts.id);
-        let Index { by_id, chunks, hasher, .. } = self;
+        let Index { by_id, layers, hasher, .. } = self;
         by_id.insert_unique(hash, no, |&other| {
-            let other = other as usize;
-            hasher.hash_one(chunks[other / ENTRY_CHUNK_SIZE][other % ENTRY_CHUNK_SIZE].id)
+            let layer = layer_of(layers, other);
+            hasher.hash_one(layer.id(other - layer.base()))
         });
-        self.post(no, author, facts);
         self.remember(no, author, facts);
+    }
 
-        let segment = loc.segment as usize;
-        if self.segment_stats.len() <= segment {
-            self.segment_stats.resize(segment + 1, SegmentStat::default());
+    /// Add a sealed segment's part, its records in segment slot `segment`: the events are
+    /// numbered on from the last, and each is judged by the rules in append order, as a
+    /// replay of its record would be (its postings are the part's).
+    pub fn load_part(&mut self, part: Part, segment: u32) {
+        let (base, count) = (self.len, part.len());
+        // Owned: the part's borrow cannot be held while the rules change the index.
+        let rule_tags: Vec<(u32, Vec<RuleTag>)> = part
+            .rule_tags()
+            .map(|(no, tags)| (no, tags.into_iter().map(|(letter, value)| (letter, value.to_vec())).collect()))
+            .collect();
+        let layer = MappedLayer::new(part, base, segment, |pubkey| self.intern_author(pubkey));
+        self.layers.push(Layer::Mapped(layer));
+        self.grow(count, segment);
+        let mut rule_tags = rule_tags.into_iter().peekable();
+        for local in 0..count {
+            let tags = rule_tags.next_if(|(at, _)| *at == local).map(|(_, tags)| tags).unwrap_or_default();
+            self.judge_loaded(base + local, &tags, segment);
         }
-        self.segment_stats[segment].records += 1;
-        self.pending_kills.extend(kills.into_iter().map(|victim| (no, victim)));
-        no
+        self.durable_count = self.len;
+        if let Some(Layer::Mapped(layer)) = self.layers.last() {
+            layer.part.release_pages();
+        }
+    }
+
+    /// Judge event `no` of the part being loaded as a replay of its record would: stored
+    /// (the records it retires retire at once: it is durable), or dead on arrival.
+    fn judge_loaded(&mut self, no: EventNo, tags: &[RuleTag], segment: u32) {
+        let (entry, expiration, pubkey) = self.part_entry(no);
+        let tags: Vec<(u8, &[u8])> = tags.iter().map(|(letter, value)| (*letter, value.as_slice())).collect();
+        let facts = Facts {
+            id: &entry.id,
+            pubkey: &pubkey,
+            created_at: entry.created_at,
+            kind: entry.kind,
+            expiration,
+            tags: &tags,
+        };
+        // Expiry is applied after the load, so that an expired version still retires older ones.
+        match self.admit(&facts, 0) {
+            Admit::Store { kills } => {
+                self.register(no, &facts);
+                kills.into_iter().for_each(|victim| self.kill(victim));
+            }
+            _ => self.mark_dead(no, segment),
+        }
+    }
+
+    /// Serve segment slot `segment`'s events from `part` instead of memory; the part must
+    /// number them the same (it was built from the same records). Hands the part back when
+    /// the segment has no memory layer or the part does not fit it.
+    pub fn install_part(&mut self, segment: u32, part: Part) -> Result<(), Part> {
+        let Some(place) = self.layers.iter().position(|l| matches!(l, Layer::Memory(_)) && l.segment() == segment)
+        else {
+            return Err(part);
+        };
+        let (base, len) = (self.layers[place].base(), self.layers[place].len());
+        if part.len() != len {
+            return Err(part);
+        }
+        let mapped = MappedLayer::new(part, base, segment, |pubkey| self.intern_author(pubkey));
+        let fits = (0..len).all(|local| mapped_id(&mapped, local) == self.layers[place].id(local));
+        if !fits {
+            return Err(mapped.into_part());
+        }
+        mapped.part.release_pages();
+        self.layers[place] = Layer::Mapped(mapped);
+        Ok(())
+    }
+
+    /// Which segment slots have their events in memory.
+    pub fn memory_segments(&self) -> impl Iterator<Item = u32> + '_ {
+        self.layers.iter().filter(|layer| matches!(layer, Layer::Memory(_))).map(Layer::segment)
+    }
+
+    /// A part's event `no`, its expiration and its author's key.
+    fn part_entry(&self, no: EventNo) -> (Entry, Option<u64>, [u8; 32]) {
+        let layer = self.layers.last().expect("a part is loading");
+        let local = no - layer.base();
+        let Layer::Mapped(mapped) = layer else { unreachable!("a part is loading") };
+        let expiration = Some(mapped.part.entry(local).expiration.to_native()).filter(|&at| at != 0);
+        let entry = layer.entry(local);
+        (entry, expiration, *self.author_key(entry.author))
     }
 
     fn intern_author(&mut self, pubkey: &[u8; 32]) -> u32 {
@@ -391,50 +546,7 @@ impl Index {
         let author = self.author_keys.len() as u32;
         self.authors.insert(*pubkey, author);
         self.author_keys.push(*pubkey);
-        self.by_author.push(Postings::default());
         author
-    }
-
-    fn post(&mut self, no: EventNo, author: u32, facts: &Facts<'_>) {
-        let bulk = self.bulk;
-        let Index { chunks, by_author, by_kind, global, by_tag, tag_lists, hasher, postings_bytes, .. } = self;
-        let key = |n: EventNo| {
-            let n = n as usize;
-            (chunks[n / ENTRY_CHUNK_SIZE][n % ENTRY_CHUNK_SIZE].created_at, n as EventNo)
-        };
-        // What a list takes before and after the insert (merging its side runs can free some).
-        let post_into = |list: &mut Postings| {
-            let before = list.heap_size();
-            list.insert(no, bulk, key);
-            (before, list.heap_size())
-        };
-        let mut resized = |(before, after): (usize, usize)| *postings_bytes = *postings_bytes + after - before;
-        resized(post_into(global));
-        resized(post_into(&mut by_author[author as usize]));
-        resized(post_into(by_kind.entry(facts.kind).or_default()));
-        for (index, &(letter, value)) in facts.tags.iter().enumerate() {
-            // The same (letter, value) twice on one event is posted once.
-            if facts.tags[..index].iter().any(|&(l, v)| l == letter && v == value) {
-                continue;
-            }
-            let hash = hasher.hash_one((letter, value));
-            match by_tag.get_mut(&hash) {
-                None => {
-                    by_tag.insert(hash, no);
-                }
-                Some(slot) if *slot & TAG_LIST_BIT != 0 => {
-                    resized(post_into(&mut tag_lists[(*slot & !TAG_LIST_BIT) as usize]));
-                }
-                Some(slot) if *slot == no => {}
-                Some(slot) => {
-                    let mut list = Postings::single(*slot);
-                    let (_, after) = post_into(&mut list);
-                    resized((0, after));
-                    *slot = TAG_LIST_BIT | tag_lists.len() as u32;
-                    tag_lists.push(list);
-                }
-            }
-        }
     }
 
     /// Versions and deletions: what later arrivals are checked against.
@@ -492,11 +604,10 @@ impl Index {
 
     /// The requests to vanish this index holds (NIP-62): each one's author and date.
     pub fn vanish_requests(&self) -> Vec<([u8; 32], u64)> {
-        let Some(list) = self.kind_postings(KIND_VANISH) else { return Vec::new() };
-        list.runs()
+        self.kind_runs(KIND_VANISH)
             .iter()
-            .flat_map(|run| run.iter().copied())
-            .filter(|&no| no < self.durable_count && !self.entry(no).is_dead())
+            .flat_map(Run::iter)
+            .filter(|&no| no < self.durable_count && !self.is_dead(no))
             .map(|no| {
                 let entry = self.entry(no);
                 (*self.author_key(entry.author), entry.created_at)
@@ -508,9 +619,9 @@ impl Index {
     /// DMs to a pubkey that vanished); returns how many.
     pub fn kill_wraps_to(&mut self, pubkey_hex: &[u8], until: u64) -> usize {
         let victims: Vec<EventNo> = self
-            .tag_postings(b'p', pubkey_hex)
+            .tag_runs(b'p', pubkey_hex)
             .iter()
-            .flat_map(|run| run.iter().copied())
+            .flat_map(Run::iter)
             .filter(|&no| {
                 let entry = self.entry(no);
                 entry.kind == KIND_GIFT_WRAP && entry.created_at <= until && !entry.is_dead()
@@ -532,11 +643,10 @@ impl Index {
             return 0;
         }
         let victims: Vec<EventNo> = self
-            .author_postings(author)
-            .runs()
+            .author_runs(author)
             .iter()
-            .flat_map(|run| run.iter().copied())
-            .filter(|&no| self.entry(no).created_at <= until && !self.entry(no).is_dead())
+            .flat_map(Run::iter)
+            .filter(|&no| !self.is_dead(no) && self.created_at(no) <= until)
             .collect();
         for &no in &victims {
             self.kill(no);
@@ -547,7 +657,7 @@ impl Index {
     /// Retire the record with this id, if stored and live; whether one was.
     pub fn kill_id(&mut self, id: &[u8; 32]) -> bool {
         match self.lookup_id(id) {
-            Some(no) if !self.entry(no).is_dead() => {
+            Some(no) if !self.is_dead(no) => {
                 self.kill(no);
                 true
             }
@@ -557,13 +667,12 @@ impl Index {
 
     /// Retire a record: never served again, dropped by compaction.
     pub fn kill(&mut self, no: EventNo) {
-        let entry = self.entry_mut(no);
-        if entry.is_dead() {
+        if self.is_dead(no) {
             return;
         }
-        entry.flags |= FLAG_DEAD;
-        let (segment, kind, author) = (entry.loc.segment as usize, entry.kind, entry.author as usize);
-        self.segment_stats[segment].dead += 1;
+        let entry = self.entry(no);
+        let (kind, author) = (entry.kind, entry.author as usize);
+        self.mark_dead(no, entry.loc.segment);
         self.live_count -= 1;
         if let Some(live) = self.live_by_kind.get_mut(&kind) {
             *live -= 1;
@@ -596,20 +705,9 @@ impl Index {
             return None;
         }
         // A record retired before it was durable (a ban) is neither live nor pending.
-        let pending = (self.durable_count..self.len)
-            .filter(|&no| !self.entry(no).is_dead() && matches(self.entry(no)))
-            .count() as u64;
+        let pending =
+            (self.durable_count..self.len).filter(|&no| !self.is_dead(no) && matches(&self.entry(no))).count() as u64;
         Some(live - pending)
-    }
-
-    /// Count a record that replay found dead on arrival (never indexed).
-    pub fn note_dead_record(&mut self, segment: u32) {
-        let segment = segment as usize;
-        if self.segment_stats.len() <= segment {
-            self.segment_stats.resize(segment + 1, SegmentStat::default());
-        }
-        self.segment_stats[segment].records += 1;
-        self.segment_stats[segment].dead += 1;
     }
 
     /// Retire every event whose expiration is at or before `now`; returns how many.
@@ -627,46 +725,26 @@ impl Index {
         count
     }
 
-    /// Sort every postings list once after a bulk load.
+    /// Sort every memory layer's postings once after a bulk load.
     pub fn finish_bulk(&mut self) {
-        let Index { chunks, by_author, by_kind, global, tag_lists, .. } = self;
-        let key = |n: &EventNo| {
-            let i = *n as usize;
-            (chunks[i / ENTRY_CHUNK_SIZE][i % ENTRY_CHUNK_SIZE].created_at, *n)
-        };
-        global.sort(key);
-        by_author.iter_mut().for_each(|p| p.sort(key));
-        by_kind.values_mut().for_each(|p| p.sort(key));
-        tag_lists.iter_mut().for_each(|p| p.sort(key));
+        for layer in &mut self.layers {
+            if let Layer::Memory(layer) = layer {
+                layer.finish_bulk();
+            }
+        }
         self.bulk = false;
-        // Sorting merges runs, which changes capacities: counted again, once.
-        self.postings_bytes = self.postings_walked();
-    }
-
-    /// Heap bytes of every postings list, walked.
-    fn postings_walked(&self) -> usize {
-        self.by_author
-            .iter()
-            .chain(self.by_kind.values())
-            .chain(&self.tag_lists)
-            .map(Postings::heap_size)
-            .sum::<usize>()
-            + self.global.heap_size()
     }
 
     /// Heap bytes held by the indexes (capacities, not lengths), for the memory figure; O(1)
-    /// in the number of keys.
+    /// in the number of keys. A part's mapped bytes are not counted: the kernel pages them.
     pub fn memory_size(&self) -> usize {
         use std::mem::size_of;
         let table = |capacity: usize, item: usize| capacity * (item + 1);
-        self.chunks.iter().map(|c| c.capacity() * size_of::<Entry>()).sum::<usize>()
+        self.layers.iter().map(Layer::memory_size).sum::<usize>()
+            + self.dead.capacity() * 8
             + table(self.by_id.capacity(), 4)
             + table(self.authors.capacity(), 36)
             + self.author_keys.capacity() * 32
-            + (self.by_author.capacity() + self.tag_lists.capacity()) * size_of::<Postings>()
-            + table(self.by_kind.capacity(), 2 + size_of::<Postings>())
-            + table(self.by_tag.capacity(), 16)
-            + self.postings_bytes
             + table(self.versions.capacity(), size_of::<(VersionKey, EventNo)>())
             + self.version_d_bytes
             + table(self.deleted_ids.capacity(), 36)
@@ -714,15 +792,21 @@ mod tests {
             insert(&mut index, i, 1_000 + u64::from(i % 500));
         }
         index.finish_bulk();
-        assert_eq!(index.postings_bytes, index.postings_walked());
+        let postings_kept = |index: &Index| {
+            index.layers.iter().all(|layer| match layer {
+                Layer::Memory(layer) => layer.postings_bytes() == layer.postings_walked(),
+                Layer::Mapped(_) => true,
+            })
+        };
+        assert!(postings_kept(&index));
         for i in 3_000..9_000 {
             // Mostly newest-first arrivals, with old-dated ones going to the side runs.
             let created_at = if i % 10 == 0 { 900 + u64::from(i % 100) } else { 2_000 + u64::from(i) };
             insert(&mut index, i, created_at);
         }
-        assert_eq!(index.postings_bytes, index.postings_walked());
+        assert!(postings_kept(&index));
         assert_eq!(index.version_d_bytes, index.versions.keys().map(|k| k.d.len()).sum::<usize>());
-        assert!(index.memory_size() > index.postings_bytes);
+        assert!(index.memory_size() > index.version_d_bytes);
     }
 
     /// An operator's retirements: a banned id, and a banned author's events up to the ban

@@ -2,7 +2,8 @@
 //! query engine.
 //!
 //! Reading order: [`format`] (bytes on disk), [`record`] (the archived record), [`crypto`]
-//! (at-rest encryption), [`segment`] (files, maps, scan), [`index`] (indexes and rules),
+//! (at-rest encryption), [`segment`] (files, maps, scan), [`part`] (a sealed segment's
+//! persisted index), [`layer`] (one segment's postings), [`index`] (indexes and rules),
 //! [`query`] (planner, scan, merge), [`shard`] (open, replay, append), [`writer`] (group
 //! commit on glommio), [`datadir`] (manifest, lock, `owner_shard`).
 
@@ -11,6 +12,8 @@ pub mod datadir;
 pub mod faults;
 pub mod format;
 pub mod index;
+pub mod layer;
+pub mod part;
 pub mod postings;
 pub mod query;
 pub mod record;

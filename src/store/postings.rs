@@ -156,13 +156,6 @@ impl Postings {
         }
     }
 
-    /// Every posting in one sorted vector (a copy; the list is unchanged).
-    pub(super) fn merged(&self, key: impl Fn(EventNo) -> (u64, EventNo)) -> Vec<EventNo> {
-        let mut all = self.clone();
-        all.merge_side(key);
-        all.main
-    }
-
     /// Sort after a bulk load (everything went to `main` unsorted).
     pub(super) fn sort(&mut self, key: impl Fn(&EventNo) -> (u64, EventNo)) {
         if let Some(side) = self.side.take() {

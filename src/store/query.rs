@@ -5,7 +5,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::index::{EventNo, Index, Runs, NO_RUNS};
+use super::index::{EventNo, Index, Run};
 use super::record::ArchivedRecord;
 use crate::filter::{Filter, Matchable};
 use crate::limits::QUERY_TIE_COUNT_MAX;
@@ -38,7 +38,8 @@ impl Ordered for Hit {
 
 /// Reads stored records for the checks the indexes cannot answer (tag values).
 pub trait RecordSource {
-    fn with_record<R>(&self, no: EventNo, f: impl FnOnce(&ArchivedRecord) -> R) -> R;
+    /// `f` over record `no`; `None` when it cannot be read back (damaged on disk).
+    fn with_record<R>(&self, no: EventNo, f: impl FnOnce(&ArchivedRecord) -> R) -> Option<R>;
 }
 
 /// Which postings a filter scan walks.
@@ -52,14 +53,14 @@ enum List {
 }
 
 impl List {
-    /// The list's sorted runs (see `index::Postings`), walked together.
-    fn runs<'a>(&'a self, index: &'a Index) -> Runs<'a> {
+    /// The list's sorted runs (a few per layer), walked together.
+    fn runs<'a>(&'a self, index: &'a Index) -> Vec<Run<'a>> {
         match self {
-            List::Owned(nos) => [nos, &[], &[]],
-            List::Author(author) => index.author_postings(*author).runs(),
-            List::Kind(kind) => index.kind_postings(*kind).map_or(NO_RUNS, |p| p.runs()),
-            List::Tag(letter, value) => index.tag_postings(*letter, value),
-            List::Global => index.global_postings().runs(),
+            List::Owned(nos) => vec![Run { nos, layer: None }],
+            List::Author(author) => index.author_runs(*author),
+            List::Kind(kind) => index.kind_runs(*kind),
+            List::Tag(letter, value) => index.tag_runs(*letter, value),
+            List::Global => index.global_runs(),
         }
     }
 }
@@ -135,7 +136,8 @@ impl FilterScan {
 
     /// The cheapest way in: the index whose candidate lists are shortest.
     fn plan(&self, index: &Index) -> Vec<List> {
-        let mut best = (index.global_postings().len(), vec![List::Global]);
+        let length = |runs: Vec<Run<'_>>| runs.iter().map(Run::len).sum::<usize>();
+        let mut best = (length(index.global_runs()), vec![List::Global]);
         let mut consider = |cost: usize, lists: Vec<List>| {
             if cost < best.0 {
                 best = (cost, lists);
@@ -143,24 +145,20 @@ impl FilterScan {
         };
         if let Some(ids) = &self.filter.ids {
             let mut nos: Vec<EventNo> = ids.iter().filter_map(|id| index.lookup_id(&id.0)).collect();
-            nos.sort_unstable_by_key(|&no| (index.entry(no).created_at, no));
+            nos.sort_unstable_by_key(|&no| (index.created_at(no), no));
             nos.dedup();
             consider(nos.len(), vec![List::Owned(nos)]);
         }
         if let Some(authors) = &self.authors {
-            let cost = authors.iter().map(|&a| index.author_postings(a).len()).sum();
+            let cost = authors.iter().map(|&a| length(index.author_runs(a))).sum();
             consider(cost, authors.iter().map(|&a| List::Author(a)).collect());
         }
         if let Some(kinds) = &self.filter.kinds {
-            let cost = kinds.iter().map(|&k| index.kind_postings(k).map_or(0, |p| p.len())).sum();
+            let cost = kinds.iter().map(|&k| length(index.kind_runs(k))).sum();
             consider(cost, kinds.iter().map(|&k| List::Kind(k)).collect());
         }
         for tag in &self.filter.tags {
-            let cost = tag
-                .values
-                .iter()
-                .map(|v| index.tag_postings(tag.letter, v).iter().map(|r| r.len()).sum::<usize>())
-                .sum();
+            let cost = tag.values.iter().map(|v| length(index.tag_runs(tag.letter, v))).sum();
             consider(cost, tag.values.iter().map(|v| List::Tag(tag.letter, v.clone())).collect());
         }
         best.1
@@ -196,14 +194,29 @@ impl FilterScan {
         }
         let since = self.filter.since.unwrap_or(0);
         // Every run of every list, looked up once per step (a tag list is a hash lookup).
-        let runs: Vec<&[EventNo]> = self.lists.iter().flat_map(|list| list.runs(index)).collect();
+        let runs: Vec<Run<'_>> = self.lists.iter().flat_map(|list| list.runs(index)).collect();
+        let key_at = |run: &Run<'_>, at: usize| {
+            let no = run.no(at);
+            let created_at = match run.layer {
+                Some(layer) => layer.created_at(run.nos[at]),
+                None => index.created_at(no),
+            };
+            (created_at, no)
+        };
         let mut heads = BinaryHeap::with_capacity(runs.len());
-        for (run, nos) in runs.iter().enumerate() {
+        for (place, run) in runs.iter().enumerate() {
             let below = self.resume_below;
-            let end = nos.partition_point(|&no| (index.entry(no).created_at, no) < below);
-            if end > 0 {
-                let no = nos[end - 1];
-                heads.push(((index.entry(no).created_at, no), run, end - 1));
+            let (mut low, mut high) = (0, run.len());
+            while low < high {
+                let middle = (low + high) / 2;
+                if key_at(run, middle) < below {
+                    low = middle + 1;
+                } else {
+                    high = middle;
+                }
+            }
+            if low > 0 {
+                heads.push((key_at(run, low - 1), place, low - 1));
             }
         }
         let mut examined = 0;
@@ -218,8 +231,7 @@ impl FilterScan {
             }
             examined += 1;
             if position > 0 {
-                let no = runs[run][position - 1];
-                heads.push(((index.entry(no).created_at, no), run, position - 1));
+                heads.push((key_at(&runs[run], position - 1), run, position - 1));
             }
             if previous == Some(key) {
                 continue;
@@ -262,11 +274,14 @@ impl FilterScan {
         filter.kinds.as_ref().is_none_or(|kinds| kinds.contains(&entry.kind))
             && self.authors.as_ref().is_none_or(|authors| authors.contains(&entry.author))
             && filter.ids.as_ref().is_none_or(|ids| ids.iter().any(|id| id.0 == entry.id))
-            && (filter.tags.is_empty() || records.with_record(no, |record| filter.matches_tags(record)))
+            && (filter.tags.is_empty()
+                || records.with_record(no, |record| filter.matches_tags(record)).unwrap_or(false))
             && (!self.privacy.kinds.contains(&entry.kind)
-                || records.with_record(no, |record| {
-                    self.privacy.allows(entry.kind, record.pubkey(), |viewer| record.has_tag(b'p', viewer))
-                }))
+                || records
+                    .with_record(no, |record| {
+                        self.privacy.allows(entry.kind, record.pubkey(), |viewer| record.has_tag(b'p', viewer))
+                    })
+                    .unwrap_or(false))
     }
 
     fn finish(&mut self) {

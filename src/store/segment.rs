@@ -276,6 +276,24 @@ pub fn scan(
     Ok(ScanReport { header, valid_end: offset, corrupt, sealed: seal.is_some() })
 }
 
+/// Where a sealed, unencrypted segment file is damaged, if it is: `None` when its seal
+/// holds over everything before it (the scrub of a segment opened through its index part).
+pub fn find_damage(path: &Path) -> Option<(usize, String)> {
+    let bytes = match map_file(path) {
+        Ok(bytes) => bytes,
+        Err(error) => return Some((0, error.to_string())),
+    };
+    let bytes = bytes.as_slice();
+    if format::seal_offset(bytes).is_some_and(|offset| offset + format::SEAL_RECORD_SIZE == bytes.len()) {
+        return None;
+    }
+    match scan(bytes, None, |_, _| {}) {
+        Err(error) => Some((0, error.to_string())),
+        Ok(ScanReport { corrupt: Some((offset, error)), .. }) => Some((offset, error.to_string())),
+        Ok(report) => Some((report.valid_end, "the segment's seal does not hold".to_owned())),
+    }
+}
+
 /// Write `bytes` at `offset` of an existing file and make them durable.
 pub fn append_durably(path: &Path, offset: usize, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;

@@ -16,6 +16,7 @@ use super::format::{
     SEGMENT_HEADER_SIZE,
 };
 use super::index::{Admit, EventNo, Facts, Index, Loc, Rejection};
+use super::part::{self, Part};
 use super::query::RecordSource;
 use super::record::{self, ArchivedRecord, Record};
 use super::segment::{self, AlignedBuf, KeyMismatch, SealHasher, SegmentBytes};
@@ -153,6 +154,9 @@ pub(super) struct Segment {
     pub durable_len: usize,
     /// Open for direct-I/O writes while the segment is being written.
     pub file: Option<Rc<DmaFile>>,
+    /// Every record was checked at open (or written by this process). A segment opened
+    /// through its index part was not read: its records are checked as they are read.
+    pub checked: bool,
 }
 
 impl Segment {
@@ -194,6 +198,12 @@ pub struct ShardState {
     active_sealed: bool,
     /// What the committer measures, read at scrape time.
     pub(super) commits: CommitStats,
+    /// Rung when a sealed segment may be given its index part (see `writer`'s indexer).
+    pub(super) indexer_bell: Option<futures_channel::mpsc::Sender<()>>,
+    /// Segment slots whose part could not be built (served from memory until a restart).
+    part_failures: Vec<u32>,
+    /// Ids of the segments the scrub found damaged.
+    damaged: Vec<u32>,
 }
 
 /// The committer's figures for one shard.
@@ -235,6 +245,11 @@ pub struct ShardFigures {
     pub live_records: u64,
     /// The in-memory indexes' heap bytes.
     pub index_bytes: u64,
+    /// Sealed segments served through their mapped index parts, and those parts' bytes.
+    pub parts: u64,
+    pub part_bytes: u64,
+    /// Segments the scrub found damaged.
+    pub damaged_segments: u64,
     pub refusal: Option<RefusalCause>,
     pub fsync_seconds: HistogramSnapshot,
     pub batch_events: HistogramSnapshot,
@@ -285,6 +300,9 @@ impl ShardState {
             repairs: Vec::new(),
             scratch: rkyv::util::AlignedVec::new(),
             spare_image: None,
+            indexer_bell: None,
+            part_failures: Vec::new(),
+            damaged: Vec::new(),
             seal_hash: SealHasher::new(),
             active_sealed: false,
             commits: CommitStats::default(),
@@ -294,7 +312,9 @@ impl ShardState {
         for (position, (id, path)) in files.iter().enumerate() {
             let is_last = Some(position) == last;
             let clean_len = clean.filter(|&(clean_id, _)| is_last && clean_id == *id).map(|(_, len)| len);
-            state.replay_segment(*id, path, is_last, clean_len, mode)?;
+            if !state.open_through_part(*id, path, mode)? {
+                state.replay_segment(*id, path, is_last, clean_len, mode)?;
+            }
             state.next_segment_id = state.next_segment_id.max(id + 1);
         }
         if mode == OpenMode::ReadWrite {
@@ -401,8 +421,46 @@ impl ShardState {
             len: valid_end,
             durable_len: valid_end,
             file: None,
+            checked: true,
         });
         Ok(())
+    }
+
+    /// Open a sealed segment through its index part, without reading its records; `false`
+    /// when it has no part that holds (missing, damaged, stale, or the store is encrypted:
+    /// parts are written in plaintext, so an encrypted store has none).
+    fn open_through_part(&mut self, id: u32, path: &Path, mode: OpenMode) -> Result<bool, StoreError> {
+        let part_path = part::part_path(path);
+        if self.config.key.is_some() || !part_path.exists() {
+            return Ok(false);
+        }
+        let bytes = segment::map_file(path).map_err(io_error(path))?;
+        let Ok(header) = SegmentHeader::decode(bytes.as_slice()) else { return Ok(false) };
+        self.check_header(&header, id, path)?;
+        let loaded = Part::load(&part_path, self.shard_id.0, id, bytes.as_slice());
+        let part = match loaded {
+            Ok(part) => part,
+            Err(error) => {
+                tracing::warn!(shard = self.shard_id.0, path = %part_path.display(), %error, "index part not used: the segment is read instead, and the part rebuilt");
+                if mode == OpenMode::ReadWrite {
+                    std::fs::remove_file(&part_path).map_err(io_error(&part_path))?;
+                }
+                return Ok(false);
+            }
+        };
+        let slot = self.segments.len() as u32;
+        self.index.load_part(part, slot);
+        let len = bytes.as_slice().len();
+        self.segments.push(Segment {
+            id,
+            path: path.to_owned(),
+            bytes,
+            len,
+            durable_len: len,
+            file: None,
+            checked: false,
+        });
+        Ok(true)
     }
 
     /// Whether a segment's header names this shard and segment, and this relay's key.
@@ -475,6 +533,7 @@ impl ShardState {
             len: SEGMENT_HEADER_SIZE,
             durable_len: 0,
             file: None,
+            checked: true,
         });
         Ok(())
     }
@@ -616,6 +675,9 @@ impl ShardState {
             records: u64::from(self.index.len()),
             live_records: self.index.live_count(),
             index_bytes: self.index.memory_size() as u64,
+            parts: self.index.layers().iter().filter(|layer| layer.part_size() > 0).count() as u64,
+            part_bytes: self.index.layers().iter().map(|layer| layer.part_size() as u64).sum(),
+            damaged_segments: self.damaged.len() as u64,
             refusal: self.refusing.as_ref().map(|refusal| refusal.cause),
             fsync_seconds: self.commits.fsync_seconds.snapshot(),
             batch_events: self.commits.batch_events.snapshot(),
@@ -635,26 +697,118 @@ impl ShardState {
         self.segments.iter().filter(|s| matches!(s.bytes, SegmentBytes::Image(_))).count()
     }
 
+    /// The next sealed segment to give its index part (its slot, id and path): on disk in
+    /// full, its events still indexed in memory, its part not failed before. An encrypted
+    /// store has none (parts are plaintext).
+    pub(super) fn next_to_index(&self) -> Option<(u32, u32, PathBuf)> {
+        if self.config.key.is_some() || !self.writable {
+            return None;
+        }
+        let active = self.segments.len().saturating_sub(1) as u32;
+        self.index
+            .memory_segments()
+            .filter(|&slot| slot < active && !self.part_failures.contains(&slot))
+            .find(|&slot| matches!(self.segments[slot as usize].bytes, SegmentBytes::Mapped(_)))
+            .map(|slot| {
+                let segment = &self.segments[slot as usize];
+                (slot, segment.id, segment.path.clone())
+            })
+    }
+
+    /// Serve a sealed segment's events from its new part.
+    pub(super) fn install_part(&mut self, slot: u32, built: Result<Part, part::PartError>) {
+        let path = self.segments[slot as usize].path.clone();
+        let refused = match built {
+            Ok(part) => match self.index.install_part(slot, part) {
+                Ok(()) => return,
+                Err(_) => "it does not number the segment's records as the index does".to_owned(),
+            },
+            Err(error) => error.to_string(),
+        };
+        tracing::warn!(shard = self.shard_id.0, path = %path.display(), error = %refused, "cannot index the sealed segment in a part: its index stays in memory");
+        self.part_failures.push(slot);
+        if let Err(error) = part::remove(&path) {
+            tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "cannot remove the unused part");
+        }
+    }
+
+    /// The next segment opened through its part and not yet scrubbed (its slot and path).
+    pub(super) fn next_to_scrub(&self) -> Option<(u32, PathBuf)> {
+        let slot = self.segments.iter().position(|s| !s.checked && !self.damaged.contains(&s.id))?;
+        Some((slot as u32, self.segments[slot].path.clone()))
+    }
+
+    /// What the scrub of a segment found: its records are trusted from now on, or it is
+    /// damaged (named loudly; its records are still checked one by one as they are read).
+    pub(super) fn scrubbed(&mut self, slot: u32, damage: Option<(usize, String)>) {
+        let segment = &mut self.segments[slot as usize];
+        match damage {
+            None => segment.checked = true,
+            Some((offset, error)) => {
+                tracing::error!(shard = self.shard_id.0, path = %segment.path.display(), offset, %error, "a sealed segment is damaged: its damaged records are not served; `ringrelay verify` lists the damage, `ringrelay repair` moves it aside");
+                self.damaged.push(segment.id);
+            }
+        }
+    }
+
+    /// Segments the scrub found damaged.
+    pub fn damaged_segments(&self) -> usize {
+        self.damaged.len()
+    }
+
+    /// Give every sealed segment whose index is in memory its part, here and now (the tools
+    /// do before they exit; the relay's indexer does it in the background); how many.
+    pub fn build_parts(&mut self) -> usize {
+        let mut built = 0;
+        while let Some((slot, id, path)) = self.next_to_index() {
+            let part = part::build_file(&path, self.shard_id.0, id);
+            built += usize::from(part.is_ok());
+            self.install_part(slot, part);
+        }
+        built
+    }
+
+    /// Ask the indexer to give the sealed segments their parts.
+    pub(super) fn ring_indexer(&mut self) {
+        if let Some(bell) = &mut self.indexer_bell {
+            // Full means a ring is already pending.
+            let _ = bell.try_send(());
+        }
+    }
+
     /// Paths of the segments that were on disk when the shard was opened.
     pub fn sealed_segment_paths(&self) -> Vec<PathBuf> {
         let sealed = self.segments.len() - usize::from(self.writable);
         self.segments[..sealed].iter().map(|s| s.path.clone()).collect()
     }
 
-    /// The plaintext rkyv archive of event `no`, as it would be written again.
-    pub fn record_archive(&self, no: EventNo) -> Vec<u8> {
-        self.plain_record(no).bytes().to_vec()
+    /// The plaintext rkyv archive of event `no`, as it would be written again (`None`:
+    /// its segment was damaged after its index part was written).
+    pub fn record_archive(&self, no: EventNo) -> Option<Vec<u8>> {
+        self.with_record(no, |_| ())?;
+        Some(self.plain_record(no)?.bytes().to_vec())
     }
 
-    /// The plaintext archive of an indexed record: in place, or decrypted.
-    fn plain_record(&self, no: EventNo) -> segment::RecordBytes<'_> {
+    /// The plaintext archive of an indexed record: in place, or decrypted. A record of a
+    /// segment opened through its part (not yet scrubbed) has its checksum checked here.
+    fn plain_record(&self, no: EventNo) -> Option<segment::RecordBytes<'_>> {
         let loc = self.index.entry(no).loc;
         let segment = &self.segments[loc.segment as usize];
         let bytes = segment.bytes.as_slice();
-        let span = format::trusted_span(bytes, loc.offset as usize);
+        let span = match segment.checked {
+            true => format::trusted_span(bytes, loc.offset as usize),
+            false => match format::read_slot(bytes, loc.offset as usize) {
+                format::Slot::Record(span) => span,
+                other => {
+                    tracing::error!(shard = self.shard_id.0, path = %segment.path.display(), offset = loc.offset, damage = ?other, "a stored record no longer reads back: `ringrelay verify` names the damage, `ringrelay repair` moves it aside");
+                    return None;
+                }
+            },
+        };
         let nonce = || crypto::nonce(self.shard_id.0, segment.id, loc.offset);
-        segment::record_bytes(bytes, &span, self.config.key.as_ref(), nonce)
-            .expect("a record that decrypted at open decrypts again")
+        let plain = segment::record_bytes(bytes, &span, self.config.key.as_ref(), nonce);
+        assert!(plain.is_ok() || !segment.checked, "a record that decrypted at open decrypts again");
+        plain.ok()
     }
 
     pub fn is_writable(&self) -> bool {
@@ -665,8 +819,9 @@ impl ShardState {
         &self.config
     }
 
-    /// The stored JSON of event `no`.
-    pub fn event_json(&self, no: EventNo) -> Vec<u8> {
+    /// The stored JSON of event `no` (`None`: its segment was damaged after its index part
+    /// was written).
+    pub fn event_json(&self, no: EventNo) -> Option<Vec<u8>> {
         self.with_record(no, |record| record.json.to_vec())
     }
 
@@ -677,11 +832,15 @@ impl ShardState {
 }
 
 impl RecordSource for ShardState {
-    fn with_record<R>(&self, no: EventNo, f: impl FnOnce(&ArchivedRecord) -> R) -> R {
-        let plain = self.plain_record(no);
-        // SAFETY: every indexed record passed `record::access` when its segment was opened,
-        // or was written by this process; segments are never modified in place.
-        f(unsafe { record::access_trusted(plain.bytes()) })
+    fn with_record<R>(&self, no: EventNo, f: impl FnOnce(&ArchivedRecord) -> R) -> Option<R> {
+        let plain = self.plain_record(no)?;
+        if !self.segments[self.index.entry(no).loc.segment as usize].checked {
+            // The checksum held: only a record that was never what its part says is refused here.
+            return record::access(plain.bytes()).ok().filter(|record| record.id == self.index.entry(no).id).map(f);
+        }
+        // SAFETY: every record of a checked segment passed `record::access` when its segment
+        // was opened, or was written by this process; segments are never modified in place.
+        Some(f(unsafe { record::access_trusted(plain.bytes()) }))
     }
 }
 
@@ -703,8 +862,11 @@ fn replay_record(index: &mut Index, record: &ArchivedRecord, loc: Loc) {
             index.set_durable(index.len());
         }
         // A duplicate (a compaction interrupted before it removed the old segments) or a
-        // record the rules now refuse: it stays on disk until compaction, never indexed.
-        _ => index.note_dead_record(loc.segment),
+        // record the rules now refuse: it stays on disk until compaction, never served (it
+        // is numbered, so that its segment's part numbers it the same).
+        _ => {
+            index.insert_dead(&facts, loc);
+        }
     }
 }
 

@@ -33,6 +33,8 @@ pub struct Shard {
     state: Rc<RefCell<ShardState>>,
     doorbell: Option<mpsc::Sender<()>>,
     committer: Option<glommio::Task<()>>,
+    /// Gives sealed segments their index parts, one at a time (see [`run_indexer`]).
+    indexer: Option<glommio::Task<()>>,
 }
 
 /// The outcome of an append; `Stored` resolves once the record is durable.
@@ -68,7 +70,12 @@ impl Shard {
         let state = Rc::new(RefCell::new(state));
         let (doorbell, rings) = mpsc::channel(1);
         let committer = glommio::spawn_local(run_committer(state.clone(), rings));
-        Shard { state, doorbell: Some(doorbell), committer: Some(committer) }
+        let (mut indexer_bell, indexer_rings) = mpsc::channel(1);
+        // The segments open found without a part get theirs first.
+        let _ = indexer_bell.try_send(());
+        state.borrow_mut().indexer_bell = Some(indexer_bell);
+        let indexer = glommio::spawn_local(run_indexer(state.clone(), indexer_rings));
+        Shard { state, doorbell: Some(doorbell), committer: Some(committer), indexer: Some(indexer) }
     }
 
     /// Apply the rules and append; a stored event is acknowledged by awaiting its `Durable`.
@@ -126,6 +133,12 @@ impl Shard {
     pub async fn close(mut self) -> Result<ShardState, StoreError> {
         self.state.borrow_mut().seal_active();
         self.doorbell = None;
+        // The indexer finishes the part it is building (if any) and starts no other: a
+        // segment without its part is read at the next open, and given one then.
+        self.state.borrow_mut().indexer_bell = None;
+        if let Some(indexer) = self.indexer.take() {
+            indexer.await;
+        }
         if let Some(committer) = self.committer.take() {
             committer.await;
         }
@@ -169,6 +182,32 @@ async fn run_committer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver
             }
         }
         check_space(&state);
+    }
+}
+
+/// The indexer: whenever a segment is sealed (and once at start), give every sealed segment
+/// whose index is still in memory its part, built and written on glommio's blocking threads
+/// one at a time, then served from the map; then scrub the segments opened through their
+/// parts (not read at open): check each one's seal, one at a time, resting as long as each
+/// check took. It ends when the shard closes.
+async fn run_indexer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<()>) {
+    let open = || state.borrow().indexer_bell.is_some();
+    while rings.next().await.is_some() {
+        while open() {
+            let next = state.borrow().next_to_index();
+            let Some((slot, id, path)) = next else { break };
+            let shard = state.borrow().shard_id.0;
+            let built = glommio::executor().spawn_blocking(move || super::part::build_file(&path, shard, id)).await;
+            state.borrow_mut().install_part(slot, built);
+        }
+        while open() {
+            let next = state.borrow().next_to_scrub();
+            let Some((slot, path)) = next else { break };
+            let started = std::time::Instant::now();
+            let damage = glommio::executor().spawn_blocking(move || super::segment::find_damage(&path)).await;
+            state.borrow_mut().scrubbed(slot, damage);
+            glommio::timer::sleep(started.elapsed()).await;
+        }
     }
 }
 
@@ -364,6 +403,7 @@ fn seal(state: &mut ShardState, slot: usize) -> Result<(), StoreError> {
     if let SegmentBytes::Image(image) = std::mem::replace(&mut segment.bytes, mapped) {
         state.spare_image = Some(image.recycle());
     }
+    state.ring_indexer();
     Ok(())
 }
 

@@ -128,7 +128,7 @@ async fn write_all(options: &StoreOptions, shard_count: u16, count: u64, progres
         }
     }
     for state in states.into_iter().flatten() {
-        Shard::start(state).close().await?;
+        Shard::start(state).close().await?.build_parts();
     }
     progress(count);
     Ok(())

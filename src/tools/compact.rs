@@ -47,13 +47,18 @@ async fn compact(options: &StoreOptions) -> anyhow::Result<CompactSummary> {
         // Arrival order, so replay meets versions and deletions in the order they were accepted.
         let live_by_arrival: Vec<u32> = (0..state.index.len()).filter(|&no| state.index.is_visible(no, now)).collect();
         for no in &live_by_arrival {
-            let plain = state.record_archive(*no);
+            let plain = state.record_archive(*no).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "shard {shard}: a stored record does not read back; run `ringrelay verify`, then `repair`"
+                )
+            })?;
             state.write_record(&plain)?;
         }
         summary.records_after += live_by_arrival.len() as u64;
         let state = Shard::start(state).close().await?;
         for path in &old {
             std::fs::remove_file(path)?;
+            crate::store::part::remove(path)?;
         }
         crate::store::segment::sync_dir(&state.dir)?;
         summary.segments_after += crate::store::segment::list_segments(&state.dir)?.len();

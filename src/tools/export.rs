@@ -35,7 +35,10 @@ pub fn run(options: &StoreOptions, filters: &[Filter], out: &mut dyn Write) -> a
             } else {
                 Ok(false)
             }
-        })?;
+        });
+        let keep = keep.ok_or_else(|| {
+            anyhow::anyhow!("shard {}: a stored record does not read back; run `ringrelay verify`", state.shard_id)
+        })??;
         count += u64::from(keep);
     }
     out.flush()?;

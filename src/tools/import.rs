@@ -159,9 +159,11 @@ impl Importer {
         Ok(outcomes)
     }
 
+    /// Close every shard, and give its sealed segments their index parts, so that the
+    /// relay's next start maps them instead of reading them.
     pub async fn close(self) -> anyhow::Result<()> {
         for shard in self.shards {
-            shard.close().await?;
+            shard.close().await?.build_parts();
         }
         Ok(())
     }

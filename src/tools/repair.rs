@@ -156,6 +156,8 @@ fn repair_segment(
     }
     let original = quarantine.join(format!("{name}.original"));
     std::fs::rename(path, &original)?;
+    // Its index part indexes what is now in quarantine: the new segment gets its own.
+    crate::store::part::remove(path)?;
     segment::sync_dir(&quarantine)?;
     segment::sync_dir(shard_dir)?;
     Ok(Some(Repaired {

@@ -117,7 +117,9 @@ impl Local for StoppedDir {
             for shard in self.importer.shards() {
                 let state = shard.state();
                 if let Some(no) = state.index.lookup_id(id).filter(|&no| state.index.is_visible(no, now)) {
-                    events.push(String::from_utf8(state.event_json(no))?);
+                    if let Some(json) = state.event_json(no) {
+                        events.push(String::from_utf8(json)?);
+                    }
                     break;
                 }
             }

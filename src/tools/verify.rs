@@ -9,7 +9,7 @@ use crate::limits::EventLimits;
 use crate::store::crypto::{self, SegmentKey};
 use crate::store::format::{self, check_seal, read_slot, SegmentHeader, Slot, RECORD_ALIGN, SEGMENT_HEADER_SIZE};
 use crate::store::shard::read_clean_mark;
-use crate::store::{record, segment, Access, DataDir, ShardId};
+use crate::store::{part, record, segment, Access, DataDir, ShardId};
 
 use super::StoreOptions;
 
@@ -62,12 +62,15 @@ pub fn run(options: &StoreOptions, signatures: bool) -> anyhow::Result<VerifyRep
                     });
                 }
             }
-            verify_segment(path, shard.0, key.as_ref(), signatures, may_be_torn, &mut report);
+            if !verify_segment(path, shard.0, key.as_ref(), signatures, may_be_torn, &mut report) {
+                verify_part(path, shard.0, *id, &mut report);
+            }
         }
     }
     Ok(report)
 }
 
+/// Check one segment; whether it is damaged.
 fn verify_segment(
     path: &Path,
     shard: u16,
@@ -75,9 +78,10 @@ fn verify_segment(
     signatures: bool,
     may_be_torn: bool,
     report: &mut VerifyReport,
-) {
+) -> bool {
     let mut problem = |offset: Option<usize>, message: String| {
         report.problems.push(Problem { path: path.to_owned(), offset, message });
+        true
     };
     let bytes = match segment::map_file(path) {
         Ok(bytes) => bytes,
@@ -145,6 +149,21 @@ fn verify_segment(
         offset = span.end();
     }
     report.records += records;
+    damaged
+}
+
+/// A sealed segment's index part, if it has one, must be what the segment gives.
+fn verify_part(path: &Path, shard: u16, id: u32, report: &mut VerifyReport) {
+    let part_path = part::part_path(path);
+    let Ok(segment) = segment::map_file(path) else { return };
+    if !part_path.exists() {
+        return;
+    }
+    if let Err(error) = part::agrees(&part_path, shard, id, segment.as_slice()) {
+        let message =
+            format!("its index part does not agree with it ({error}): the relay rebuilds it at its next start");
+        report.problems.push(Problem { path: part_path, offset: None, message });
+    }
 }
 
 /// The stored JSON must still verify and agree with the indexed fields.

@@ -987,3 +987,107 @@ fn a_client_that_writes_faster_than_it_reads_is_slowed_not_dropped() {
     sending.join().unwrap();
     assert!(client.publish(&signed(&keys(997), 1, now(), &[], "still connected")).0);
 }
+
+/// A restart maps the sealed segments' index parts instead of reading them, and what was
+/// replaced or deleted after a part was written stays gone after a `kill -9`.
+#[test]
+fn a_restart_maps_index_parts_and_keeps_later_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "segment_size = 1048576\n";
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    let alice = keys(1_100);
+    let profile_1 = signed(&alice, 0, now() - 100, &[], "profile 1");
+    let doomed = signed(&alice, 1, now() - 100, &[&["t", "doomed"]], "deleted later");
+    assert!(client.publish(&profile_1).0 && client.publish(&doomed).0);
+    let filler = "x".repeat(30_000);
+    let mut fillers = Vec::new();
+    for i in 0..60 {
+        let json = signed(&keys(1_101), 1, now() - 50, &[&["t", "filler"]], &format!("{i} {filler}"));
+        assert!(client.publish(&json).0);
+        fillers.push(id_of(&json));
+    }
+    wait_for_first_part(dir.path());
+    let profile_2 = signed(&alice, 0, now() - 10, &[], "profile 2");
+    let deletion = signed(&alice, 5, now() - 10, &[&["e", &id_of(&doomed)]], "");
+    assert!(client.publish(&profile_2).0 && client.publish(&deletion).0);
+    drop(client);
+    relay.kill9();
+
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    assert_eq!(
+        ids(&client.req("profile", &[json!({"kinds": [0], "authors": [alice.public_key().to_hex()]})])),
+        vec![id_of(&profile_2)]
+    );
+    assert!(client.req("doomed", &[json!({"ids": [id_of(&doomed)]})]).is_empty());
+    assert!(client.req("doomed-tag", &[json!({"#t": ["doomed"]})]).is_empty());
+    let mut served = ids(&client.req("fillers", &[json!({"#t": ["filler"]})]));
+    served.sort();
+    fillers.sort();
+    assert_eq!(served, fillers);
+    let metrics = crate::metrics::scrape(relay.port);
+    assert!(crate::metrics::total(&metrics, "ringrelay_index_parts", &[]) >= 1.0, "the restart mapped the part");
+    assert_eq!(crate::metrics::total(&metrics, "ringrelay_shard_damaged_segments", &[]), 0.0);
+    assert!(relay.terminate().success());
+}
+
+/// A record damaged in a segment that opens through its index part: the relay starts and
+/// serves everything else, the scrub names the damaged segment in the metrics, and the
+/// damaged event is not served.
+#[test]
+fn damage_behind_an_index_part_is_scrubbed_and_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "segment_size = 1048576\n";
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    let filler = "y".repeat(30_000);
+    let mut stored = Vec::new();
+    for i in 0..60 {
+        let json = signed(&keys(1_120), 1, now() - 50 + i, &[&["t", "scrubbed"]], &format!("{i} {filler}"));
+        assert!(client.publish(&json).0);
+        stored.push(id_of(&json));
+    }
+    drop(client);
+    let first = wait_for_first_part(dir.path());
+    assert!(relay.terminate().success());
+    let mut bytes = std::fs::read(&first).unwrap();
+    let mut victim = None;
+    ringrelay::store::segment::scan(&bytes, None, |span, record| {
+        if victim.is_none() && span.offset > 4096 {
+            victim = Some((span.payload_range().start, ringrelay::hex::encode(&record.id)));
+        }
+    })
+    .unwrap();
+    let (at, damaged_id) = victim.unwrap();
+    bytes[at + 200] ^= 0x04;
+    std::fs::write(&first, &bytes).unwrap();
+
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::metrics::total(&crate::metrics::scrape(relay.port), "ringrelay_shard_damaged_segments", &[]) < 1.0 {
+        assert!(Instant::now() < deadline, "the scrub names the damaged segment");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut client = relay.connect();
+    let mut served = ids(&client.req("all", &[json!({"#t": ["scrubbed"]})]));
+    served.sort();
+    let mut expected: Vec<String> = stored.into_iter().filter(|id| *id != damaged_id).collect();
+    expected.sort();
+    assert_eq!(served, expected);
+    assert!(relay.terminate().success());
+}
+
+/// Wait (at most 20 s) until the first segment of shard 0 under `data` has its index part;
+/// returns the segment's path.
+fn wait_for_first_part(data: &Path) -> std::path::PathBuf {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let segments = ringrelay::store::segment::list_segments(&data.join("shard-000")).unwrap();
+        if let Some((_, first)) = segments.first().filter(|(_, s)| ringrelay::store::part::part_path(s).exists()) {
+            return first.clone();
+        }
+        assert!(Instant::now() < deadline, "the sealed segment gets its part");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

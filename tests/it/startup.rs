@@ -96,6 +96,9 @@ fn damage(segment: &Path, how: &Damage) -> usize {
         Damage::Cut => bytes.truncate(victim + 100),
     }
     std::fs::write(segment, &bytes).unwrap();
+    // Without its index part, a segment is read at open (with it, it is scrubbed once the
+    // relay serves: `relay::damage_behind_an_index_part_is_scrubbed_and_not_served`).
+    ringrelay::store::part::remove(segment).unwrap();
     victim
 }
 

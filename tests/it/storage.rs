@@ -11,6 +11,8 @@ use ringrelay::filter::{Filter, TagFilter};
 use ringrelay::limits::{EventLimits, CONTENT_SIZE_MAX, EVENT_SIZE_MAX, TAG_COUNT_MAX};
 use ringrelay::store::crypto::SegmentKey;
 use ringrelay::store::format::{seal_offset, FormatError, SEAL_RECORD_SIZE};
+use ringrelay::store::layer::Layer;
+use ringrelay::store::part;
 use ringrelay::store::{
     query_shards, Admission, DataDir, OpenMode, Rejection, Shard, ShardConfig, ShardId, ShardState, StoreError,
 };
@@ -67,7 +69,9 @@ impl Store {
         let refs: Vec<&ShardState> = states.iter().map(|s| &**s).collect();
         query_shards(&refs, filters, DEFAULT_LIMIT, MAX_LIMIT, now)
             .into_iter()
-            .map(|hit| String::from_utf8(refs[usize::from(hit.shard)].event_json(hit.hit.no)).unwrap())
+            .map(|hit| {
+                String::from_utf8(refs[usize::from(hit.shard)].event_json(hit.hit.no).expect("reads back")).unwrap()
+            })
             .collect()
     }
 
@@ -463,7 +467,7 @@ fn open_one(path: &Path, key: Option<SegmentKey>, mode: OpenMode) -> Result<Shar
 }
 
 fn stored_json(state: &ShardState) -> Vec<String> {
-    (0..state.index.len()).map(|no| String::from_utf8(state.event_json(no)).unwrap()).collect()
+    (0..state.index.len()).map(|no| String::from_utf8(state.event_json(no).expect("reads back")).unwrap()).collect()
 }
 
 /// Remove the clean-shutdown mark of shard 0, as if the process had been killed after its
@@ -553,6 +557,9 @@ fn corruption_in_a_sealed_segment_is_an_error() {
     let mut bytes = std::fs::read(&files[0].1).unwrap();
     bytes[4096 + 100] ^= 0x40;
     std::fs::write(&files[0].1, &bytes).unwrap();
+    // A segment without its index part is read at open (one with its part is not: see
+    // `damage_behind_an_index_part_is_found_when_read`).
+    part::remove(&files[0].1).unwrap();
     match open_one(dir.path(), None, OpenMode::ReadWrite) {
         Err(StoreError::Corrupt { path, offset, .. }) => {
             assert_eq!(path, files[0].1);
@@ -561,6 +568,32 @@ fn corruption_in_a_sealed_segment_is_an_error() {
         Err(other) => panic!("wrong error {other}"),
         Ok(_) => panic!("corruption went unnoticed"),
     }
+}
+
+/// A sealed segment opened through its index part is not read at open: a record damaged
+/// after the part was written is found when it is read, and is not served (nor anything in
+/// its place); the other events are; `verify` names the damage.
+#[test]
+fn damage_behind_an_index_part_is_found_when_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = write_events(dir.path(), 3, None);
+    assert_eq!(build_parts(dir.path()), 1);
+    let segment = &ringrelay::store::segment::list_segments(&dir.path().join("shard-000")).unwrap()[0].1;
+    let spans = spans_of(segment);
+    let mut bytes = std::fs::read(segment).unwrap();
+    bytes[spans[1].payload_range().start + 40] ^= 0x40;
+    std::fs::write(segment, &bytes).unwrap();
+    let state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+    assert!(matches!(state.index.layers()[0], Layer::Mapped(_)), "opened through its part");
+    let read: Vec<Option<String>> =
+        (0..3).map(|no| state.event_json(no).map(|json| String::from_utf8(json).unwrap())).collect();
+    assert_eq!(read, vec![Some(served(&events[0])), None, Some(served(&events[2]))]);
+    drop(state);
+    let options =
+        ringrelay::tools::StoreOptions { data_dir: dir.path().to_owned(), key_file: None, segment_size: SEGMENT_SIZE };
+    let report = ringrelay::tools::verify::run(&options, false).unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    assert_eq!(report.problems[0].offset, Some(spans[1].offset));
 }
 
 #[test]
@@ -905,4 +938,120 @@ fn a_damaged_header_before_records_is_corruption() {
     std::fs::write(&segment, &bytes).unwrap();
     assert_eq!(refused_as_corrupt(dir.path(), &segment, OpenMode::ReadWrite), (0, FormatError::HeaderChecksum));
     assert!(segment.exists());
+}
+
+/// The answer of each request in `requests`, from the store at `path` opened afresh.
+fn answers_after_open(path: &Path, requests: &[Vec<Filter>], now: u64) -> (Vec<Vec<String>>, usize) {
+    let (path, requests) = (path.to_owned(), requests.to_vec());
+    run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&path, 1, None).unwrap();
+            let mapped =
+                store.shards[0].state().index.layers().iter().filter(|l| matches!(l, Layer::Mapped(_))).count();
+            let answers = requests.iter().map(|filters| store.query(filters, now)).collect();
+            store.close().await;
+            (answers, mapped)
+        })
+    })
+}
+
+/// Give every sealed segment of the one-shard store at `path` its index part.
+fn build_parts(path: &Path) -> usize {
+    open_one(path, None, OpenMode::ReadWrite).unwrap().build_parts()
+}
+
+fn part_files(path: &Path) -> Vec<PathBuf> {
+    let segments = ringrelay::store::segment::list_segments(&path.join("shard-000")).unwrap();
+    segments.iter().map(|(_, segment)| part::part_path(segment)).filter(|part| part.exists()).collect()
+}
+
+/// Random events with versions, deletions, requests to vanish and expirations, stored in two
+/// runs with the first run's segments given their parts in between, so that the second run
+/// deletes and replaces events that a part holds. Every way of opening the store afterwards
+/// (sealed segments through parts, some parts missing, damaged, or naming another segment)
+/// answers every request as the store did before it closed.
+#[test]
+fn reopen_through_index_parts_answers_as_the_store_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let now = now();
+    let mut rng = StdRng::seed_from_u64(0x1dec5);
+    let mut events: Vec<VerifiedEvent> = Vec::new();
+    for i in 0..10_000 {
+        let json = if i % 400 == 399 {
+            let author = keys(100 + rng.gen_range(0..AUTHOR_COUNT));
+            signed(&author, 62, BASE_TIME + rng.gen_range(0..20), &[&["relay", "ALL_RELAYS"]], "")
+        } else {
+            random_event(&mut rng, &events, now)
+        };
+        events.push(verified(&json));
+    }
+    let requests: Vec<Vec<Filter>> =
+        (0..300).map(|_| (0..rng.gen_range(1..3)).map(|_| random_filter(&mut rng, &events)).collect()).collect();
+    let (first, second) = events.split_at(5_000);
+    let (first, second) = (first.to_vec(), second.to_vec());
+    let (store_path, store_requests) = (path.clone(), requests.clone());
+    let first_path = path.clone();
+    run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&first_path, 1, None).unwrap();
+            for event in &first {
+                store.append(event, now).await;
+            }
+            store.close().await;
+        })
+    });
+    build_parts(&path);
+    assert!(part_files(&path).len() >= 2, "the first run fills more than one segment");
+    let expected = run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&store_path, 1, None).unwrap();
+            for event in &second {
+                store.append(event, now).await;
+            }
+            let answers: Vec<Vec<String>> = store_requests.iter().map(|filters| store.query(filters, now)).collect();
+            store.close().await;
+            answers
+        })
+    });
+    assert!(expected.iter().filter(|answer| !answer.is_empty()).count() > 150, "most queries match something");
+    let check = |case: &str, mapped_min: usize| {
+        let (answers, mapped) = answers_after_open(&path, &requests, now);
+        assert!(mapped >= mapped_min, "{case}: {mapped} parts mapped");
+        for ((filters, expected), answer) in requests.iter().zip(&expected).zip(&answers) {
+            assert_eq!(answer, expected, "{case}: {filters:?}");
+        }
+    };
+    check("the first run's segments through parts", 2);
+    build_parts(&path);
+    let parts = part_files(&path);
+    assert!(parts.len() >= 4, "every sealed segment has its part: {parts:?}");
+    check("every sealed segment through its part", parts.len());
+
+    // What a crash while writing a part leaves (nothing, or its temp file alone), and what
+    // damage does: each part that does not hold is not used, and is rebuilt.
+    let another = std::fs::read(&parts[0]).unwrap();
+    std::fs::remove_file(&parts[0]).unwrap();
+    std::fs::write(parts[0].with_extension("tmp"), b"half a part").unwrap();
+    let mut bytes = std::fs::read(&parts[1]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&parts[1], &bytes).unwrap();
+    let bytes = std::fs::read(&parts[2]).unwrap();
+    std::fs::write(&parts[2], &bytes[..bytes.len() - 100]).unwrap();
+    // A part of another segment in the place of this one's, claiming to be this one's: it
+    // names another seal (as would a part left from before a repair rewrote its segment).
+    let mut bytes = another;
+    let this_id = std::fs::read(&parts[3]).unwrap()[16..20].to_vec();
+    bytes[16..20].copy_from_slice(&this_id);
+    std::fs::write(&parts[3], &bytes).unwrap();
+    check("damaged, missing and stale parts", parts.len() - 4);
+    assert!(!parts[1].exists() && !parts[2].exists() && !parts[3].exists(), "the parts not used are removed");
+    build_parts(&path);
+    check("parts rebuilt", parts.len());
+    assert!(parts.iter().all(|part| part.exists()));
+    for part in &parts {
+        std::fs::remove_file(part).unwrap();
+    }
+    check("no parts", 0);
 }
