@@ -436,23 +436,32 @@ impl Index {
     /// the version, deletion or vanish it is.
     fn register(&mut self, no: EventNo, facts: &Facts<'_>) {
         let author = self.intern_author(facts.pubkey);
-        if let Some(at) = facts.expiration {
+        self.count_live(no, author, facts.kind, facts.expiration);
+        self.insert_id(no, self.hasher.hash_one(facts.id));
+        self.remember(no, author, facts);
+    }
+
+    /// A stored event's live counts and expiration.
+    fn count_live(&mut self, no: EventNo, author: u32, kind: u16, expiration: Option<u64>) {
+        if let Some(at) = expiration {
             self.expiring.insert((at, no));
             self.expiration_of.insert(no, at);
         }
         self.live_count += 1;
-        *self.live_by_kind.entry(facts.kind).or_default() += 1;
+        *self.live_by_kind.entry(kind).or_default() += 1;
         if self.live_by_author.len() <= author as usize {
             self.live_by_author.resize(author as usize + 1, 0);
         }
         self.live_by_author[author as usize] += 1;
-        let hash = self.hasher.hash_one(facts.id);
+    }
+
+    /// Make event `no` (its id hashed to `hash`) found by its id.
+    fn insert_id(&mut self, no: EventNo, hash: u64) {
         let Index { by_id, layers, hasher, .. } = self;
         by_id.insert_unique(hash, no, |&other| {
             let layer = layer_of(layers, other);
             hasher.hash_one(layer.id(other - layer.base()))
         });
-        self.remember(no, author, facts);
     }
 
     /// Add a sealed segment's part, its records in segment slot `segment`: the events are
@@ -474,8 +483,24 @@ impl Index {
             self.judge_loaded(base + local, &tags, segment);
         }
         self.durable_count = self.len;
-        if let Some(Layer::Mapped(layer)) = self.layers.last() {
-            layer.part.release_pages();
+    }
+
+    /// Room for `additional` more events in the id table, so that loading them does not
+    /// grow it (a growth reads the id of every event already in it).
+    pub fn reserve(&mut self, additional: usize) {
+        let Index { by_id, layers, hasher, .. } = self;
+        by_id.reserve(additional, |&other| {
+            let layer = layer_of(layers, other);
+            hasher.hash_one(layer.id(other - layer.base()))
+        });
+    }
+
+    /// Let the kernel drop the pages of every part from this process (they stay cached).
+    pub fn release_pages(&self) {
+        for layer in &self.layers {
+            if let Layer::Mapped(layer) = layer {
+                layer.part.release_pages();
+            }
         }
     }
 
@@ -483,6 +508,11 @@ impl Index {
     /// (the records it retires retire at once: it is durable), or dead on arrival.
     fn judge_loaded(&mut self, no: EventNo, tags: &[RuleTag], segment: u32) {
         let (entry, expiration, pubkey) = self.part_entry(no);
+        let plain =
+            KindClass::of(entry.kind) == KindClass::Regular && entry.kind != KIND_DELETION && entry.kind != KIND_VANISH;
+        if plain {
+            return self.judge_plain(no, &entry, expiration, segment);
+        }
         let tags: Vec<(u8, &[u8])> = tags.iter().map(|(letter, value)| (*letter, value.as_slice())).collect();
         let facts = Facts {
             id: &entry.id,
@@ -499,6 +529,39 @@ impl Index {
                 kills.into_iter().for_each(|victim| self.kill(victim));
             }
             _ => self.mark_dead(no, segment),
+        }
+    }
+
+    /// What [`Index::admit`] decides for a loaded event of a regular kind that is neither a
+    /// deletion nor a request to vanish (most events): dead on arrival when it is a copy,
+    /// deleted by id, or its author vanished after it; else stored, retiring nothing. Its
+    /// id is hashed once and its author known by number.
+    fn judge_plain(&mut self, no: EventNo, entry: &Entry, expiration: Option<u64>, segment: u32) {
+        let deleted = self.deleted_ids.get(&entry.id) == Some(&entry.author);
+        let vanished = self.vanished.get(&entry.author).is_some_and(|&until| entry.created_at <= until);
+        if deleted || vanished {
+            return self.mark_dead(no, segment);
+        }
+        // One probe finds a copy or takes the id.
+        let Index { by_id, layers, hasher, .. } = self;
+        let id_of = |other: EventNo| {
+            let layer = layer_of(layers, other);
+            layer.id(other - layer.base())
+        };
+        let taken = match by_id.entry(
+            hasher.hash_one(entry.id),
+            |&other| id_of(other) == &entry.id,
+            |&other| hasher.hash_one(id_of(other)),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(no);
+                true
+            }
+        };
+        match taken {
+            true => self.count_live(no, entry.author, entry.kind, expiration),
+            false => self.mark_dead(no, segment),
         }
     }
 

@@ -309,14 +309,21 @@ impl ShardState {
         };
         let last = files.len().checked_sub(1);
         let clean = read_clean_mark(dir);
-        for (position, (id, path)) in files.iter().enumerate() {
+        // Every part that holds, mapped and checked first, so that the rules' tables are
+        // sized once (growing them would read every entry again).
+        let parts: Vec<Option<(SegmentBytes, Part)>> =
+            files.iter().map(|(id, path)| state.map_part(*id, path, mode)).collect::<Result<_, _>>()?;
+        state.index.reserve(parts.iter().flatten().map(|(_, part)| part.len() as usize).sum());
+        for (position, ((id, path), part)) in files.iter().zip(parts).enumerate() {
             let is_last = Some(position) == last;
             let clean_len = clean.filter(|&(clean_id, _)| is_last && clean_id == *id).map(|(_, len)| len);
-            if !state.open_through_part(*id, path, mode)? {
-                state.replay_segment(*id, path, is_last, clean_len, mode)?;
+            match part {
+                Some((bytes, part)) => state.open_through_part(*id, path, bytes, part),
+                None => state.replay_segment(*id, path, is_last, clean_len, mode)?,
             }
             state.next_segment_id = state.next_segment_id.max(id + 1);
         }
+        state.index.release_pages();
         if mode == OpenMode::ReadWrite {
             // Writes begin a new segment: the mark no longer describes the newest one.
             remove_clean_mark(dir).map_err(io_error(dir))?;
@@ -426,28 +433,31 @@ impl ShardState {
         Ok(())
     }
 
-    /// Open a sealed segment through its index part, without reading its records; `false`
-    /// when it has no part that holds (missing, damaged, stale, or the store is encrypted:
-    /// parts are written in plaintext, so an encrypted store has none).
-    fn open_through_part(&mut self, id: u32, path: &Path, mode: OpenMode) -> Result<bool, StoreError> {
+    /// A sealed segment's map and its index part, checked; `None` when it has no part that
+    /// holds (missing, damaged, stale, or the store is encrypted: parts are written in
+    /// plaintext, so an encrypted store has none). One that does not hold is removed.
+    fn map_part(&self, id: u32, path: &Path, mode: OpenMode) -> Result<Option<(SegmentBytes, Part)>, StoreError> {
         let part_path = part::part_path(path);
         if self.config.key.is_some() || !part_path.exists() {
-            return Ok(false);
+            return Ok(None);
         }
         let bytes = segment::map_file(path).map_err(io_error(path))?;
-        let Ok(header) = SegmentHeader::decode(bytes.as_slice()) else { return Ok(false) };
+        let Ok(header) = SegmentHeader::decode(bytes.as_slice()) else { return Ok(None) };
         self.check_header(&header, id, path)?;
-        let loaded = Part::load(&part_path, self.shard_id.0, id, bytes.as_slice());
-        let part = match loaded {
-            Ok(part) => part,
+        match Part::load(&part_path, self.shard_id.0, id, bytes.as_slice()) {
+            Ok(part) => Ok(Some((bytes, part))),
             Err(error) => {
                 tracing::warn!(shard = self.shard_id.0, path = %part_path.display(), %error, "index part not used: the segment is read instead, and the part rebuilt");
                 if mode == OpenMode::ReadWrite {
                     std::fs::remove_file(&part_path).map_err(io_error(&part_path))?;
                 }
-                return Ok(false);
+                Ok(None)
             }
-        };
+        }
+    }
+
+    /// Open a sealed segment through its index part, without reading its records.
+    fn open_through_part(&mut self, id: u32, path: &Path, bytes: SegmentBytes, part: Part) {
         let slot = self.segments.len() as u32;
         self.index.load_part(part, slot);
         let len = bytes.as_slice().len();
@@ -460,7 +470,6 @@ impl ShardState {
             file: None,
             checked: false,
         });
-        Ok(true)
     }
 
     /// Whether a segment's header names this shard and segment, and this relay's key.

@@ -70,9 +70,7 @@ impl Shard {
         let state = Rc::new(RefCell::new(state));
         let (doorbell, rings) = mpsc::channel(1);
         let committer = glommio::spawn_local(run_committer(state.clone(), rings));
-        let (mut indexer_bell, indexer_rings) = mpsc::channel(1);
-        // The segments open found without a part get theirs first.
-        let _ = indexer_bell.try_send(());
+        let (indexer_bell, indexer_rings) = mpsc::channel(1);
         state.borrow_mut().indexer_bell = Some(indexer_bell);
         let indexer = glommio::spawn_local(run_indexer(state.clone(), indexer_rings));
         Shard { state, doorbell: Some(doorbell), committer: Some(committer), indexer: Some(indexer) }
@@ -185,29 +183,61 @@ async fn run_committer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver
     }
 }
 
-/// The indexer: whenever a segment is sealed (and once at start), give every sealed segment
-/// whose index is still in memory its part, built and written on glommio's blocking threads
-/// one at a time, then served from the map; then scrub the segments opened through their
-/// parts (not read at open): check each one's seal, one at a time, resting as long as each
-/// check took. It ends when the shard closes.
+/// How long after a shard starts its scrub begins: the relay starts first.
+const SCRUB_START_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The indexer: at start and whenever a segment is sealed, give every sealed segment whose
+/// index is still in memory its part, built and written on glommio's blocking threads one
+/// at a time, then served from the map; from `SCRUB_START_DELAY` on, scrub the segments
+/// opened through their parts (not read at open). It ends when the shard closes.
 async fn run_indexer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<()>) {
-    let open = || state.borrow().indexer_bell.is_some();
-    while rings.next().await.is_some() {
-        while open() {
-            let next = state.borrow().next_to_index();
-            let Some((slot, id, path)) = next else { break };
-            let shard = state.borrow().shard_id.0;
-            let built = glommio::executor().spawn_blocking(move || super::part::build_file(&path, shard, id)).await;
-            state.borrow_mut().install_part(slot, built);
+    let scrub_from = std::time::Instant::now() + SCRUB_START_DELAY;
+    loop {
+        give_parts(&state).await;
+        let wait = scrub_from.saturating_duration_since(std::time::Instant::now());
+        if wait.is_zero() {
+            scrub(&state).await;
         }
-        while open() {
-            let next = state.borrow().next_to_scrub();
-            let Some((slot, path)) = next else { break };
-            let started = std::time::Instant::now();
-            let damage = glommio::executor().spawn_blocking(move || super::segment::find_damage(&path)).await;
-            state.borrow_mut().scrubbed(slot, damage);
-            glommio::timer::sleep(started.elapsed()).await;
+        let rung = async { rings.next().await.is_some() };
+        let scrub_time = async {
+            if wait.is_zero() {
+                futures_lite::future::pending::<()>().await;
+            }
+            glommio::timer::sleep(wait).await;
+            true
+        };
+        if !futures_lite::future::or(rung, scrub_time).await {
+            return;
         }
+    }
+}
+
+/// Whether the shard is still open (its indexer's bell is dropped at close).
+fn open(state: &Rc<RefCell<ShardState>>) -> bool {
+    state.borrow().indexer_bell.is_some()
+}
+
+/// Build and install the part of every sealed segment whose index is still in memory.
+async fn give_parts(state: &Rc<RefCell<ShardState>>) {
+    while open(state) {
+        let next = state.borrow().next_to_index();
+        let Some((slot, id, path)) = next else { return };
+        let shard = state.borrow().shard_id.0;
+        let built = glommio::executor().spawn_blocking(move || super::part::build_file(&path, shard, id)).await;
+        state.borrow_mut().install_part(slot, built);
+    }
+}
+
+/// Check the seal of each segment opened through its part, one at a time off the core,
+/// resting as long as each check took (at most half a thread).
+async fn scrub(state: &Rc<RefCell<ShardState>>) {
+    while open(state) {
+        let next = state.borrow().next_to_scrub();
+        let Some((slot, path)) = next else { return };
+        let started = std::time::Instant::now();
+        let damage = glommio::executor().spawn_blocking(move || super::segment::find_damage(&path)).await;
+        state.borrow_mut().scrubbed(slot, damage);
+        glommio::timer::sleep(started.elapsed()).await;
     }
 }
 

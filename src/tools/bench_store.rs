@@ -28,7 +28,7 @@ const BATCH: usize = 100_000;
 pub fn record(n: u64, now: u64) -> Record {
     let x = mix(n);
     // Skewed: author a is picked with a probability falling as a grows.
-    let author = (x % 1000) * (x % 1000) * AUTHORS / 1_000_000;
+    let author = skewed_author(x);
     let pubkey = key_of(author);
     let created_at = now - x % SPAN_SECS;
     // An earlier event, and its author, for replies and reactions.
@@ -80,13 +80,28 @@ fn mix(n: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The author a random `x` picks: author a with a probability falling as a grows.
+pub fn skewed_author(x: u64) -> u64 {
+    (x % 1000) * (x % 1000) * AUTHORS / 1_000_000
+}
+
 fn key_of(author: u64) -> [u8; 32] {
     *blake3::hash(&author.to_le_bytes()).as_bytes()
+}
+
+/// Author `author`'s pubkey (for queries over a built store).
+pub fn author_key(author: u64) -> [u8; 32] {
+    key_of(author)
 }
 
 /// A stand-in id for event `n` in tags (the real one would need the event built).
 fn id_hint(n: u64) -> [u8; 32] {
     *blake3::hash(&n.to_be_bytes()).as_bytes()
+}
+
+/// The id replies and reactions to event `n` name in their `e` tags (for thread queries).
+pub fn reference(n: u64) -> [u8; 32] {
+    id_hint(n)
 }
 
 /// Build a store of `count` events in a new data directory of `shard_count` shards;
@@ -128,8 +143,15 @@ async fn write_all(options: &StoreOptions, shard_count: u16, count: u64, progres
         }
     }
     for state in states.into_iter().flatten() {
-        Shard::start(state).close().await?.build_parts();
+        Shard::start(state).close().await?;
     }
     progress(count);
+    // The records went in without an index: open each shard (a replay) and give its sealed
+    // segments their parts, as the relay would in the background.
+    for shard in ShardId::all(dir.shard_count) {
+        let mut state = ShardState::open(&dir.shard_dir(shard), shard, config.clone(), OpenMode::ReadWrite)?;
+        state.build_parts();
+        Shard::start(state).close().await?;
+    }
     Ok(())
 }

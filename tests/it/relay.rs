@@ -1064,7 +1064,8 @@ fn damage_behind_an_index_part_is_scrubbed_and_not_served() {
     std::fs::write(&first, &bytes).unwrap();
 
     let relay = Relay::start_with_config(dir.path(), 1, config);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The scrub begins 5 s after the start.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while crate::metrics::total(&crate::metrics::scrape(relay.port), "ringrelay_shard_damaged_segments", &[]) < 1.0 {
         assert!(Instant::now() < deadline, "the scrub names the damaged segment");
         std::thread::sleep(Duration::from_millis(50));
