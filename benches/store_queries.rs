@@ -7,9 +7,10 @@
 //! from `serve` to its `listening on` line and to the answer of a first REQ; the RSS
 //! (anonymous and file-backed) once the queries ran; then REQ→EOSE latency, p50 and p99 of
 //! 300 queries of each shape (an author's timeline, a thread by `#e`, mentions by `#p`,
-//! kind 1 since a day, ids found by the timelines): right after the start, 20 s later
-//! (warm, the relay's background work after a start done), and again after the page cache
-//! is dropped (`COLD=1`, root).
+//! kind 1 since a day, ids found by the timelines): right after the start, again once the
+//! relay's background work after a start is done (at least 20 s, and its scrub finished:
+//! warm), and again after the page cache is dropped (`COLD=1`, root). `QUERIES=N` runs N of
+//! each shape instead of 300.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -109,7 +110,8 @@ fn shapes(round: u64, ids: &[String], now: u64) -> Vec<(&'static str, serde_json
 fn run_queries(ws: &mut Socket, ids: &[String], salt: u64) {
     let now = ringrelay::now_unix();
     let mut latencies: Vec<(&str, Vec<Duration>)> = Vec::new();
-    for round in 0..QUERIES_PER_SHAPE as u64 {
+    let count = std::env::var("QUERIES").ok().and_then(|n| n.parse().ok()).unwrap_or(QUERIES_PER_SHAPE);
+    for round in 0..count as u64 {
         for (place, (name, filter)) in shapes(round + salt, ids, now).into_iter().enumerate() {
             let (_, took) = req(ws, &filter);
             if latencies.len() <= place {
@@ -122,6 +124,17 @@ fn run_queries(ws: &mut Socket, ids: &[String], salt: u64) {
         taken.sort();
         println!("  {name:>20}: p50 {:.3} ms, p99 {:.3} ms", percentile(&taken, 0.5), percentile(&taken, 0.99));
     }
+}
+
+/// The sum of a metric's samples (0 when the relay does not have it).
+fn metric(port: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    response.lines().filter(|line| line.starts_with(&format!("{name}{{"))).map(value).sum()
 }
 
 fn rss(pid: u32) -> String {
@@ -162,8 +175,12 @@ fn measure(binary: &Path, dir: &Path) {
     println!(" right after the start:");
     run_queries(&mut ws, &ids, 1_000);
     // The relay's background work after a start (index parts, the scrub) done.
+    let settled = Instant::now();
     std::thread::sleep(Duration::from_secs(SETTLE_SECS));
-    println!(" warm, {SETTLE_SECS} s later:");
+    while metric(port, "ringrelay_shard_unscrubbed_segments") > 0.0 {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!(" warm, {:.0} s later (the scrub done):", settled.elapsed().as_secs_f64());
     run_queries(&mut ws, &ids, 3_000);
     println!("  {}", rss(relay.0.id()));
     if std::env::var_os("COLD").is_some() {

@@ -353,6 +353,12 @@ const SHARD_GAUGES: &[ShardFigure] = &[
         read: |s| s.part_bytes,
     },
     ShardFigure {
+        metric: "shard_unscrubbed_segments",
+        help: "Sealed segments opened through their index parts whose seal the scrub has not checked yet (their records are checksummed as they are read).",
+        bytes: false,
+        read: |s| s.unscrubbed_segments,
+    },
+    ShardFigure {
         metric: "shard_damaged_segments",
         help: "Sealed segments the scrub found damaged (their damaged records are not served).",
         bytes: false,

@@ -204,9 +204,13 @@ impl FilterScan {
             (created_at, no)
         };
         let mut heads = BinaryHeap::with_capacity(runs.len());
-        for (place, run) in runs.iter().enumerate() {
+        for (place, run) in runs.iter().enumerate().filter(|(_, run)| !run.is_empty()) {
             let below = self.resume_below;
-            let (mut low, mut high) = (0, run.len());
+            // Most runs lie wholly below where the scan resumes (always on its first step).
+            let (mut low, mut high) = match key_at(run, run.len() - 1) < below {
+                true => (run.len(), run.len()),
+                false => (0, run.len()),
+            };
             while low < high {
                 let middle = (low + high) / 2;
                 if key_at(run, middle) < below {

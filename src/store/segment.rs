@@ -276,21 +276,58 @@ pub fn scan(
     Ok(ScanReport { header, valid_end: offset, corrupt, sealed: seal.is_some() })
 }
 
-/// Where a sealed, unencrypted segment file is damaged, if it is: `None` when its seal
-/// holds over everything before it (the scrub of a segment opened through its index part).
-pub fn find_damage(path: &Path) -> Option<(usize, String)> {
-    let bytes = match map_file(path) {
-        Ok(bytes) => bytes,
-        Err(error) => return Some((0, error.to_string())),
-    };
-    let bytes = bytes.as_slice();
-    if format::seal_offset(bytes).is_some_and(|offset| offset + format::SEAL_RECORD_SIZE == bytes.len()) {
-        return None;
+/// The scrub of a sealed, unencrypted segment file opened through its index part: its seal
+/// (the file's last record) checked over every byte before it, a piece at a time, so that
+/// the scrub can rest between pieces. `Send`: each piece runs on a blocking thread.
+pub struct Scrub {
+    bytes: SegmentBytes,
+    hasher: blake3::Hasher,
+    at: usize,
+    seal_at: usize,
+    seal: [u8; 32],
+}
+
+/// Where a scrubbed segment is damaged, and how.
+pub type Damage = (usize, String);
+
+impl Scrub {
+    /// Map `path` and read its seal; the damage at once when it has none.
+    pub fn open(path: &Path) -> Result<Scrub, Damage> {
+        let bytes = map_file(path).map_err(|error| (0, error.to_string()))?;
+        let len = bytes.as_slice().len();
+        let seal_at = len.checked_sub(format::SEAL_RECORD_SIZE).filter(|&at| at % format::RECORD_ALIGN == 0);
+        let seal = seal_at.and_then(|at| match read_slot(bytes.as_slice(), at) {
+            Slot::Seal { hash, .. } => Some(hash),
+            _ => None,
+        });
+        match (seal_at, seal) {
+            (Some(seal_at), Some(seal)) => Ok(Scrub { bytes, hasher: blake3::Hasher::new(), at: 0, seal_at, seal }),
+            _ => Err(first_damage(bytes.as_slice())),
+        }
     }
+
+    /// Hash up to `size` more bytes; the outcome once every byte before the seal is hashed
+    /// (`Ok`: the seal holds).
+    pub fn step(&mut self, size: usize) -> Option<Result<(), Damage>> {
+        let end = (self.at + size).min(self.seal_at);
+        self.hasher.update(&self.bytes.as_slice()[self.at..end]);
+        self.at = end;
+        if end < self.seal_at {
+            return None;
+        }
+        Some(match self.hasher.finalize().as_bytes() == &self.seal {
+            true => Ok(()),
+            false => Err(first_damage(self.bytes.as_slice())),
+        })
+    }
+}
+
+/// Where a segment whose seal does not hold is damaged: its first bad record, else the seal.
+fn first_damage(bytes: &[u8]) -> Damage {
     match scan(bytes, None, |_, _| {}) {
-        Err(error) => Some((0, error.to_string())),
-        Ok(ScanReport { corrupt: Some((offset, error)), .. }) => Some((offset, error.to_string())),
-        Ok(report) => Some((report.valid_end, "the segment's seal does not hold".to_owned())),
+        Err(error) => (0, error.to_string()),
+        Ok(ScanReport { corrupt: Some((offset, error)), .. }) => (offset, error.to_string()),
+        Ok(report) => (report.valid_end, "the segment's seal does not hold".to_owned()),
     }
 }
 

@@ -248,8 +248,10 @@ pub struct ShardFigures {
     /// Sealed segments served through their mapped index parts, and those parts' bytes.
     pub parts: u64,
     pub part_bytes: u64,
-    /// Segments the scrub found damaged.
+    /// Segments the scrub found damaged, and those opened through their parts that it has
+    /// not checked yet.
     pub damaged_segments: u64,
+    pub unscrubbed_segments: u64,
     pub refusal: Option<RefusalCause>,
     pub fsync_seconds: HistogramSnapshot,
     pub batch_events: HistogramSnapshot,
@@ -687,6 +689,7 @@ impl ShardState {
             parts: self.index.layers().iter().filter(|layer| layer.part_size() > 0).count() as u64,
             part_bytes: self.index.layers().iter().map(|layer| layer.part_size() as u64).sum(),
             damaged_segments: self.damaged.len() as u64,
+            unscrubbed_segments: self.unscrubbed_segments() as u64,
             refusal: self.refusing.as_ref().map(|refusal| refusal.cause),
             fsync_seconds: self.commits.fsync_seconds.snapshot(),
             batch_events: self.commits.batch_events.snapshot(),
@@ -749,11 +752,11 @@ impl ShardState {
 
     /// What the scrub of a segment found: its records are trusted from now on, or it is
     /// damaged (named loudly; its records are still checked one by one as they are read).
-    pub(super) fn scrubbed(&mut self, slot: u32, damage: Option<(usize, String)>) {
+    pub(super) fn scrubbed(&mut self, slot: u32, outcome: Result<(), segment::Damage>) {
         let segment = &mut self.segments[slot as usize];
-        match damage {
-            None => segment.checked = true,
-            Some((offset, error)) => {
+        match outcome {
+            Ok(()) => segment.checked = true,
+            Err((offset, error)) => {
                 tracing::error!(shard = self.shard_id.0, path = %segment.path.display(), offset, %error, "a sealed segment is damaged: its damaged records are not served; `ringrelay verify` lists the damage, `ringrelay repair` moves it aside");
                 self.damaged.push(segment.id);
             }
@@ -763,6 +766,11 @@ impl ShardState {
     /// Segments the scrub found damaged.
     pub fn damaged_segments(&self) -> usize {
         self.damaged.len()
+    }
+
+    /// Segments opened through their parts that the scrub has not checked yet.
+    pub fn unscrubbed_segments(&self) -> usize {
+        self.segments.iter().filter(|s| !s.checked && !self.damaged.contains(&s.id)).count()
     }
 
     /// Give every sealed segment whose index is in memory its part, here and now (the tools
