@@ -25,6 +25,13 @@ pub const SEGMENT_SIZE_MIN: usize = 1024 * 1024;
 pub const SEGMENT_SIZE_MAX: usize = 1 << 31;
 /// Most records one shard may hold (event numbers are `u32`).
 pub const SHARD_EVENT_COUNT_MAX: usize = (1 << 31) - 1;
+/// Index parts are merged this many at a time (each indexing as many segments), so a
+/// shard of S segments has O(log S) parts up to ...
+pub const PART_MERGE_FAN_IN: usize = 4;
+/// ... parts of this many segments (a merge reads them all and holds their entries and
+/// postings while it builds: ~130 B per event, ~190 MB at 64 MiB segments of ~90k events).
+pub const PART_SEGMENTS_MAX: usize = 16;
+const _: () = assert!(PART_SEGMENTS_MAX <= u16::MAX as usize && PART_MERGE_FAN_IN >= 2);
 /// Most shards one data directory may have (the nonce carries the shard as `u16`).
 pub const SHARD_COUNT_MAX: usize = 256;
 

@@ -404,6 +404,10 @@ impl Index {
     fn grow(&mut self, count: u32, segment: u32) {
         self.len += count;
         self.dead.resize((self.len as usize).div_ceil(64), 0);
+        self.count_records(segment, count);
+    }
+
+    fn count_records(&mut self, segment: u32, count: u32) {
         let segment = segment as usize;
         if self.segment_stats.len() <= segment {
             self.segment_stats.resize(segment + 1, SegmentStat::default());
@@ -464,9 +468,10 @@ impl Index {
         });
     }
 
-    /// Add a sealed segment's part, its records in segment slot `segment`: the events are
-    /// numbered on from the last, and each is judged by the rules in append order, as a
-    /// replay of its record would be (its postings are the part's).
+    /// Add the part of sealed segments, the first of them in segment slot `segment` and the
+    /// others after it: the events are numbered on from the last, and each is judged by the
+    /// rules in append order, as a replay of its record would be (its postings are the
+    /// part's).
     pub fn load_part(&mut self, part: Part, segment: u32) {
         let (base, count) = (self.len, part.len());
         // Owned: the part's borrow cannot be held while the rules change the index.
@@ -477,10 +482,12 @@ impl Index {
         let layer = MappedLayer::new(part, base, segment, |pubkey| self.intern_author(pubkey));
         self.layers.push(Layer::Mapped(layer));
         self.grow(count, segment);
+        // Counted per record below (a part may index several segments).
+        self.segment_stats[segment as usize].records -= count;
         let mut rule_tags = rule_tags.into_iter().peekable();
         for local in 0..count {
             let tags = rule_tags.next_if(|(at, _)| *at == local).map(|(_, tags)| tags).unwrap_or_default();
-            self.judge_loaded(base + local, &tags, segment);
+            self.judge_loaded(base + local, &tags);
         }
         self.durable_count = self.len;
     }
@@ -506,8 +513,10 @@ impl Index {
 
     /// Judge event `no` of the part being loaded as a replay of its record would: stored
     /// (the records it retires retire at once: it is durable), or dead on arrival.
-    fn judge_loaded(&mut self, no: EventNo, tags: &[RuleTag], segment: u32) {
+    fn judge_loaded(&mut self, no: EventNo, tags: &[RuleTag]) {
         let (entry, expiration, pubkey) = self.part_entry(no);
+        let segment = entry.loc.segment;
+        self.count_records(segment, 1);
         let plain =
             KindClass::of(entry.kind) == KindClass::Regular && entry.kind != KIND_DELETION && entry.kind != KIND_VANISH;
         if plain {
@@ -565,31 +574,61 @@ impl Index {
         }
     }
 
-    /// Serve segment slot `segment`'s events from `part` instead of memory; the part must
-    /// number them the same (it was built from the same records). Hands the part back when
-    /// the segment has no memory layer or the part does not fit it.
+    /// Serve the events of the segment slots from `segment` on that `part` indexes from it
+    /// instead of from their layers (a memory layer, or the parts a merge joins); the part
+    /// must number them the same (it was built from the same records). Hands the part back
+    /// when those slots are not exactly some layers' or the part does not fit them.
     pub fn install_part(&mut self, segment: u32, part: Part) -> Result<(), Part> {
-        let Some(place) = self.layers.iter().position(|l| matches!(l, Layer::Memory(_)) && l.segment() == segment)
-        else {
+        let slots = segment..segment + part.covered_count() as u32;
+        let Some(first) = self.layers.iter().position(|layer| layer.segments().start == slots.start) else {
             return Err(part);
         };
-        let (base, len) = (self.layers[place].base(), self.layers[place].len());
-        if part.len() != len {
+        let mut last = first;
+        while self.layers[last].segments().end < slots.end && last + 1 < self.layers.len() {
+            last += 1;
+        }
+        let replaced = &self.layers[first..=last];
+        let (base, len) = (replaced[0].base(), replaced.iter().map(Layer::len).sum::<u32>());
+        if replaced[last - first].segments().end != slots.end || part.len() != len {
             return Err(part);
         }
         let mapped = MappedLayer::new(part, base, segment, |pubkey| self.intern_author(pubkey));
-        let fits = (0..len).all(|local| mapped_id(&mapped, local) == self.layers[place].id(local));
+        let fits = (0..len).all(|local| {
+            let layer = layer_of(&self.layers[first..=last], base + local);
+            mapped_id(&mapped, local) == layer.id(base + local - layer.base())
+        });
         if !fits {
             return Err(mapped.into_part());
         }
         mapped.part.release_pages();
-        self.layers[place] = Layer::Mapped(mapped);
+        self.layers.splice(first..=last, [Layer::Mapped(mapped)]);
         Ok(())
     }
 
     /// Which segment slots have their events in memory.
     pub fn memory_segments(&self) -> impl Iterator<Item = u32> + '_ {
         self.layers.iter().filter(|layer| matches!(layer, Layer::Memory(_))).map(Layer::segment)
+    }
+
+    /// The first `fan_in` consecutive parts that each index the same number of segments,
+    /// no more than `segments_max` together: the segment slots a merge would join.
+    pub fn parts_to_merge(&self, fan_in: usize, segments_max: usize) -> Option<std::ops::Range<u32>> {
+        let mapped: Vec<std::ops::Range<u32>> = self
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                Layer::Mapped(_) => layer.segments(),
+                Layer::Memory(_) => 0..0,
+            })
+            .collect();
+        mapped.windows(fan_in).find_map(|window| {
+            let size = window[0].len();
+            let joinable = size > 0
+                && size * fan_in <= segments_max
+                && window.iter().all(|slots| slots.len() == size)
+                && window.windows(2).all(|pair| pair[0].end == pair[1].start);
+            joinable.then(|| window[0].start..window[fan_in - 1].end)
+        })
     }
 
     /// A part's event `no`, its expiration and its author's key.

@@ -71,11 +71,18 @@ impl Layer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// The segment slot its records lie in.
+    /// The (first) segment slot its records lie in.
     pub fn segment(&self) -> u32 {
         match self {
             Layer::Memory(layer) => layer.segment,
             Layer::Mapped(layer) => layer.segment,
+        }
+    }
+    /// The segment slots its records lie in.
+    pub fn segments(&self) -> std::ops::Range<u32> {
+        match self {
+            Layer::Memory(layer) => layer.segment..layer.segment + 1,
+            Layer::Mapped(layer) => layer.segment..layer.segment + layer.part.covered_count() as u32,
         }
     }
     pub fn entry(&self, local: u32) -> Entry {
@@ -86,7 +93,10 @@ impl Layer {
                 Entry {
                     id: entry.id,
                     created_at: entry.created_at.to_native(),
-                    loc: Loc { segment: layer.segment, offset: entry.offset.to_native() },
+                    loc: Loc {
+                        segment: layer.segment + u32::from(entry.segment.to_native()),
+                        offset: entry.offset.to_native(),
+                    },
                     author: layer.authors[entry.author.to_native() as usize],
                     kind: entry.kind.to_native(),
                     flags: if entry.expiration.to_native() != 0 { FLAG_EXPIRES } else { 0 },

@@ -22,15 +22,15 @@ use crate::event::kind::KIND_DELETION;
 use crate::event::KindClass;
 
 pub const PART_MAGIC: [u8; 8] = *b"RRINDEXP";
-pub const PART_VERSION: u32 = 1;
+/// Version 2: a part may index several consecutive segments (a merge of their parts).
+pub const PART_VERSION: u32 = 2;
 pub const PART_HEADER_SIZE: usize = 64;
 
 /// The archived body of a part.
 #[derive(Archive, Serialize, Debug, Default)]
 pub struct PartBody {
-    /// The segment's length and the hash its seal record carries: what the part indexes.
-    pub segment_size: u64,
-    pub seal: [u8; 32],
+    /// The consecutive segments the part indexes, in order.
+    pub segments: Vec<Covered>,
     /// The key of the tag hashes (random per part, so that no one can aim collisions).
     pub tag_key: [u8; 32],
     /// One per record, in segment order (a record's local number is its place here).
@@ -49,6 +49,14 @@ pub struct PartBody {
     pub rule_tags: Vec<RuleTags>,
 }
 
+/// A segment a part indexes: its id, its length and the hash its seal record carries.
+#[derive(Archive, Serialize, Debug, Clone, Copy)]
+pub struct Covered {
+    pub id: u32,
+    pub size: u64,
+    pub seal: [u8; 32],
+}
+
 #[derive(Archive, Serialize, Debug, Clone, Copy)]
 pub struct PartEntry {
     pub id: [u8; 32],
@@ -59,6 +67,8 @@ pub struct PartEntry {
     /// The author's place in `authors`.
     pub author: u32,
     pub kind: u16,
+    /// The record's segment: a place in `segments`.
+    pub segment: u16,
 }
 
 #[derive(Archive, Serialize, Debug, Default, Clone, Copy)]
@@ -120,42 +130,45 @@ fn tag_hash(key: &[u8; 32], letter: u8, value: &[u8]) -> u64 {
     u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
-/// Build the part of a sealed, unencrypted segment: every record is read and checked.
-pub fn build(segment: &[u8], tag_key: [u8; 32]) -> Result<Vec<u8>, FormatError> {
+/// Build the part of consecutive sealed, unencrypted segments (one, or the ones a merge
+/// joins): every record is read and checked.
+pub fn build(segments: &[&[u8]], tag_key: [u8; 32]) -> Result<Vec<u8>, FormatError> {
     let mut body = PartBody { tag_key, ..PartBody::default() };
     let mut authors: HashMap<[u8; 32], u32> = HashMap::new();
     let mut tags: Vec<Vec<u64>> = Vec::new();
-    let mut seal = None;
-    let report = segment::scan(segment, None, |span, record| {
-        let next = authors.len() as u32;
-        let author = *authors.entry(record.pubkey).or_insert(next);
-        let no = body.entries.len() as u32;
-        body.entries.push(PartEntry {
-            id: record.id,
-            created_at: record.created_at(),
-            expiration: record.expiration().unwrap_or(0),
-            offset: span.offset as u32,
-            author,
-            kind: record.kind(),
-        });
-        let mut hashes: Vec<u64> =
-            record.tag_pairs().map(|(letter, value)| tag_hash(&tag_key, letter, value)).collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        tags.push(hashes);
-        let wanted = rule_tags(record);
-        if !wanted.is_empty() {
-            body.rule_tags.push(RuleTags { no, tags: wanted });
+    for (place, &segment) in segments.iter().enumerate() {
+        let report = segment::scan(segment, None, |span, record| {
+            let next = authors.len() as u32;
+            let author = *authors.entry(record.pubkey).or_insert(next);
+            let no = body.entries.len() as u32;
+            body.entries.push(PartEntry {
+                id: record.id,
+                created_at: record.created_at(),
+                expiration: record.expiration().unwrap_or(0),
+                offset: span.offset as u32,
+                author,
+                kind: record.kind(),
+                segment: place as u16,
+            });
+            let mut hashes: Vec<u64> =
+                record.tag_pairs().map(|(letter, value)| tag_hash(&tag_key, letter, value)).collect();
+            hashes.sort_unstable();
+            hashes.dedup();
+            tags.push(hashes);
+            let wanted = rule_tags(record);
+            if !wanted.is_empty() {
+                body.rule_tags.push(RuleTags { no, tags: wanted });
+            }
+        })?;
+        if let Some((offset, error)) = report.corrupt {
+            return Err(FormatError::Archive(format!("at {offset}: {error}")));
         }
-    })?;
-    if let Some((offset, error)) = report.corrupt {
-        return Err(error).map_err(|error| FormatError::Archive(format!("at {offset}: {error}")));
+        let seal = match report.valid_end.checked_sub(SEAL_RECORD_SIZE).map(|at| format::read_slot(segment, at)) {
+            Some(format::Slot::Seal { hash, .. }) => hash,
+            _ => return Err(FormatError::SealChecksum),
+        };
+        body.segments.push(Covered { id: report.header.segment_id, size: report.valid_end as u64, seal });
     }
-    if let format::Slot::Seal { hash, .. } = format::read_slot(segment, report.valid_end - SEAL_RECORD_SIZE) {
-        seal = Some(hash);
-    }
-    body.seal = seal.ok_or(FormatError::SealChecksum)?;
-    body.segment_size = report.valid_end as u64;
     // Authors numbered in first-seen order, renumbered in pubkey order.
     let mut by_key: Vec<([u8; 32], u32)> = authors.into_iter().collect();
     by_key.sort_unstable();
@@ -168,7 +181,8 @@ pub fn build(segment: &[u8], tag_key: [u8; 32]) -> Result<Vec<u8>, FormatError> 
     post(&mut body, &tags);
     let bytes =
         rkyv::to_bytes::<rkyv::rancor::Error>(&body).map_err(|error| FormatError::Archive(error.to_string()))?;
-    Ok(with_header(&bytes, segment))
+    let shard = format::SegmentHeader::decode(segments[0])?.shard_id;
+    Ok(with_header(&bytes, shard, body.segments[0].id))
 }
 
 /// Fill the postings: every list in (created_at, number) order.
@@ -201,14 +215,13 @@ fn post(body: &mut PartBody, tags: &[Vec<u64>]) {
     body.tags = by_tag.into_keys().collect();
 }
 
-fn with_header(body: &[u8], segment: &[u8]) -> Vec<u8> {
-    let header = format::SegmentHeader::decode(segment).expect("a scanned segment has a header");
+fn with_header(body: &[u8], shard: u16, first_id: u32) -> Vec<u8> {
     let mut out = Vec::with_capacity(PART_HEADER_SIZE + body.len());
     out.extend_from_slice(&PART_MAGIC);
     out.extend_from_slice(&PART_VERSION.to_le_bytes());
-    out.extend_from_slice(&header.shard_id.to_le_bytes());
+    out.extend_from_slice(&shard.to_le_bytes());
     out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&header.segment_id.to_le_bytes());
+    out.extend_from_slice(&first_id.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(blake3::hash(body).as_bytes());
@@ -225,8 +238,9 @@ pub struct Part {
 }
 
 impl Part {
-    /// Map and check the part of `segment` (shard `shard`, segment `id`).
-    pub fn load(path: &Path, shard: u16, id: u32, segment: &[u8]) -> Result<Part, PartError> {
+    /// Map and check the part at `path` (shard `shard`, its first segment `id`); whether it
+    /// indexes its segments as they are is [`Part::indexes`].
+    pub fn load(path: &Path, shard: u16, id: u32) -> Result<Part, PartError> {
         let SegmentBytes::Mapped(map) = segment::map_file(path)? else { return Err(PartError::Header) };
         let all: &[u8] = &map;
         let header = all.get(..PART_HEADER_SIZE).ok_or(PartError::Header)?;
@@ -247,8 +261,8 @@ impl Part {
         let archived = rkyv::access::<ArchivedPartBody, rkyv::rancor::Error>(body)
             .map_err(|error| PartError::Body(error.to_string()))?;
         let len = check(archived).map_err(PartError::Body)?;
-        if !indexes(archived, segment) {
-            return Err(PartError::Stale);
+        if archived.segments.first().is_none_or(|first| first.id.to_native() != id) {
+            return Err(PartError::Header);
         }
         let part = Part { map, len };
         part.release_pages();
@@ -263,6 +277,20 @@ impl Part {
 
     pub fn len(&self) -> u32 {
         self.len
+    }
+    /// How many segments it indexes.
+    pub fn covered_count(&self) -> usize {
+        self.body().segments.len()
+    }
+    /// The ids of the segments it indexes, in order.
+    pub fn covered(&self) -> Vec<u32> {
+        self.body().segments.iter().map(|covered| covered.id.to_native()).collect()
+    }
+    /// Whether it indexes these segments (its covered ones, in order) as they are now.
+    pub fn indexes(&self, segments: &[&[u8]]) -> bool {
+        let covered = &self.body().segments;
+        covered.len() == segments.len()
+            && covered.iter().zip(segments).all(|(covered, segment)| describes(covered, segment))
     }
     /// Bytes of the part file.
     pub fn size(&self) -> usize {
@@ -348,9 +376,12 @@ fn check(body: &ArchivedPartBody) -> Result<u32, String> {
     if body.postings.iter().any(|no| no.to_native() >= len) {
         return Err("a posting names no entry".into());
     }
-    let authors = body.authors.len();
-    if body.entries.iter().any(|entry| entry.author.to_native() as usize >= authors) {
-        return Err("an entry names no author".into());
+    let (authors, segments) = (body.authors.len(), body.segments.len());
+    let out_of_bounds = |entry: &ArchivedPartEntry| {
+        entry.author.to_native() as usize >= authors || usize::from(entry.segment.to_native()) >= segments
+    };
+    if body.entries.iter().any(out_of_bounds) {
+        return Err("an entry names no author or no segment".into());
     }
     if body.rule_tags.iter().any(|rule| rule.no.to_native() >= len) {
         return Err("rule tags name no entry".into());
@@ -358,19 +389,22 @@ fn check(body: &ArchivedPartBody) -> Result<u32, String> {
     Ok(len)
 }
 
-/// Whether the part indexes this very segment: its length and the hash its seal carries.
-fn indexes(body: &ArchivedPartBody, segment: &[u8]) -> bool {
-    let size = body.segment_size.to_native() as usize;
+/// Whether `covered` describes this very segment: its length and the hash its seal carries.
+fn describes(covered: &ArchivedCovered, segment: &[u8]) -> bool {
+    let size = covered.size.to_native() as usize;
     size == segment.len()
         && size >= SEAL_RECORD_SIZE
-        && matches!(format::read_slot(segment, size - SEAL_RECORD_SIZE), format::Slot::Seal { hash, .. } if hash == body.seal)
+        && matches!(format::read_slot(segment, size - SEAL_RECORD_SIZE), format::Slot::Seal { hash, .. } if hash == covered.seal)
 }
 
-/// Whether the part at `path` is exactly what building it from `segment` gives (with the
-/// part's own tag key): what `verify` checks.
-pub fn agrees(path: &Path, shard: u16, id: u32, segment: &[u8]) -> Result<(), PartError> {
-    let part = Part::load(path, shard, id, segment)?;
-    let rebuilt = build(segment, part.body().tag_key).map_err(|error| PartError::Body(error.to_string()))?;
+/// Whether the part at `path` is exactly what building it from `segments` (its covered
+/// ones) gives, with the part's own tag key: what `verify` checks.
+pub fn agrees(path: &Path, shard: u16, id: u32, segments: &[&[u8]]) -> Result<(), PartError> {
+    let part = Part::load(path, shard, id)?;
+    if !part.indexes(segments) {
+        return Err(PartError::Stale);
+    }
+    let rebuilt = build(segments, part.body().tag_key).map_err(|error| PartError::Body(error.to_string()))?;
     match rebuilt[..] == part.map[..] {
         true => Ok(()),
         false => Err(PartError::Body("it differs from the part its segment gives".into())),
@@ -386,14 +420,19 @@ pub fn remove(segment_path: &Path) -> std::io::Result<()> {
 }
 
 /// Build, write (durably: temp file, fsync, rename, fsync of the directory) and load the
-/// part of the sealed segment at `segment_path` (shard `shard`, segment `id`). Runs off the
-/// cores, on glommio's blocking threads.
-pub fn build_file(segment_path: &Path, shard: u16, id: u32) -> Result<Part, PartError> {
-    let bytes = segment::map_file(segment_path)?;
-    let built = build(bytes.as_slice(), new_tag_key()).map_err(|error| PartError::Body(error.to_string()))?;
-    let path = part_path(segment_path);
+/// part of the consecutive sealed segments at `paths` (shard `shard`, the first's id
+/// `id`), as the first one's part. Runs off the cores, on glommio's blocking threads.
+pub fn build_file(paths: &[PathBuf], shard: u16, id: u32) -> Result<Part, PartError> {
+    let maps = paths.iter().map(|path| segment::map_file(path)).collect::<Result<Vec<_>, _>>()?;
+    let segments: Vec<&[u8]> = maps.iter().map(SegmentBytes::as_slice).collect();
+    let built = build(&segments, new_tag_key()).map_err(|error| PartError::Body(error.to_string()))?;
+    let path = part_path(&paths[0]);
     segment::write_durably(&path, &built)?;
-    Part::load(&path, shard, id, bytes.as_slice())
+    let part = Part::load(&path, shard, id)?;
+    match part.indexes(&segments) {
+        true => Ok(part),
+        false => Err(PartError::Stale),
+    }
 }
 
 /// A fresh random tag key.

@@ -22,7 +22,7 @@ use super::record::{self, ArchivedRecord, Record};
 use super::segment::{self, AlignedBuf, KeyMismatch, SealHasher, SegmentBytes};
 use super::ShardId;
 use crate::event::VerifiedEvent;
-use crate::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
+use crate::limits::{BLOCK_SIZE, PART_MERGE_FAN_IN, PART_SEGMENTS_MAX, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::measure::{Counter, Histogram, HistogramSnapshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +164,18 @@ impl Segment {
     pub fn needs_flush(&self) -> bool {
         self.durable_len < self.len && self.len > SEGMENT_HEADER_SIZE
     }
+}
+
+/// An index part found at open, with the maps of the segments it indexes.
+type MappedPart = (Vec<SegmentBytes>, Part);
+
+/// A part the indexer builds: of the segments at `paths` (consecutive sealed ones: one
+/// whose index is in memory, or the ones a merge joins), the first in slot `slot` with id
+/// `id`.
+pub(super) struct PartJob {
+    pub slot: u32,
+    pub id: u32,
+    pub paths: Vec<PathBuf>,
 }
 
 /// A problem found when opening a shard, and what was done about it.
@@ -309,22 +321,8 @@ impl ShardState {
             active_sealed: false,
             commits: CommitStats::default(),
         };
-        let last = files.len().checked_sub(1);
-        let clean = read_clean_mark(dir);
-        // Every part that holds, mapped and checked first, so that the rules' tables are
-        // sized once (growing them would read every entry again).
-        let parts: Vec<Option<(SegmentBytes, Part)>> =
-            files.iter().map(|(id, path)| state.map_part(*id, path, mode)).collect::<Result<_, _>>()?;
-        state.index.reserve(parts.iter().flatten().map(|(_, part)| part.len() as usize).sum());
-        for (position, ((id, path), part)) in files.iter().zip(parts).enumerate() {
-            let is_last = Some(position) == last;
-            let clean_len = clean.filter(|&(clean_id, _)| is_last && clean_id == *id).map(|(_, len)| len);
-            match part {
-                Some((bytes, part)) => state.open_through_part(*id, path, bytes, part),
-                None => state.replay_segment(*id, path, is_last, clean_len, mode)?,
-            }
-            state.next_segment_id = state.next_segment_id.max(id + 1);
-        }
+        state.load_segments(&files, mode)?;
+        state.next_segment_id = files.iter().map(|(id, _)| id + 1).fold(state.next_segment_id, u32::max);
         state.index.release_pages();
         if mode == OpenMode::ReadWrite {
             // Writes begin a new segment: the mark no longer describes the newest one.
@@ -355,6 +353,39 @@ impl ShardState {
             state.writable = true;
         }
         Ok(state)
+    }
+
+    /// Index every segment of the shard, oldest first: through its part where one holds,
+    /// else by reading it.
+    fn load_segments(&mut self, files: &[(u32, PathBuf)], mode: OpenMode) -> Result<(), StoreError> {
+        // Every part that holds, mapped and checked first, so that the rules' tables are
+        // sized once (growing them would read every entry again).
+        let mut plan: Vec<(usize, Option<MappedPart>)> = Vec::new();
+        let mut position = 0;
+        while position < files.len() {
+            let found = self.map_part(&files[position..], mode)?;
+            let covered = found.as_ref().map_or(1, |(maps, _)| maps.len());
+            // The parts of segments a merged part indexes are what a merge left behind.
+            for (_, path) in files[position + 1..position + covered].iter().filter(|_| mode == OpenMode::ReadWrite) {
+                part::remove(path).map_err(io_error(path))?;
+            }
+            plan.push((position, found));
+            position += covered;
+        }
+        let events = plan.iter().filter_map(|(_, found)| found.as_ref()).map(|(_, part)| part.len() as usize).sum();
+        self.index.reserve(events);
+        let last = files.len().checked_sub(1);
+        let clean = read_clean_mark(&self.dir);
+        for (position, found) in plan {
+            let (id, path) = &files[position];
+            let is_last = Some(position) == last;
+            let clean_len = clean.filter(|&(clean_id, _)| is_last && clean_id == *id).map(|(_, len)| len);
+            match found {
+                Some((maps, part)) => self.open_through_part(&files[position..position + maps.len()], maps, part),
+                None => self.replay_segment(*id, path, is_last, clean_len, mode)?,
+            }
+        }
+        Ok(())
     }
 
     /// Replay one segment into the indexes. `clean_len` is the file's length when the last
@@ -435,43 +466,63 @@ impl ShardState {
         Ok(())
     }
 
-    /// A sealed segment's map and its index part, checked; `None` when it has no part that
-    /// holds (missing, damaged, stale, or the store is encrypted: parts are written in
-    /// plaintext, so an encrypted store has none). One that does not hold is removed.
-    fn map_part(&self, id: u32, path: &Path, mode: OpenMode) -> Result<Option<(SegmentBytes, Part)>, StoreError> {
+    /// The index part of the first of `files` (sealed segments, in order), checked, with the
+    /// maps of the segments it indexes (that one and, for a merged part, those after it);
+    /// `None` when there is none that holds (missing, damaged, stale, or the store is
+    /// encrypted: parts are written in plaintext, so an encrypted store has none). One that
+    /// does not hold is removed.
+    fn map_part(
+        &self,
+        files: &[(u32, PathBuf)],
+        mode: OpenMode,
+    ) -> Result<Option<(Vec<SegmentBytes>, Part)>, StoreError> {
+        let (id, path) = &files[0];
         let part_path = part::part_path(path);
         if self.config.key.is_some() || !part_path.exists() {
             return Ok(None);
         }
-        let bytes = segment::map_file(path).map_err(io_error(path))?;
-        let Ok(header) = SegmentHeader::decode(bytes.as_slice()) else { return Ok(None) };
-        self.check_header(&header, id, path)?;
-        match Part::load(&part_path, self.shard_id.0, id, bytes.as_slice()) {
-            Ok(part) => Ok(Some((bytes, part))),
-            Err(error) => {
-                tracing::warn!(shard = self.shard_id.0, path = %part_path.display(), %error, "index part not used: the segment is read instead, and the part rebuilt");
-                if mode == OpenMode::ReadWrite {
-                    std::fs::remove_file(&part_path).map_err(io_error(&part_path))?;
-                }
-                Ok(None)
-            }
+        let part = match Part::load(&part_path, self.shard_id.0, *id) {
+            Ok(part) => part,
+            Err(error) => return self.part_not_used(&part_path, error, mode),
+        };
+        let covered = part.covered();
+        let ids_match = files.get(..covered.len()).is_some_and(|files| files.iter().map(|(id, _)| *id).eq(covered));
+        if !ids_match {
+            return self.part_not_used(&part_path, part::PartError::Stale, mode);
+        }
+        let mut maps = Vec::new();
+        for (id, path) in &files[..part.covered_count()] {
+            let bytes = segment::map_file(path).map_err(io_error(path))?;
+            let Ok(header) = SegmentHeader::decode(bytes.as_slice()) else {
+                return self.part_not_used(&part_path, part::PartError::Stale, mode);
+            };
+            self.check_header(&header, *id, path)?;
+            maps.push(bytes);
+        }
+        match part.indexes(&maps.iter().map(SegmentBytes::as_slice).collect::<Vec<_>>()) {
+            true => Ok(Some((maps, part))),
+            false => self.part_not_used(&part_path, part::PartError::Stale, mode),
         }
     }
 
-    /// Open a sealed segment through its index part, without reading its records.
-    fn open_through_part(&mut self, id: u32, path: &Path, bytes: SegmentBytes, part: Part) {
+    fn part_not_used<T>(&self, path: &Path, error: part::PartError, mode: OpenMode) -> Result<Option<T>, StoreError> {
+        tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "index part not used: its segments are read instead, and the part rebuilt");
+        if mode == OpenMode::ReadWrite {
+            std::fs::remove_file(path).map_err(io_error(path))?;
+        }
+        Ok(None)
+    }
+
+    /// Open sealed segments through their index part, without reading their records.
+    fn open_through_part(&mut self, files: &[(u32, PathBuf)], maps: Vec<SegmentBytes>, part: Part) {
         let slot = self.segments.len() as u32;
         self.index.load_part(part, slot);
-        let len = bytes.as_slice().len();
-        self.segments.push(Segment {
-            id,
-            path: path.to_owned(),
-            bytes,
-            len,
-            durable_len: len,
-            file: None,
-            checked: false,
-        });
+        for ((id, path), bytes) in files.iter().zip(maps) {
+            let len = bytes.as_slice().len();
+            let segment =
+                Segment { id: *id, path: path.clone(), bytes, len, durable_len: len, file: None, checked: false };
+            self.segments.push(segment);
+        }
     }
 
     /// Whether a segment's header names this shard and segment, and this relay's key.
@@ -709,38 +760,57 @@ impl ShardState {
         self.segments.iter().filter(|s| matches!(s.bytes, SegmentBytes::Image(_))).count()
     }
 
-    /// The next sealed segment to give its index part (its slot, id and path): on disk in
-    /// full, its events still indexed in memory, its part not failed before. An encrypted
-    /// store has none (parts are plaintext).
-    pub(super) fn next_to_index(&self) -> Option<(u32, u32, PathBuf)> {
+    /// The next part to build (see [`PartJob`]): a sealed segment whose index is still in
+    /// memory (on disk in full, its part not failed before), else the parts of consecutive
+    /// segments a merge joins (`PART_MERGE_FAN_IN` parts that each index as many segments,
+    /// at most `PART_SEGMENTS_MAX` together). An encrypted store has none.
+    pub(super) fn next_part_job(&self) -> Option<PartJob> {
         if self.config.key.is_some() || !self.writable {
             return None;
         }
         let active = self.segments.len().saturating_sub(1) as u32;
-        self.index
+        let sealed = self
+            .index
             .memory_segments()
             .filter(|&slot| slot < active && !self.part_failures.contains(&slot))
-            .find(|&slot| matches!(self.segments[slot as usize].bytes, SegmentBytes::Mapped(_)))
-            .map(|slot| {
-                let segment = &self.segments[slot as usize];
-                (slot, segment.id, segment.path.clone())
-            })
+            .find(|&slot| matches!(self.segments[slot as usize].bytes, SegmentBytes::Mapped(_)));
+        let slots = match sealed {
+            Some(slot) => slot..slot + 1,
+            None => self
+                .index
+                .parts_to_merge(PART_MERGE_FAN_IN, PART_SEGMENTS_MAX)
+                .filter(|slots| !self.part_failures.contains(&slots.start))?,
+        };
+        let first = &self.segments[slots.start as usize];
+        let paths = slots.clone().map(|slot| self.segments[slot as usize].path.clone()).collect();
+        Some(PartJob { slot: slots.start, id: first.id, paths })
     }
 
-    /// Serve a sealed segment's events from its new part.
-    pub(super) fn install_part(&mut self, slot: u32, built: Result<Part, part::PartError>) {
-        let path = self.segments[slot as usize].path.clone();
+    /// Serve the events of a job's segments from its new part; after a merge, remove the
+    /// parts it replaces (it took the first one's place).
+    pub(super) fn install_part(&mut self, job: &PartJob, built: Result<Part, part::PartError>) {
         let refused = match built {
-            Ok(part) => match self.index.install_part(slot, part) {
-                Ok(()) => return,
-                Err(_) => "it does not number the segment's records as the index does".to_owned(),
+            Ok(part) => match self.index.install_part(job.slot, part) {
+                Ok(()) => {
+                    for path in &job.paths[1..] {
+                        if let Err(error) = part::remove(path) {
+                            tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "cannot remove a part a merge replaced");
+                        }
+                    }
+                    return;
+                }
+                Err(_) => "it does not number the segments' records as the index does".to_owned(),
             },
             Err(error) => error.to_string(),
         };
-        tracing::warn!(shard = self.shard_id.0, path = %path.display(), error = %refused, "cannot index the sealed segment in a part: its index stays in memory");
-        self.part_failures.push(slot);
-        if let Err(error) = part::remove(&path) {
-            tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "cannot remove the unused part");
+        let path = &job.paths[0];
+        tracing::warn!(shard = self.shard_id.0, path = %path.display(), segments = job.paths.len(), error = %refused, "cannot index sealed segments in a part: they are served as they were");
+        self.part_failures.push(job.slot);
+        // A merge's part took the place of the first segment's own: the next open checks it.
+        if job.paths.len() == 1 {
+            if let Err(error) = part::remove(path) {
+                tracing::warn!(shard = self.shard_id.0, path = %path.display(), %error, "cannot remove the unused part");
+            }
         }
     }
 
@@ -777,10 +847,10 @@ impl ShardState {
     /// do before they exit; the relay's indexer does it in the background); how many.
     pub fn build_parts(&mut self) -> usize {
         let mut built = 0;
-        while let Some((slot, id, path)) = self.next_to_index() {
-            let part = part::build_file(&path, self.shard_id.0, id);
+        while let Some(job) = self.next_part_job() {
+            let part = part::build_file(&job.paths, self.shard_id.0, job.id);
             built += usize::from(part.is_ok());
-            self.install_part(slot, part);
+            self.install_part(&job, part);
         }
         built
     }

@@ -217,14 +217,16 @@ fn open(state: &Rc<RefCell<ShardState>>) -> bool {
     state.borrow().indexer_bell.is_some()
 }
 
-/// Build and install the part of every sealed segment whose index is still in memory.
+/// Build and install the part of every sealed segment whose index is still in memory, and
+/// merge parts (see `ShardState::next_part_job`).
 async fn give_parts(state: &Rc<RefCell<ShardState>>) {
     while open(state) {
-        let next = state.borrow().next_to_index();
-        let Some((slot, id, path)) = next else { return };
+        let next = state.borrow().next_part_job();
+        let Some(job) = next else { return };
         let shard = state.borrow().shard_id.0;
-        let built = glommio::executor().spawn_blocking(move || super::part::build_file(&path, shard, id)).await;
-        state.borrow_mut().install_part(slot, built);
+        let (paths, id) = (job.paths.clone(), job.id);
+        let built = glommio::executor().spawn_blocking(move || super::part::build_file(&paths, shard, id)).await;
+        state.borrow_mut().install_part(&job, built);
     }
 }
 

@@ -153,13 +153,18 @@ fn verify_segment(
 }
 
 /// A sealed segment's index part, if it has one, must be what the segment gives.
+/// (A merged part is named after the first segment it indexes and checked against all.)
 fn verify_part(path: &Path, shard: u16, id: u32, report: &mut VerifyReport) {
     let part_path = part::part_path(path);
-    let Ok(segment) = segment::map_file(path) else { return };
     if !part_path.exists() {
         return;
     }
-    if let Err(error) = part::agrees(&part_path, shard, id, segment.as_slice()) {
+    let covered = part::Part::load(&part_path, shard, id).map(|part| part.covered()).unwrap_or_else(|_| vec![id]);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let maps: Vec<segment::SegmentBytes> =
+        covered.iter().filter_map(|id| segment::map_file(&dir.join(segment::segment_file_name(*id))).ok()).collect();
+    let segments: Vec<&[u8]> = maps.iter().map(segment::SegmentBytes::as_slice).collect();
+    if let Err(error) = part::agrees(&part_path, shard, id, &segments) {
         let message =
             format!("its index part does not agree with it ({error}): the relay rebuilds it at its next start");
         report.problems.push(Problem { path: part_path, offset: None, message });
