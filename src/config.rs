@@ -1,6 +1,7 @@
 //! The server's configuration: embedded defaults, an optional TOML file, then flags.
 //! Every per-connection and per-request maximum lives in [`RelayLimits`].
 
+use crate::store::retention::RetentionConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,8 @@ pub struct Config {
     pub write_plugin: WritePluginConfig,
     pub limits: RelayLimits,
     pub negentropy: NegentropyConfig,
+    /// How long events are kept, by kind (`[retention]`).
+    pub retention: RetentionConfig,
     pub peering: PeeringConfig,
     /// The relays this one keeps converged with (`[[peers]]`, docs/fleet.md).
     pub peers: Vec<PeerConfig>,
@@ -604,6 +607,7 @@ impl Default for Config {
             write_plugin: WritePluginConfig::default(),
             limits: RelayLimits::default(),
             negentropy: NegentropyConfig::default(),
+            retention: RetentionConfig::default(),
             peering: PeeringConfig::default(),
             peers: Vec::new(),
             source: None,

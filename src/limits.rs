@@ -25,6 +25,9 @@ pub const SEGMENT_SIZE_MIN: usize = 1024 * 1024;
 pub const SEGMENT_SIZE_MAX: usize = 1 << 31;
 /// Most records one shard may hold (event numbers are `u32`).
 pub const SHARD_EVENT_COUNT_MAX: usize = (1 << 31) - 1;
+/// Events retention by age examines per shard in one step of a core's once-a-second sweep
+/// (what has outlived its time is retired over as many steps as it takes).
+pub const RETENTION_STEP_COUNT: usize = 20_000;
 /// Index parts are merged this many at a time (each indexing as many segments), so a
 /// shard of S segments has O(log S) parts up to ...
 pub const PART_MERGE_FAN_IN: usize = 4;

@@ -108,6 +108,8 @@ impl Core {
         self.sessions.sweep_stalled(self.config.limits.write_stall_secs);
         let idle_syncs = Duration::from_secs(self.config.negentropy.idle_secs);
         self.stats.neg_idle_closed.add(self.sessions.sweep_idle_syncs(idle_syncs) as u64);
+        let (retired, _) = self.storage.retire_by_age(&self.config.retention, crate::now_unix());
+        self.stats.retention_retired.add(retired as u64);
     }
 
     /// Run `work` as a query owned by `conn`'s session, answering `sub` if given: cancelled

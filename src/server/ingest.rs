@@ -90,7 +90,14 @@ pub fn before_signature(peer: &impl Peer, rules: &EventRules, event: &ParsedEven
     // The event's kind's own window, if `[[policy.kind_windows]]` gives it one.
     let (past_max, future_max) =
         policy.window(event.kind).unwrap_or((limits.created_at_past_max_secs, limits.created_at_future_max_secs));
-    date_window(event.created_at, rules.now, past_max, future_max)
+    date_window(event.created_at, rules.now, past_max, future_max)?;
+    match rules.config.retention.max_age(event.kind) {
+        Some(secs) if event.created_at < rules.now.saturating_sub(secs) => {
+            let message = format!("this relay keeps kind {} events for {secs} seconds", event.kind);
+            Err(Refusal::new(Prefix::Blocked, "retention", message))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether `created_at` lies in the window: at most `future_max` seconds ahead of `now`, and

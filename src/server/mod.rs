@@ -445,8 +445,12 @@ async fn run_joined(
     let neg_opens = negentropy.items_per_core_max / negentropy.items_max;
     let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
     let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries, peers);
-    // Again, now that the shards are open: banned events are retired from them.
+    // Again, now that the shards are open: banned events are retired from them, and so is
+    // what outlived its kind's time (`[retention]`), before anything is served.
     core.apply_lists(at_start);
+    while !core.storage.retire_by_age(&config.retention, crate::now_unix()).1 {
+        glommio::executor().yield_if_needed().await;
+    }
     if id == 0 {
         core.gate.watch_reloads(start.reload.clone());
     }

@@ -442,6 +442,8 @@ figures! {
         neg_refused => "negentropy_refused";
         /// NIP-77 syncs closed with NEG-ERR closed after negentropy.idle_secs without a message.
         neg_idle_closed => "negentropy_idle_closed";
+        /// Events retired because they outlived their kind's time ([retention]).
+        retention_retired => "retention_retired";
     }
     gauges {
         /// Open WebSocket connections.

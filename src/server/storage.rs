@@ -1,6 +1,8 @@
 //! `Storage`: one core's shards, their ack pipelines, and what NIP-62 keeps on them (the
 //! pubkeys that vanished). The only part of a core that touches its shards.
 
+use crate::limits::RETENTION_STEP_COUNT;
+use crate::store::retention::{self, RetentionConfig, RetentionWalk};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -24,6 +26,8 @@ pub struct Storage {
     vanished: RefCell<HashMap<[u8; 32], u64>>,
     /// Storage errors repeat once per event; they are logged once per interval.
     pub errors: LogThrottle,
+    /// Per shard, how far retention by age has walked.
+    retention_walks: RefCell<HashMap<ShardId, RetentionWalk>>,
 }
 
 impl Storage {
@@ -40,7 +44,27 @@ impl Storage {
             pipelines,
             vanished: RefCell::new(HashMap::new()),
             errors: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
+            retention_walks: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Retire from this core's shards what outlived its kind's time (`[retention]`), at most
+    /// `RETENTION_STEP_COUNT` events examined per shard; how many were retired, and whether
+    /// nothing is left that outlived its time.
+    pub fn retire_by_age(&self, config: &RetentionConfig, now: u64) -> (usize, bool) {
+        if !config.is_on() {
+            return (0, true);
+        }
+        let mut walks = self.retention_walks.borrow_mut();
+        let (mut retired, mut done) = (0, true);
+        for (&id, shard) in self.shards.borrow().iter() {
+            let walk = walks.entry(id).or_default();
+            let (step, finished) =
+                retention::retire(&mut shard.state_mut().index, config, walk, now, RETENTION_STEP_COUNT);
+            retired += step;
+            done &= finished;
+        }
+        (retired, done)
     }
 
     /// The shard that stores `pubkey`'s events: a keyed hash, computed once per event and

@@ -4,8 +4,9 @@
 //! Reading order: [`format`] (bytes on disk), [`record`] (the archived record), [`crypto`]
 //! (at-rest encryption), [`segment`] (files, maps, scan), [`part`] (a sealed segment's
 //! persisted index), [`layer`] (one segment's postings), [`index`] (indexes and rules),
-//! [`query`] (planner, scan, merge), [`shard`] (open, replay, append), [`writer`] (group
-//! commit on glommio), [`datadir`] (manifest, lock, `owner_shard`).
+//! [`query`] (planner, scan, merge), [`retention`] (kinds kept for a time), [`shard`]
+//! (open, replay, append), [`writer`] (group commit on glommio), [`datadir`] (manifest,
+//! lock, `owner_shard`).
 
 pub mod crypto;
 pub mod datadir;
@@ -17,6 +18,7 @@ pub mod part;
 pub mod postings;
 pub mod query;
 pub mod record;
+pub mod retention;
 pub mod segment;
 pub mod shard;
 pub mod writer;

@@ -1092,3 +1092,37 @@ fn wait_for_first_part(data: &Path) -> std::path::PathBuf {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `[retention]`: an event older than its kind's time is refused with `blocked:`, a stored
+/// one is retired within seconds of outliving it (and stays retired across a restart),
+/// and kinds kept for good stay.
+#[test]
+fn retention_refuses_and_retires_what_outlived_its_kinds_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[retention]\nmax_age_secs = 0\n\n[[retention.kinds]]\nkinds = [1]\nmax_age_secs = 3\n";
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    let author = keys(1_130);
+    let (accepted, message) = client.publish(&signed(&author, 1, now() - 10, &[], "too old"));
+    assert!(!accepted);
+    assert_eq!(message, "blocked: this relay keeps kind 1 events for 3 seconds");
+    let young = signed(&author, 1, now(), &[], "young for now");
+    let kept = signed(&author, 7, now() - 100_000, &[], "+");
+    assert!(client.publish(&young).0 && client.publish(&kept).0);
+    assert_eq!(ids(&client.req("notes", &[json!({"kinds": [1]})])), vec![id_of(&young)]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !client.req("notes", &[json!({"kinds": [1]})]).is_empty() {
+        assert!(Instant::now() < deadline, "the note is retired once it is 3 s old");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ids(&client.req("reactions", &[json!({"kinds": [7]})])), vec![id_of(&kept)]);
+    let metrics = crate::metrics::scrape(relay.port);
+    assert_eq!(crate::metrics::total(&metrics, "ringrelay_retention_retired_total", &[]), 1.0);
+    drop(client);
+    assert!(relay.terminate().success());
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    assert!(client.req("notes", &[json!({"kinds": [1]})]).is_empty(), "retired before anything is served");
+    assert_eq!(ids(&client.req("reactions", &[json!({"kinds": [7]})])), vec![id_of(&kept)]);
+    assert!(relay.terminate().success());
+}
