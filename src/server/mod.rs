@@ -81,6 +81,9 @@ use crate::event::sign::Signer;
 use crate::fleet::client::Connector;
 use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
 
+/// How long a core retires what outlived its time at start before it serves (the rest is
+/// retired by the sweep, `RETENTION_STEP_COUNT` events a shard a second).
+const RETENTION_AT_START: Duration = Duration::from_secs(5);
 /// Capacity of each core-to-core channel.
 const MESH_CHANNEL_SIZE: usize = 4_096;
 /// How often a core looks for a shutdown request.
@@ -446,9 +449,13 @@ async fn run_joined(
     let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
     let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries, peers);
     // Again, now that the shards are open: banned events are retired from them, and so is
-    // what outlived its kind's time (`[retention]`), before anything is served.
+    // what outlived its kind's time (`[retention]`) before anything is served (for at most
+    // `RETENTION_AT_START`: a larger backlog is left to the sweep, within the startup
+    // deadline).
     core.apply_lists(at_start);
-    while !core.storage.retire_by_age(&config.retention, crate::now_unix()).1 {
+    let retiring = std::time::Instant::now();
+    while !core.storage.retire_by_age(&config.retention, crate::now_unix()).1 && retiring.elapsed() < RETENTION_AT_START
+    {
         glommio::executor().yield_if_needed().await;
     }
     if id == 0 {
