@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::hash::BuildHasher;
+use std::ops::RangeInclusive;
 
 use hashbrown::{DefaultHashBuilder, HashMap, HashTable};
 
@@ -55,6 +56,9 @@ impl Entry {
         (std::cmp::Reverse(self.created_at), self.id)
     }
 }
+
+/// Every date: the window of a walk over all layers.
+const ALL_DATES: RangeInclusive<u64> = 0..=u64::MAX;
 
 /// A tag the rules read (a `d`, `e` or `a`), owned.
 type RuleTag = (u8, Vec<u8>);
@@ -241,26 +245,47 @@ impl Index {
 
     /// An author's events, as sorted runs (one or more per layer).
     pub fn author_runs(&self, author: u32) -> Vec<Run<'_>> {
-        let mut runs = Vec::new();
-        let pubkey = self.author_key(author);
-        self.layers.iter().for_each(|layer| layer.author_runs(author, pubkey, &mut runs));
-        runs
+        self.author_runs_within(author, &ALL_DATES)
     }
     pub fn kind_runs(&self, kind: u16) -> Vec<Run<'_>> {
-        let mut runs = Vec::new();
-        self.layers.iter().for_each(|layer| layer.kind_runs(kind, &mut runs));
-        runs
+        self.kind_runs_within(kind, &ALL_DATES)
     }
     /// The events carrying tag `letter` = `value`, as sorted runs; hash collisions are
     /// possible, so callers check the record's tags.
     pub fn tag_runs(&self, letter: u8, value: &[u8]) -> Vec<Run<'_>> {
-        let mut runs = Vec::new();
-        self.layers.iter().for_each(|layer| layer.tag_runs(letter, value, &mut runs));
-        runs
+        self.tag_runs_within(letter, value, &ALL_DATES)
     }
     pub fn global_runs(&self) -> Vec<Run<'_>> {
+        self.global_runs_within(&ALL_DATES)
+    }
+
+    /// The layers that may hold events dated in `window` (a segment written in date order
+    /// holds a narrow range, so a scan with `since`, or resuming after its newest events,
+    /// looks into few of them).
+    fn layers_within(&self, window: &RangeInclusive<u64>) -> impl Iterator<Item = &Layer> + '_ {
+        let window = window.clone();
+        self.layers.iter().filter(move |layer| layer.overlaps(&window))
+    }
+    /// The runs of an author's events from the layers that may hold events dated in `window`.
+    pub fn author_runs_within(&self, author: u32, window: &RangeInclusive<u64>) -> Vec<Run<'_>> {
         let mut runs = Vec::new();
-        self.layers.iter().for_each(|layer| layer.global_runs(&mut runs));
+        let pubkey = self.author_key(author);
+        self.layers_within(window).for_each(|layer| layer.author_runs(author, pubkey, &mut runs));
+        runs
+    }
+    pub fn kind_runs_within(&self, kind: u16, window: &RangeInclusive<u64>) -> Vec<Run<'_>> {
+        let mut runs = Vec::new();
+        self.layers_within(window).for_each(|layer| layer.kind_runs(kind, &mut runs));
+        runs
+    }
+    pub fn tag_runs_within(&self, letter: u8, value: &[u8], window: &RangeInclusive<u64>) -> Vec<Run<'_>> {
+        let mut runs = Vec::new();
+        self.layers_within(window).for_each(|layer| layer.tag_runs(letter, value, &mut runs));
+        runs
+    }
+    pub fn global_runs_within(&self, window: &RangeInclusive<u64>) -> Vec<Run<'_>> {
+        let mut runs = Vec::new();
+        self.layers_within(window).for_each(|layer| layer.global_runs(&mut runs));
         runs
     }
 
@@ -337,7 +362,7 @@ impl Index {
     /// The live records a request to vanish retires: every one of its author's up to its
     /// `created_at`, deletion requests included, except other requests to vanish (NIP-62).
     fn vanish_targets(&self, until: u64, author: u32, kills: &mut Vec<EventNo>) {
-        for run in self.author_runs(author) {
+        for run in self.author_runs_within(author, &(0..=until)) {
             for no in run.iter() {
                 // Each record is posted once per author, and a kind 62 carries no other kills.
                 if !self.is_dead(no) {
@@ -745,7 +770,7 @@ impl Index {
             return 0;
         }
         let victims: Vec<EventNo> = self
-            .author_runs(author)
+            .author_runs_within(author, &(0..=until))
             .iter()
             .flat_map(Run::iter)
             .filter(|&no| !self.is_dead(no) && self.created_at(no) <= until)
@@ -909,6 +934,31 @@ mod tests {
         assert!(postings_kept(&index));
         assert_eq!(index.version_d_bytes, index.versions.keys().map(|k| k.d.len()).sum::<usize>());
         assert!(index.memory_size() > index.version_d_bytes);
+    }
+
+    /// A list's runs come only from the layers whose dates meet the window: segments written
+    /// in date order are skipped by a scan that cannot find anything in them.
+    #[test]
+    fn runs_come_from_the_layers_whose_dates_meet_the_window() {
+        let mut index = Index::new_bulk();
+        for i in 0..20u8 {
+            let (segment, created_at) = if i < 10 { (0, 100 + u64::from(i)) } else { (1, 1_000 + u64::from(i)) };
+            let (id, pubkey) = ([i; 32], [i; 32]);
+            let facts = Facts { id: &id, pubkey: &pubkey, created_at, kind: 1, expiration: None, tags: &[] };
+            let Admit::Store { kills } = index.admit(&facts, 0) else { panic!("stored") };
+            index.insert(&facts, Loc { segment, offset: 0 }, kills);
+        }
+        index.finish_bulk();
+        index.set_durable(index.len());
+        let nos = |window: RangeInclusive<u64>| {
+            let mut nos: Vec<EventNo> = index.kind_runs_within(1, &window).iter().flat_map(Run::iter).collect();
+            nos.sort_unstable();
+            nos
+        };
+        assert_eq!(nos(0..=u64::MAX), (0..20).collect::<Vec<_>>());
+        assert_eq!(nos(500..=u64::MAX), (10..20).collect::<Vec<_>>(), "since 500: the older segment is skipped");
+        assert_eq!(nos(0..=150), (0..10).collect::<Vec<_>>(), "until 150: the newer one is");
+        assert!(nos(200..=900).is_empty(), "between them: neither");
     }
 
     /// An operator's retirements: a banned id, and a banned author's events up to the ban

@@ -27,6 +27,8 @@ pub struct MappedLayer {
     segment: u32,
     /// Each of the part's authors (in its sorted order) as the shard's author number.
     authors: Vec<u32>,
+    /// The oldest and newest `created_at` of its events (the ends of its global list).
+    dates: Option<(u64, u64)>,
 }
 
 /// One sorted run of a list (oldest first by (created_at, number)), from one layer; a run
@@ -71,6 +73,15 @@ impl Layer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether it may hold events dated in `window` (an empty layer holds none).
+    pub fn overlaps(&self, window: &std::ops::RangeInclusive<u64>) -> bool {
+        let dates = match self {
+            Layer::Memory(layer) => layer.dates,
+            Layer::Mapped(layer) => layer.dates,
+        };
+        dates.is_some_and(|(oldest, newest)| oldest <= *window.end() && *window.start() <= newest)
+    }
+
     /// The (first) segment slot its records lie in.
     pub fn segment(&self) -> u32 {
         match self {
@@ -184,7 +195,10 @@ impl MappedLayer {
     /// gives the shard's number for each of its authors.
     pub fn new(part: Part, base: EventNo, segment: u32, author_number: impl FnMut(&[u8; 32]) -> u32) -> MappedLayer {
         let authors = part.authors().map(author_number).collect();
-        MappedLayer { part, base, segment, authors }
+        let global = part.global_list();
+        let date = |local: Option<&u32>| local.map(|&local| part.entry(local).created_at.to_native());
+        let dates = date(global.first()).zip(date(global.last()));
+        MappedLayer { part, base, segment, authors, dates }
     }
 
     pub fn into_part(self) -> Part {
@@ -207,6 +221,8 @@ pub struct MemLayer {
     global: Postings,
     /// Heap bytes of every postings list, kept as they grow (a scrape never walks them).
     postings_bytes: usize,
+    /// The oldest and newest `created_at` of its events (none while it is empty).
+    dates: Option<(u64, u64)>,
 }
 
 impl MemLayer {
@@ -223,6 +239,7 @@ impl MemLayer {
             tag_lists: Vec::new(),
             global: Postings::default(),
             postings_bytes: 0,
+            dates: None,
         }
     }
 
@@ -244,6 +261,8 @@ impl MemLayer {
         }
         self.chunks.last_mut().expect("a chunk with room").push(entry);
         self.len += 1;
+        let date = entry.created_at;
+        self.dates = Some(self.dates.map_or((date, date), |(oldest, newest)| (oldest.min(date), newest.max(date))));
         let MemLayer { chunks, by_author, by_kind, global, by_tag, tag_lists, hasher, postings_bytes, .. } = self;
         let key = |n: EventNo| {
             let i = n as usize;

@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use super::index::{EventNo, Index, Run};
@@ -53,14 +54,15 @@ enum List {
 }
 
 impl List {
-    /// The list's sorted runs (a few per layer), walked together.
-    fn runs<'a>(&'a self, index: &'a Index) -> Vec<Run<'a>> {
+    /// The list's sorted runs (a few per layer) from the layers that may hold events dated
+    /// in `window`, walked together.
+    fn runs<'a>(&'a self, index: &'a Index, window: &RangeInclusive<u64>) -> Vec<Run<'a>> {
         match self {
             List::Owned(nos) => vec![Run { nos, layer: None }],
-            List::Author(author) => index.author_runs(*author),
-            List::Kind(kind) => index.kind_runs(*kind),
-            List::Tag(letter, value) => index.tag_runs(*letter, value),
-            List::Global => index.global_runs(),
+            List::Author(author) => index.author_runs_within(*author, window),
+            List::Kind(kind) => index.kind_runs_within(*kind, window),
+            List::Tag(letter, value) => index.tag_runs_within(*letter, value, window),
+            List::Global => index.global_runs_within(window),
         }
     }
 }
@@ -194,7 +196,9 @@ impl FilterScan {
         }
         let since = self.filter.since.unwrap_or(0);
         // Every run of every list, looked up once per step (a tag list is a hash lookup).
-        let runs: Vec<Run<'_>> = self.lists.iter().flat_map(|list| list.runs(index)).collect();
+        // Only what is dated from `since` up to where the scan resumes can still be a hit.
+        let window = since..=self.resume_below.0;
+        let runs: Vec<Run<'_>> = self.lists.iter().flat_map(|list| list.runs(index, &window)).collect();
         let key_at = |run: &Run<'_>, at: usize| {
             let no = run.no(at);
             let created_at = match run.layer {

@@ -69,7 +69,7 @@ pub fn retire(
         for &kind in
             rule.kinds.iter().filter(|&&kind| config.rule_of(kind).is_some_and(|first| std::ptr::eq(first, rule)))
         {
-            let runs = index.kind_runs(kind);
+            let runs = index.kind_runs_within(kind, &(walk.by_rule[place]..=cutoff));
             reached =
                 reached.min(walk_runs(index, &runs, walk.by_rule[place], cutoff, |_| true, &mut victims, &mut left));
         }
@@ -78,7 +78,7 @@ pub fn retire(
     }
     if config.max_age_secs > 0 {
         let cutoff = now.saturating_sub(config.max_age_secs);
-        let runs = index.global_runs();
+        let runs = index.global_runs_within(&(walk.default..=cutoff));
         let by_default = |kind: u16| config.rule_of(kind).is_none();
         walk.default = walk_runs(index, &runs, walk.default, cutoff, by_default, &mut victims, &mut left);
         done &= walk.default == cutoff;
