@@ -132,10 +132,11 @@ fn tag_hash(key: &[u8; 32], letter: u8, value: &[u8]) -> u64 {
 
 /// Build the part of consecutive sealed, unencrypted segments (one, or the ones a merge
 /// joins): every record is read and checked.
-pub fn build(segments: &[&[u8]], tag_key: [u8; 32]) -> Result<Vec<u8>, FormatError> {
+pub fn build(segments: &[&[u8]], tag_key: [u8; 32]) -> Result<Built, FormatError> {
     let mut body = PartBody { tag_key, ..PartBody::default() };
     let mut authors: HashMap<[u8; 32], u32> = HashMap::new();
-    let mut tags: Vec<Vec<u64>> = Vec::new();
+    // (tag hash, local number), each distinct pair of a record once: 16 bytes a tag.
+    let mut tags: Vec<(u64, u32)> = Vec::new();
     for (place, &segment) in segments.iter().enumerate() {
         let report = segment::scan(segment, None, |span, record| {
             let next = authors.len() as u32;
@@ -150,11 +151,11 @@ pub fn build(segments: &[&[u8]], tag_key: [u8; 32]) -> Result<Vec<u8>, FormatErr
                 kind: record.kind(),
                 segment: place as u16,
             });
-            let mut hashes: Vec<u64> =
-                record.tag_pairs().map(|(letter, value)| tag_hash(&tag_key, letter, value)).collect();
-            hashes.sort_unstable();
-            hashes.dedup();
-            tags.push(hashes);
+            let first = tags.len();
+            tags.extend(record.tag_pairs().map(|(letter, value)| (tag_hash(&tag_key, letter, value), no)));
+            tags[first..].sort_unstable();
+            let distinct = dedup_tail(&mut tags, first);
+            tags.truncate(distinct);
             let wanted = rule_tags(record);
             if !wanted.is_empty() {
                 body.rule_tags.push(RuleTags { no, tags: wanted });
@@ -178,55 +179,102 @@ pub fn build(segments: &[&[u8]], tag_key: [u8; 32]) -> Result<Vec<u8>, FormatErr
     }
     body.entries.iter_mut().for_each(|entry| entry.author = renumber[entry.author as usize]);
     body.authors = by_key.iter().map(|&(key, _)| key).collect();
-    post(&mut body, &tags);
-    let bytes =
-        rkyv::to_bytes::<rkyv::rancor::Error>(&body).map_err(|error| FormatError::Archive(error.to_string()))?;
+    post(&mut body, &mut tags);
+    // Sized at once: a growing buffer would hold up to twice the part while it builds.
+    let buffer = rkyv::util::AlignedVec::<16>::with_capacity(archive_size_estimate(&body));
+    let bytes = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(&body, buffer)
+        .map_err(|error| FormatError::Archive(error.to_string()))?;
     let shard = format::SegmentHeader::decode(segments[0])?.shard_id;
-    Ok(with_header(&bytes, shard, body.segments[0].id))
+    let first_id = body.segments[0].id;
+    drop(body);
+    Ok(with_header(bytes, shard, first_id))
 }
 
-/// Fill the postings: every list in (created_at, number) order.
-fn post(body: &mut PartBody, tags: &[Vec<u64>]) {
+/// Drop the repeats in the sorted `pairs[from..]`; the new length.
+fn dedup_tail(pairs: &mut [(u64, u32)], from: usize) -> usize {
+    let mut kept = from;
+    for at in from..pairs.len() {
+        if kept == from || pairs[kept - 1] != pairs[at] {
+            pairs[kept] = pairs[at];
+            kept += 1;
+        }
+    }
+    kept
+}
+
+/// Fill the postings: every list in (created_at, number) order. Each family is one vector
+/// of (key, date rank) sorted once, so a build holds a few bytes per posting (a merge of
+/// 16 segments builds at once).
+fn post(body: &mut PartBody, tags: &mut [(u64, u32)]) {
     let entries = &body.entries;
     let mut order: Vec<u32> = (0..entries.len() as u32).collect();
     order.sort_unstable_by_key(|&no| (entries[no as usize].created_at, no));
-    let mut by_author: Vec<Vec<u32>> = vec![Vec::new(); body.authors.len()];
-    let mut by_kind: std::collections::BTreeMap<u16, Vec<u32>> = Default::default();
-    let mut by_tag: std::collections::BTreeMap<u64, Vec<u32>> = Default::default();
-    for &no in &order {
-        let entry = &entries[no as usize];
-        by_author[entry.author as usize].push(no);
-        by_kind.entry(entry.kind).or_default().push(no);
-        for &hash in &tags[no as usize] {
-            by_tag.entry(hash).or_default().push(no);
-        }
+    let mut rank = vec![0u32; entries.len()];
+    for (place, &no) in order.iter().enumerate() {
+        rank[no as usize] = place as u32;
     }
-    let postings = &mut body.postings;
-    let mut append = |list: &[u32]| {
-        let span = Span { start: postings.len() as u32, len: list.len() as u32 };
-        postings.extend_from_slice(list);
-        span
+    let mut postings = std::mem::take(&mut body.postings);
+    let mut append = |ranks: &mut dyn Iterator<Item = u32>| {
+        let start = postings.len() as u32;
+        postings.extend(ranks.map(|place| order[place as usize]));
+        Span { start, len: postings.len() as u32 - start }
     };
-    body.global = append(&order);
-    body.author_lists = by_author.iter().map(|list| append(list)).collect();
-    body.kind_lists = by_kind.values().map(|list| append(list)).collect();
-    body.kinds = by_kind.into_keys().collect();
-    body.tag_lists = by_tag.values().map(|list| append(list)).collect();
-    body.tags = by_tag.into_keys().collect();
+    body.global = append(&mut (0..entries.len() as u32));
+    let mut by_author: Vec<(u32, u32)> =
+        entries.iter().zip(&rank).map(|(entry, &place)| (entry.author, place)).collect();
+    by_author.sort_unstable();
+    body.author_lists = groups(&by_author).map(|(_, list)| append(&mut list.iter().map(|&(_, place)| place))).collect();
+    drop(by_author);
+    let mut by_kind: Vec<(u16, u32)> = entries.iter().zip(&rank).map(|(entry, &place)| (entry.kind, place)).collect();
+    by_kind.sort_unstable();
+    let (kinds, kind_lists) =
+        groups(&by_kind).map(|(kind, list)| (kind, append(&mut list.iter().map(|&(_, place)| place)))).unzip();
+    (body.kinds, body.kind_lists) = (kinds, kind_lists);
+    drop(by_kind);
+    tags.iter_mut().for_each(|(_, no)| *no = rank[*no as usize]);
+    tags.sort_unstable();
+    let (hashes, tag_lists) =
+        groups(tags).map(|(hash, list)| (hash, append(&mut list.iter().map(|&(_, place)| place)))).unzip();
+    (body.tags, body.tag_lists) = (hashes, tag_lists);
+    body.postings = postings;
 }
 
-fn with_header(body: &[u8], shard: u16, first_id: u32) -> Vec<u8> {
-    let mut out = Vec::with_capacity(PART_HEADER_SIZE + body.len());
-    out.extend_from_slice(&PART_MAGIC);
-    out.extend_from_slice(&PART_VERSION.to_le_bytes());
-    out.extend_from_slice(&shard.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&first_id.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(body).as_bytes());
-    out.extend_from_slice(body);
-    out
+/// The runs of equal keys of a sorted slice of (key, value) pairs.
+fn groups<K: Copy + PartialEq, V>(pairs: &[(K, V)]) -> impl Iterator<Item = (K, &[(K, V)])> {
+    pairs.chunk_by(|a, b| a.0 == b.0).map(|run| (run[0].0, run))
+}
+
+/// A built part: its header and its archived body, written one after the other.
+pub struct Built {
+    header: Vec<u8>,
+    body: rkyv::util::AlignedVec<16>,
+}
+
+/// About the bytes `body` archives to (a little over: each list's own length and padding).
+fn archive_size_estimate(body: &PartBody) -> usize {
+    let rules: usize = body.rule_tags.iter().flat_map(|rule| &rule.tags).map(|tag| tag.value.len() + 16).sum();
+    body.entries.len() * std::mem::size_of::<ArchivedPartEntry>()
+        + body.authors.len() * 40
+        + body.kinds.len() * 10
+        + body.tags.len() * 16
+        + body.postings.len() * 4
+        + body.rule_tags.len() * 16
+        + rules
+        + body.segments.len() * 48
+        + 4096
+}
+
+fn with_header(body: rkyv::util::AlignedVec<16>, shard: u16, first_id: u32) -> Built {
+    let mut header = Vec::with_capacity(PART_HEADER_SIZE);
+    header.extend_from_slice(&PART_MAGIC);
+    header.extend_from_slice(&PART_VERSION.to_le_bytes());
+    header.extend_from_slice(&shard.to_le_bytes());
+    header.extend_from_slice(&0u16.to_le_bytes());
+    header.extend_from_slice(&first_id.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(blake3::hash(&body).as_bytes());
+    Built { header, body }
 }
 
 /// A part, mapped and checked: its checksum, its archive, and every number in it within
@@ -405,7 +453,9 @@ pub fn agrees(path: &Path, shard: u16, id: u32, segments: &[&[u8]]) -> Result<()
         return Err(PartError::Stale);
     }
     let rebuilt = build(segments, part.body().tag_key).map_err(|error| PartError::Body(error.to_string()))?;
-    match rebuilt[..] == part.map[..] {
+    match part.map.get(..PART_HEADER_SIZE) == Some(&rebuilt.header[..])
+        && part.map[PART_HEADER_SIZE..] == rebuilt.body[..]
+    {
         true => Ok(()),
         false => Err(PartError::Body("it differs from the part its segment gives".into())),
     }
@@ -427,7 +477,7 @@ pub fn build_file(paths: &[PathBuf], shard: u16, id: u32) -> Result<Part, PartEr
     let segments: Vec<&[u8]> = maps.iter().map(SegmentBytes::as_slice).collect();
     let built = build(&segments, new_tag_key()).map_err(|error| PartError::Body(error.to_string()))?;
     let path = part_path(&paths[0]);
-    segment::write_durably(&path, &built)?;
+    segment::write_all_durably(&path, &[&built.header, &built.body])?;
     let part = Part::load(&path, shard, id)?;
     match part.indexes(&segments) {
         true => Ok(part),

@@ -348,10 +348,17 @@ pub fn truncate_file(path: &Path, length: usize) -> std::io::Result<()> {
 
 /// Write `contents` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
 pub fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_all_durably(path, &[contents])
+}
+
+/// Write `pieces`, one after the other, to `path` as [`write_durably`] does.
+pub fn write_all_durably(path: &Path, pieces: &[&[u8]]) -> std::io::Result<()> {
     use std::io::Write;
     let temp = path.with_extension("tmp");
     let mut file = fs::File::create(&temp)?;
-    file.write_all(contents)?;
+    for piece in pieces {
+        file.write_all(piece)?;
+    }
     file.sync_all()?;
     fs::rename(&temp, path)?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))

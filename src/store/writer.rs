@@ -10,6 +10,7 @@ use std::cell::{Ref, RefCell, RefMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use futures_channel::{mpsc, oneshot};
@@ -193,10 +194,14 @@ const SCRUB_START_DELAY: std::time::Duration = std::time::Duration::from_secs(5)
 async fn run_indexer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<()>) {
     let scrub_from = std::time::Instant::now() + SCRUB_START_DELAY;
     loop {
-        give_parts(&state).await;
-        let wait = scrub_from.saturating_duration_since(std::time::Instant::now());
+        let deferred = give_parts(&state).await;
+        let mut wait = scrub_from.saturating_duration_since(std::time::Instant::now());
         if wait.is_zero() {
             scrub(&state).await;
+        }
+        if deferred {
+            // Another shard's merge was running: this one's is tried again.
+            wait = if wait.is_zero() { MERGE_RETRY_INTERVAL } else { wait.min(MERGE_RETRY_INTERVAL) };
         }
         let rung = async { rings.next().await.is_some() };
         let scrub_time = async {
@@ -219,16 +224,32 @@ fn open(state: &Rc<RefCell<ShardState>>) -> bool {
 
 /// Build and install the part of every sealed segment whose index is still in memory, and
 /// merge parts (see `ShardState::next_part_job`).
-async fn give_parts(state: &Rc<RefCell<ShardState>>) {
+/// Whether a merge was put off (another shard's was running).
+async fn give_parts(state: &Rc<RefCell<ShardState>>) -> bool {
     while open(state) {
         let next = state.borrow().next_part_job();
-        let Some(job) = next else { return };
+        let Some(job) = next else { return false };
+        let merge = job.paths.len() > 1;
+        // A merge holds its segments' entries and postings while it builds: one at a time
+        // in the process (a part of one segment is built whenever it is due).
+        if merge && MERGES_RUNNING.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return true;
+        }
         let shard = state.borrow().shard_id.0;
         let (paths, id) = (job.paths.clone(), job.id);
         let built = glommio::executor().spawn_blocking(move || super::part::build_file(&paths, shard, id)).await;
+        if merge {
+            MERGES_RUNNING.store(0, Ordering::Release);
+        }
         state.borrow_mut().install_part(&job, built);
     }
+    false
 }
+
+/// Merges of index parts building now, in the whole process (at most one).
+static MERGES_RUNNING: AtomicUsize = AtomicUsize::new(0);
+/// How soon a shard whose merge was put off tries again.
+const MERGE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Check the seal of each segment opened through its part, one at a time, 4 MiB at a time
 /// off the core, resting three times as long as each piece took: a quarter of one thread,
