@@ -280,7 +280,9 @@ pub fn scan(
 /// (the file's last record) checked over every byte before it, a piece at a time, so that
 /// the scrub can rest between pieces. `Send`: each piece runs on a blocking thread.
 pub struct Scrub {
-    bytes: SegmentBytes,
+    path: std::path::PathBuf,
+    file: fs::File,
+    buffer: Vec<u8>,
     hasher: blake3::Hasher,
     at: usize,
     seal_at: usize,
@@ -291,34 +293,72 @@ pub struct Scrub {
 pub type Damage = (usize, String);
 
 impl Scrub {
-    /// Map `path` and read its seal; the damage at once when it has none.
+    /// Open `path` and read its seal; the damage at once when it has none.
     pub fn open(path: &Path) -> Result<Scrub, Damage> {
-        let bytes = map_file(path).map_err(|error| (0, error.to_string()))?;
-        let len = bytes.as_slice().len();
+        use std::os::unix::fs::FileExt;
+        let io = |error: std::io::Error| (0, error.to_string());
+        let file = fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len() as usize;
         let seal_at = len.checked_sub(format::SEAL_RECORD_SIZE).filter(|&at| at % format::RECORD_ALIGN == 0);
-        let seal = seal_at.and_then(|at| match read_slot(bytes.as_slice(), at) {
-            Slot::Seal { hash, .. } => Some(hash),
-            _ => None,
+        let seal = seal_at.and_then(|at| {
+            let mut record = [0u8; format::SEAL_RECORD_SIZE];
+            file.read_exact_at(&mut record, at as u64).ok()?;
+            match read_slot(&record, 0) {
+                Slot::Seal { hash, .. } => Some(hash),
+                _ => None,
+            }
         });
         match (seal_at, seal) {
-            (Some(seal_at), Some(seal)) => Ok(Scrub { bytes, hasher: blake3::Hasher::new(), at: 0, seal_at, seal }),
-            _ => Err(first_damage(bytes.as_slice())),
+            (Some(seal_at), Some(seal)) => Ok(Scrub {
+                path: path.to_owned(),
+                file,
+                buffer: Vec::new(),
+                hasher: blake3::Hasher::new(),
+                at: 0,
+                seal_at,
+                seal,
+            }),
+            _ => Err(first_damage_of(path)),
         }
     }
 
-    /// Hash up to `size` more bytes; the outcome once every byte before the seal is hashed
-    /// (`Ok`: the seal holds).
+    /// Hash up to `size` more bytes, read past the page cache's keeping (the scrub reads
+    /// every segment once: it must not push out what queries read); the outcome once every
+    /// byte before the seal is hashed (`Ok`: the seal holds).
     pub fn step(&mut self, size: usize) -> Option<Result<(), Damage>> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
         let end = (self.at + size).min(self.seal_at);
-        self.hasher.update(&self.bytes.as_slice()[self.at..end]);
+        self.buffer.resize(end - self.at, 0);
+        if let Err(error) = self.file.read_exact_at(&mut self.buffer, self.at as u64) {
+            return Some(Err((self.at, error.to_string())));
+        }
+        self.hasher.update(&self.buffer);
+        // SAFETY: advice on an open descriptor's range; pages still mapped by the relay stay.
+        unsafe {
+            libc::posix_fadvise(
+                self.file.as_raw_fd(),
+                self.at as i64,
+                (end - self.at) as i64,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
         self.at = end;
         if end < self.seal_at {
             return None;
         }
         Some(match self.hasher.finalize().as_bytes() == &self.seal {
             true => Ok(()),
-            false => Err(first_damage(self.bytes.as_slice())),
+            false => Err(first_damage_of(&self.path)),
         })
+    }
+}
+
+/// Where the segment at `path`, whose seal does not hold, is damaged.
+fn first_damage_of(path: &Path) -> Damage {
+    match map_file(path) {
+        Ok(bytes) => first_damage(bytes.as_slice()),
+        Err(error) => (0, error.to_string()),
     }
 }
 
