@@ -229,18 +229,19 @@ async fn give_parts(state: &Rc<RefCell<ShardState>>) -> bool {
     while open(state) {
         let next = state.borrow().next_part_job();
         let Some(job) = next else { return false };
-        let merge = job.paths.len() > 1;
         // A merge holds its segments' entries and postings while it builds: one at a time
         // in the process (a part of one segment is built whenever it is due).
-        if merge && MERGES_RUNNING.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).is_err() {
-            return true;
-        }
+        let turn = match job.paths.len() > 1 {
+            true => match MergeTurn::take() {
+                Some(turn) => Some(turn),
+                None => return true,
+            },
+            false => None,
+        };
         let shard = state.borrow().shard_id.0;
         let (paths, id) = (job.paths.clone(), job.id);
         let built = glommio::executor().spawn_blocking(move || super::part::build_file(&paths, shard, id)).await;
-        if merge {
-            MERGES_RUNNING.store(0, Ordering::Release);
-        }
+        drop(turn);
         state.borrow_mut().install_part(&job, built);
     }
     false
@@ -248,6 +249,22 @@ async fn give_parts(state: &Rc<RefCell<ShardState>>) -> bool {
 
 /// Merges of index parts building now, in the whole process (at most one).
 static MERGES_RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// The process's one turn to build a merge, given back when dropped (also when the indexer
+/// is cancelled while it waits for the build).
+struct MergeTurn;
+
+impl MergeTurn {
+    fn take() -> Option<MergeTurn> {
+        MERGES_RUNNING.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| MergeTurn)
+    }
+}
+
+impl Drop for MergeTurn {
+    fn drop(&mut self) {
+        MERGES_RUNNING.store(0, Ordering::Release);
+    }
+}
 /// How soon a shard whose merge was put off tries again.
 const MERGE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 

@@ -1126,3 +1126,55 @@ fn retention_refuses_and_retires_what_outlived_its_kinds_time() {
     assert_eq!(ids(&client.req("reactions", &[json!({"kinds": [7]})])), vec![id_of(&kept)]);
     assert!(relay.terminate().success());
 }
+
+/// The relay's indexer merges the parts of four sealed segments into one in the
+/// background, and a restart after `kill -9` serves every event through it.
+#[test]
+fn the_indexer_merges_parts_while_the_relay_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "segment_size = 1048576\n";
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    let filler = "z".repeat(30_000);
+    let mut stored = Vec::new();
+    for i in 0..170 {
+        let json = signed(
+            &keys(1_140 + i % 3),
+            1,
+            now() - 1_000 + u64::from(i),
+            &[&["t", "merged"]],
+            &format!("{i} {filler}"),
+        );
+        assert!(client.publish(&json).0);
+        stored.push(id_of(&json));
+    }
+    let shard = dir.path().join("shard-000");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let merged = loop {
+        let segments = ringrelay::store::segment::list_segments(&shard).unwrap();
+        let first = ringrelay::store::part::part_path(&segments[0].1);
+        let covered = ringrelay::store::part::Part::load(&first, 0, segments[0].0).map(|part| part.covered_count());
+        if covered.as_ref().is_ok_and(|&count| count == 4) {
+            break segments;
+        }
+        assert!(Instant::now() < deadline, "four sealed segments' parts are merged into one");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        merged[1..4].iter().all(|(_, path)| !ringrelay::store::part::part_path(path).exists()),
+        "the parts it replaced are gone"
+    );
+    let mut served = ids(&client.req("merged", &[json!({"#t": ["merged"], "limit": 500})]));
+    served.sort();
+    stored.sort();
+    assert_eq!(served, stored);
+    drop(client);
+    relay.kill9();
+    let relay = Relay::start_with_config(dir.path(), 1, config);
+    let mut client = relay.connect();
+    let mut served = ids(&client.req("merged", &[json!({"#t": ["merged"], "limit": 500})]));
+    served.sort();
+    assert_eq!(served, stored);
+    assert!(crate::metrics::total(&crate::metrics::scrape(relay.port), "ringrelay_index_parts", &[]) >= 1.0);
+    assert!(relay.terminate().success());
+}
