@@ -425,11 +425,14 @@ fn check(body: &ArchivedPartBody) -> Result<u32, String> {
         return Err("a posting names no entry".into());
     }
     let (authors, segments) = (body.authors.len(), body.segments.len());
+    // A record's offset is read back with `format::read_slot`, which wants it aligned.
     let out_of_bounds = |entry: &ArchivedPartEntry| {
-        entry.author.to_native() as usize >= authors || usize::from(entry.segment.to_native()) >= segments
+        entry.author.to_native() as usize >= authors
+            || usize::from(entry.segment.to_native()) >= segments
+            || entry.offset.to_native() as usize % format::RECORD_ALIGN != 0
     };
     if body.entries.iter().any(out_of_bounds) {
-        return Err("an entry names no author or no segment".into());
+        return Err("an entry names no author, no segment, or no record's place".into());
     }
     if body.rule_tags.iter().any(|rule| rule.no.to_native() >= len) {
         return Err("rule tags name no entry".into());
