@@ -28,6 +28,9 @@ pub struct Config {
     /// refused (`OK false "error: ..."`) while reads go on, so that appends already taken, a
     /// segment rotation and a seal never run out of space half-way. 0 turns it off.
     pub storage_reserve_bytes: u64,
+    /// Online compaction rewrites a run of sealed segments once this share (percent) of its
+    /// records is dead; 0 turns it off (`ringrelay compact` still works offline).
+    pub compaction_dead_percent: u8,
     /// Reverse proxies in front of the relay (`["127.0.0.1"]`): a connection from one of them
     /// is taken to come from the address its `X-Forwarded-For` (or `X-Real-IP`) names, for
     /// the rate limits, the per-address limits, blocked addresses and the write plugin.
@@ -597,6 +600,7 @@ impl Default for Config {
             key_file: None,
             segment_size: SEGMENT_SIZE_DEFAULT,
             storage_reserve_bytes: STORAGE_RESERVE_BYTES_DEFAULT,
+            compaction_dead_percent: 50,
             trusted_proxies: Vec::new(),
             log: LogConfig::default(),
             info: RelayInfo::default(),
@@ -745,6 +749,11 @@ impl Config {
                 "management.admin_pubkeys: {key:?} is not a pubkey (64 lowercase hex characters)"
             );
         }
+        self.validate_storage()
+    }
+
+    /// The segment size, compaction and the store's size limit.
+    fn validate_storage(&self) -> anyhow::Result<()> {
         let size = self.segment_size;
         anyhow::ensure!(
             (crate::limits::SEGMENT_SIZE_MIN..=crate::limits::SEGMENT_SIZE_MAX).contains(&size)
@@ -753,6 +762,12 @@ impl Config {
             crate::limits::BLOCK_SIZE,
             crate::limits::SEGMENT_SIZE_MIN,
             crate::limits::SEGMENT_SIZE_MAX
+        );
+        anyhow::ensure!(self.compaction_dead_percent <= 100, "compaction_dead_percent is a share of records: 0 to 100");
+        let max_store_bytes = self.retention.max_store_bytes;
+        anyhow::ensure!(
+            max_store_bytes == 0 || max_store_bytes >= 16 * size as u64,
+            "retention.max_store_bytes must be 0 (no limit) or at least 16 segment_size"
         );
         Ok(())
     }

@@ -28,6 +28,18 @@ pub const SHARD_EVENT_COUNT_MAX: usize = (1 << 31) - 1;
 /// Events retention by age examines per shard in one step of a core's once-a-second sweep
 /// (what has outlived its time is retired over as many steps as it takes).
 pub const RETENTION_STEP_COUNT: usize = 20_000;
+/// Online compaction rests this many times as long as each rewritten segment took: a
+/// quarter of one thread, in steps of one segment (see `store::compact`).
+pub const COMPACTION_REST_FACTOR: u32 = 3;
+/// Index entries a compaction reads on the core (placing the kept records, letting go of
+/// the dropped ones) between two chances for other work to run.
+pub const COMPACTION_CHUNK_COUNT: usize = 4 * 1024;
+/// Bytes online compaction writes and syncs in one step: a commit's `fdatasync` never
+/// waits behind more than this of a rewrite.
+pub const COMPACTION_PIECE_SIZE: usize = 1024 * 1024;
+/// The share of dead records (percent) from which a run of sealed segments is compacted
+/// while its shard is over its share of `[retention] max_store_bytes`.
+pub const PRESSED_DEAD_PERCENT_MIN: u64 = 5;
 /// Index parts are merged this many at a time (each indexing as many segments), so a
 /// shard of S segments has O(log S) parts up to ...
 pub const PART_MERGE_FAN_IN: usize = 4;

@@ -110,6 +110,8 @@ impl Core {
         self.stats.neg_idle_closed.add(self.sessions.sweep_idle_syncs(idle_syncs) as u64);
         let (retired, _) = self.storage.retire_by_age(&self.config.retention, crate::now_unix());
         self.stats.retention_retired.add(retired as u64);
+        let evicted = self.storage.evict_for_size(&self.config.retention);
+        self.stats.retention_evicted.add(evicted as u64);
     }
 
     /// Run `work` as a query owned by `conn`'s session, answering `sub` if given: cancelled

@@ -379,6 +379,30 @@ const SHARD_COUNTERS: &[ShardFigure] = &[
         bytes: false,
         read: |s| s.commit_failures,
     },
+    ShardFigure {
+        metric: "compactions",
+        help: "Online compactions done: runs of sealed segments rewritten without their dead records.",
+        bytes: false,
+        read: |s| s.compactions,
+    },
+    ShardFigure {
+        metric: "compaction_failures",
+        help: "Online compactions that failed (the segments are served as they were; see the log).",
+        bytes: false,
+        read: |s| s.compaction_failures,
+    },
+    ShardFigure {
+        metric: "compaction_reclaimed",
+        help: "Bytes of segment files online compaction gave back.",
+        bytes: true,
+        read: |s| s.compaction_reclaimed_bytes,
+    },
+    ShardFigure {
+        metric: "compaction_written",
+        help: "Bytes online compaction wrote (the kept records and their index parts).",
+        bytes: true,
+        read: |s| s.compaction_written_bytes,
+    },
 ];
 
 /// Storage, per shard.

@@ -79,7 +79,7 @@ use self::storage::Storage;
 use crate::config::Config;
 use crate::event::sign::Signer;
 use crate::fleet::client::Connector;
-use crate::store::{DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
+use crate::store::{CompactionPolicy, DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
 
 /// How long a core retires what outlived its time at start before it serves (the rest is
 /// retired by the sweep, `RETENTION_STEP_COUNT` events a shard a second).
@@ -274,7 +274,13 @@ fn spawn_cores(
     let core_count = listeners.len();
     let (lists_file, lists) = lists::ListsFile::open(config.data_dir.clone())?;
     let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
-    let shard_config = ShardConfig::new(config.segment_size, key).with_reserve(config.storage_reserve_bytes);
+    let compaction = CompactionPolicy {
+        dead_percent_min: config.compaction_dead_percent,
+        shard_bytes_max: config.retention.max_store_bytes / u64::from(data_dir.shard_count),
+    };
+    let shard_config = ShardConfig::new(config.segment_size, key)
+        .with_reserve(config.storage_reserve_bytes)
+        .with_compaction(compaction);
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
     let connector = Connector::new(Some(peering_identity(config)?), config.peering.ca_file.as_deref())?;
@@ -454,8 +460,12 @@ async fn run_joined(
     // deadline).
     core.apply_lists(at_start);
     let retiring = std::time::Instant::now();
-    while !core.storage.retire_by_age(&config.retention, crate::now_unix()).1 && retiring.elapsed() < RETENTION_AT_START
-    {
+    loop {
+        let (retired, done) = core.storage.retire_by_age(&config.retention, crate::now_unix());
+        core.stats.retention_retired.add(retired as u64);
+        if done || retiring.elapsed() >= RETENTION_AT_START {
+            break;
+        }
         glommio::executor().yield_if_needed().await;
     }
     if id == 0 {

@@ -444,6 +444,8 @@ figures! {
         neg_idle_closed => "negentropy_idle_closed";
         /// Events retired because they outlived their kind's time ([retention]).
         retention_retired => "retention_retired";
+        /// Events retired, oldest first, because the store's live records were over [retention] max_store_bytes (of [retention] evictable_kinds).
+        retention_evicted => "retention_evicted";
     }
     gauges {
         /// Open WebSocket connections.

@@ -2,7 +2,7 @@
 //! pubkeys that vanished). The only part of a core that touches its shards.
 
 use crate::limits::RETENTION_STEP_COUNT;
-use crate::store::retention::{self, RetentionConfig, RetentionWalk};
+use crate::store::retention::{self, EvictionWalk, RetentionConfig, RetentionWalk};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -28,6 +28,8 @@ pub struct Storage {
     pub errors: LogThrottle,
     /// Per shard, how far retention by age has walked.
     retention_walks: RefCell<HashMap<ShardId, RetentionWalk>>,
+    /// Per shard, how far eviction for size has walked.
+    eviction_walks: RefCell<HashMap<ShardId, EvictionWalk>>,
 }
 
 impl Storage {
@@ -45,6 +47,7 @@ impl Storage {
             vanished: RefCell::new(HashMap::new()),
             errors: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
             retention_walks: RefCell::new(HashMap::new()),
+            eviction_walks: RefCell::new(HashMap::new()),
         }
     }
 
@@ -65,6 +68,25 @@ impl Storage {
             done &= finished;
         }
         (retired, done)
+    }
+
+    /// Retire the oldest events of `evictable_kinds` from each of this core's shards whose
+    /// live records are over its share of `max_store_bytes` (`[retention]`), at most
+    /// `RETENTION_STEP_COUNT` examined per shard; how many. Compaction reclaims their space.
+    pub fn evict_for_size(&self, config: &RetentionConfig) -> usize {
+        if config.max_store_bytes == 0 || config.evictable_kinds.is_empty() {
+            return 0;
+        }
+        let mut walks = self.eviction_walks.borrow_mut();
+        let mut evicted = 0;
+        for (&id, shard) in self.shards.borrow().iter() {
+            let mut state = shard.state_mut();
+            let Some(count) = state.records_over_size() else { continue };
+            let walk = walks.entry(id).or_default();
+            let count = count.min(RETENTION_STEP_COUNT);
+            evicted += retention::evict(&mut state.index, &config.evictable_kinds, walk, count, RETENTION_STEP_COUNT);
+        }
+        evicted
     }
 
     /// The shard that stores `pubkey`'s events: a keyed hash, computed once per event and

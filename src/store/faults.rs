@@ -21,6 +21,8 @@ pub enum IoOp {
     Truncate,
     /// Writing the shard's segment high-water mark before a new segment begins.
     HighWater,
+    /// Each write, rename, removal and directory sync of an online compaction.
+    Compact,
 }
 
 /// What an injected fault does.

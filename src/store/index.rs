@@ -21,7 +21,10 @@ use crate::limits::SHARD_EVENT_COUNT_MAX;
 
 pub use super::layer::Run;
 
+mod compact;
 mod parts;
+
+pub use compact::{Candidate, Keep};
 
 /// A record's ordinal within its shard, in append order.
 pub type EventNo = u32;

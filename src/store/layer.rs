@@ -7,7 +7,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashMap};
 
-use super::index::{Entry, EventNo, Loc, FLAG_EXPIRES};
+use super::index::{Entry, EventNo, Loc, FLAG_DEAD, FLAG_EXPIRES};
 use super::part::Part;
 use super::postings::Postings;
 
@@ -29,7 +29,24 @@ pub struct MappedLayer {
     authors: Vec<u32>,
     /// The oldest and newest `created_at` of its events (the ends of its global list).
     dates: Option<(u64, u64)>,
+    /// The events this process numbered in the layer (`base..base + len`).
+    len: u32,
+    /// Set once its segments were compacted while serving: the layer-local number of each
+    /// of the part's entries (ascending). The events compaction dropped keep their numbers
+    /// (the rules' tables and running scans hold them) but have no entry: they read as
+    /// [`GONE`]. A restart numbers the part afresh.
+    kept: Option<Box<[u32]>>,
 }
+
+/// What a number whose event compaction dropped reads as: dead, dated 0, nowhere.
+pub const GONE: Entry = Entry {
+    id: [0; 32],
+    created_at: 0,
+    loc: Loc { segment: u32::MAX, offset: 0 },
+    author: 0,
+    kind: 0,
+    flags: FLAG_DEAD,
+};
 
 /// One sorted run of a list (oldest first by (created_at, number)), from one layer; a run
 /// without a layer holds shard-wide event numbers (an `ids` filter's lookups).
@@ -48,12 +65,15 @@ impl<'a> Run<'a> {
     }
     /// The shard-wide number of the run's `at`-th event.
     pub fn no(&self, at: usize) -> EventNo {
-        self.layer.map_or(0, Layer::base) + self.nos[at]
+        match self.layer {
+            Some(layer) => layer.base() + layer.posted(self.nos[at]),
+            None => self.nos[at],
+        }
     }
     /// The shard-wide numbers of the run, in order.
     pub fn iter(&self) -> impl Iterator<Item = EventNo> + 'a {
-        let (base, nos) = (self.layer.map_or(0, Layer::base), self.nos);
-        nos.iter().map(move |&local| base + local)
+        let (layer, nos) = (self.layer, self.nos);
+        nos.iter().map(move |&posted| layer.map_or(posted, |layer| layer.base() + layer.posted(posted)))
     }
 }
 
@@ -67,8 +87,26 @@ impl Layer {
     pub fn len(&self) -> u32 {
         match self {
             Layer::Memory(layer) => layer.len,
-            Layer::Mapped(layer) => layer.part.len(),
+            Layer::Mapped(layer) => layer.len,
         }
+    }
+    /// The layer-local number of a number its postings hold.
+    pub fn posted(&self, posted: u32) -> u32 {
+        match self {
+            Layer::Mapped(MappedLayer { kept: Some(kept), .. }) => kept[posted as usize],
+            _ => posted,
+        }
+    }
+    /// The `created_at` of a number its postings hold.
+    pub fn posted_created_at(&self, posted: u32) -> u64 {
+        match self {
+            Layer::Memory(layer) => layer.entry(posted).created_at,
+            Layer::Mapped(layer) => layer.part.entry(posted).created_at.to_native(),
+        }
+    }
+    /// Whether compaction rewrote its segments in this process (see [`MappedLayer`]).
+    pub fn is_compacted(&self) -> bool {
+        matches!(self, Layer::Mapped(MappedLayer { kept: Some(_), .. }))
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -100,6 +138,7 @@ impl Layer {
         match self {
             Layer::Memory(layer) => *layer.entry(local),
             Layer::Mapped(layer) => {
+                let Some(local) = layer.part_local(local) else { return GONE };
                 let entry = layer.part.entry(local);
                 Entry {
                     id: entry.id,
@@ -118,13 +157,15 @@ impl Layer {
     pub fn id(&self, local: u32) -> &[u8; 32] {
         match self {
             Layer::Memory(layer) => &layer.entry(local).id,
-            Layer::Mapped(layer) => &layer.part.entry(local).id,
+            Layer::Mapped(layer) => layer.part_local(local).map_or(&GONE.id, |local| &layer.part.entry(local).id),
         }
     }
     pub fn created_at(&self, local: u32) -> u64 {
         match self {
             Layer::Memory(layer) => layer.entry(local).created_at,
-            Layer::Mapped(layer) => layer.part.entry(local).created_at.to_native(),
+            Layer::Mapped(layer) => {
+                layer.part_local(local).map_or(0, |local| layer.part.entry(local).created_at.to_native())
+            }
         }
     }
 
@@ -185,7 +226,7 @@ impl Layer {
     pub fn memory_size(&self) -> usize {
         match self {
             Layer::Memory(layer) => layer.memory_size(),
-            Layer::Mapped(layer) => layer.authors.capacity() * 4,
+            Layer::Mapped(layer) => layer.authors.capacity() * 4 + layer.kept.as_ref().map_or(0, |kept| kept.len() * 4),
         }
     }
 }
@@ -198,7 +239,30 @@ impl MappedLayer {
         let global = part.global_list();
         let date = |local: Option<&u32>| local.map(|&local| part.entry(local).created_at.to_native());
         let dates = date(global.first()).zip(date(global.last()));
-        MappedLayer { part, base, segment, authors, dates }
+        let len = part.len();
+        MappedLayer { part, base, segment, authors, dates, len, kept: None }
+    }
+
+    /// The part of segments compaction rewrote, for a layer of `len` events numbered from
+    /// `base` of which it kept `kept` (layer-local, ascending, one per part entry).
+    pub fn compacted(
+        part: Part,
+        base: EventNo,
+        segment: u32,
+        len: u32,
+        kept: Box<[u32]>,
+        author_number: impl FnMut(&[u8; 32]) -> u32,
+    ) -> MappedLayer {
+        assert_eq!(kept.len(), part.len() as usize, "one kept number per entry");
+        MappedLayer { len, kept: Some(kept), ..MappedLayer::new(part, base, segment, author_number) }
+    }
+
+    /// The part's entry for a layer-local number (`None`: compaction dropped its event).
+    fn part_local(&self, local: u32) -> Option<u32> {
+        match &self.kept {
+            None => Some(local),
+            Some(kept) => kept.binary_search(&local).ok().map(|at| at as u32),
+        }
     }
 
     pub fn into_part(self) -> Part {

@@ -8,6 +8,8 @@
 //! (open, replay, append), [`writer`] (group commit on glommio), [`datadir`] (manifest,
 //! lock, `owner_shard`).
 
+pub mod background;
+pub mod compact;
 pub mod crypto;
 pub mod datadir;
 pub mod faults;
@@ -27,7 +29,8 @@ pub use datadir::{Access, DataDir, Router};
 pub use index::{EventNo, Rejection};
 pub use query::{FilterScan, Hit, Ordered, Privacy};
 pub use shard::{
-    free_bytes, Appended, OpenMode, Refusal, RefusalCause, ShardConfig, ShardFigures, ShardState, StoreError,
+    free_bytes, Appended, CompactionPolicy, OpenMode, Refusal, RefusalCause, ShardConfig, ShardFigures, ShardState,
+    StoreError,
 };
 pub use writer::{Admission, Durable, Shard};
 

@@ -246,8 +246,8 @@ fn groups<K: Copy + PartialEq, V>(pairs: &[(K, V)]) -> impl Iterator<Item = (K, 
 
 /// A built part: its header and its archived body, written one after the other.
 pub struct Built {
-    header: Vec<u8>,
-    body: rkyv::util::AlignedVec<16>,
+    pub header: Vec<u8>,
+    pub body: rkyv::util::AlignedVec<16>,
 }
 
 /// About the bytes `body` archives to (a little over: each list's own length and padding).

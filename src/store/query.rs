@@ -202,7 +202,7 @@ impl FilterScan {
         let key_at = |run: &Run<'_>, at: usize| {
             let no = run.no(at);
             let created_at = match run.layer {
-                Some(layer) => layer.created_at(run.nos[at]),
+                Some(layer) => layer.posted_created_at(run.nos[at]),
                 None => index.created_at(no),
             };
             (created_at, no)

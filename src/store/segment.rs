@@ -411,10 +411,15 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// A whole sealed segment holding `archives` (plaintext rkyv archives, in order), encrypted
 /// when `key` is given, as `repair` writes it in one go: every record says all of the
 /// segment before it is durable, which holds once the file is written and synced.
-pub fn build_sealed_segment(header: &SegmentHeader, key: Option<&SegmentKey>, archives: &[Vec<u8>]) -> Vec<u8> {
+pub fn build_sealed_segment<A: AsRef<[u8]>>(
+    header: &SegmentHeader,
+    key: Option<&SegmentKey>,
+    archives: &[A],
+) -> Vec<u8> {
     let mut bytes = vec![0u8; SEGMENT_HEADER_SIZE];
     header.encode(&mut bytes);
     for archive in archives {
+        let archive = archive.as_ref();
         let offset = bytes.len();
         let payload_size = archive.len() + if key.is_some() { TAG_SIZE } else { 0 };
         let flags = if key.is_some() { format::RECORD_FLAG_ENCRYPTED } else { 0 };

@@ -18,6 +18,7 @@ use super::format::{
 use super::index::{Admit, EventNo, Facts, Index, Loc, Rejection};
 use super::part;
 
+mod compact;
 mod parts;
 use super::query::RecordSource;
 use super::record::{self, ArchivedRecord, Record};
@@ -26,6 +27,7 @@ use super::ShardId;
 use crate::event::VerifiedEvent;
 use crate::limits::{BLOCK_SIZE, SEGMENT_SIZE_MAX, SEGMENT_SIZE_MIN};
 use crate::measure::{Counter, Histogram, HistogramSnapshot};
+pub use compact::{CompactionPolicy, CompactionStats};
 use parts::MappedPart;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +70,25 @@ pub struct ShardConfig {
     pub reserve_bytes: u64,
     /// Injected I/O faults (tests); none otherwise.
     pub faults: Faults,
+    /// When sealed segments are rewritten without their dead records, while serving.
+    pub compaction: CompactionPolicy,
 }
 
 impl ShardConfig {
     pub fn new(segment_size: usize, key: Option<SegmentKey>) -> ShardConfig {
         assert!((SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&segment_size));
         assert!(segment_size % BLOCK_SIZE == 0);
-        ShardConfig { segment_size, key, reserve_bytes: 0, faults: Faults::default() }
+        ShardConfig {
+            segment_size,
+            key,
+            reserve_bytes: 0,
+            faults: Faults::default(),
+            compaction: CompactionPolicy::default(),
+        }
+    }
+
+    pub fn with_compaction(self, compaction: CompactionPolicy) -> ShardConfig {
+        ShardConfig { compaction, ..self }
     }
 
     pub fn with_reserve(self, reserve_bytes: u64) -> ShardConfig {
@@ -207,6 +221,8 @@ pub struct ShardState {
     part_failures: Vec<u32>,
     /// Ids of the segments the scrub found damaged.
     damaged: Vec<u32>,
+    /// What online compaction has done.
+    pub(super) compactions: CompactionStats,
 }
 
 /// The committer's figures for one shard.
@@ -260,6 +276,11 @@ pub struct ShardFigures {
     pub batch_events: HistogramSnapshot,
     pub written_bytes: u64,
     pub commit_failures: u64,
+    /// Online compactions done and failed, the bytes they reclaimed and wrote.
+    pub compactions: u64,
+    pub compaction_failures: u64,
+    pub compaction_reclaimed_bytes: u64,
+    pub compaction_written_bytes: u64,
 }
 
 impl RefusalCause {
@@ -288,6 +309,16 @@ impl ShardState {
         if mode == OpenMode::ReadWrite {
             std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
+        if mode == OpenMode::ReadWrite {
+            let removed = super::compact::remove_leftovers(dir).map_err(io_error(dir))?;
+            if removed > 0 {
+                tracing::info!(
+                    shard = shard_id.0,
+                    files = removed,
+                    "removed what an interrupted compaction or part build left"
+                );
+            }
+        }
         let files = match segment::list_segments(dir) {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && mode == OpenMode::ReadOnly => Vec::new(),
             other => other.map_err(io_error(dir))?,
@@ -308,6 +339,7 @@ impl ShardState {
             indexer_bell: None,
             part_failures: Vec::new(),
             damaged: Vec::new(),
+            compactions: CompactionStats::default(),
             seal_hash: SealHasher::new(),
             active_sealed: false,
             commits: CommitStats::default(),
@@ -652,18 +684,10 @@ impl ShardState {
 
     /// This shard's figures (one pass over its segments and index tables).
     pub fn figures(&self) -> ShardFigures {
-        let stats = self.index.segment_stats();
-        let (mut bytes, mut dead_bytes) = (0, 0);
-        for (slot, segment) in self.segments.iter().enumerate() {
-            let len = segment.len as u64;
-            bytes += len;
-            if let Some(stat) = stats.get(slot).filter(|stat| stat.records > 0) {
-                dead_bytes += len * u64::from(stat.dead) / u64::from(stat.records);
-            }
-        }
+        let (bytes, dead_bytes) = self.byte_figures();
         ShardFigures {
             shard: self.shard_id,
-            segments: self.segments.len() as u64,
+            segments: self.segments.iter().filter(|s| s.len > 0).count() as u64,
             bytes,
             dead_bytes,
             records: u64::from(self.index.len()),
@@ -678,7 +702,26 @@ impl ShardState {
             batch_events: self.commits.batch_events.snapshot(),
             written_bytes: self.commits.written_bytes.get(),
             commit_failures: self.commits.failures.get(),
+            compactions: self.compactions.runs.get(),
+            compaction_failures: self.compactions.failures.get(),
+            compaction_reclaimed_bytes: self.compactions.reclaimed_bytes.get(),
+            compaction_written_bytes: self.compactions.written_bytes.get(),
         }
+    }
+
+    /// Bytes of the shard's segments, and of those the bytes of dead records, estimated
+    /// per segment from its share of dead records.
+    pub(super) fn byte_figures(&self) -> (u64, u64) {
+        let stats = self.index.segment_stats();
+        let (mut bytes, mut dead_bytes) = (0, 0);
+        for (slot, segment) in self.segments.iter().enumerate() {
+            let len = segment.len as u64;
+            bytes += len;
+            if let Some(stat) = stats.get(slot).filter(|stat| stat.records > 0) {
+                dead_bytes += len * u64::from(stat.dead) / u64::from(stat.records);
+            }
+        }
+        (bytes, dead_bytes)
     }
 
     /// Whether bytes written to images are not yet on disk.
@@ -709,7 +752,8 @@ impl ShardState {
     /// segment opened through its part (not yet scrubbed) has its checksum checked here.
     fn plain_record(&self, no: EventNo) -> Option<segment::RecordBytes<'_>> {
         let loc = self.index.entry(no).loc;
-        let segment = &self.segments[loc.segment as usize];
+        // A number compaction dropped lies nowhere.
+        let segment = self.segments.get(loc.segment as usize)?;
         let bytes = segment.bytes.as_slice();
         let span = match segment.checked {
             true => format::trusted_span(bytes, loc.offset as usize),
@@ -743,7 +787,8 @@ impl ShardState {
 
     /// Ids of the segments, oldest first, with their record counts (for compaction and tests).
     pub fn segment_ids(&self) -> Vec<u32> {
-        self.segments.iter().map(|s| s.id).collect()
+        // A slot compaction emptied has no file (a segment always has its header).
+        self.segments.iter().filter(|s| s.len > 0).map(|s| s.id).collect()
     }
 }
 

@@ -17,12 +17,13 @@ use futures_channel::{mpsc, oneshot};
 use futures_lite::StreamExt;
 use glommio::io::OpenOptions;
 
+use super::compact::{Rewrite, Rewritten};
 use super::faults::{Fault, IoOp};
 use super::index::{EventNo, Rejection};
 use super::segment::{self, SegmentBytes};
 use super::shard::{io_error, Appended, Refusal, RefusalCause, ShardState, StoreError};
 use crate::event::VerifiedEvent;
-use crate::limits::BLOCK_SIZE;
+use crate::limits::{BLOCK_SIZE, COMPACTION_CHUNK_COUNT, COMPACTION_REST_FACTOR};
 
 /// Largest single direct-I/O write a commit issues.
 const WRITE_CHUNK_SIZE: usize = 4 * 1024 * 1024;
@@ -190,14 +191,16 @@ const SCRUB_START_DELAY: std::time::Duration = std::time::Duration::from_secs(5)
 /// The indexer: at start and whenever a segment is sealed, give every sealed segment whose
 /// index is still in memory its part, built and written on glommio's blocking threads one
 /// at a time, then served from the map; from `SCRUB_START_DELAY` on, scrub the segments
-/// opened through their parts (not read at open). It ends when the shard closes.
+/// opened through their parts (not read at open), then compact the sealed segments worth
+/// it. It ends when the shard closes.
 async fn run_indexer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<()>) {
     let scrub_from = std::time::Instant::now() + SCRUB_START_DELAY;
     loop {
-        let deferred = give_parts(&state).await;
+        let mut deferred = give_parts(&state).await;
         let mut wait = scrub_from.saturating_duration_since(std::time::Instant::now());
         if wait.is_zero() {
             scrub(&state).await;
+            deferred |= compact(&state, &mut rings).await;
         }
         if deferred {
             // Another shard's merge was running: this one's is tried again.
@@ -240,18 +243,24 @@ async fn give_parts(state: &Rc<RefCell<ShardState>>) -> bool {
         };
         let shard = state.borrow().shard_id.0;
         let (paths, id) = (job.paths.clone(), job.id);
-        let built = glommio::executor().spawn_blocking(move || super::part::build_file(&paths, shard, id)).await;
+        let built = off_core(move || super::part::build_file(&paths, shard, id)).await;
         drop(turn);
         state.borrow_mut().install_part(&job, built);
     }
     false
 }
 
-/// Merges of index parts building now, in the whole process (at most one).
+/// Run storage's background `work` on the executor's blocking thread, at the lowest CPU
+/// and I/O priority (see `store::background`).
+async fn off_core<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    glommio::executor().spawn_blocking(move || super::background::at_lowest_priority(work)).await
+}
+
+/// Merges of index parts and compactions running now, in the whole process (at most one).
 static MERGES_RUNNING: AtomicUsize = AtomicUsize::new(0);
 
-/// The process's one turn to build a merge, given back when dropped (also when the indexer
-/// is cancelled while it waits for the build).
+/// The process's one turn to build a merge or run a compaction, given back when dropped
+/// (also when the indexer is cancelled while it waits for the work).
 struct MergeTurn;
 
 impl MergeTurn {
@@ -276,7 +285,7 @@ async fn scrub(state: &Rc<RefCell<ShardState>>) {
     while open(state) {
         let next = state.borrow().next_to_scrub();
         let Some((slot, path)) = next else { return };
-        let mut scrub = match glommio::executor().spawn_blocking(move || super::segment::Scrub::open(&path)).await {
+        let mut scrub = match off_core(move || super::segment::Scrub::open(&path)).await {
             Ok(scrub) => scrub,
             Err(damage) => {
                 state.borrow_mut().scrubbed(slot, Err(damage));
@@ -285,12 +294,11 @@ async fn scrub(state: &Rc<RefCell<ShardState>>) {
         };
         while open(state) {
             let started = std::time::Instant::now();
-            let (back, outcome) = glommio::executor()
-                .spawn_blocking(move || {
-                    let outcome = scrub.step(PIECE_SIZE);
-                    (scrub, outcome)
-                })
-                .await;
+            let (back, outcome) = off_core(move || {
+                let outcome = scrub.step(PIECE_SIZE);
+                (scrub, outcome)
+            })
+            .await;
             scrub = back;
             glommio::timer::sleep(started.elapsed() * 3).await;
             if let Some(outcome) = outcome {
@@ -298,6 +306,84 @@ async fn scrub(state: &Rc<RefCell<ShardState>>) {
                 break;
             }
         }
+    }
+}
+
+/// Rewrite the sealed segments most worth it (see `ShardState::next_compaction`), one new
+/// segment per step on a blocking thread, resting `COMPACTION_REST_FACTOR` times as long as
+/// each step took; one compaction or merge at a time in the process. A compaction the
+/// shard's close interrupts leaves the store as it was. Whether one was put off (another
+/// shard's merge or compaction was running).
+async fn compact(state: &Rc<RefCell<ShardState>>, rings: &mut mpsc::Receiver<()>) -> bool {
+    while open(state) {
+        let policy = state.borrow().config().compaction;
+        let next = state.borrow().next_compaction(policy);
+        let Some(mut job) = next else { return false };
+        let Some(turn) = MergeTurn::take() else { return true };
+        while !state.borrow().index.place_kept(&mut job.keep, COMPACTION_CHUNK_COUNT) {
+            glommio::timer::sleep(COMPACTION_CHUNK_REST).await;
+        }
+        let (shard, segment_size, faults) = {
+            let state = state.borrow();
+            (state.shard_id.0, state.config().segment_size, state.config().faults.clone())
+        };
+        let (ids, paths, records) = (job.ids.clone(), job.paths.clone(), job.records());
+        let opened = off_core(move || Rewrite::open(shard, segment_size, ids, paths, records, faults)).await;
+        let outcome = match opened {
+            Ok(rewrite) => rewrite_in_steps(state, rewrite, rings).await,
+            Err(error) => Some(Err(error)),
+        };
+        drop(turn);
+        let Some(outcome) = outcome else { return false };
+        if outcome.is_ok() {
+            // What the rules hold for the dropped events goes, a chunk at a time, while the
+            // old layer still reads their ids.
+            let (mut from, end) = (job.keep.base, job.keep.base + job.keep.len);
+            while from < end {
+                from = state.borrow_mut().index.let_go(&job.keep, from, COMPACTION_CHUNK_COUNT as u32);
+                glommio::timer::sleep(COMPACTION_CHUNK_REST).await;
+            }
+        }
+        let replaced = state.borrow_mut().install_compaction(&job, outcome);
+        // Unmapping the old files and part takes tens of milliseconds: not on the core.
+        if let Some(replaced) = replaced {
+            off_core(move || drop(replaced)).await;
+        }
+    }
+    false
+}
+
+/// How long compaction's work on the core rests between two chunks: a sleep, not a yield,
+/// so that the reactor runs (sessions' I/O and timers) before the next chunk.
+const COMPACTION_CHUNK_REST: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Run a rewrite's steps and finish it; `None` when the shard closed first (the rewrite's
+/// temporary files are removed, the old ones never touched).
+async fn rewrite_in_steps(
+    state: &Rc<RefCell<ShardState>>,
+    mut rewrite: Rewrite,
+    rings: &mut mpsc::Receiver<()>,
+) -> Option<Result<Rewritten, String>> {
+    loop {
+        if !open(state) {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let (back, step) = off_core(move || {
+            let step = rewrite.step();
+            (rewrite, step)
+        })
+        .await;
+        rewrite = back;
+        match step {
+            Ok(true) => return Some(off_core(move || rewrite.finish()).await),
+            Ok(false) => {}
+            Err(error) => return Some(Err(error)),
+        }
+        // A ring (a segment sealed) is answered once the compaction is done; the end of the
+        // rings (the shard closing) cuts the rest short.
+        let rest = glommio::timer::sleep(started.elapsed() * COMPACTION_REST_FACTOR);
+        futures_lite::future::or(rest, async { while rings.next().await.is_some() {} }).await;
     }
 }
 

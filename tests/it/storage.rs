@@ -965,6 +965,25 @@ fn part_files(path: &Path) -> Vec<PathBuf> {
     segments.iter().map(|(_, segment)| part::part_path(segment)).filter(|part| part.exists()).collect()
 }
 
+/// `count` random events (versions, deletions, expirations, and a request to vanish every
+/// 400) and `requests` random REQs of one or two filters over them, from `seed`.
+fn events_and_requests(seed: u64, count: usize, requests: usize, now: u64) -> (Vec<VerifiedEvent>, Vec<Vec<Filter>>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut events: Vec<VerifiedEvent> = Vec::new();
+    for i in 0..count {
+        let json = if i % 400 == 399 {
+            let author = keys(100 + rng.gen_range(0..AUTHOR_COUNT));
+            signed(&author, 62, BASE_TIME + rng.gen_range(0..20), &[&["relay", "ALL_RELAYS"]], "")
+        } else {
+            random_event(&mut rng, &events, now)
+        };
+        events.push(verified(&json));
+    }
+    let requests =
+        (0..requests).map(|_| (0..rng.gen_range(1..3)).map(|_| random_filter(&mut rng, &events)).collect()).collect();
+    (events, requests)
+}
+
 /// Random events with versions, deletions, requests to vanish and expirations, stored in two
 /// runs with the first run's segments given their parts in between, so that the second run
 /// deletes and replaces events that a part holds. Every way of opening the store afterwards
@@ -975,19 +994,7 @@ fn reopen_through_index_parts_answers_as_the_store_did() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_owned();
     let now = now();
-    let mut rng = StdRng::seed_from_u64(0x1dec5);
-    let mut events: Vec<VerifiedEvent> = Vec::new();
-    for i in 0..10_000 {
-        let json = if i % 400 == 399 {
-            let author = keys(100 + rng.gen_range(0..AUTHOR_COUNT));
-            signed(&author, 62, BASE_TIME + rng.gen_range(0..20), &[&["relay", "ALL_RELAYS"]], "")
-        } else {
-            random_event(&mut rng, &events, now)
-        };
-        events.push(verified(&json));
-    }
-    let requests: Vec<Vec<Filter>> =
-        (0..300).map(|_| (0..rng.gen_range(1..3)).map(|_| random_filter(&mut rng, &events)).collect()).collect();
+    let (events, requests) = events_and_requests(0x1dec5, 10_000, 300, now);
     let (first, second) = events.split_at(5_000);
     let (first, second) = (first.to_vec(), second.to_vec());
     let (store_path, store_requests) = (path.clone(), requests.clone());
@@ -1097,4 +1104,104 @@ fn the_scrub_checks_a_seal_piece_by_piece_and_names_the_damage() {
     bytes.truncate(bytes.len() - 10);
     std::fs::write(&segment, &bytes).unwrap();
     assert!(scrub_all(&segment).is_err(), "no seal at the end");
+}
+
+/// The JSON of every event a REQ with `filters` returns from one open shard, in order.
+fn answer_of(state: &ShardState, filters: &[Filter], now: u64) -> Vec<String> {
+    query_shards(&[state], filters, DEFAULT_LIMIT, MAX_LIMIT, now)
+        .into_iter()
+        .map(|hit| String::from_utf8(state.event_json(hit.hit.no).expect("reads back")).unwrap())
+        .collect()
+}
+
+/// Bytes of shard 0's segment files, and whether a compaction's temporary file is there.
+fn segment_bytes(path: &Path) -> (u64, bool) {
+    let shard = path.join("shard-000");
+    let segments = ringrelay::store::segment::list_segments(&shard).unwrap();
+    let bytes = segments.iter().map(|(_, path)| std::fs::metadata(path).unwrap().len()).sum();
+    let temp = std::fs::read_dir(&shard).unwrap().any(|entry| {
+        entry.unwrap().path().extension().is_some_and(|ext| ext == ringrelay::store::compact::TEMP_SUFFIX)
+    });
+    (bytes, temp)
+}
+
+/// Online compaction (`ShardState::compact_now`, what the relay's indexer runs a step at
+/// a time): random events with versions, deletions, requests to vanish and expirations;
+/// every sealed run of segments with a dead record is rewritten without its dead records.
+/// The store answers every request as before, in the same process and after a reopen, from
+/// fewer bytes; and a crash at each of compaction's I/O steps (each write, rename, removal
+/// and directory sync) leaves a store that answers every request the same.
+#[test]
+fn online_compaction_keeps_every_answer_and_survives_a_crash_at_every_step() {
+    use ringrelay::store::faults::{Fault, Faults, IoOp};
+    use ringrelay::store::CompactionPolicy;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    let now = now();
+    let (events, requests) = events_and_requests(0xc0_4ac7, 8_000, 200, now);
+    let store_path = path.clone();
+    run_glommio(move || {
+        Box::pin(async move {
+            let store = Store::open(&store_path, 1, None).unwrap();
+            for event in &events {
+                store.append(event, now).await;
+            }
+            store.close().await;
+        })
+    });
+    build_parts(&path);
+    let pristine = tempfile::tempdir().unwrap();
+    crate::support::copy_dir(&path, pristine.path());
+    let (expected, _) = answers_after_open(&path, &requests, now);
+    assert!(expected.iter().filter(|answer| !answer.is_empty()).count() > 100, "most queries match something");
+
+    let policy = CompactionPolicy { dead_percent_min: 1, shard_bytes_max: 0 };
+    let (bytes_before, _) = segment_bytes(&path);
+    let mut state = open_one(&path, None, OpenMode::ReadWrite).unwrap();
+    let dead_before = state.figures().dead_bytes;
+    assert!(dead_before > 0, "the events retire some of their own");
+    let compacted = state.compact_now(policy);
+    assert!(compacted >= 1, "a sealed run of segments is compacted");
+    let figures = state.figures();
+    assert!(figures.dead_bytes < dead_before, "{} dead bytes left of {dead_before}", figures.dead_bytes);
+    assert_eq!(figures.compactions, state.figures().compactions);
+    let answers: Vec<Vec<String>> = requests.iter().map(|filters| answer_of(&state, filters, now)).collect();
+    for ((filters, expected), answer) in requests.iter().zip(&expected).zip(&answers) {
+        assert_eq!(answer, expected, "served from the compacted segments: {filters:?}");
+    }
+    assert_eq!(state.compact_now(policy), 0, "nothing is left to compact");
+    drop(state);
+    let (bytes_after, temp_left) = segment_bytes(&path);
+    assert!(bytes_after < bytes_before, "{bytes_after} bytes of segments, from {bytes_before}");
+    assert!(!temp_left, "no temporary file is left");
+    let (reopened, mapped) = answers_after_open(&path, &requests, now);
+    assert!(mapped >= 1, "the compacted segments open through their part");
+    for ((filters, expected), answer) in requests.iter().zip(&expected).zip(&reopened) {
+        assert_eq!(answer, expected, "after a reopen: {filters:?}");
+    }
+
+    // A crash at each step: every operation from there on fails, as the disk a crash left.
+    let mut step = 0;
+    loop {
+        let crashed = tempfile::tempdir().unwrap();
+        crate::support::copy_dir(pristine.path(), crashed.path());
+        let faults = Faults::plan();
+        faults.inject(IoOp::Compact, step, u64::MAX, Fault::Errno(5));
+        let data = DataDir::open_or_create(crashed.path(), 1).unwrap();
+        let config = ShardConfig::new(SEGMENT_SIZE, None).with_faults(faults.clone());
+        let mut state = ShardState::open(&data.shard_dir(ShardId(0)), ShardId(0), config, OpenMode::ReadWrite).unwrap();
+        state.compact_now(policy);
+        drop((state, data));
+        let (answers, _) = answers_after_open(crashed.path(), &requests, now);
+        for ((filters, expected), answer) in requests.iter().zip(&expected).zip(&answers) {
+            assert_eq!(answer, expected, "after a crash at compaction step {step}: {filters:?}");
+        }
+        assert!(!segment_bytes(crashed.path()).1, "the open removes what the crash left");
+        if faults.count(IoOp::Compact) <= step {
+            break;
+        }
+        step += 1;
+        assert!(step < 500, "compaction takes a bounded number of steps");
+    }
+    assert!(step >= 6, "every step of at least one compaction was crashed at ({step})");
 }

@@ -167,8 +167,9 @@ impl Index {
             .layers
             .iter()
             .map(|layer| match layer {
-                Layer::Mapped(_) => layer.segments(),
-                Layer::Memory(_) => 0..0,
+                // A compacted layer keeps numbers its part has no entry for: never merged.
+                Layer::Mapped(_) if !layer.is_compacted() => layer.segments(),
+                _ => 0..0,
             })
             .collect();
         mapped.windows(fan_in).find_map(|window| {
