@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # What online compaction costs the clients while it runs (docs/benchmarks.md): the same
 # store and load twice, compaction off (`compaction_dead_percent = 0`) and on (50). Each
-# run starts a copy of STORE with `[retention] max_age_secs` set to retire 40 of its 90
+# run starts a copy of STORE with `[retention] max_age_secs` set to keep 40 of its 90
 # days (a store from `cargo bench --bench build_store` spans the last 90 days), so that
 # about 55% of every segment is dead; the relay runs on CPU 0, loadgen on CPU 1, publishing
 # and querying for DURATION from the start. Prints loadgen's report and what compaction did.
 #   benches/compaction-cost.sh STORE RINGRELAY LOADGEN [DURATION] [PUBLISH_RATE] [QUERY_RATE]
+# PERCENTS="50" runs only the settings named; RELAY_LOG=FILE keeps the relay's log there.
 set -eu
 STORE=$1 RELAY=$2 LOADGEN=$3 DURATION=${4:-120s} PUBLISH=${5:-200} QUERY=${6:-50}
 PORT=7897 DIR=$(mktemp -d)

@@ -33,7 +33,7 @@ pub const RETENTION_STEP_COUNT: usize = 20_000;
 pub const COMPACTION_REST_FACTOR: u32 = 3;
 /// Index entries a compaction reads on the core (placing the kept records, letting go of
 /// the dropped ones) between two chances for other work to run.
-pub const COMPACTION_CHUNK_COUNT: usize = 4 * 1024;
+pub const COMPACTION_CHUNK_COUNT: u32 = 4 * 1024;
 /// Bytes online compaction writes and syncs in one step: a commit's `fdatasync` never
 /// waits behind more than this of a rewrite.
 pub const COMPACTION_PIECE_SIZE: usize = 1024 * 1024;

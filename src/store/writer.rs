@@ -320,7 +320,7 @@ async fn compact(state: &Rc<RefCell<ShardState>>, rings: &mut mpsc::Receiver<()>
         let next = state.borrow().next_compaction(policy);
         let Some(mut job) = next else { return false };
         let Some(turn) = MergeTurn::take() else { return true };
-        while !state.borrow().index.place_kept(&mut job.keep, COMPACTION_CHUNK_COUNT) {
+        while !state.borrow().index.plan_step(&mut job.keep, COMPACTION_CHUNK_COUNT) {
             glommio::timer::sleep(COMPACTION_CHUNK_REST).await;
         }
         let (shard, segment_size, faults) = {
@@ -340,7 +340,7 @@ async fn compact(state: &Rc<RefCell<ShardState>>, rings: &mut mpsc::Receiver<()>
             // old layer still reads their ids.
             let (mut from, end) = (job.keep.base, job.keep.base + job.keep.len);
             while from < end {
-                from = state.borrow_mut().index.let_go(&job.keep, from, COMPACTION_CHUNK_COUNT as u32);
+                from = state.borrow_mut().index.let_go(&job.keep, from, COMPACTION_CHUNK_COUNT);
                 glommio::timer::sleep(COMPACTION_CHUNK_REST).await;
             }
         }

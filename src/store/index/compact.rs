@@ -6,8 +6,8 @@
 //! keeps is a superset of what is live when it ends). The events it drops were already
 //! dead: they keep their numbers and their dead bits, and what the rules held by number
 //! for them (the id table, a pending expiration) is let go, as a restart that no longer
-//! finds them on disk would. Each step that reads many entries (placing the kept records,
-//! letting go of the dropped ones) works a chunk at a time, so the core serves in between.
+//! finds them on disk would. Each step that reads many entries (planning what is kept,
+//! letting go of what is dropped) works a chunk at a time, so the core serves in between.
 
 use std::hash::BuildHasher;
 use std::ops::Range;
@@ -27,6 +27,8 @@ pub struct Keep {
     /// The kept events, in number order, and where their records lie now.
     pub nos: Vec<EventNo>,
     pub locs: Vec<Loc>,
+    /// The next of the layer's numbers the plan looks at.
+    planned: EventNo,
 }
 
 /// A mapped layer's worth as a compaction: its slots, records and dead records.
@@ -55,21 +57,27 @@ impl Index {
             .collect()
     }
 
-    /// What compacting the mapped layer of exactly `slots` keeps: its live events now
-    /// (their places are read by [`Index::place_kept`], a chunk at a time).
+    /// What compacting the mapped layer of exactly `slots` keeps: its live events now,
+    /// gathered with their places by [`Index::plan_step`], a chunk at a time.
     pub fn compaction_plan(&self, slots: Range<u32>) -> Option<Keep> {
         let layer = self.layers.iter().find(|layer| matches!(layer, Layer::Mapped(_)) && layer.segments() == slots)?;
         let (base, len) = (layer.base(), layer.len());
-        let nos: Vec<EventNo> = (base..base + len).filter(|&no| !self.is_dead(no)).collect();
-        Some(Keep { slots, base, len, nos, locs: Vec::new() })
+        Some(Keep { slots, base, len, nos: Vec::new(), locs: Vec::new(), planned: base })
     }
 
-    /// Read where the next `count` kept events' records lie; whether all are placed.
-    pub fn place_kept(&self, keep: &mut Keep, count: usize) -> bool {
-        let from = keep.locs.len();
-        let to = keep.nos.len().min(from + count);
-        keep.locs.extend(keep.nos[from..to].iter().map(|&no| self.entry(no).loc));
-        to == keep.nos.len()
+    /// Gather the next `count` of the layer's numbers that are live, with where their
+    /// records lie; whether the whole layer is planned.
+    pub fn plan_step(&self, keep: &mut Keep, count: u32) -> bool {
+        let end = keep.base + keep.len;
+        let to = end.min(keep.planned.saturating_add(count));
+        for no in keep.planned..to {
+            if !self.is_dead(no) {
+                keep.nos.push(no);
+                keep.locs.push(self.entry(no).loc);
+            }
+        }
+        keep.planned = to;
+        to == end
     }
 
     /// Let go of what the rules hold by number for the events of the layer's numbers from

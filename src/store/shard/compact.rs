@@ -115,7 +115,7 @@ impl ShardState {
     pub fn compact_now(&mut self, policy: CompactionPolicy) -> usize {
         let mut done = 0;
         while let Some(mut job) = self.next_compaction(policy) {
-            while !self.index.place_kept(&mut job.keep, usize::MAX) {}
+            while !self.index.plan_step(&mut job.keep, u32::MAX) {}
             let (shard, size, faults) = (self.shard_id.0, self.config.segment_size, self.config.faults.clone());
             let outcome = Rewrite::open(shard, size, job.ids.clone(), job.paths.clone(), job.records(), faults)
                 .and_then(|mut rewrite| {
