@@ -40,6 +40,9 @@ pub const COMPACTION_PIECE_SIZE: usize = 1024 * 1024;
 /// The share of dead records (percent) from which a run of sealed segments is compacted
 /// while its shard is over its share of `[retention] max_store_bytes`.
 pub const PRESSED_DEAD_PERCENT_MIN: u64 = 5;
+/// How long a shard's compaction rests after one failed before it replaced anything (a
+/// full disk, an I/O error).
+pub const COMPACTION_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Index parts are merged this many at a time (each indexing as many segments), so a
 /// shard of S segments has O(log S) parts up to ...
 pub const PART_MERGE_FAN_IN: usize = 4;

@@ -27,6 +27,26 @@ use super::part::{self, Part};
 use super::segment::{self, SegmentBytes};
 use crate::limits::COMPACTION_PIECE_SIZE;
 
+/// Why a rewrite failed, and whether it had begun to replace the old files (`touched`): a
+/// rewrite that had not leaves the store as it was and may be tried again later.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub touched: bool,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure { message, touched: false }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// The suffix of a rewrite's temporary files.
 pub const TEMP_SUFFIX: &str = "compacted";
 
@@ -182,29 +202,46 @@ impl Rewrite {
 
     /// Index the new segments, put them and their part in place of the old ones (the order
     /// in the module's notes), and map them.
-    pub fn finish(mut self) -> Result<Rewritten, String> {
+    pub fn finish(mut self) -> Result<Rewritten, Failure> {
         let temps = std::mem::take(&mut self.written);
-        let count = temps.len();
+        let part_path = part::part_path(&self.paths[0]);
+        let part_temp = temp_path(&part_path);
+        // Until the first rename the old files are untouched: a failure removes the new ones.
+        if let Err(message) = self.write_part(&temps, &part_temp) {
+            for path in temps.iter().chain([&part_temp]) {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(Failure { message, touched: false });
+        }
+        self.put_in_place(&temps, &part_temp, &part_path).map_err(|message| Failure { message, touched: true })
+    }
+
+    /// Build the new segments' part and write it (synced) at `part_temp`.
+    fn write_part(&mut self, temps: &[PathBuf], part_temp: &Path) -> Result<(), String> {
         let maps = temps
             .iter()
             .map(|path| segment::map_file(path).map_err(failed(path, "cannot map")))
             .collect::<Result<Vec<_>, _>>()?;
         let slices: Vec<&[u8]> = maps.iter().map(SegmentBytes::as_slice).collect();
         let built = part::build(&slices, part::new_tag_key()).map_err(|error| format!("cannot index: {error}"))?;
-        drop(maps);
-        let part_path = part::part_path(&self.paths[0]);
-        let part_temp = temp_path(&part_path);
-        let fail = |op| self.faults.fail(op);
-        fail(IoOp::Compact)
-            .and_then(|()| segment::write_all_durably(&part_temp, &[&built.header, &built.body]))
-            .map_err(failed(&part_temp, "cannot write"))?;
+        self.faults
+            .fail(IoOp::Compact)
+            .and_then(|()| segment::write_all_durably(part_temp, &[&built.header, &built.body]))
+            .map_err(failed(part_temp, "cannot write"))?;
         self.written_bytes += (built.header.len() + built.body.len()) as u64;
+        Ok(())
+    }
+
+    /// The renames, removals and syncs that replace the old files, then the new ones mapped.
+    fn put_in_place(&mut self, temps: &[PathBuf], part_temp: &Path, part_path: &Path) -> Result<Rewritten, String> {
+        let count = temps.len();
+        let fail = |op| self.faults.fail(op);
         for (temp, path) in temps.iter().zip(&self.paths) {
             fail(IoOp::Compact).and_then(|()| std::fs::rename(temp, path)).map_err(failed(path, "cannot replace"))?;
         }
         fail(IoOp::Compact)
-            .and_then(|()| std::fs::rename(&part_temp, &part_path))
-            .map_err(failed(&part_path, "cannot replace"))?;
+            .and_then(|()| std::fs::rename(part_temp, part_path))
+            .map_err(failed(part_path, "cannot replace"))?;
         let dir = self.paths[0].parent().expect("segments live in a shard directory").to_owned();
         fail(IoOp::Compact).and_then(|()| segment::sync_dir(&dir)).map_err(failed(&dir, "cannot sync"))?;
         for path in &self.paths[count..] {
@@ -215,7 +252,7 @@ impl Rewrite {
             .iter()
             .map(|path| segment::map_file(path).map_err(failed(path, "cannot map")))
             .collect::<Result<Vec<_>, _>>()?;
-        let part = Part::load(&part_path, self.shard, self.ids[0])
+        let part = Part::load(part_path, self.shard, self.ids[0])
             .map_err(|error| format!("{}: {error}", part_path.display()))?;
         if !part.indexes(&maps.iter().map(SegmentBytes::as_slice).collect::<Vec<_>>()) {
             return Err(format!("{}: the new part does not index the new segments", part_path.display()));

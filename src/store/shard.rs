@@ -223,6 +223,8 @@ pub struct ShardState {
     damaged: Vec<u32>,
     /// What online compaction has done.
     pub(super) compactions: CompactionStats,
+    /// Set when a compaction failed before it replaced anything: none until then.
+    compaction_pause: Option<std::time::Instant>,
 }
 
 /// The committer's figures for one shard.
@@ -340,6 +342,7 @@ impl ShardState {
             part_failures: Vec::new(),
             damaged: Vec::new(),
             compactions: CompactionStats::default(),
+            compaction_pause: None,
             seal_hash: SealHasher::new(),
             active_sealed: false,
             commits: CommitStats::default(),

@@ -17,7 +17,7 @@ use futures_channel::{mpsc, oneshot};
 use futures_lite::StreamExt;
 use glommio::io::OpenOptions;
 
-use super::compact::{Rewrite, Rewritten};
+use super::compact::{Failure, Rewrite, Rewritten};
 use super::faults::{Fault, IoOp};
 use super::index::{EventNo, Rejection};
 use super::segment::{self, SegmentBytes};
@@ -331,7 +331,7 @@ async fn compact(state: &Rc<RefCell<ShardState>>, rings: &mut mpsc::Receiver<()>
         let opened = off_core(move || Rewrite::open(shard, segment_size, ids, paths, records, faults)).await;
         let outcome = match opened {
             Ok(rewrite) => rewrite_in_steps(state, rewrite, rings).await,
-            Err(error) => Some(Err(error)),
+            Err(error) => Some(Err(Failure::from(error))),
         };
         drop(turn);
         let Some(outcome) = outcome else { return false };
@@ -363,7 +363,7 @@ async fn rewrite_in_steps(
     state: &Rc<RefCell<ShardState>>,
     mut rewrite: Rewrite,
     rings: &mut mpsc::Receiver<()>,
-) -> Option<Result<Rewritten, String>> {
+) -> Option<Result<Rewritten, Failure>> {
     loop {
         if !open(state) {
             return None;
@@ -378,7 +378,7 @@ async fn rewrite_in_steps(
         match step {
             Ok(true) => return Some(off_core(move || rewrite.finish()).await),
             Ok(false) => {}
-            Err(error) => return Some(Err(error)),
+            Err(error) => return Some(Err(Failure::from(error))),
         }
         // A ring (a segment sealed) is answered once the compaction is done; the end of the
         // rings (the shard closing) cuts the rest short.

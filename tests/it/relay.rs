@@ -1210,7 +1210,9 @@ fn online_compaction_while_serving_loses_nothing_that_is_kept() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();
-    let config = "segment_size = 1048576\ncompaction_dead_percent = 50\n";
+    // Each answer is ~1.7 MB, and live events for the subscription just closed may still
+    // be queued behind it: a budget that never takes the reader for a slow consumer.
+    let config = "segment_size = 1048576\ncompaction_dead_percent = 50\n\n[limits]\noutbound_bytes_max = 67108864\noutbound_bytes_per_core_max = 268435456\n";
     let relay = Relay::start_with_config(dir.path(), 1, config);
     let mut client = relay.connect();
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use super::{Segment, ShardState};
-use crate::limits::PRESSED_DEAD_PERCENT_MIN;
+use crate::limits::{COMPACTION_RETRY_INTERVAL, PRESSED_DEAD_PERCENT_MIN};
 use crate::measure::Counter;
-use crate::store::compact::{Rewrite, Rewritten};
+use crate::store::compact::{Failure, Rewrite, Rewritten};
 use crate::store::index::Keep;
 use crate::store::layer::Layer;
 use crate::store::segment::SegmentBytes;
@@ -80,9 +80,13 @@ impl ShardState {
     /// The layer most worth rewriting now (the most dead bytes, among those whose share of
     /// dead records reaches the policy's), if any. An encrypted store has no mapped layer.
     pub(in crate::store) fn next_compaction(&self, policy: CompactionPolicy) -> Option<CompactionJob> {
-        if !self.writable || policy.dead_percent_min == 0 {
+        let paused = self.compaction_pause.is_some_and(|until| std::time::Instant::now() < until);
+        if !self.writable || policy.dead_percent_min == 0 || paused {
             return None;
         }
+        // What a rewrite writes (its kept records, and their part: about a tenth more) must
+        // fit beside the free-space reserve: compaction never takes the room commits need.
+        let free = super::free_bytes(&self.dir).map(|free| free.saturating_sub(self.config.reserve_bytes));
         let bytes_of = |slots: &std::ops::Range<u32>| -> u64 {
             self.segments[slots.start as usize..slots.end as usize].iter().map(|s| s.len as u64).sum()
         };
@@ -98,6 +102,10 @@ impl ShardState {
             .filter(|c| {
                 let segments = &self.segments[c.slots.start as usize..c.slots.end as usize];
                 segments.iter().all(|s| !self.damaged.contains(&s.id) && matches!(s.bytes, SegmentBytes::Mapped(_)))
+            })
+            .filter(|c| {
+                let kept_bytes = bytes_of(&c.slots) * (c.records - c.dead) / c.records.max(1);
+                free.is_none_or(|free| kept_bytes + kept_bytes / 10 <= free)
             })
             .max_by_key(|c| bytes_of(&c.slots) * c.dead / c.records.max(1))?;
         let keep = self.index.compaction_plan(best.slots.clone())?;
@@ -118,6 +126,7 @@ impl ShardState {
             while !self.index.plan_step(&mut job.keep, u32::MAX) {}
             let (shard, size, faults) = (self.shard_id.0, self.config.segment_size, self.config.faults.clone());
             let outcome = Rewrite::open(shard, size, job.ids.clone(), job.paths.clone(), job.records(), faults)
+                .map_err(Failure::from)
                 .and_then(|mut rewrite| {
                     while !rewrite.step()? {}
                     rewrite.finish()
@@ -141,7 +150,7 @@ impl ShardState {
     pub(in crate::store) fn install_compaction(
         &mut self,
         job: &CompactionJob,
-        outcome: Result<Rewritten, String>,
+        outcome: Result<Rewritten, Failure>,
     ) -> Option<Replaced> {
         let slots = job.keep.slots.clone();
         let refused = match outcome {
@@ -186,9 +195,16 @@ impl ShardState {
                     Err(_) => "the index no longer has the layer as planned".to_owned(),
                 }
             }
-            Err(error) => error,
+            Err(failure) if !failure.touched => {
+                // The old files are as they were: try again later (a full disk, an I/O error).
+                tracing::warn!(shard = self.shard_id.0, first = %job.paths[0].display(), segments = job.paths.len(), error = %failure, "compaction failed before it replaced anything: tried again later");
+                self.compactions.failures.add(1);
+                self.compaction_pause = Some(std::time::Instant::now() + COMPACTION_RETRY_INTERVAL);
+                return None;
+            }
+            Err(failure) => failure.message,
         };
-        tracing::warn!(shard = self.shard_id.0, first = %job.paths[0].display(), segments = job.paths.len(), error = %refused, "compaction failed: the segments are served as they were");
+        tracing::warn!(shard = self.shard_id.0, first = %job.paths[0].display(), segments = job.paths.len(), error = %refused, "compaction failed: the segments are served as they were, and from the files now in place after a restart");
         self.compactions.failures.add(1);
         self.part_failures.extend(slots);
         None
