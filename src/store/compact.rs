@@ -280,8 +280,12 @@ pub fn remove_leftovers(dir: &Path) -> std::io::Result<usize> {
         let path = entry?.path();
         let ours = path.file_name().and_then(|name| name.to_str()).is_some_and(|name| name.starts_with("seg-"));
         if ours && path.extension().is_some_and(|ext| ext == TEMP_SUFFIX || ext == "tmp") {
-            std::fs::remove_file(&path)?;
-            removed += 1;
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                // Gone since the listing (renamed into place by a part build still finishing).
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
         }
     }
     Ok(removed)
