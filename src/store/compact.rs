@@ -27,17 +27,19 @@ use super::part::{self, Part};
 use super::segment::{self, SegmentBytes};
 use crate::limits::COMPACTION_PIECE_SIZE;
 
-/// Why a rewrite failed, and whether it had begun to replace the old files (`touched`): a
-/// rewrite that had not leaves the store as it was and may be tried again later.
+/// Why a rewrite failed, and whether it may be tried again later: it had not begun to
+/// replace the old files, and what stopped it may pass (a full disk, an I/O error), where a
+/// record that does not read back will not.
 #[derive(Debug)]
 pub struct Failure {
     pub message: String,
-    pub touched: bool,
+    pub retry: bool,
 }
 
 impl From<String> for Failure {
+    /// An I/O failure before anything was replaced.
     fn from(message: String) -> Failure {
-        Failure { message, touched: false }
+        Failure { message, retry: true }
     }
 }
 
@@ -134,7 +136,7 @@ impl Rewrite {
     /// Write the next piece (`COMPACTION_PIECE_SIZE`, synced) of the next new segment, as
     /// full as the segment size allows; whether every kept record is now written. Small
     /// synced pieces keep a rewrite from filling the disk's queue ahead of the commits.
-    pub fn step(&mut self) -> Result<bool, String> {
+    pub fn step(&mut self) -> Result<bool, Failure> {
         let mut pending = match self.pending.take() {
             Some(pending) => pending,
             None => self.next_segment()?,
@@ -158,7 +160,7 @@ impl Rewrite {
     }
 
     /// The next new segment's bytes, and its temporary file created.
-    fn next_segment(&mut self) -> Result<Pending, String> {
+    fn next_segment(&mut self) -> Result<Pending, Failure> {
         let mut archives: Vec<&[u8]> = Vec::new();
         let mut end = SEGMENT_HEADER_SIZE;
         // As full as the largest old segment (the segment size may have been lowered since):
@@ -169,10 +171,11 @@ impl Rewrite {
             let span = match format::read_slot(input, offset as usize) {
                 format::Slot::Record(span) => span,
                 other => {
-                    return Err(format!(
+                    let message = format!(
                         "{}: the record at {offset} does not read back: {other:?}",
                         self.paths[place].display()
-                    ))
+                    );
+                    return Err(Failure { message, retry: false });
                 }
             };
             let payload = &input[span.payload_range()];
@@ -186,7 +189,7 @@ impl Rewrite {
         }
         let place = self.written.len();
         let Some(&segment_id) = self.ids.get(place) else {
-            return Err("the kept records need more segments than they had".into());
+            return Err(Failure { message: "the kept records need more segments than they had".into(), retry: false });
         };
         let header =
             SegmentHeader { shard_id: self.shard, segment_id, created_unix_ms: crate::now_unix_ms(), key_check: None };
@@ -211,9 +214,9 @@ impl Rewrite {
             for path in temps.iter().chain([&part_temp]) {
                 let _ = std::fs::remove_file(path);
             }
-            return Err(Failure { message, touched: false });
+            return Err(Failure { message, retry: true });
         }
-        self.put_in_place(&temps, &part_temp, &part_path).map_err(|message| Failure { message, touched: true })
+        self.put_in_place(&temps, &part_temp, &part_path).map_err(|message| Failure { message, retry: false })
     }
 
     /// Build the new segments' part and write it (synced) at `part_temp`.

@@ -378,7 +378,7 @@ async fn rewrite_in_steps(
         match step {
             Ok(true) => return Some(off_core(move || rewrite.finish()).await),
             Ok(false) => {}
-            Err(error) => return Some(Err(Failure::from(error))),
+            Err(failure) => return Some(Err(failure)),
         }
         // A ring (a segment sealed) is answered once the compaction is done; the end of the
         // rings (the shard closing) cuts the rest short.

@@ -572,7 +572,8 @@ fn corruption_in_a_sealed_segment_is_an_error() {
 
 /// A sealed segment opened through its index part is not read at open: a record damaged
 /// after the part was written is found when it is read, and is not served (nor anything in
-/// its place); the other events are; `verify` names the damage.
+/// its place); the other events are; compaction gives the segment up without changing
+/// it; `verify` names the damage.
 #[test]
 fn damage_behind_an_index_part_is_found_when_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -588,6 +589,16 @@ fn damage_behind_an_index_part_is_found_when_read() {
     let read: Vec<Option<String>> =
         (0..3).map(|no| state.event_json(no).map(|json| String::from_utf8(json).unwrap())).collect();
     assert_eq!(read, vec![Some(served(&events[0])), None, Some(served(&events[2]))]);
+    // Compaction reads the damaged record it would keep: it gives up on the segment for
+    // good (until a restart) and changes nothing.
+    let mut state = state;
+    assert!(state.index.kill_id(&verified(&events[0]).id().0));
+    let policy = ringrelay::store::CompactionPolicy { dead_percent_min: 1, shard_bytes_max: 0 };
+    assert_eq!(state.compact_now(policy), 0);
+    assert_eq!(state.figures().compaction_failures, 1);
+    assert_eq!(state.compact_now(policy), 0);
+    assert_eq!(state.figures().compaction_failures, 1, "not tried again");
+    assert_eq!(std::fs::read(segment).unwrap(), bytes, "the segment is as it was");
     drop(state);
     let options =
         ringrelay::tools::StoreOptions { data_dir: dir.path().to_owned(), key_file: None, segment_size: SEGMENT_SIZE };

@@ -195,7 +195,7 @@ impl ShardState {
                     Err(_) => "the index no longer has the layer as planned".to_owned(),
                 }
             }
-            Err(failure) if !failure.touched => {
+            Err(failure) if failure.retry => {
                 // The old files are as they were: try again later (a full disk, an I/O error).
                 tracing::warn!(shard = self.shard_id.0, first = %job.paths[0].display(), segments = job.paths.len(), error = %failure, "compaction failed before it replaced anything: tried again later");
                 self.compactions.failures.add(1);
@@ -204,7 +204,7 @@ impl ShardState {
             }
             Err(failure) => failure.message,
         };
-        tracing::warn!(shard = self.shard_id.0, first = %job.paths[0].display(), segments = job.paths.len(), error = %refused, "compaction failed: the segments are served as they were, and from the files now in place after a restart");
+        tracing::warn!(shard = self.shard_id.0, first = %job.paths[0].display(), segments = job.paths.len(), error = %refused, "compaction failed: the segments are served as they were (after a restart, from the files then in place), and not compacted again until a restart");
         self.compactions.failures.add(1);
         self.part_failures.extend(slots);
         None
