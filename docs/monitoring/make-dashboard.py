@@ -120,6 +120,15 @@ timeseries("Segments and records", [
     (f'sum(ringrelay_shard_live_records{{{SEL}}})', "live records"),
 ])
 timeseries("Index memory", [(f'sum by (shard) (ringrelay_index_memory_bytes{{{SEL}}})', "shard {{shard}}")], unit="bytes")
+timeseries("Compaction and retention", [
+    (f'sum by (shard) (rate(ringrelay_compaction_reclaimed_bytes_total{{{SEL}}}[{RATE}]))', "reclaimed {{shard}}"),
+    (f'sum by (shard) (rate(ringrelay_compaction_written_bytes_total{{{SEL}}}[{RATE}]))', "written {{shard}}"),
+], unit="Bps", description="Online compaction: bytes of segment files given back, and bytes written to do it.")
+timeseries("Events retired", [
+    (f'sum(rate(ringrelay_retention_retired_total{{{SEL}}}[{RATE}]))', "by age"),
+    (f'sum(rate(ringrelay_retention_evicted_total{{{SEL}}}[{RATE}]))', "evicted for size"),
+    (f'sum(increase(ringrelay_compaction_failures_total{{{SEL}}}[{RATE}]))', "compaction failures"),
+])
 timeseries("Write throughput", [(f'sum by (shard) (rate(ringrelay_commit_written_bytes_total{{{SEL}}}[{RATE}]))', "shard {{shard}}")], unit="Bps")
 timeseries("Storage state", [
     (f'sum by (shard, cause) (ringrelay_shard_writes_refused{{{SEL}}})', "refusing {{shard}} {{cause}}"),
