@@ -310,8 +310,6 @@ impl ShardState {
     pub fn open(dir: &Path, shard_id: ShardId, config: ShardConfig, mode: OpenMode) -> Result<ShardState, StoreError> {
         if mode == OpenMode::ReadWrite {
             std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-        }
-        if mode == OpenMode::ReadWrite {
             let removed = super::compact::remove_leftovers(dir).map_err(io_error(dir))?;
             if removed > 0 {
                 tracing::info!(
@@ -325,7 +323,15 @@ impl ShardState {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && mode == OpenMode::ReadOnly => Vec::new(),
             other => other.map_err(io_error(dir))?,
         };
-        let mut state = ShardState {
+        let mut state = ShardState::blank(dir, shard_id, config);
+        state.load_segments(&files, mode)?;
+        state.finish_open(&files, mode)?;
+        Ok(state)
+    }
+
+    /// A shard with nothing loaded yet.
+    fn blank(dir: &Path, shard_id: ShardId, config: ShardConfig) -> ShardState {
+        ShardState {
             shard_id,
             dir: dir.to_owned(),
             config,
@@ -346,39 +352,57 @@ impl ShardState {
             seal_hash: SealHasher::new(),
             active_sealed: false,
             commits: CommitStats::default(),
-        };
-        state.load_segments(&files, mode)?;
-        state.next_segment_id = files.iter().map(|(id, _)| id + 1).fold(state.next_segment_id, u32::max);
-        state.index.release_pages();
+        }
+    }
+
+    /// Once every segment in `files` is loaded: the indexes finished, and for writing, the
+    /// clean mark removed and a fresh segment begun.
+    fn finish_open(&mut self, files: &[(u32, PathBuf)], mode: OpenMode) -> Result<(), StoreError> {
+        let (dir, shard_id) = (self.dir.clone(), self.shard_id);
+        self.next_segment_id = files.iter().map(|(id, _)| id + 1).fold(self.next_segment_id, u32::max);
+        self.index.release_pages();
         if mode == OpenMode::ReadWrite {
             // Writes begin a new segment: the mark no longer describes the newest one.
-            remove_clean_mark(dir).map_err(io_error(dir))?;
+            remove_clean_mark(&dir).map_err(io_error(&dir))?;
         }
-        state.index.finish_bulk();
-        state.index.set_durable(state.index.len());
-        state.index.sweep_expired(crate::now_unix());
+        self.index.finish_bulk();
+        self.index.set_durable(self.index.len());
+        self.index.sweep_expired(crate::now_unix());
         if mode == OpenMode::ReadWrite {
-            state.next_segment_id = state.next_segment_id.max(read_high_water(dir));
+            self.next_segment_id = self.next_segment_id.max(read_high_water(&dir));
             // A full disk must not keep the relay from starting and serving what it has: the
             // shard opens refusing writes, and the first append after it resumes begins the
             // segment.
-            match state.begin_segment() {
+            match self.begin_segment() {
                 Ok(()) => {}
                 Err(StoreError::Io { path, source }) => {
                     let detail = format!("{}: {source}", path.display());
                     tracing::warn!(shard = shard_id.0, %detail, "cannot begin a segment: writes are refused until it can");
-                    state.refusing = Some(Refusal { cause: RefusalCause::of(&source), detail });
-                    state.active_sealed = true;
+                    self.refusing = Some(Refusal { cause: RefusalCause::of(&source), detail });
+                    self.active_sealed = true;
                 }
                 Err(other) => return Err(other),
             }
-            if let Some(detail) = state.space_below_reserve().filter(|_| state.refusing.is_none()) {
+            if let Some(detail) = self.space_below_reserve().filter(|_| self.refusing.is_none()) {
                 tracing::warn!(shard = shard_id.0, %detail, "writes are refused until there is room");
-                state.refusing = Some(Refusal { cause: RefusalCause::Reserve, detail });
+                self.refusing = Some(Refusal { cause: RefusalCause::Reserve, detail });
             }
-            state.writable = true;
+            self.writable = true;
         }
-        Ok(state)
+        Ok(())
+    }
+
+    /// Open a shard that another relay still writes (`serve --takeover`), without changing
+    /// anything: every segment but the newest, through its part or read, so that
+    /// [`Prepared::finish`] has only what that relay wrote since left to do once it has
+    /// let go.
+    pub fn prepare(dir: &Path, shard_id: ShardId, config: ShardConfig) -> Result<Prepared, StoreError> {
+        let mut files = segment::list_segments(dir).map_err(io_error(dir))?;
+        files.pop();
+        let stamps = files.iter().map(|(_, path)| stamp(path)).collect::<Result<Vec<_>, _>>()?;
+        let mut state = ShardState::blank(dir, shard_id, config);
+        state.load_segments(&files, OpenMode::ReadOnly)?;
+        Ok(Prepared { state, files, stamps })
     }
 
     /// Index every segment of the shard, oldest first: through its part where one holds,
@@ -792,6 +816,56 @@ impl ShardState {
     pub fn segment_ids(&self) -> Vec<u32> {
         // A slot compaction emptied has no file (a segment always has its header).
         self.segments.iter().filter(|s| s.len > 0).map(|s| s.id).collect()
+    }
+}
+
+/// A shard opened by [`ShardState::prepare`]: the files it indexed, as they were then.
+pub struct Prepared {
+    state: ShardState,
+    files: Vec<(u32, PathBuf)>,
+    stamps: Vec<(u64, u64)>,
+}
+
+/// A file's inode and length: what a rewrite or a cut would change.
+fn stamp(path: &Path) -> Result<(u64, u64), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).map_err(io_error(path))?;
+    Ok((metadata.ino(), metadata.len()))
+}
+
+impl Prepared {
+    /// Finish opening for writing, now that the other relay has let go: the segments it
+    /// wrote since are loaded after the prepared ones. When a prepared file changed since
+    /// (compacted, cut, removed) or its open found something to repair, the shard is
+    /// opened afresh instead.
+    pub fn finish(self) -> Result<ShardState, StoreError> {
+        let Prepared { mut state, files: prepared, stamps } = self;
+        let (dir, shard_id) = (state.dir.clone(), state.shard_id);
+        let files = segment::list_segments(&dir).map_err(io_error(&dir))?;
+        let unchanged = state.repairs.is_empty()
+            && files.len() >= prepared.len()
+            && files
+                .iter()
+                .zip(&prepared)
+                .zip(&stamps)
+                .all(|((now, then), &was)| now.0 == then.0 && stamp(&now.1).is_ok_and(|is| is == was));
+        if !unchanged {
+            tracing::info!(shard = shard_id.0, "the store changed while this relay prepared: opened afresh");
+            let config = state.config.clone();
+            drop(state);
+            return ShardState::open(&dir, shard_id, config, OpenMode::ReadWrite);
+        }
+        let removed = super::compact::remove_leftovers(&dir).map_err(io_error(&dir))?;
+        if removed > 0 {
+            tracing::info!(
+                shard = shard_id.0,
+                files = removed,
+                "removed what an interrupted compaction or part build left"
+            );
+        }
+        state.load_segments(&files[prepared.len()..], OpenMode::ReadWrite)?;
+        state.finish_open(&files, OpenMode::ReadWrite)?;
+        Ok(state)
     }
 }
 

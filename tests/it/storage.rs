@@ -1224,3 +1224,52 @@ fn online_compaction_keeps_every_answer_and_survives_a_crash_at_every_step() {
     }
     assert!(step >= 6, "every step of at least one compaction was crashed at ({step})");
 }
+
+/// `ShardState::prepare` opens a shard another writer still appends to (as a relay taking
+/// over does, before the other lets go), and `Prepared::finish` loads what was written
+/// since: the shard then answers as one opened afresh, also when the store was compacted
+/// in between (the prepared files changed: it is opened afresh instead).
+#[test]
+fn a_prepared_shard_finishes_with_what_was_written_since() {
+    use ringrelay::store::CompactionPolicy;
+    let now = now();
+    let (events, requests) = events_and_requests(0x7a4e, 6_000, 150, now);
+    let (first, second) = events.split_at(3_000);
+    for compact_between in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_owned();
+        let store_events = |path: PathBuf, events: Vec<VerifiedEvent>| {
+            run_glommio(move || {
+                Box::pin(async move {
+                    let store = Store::open(&path, 1, None).unwrap();
+                    for event in &events {
+                        store.append(event, now).await;
+                    }
+                    store.close().await;
+                })
+            })
+        };
+        store_events(path.clone(), first.to_vec());
+        build_parts(&path);
+        let shard_dir = path.join("shard-000");
+        let prepared =
+            ShardState::prepare(&shard_dir, ShardId(0), ShardConfig::new(SEGMENT_SIZE, None)).expect("prepared");
+        // The other writer goes on: more segments, deletions and replacements of what the
+        // prepared shard holds.
+        store_events(path.clone(), second.to_vec());
+        if compact_between {
+            let policy = CompactionPolicy { dead_percent_min: 1, shard_bytes_max: 0 };
+            assert!(open_one(&path, None, OpenMode::ReadWrite).unwrap().compact_now(policy) >= 1);
+        }
+        let state = prepared.finish().expect("finished");
+        let answers: Vec<Vec<String>> = requests.iter().map(|filters| answer_of(&state, filters, now)).collect();
+        let ids = state.segment_ids();
+        drop(state);
+        let fresh = open_one(&path, None, OpenMode::ReadWrite).unwrap();
+        for (filters, answer) in requests.iter().zip(&answers) {
+            assert_eq!(answer, &answer_of(&fresh, filters, now), "compacted between: {compact_between}; {filters:?}");
+        }
+        assert!(answers.iter().filter(|answer| !answer.is_empty()).count() > 75, "most queries match something");
+        assert_eq!(ids[..ids.len() - 1], fresh.segment_ids()[..ids.len() - 1], "the same segments");
+    }
+}
