@@ -79,7 +79,7 @@ use self::storage::Storage;
 use crate::config::Config;
 use crate::event::sign::Signer;
 use crate::fleet::client::Connector;
-use crate::store::{CompactionPolicy, DataDir, OpenMode, Router, Shard, ShardConfig, ShardId, ShardState};
+use crate::store::{CompactionPolicy, DataDir, OpenMode, Prepared, Router, Shard, ShardConfig, ShardId, ShardState};
 
 /// How long a core retires what outlived its time at start before it serves (the rest is
 /// retired by the sweep, `RETENTION_STEP_COUNT` events a shard a second).
@@ -161,7 +161,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let shard_count = core_count.min(crate::limits::SHARD_COUNT_MAX) as u16;
     // Waiting for the port or for a relay handing over can take seconds: a signal ends it.
-    let (data_dir, listeners) = match claim(&config, shard_count, takeover, &signals.stop) {
+    let (data_dir, listeners, prepared) = match claim(&config, shard_count, takeover, &signals.stop) {
         Ok(claimed) => claimed,
         Err(_) if signals.stop.load(Ordering::SeqCst) => {
             eprintln!("ringrelay: stopped during startup");
@@ -172,7 +172,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     let open_files = raise_open_files_limit();
     let config = Arc::new(config);
     let mut supervisor = Supervisor::new(core_count);
-    spawn_cores(&config, &data_dir, listeners, &cpus, &signals, &mut supervisor)?;
+    spawn_cores(&config, &data_dir, listeners, prepared, &cpus, &signals, &mut supervisor)?;
     match supervisor.until_serving(&signals.stop) {
         Ok(Started::Serving) => {}
         Ok(Started::Stopped) => {
@@ -267,20 +267,14 @@ fn spawn_cores(
     config: &Arc<Config>,
     data_dir: &DataDir,
     listeners: Vec<std::net::TcpListener>,
+    mut prepared: HashMap<ShardId, Prepared>,
     cpus: &[usize],
     signals: &Signals,
     supervisor: &mut Supervisor,
 ) -> anyhow::Result<()> {
     let core_count = listeners.len();
     let (lists_file, lists) = lists::ListsFile::open(config.data_dir.clone())?;
-    let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
-    let compaction = CompactionPolicy {
-        dead_percent_min: config.compaction_dead_percent,
-        shard_bytes_max: config.retention.max_store_bytes / u64::from(data_dir.shard_count),
-    };
-    let shard_config = ShardConfig::new(config.segment_size, key)
-        .with_reserve(config.storage_reserve_bytes)
-        .with_compaction(compaction);
+    let shard_config = shard_config(config, data_dir.shard_count)?;
     let ip_slots = IpSlots::default();
     let mesh = MeshBuilder::<CoreMsg, _>::full(core_count, MESH_CHANNEL_SIZE);
     let connector = Connector::new(Some(peering_identity(config)?), config.peering.ca_file.as_deref())?;
@@ -294,6 +288,10 @@ fn spawn_cores(
             config: config.clone(),
             router: data_dir.router(),
             shard_dirs: ShardId::all(data_dir.shard_count).map(|s| (s, data_dir.shard_dir(s))).collect(),
+            prepared: ShardId::all(data_dir.shard_count)
+                .filter(|&shard| usize::from(shard) % core_count == index)
+                .filter_map(|shard| prepared.remove(&shard).map(|p| (shard, p)))
+                .collect(),
             shard_config: shard_config.clone(),
             stop: signals.stop.clone(),
             startup: supervisor.link(index),
@@ -337,12 +335,14 @@ fn claim(
     shard_count: u16,
     takeover: bool,
     stop: &AtomicBool,
-) -> anyhow::Result<(DataDir, Vec<std::net::TcpListener>)> {
+) -> anyhow::Result<(DataDir, Vec<std::net::TcpListener>, HashMap<ShardId, Prepared>)> {
     let core_count = config.core_count();
     if takeover {
-        // Join the running relay's listeners first (SO_REUSEPORT), so that connections keep
-        // being accepted into a queue while it hands over; then ask it to, and wait for its
-        // lock.
+        // Open the store beside the running relay first (nothing changed on disk), so that
+        // once it lets go only what it wrote since is left to load.
+        let prepared = prepare_shards(config);
+        // Then join its listeners (SO_REUSEPORT), so that connections keep being accepted
+        // into a queue while it hands over; then ask it to, and wait for its lock.
         let listeners = bind_listeners(config.listen, core_count)?;
         if let Some(pid) = crate::store::datadir::lock_holder(&config.data_dir) {
             tracing::info!(pid, "taking over from the running relay");
@@ -352,7 +352,7 @@ fn claim(
         }
         let data_dir = DataDir::open_or_create_waiting(&config.data_dir, shard_count, TAKEOVER_WAIT, stop)
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
-        Ok((data_dir, listeners))
+        Ok((data_dir, listeners, prepared))
     } else {
         let data_dir = DataDir::open_or_create(&config.data_dir, shard_count)
             .with_context(|| format!("opening data directory {}", config.data_dir.display()))?;
@@ -365,8 +365,47 @@ fn claim(
                     .with_context(|| format!("cannot listen on {address} (metrics_listen)"))?,
             );
         }
-        Ok((data_dir, bind_listeners(config.listen, core_count)?))
+        Ok((data_dir, bind_listeners(config.listen, core_count)?, HashMap::new()))
     }
+}
+
+/// The shards' settings from the config, for a store of `shard_count` shards.
+fn shard_config(config: &Config, shard_count: u16) -> anyhow::Result<ShardConfig> {
+    let key = config.key_file.as_deref().map(crate::store::crypto::SegmentKey::from_file).transpose()?;
+    let compaction = CompactionPolicy {
+        dead_percent_min: config.compaction_dead_percent,
+        shard_bytes_max: config.retention.max_store_bytes / u64::from(shard_count),
+    };
+    Ok(ShardConfig::new(config.segment_size, key)
+        .with_reserve(config.storage_reserve_bytes)
+        .with_compaction(compaction))
+}
+
+/// Every shard of an existing store opened beside the relay that holds it
+/// (`ShardState::prepare`), one thread a shard; a shard that cannot be is left out (it is
+/// opened as usual once the lock is ours, which says what is wrong).
+fn prepare_shards(config: &Config) -> HashMap<ShardId, Prepared> {
+    let Some(shard_dirs) = DataDir::peek_shard_dirs(&config.data_dir) else { return HashMap::new() };
+    let Ok(shard_config) = shard_config(config, shard_dirs.len() as u16) else { return HashMap::new() };
+    let started = std::time::Instant::now();
+    let prepared: HashMap<ShardId, Prepared> = std::thread::scope(|scope| {
+        let threads: Vec<_> = shard_dirs
+            .iter()
+            .map(|(shard, dir)| {
+                let config = shard_config.clone();
+                scope.spawn(move || (*shard, ShardState::prepare(dir, *shard, config)))
+            })
+            .collect();
+        threads.into_iter().filter_map(|thread| thread.join().ok()).filter_map(|(shard, prepared)| {
+            prepared.map_err(|error| tracing::warn!(shard = shard.0, %error, "cannot prepare the shard: it is opened once the store is ours")).ok().map(|p| (shard, p))
+        }).collect()
+    });
+    tracing::info!(
+        shards = prepared.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "shards prepared beside the running relay"
+    );
+    prepared
 }
 
 struct CoreStart {
@@ -382,6 +421,8 @@ struct CoreStart {
     config: Arc<Config>,
     router: Router,
     shard_dirs: Vec<(ShardId, std::path::PathBuf)>,
+    /// This core's shards as prepared before the relay it takes over from let go.
+    prepared: HashMap<ShardId, Prepared>,
     shard_config: ShardConfig,
     stop: Arc<AtomicBool>,
     /// Where the core reports its startup phases.
@@ -527,7 +568,11 @@ async fn open_core(
             continue;
         }
         let started = std::time::Instant::now();
-        match ShardState::open(dir, *shard_id, start.shard_config.clone(), OpenMode::ReadWrite) {
+        let opened = match start.prepared.remove(shard_id) {
+            Some(prepared) => prepared.finish(),
+            None => ShardState::open(dir, *shard_id, start.shard_config.clone(), OpenMode::ReadWrite),
+        };
+        match opened {
             Ok(state) => {
                 let figures = state.figures();
                 let (segments, through_parts) = (figures.segments, figures.parts);

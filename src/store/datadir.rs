@@ -108,6 +108,15 @@ impl DataDir {
         Ok(DataDir { path: path.to_owned(), shard_count, router: Router { shard_count, seed }, _lock: lock })
     }
 
+    /// The shard directories of the data directory at `path`, read from its manifest
+    /// without taking the lock (a relay preparing to take over from the one holding it);
+    /// `None` when it has no manifest that reads.
+    pub fn peek_shard_dirs(path: &Path) -> Option<Vec<(ShardId, PathBuf)>> {
+        let text = fs::read_to_string(path.join(MANIFEST_FILE)).ok()?;
+        let (shard_count, _) = parse_manifest(&text).ok()?;
+        Some(ShardId::all(shard_count).map(|shard| (shard, path.join(format!("shard-{shard:03}")))).collect())
+    }
+
     pub fn shard_dir(&self, shard: ShardId) -> PathBuf {
         self.path.join(format!("shard-{shard:03}"))
     }

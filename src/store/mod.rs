@@ -29,8 +29,8 @@ pub use datadir::{Access, DataDir, Router};
 pub use index::{EventNo, Rejection};
 pub use query::{FilterScan, Hit, Ordered, Privacy};
 pub use shard::{
-    free_bytes, Appended, CompactionPolicy, OpenMode, Refusal, RefusalCause, ShardConfig, ShardFigures, ShardState,
-    StoreError,
+    free_bytes, Appended, CompactionPolicy, OpenMode, Prepared, Refusal, RefusalCause, ShardConfig, ShardFigures,
+    ShardState, StoreError,
 };
 pub use writer::{Admission, Durable, Shard};
 

@@ -402,6 +402,7 @@ impl ShardState {
         let stamps = files.iter().map(|(_, path)| stamp(path)).collect::<Result<Vec<_>, _>>()?;
         let mut state = ShardState::blank(dir, shard_id, config);
         state.load_segments(&files, OpenMode::ReadOnly)?;
+        assert!(state.segments.iter().all(|segment| segment.file.is_none()), "a read-only load opens no file to write");
         Ok(Prepared { state, files, stamps })
     }
 
@@ -825,6 +826,12 @@ pub struct Prepared {
     files: Vec<(u32, PathBuf)>,
     stamps: Vec<(u64, u64)>,
 }
+
+// SAFETY: a `ShardState` is not `Send` only for the `Rc<DmaFile>` of a segment being
+// written. A prepared shard was loaded read-only: its segments are maps (or empty), none
+// has a file open for writing (checked in `prepare`), and it has no committer, waiter or
+// indexer yet. It is prepared on one thread and finished on a core's.
+unsafe impl Send for Prepared {}
 
 /// A file's inode and length: what a rewrite or a cut would change.
 fn stamp(path: &Path) -> Result<(u64, u64), StoreError> {
