@@ -55,7 +55,7 @@ pub mod verbs;
 
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,7 +161,7 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     let signals = Signals::install()?;
     let shard_count = core_count.min(crate::limits::SHARD_COUNT_MAX) as u16;
     // Waiting for the port or for a relay handing over can take seconds: a signal ends it.
-    let (data_dir, listeners, prepared) = match claim(&config, shard_count, takeover, &signals.stop) {
+    let (mut data_dir, listeners, prepared) = match claim(&config, shard_count, takeover, &signals.stop) {
         Ok(claimed) => claimed,
         Err(_) if signals.stop.load(Ordering::SeqCst) => {
             eprintln!("ringrelay: stopped during startup");
@@ -172,7 +172,8 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
     let open_files = raise_open_files_limit();
     let config = Arc::new(config);
     let mut supervisor = Supervisor::new(core_count);
-    spawn_cores(&config, &data_dir, listeners, prepared, &cpus, &signals, &mut supervisor)?;
+    // The lock is let go of by the last core to close its shards (or here, at the end).
+    let lock = spawn_cores(&config, &mut data_dir, listeners, prepared, &cpus, &signals, &mut supervisor)?;
     match supervisor.until_serving(&signals.stop) {
         Ok(Started::Serving) => {}
         Ok(Started::Stopped) => {
@@ -190,7 +191,9 @@ pub fn serve(config: Config, takeover: bool) -> anyhow::Result<()> {
         on.join(","),
         config.data_dir.display()
     );
-    supervisor.until_stopped(&signals.stop, SHUTDOWN_DEADLINE).map_err(|reason| anyhow::anyhow!(reason))?;
+    let stopped = supervisor.until_stopped(&signals.stop, SHUTDOWN_DEADLINE).map_err(|reason| anyhow::anyhow!(reason));
+    lock.release();
+    stopped?;
     eprintln!("ringrelay: stopped");
     Ok(())
 }
@@ -265,14 +268,16 @@ fn peering_identity(config: &Config) -> anyhow::Result<Arc<Signer>> {
 
 fn spawn_cores(
     config: &Arc<Config>,
-    data_dir: &DataDir,
+    data_dir: &mut DataDir,
     listeners: Vec<std::net::TcpListener>,
     mut prepared: HashMap<ShardId, Prepared>,
     cpus: &[usize],
     signals: &Signals,
     supervisor: &mut Supervisor,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<crate::store::datadir::HeldLock> {
     let core_count = listeners.len();
+    let lock = data_dir.take_lock();
+    let closing = Arc::new(ClosingStores { lock: lock.clone(), open: AtomicUsize::new(core_count) });
     let (lists_file, lists) = lists::ListsFile::open(config.data_dir.clone())?;
     let shard_config = shard_config(config, data_dir.shard_count)?;
     let ip_slots = IpSlots::default();
@@ -283,6 +288,7 @@ fn spawn_cores(
         let start = CoreStart {
             listener: Some(listener),
             handover: signals.handover.clone(),
+            closing: closing.clone(),
             reload: signals.reload.clone(),
             lists: (lists_file.clone(), lists.clone()),
             config: config.clone(),
@@ -325,7 +331,7 @@ fn spawn_cores(
             }
         }
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Take the data directory and the listening address: beside a running relay that hands
@@ -408,7 +414,25 @@ fn prepare_shards(config: &Config) -> HashMap<ShardId, Prepared> {
     prepared
 }
 
+/// The data directory's lock, and the cores whose shards are still open: the last core to
+/// close its shards lets go of the lock, so that a relay taking over opens the store while
+/// this one is still closing its connections.
+struct ClosingStores {
+    lock: crate::store::datadir::HeldLock,
+    open: AtomicUsize,
+}
+
+impl ClosingStores {
+    fn closed_one(&self) {
+        if self.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.lock.release();
+        }
+    }
+}
+
 struct CoreStart {
+    /// Counts this core's shards closed, for the lock's release.
+    closing: Arc<ClosingStores>,
     /// This core's listener, bound before the cores start (see `bind_listeners`); taken
     /// by the core once its shards are open.
     listener: Option<std::net::TcpListener>,
@@ -530,7 +554,7 @@ async fn run_joined(
     }
     drop(listener);
     drop(admin);
-    stop_core(&core, start.handover.load(Ordering::SeqCst)).await;
+    stop_core(&core, start.handover.load(Ordering::SeqCst), &start.closing).await;
     receiving.iter().for_each(|task| task.cancel());
 }
 
@@ -623,12 +647,13 @@ async fn open_core(
 
 /// A core's stop: in-flight appends finished (their OKs go out), every client told why
 /// (1012 on a handover, else 1001) and its close frame written, the core's tasks stopped.
-async fn stop_core(core: &Rc<Core>, handover: bool) {
+async fn stop_core(core: &Rc<Core>, handover: bool, closing: &ClosingStores) {
     if handover && core.id() == CoreId(0) {
         tracing::info!("handing over: stopped accepting; finishing appends, then closing every connection with 1012");
     }
     core.peers.stop();
     core.storage.close().await;
+    closing.closed_one();
     core.storage.acks_settled(Duration::from_secs(1)).await;
     if handover {
         core.sessions.close_all(CloseCode::Restart, "relay restarting; reconnect");

@@ -32,7 +32,19 @@ pub struct DataDir {
     pub path: PathBuf,
     pub shard_count: u16,
     router: Router,
-    _lock: fs::File,
+    lock: Option<fs::File>,
+}
+
+/// The data directory's lock, let go of when dropped (or by [`HeldLock::release`]), as soon
+/// as the holder's shards are closed: a relay handing over lets the next one in before it
+/// has finished closing its connections.
+#[derive(Clone, Default)]
+pub struct HeldLock(std::sync::Arc<std::sync::Mutex<Option<fs::File>>>);
+
+impl HeldLock {
+    pub fn release(&self) {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
 }
 
 /// `owner_shard` alone, cheap to copy to every core.
@@ -105,7 +117,7 @@ impl DataDir {
         let text = fs::read_to_string(&manifest).map_err(io_error(&manifest))?;
         let (shard_count, seed) =
             parse_manifest(&text).map_err(|what| StoreError::DataDir(format!("{}: {what}", manifest.display())))?;
-        Ok(DataDir { path: path.to_owned(), shard_count, router: Router { shard_count, seed }, _lock: lock })
+        Ok(DataDir { path: path.to_owned(), shard_count, router: Router { shard_count, seed }, lock: Some(lock) })
     }
 
     /// The shard directories of the data directory at `path`, read from its manifest
@@ -115,6 +127,12 @@ impl DataDir {
         let text = fs::read_to_string(path.join(MANIFEST_FILE)).ok()?;
         let (shard_count, _) = parse_manifest(&text).ok()?;
         Some(ShardId::all(shard_count).map(|shard| (shard, path.join(format!("shard-{shard:03}")))).collect())
+    }
+
+    /// The lock, to be let go of by whoever closes the store last (the directory stays
+    /// usable for paths; nothing must write to it once the lock is released).
+    pub fn take_lock(&mut self) -> HeldLock {
+        HeldLock(std::sync::Arc::new(std::sync::Mutex::new(self.lock.take())))
     }
 
     pub fn shard_dir(&self, shard: ShardId) -> PathBuf {
