@@ -201,6 +201,8 @@ async fn run_indexer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<(
         if wait.is_zero() {
             scrub(&state).await;
             deferred |= compact(&state, &mut rings).await;
+            // A segment sealed while it compacted rang a bell that compaction took.
+            deferred |= give_parts(&state).await;
         }
         if deferred {
             // Another shard's merge was running: this one's is tried again.
