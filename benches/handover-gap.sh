@@ -4,7 +4,8 @@
 # request and how many failed (curl exit 7: refused). Usage:
 #   benches/handover-gap.sh RINGRELAY RELAY_LOAD [EVENTS] [CORES]
 # DATA=DIR uses that data directory as it is (a store from `cargo bench --bench
-# build_store`) instead of filling a new one.
+# build_store`) instead of filling a new one. SETTLE=SECONDS waits that long after the probes
+# start before taking over (default 2; 8 lands in the old relay's background scrub).
 set -u
 RELAY=$1 LOAD=$2 EVENTS=${3:-200000} CORES=${4:-2}
 PORT=7896 DIR=$(mktemp -d)
@@ -19,7 +20,7 @@ for _ in $(seq 1 600); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && 
     curl -s -o /dev/null -m 20 -w '%{time_total} %{http_code}\n' http://127.0.0.1:$PORT/healthz; echo "rc $?"; sleep 0.01
   done ) > "$DIR/probes" &
 PROBES=$!
-sleep 2
+sleep "${SETTLE:-2}"
 started=$(date +%s.%N)
 "$RELAY" serve --config "$CONFIG" --cores "$CORES" --listen 127.0.0.1:$PORT --data-dir "$DATA_DIR" --takeover 2>"$DIR/new.log" &
 NEW=$!

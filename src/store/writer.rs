@@ -199,7 +199,7 @@ async fn run_indexer(state: Rc<RefCell<ShardState>>, mut rings: mpsc::Receiver<(
         let mut deferred = give_parts(&state).await;
         let mut wait = scrub_from.saturating_duration_since(std::time::Instant::now());
         if wait.is_zero() {
-            scrub(&state).await;
+            scrub(&state, &mut rings).await;
             deferred |= compact(&state, &mut rings).await;
             // A segment sealed while it compacted rang a bell that compaction took.
             deferred |= give_parts(&state).await;
@@ -282,7 +282,7 @@ const MERGE_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// Check the seal of each segment opened through its part, one at a time, 4 MiB at a time
 /// off the core, resting three times as long as each piece took: a quarter of one thread,
 /// in slices of a few milliseconds.
-async fn scrub(state: &Rc<RefCell<ShardState>>) {
+async fn scrub(state: &Rc<RefCell<ShardState>>, rings: &mut mpsc::Receiver<()>) {
     const PIECE_SIZE: usize = 4 << 20;
     while open(state) {
         let next = state.borrow().next_to_scrub();
@@ -302,7 +302,7 @@ async fn scrub(state: &Rc<RefCell<ShardState>>) {
             })
             .await;
             scrub = back;
-            glommio::timer::sleep(started.elapsed() * 3).await;
+            rest(started.elapsed() * 3, rings).await;
             if let Some(outcome) = outcome {
                 state.borrow_mut().scrubbed(slot, outcome);
                 break;
@@ -355,6 +355,14 @@ async fn compact(state: &Rc<RefCell<ShardState>>, rings: &mut mpsc::Receiver<()>
     false
 }
 
+/// Background work's rest between two steps: `duration`, cut short when the shard closes
+/// (the end of the indexer's rings), so that a close (a handover) does not wait for it. A
+/// ring (a segment sealed) is answered once the work is done.
+async fn rest(duration: std::time::Duration, rings: &mut mpsc::Receiver<()>) {
+    let sleep = glommio::timer::sleep(duration);
+    futures_lite::future::or(sleep, async { while rings.next().await.is_some() {} }).await;
+}
+
 /// How long compaction's work on the core rests between two chunks: a sleep, not a yield,
 /// so that the reactor runs (sessions' I/O and timers) before the next chunk.
 const COMPACTION_CHUNK_REST: std::time::Duration = std::time::Duration::from_micros(100);
@@ -382,10 +390,7 @@ async fn rewrite_in_steps(
             Ok(false) => {}
             Err(failure) => return Some(Err(failure)),
         }
-        // A ring (a segment sealed) is answered once the compaction is done; the end of the
-        // rings (the shard closing) cuts the rest short.
-        let rest = glommio::timer::sleep(started.elapsed() * COMPACTION_REST_FACTOR);
-        futures_lite::future::or(rest, async { while rings.next().await.is_some() {} }).await;
+        rest(started.elapsed() * COMPACTION_REST_FACTOR, rings).await;
     }
 }
 
