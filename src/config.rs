@@ -44,6 +44,8 @@ pub struct Config {
     pub write_plugin: WritePluginConfig,
     pub limits: RelayLimits,
     pub negentropy: NegentropyConfig,
+    /// permessage-deflate (`[compression]`, RFC 7692).
+    pub compression: crate::deflate::CompressionConfig,
     /// How long events are kept, by kind (`[retention]`).
     pub retention: RetentionConfig,
     pub peering: PeeringConfig,
@@ -611,6 +613,7 @@ impl Default for Config {
             write_plugin: WritePluginConfig::default(),
             limits: RelayLimits::default(),
             negentropy: NegentropyConfig::default(),
+            compression: crate::deflate::CompressionConfig::default(),
             retention: RetentionConfig::default(),
             peering: PeeringConfig::default(),
             peers: Vec::new(),
@@ -700,6 +703,7 @@ impl Config {
         anyhow::ensure!(limits.queries_per_connection_max >= 1, "limits.queries_per_connection_max must be at least 1");
         anyhow::ensure!(limits.queries_per_core_max >= 1, "limits.queries_per_core_max must be at least 1");
         self.negentropy.validate()?;
+        self.compression.validate()?;
         self.validate_peering()?;
         anyhow::ensure!(
             limits.query_answer_bytes_max >= limits.event_size_max,

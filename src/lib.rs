@@ -6,6 +6,7 @@
 //! - [`event`]: parse, canonical form, id and signature check (sans-IO).
 //! - [`filter`]: NIP-01 filters and the naive match (sans-IO).
 //! - [`proto`]: client messages in, relay messages out (sans-IO).
+//! - [`deflate`]: RFC 7692 permessage-deflate: what to agree, and the codec (sans-IO).
 //! - [`subs`]: the live-subscription index of one core (sans-IO).
 //! - [`store`]: segments, indexes, storage rules, queries, group commit.
 //! - [`config`]: the configuration and every per-connection budget.
@@ -15,6 +16,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod deflate;
 pub mod event;
 pub mod filter;
 pub mod fleet;

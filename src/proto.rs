@@ -269,6 +269,16 @@ pub fn frame_event(sub_id: &SubId, event_json: &str) -> String {
     out
 }
 
+/// `["EVENT",<sub_id>,`: how [`frame_event`] begins, for a frame whose event part is
+/// already compressed (permessage-deflate's shared copy).
+pub fn frame_event_head(sub_id: &SubId) -> String {
+    let mut out = String::with_capacity("[\"EVENT\",".len() + json::quoted_len(sub_id.as_str()) + 1);
+    out.push_str("[\"EVENT\",");
+    json::write_str(&mut out, sub_id.as_str());
+    out.push(',');
+    out
+}
+
 /// [`frame_event`] for stored bytes. They were valid UTF-8 when accepted and are checksummed
 /// on disk; were they not, the frame is sent with replacement characters rather than the
 /// relay stopping.

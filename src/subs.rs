@@ -7,7 +7,7 @@
 //! candidate subscriptions, and checks each candidate's filters in full.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::event::VerifiedEvent;
 use crate::filter::{Filter, Matchable};
@@ -23,9 +23,17 @@ pub struct LiveEvent {
     created_at: u64,
     kind: u16,
     tags: Vec<(u8, Box<[u8]>)>,
+    /// `<json>]` deflated on its own, once, for every recipient that takes compressed
+    /// frames (permessage-deflate's shared mode); `None` when it would not be smaller.
+    packed: OnceLock<Option<Box<[u8]>>>,
 }
 
 impl LiveEvent {
+    /// The event's shared compressed copy, made by `pack` the first time it is asked for.
+    pub fn packed(&self, pack: impl FnOnce(&str) -> Option<Box<[u8]>>) -> Option<&[u8]> {
+        self.packed.get_or_init(|| pack(&self.json)).as_deref()
+    }
+
     /// Whether `viewer` wrote this event or is `p`-tagged in it (who may see a private kind).
     pub fn is_for(&self, viewer: &[u8; 32]) -> bool {
         let hex = crate::hex::encode(viewer);
@@ -40,6 +48,7 @@ impl LiveEvent {
             created_at: event.created_at(),
             kind: event.kind(),
             tags: event.index_tags().iter().map(|t| (t.letter, t.value.clone())).collect(),
+            packed: OnceLock::new(),
         }
     }
 }
@@ -287,6 +296,7 @@ mod tests {
                         tags: (0..rng.below(3))
                             .map(|_| (b"tp"[rng.below(2) as usize], vec![b'a' + rng.below(3) as u8].into()))
                             .collect(),
+                        packed: OnceLock::new(),
                     };
                     let mut got = Vec::new();
                     index.matches(&event, &mut got);

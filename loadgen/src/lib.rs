@@ -143,6 +143,10 @@ pub struct Args {
     /// self-signed relay certificate); the web's usual roots are always trusted.
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<PathBuf>,
+    /// Offer permessage-deflate (RFC 7692) on every connection and read compressed frames;
+    /// fanout then reports the bytes on the wire per delivery (fanout.wire_bytes).
+    #[arg(long)]
+    pub deflate: bool,
     /// No progress lines on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -235,6 +239,7 @@ fn execute(args: &Args) -> anyhow::Result<u8> {
     };
     let mut target = Target::parse_trusting(&args.url, args.tls_ca.as_deref())?;
     target.pid = args.relay_pid;
+    target.deflate = args.deflate;
     if let Some(secret) = &args.auth_secret {
         let secret: secp256k1::SecretKey =
             secret.trim().parse().map_err(|_| anyhow::anyhow!("--auth-secret: not a secret key in hex"))?;

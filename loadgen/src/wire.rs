@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use async_tungstenite::tungstenite::Utf8Bytes;
 use serde::Deserialize;
 
 use crate::workload::decode_id;
@@ -172,5 +173,51 @@ mod tests {
         assert_eq!(parse(r#"["OK","short",true,""]"#), Err(Unreadable));
         assert_eq!(reason_prefix("rate-limited: slow down"), "rate-limited");
         assert_eq!(reason_prefix("whatever"), "other");
+    }
+}
+
+/// A connection's reader of permessage-deflate frames (RFC 7692): its window is kept across
+/// messages, which reads a relay that keeps a context per connection as well as one that
+/// compresses each message on its own. Counts the bytes as they came.
+#[derive(Default)]
+pub struct Inflater {
+    inflate: Option<flate2::Decompress>,
+    /// Payload bytes of the last message as it came (compressed or not).
+    pub wire_size: usize,
+}
+
+impl Inflater {
+    /// The text of a data message, inflated if it came compressed; `None` for another kind
+    /// of message. A compressed message that does not inflate reads as empty (unreadable).
+    pub fn text(&mut self, message: async_tungstenite::tungstenite::Message) -> Option<Utf8Bytes> {
+        use async_tungstenite::tungstenite::Message;
+        match message {
+            Message::Text(text) => {
+                self.wire_size = text.len();
+                Some(text)
+            }
+            Message::Frame(frame) if frame.header().rsv1 => {
+                self.wire_size = frame.payload().len();
+                let inflate = self.inflate.get_or_insert_with(|| flate2::Decompress::new(false));
+                let mut out = Vec::with_capacity(frame.payload().len() * 4 + 64);
+                for input in [frame.payload(), &[0, 0, 0xff, 0xff][..]] {
+                    let mut consumed = 0;
+                    while consumed < input.len() || out.len() == out.capacity() {
+                        out.reserve(out.capacity().max(64));
+                        let before = inflate.total_in();
+                        if inflate.decompress_vec(&input[consumed..], &mut out, flate2::FlushDecompress::Sync).is_err()
+                        {
+                            return Some(Utf8Bytes::default());
+                        }
+                        consumed += (inflate.total_in() - before) as usize;
+                        if out.len() < out.capacity() && consumed == input.len() {
+                            break;
+                        }
+                    }
+                }
+                Some(String::from_utf8(out).map(Utf8Bytes::from).unwrap_or_default())
+            }
+            _ => None,
+        }
     }
 }

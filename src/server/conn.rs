@@ -14,7 +14,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::error::ProtocolError;
-use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use async_tungstenite::tungstenite::protocol::frame::Frame;
 use async_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::WebSocketStream;
@@ -22,11 +23,13 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use futures_util::SinkExt;
 use glommio::net::TcpStream;
 
+use super::compression::Wire;
 use super::core::Core;
 use super::http::{self, Route};
 use super::outbox::{Out, Outbox};
 use super::rates::Work;
 use super::stats::{CloseCause, Handshake, Verb};
+use crate::deflate::InflateError;
 use crate::proto;
 use crate::subs::ConnId;
 
@@ -75,7 +78,13 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream, handshake: 
         let _ = stream.close().await;
         return;
     }
+    let mut wire = Wire::Plain;
     let response = match &route {
+        Route::Upgrade { accept_key, extensions, .. } => {
+            let (extension, agreed) = core.compression.agree(extensions.as_deref());
+            wire = agreed;
+            http::upgrade_response(accept_key, extension.as_deref())
+        }
         Route::Stats => http::stats_response(&super::telemetry::stats_everywhere(&core).await),
         Route::Metrics if core.config.metrics_listen.is_some() => http::not_found(),
         Route::Metrics => http::metrics_response(&super::telemetry::scrape(&core).await),
@@ -112,13 +121,13 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream, handshake: 
         return;
     };
     drop(handshake);
-    let config = websocket_config(&core.config.limits);
+    let config = websocket_config(&core.config.limits).accept_compressed(wire.is_compressed());
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, Some(config)).await;
     tracing::debug!(core = core.id().0, conn = conn.0, %peer, client = %ip, "websocket open");
     if core.config.auth.challenge == crate::config::ChallengeWhen::OnConnect {
         core.sessions.send_challenge(conn);
     }
-    let cause = socket_loop(&core, conn, ws, outbound).await;
+    let cause = socket_loop(&core, conn, ws, outbound, wire).await;
     core.stats.closed(cause);
     core.sessions.close(conn);
     tracing::debug!(core = core.id().0, conn = conn.0, "websocket closed");
@@ -215,6 +224,7 @@ async fn socket_loop(
     conn: ConnId,
     mut ws: WebSocketStream<TcpStream>,
     outbound: Outbox,
+    mut wire: Wire,
 ) -> CloseCause {
     loop {
         // A read that finds data ready does not yield, so a client that keeps its socket full
@@ -237,19 +247,20 @@ async fn socket_loop(
         match next {
             Next::Changed => {}
             Next::Incoming(Some(Ok(Message::Text(text)))) => {
-                core.stats.received_bytes.add(text.len() as u64);
-                if !super::verbs::handle_text(core, conn, text.as_str()).await {
-                    ack_now(ws.get_ref());
-                }
-                // One message, then the other sessions' turn: a client that keeps its socket
-                // full (a flood of REQs) gets one message in per round, not a time slice.
-                futures_lite::future::yield_now().await;
+                core.stats.received_wire_bytes.add(text.len() as u64);
+                take_text(core, conn, &ws, text.as_str()).await;
             }
             Next::Incoming(Some(Ok(Message::Binary(data)))) => {
-                core.stats.received_bytes.add(data.len() as u64);
-                core.stats.message(Verb::Binary);
-                core.sessions
-                    .send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
+                core.stats.received_wire_bytes.add(data.len() as u64);
+                refuse_binary(core, conn, data.len());
+            }
+            // A compressed message (permessage-deflate): tungstenite hands it over whole.
+            Next::Incoming(Some(Ok(Message::Frame(frame)))) => {
+                if let Err((code, reason)) = take_compressed(core, conn, &ws, &frame).await {
+                    core.stats.protocol_error_closes.inc();
+                    close_with_notice(&mut ws, code, reason, Some(&outbound)).await;
+                    return CloseCause::ProtocolError;
+                }
             }
             Next::Incoming(Some(Ok(Message::Close(_)))) => {
                 // tungstenite has queued the answering close frame; it goes out on a flush.
@@ -270,7 +281,7 @@ async fn socket_loop(
                 return relay_close_cause(code, &reason);
             }
             Next::Outgoing(Some(out)) => {
-                if let Err(cause) = write_or_stall(core, conn, &mut ws, &outbound, out).await {
+                if let Err(cause) = write_or_stall(core, conn, &mut ws, &outbound, &mut wire, out).await {
                     return cause;
                 }
             }
@@ -289,10 +300,11 @@ async fn write_or_stall(
     conn: ConnId,
     ws: &mut WebSocketStream<TcpStream>,
     outbound: &Outbox,
+    wire: &mut Wire,
     out: Out,
 ) -> Result<(), CloseCause> {
     let written = {
-        let mut batch = std::pin::pin!(write_batch(core, ws, outbound, out));
+        let mut batch = std::pin::pin!(write_batch(core, ws, outbound, wire, out));
         match futures_lite::future::poll_once(&mut batch).await {
             Some(done) => Some(done),
             None => {
@@ -418,6 +430,7 @@ async fn write_batch(
     core: &Core,
     ws: &mut WebSocketStream<TcpStream>,
     outbound: &Outbox,
+    wire: &mut Wire,
     first: Out,
 ) -> Result<(), WriteEnd> {
     let mut next = Some(first);
@@ -430,14 +443,54 @@ async fn write_batch(
                 return Err(WriteEnd::Closed(relay_close_cause(code, &reason)));
             }
             message => {
-                if let Some(text) = message.into_text() {
-                    core.stats.sent_bytes.add(text.len() as u64);
-                    ws.feed(Message::text(text)).await.map_err(|_| WriteEnd::Failed)?;
+                if let Some(encoded) = core.compression.encode(wire, message) {
+                    core.stats.sent_bytes.add(encoded.size as u64);
+                    core.stats.sent_wire_bytes.add(encoded.wire_size as u64);
+                    ws.feed(encoded.message).await.map_err(|_| WriteEnd::Failed)?;
                 }
             }
         }
     }
     ws.flush().await.map_err(|_| WriteEnd::Failed)
+}
+
+/// A client's text message, handled; then the other sessions' turn: a client that keeps
+/// its socket full (a flood of REQs) gets one message in per round, not a time slice.
+async fn take_text(core: &Rc<Core>, conn: ConnId, ws: &WebSocketStream<TcpStream>, text: &str) {
+    core.stats.received_bytes.add(text.len() as u64);
+    if !super::verbs::handle_text(core, conn, text).await {
+        ack_now(ws.get_ref());
+    }
+    futures_lite::future::yield_now().await;
+}
+
+/// A compressed message, inflated and handled; `Err` with the close it calls for when it
+/// does not inflate within the message limit or is not UTF-8 text.
+async fn take_compressed(
+    core: &Rc<Core>,
+    conn: ConnId,
+    ws: &WebSocketStream<TcpStream>,
+    frame: &Frame,
+) -> Result<(), (CloseCode, &'static str)> {
+    core.stats.received_wire_bytes.add(frame.payload().len() as u64);
+    let inflated = core.compression.inflate(frame.payload(), core.config.limits.message_size_max);
+    let data = inflated.map_err(|error| match error {
+        InflateError::TooLarge => (CloseCode::Size, "invalid: message too large once inflated"),
+        InflateError::Invalid => (CloseCode::Invalid, "invalid: a compressed message did not inflate"),
+    })?;
+    if frame.header().opcode != OpCode::Data(OpData::Text) {
+        refuse_binary(core, conn, data.len());
+        return Ok(());
+    }
+    let text = String::from_utf8(data).map_err(|_| (CloseCode::Invalid, "invalid: a text frame is not valid UTF-8"))?;
+    take_text(core, conn, ws, &text).await;
+    Ok(())
+}
+
+fn refuse_binary(core: &Core, conn: ConnId, size: usize) {
+    core.stats.received_bytes.add(size as u64);
+    core.stats.message(Verb::Binary);
+    core.sessions.send(conn, proto::frame_notice("invalid: binary messages are not supported; send text frames"));
 }
 
 /// Acknowledge what the client sent now rather than after the kernel's delayed-ACK timer

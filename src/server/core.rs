@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use glommio::task::JoinHandle;
 
+use super::compression::Compression;
 use super::gate::Gate;
 use super::gather::Scatter;
 use super::ids::CoreId;
@@ -50,6 +51,8 @@ pub struct Core {
     pub queries: Rc<Queries>,
     /// The peer links this core runs (`[[peers]]`).
     pub peers: Peers,
+    /// permessage-deflate: the codec the core's connections share, and its budget.
+    pub compression: Compression,
     /// The core's long-lived tasks (mesh pumps, ack pipelines, the sweep), cancelled when
     /// it stops.
     tasks: RefCell<Vec<JoinHandle<()>>>,
@@ -68,6 +71,7 @@ impl Core {
         peers: Peers,
     ) -> Rc<Core> {
         Rc::new(Core {
+            compression: Compression::new(config.compression.clone(), stats.clone()),
             config,
             mesh,
             stats,

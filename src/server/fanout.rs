@@ -30,7 +30,7 @@ pub fn fan_out(core: &Core, event: &Arc<LiveEvent>) {
             Some(SubState::Pending { buffered, .. }) => return buffered.push(event, pending_max),
             Some(SubState::Live { .. }) => {}
         }
-        let queued = session.outbound.try_send_live(Out::Event { sub: sub_id, json: event.json.clone() });
+        let queued = session.outbound.try_send_live(Out::Event { sub: sub_id, event: event.clone() });
         if queued.is_ok() {
             core.stats.live_deliveries.inc();
         } else if !slow.contains(&conn) {

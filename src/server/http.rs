@@ -18,6 +18,8 @@ pub enum Route {
         accept_key: String,
         /// The Host header and the path: the address the client dialled (NIP-42).
         host: Option<crate::auth::RelayAddress>,
+        /// Every `Sec-WebSocket-Extensions` value the client sent, joined by commas.
+        extensions: Option<String>,
     },
     Nip11,
     Page,
@@ -71,6 +73,15 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Head, usize)>, &'static st
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .and_then(|h| std::str::from_utf8(h.value).ok())
     };
+    let every_value = |name: &str| {
+        let values: Vec<&str> = request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .filter_map(|h| std::str::from_utf8(h.value).ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
     let has_token = |name: &str, token: &str| {
         header(name).is_some_and(|value| value.split(',').any(|part| part.trim().eq_ignore_ascii_case(token)))
     };
@@ -81,6 +92,7 @@ pub fn parse_request(buffer: &[u8]) -> Result<Option<(Head, usize)>, &'static st
             Some(key) if header("sec-websocket-version") == Some("13") => Route::Upgrade {
                 accept_key: async_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes()),
                 host: header("host").and_then(|host| crate::auth::RelayAddress::from_host(host, path)),
+                extensions: every_value("sec-websocket-extensions"),
             },
             _ => Route::BadRequest("a websocket upgrade needs Sec-WebSocket-Key and version 13"),
         },
@@ -130,13 +142,19 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
 
 const CORS: &str = "Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Headers: *\r\nAccess-Control-Allow-Methods: GET, POST, OPTIONS\r\n";
 
-/// The full response for a route other than `Upgrade`.
+/// The answer to a WebSocket upgrade, with the extension agreed, if one was.
+pub fn upgrade_response(accept_key: &str, extension: Option<&str>) -> Vec<u8> {
+    let extension = extension.map(|value| format!("Sec-WebSocket-Extensions: {value}\r\n")).unwrap_or_default();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n{extension}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The full response for a route.
 pub fn response(route: &Route, config: &Config) -> Vec<u8> {
     match route {
-        Route::Upgrade { accept_key, .. } => format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept_key}\r\n\r\n"
-        )
-        .into_bytes(),
+        Route::Upgrade { accept_key, .. } => upgrade_response(accept_key, None),
         Route::Nip11 => {
             let lists = PolicyLists::default();
             nip11_response(config, &Policy::with_lists(&config.policy, &lists), &lists)
@@ -149,7 +167,9 @@ pub fn response(route: &Route, config: &Config) -> Vec<u8> {
         Route::Preflight => respond("204 No Content", "text/plain", ""),
         Route::NotFound => respond("404 Not Found", "text/plain", "not found\n"),
         Route::BadRequest(reason) => respond("400 Bad Request", "text/plain", &format!("{reason}\n")),
-        Route::Blocked => respond("403 Forbidden", "text/plain", "blocked: connections from your address are refused here\n"),
+        Route::Blocked => {
+            respond("403 Forbidden", "text/plain", "blocked: connections from your address are refused here\n")
+        }
     }
 }
 
@@ -294,7 +314,18 @@ mod tests {
     fn routes() {
         let upgrade = "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
         let host = crate::auth::RelayAddress::from_host("x", "/");
-        assert_eq!(route(upgrade), Route::Upgrade { accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(), host });
+        let accept_key = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".to_owned();
+        let plain = Route::Upgrade { accept_key: accept_key.clone(), host: host.clone(), extensions: None };
+        assert_eq!(route(upgrade), plain);
+        // Extensions offered over two header lines arrive as one list.
+        let offered = upgrade.replace(
+            "\r\n\r\n",
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\nsec-websocket-extensions: x-other\r\n\r\n",
+        );
+        let extensions = Some("permessage-deflate; client_max_window_bits, x-other".to_owned());
+        assert_eq!(route(&offered), Route::Upgrade { accept_key, host, extensions });
+        let answer = String::from_utf8(upgrade_response("k", Some("permessage-deflate"))).unwrap();
+        assert!(answer.ends_with("Sec-WebSocket-Accept: k\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"));
         assert_eq!(route("GET / HTTP/1.1\r\nAccept: application/nostr+json\r\n\r\n"), Route::Nip11);
         assert_eq!(route("GET / HTTP/1.1\r\n\r\n"), Route::Page);
         assert_eq!(route("GET /healthz HTTP/1.1\r\n\r\n"), Route::Health);

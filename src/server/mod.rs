@@ -3,7 +3,7 @@
 //!
 //! Reading order, along the data path: [`startup`] (the cores' startup and stop, as the
 //! main thread follows them), [`http`] (request head, NIP-11), [`conn`] (the socket loop of
-//! a connection), [`sessions`] and [`session`] (a core's connections, and what one owns),
+//! a connection; [`compression`] its permessage-deflate), [`sessions`] and [`session`] (a core's connections, and what one owns),
 //! [`outbox`] (its bounded queue), [`verbs`] (one module per client verb: a sans-IO decision
 //! over a [`peer::Peer`], and its effects), [`gate`] (policy, lists, rates, keys),
 //! [`ingest`] (an event's stages to its OK, each refusing with one [`refusal::Refusal`]),
@@ -15,6 +15,7 @@
 //! subsystems), [`stats`], [`telemetry`] and [`metrics`] (its figures).
 
 pub mod acks;
+pub mod compression;
 pub mod conn;
 pub mod core;
 pub mod dispatch;

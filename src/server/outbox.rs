@@ -27,6 +27,7 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::stats::Stats;
 use crate::proto::{self, SubId};
+use crate::subs::LiveEvent;
 
 /// Capacity kept after the queue drains; beyond it, a burst's memory is returned.
 const RETAINED_CAPACITY: usize = 32;
@@ -38,12 +39,12 @@ pub const OWED_REPLY_SIZE: usize = 192;
 /// What a connection's writer sends next.
 pub enum Out {
     Text(String),
-    /// A live event for subscription `sub`: the queue holds the event's shared JSON, and the
-    /// frame is assembled as it is written, so a burst queued for many subscribers holds one
-    /// copy of each event, not one per subscriber.
+    /// A live event for subscription `sub`: the queue holds the shared event, and the frame
+    /// is assembled as it is written, so a burst queued for many subscribers holds one copy
+    /// of each event (and of its compressed form), not one per subscriber.
     Event {
         sub: SubId,
-        json: Arc<str>,
+        event: Arc<LiveEvent>,
     },
     /// Close the connection with this code and reason, after a NOTICE saying why.
     Close(CloseCode, String),
@@ -54,7 +55,7 @@ impl Out {
     pub fn into_text(self) -> Option<String> {
         match self {
             Out::Text(text) => Some(text),
-            Out::Event { sub, json } => Some(proto::frame_event(&sub, &json)),
+            Out::Event { sub, event } => Some(proto::frame_event(&sub, &event.json)),
             Out::Close(..) => None,
         }
     }
@@ -64,7 +65,7 @@ impl Out {
         MESSAGE_OVERHEAD_SIZE
             + match self {
                 Out::Text(text) => text.len(),
-                Out::Event { sub, json } => sub.as_str().len() + json.len() + 16,
+                Out::Event { sub, event } => sub.as_str().len() + event.json.len() + 16,
                 Out::Close(_, reason) => reason.len(),
             }
     }

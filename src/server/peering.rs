@@ -198,9 +198,9 @@ impl Link {
                 }
                 Next::Peer(Err(ClientError::Timeout(..))) => client.ping().await,
                 Next::Peer(Err(error)) => return error.to_string(),
-                Next::Local(Some(Out::Event { json, .. })) => match sync::event_id(&json) {
+                Next::Local(Some(Out::Event { event, .. })) => match sync::event_id(&event.json) {
                     Some(id) if from_peer.contains(&id) => Ok(()),
-                    _ => client.send(wire::event(&json)).await,
+                    _ => client.send(wire::event(&event.json)).await,
                 },
                 Next::Local(Some(out)) => match out.into_text().map(|text| RelayMessage::parse(&text)) {
                     Some(Ok(RelayMessage::Ok { accepted, message, .. })) => {

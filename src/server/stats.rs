@@ -426,8 +426,16 @@ figures! {
         policy_reload_failures => "policy_reload_failures";
         /// WebSocket message payload bytes received from clients.
         received_bytes => "received", bytes;
-        /// WebSocket message payload bytes sent to clients.
+        /// WebSocket message payload bytes sent to clients, before compression.
         sent_bytes => "sent", bytes;
+        /// WebSocket message payload bytes received from clients as they came, compressed or not.
+        received_wire_bytes => "received_wire", bytes;
+        /// WebSocket message payload bytes sent to clients as written, after permessage-deflate.
+        sent_wire_bytes => "sent_wire", bytes;
+        /// Connections that agreed to permessage-deflate.
+        compressed_connections => "compressed_connections";
+        /// Connections given the shared mode because the core held compression.contexts_per_core_max deflate contexts (or the client's terms ruled a context out).
+        deflate_contexts_declined => "deflate_contexts_declined";
         /// Queries stopped before they finished (replaced, closed, or their connection gone).
         queries_cancelled => "queries_cancelled";
         /// COUNTs answered from the indexes' counts, without a scan.
@@ -468,6 +476,8 @@ figures! {
         neg_syncs, neg_syncs_max_seen => "negentropy_syncs";
         /// Events the core's NIP-77 syncs hold, 40 bytes each (negentropy.items_per_core_max).
         neg_items, neg_items_max_seen => "";
+        /// Connections holding a deflate context (compression.contexts_per_core_max).
+        deflate_contexts, deflate_contexts_max_seen => "deflate_contexts";
     }
     read {
         /// Open subscriptions.

@@ -34,26 +34,44 @@ pub fn installed_checks() -> PathBuf {
         std::fs::write(&installed_lock, &lock).unwrap();
     }
     // Node resolves the scripts' imports next to the scripts.
-    for script in ["nostr-tools.mjs", "nip98.mjs", "ndk-sync.mjs"] {
+    for script in ["nostr-tools.mjs", "nip98.mjs", "ndk-sync.mjs", "deflate.mjs"] {
         std::fs::copy(Path::new(CHECKS).join(script), dir.join(script)).unwrap();
     }
     dir
 }
 
-#[test]
-fn nostr_tools_publishes_queries_counts_and_subscribes() {
+/// Run the check `script` against `relay`; it must pass.
+fn run_check(script: &str, relay: &Relay) {
     let checks = installed_checks();
-    let data = tempfile::tempdir().unwrap();
-    let relay = Relay::start(data.path(), 2);
     let output = Command::new("node")
-        .arg(checks.join("nostr-tools.mjs"))
+        .arg(checks.join(script))
         .arg(format!("ws://127.0.0.1:{}", relay.port))
         .output()
         .expect("node runs");
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success() && report.contains("all passed"),
-        "nostr-tools against the relay:\n{report}\n{}",
+        "{script} against the relay:\n{report}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn nostr_tools_publishes_queries_counts_and_subscribes() {
+    let data = tempfile::tempdir().unwrap();
+    run_check("nostr-tools.mjs", &Relay::start(data.path(), 2));
+}
+
+#[test]
+fn node_ws_clients_with_and_without_permessage_deflate_read_the_same() {
+    let data = tempfile::tempdir().unwrap();
+    let relay = Relay::start(data.path(), 2);
+    run_check("deflate.mjs", &relay);
+    let stats = relay.stats();
+    assert!(stats["compressed_connections"].as_u64() >= Some(3), "{stats}");
+    let (sent, wire) = (stats["sent_bytes"].as_u64().unwrap(), stats["sent_wire_bytes"].as_u64().unwrap());
+    assert!(wire < sent, "sent {sent} bytes as {wire} on the wire");
+    let (received, received_wire) =
+        (stats["received_bytes"].as_u64().unwrap(), stats["received_wire_bytes"].as_u64().unwrap());
+    assert!(received_wire < received, "received {received} bytes as {received_wire}");
 }

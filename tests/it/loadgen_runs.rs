@@ -70,6 +70,25 @@ fn published_events_reach_every_matching_subscriber_exactly_once() {
 }
 
 #[test]
+fn subscribers_that_agree_to_deflate_get_everything_in_fewer_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 2, UNCAPPED);
+    let mut plan = short_plan();
+    plan.fanout = Some(FanoutPlan { subscribers: 40, rate: 100.0, publishers: 2, topics: 4, ..FanoutPlan::default() });
+    plan.query = Some(QueryPlan { rate: 20.0, connections: 2, preload: 200, limit: 20, ..QueryPlan::default() });
+    let mut target = Target::parse(&format!("ws://127.0.0.1:{}", relay.port)).unwrap();
+    target.deflate = true;
+    let report = loadgen::run(&target, &plan, false).expect("the run takes place");
+    assert!(report.errors.is_empty(), "{}", report.render());
+    let delivered = count(&report, "fanout", "deliveries");
+    assert!(delivered > 0, "{}", report.render());
+    assert_eq!(delivered, count(&report, "fanout", "deliveries_expected"));
+    let (bytes, wire) = (count(&report, "fanout", "bytes"), count(&report, "fanout", "wire_bytes"));
+    assert!(wire * 10 < bytes * 8, "{bytes} bytes came as {wire}: {}", report.render());
+    assert!(count(&report, "query", "events_returned") > 0, "{}", report.render());
+}
+
+#[test]
 fn history_queries_come_back_complete_and_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let relay = Relay::start_with_config(dir.path(), 2, UNCAPPED);

@@ -4,6 +4,7 @@ mod auth;
 mod budgets;
 mod cli;
 mod clients;
+mod compression;
 mod disk_full;
 mod event_vectors;
 mod faults;

@@ -10,7 +10,7 @@ use async_tungstenite::tungstenite::Message;
 use futures_lite::StreamExt;
 
 use crate::stats::{Metric, Sample};
-use crate::wire::{self, Reply};
+use crate::wire::{self, Inflater, Reply};
 use crate::workload::{status, Follow};
 
 use super::net::Ws;
@@ -27,6 +27,7 @@ pub(super) async fn read_deliveries(
 ) {
     let sub_id = format!("f{subscriber}");
     let follow = shared.follows[subscriber];
+    let mut inflater = Inflater::default();
     while !shared.finishing() {
         let message = futures_lite::future::or(async { Some(ws.next().await) }, async {
             while !shared.finishing() {
@@ -37,15 +38,19 @@ pub(super) async fn read_deliveries(
         .await;
         let text = match message {
             None => break,
-            Some(Some(Ok(Message::Text(text)))) => text,
             Some(Some(Ok(Message::Close(_)) | Err(_)) | None) => {
                 lost(&shared, &stats);
                 return;
             }
-            Some(Some(Ok(_))) => continue,
+            Some(Some(Ok(message))) => match inflater.text(message) {
+                Some(text) => text,
+                None => continue,
+            },
         };
         let now = shared.elapsed_ns();
         let mut sample = stats.borrow_mut();
+        sample.count("fanout.wire_bytes", inflater.wire_size as u64);
+        sample.count("fanout.bytes", text.len() as u64);
         match wire::parse(&text) {
             Ok(Reply::Event { sub, id, .. }) if sub == sub_id.as_str() => {
                 let Some(&index) = shared.table.by_id.get(&id) else {

@@ -8,6 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use async_tungstenite::tungstenite::client::IntoClientRequest;
 use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use async_tungstenite::tungstenite::{Message, Utf8Bytes};
 use async_tungstenite::{WebSocketReceiver, WebSocketStream};
@@ -18,7 +19,7 @@ use futures_rustls::TlsConnector;
 use glommio::net::TcpStream;
 use rustls_pki_types::pem::PemObject;
 
-use crate::wire::{self, Reply};
+use crate::wire::{self, Inflater, Reply};
 
 pub type Ws = WebSocketStream<Stream>;
 
@@ -87,6 +88,8 @@ pub struct Target {
     pub pid: Option<u32>,
     /// The key every connection authenticates as (NIP-42), when the run authenticates.
     pub auth: Option<secp256k1::Keypair>,
+    /// Offer permessage-deflate on every connection (`--deflate`).
+    pub deflate: bool,
 }
 
 impl Target {
@@ -111,7 +114,7 @@ impl Target {
             .next()
             .with_context(|| format!("{host} has no address"))?;
         let tls = if secure { Some(tls_for(host, ca_file)?) } else { None };
-        Ok(Target { url: url.to_owned(), addr, tls, pid: None, auth: None })
+        Ok(Target { url: url.to_owned(), addr, tls, pid: None, auth: None, deflate: false })
     }
 }
 
@@ -184,8 +187,13 @@ pub(super) async fn connect_with(
             }
         };
         // Small buffers that grow on demand: a connect run holds many idle sockets.
-        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-        let (mut ws, _) = async_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config))
+        let config =
+            WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0).accept_compressed(target.deflate);
+        let mut request = target.url.as_str().into_client_request()?;
+        if target.deflate {
+            request.headers_mut().insert("Sec-WebSocket-Extensions", "permessage-deflate".parse()?);
+        }
+        let (mut ws, _) = async_tungstenite::client_async_with_config(request, stream, Some(config))
             .await
             .map_err(|e| anyhow::anyhow!("WebSocket handshake: {e}"))?;
         if let Some(keypair) = &target.auth {
@@ -318,12 +326,15 @@ pub(super) async fn await_eose(ws: &mut Ws, sub: &str) -> anyhow::Result<()> {
 
 /// The next text message; `None` once the connection is closed or broken. Pings, pongs
 /// and binary frames are skipped.
-pub(super) async fn next_text(receiver: &mut WebSocketReceiver<Stream>) -> Option<Utf8Bytes> {
+pub(super) async fn next_text(receiver: &mut WebSocketReceiver<Stream>, inflater: &mut Inflater) -> Option<Utf8Bytes> {
     loop {
         match receiver.next().await? {
-            Ok(Message::Text(text)) => return Some(text),
             Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
+            Ok(message) => {
+                if let Some(text) = inflater.text(message) {
+                    return Some(text);
+                }
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_util::SinkExt;
 
 use crate::stats::{Metric, Sample};
-use crate::wire::{self, Reply};
+use crate::wire::{self, Inflater, Reply};
 use crate::workload::status;
 
 use super::net::{next_text, Stream, Ws};
@@ -129,7 +129,8 @@ pub(super) async fn read_replies(
     mut receiver: WebSocketReceiver<Stream>,
     scenario: Feed,
 ) {
-    while let Some(text) = next_text(&mut receiver).await {
+    let mut inflater = Inflater::default();
+    while let Some(text) = next_text(&mut receiver, &mut inflater).await {
         let now = shared.elapsed_ns();
         let mut sample = stats.borrow_mut();
         match wire::parse(&text) {

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::plan::QueryPlan;
 use crate::stats::{Metric, Sample};
-use crate::wire::{self, Reply};
+use crate::wire::{self, Inflater, Reply};
 use crate::workload::{self, status, EventTable};
 
 use super::known::{newest_first, Entry};
@@ -339,7 +339,8 @@ pub(super) async fn read_answers(
     // After EOSE a subscription is live until the relay has read our CLOSE: events for it
     // in between are the relay doing its job, not errors.
     let mut finished: (HashSet<String>, std::collections::VecDeque<String>) = Default::default();
-    while let Some(text) = next_text(&mut receiver).await {
+    let mut inflater = Inflater::default();
+    while let Some(text) = next_text(&mut receiver, &mut inflater).await {
         let now = shared.elapsed_ns();
         let mut sample = stats.borrow_mut();
         match wire::parse(&text) {

@@ -215,6 +215,9 @@ impl<'a> Scenario<'a> {
                     ("deliveries", count("fanout.delivered")),
                     ("deliveries_expected", shared.expected_deliveries(false)),
                     ("subscribers", f.subscribers as u64),
+                    // What the subscribers read, as text and as it came (--deflate).
+                    ("bytes", count("fanout.bytes")),
+                    ("wire_bytes", count("fanout.wire_bytes")),
                 ];
                 section(total, seconds, "fanout", Metric::Fanout, expected, expected as f64 / seconds, counts)
             }
