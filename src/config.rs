@@ -46,6 +46,8 @@ pub struct Config {
     pub negentropy: NegentropyConfig,
     /// permessage-deflate (`[compression]`, RFC 7692).
     pub compression: crate::deflate::CompressionConfig,
+    /// NIP-50 full-text search (`[search]`).
+    pub search: crate::search::SearchConfig,
     /// How long events are kept, by kind (`[retention]`).
     pub retention: RetentionConfig,
     pub peering: PeeringConfig,
@@ -614,6 +616,7 @@ impl Default for Config {
             limits: RelayLimits::default(),
             negentropy: NegentropyConfig::default(),
             compression: crate::deflate::CompressionConfig::default(),
+            search: crate::search::SearchConfig::default(),
             retention: RetentionConfig::default(),
             peering: PeeringConfig::default(),
             peers: Vec::new(),
@@ -704,6 +707,7 @@ impl Config {
         anyhow::ensure!(limits.queries_per_core_max >= 1, "limits.queries_per_core_max must be at least 1");
         self.negentropy.validate()?;
         self.compression.validate()?;
+        self.search.validate()?;
         self.validate_peering()?;
         anyhow::ensure!(
             limits.query_answer_bytes_max >= limits.event_size_max,
@@ -757,11 +761,17 @@ impl Config {
     }
 
     /// The segment size, compaction and the store's size limit.
+    /// Whether NIP-50 search is served: `[search] enabled`, on a store that is not encrypted
+    /// (a search index holds the text in the clear).
+    pub fn search_on(&self) -> bool {
+        self.search.enabled && self.key_file.is_none()
+    }
+
     fn validate_storage(&self) -> anyhow::Result<()> {
         let size = self.segment_size;
         anyhow::ensure!(
             (crate::limits::SEGMENT_SIZE_MIN..=crate::limits::SEGMENT_SIZE_MAX).contains(&size)
-                && size % crate::limits::BLOCK_SIZE == 0,
+                && size.is_multiple_of(crate::limits::BLOCK_SIZE),
             "segment_size must be a multiple of {} between {} and {}",
             crate::limits::BLOCK_SIZE,
             crate::limits::SEGMENT_SIZE_MIN,

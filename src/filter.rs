@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::event::{EventId, Pubkey};
+use crate::search::{QueryError, SearchQuery};
 
 /// Most values in one filter list (`ids`, `authors`, `kinds`, one `#x`).
 pub const FILTER_VALUE_COUNT_MAX: usize = 1_000;
@@ -18,6 +19,8 @@ pub struct Filter {
     pub since: Option<u64>,
     pub until: Option<u64>,
     pub limit: Option<u64>,
+    /// NIP-50: the events whose text holds these words and phrases, best first.
+    pub search: Option<SearchQuery>,
 }
 
 /// `#x: [values]`: the event has a tag `x` whose first value is one of `values`.
@@ -40,6 +43,8 @@ pub enum FilterError {
     BadHex(&'static str),
     #[error("filter list `{0}` has more than {FILTER_VALUE_COUNT_MAX} values")]
     TooManyValues(String),
+    #[error("{0}")]
+    Search(#[from] QueryError),
 }
 
 impl FilterError {
@@ -59,6 +64,9 @@ pub trait Matchable {
     fn kind(&self) -> u16;
     /// Whether a tag named `letter` has `value` as its first value.
     fn has_tag(&self, letter: u8, value: &[u8]) -> bool;
+    /// What a search reads of the event (`search::text::searchable_text`); `None` when it
+    /// cannot be read, and then no search matches it.
+    fn search_text(&self) -> Option<String>;
 }
 
 impl Filter {
@@ -74,6 +82,10 @@ impl Filter {
                 "since" => filter.since = Some(integer(key, value)?),
                 "until" => filter.until = Some(integer(key, value)?),
                 "limit" => filter.limit = Some(integer(key, value)?),
+                "search" => {
+                    let text = value.as_str().ok_or_else(|| FilterError::WrongType(key.to_owned()))?;
+                    filter.search = Some(SearchQuery::parse(text)?);
+                }
                 _ => filter.tags.push(tag_filter(key, value)?),
             }
         }
@@ -95,6 +107,12 @@ impl Filter {
             && self.ids.as_ref().is_none_or(|ids| ids.iter().any(|id| &id.0 == event.id()))
             && self.authors.as_ref().is_none_or(|authors| authors.iter().any(|a| &a.0 == event.pubkey()))
             && self.matches_tags(event)
+            && self.search.as_ref().is_none_or(|query| event.search_text().is_some_and(|text| query.matches(&text)))
+    }
+
+    /// The filter without its search: what a search's hits must also pass.
+    pub fn without_search(&self) -> Filter {
+        Filter { search: None, ..self.clone() }
     }
 
     /// The tag conditions alone.
@@ -168,6 +186,9 @@ impl Matchable for crate::event::VerifiedEvent {
     }
     fn has_tag(&self, letter: u8, value: &[u8]) -> bool {
         self.index_tags().iter().any(|tag| tag.letter == letter && &tag.value[..] == value)
+    }
+    fn search_text(&self) -> Option<String> {
+        crate::search::text::searchable_text_of_json(self.json())
     }
 }
 

@@ -40,7 +40,7 @@ pub fn decode_lower<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
 
 /// Decode lowercase hex of any even length (a NIP-77 message).
 pub fn decode_lower_vec(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let mut out = vec![0u8; text.len() / 2];

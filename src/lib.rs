@@ -7,6 +7,7 @@
 //! - [`filter`]: NIP-01 filters and the naive match (sans-IO).
 //! - [`proto`]: client messages in, relay messages out (sans-IO).
 //! - [`deflate`]: RFC 7692 permessage-deflate: what to agree, and the codec (sans-IO).
+//! - [`search`]: NIP-50 full-text search: terms, queries, a shard's index (tantivy).
 //! - [`subs`]: the live-subscription index of one core (sans-IO).
 //! - [`store`]: segments, indexes, storage rules, queries, group commit.
 //! - [`config`]: the configuration and every per-connection budget.
@@ -25,6 +26,7 @@ pub mod hex;
 pub mod limits;
 pub mod measure;
 pub mod proto;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod subs;

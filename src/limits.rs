@@ -91,8 +91,8 @@ const _: () = assert!(MANAGE_TEXT_SIZE_MAX < MANAGE_BODY_SIZE_MAX);
 const _: () = assert!(TAG_ELEMENT_SIZE_MAX < EVENT_SIZE_MAX);
 // A record (event JSON plus index fields, encryption tag) must always fit in a fresh segment.
 const _: () = assert!(EVENT_SIZE_MAX * 3 < SEGMENT_SIZE_MIN);
-const _: () = assert!(SEGMENT_SIZE_MIN % BLOCK_SIZE == 0);
-const _: () = assert!(SEGMENT_SIZE_DEFAULT % BLOCK_SIZE == 0);
+const _: () = assert!(SEGMENT_SIZE_MIN.is_multiple_of(BLOCK_SIZE));
+const _: () = assert!(SEGMENT_SIZE_DEFAULT.is_multiple_of(BLOCK_SIZE));
 const _: () = assert!(SEGMENT_SIZE_MAX <= u32::MAX as usize);
 const _: () = assert!(SHARD_COUNT_MAX <= u16::MAX as usize);
 
@@ -146,3 +146,17 @@ impl EventLimits {
 /// Memory each glommio executor registers with io_uring for direct I/O (it is locked memory:
 /// `ulimit -l` must allow this plus the rings, per core; see tuning/).
 pub const IO_MEMORY_SIZE: usize = 2 * 1024 * 1024;
+
+/// Longest NIP-50 `search` value, in bytes.
+pub const SEARCH_QUERY_SIZE_MAX: usize = 256;
+/// Most terms one `search` may ask for (words, and the words of its phrases).
+pub const SEARCH_TERMS_MAX: usize = 16;
+/// A search asks each shard's index for this many times its `limit` of best hits, so that
+/// hits the filter's other fields or the read rules turn away leave enough.
+pub const SEARCH_OVERFETCH_FACTOR: usize = 4;
+/// Most documents a shard's search indexer holds before it commits them.
+pub const SEARCH_COMMIT_COUNT: usize = 10_000;
+/// Longest an indexed event waits to be committed (searchable).
+pub const SEARCH_COMMIT_INTERVAL_MS: u64 = 1_000;
+/// tantivy's smallest indexing arena per indexing thread (`MEMORY_BUDGET_NUM_BYTES_MIN`).
+pub const SEARCH_WRITER_MEMORY_MIN: usize = 15_000_000;

@@ -139,7 +139,7 @@ impl StoreArgs {
     fn options(self) -> anyhow::Result<StoreOptions> {
         let size = self.segment_size;
         let valid = (ringrelay::limits::SEGMENT_SIZE_MIN..=ringrelay::limits::SEGMENT_SIZE_MAX).contains(&size)
-            && size % ringrelay::limits::BLOCK_SIZE == 0;
+            && size.is_multiple_of(ringrelay::limits::BLOCK_SIZE);
         anyhow::ensure!(
             valid,
             "--segment-size must be a multiple of {} between {} and {}",

@@ -54,6 +54,9 @@ impl LiveEvent {
 }
 
 impl Matchable for LiveEvent {
+    fn search_text(&self) -> Option<String> {
+        crate::search::text::searchable_text_of_json(&self.json)
+    }
     fn id(&self) -> &[u8; 32] {
         &self.id
     }

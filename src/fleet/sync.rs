@@ -459,7 +459,7 @@ async fn publish(
         } else {
             summary.refuse(prefix);
         }
-        if (summary.published + summary.refused.values().sum::<u64>()) % 256 == 0 {
+        if (summary.published + summary.refused.values().sum::<u64>()).is_multiple_of(256) {
             summary.traffic = client.traffic;
             progress(summary);
         }

@@ -41,7 +41,10 @@ pub async fn hits_everywhere(
         .map(|index| {
             let limit = effective_limit(&filters[index], limits.default, limits.max);
             let lists = parts.iter_mut().map(|part| std::mem::take(&mut part[index])).collect();
-            merge_newest_first(lists, limit)
+            match filters[index].search {
+                Some(_) => super::search::merge_by_score(lists, limit),
+                None => merge_newest_first(lists, limit),
+            }
         })
         .collect()
 }

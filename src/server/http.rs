@@ -218,7 +218,8 @@ pub fn page_response(config: &Config, lists: &PolicyLists) -> Vec<u8> {
 /// served to their parties alone (auth.rs, `private_kinds_reach_only_their_author_and_recipients`);
 /// 65, relay lists (kind 10002) kept as replaceable events (rules.rs,
 /// `a_replaceable_event_keeps_the_newest_version_and_the_lowest_id_on_a_tie`); 77 when on
-/// (negentropy.rs); 86 only with admin pubkeys (manage.rs).
+/// (negentropy.rs); 50 when on, on a store that is not encrypted (search.rs); 86 only with
+/// admin pubkeys (manage.rs).
 pub fn supported_nips(config: &Config) -> Vec<u16> {
     let mut nips = vec![1, 9, 11];
     let gift_wraps_private = config.policy.private_kinds.contains(&crate::event::kind::KIND_GIFT_WRAP);
@@ -226,6 +227,9 @@ pub fn supported_nips(config: &Config) -> Vec<u16> {
         nips.push(17);
     }
     nips.extend([40, 42, 45]);
+    if config.search_on() {
+        nips.push(50);
+    }
     if gift_wraps_private {
         nips.push(59);
     }
@@ -378,10 +382,11 @@ mod tests {
         assert!(!document["supported_nips"].as_array().unwrap().contains(&86.into()), "no admins: no NIP-86");
         assert!(document["supported_nips"].as_array().unwrap().contains(&77.into()), "NIP-77 on by default");
         assert!(document.get("software").is_none(), "no software URL unless the operator names one");
-        assert_eq!(document["supported_nips"], serde_json::json!([1, 9, 11, 17, 40, 42, 45, 59, 62, 65, 70, 77]));
+        assert_eq!(document["supported_nips"], serde_json::json!([1, 9, 11, 17, 40, 42, 45, 50, 59, 62, 65, 70, 77]));
         let mut public_wraps = Config::default();
         public_wraps.policy.private_kinds.retain(|&kind| kind != crate::event::kind::KIND_GIFT_WRAP);
         public_wraps.negentropy.enabled = false;
+        public_wraps.key_file = Some("key".into());
         assert_eq!(
             supported_nips(&public_wraps),
             vec![1, 9, 11, 40, 42, 45, 62, 65, 70],

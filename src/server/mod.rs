@@ -42,6 +42,7 @@ pub mod queries;
 pub mod rates;
 pub mod refusal;
 pub mod scan;
+pub mod search;
 pub mod session;
 pub mod sessions;
 pub mod slots;
@@ -538,6 +539,7 @@ async fn run_joined(
         core.gate.watch_reloads(start.reload.clone());
     }
     dispatch::start_tasks(&core);
+    start_search(&core);
     let receiving = receive_from_peers(&core, &mut receivers);
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
@@ -664,6 +666,21 @@ async fn stop_core(core: &Rc<Core>, handover: bool, closing: &ClosingStores) {
     // A client that reads nothing gets its close frame dropped after CLOSE_FRAME_WAIT.
     core.sessions.ended(CLOSE_GRACE, CLOSE_FRAME_WAIT).await;
     core.stop_tasks();
+    // Each index commits what it holds; what it had not taken is fed again at the next start.
+    core.storage.close_search();
+}
+
+/// Open each shard's search index and keep it fed (NIP-50), when search is on.
+fn start_search(core: &Rc<Core>) {
+    if !core.config.search_on() {
+        return;
+    }
+    let config = Rc::new(core.config.search.clone());
+    let private: Rc<[u16]> = core.config.policy.private_kinds.clone().into();
+    for (shard, checkpoint) in core.storage.open_search(&config) {
+        let feeding = search::feed(core.storage.clone(), shard, checkpoint, config.clone(), private.clone());
+        core.own_task(glommio::spawn_local(feeding).detach());
+    }
 }
 
 /// Close the shards a core opened before its startup was abandoned.

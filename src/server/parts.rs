@@ -22,6 +22,8 @@ pub struct WireHit {
     pub created_at: u64,
     pub id: [u8; 32],
     pub json: Arc<[u8]>,
+    /// A search hit's relevance (NIP-50), best highest; 0 for other filters' hits.
+    pub score: f32,
 }
 
 impl Ordered for WireHit {

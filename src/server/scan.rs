@@ -26,6 +26,13 @@ pub async fn hits(
     let mut per_filter = Vec::with_capacity(filters.len());
     let mut bytes_left = limits.bytes_max;
     for filter in filters {
+        if filter.search.is_some() {
+            let hits =
+                super::search::hits(storage, filter, QueryLimits { bytes_max: bytes_left, ..limits }, privacy).await;
+            bytes_left = bytes_left.saturating_sub(hits.iter().map(|hit| hit.json.len()).sum());
+            per_filter.push(hits);
+            continue;
+        }
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut lists = Vec::new();
         for shard_id in storage.shard_ids() {
@@ -40,7 +47,7 @@ pub async fn hits(
                 break;
             }
             bytes_left -= json.len();
-            hits.push(WireHit { created_at: hit.created_at, id: hit.id, json: json.into() });
+            hits.push(WireHit { created_at: hit.created_at, id: hit.id, json: json.into(), score: 0.0 });
         }
         per_filter.push(hits);
     }
@@ -57,6 +64,11 @@ pub async fn ids(
     now: u64,
     privacy: &Privacy,
 ) -> Vec<(u64, [u8; 32])> {
+    if filter.search.is_some() {
+        let limits = QueryLimits { default: limit, max: limit, now, bytes_max: usize::MAX };
+        let hits = super::search::hits(storage, filter, limits, privacy).await;
+        return hits.into_iter().map(|hit| (hit.created_at, hit.id)).collect();
+    }
     let turn = queries.start_scan();
     let mut ids = Vec::new();
     for shard_id in storage.shard_ids() {
@@ -79,7 +91,8 @@ pub async fn count(
     limits: QueryLimits,
     privacy: &Privacy,
 ) -> CountPart {
-    if let [filter] = filters {
+    let searching = filters.iter().any(|filter| filter.search.is_some());
+    if let (false, [filter]) = (searching, filters) {
         if let Some(count) = count_from_index(storage, filter, privacy, limits.now) {
             stats.counts_from_index.inc();
             let limit = effective_limit(filter, limits.default, limits.max) as u64;
@@ -88,7 +101,7 @@ pub async fn count(
     }
     stats.counts_scanned.inc();
     let turn = queries.start_scan();
-    if let [filter] = filters {
+    if let (false, [filter]) = (searching, filters) {
         // One filter: its events on different shards are different events; count them
         // without keeping them.
         let limit = effective_limit(filter, limits.default, limits.max);
@@ -107,6 +120,15 @@ pub async fn count(
     for filter in filters {
         let limit = effective_limit(filter, limits.default, limits.max);
         let mut found = Vec::new();
+        if filter.search.is_some() {
+            // A search counts its best `limit`, as the index finds them.
+            let unbounded = QueryLimits { bytes_max: usize::MAX, ..limits };
+            let hits = super::search::hits(storage, filter, unbounded, privacy).await;
+            approximate |= hits.len() >= limit;
+            found.extend(hits.into_iter().map(|hit| CountedHit { created_at: hit.created_at, id: hit.id }));
+            per_filter.push(found);
+            continue;
+        }
         for shard_id in storage.shard_ids() {
             let hits = scan_shard(storage, queries, &turn, shard_id, filter, limit, limits.now, privacy).await;
             approximate |= hits.len() >= limit;

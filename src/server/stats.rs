@@ -490,6 +490,12 @@ figures! {
         plugin_starts => "plugin_starts", Counter;
         /// Events the write plugin failed to judge (timed out, died, answered nonsense), given write_plugin.on_failure's decision.
         plugin_failures => "plugin_failures", Counter;
+        /// Events committed to the search indexes (NIP-50), searchable.
+        search_indexed => "search_indexed", Counter;
+        /// Bytes of events queued to the search indexers (search.queue_bytes_max per shard).
+        search_queue_bytes => "search_queue_bytes", Gauge;
+        /// Search index writes or commits that failed (the index lags; a restart feeds it again).
+        search_failures => "search_failures", Counter;
     }
     labelled {
         /// Connections ended, by cause (address_limit, rate_limited: refused at the upgrade; blocked: a blocked address, refused or closed).

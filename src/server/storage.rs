@@ -12,6 +12,7 @@ use super::acks::AckPipeline;
 use super::ids::CoreId;
 use super::throttle::{LogThrottle, REPEATED_ERROR_LOG_INTERVAL};
 use crate::event::{ParsedEvent, VerifiedEvent};
+use crate::search::{self, LogPosition, SearchConfig, ShardSearch};
 use crate::store::{Admission, Retirements, Router, Shard, ShardFigures, ShardId, ShardState, StoreError};
 
 pub struct Storage {
@@ -30,6 +31,8 @@ pub struct Storage {
     retention_walks: RefCell<HashMap<ShardId, RetentionWalk>>,
     /// Per shard, how far eviction for size has walked.
     eviction_walks: RefCell<HashMap<ShardId, EvictionWalk>>,
+    /// Per shard, its full-text index (NIP-50), when search is on.
+    search: RefCell<HashMap<ShardId, Rc<ShardSearch>>>,
 }
 
 impl Storage {
@@ -48,7 +51,50 @@ impl Storage {
             errors: LogThrottle::new(REPEATED_ERROR_LOG_INTERVAL),
             retention_walks: RefCell::new(HashMap::new()),
             eviction_walks: RefCell::new(HashMap::new()),
+            search: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Open each shard's search index (`[search]`); a shard whose index cannot be opened is
+    /// served without search, and says so. Returns each opened index's checkpoint.
+    pub fn open_search(&self, config: &SearchConfig) -> Vec<(ShardId, Option<LogPosition>)> {
+        let mut opened = Vec::new();
+        for id in self.shard_ids() {
+            let Some(dir) = self.with_shard(id, |state| search::index::dir_of(&state.dir)) else { continue };
+            match ShardSearch::open(&dir, config.writer_memory_bytes, config.queue_bytes_max) {
+                Ok((search, checkpoint)) => {
+                    self.search.borrow_mut().insert(id, Rc::new(search));
+                    opened.push((id, checkpoint));
+                }
+                Err(error) => {
+                    tracing::error!(shard = id.0, %error, "cannot open the shard's search index; searches leave it out")
+                }
+            }
+        }
+        opened
+    }
+
+    /// A shard's search index, when it has one.
+    pub fn search_of(&self, shard: ShardId) -> Option<Rc<ShardSearch>> {
+        self.search.borrow().get(&shard).cloned()
+    }
+
+    /// The search indexes' figures, summed: (indexed, queued bytes, failures).
+    pub fn search_figures(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.search.borrow().values().fold((0, 0, 0), |(indexed, queued, failed), search| {
+            let figures = &search.figures;
+            (
+                indexed + figures.indexed.load(Relaxed),
+                queued + figures.queued_bytes.load(Relaxed) as u64,
+                failed + figures.failures.load(Relaxed),
+            )
+        })
+    }
+
+    /// Let go of the search indexes: each commits what it holds and stops.
+    pub fn close_search(&self) {
+        self.search.borrow_mut().clear();
     }
 
     /// Retire from this core's shards what outlived its kind's time (`[retention]`), at most

@@ -35,9 +35,9 @@ pub const RECORD_FLAG_ENCRYPTED: u16 = 1;
 /// Largest payload a reader believes: an event's JSON, its index fields, and the GCM tag.
 pub const RECORD_PAYLOAD_SIZE_MAX: usize = 2 * EVENT_SIZE_MAX + 64 * 1024;
 
-const _: () = assert!(RECORD_HEADER_SIZE % RECORD_ALIGN == 0);
-const _: () = assert!(SEGMENT_HEADER_SIZE % RECORD_ALIGN == 0);
-const _: () = assert!(SEAL_RECORD_SIZE % RECORD_ALIGN == 0);
+const _: () = assert!(RECORD_HEADER_SIZE.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(SEGMENT_HEADER_SIZE.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(SEAL_RECORD_SIZE.is_multiple_of(RECORD_ALIGN));
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
@@ -187,7 +187,7 @@ pub enum Slot {
 
 /// Read the record at `offset`, checking its size and checksum.
 pub fn read_slot(segment: &[u8], offset: usize) -> Slot {
-    debug_assert!(offset % RECORD_ALIGN == 0);
+    debug_assert!(offset.is_multiple_of(RECORD_ALIGN));
     let Some(header) = segment.get(offset..offset + RECORD_HEADER_SIZE) else {
         return if segment.len() <= offset || segment[offset..].iter().all(|&b| b == 0) {
             Slot::End
@@ -327,7 +327,7 @@ fn write_header(
     flags: u16,
     committed_through: u64,
 ) {
-    assert!(offset % RECORD_ALIGN == 0);
+    assert!(offset.is_multiple_of(RECORD_ALIGN));
     segment[offset..offset + 16].copy_from_slice(&typed_prefix(record_type, payload_size, flags, committed_through));
     let payload_start = offset + RECORD_HEADER_SIZE;
     let sum = checksum(&segment[offset..offset + 16], &segment[payload_start..payload_start + payload_size]);

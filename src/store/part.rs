@@ -429,7 +429,7 @@ fn check(body: &ArchivedPartBody) -> Result<u32, String> {
     let out_of_bounds = |entry: &ArchivedPartEntry| {
         entry.author.to_native() as usize >= authors
             || usize::from(entry.segment.to_native()) >= segments
-            || entry.offset.to_native() as usize % format::RECORD_ALIGN != 0
+            || !(entry.offset.to_native() as usize).is_multiple_of(format::RECORD_ALIGN)
     };
     if body.entries.iter().any(out_of_bounds) {
         return Err("an entry names no author, no segment, or no record's place".into());

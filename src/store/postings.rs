@@ -210,7 +210,7 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             // Mostly in order, a third of the time up to a day old.
-            let t = 1_000_000 + u64::from(no) - if state % 3 == 0 { state % 86_400 } else { 0 };
+            let t = 1_000_000 + u64::from(no) - if state.is_multiple_of(3) { state % 86_400 } else { 0 };
             created_at.push(t);
             let (small_before, side_before) = (postings.runs()[2].len(), postings.side_len());
             postings.insert(no, false, |n| (created_at[n as usize], n));

@@ -329,6 +329,13 @@ pub fn merge_newest_first<T: Ordered>(lists: Vec<Vec<T>>, limit: usize) -> Vec<T
     out
 }
 
+/// The union of per-filter lists in their own order (a search's hits best first), each
+/// event once.
+pub fn union_in_order<T: Ordered>(per_filter: Vec<Vec<T>>) -> Vec<T> {
+    let mut seen = std::collections::HashSet::new();
+    per_filter.into_iter().flatten().filter(|item| seen.insert(*item.id())).collect()
+}
+
 /// The answer to a whole `REQ`: the union of its filters' results, each event once, newest first.
 pub fn union_filters<T: Ordered>(per_filter: Vec<Vec<T>>) -> Vec<T> {
     let mut all: Vec<T> = per_filter.into_iter().flatten().collect();

@@ -34,7 +34,7 @@ impl AlignedBuf {
     /// 12,500 events/s on one core was 8.0–10.4 ms with huge pages and 4.1–7.0 ms without
     /// (docs/benchmarks.md); the CPU per event did not change.
     pub fn zeroed(size: usize) -> std::io::Result<AlignedBuf> {
-        assert!(size > 0 && size % BLOCK_SIZE == 0);
+        assert!(size > 0 && size.is_multiple_of(BLOCK_SIZE));
         let map = memmap2::MmapMut::map_anon(size)?;
         // Only a hint: a kernel without transparent huge pages refuses it, and has none to avoid.
         let _ = map.advise(memmap2::Advice::NoHugePage);

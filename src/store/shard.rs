@@ -77,7 +77,7 @@ pub struct ShardConfig {
 impl ShardConfig {
     pub fn new(segment_size: usize, key: Option<SegmentKey>) -> ShardConfig {
         assert!((SEGMENT_SIZE_MIN..=SEGMENT_SIZE_MAX).contains(&segment_size));
-        assert!(segment_size % BLOCK_SIZE == 0);
+        assert!(segment_size.is_multiple_of(BLOCK_SIZE));
         ShardConfig {
             segment_size,
             key,
@@ -564,6 +564,13 @@ impl ShardState {
     /// was written).
     pub fn event_json(&self, no: EventNo) -> Option<Vec<u8>> {
         self.with_record(no, |record| record.json.to_vec())
+    }
+
+    /// Where event `no` lies in the shard's log: (segment id, offset); `None` for a number
+    /// compaction dropped.
+    pub fn log_position(&self, no: EventNo) -> Option<(u32, u32)> {
+        let loc = self.index.entry(no).loc;
+        self.segments.get(loc.segment as usize).map(|segment| (segment.id, loc.offset))
     }
 
     /// Ids of the segments, oldest first, with their record counts (for compaction and tests).

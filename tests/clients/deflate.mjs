@@ -6,19 +6,13 @@
 import { Relay } from 'nostr-tools/relay'
 import { finalizeEvent, generateSecretKey } from 'nostr-tools/pure'
 import WebSocket from 'ws'
+import { check, finish, within } from './check.mjs'
 
 setTimeout(() => { console.log('FAIL the checks took over 30 s'); process.exit(2) }, 30_000).unref()
 
 const url = process.argv[2]
 const secret = generateSecretKey()
 const now = Math.floor(Date.now() / 1000)
-const within = (promise, what) =>
-  Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`no answer to ${what} in 5 s`)), 5000))])
-let failures = 0
-const check = (what, ok, detail = '') => {
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${ok ? '' : ` ${detail}`}`)
-  if (!ok) failures++
-}
 
 class Compressing extends WebSocket {
   constructor (address, protocols) { super(address, protocols, { perMessageDeflate: { threshold: 0 } }) }
@@ -81,5 +75,4 @@ check('a stored answer reads the same compressed', same(await query(reader)))
 check('and plain', same(await query(plain)))
 
 reader.close(); plain.close(); writer.close(); narrow.close()
-console.log(failures === 0 ? 'all passed' : `${failures} failed`)
-process.exit(failures === 0 ? 0 : 1)
+finish()

@@ -6,6 +6,7 @@ import { Relay, useWebSocketImplementation } from 'nostr-tools/relay'
 import { finalizeEvent, generateSecretKey, getPublicKey } from 'nostr-tools/pure'
 import { fetchRelayInformation } from 'nostr-tools/nip11'
 import WebSocket from 'ws'
+import { check, finish, within } from './check.mjs'
 
 useWebSocketImplementation(WebSocket)
 // Never hang a test run: every step below is bounded, and so is the whole.
@@ -17,14 +18,6 @@ const author = getPublicKey(secret)
 const now = Math.floor(Date.now() / 1000)
 const signed = (kind, tags, content, createdAt = now) =>
   finalizeEvent({ kind, tags, content, created_at: createdAt }, secret)
-const within = (promise, what) =>
-  Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`no answer to ${what} in 5 s`)), 5000))])
-
-let failures = 0
-const check = (what, ok, detail = '') => {
-  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${ok ? '' : ` ${detail}`}`)
-  if (!ok) failures++
-}
 const refusal = async (promise) => {
   try { await promise; return null } catch (error) { return String(error.message ?? error) }
 }
@@ -95,5 +88,4 @@ const published = await within(relay.publish(guarded), 'EVENT')
 check('the protected event is accepted from its authenticated author', published === '', published)
 
 relay.close()
-console.log(failures ? `${failures} FAILED` : 'all passed')
-process.exit(failures ? 1 : 0)
+finish()

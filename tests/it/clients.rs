@@ -34,7 +34,7 @@ pub fn installed_checks() -> PathBuf {
         std::fs::write(&installed_lock, &lock).unwrap();
     }
     // Node resolves the scripts' imports next to the scripts.
-    for script in ["nostr-tools.mjs", "nip98.mjs", "ndk-sync.mjs", "deflate.mjs"] {
+    for script in ["check.mjs", "nostr-tools.mjs", "nip98.mjs", "ndk-sync.mjs", "deflate.mjs", "search.mjs"] {
         std::fs::copy(Path::new(CHECKS).join(script), dir.join(script)).unwrap();
     }
     dir
@@ -74,4 +74,10 @@ fn node_ws_clients_with_and_without_permessage_deflate_read_the_same() {
     let (received, received_wire) =
         (stats["received_bytes"].as_u64().unwrap(), stats["received_wire_bytes"].as_u64().unwrap());
     assert!(received_wire < received, "received {received} bytes as {received_wire}");
+}
+
+#[test]
+fn nostr_tools_searches_with_nip50() {
+    let data = tempfile::tempdir().unwrap();
+    run_check("search.mjs", &Relay::start(data.path(), 2));
 }

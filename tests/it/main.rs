@@ -19,6 +19,7 @@ mod plugins;
 mod rates;
 mod relay;
 mod rules;
+mod search;
 mod startup;
 mod storage;
 mod support;

@@ -25,6 +25,9 @@ pub fn decide_open(peer: &impl Peer, config: &Config, sub: SubId, filters: Vec<F
     if let Some(refusal) = read_refusal_as(peer, config, |reason| proto::frame_neg_err(&sub, reason)) {
         return refusal;
     }
+    if filters.iter().any(|filter| filter.search.is_some()) {
+        return vec![Effect::Reply(proto::frame_neg_err(&sub, "blocked: a sync's filter cannot search (NIP-50)"))];
+    }
     match crate::hex::decode_lower_vec(message.as_bytes()) {
         Some(message) => vec![Effect::NegOpen { sub, filters, message }],
         None => vec![Effect::Reply(proto::frame_neg_err(&sub, NOT_HEX))],

@@ -16,7 +16,7 @@ use crate::server::core::Core;
 use crate::server::gather::hits_everywhere;
 use crate::server::outbox::Out;
 use crate::server::session::SubState;
-use crate::store::query::union_filters;
+use crate::store::query::{union_filters, union_in_order};
 use crate::store::Privacy;
 use crate::subs::ConnId;
 
@@ -31,6 +31,9 @@ pub fn decide(peer: &impl Peer, config: &Config, sub_id: SubId, filters: Vec<Fil
     if let Some(refusal) = read_refusal(peer, config, &sub_id) {
         return refusal;
     }
+    if let Some(refusal) = search_refusal(config, &sub_id, &filters) {
+        return refusal;
+    }
     let max = config.limits.subscriptions_per_connection_max;
     let (open, replaces) = peer.subscriptions(&sub_id);
     if !replaces && open >= max {
@@ -38,6 +41,13 @@ pub fn decide(peer: &impl Peer, config: &Config, sub_id: SubId, filters: Vec<Fil
         return vec![Effect::Reply(proto::frame_closed(&sub_id, &reason))];
     }
     vec![Effect::Subscribe { sub: sub_id, filters }]
+}
+
+/// A `search` filter on a relay that does not serve NIP-50: `CLOSED "unsupported: ..."`.
+pub fn search_refusal(config: &Config, sub_id: &SubId, filters: &[Filter]) -> Option<Vec<Effect>> {
+    let asks = filters.iter().any(|filter| filter.search.is_some());
+    (asks && !config.search_on())
+        .then(|| vec![Effect::Reply(proto::frame_closed(sub_id, "unsupported: search (NIP-50) is off on this relay"))])
 }
 
 /// Open (or replace) the subscription, and answer it with a query the connection owns.
@@ -65,7 +75,10 @@ async fn serve(core: Rc<Core>, request: Request, filters: Vec<Filter>) {
     let hits = {
         let _slot = core.query_slot(conn).await;
         let limits = core.query_limits();
-        let mut hits = union_filters(hits_everywhere(core.scatter(), filters.into(), limits, privacy).await);
+        let searching = filters.iter().any(|filter| filter.search.is_some());
+        let per_filter = hits_everywhere(core.scatter(), filters.into(), limits, privacy).await;
+        // A search's hits go best first; other filters' newest first.
+        let mut hits = if searching { union_in_order(per_filter) } else { union_filters(per_filter) };
         let mut bytes = 0;
         let kept = hits
             .iter()

@@ -17,7 +17,7 @@ fn the_memory_figure_is_kept_without_a_walk() {
         let tag = format!("t{}", i % 13);
         let d = format!("d{}", i % 5);
         let tags: Vec<(u8, &[u8])> = vec![(b't', tag.as_bytes()), (b'd', d.as_bytes())];
-        let kind = if i % 3 == 0 { 30_023 } else { 1 };
+        let kind = if i.is_multiple_of(3) { 30_023 } else { 1 };
         let facts = Facts { id: &id, pubkey: &pubkey, created_at, kind, expiration: None, tags: &tags };
         if let Admit::Store { kills } = index.admit(&facts, 0) {
             let loc = Loc { segment: 0, offset: 0 };

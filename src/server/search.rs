@@ -1,0 +1,174 @@
+//! NIP-50 on one core: each of its shards' search index kept fed from the shard's log by a
+//! task ([`feed`]), and a search filter's best hits found over them ([`hits`]).
+//!
+//! Feeding follows the shard's durable events in log order, so an event is searchable
+//! shortly after its OK (the index commits at most a second later), and a restart goes on
+//! from the index's checkpoint; the store is never held up by it. A search reads the
+//! index off the core, then takes each hit from the store as a REQ would: only what is
+//! visible now (durable, live, not expired), what the filter's other fields allow, and
+//! what the reader may see.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::parts::{QueryLimits, WireHit};
+use super::storage::Storage;
+use crate::filter::{Filter, Matchable};
+use crate::limits::SEARCH_OVERFETCH_FACTOR;
+use crate::search::{Doc, LogPosition, SearchConfig, ShardSearch};
+use crate::store::query::RecordSource;
+use crate::store::{effective_limit, Privacy, ShardId};
+
+/// Events looked at per step of feeding, between yields.
+const FEED_STEP_COUNT: u32 = 256;
+/// How often feeding looks for new durable events, or for room in the indexer's queue.
+const FEED_PAUSE: Duration = Duration::from_millis(20);
+
+/// Keep `shard`'s index fed from its log, from the start (skipping what the checkpoint
+/// says it has), until the shard closes.
+pub async fn feed(
+    storage: Rc<Storage>,
+    shard: ShardId,
+    checkpoint: Option<LogPosition>,
+    config: Rc<SearchConfig>,
+    private_kinds: Rc<[u16]>,
+) {
+    let Some(search) = storage.search_of(shard) else { return };
+    let mut next = 0;
+    loop {
+        let step = storage.with_shard(shard, |state| {
+            let durable = state.index.durable_count();
+            let end = durable.min(next + FEED_STEP_COUNT);
+            while next < end && search.has_room() {
+                if let Some(doc) = doc_of(state, next, checkpoint, &config, &private_kinds) {
+                    search.add(doc);
+                }
+                next += 1;
+            }
+            next < durable
+        });
+        match step {
+            None => return,
+            Some(true) if search.has_room() => glommio::executor().yield_if_needed().await,
+            Some(_) => glommio::timer::sleep(FEED_PAUSE).await,
+        }
+    }
+}
+
+/// What to index of event `no`: `None` when it is not to be (a kind not indexed or private,
+/// dead, or already indexed before the checkpoint).
+fn doc_of(
+    state: &crate::store::ShardState,
+    no: u32,
+    checkpoint: Option<LogPosition>,
+    config: &SearchConfig,
+    private_kinds: &[u16],
+) -> Option<Doc> {
+    let entry = state.index.entry(no);
+    if entry.is_dead() || !config.kinds.contains(&entry.kind) || private_kinds.contains(&entry.kind) {
+        return None;
+    }
+    let (segment, offset) = state.log_position(no)?;
+    let at = LogPosition { segment, offset };
+    // Within the checkpoint's segment, compaction may have moved records: look each up.
+    let dedupe = match checkpoint {
+        Some(checkpoint) if segment < checkpoint.segment => return None,
+        Some(checkpoint) => segment == checkpoint.segment,
+        None => false,
+    };
+    let json = state.event_json(no)?;
+    let text = crate::search::text::searchable_text_of_json(std::str::from_utf8(&json).ok()?)?;
+    Some(Doc { id: entry.id, created_at: entry.created_at, text, at, dedupe })
+}
+
+/// The best `limit` events of this core's shards for a search filter, best first, with
+/// their JSON (at most `limits.bytes_max` of it).
+pub async fn hits(storage: &Rc<Storage>, filter: &Filter, limits: QueryLimits, privacy: &Privacy) -> Vec<WireHit> {
+    let Some(query) = filter.search.clone() else { return Vec::new() };
+    let limit = effective_limit(filter, limits.default, limits.max);
+    let rest = filter.without_search();
+    let mut found = Vec::new();
+    for shard in storage.shard_ids() {
+        let Some(search) = storage.search_of(shard) else { continue };
+        let searching = search.searching();
+        let query = query.clone();
+        let top = limit.saturating_mul(SEARCH_OVERFETCH_FACTOR);
+        let best = glommio::executor().spawn_blocking(move || searching.search(&query, top, limits.now)).await;
+        let Ok(best) = best else {
+            tracing::warn!(shard = shard.0, "a search of the shard's index failed");
+            continue;
+        };
+        let taken = storage.with_shard(shard, |state| {
+            let mut taken = Vec::new();
+            for (score, id) in best {
+                let visible = state.index.lookup_id(&id).filter(|&no| state.index.is_visible(no, limits.now));
+                let Some(no) = visible else {
+                    // Retired since it was indexed (deleted, replaced, expired, banned).
+                    forget_unless_pending(state, &search, id);
+                    continue;
+                };
+                let allowed = state.with_record(no, |record| {
+                    rest.matches(record) && privacy.allows(record.kind(), record.pubkey(), |v| record.has_tag(b'p', v))
+                });
+                if allowed == Some(true) {
+                    let json = state.event_json(no).unwrap_or_default();
+                    let created_at = state.index.created_at(no);
+                    taken.push(WireHit { created_at, id, json: json.into(), score });
+                }
+                if taken.len() == limit {
+                    break;
+                }
+            }
+            taken
+        });
+        found.extend(taken.unwrap_or_default());
+    }
+    let mut best = merge_by_score(vec![found], limit);
+    let mut bytes = 0;
+    best.retain(|hit| {
+        bytes += hit.json.len();
+        bytes <= limits.bytes_max
+    });
+    best
+}
+
+/// Forget `id` in the index unless the store still holds it and it may become visible
+/// (an event not durable yet is indexed only once it is, so this is one retired).
+fn forget_unless_pending(state: &crate::store::ShardState, search: &ShardSearch, id: [u8; 32]) {
+    let pending = state.index.lookup_id(&id).is_some_and(|no| no >= state.index.durable_count());
+    if !pending {
+        search.delete(id);
+    }
+}
+
+/// Lists of scored hits merged, best first (ties: newest, then lowest id), each event once,
+/// the first `limit`.
+pub fn merge_by_score(lists: Vec<Vec<WireHit>>, limit: usize) -> Vec<WireHit> {
+    let mut all: Vec<WireHit> = lists.into_iter().flatten().collect();
+    all.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.created_at.cmp(&a.created_at)).then(a.id.cmp(&b.id)));
+    let mut seen = std::collections::HashSet::with_capacity(all.len());
+    all.retain(|hit| seen.insert(hit.id));
+    all.truncate(limit);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scored(score: f32, created_at: u64, id: u8) -> WireHit {
+        WireHit { created_at, id: [id; 32], json: Vec::new().into(), score }
+    }
+
+    #[test]
+    fn merged_best_first_then_newest_then_lowest_id_each_once() {
+        let lists = vec![
+            vec![scored(3.0, 10, 1), scored(1.0, 10, 2)],
+            vec![scored(2.0, 10, 3), scored(1.0, 20, 4), scored(1.0, 10, 0)],
+            vec![scored(3.0, 10, 1)],
+        ];
+        let merged: Vec<u8> = merge_by_score(lists, 10).iter().map(|hit| hit.id[0]).collect();
+        assert_eq!(merged, [1, 3, 4, 0, 2]);
+        assert_eq!(merge_by_score(vec![vec![scored(1.0, 1, 1), scored(2.0, 1, 2)]], 1)[0].id[0], 2);
+    }
+}
