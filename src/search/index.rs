@@ -127,19 +127,34 @@ impl ShardSearch {
             .num_worker_threads(1)
             .num_merge_threads(1)
             .build();
-        let writer: IndexWriter = index.writer_with_options(options)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let searching = Searching { reader, fields };
         let figures = Arc::new(SearchFigures::default());
         let (jobs, receiver) = mpsc::channel();
+        let (ready, started) = mpsc::sync_channel(1);
         let thread = {
             let (searching, figures) = (searching.clone(), figures.clone());
             let name = format!(
                 "search-{}",
                 dir.parent().and_then(Path::file_name).map_or(String::new(), |n| n.to_string_lossy().into_owned())
             );
-            std::thread::Builder::new().name(name).spawn(move || write(writer, searching, receiver, &figures))?
+            // The writer, and the threads tantivy starts for it (which inherit its CPUs and
+            // priority), run on any CPU the process may use, at the lowest priority: a core
+            // and its commits go first.
+            std::thread::Builder::new().name(name).spawn(move || {
+                off_the_cores();
+                crate::store::background::at_lowest_priority(|| match index.writer_with_options(options) {
+                    Ok(writer) => {
+                        let _ = ready.send(Ok(()));
+                        write(writer, searching, receiver, &figures);
+                    }
+                    Err(error) => {
+                        let _ = ready.send(Err(error));
+                    }
+                })
+            })?
         };
+        started.recv().map_err(|_| anyhow::anyhow!("the search writer thread ended at its start"))??;
         let search = ShardSearch { searching, jobs: Some(jobs), figures, queue_bytes_max, thread: Some(thread) };
         Ok((search, checkpoint))
     }
@@ -180,6 +195,20 @@ impl Drop for ShardSearch {
         self.jobs = None;
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Let the calling thread run on every CPU the process may (a core's thread that starts it
+/// is pinned to one).
+fn off_the_cores() {
+    // SAFETY: sched_getaffinity of the process's main thread into a zeroed set of its size,
+    // then sched_setaffinity of the calling thread (0) to it; a failure leaves the thread
+    // where it was.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(libc::getpid(), std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }
 }
