@@ -17,7 +17,8 @@ const NOW: u64 = 1_800_000_000;
 
 /// The word of rank `rank`: letters from its number, so that every word is distinct.
 fn word(rank: usize) -> String {
-    const SYLLABLES: [&str; 16] = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ba", "de", "fu", "gi", "ho", "ja", "po", "ze"];
+    const SYLLABLES: [&str; 16] =
+        ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ba", "de", "fu", "gi", "ho", "ja", "po", "ze"];
     let mut n = rank + 16;
     let mut out = String::new();
     while n > 0 {
@@ -96,7 +97,9 @@ fn main() {
         ("one typical word", (0..QUERIES).map(|_| words[rng.gen_range(100..5000)].clone()).collect()),
         (
             "two typical words",
-            (0..QUERIES).map(|_| format!("{} {}", words[rng.gen_range(100..5000)], words[rng.gen_range(100..5000)])).collect(),
+            (0..QUERIES)
+                .map(|_| format!("{} {}", words[rng.gen_range(100..5000)], words[rng.gen_range(100..5000)]))
+                .collect(),
         ),
     ];
     let phrases = samples

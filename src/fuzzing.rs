@@ -107,3 +107,46 @@ pub fn relay_message(bytes: &[u8]) {
         let _ = client.reconcile_with_ids(bytes, &mut have, &mut need);
     }
 }
+
+/// A NIP-50 `search` value from a client, and text to match it against: the query is
+/// refused or read, and a query read from text matches that text (live matching agrees
+/// with what the words say). The first line is the query, the rest the text.
+pub fn search_query(bytes: &[u8]) {
+    let Ok(text) = std::str::from_utf8(bytes) else { return };
+    let (query, body) = text.split_once('\n').unwrap_or((text, ""));
+    if let Ok(parsed) = crate::search::SearchQuery::parse(query) {
+        let _ = parsed.matches(body);
+        // The query's own text, its quotes and extensions left out, holds what it asks for.
+        let own: Vec<&str> = query
+            .split('"')
+            .enumerate()
+            .flat_map(|(n, piece)| match n % 2 {
+                1 => vec![piece],
+                _ => piece.split_whitespace().filter(|word| !parsed.extensions.iter().any(|e| e == word)).collect(),
+            })
+            .collect();
+        assert!(parsed.matches(&own.join(" ")), "{parsed:?}");
+    }
+    let _ = crate::search::text::searchable_text_of_json(body);
+}
+
+/// What a client sends on a connection that agreed to permessage-deflate: its offer (the
+/// first line) negotiated, and the rest inflated within a small limit. A bomb or garbage is
+/// an error; a panic, or an output over the limit, is the bug.
+pub fn compressed_message(bytes: &[u8]) {
+    use crate::deflate::{negotiate, Codec, CompressionConfig, Mode};
+    let split = bytes.iter().position(|&b| b == b'\n').unwrap_or(bytes.len());
+    if let Ok(offer) = std::str::from_utf8(&bytes[..split]) {
+        for mode in [Mode::Shared, Mode::Context] {
+            let config = CompressionConfig { mode, ..CompressionConfig::default() };
+            if let Some(agreed) = negotiate(offer, &config, true) {
+                assert!(agreed.response().starts_with("permessage-deflate"));
+            }
+        }
+    }
+    let payload = bytes.get(split + 1..).unwrap_or_default();
+    let mut codec = Codec::new(6);
+    if let Ok(out) = codec.inflate(payload, 4096) {
+        assert!(out.len() <= 4096);
+    }
+}

@@ -94,9 +94,8 @@ pub async fn hits(storage: &Rc<Storage>, filter: &Filter, limits: QueryLimits, p
         let query = query.clone();
         let top = limit.saturating_mul(SEARCH_OVERFETCH_FACTOR);
         // At the lowest priority: on the core's CPU, the core goes first.
-        let search_off_core = move || {
-            crate::store::background::at_lowest_priority(|| searching.search(&query, top, limits.now))
-        };
+        let search_off_core =
+            move || crate::store::background::at_lowest_priority(|| searching.search(&query, top, limits.now));
         let best = glommio::executor().spawn_blocking(search_off_core).await;
         let Ok(best) = best else {
             tracing::warn!(shard = shard.0, "a search of the shard's index failed");

@@ -51,3 +51,13 @@ fn client_message_inputs() {
 fn framed_records_inputs() {
     replay("framed_records", ringrelay::fuzzing::framed_records);
 }
+
+#[test]
+fn search_query_inputs() {
+    replay("search_query", ringrelay::fuzzing::search_query);
+}
+
+#[test]
+fn compressed_message_inputs() {
+    replay("compressed_message", ringrelay::fuzzing::compressed_message);
+}
