@@ -154,6 +154,8 @@ pub const SEARCH_TERMS_MAX: usize = 16;
 /// A search asks each shard's index for this many times its `limit` of best hits, so that
 /// hits the filter's other fields or the read rules turn away leave enough.
 pub const SEARCH_OVERFETCH_FACTOR: usize = 4;
+/// The most hits one search asks of a shard's index, however many the store turns away.
+pub const SEARCH_HITS_MAX: usize = 20_000;
 /// Most documents a shard's search indexer holds before it commits them.
 pub const SEARCH_COMMIT_COUNT: usize = 10_000;
 /// Longest an indexed event waits to be committed (searchable).

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::parts::{QueryLimits, WireHit};
 use super::storage::Storage;
 use crate::filter::{Filter, Matchable};
-use crate::limits::SEARCH_OVERFETCH_FACTOR;
+use crate::limits::{SEARCH_HITS_MAX, SEARCH_OVERFETCH_FACTOR};
 use crate::search::{Doc, LogPosition, SearchConfig, ShardSearch};
 use crate::store::query::RecordSource;
 use crate::store::{effective_limit, Privacy, ShardId};
@@ -90,41 +90,29 @@ pub async fn hits(storage: &Rc<Storage>, filter: &Filter, limits: QueryLimits, p
     let mut found = Vec::new();
     for shard in storage.shard_ids() {
         let Some(search) = storage.search_of(shard) else { continue };
-        let searching = search.searching();
-        let query = query.clone();
-        let top = limit.saturating_mul(SEARCH_OVERFETCH_FACTOR);
-        // At the lowest priority: on the core's CPU, the core goes first.
-        let search_off_core =
-            move || crate::store::background::at_lowest_priority(|| searching.search(&query, top, limits.now));
-        let best = glommio::executor().spawn_blocking(search_off_core).await;
-        let Ok(best) = best else {
-            tracing::warn!(shard = shard.0, "a search of the shard's index failed");
-            continue;
-        };
-        let taken = storage.with_shard(shard, |state| {
-            let mut taken = Vec::new();
-            for (score, id) in best {
-                let visible = state.index.lookup_id(&id).filter(|&no| state.index.is_visible(no, limits.now));
-                let Some(no) = visible else {
-                    // Retired since it was indexed (deleted, replaced, expired, banned).
-                    forget_unless_pending(state, &search, id);
-                    continue;
-                };
-                let allowed = state.with_record(no, |record| {
-                    rest.matches(record) && privacy.allows(record.kind(), record.pubkey(), |v| record.has_tag(b'p', v))
-                });
-                if allowed == Some(true) {
-                    let json = state.event_json(no).unwrap_or_default();
-                    let created_at = state.index.created_at(no);
-                    taken.push(WireHit { created_at, id, json: json.into(), score });
-                }
-                if taken.len() == limit {
-                    break;
-                }
+        // Hits the store turns away (retired, other fields, private) leave fewer than
+        // `limit`: ask the index again for more, up to SEARCH_HITS_MAX.
+        let mut top = limit.saturating_mul(SEARCH_OVERFETCH_FACTOR).min(SEARCH_HITS_MAX);
+        loop {
+            let searching = search.searching();
+            let query = query.clone();
+            // At the lowest priority: on the core's CPU, the core goes first.
+            let search_off_core =
+                move || crate::store::background::at_lowest_priority(|| searching.search(&query, top, limits.now));
+            let Ok(best) = glommio::executor().spawn_blocking(search_off_core).await else {
+                tracing::warn!(shard = shard.0, "a search of the shard's index failed");
+                break;
+            };
+            let exhausted = best.len() < top || top >= SEARCH_HITS_MAX;
+            let taken =
+                storage.with_shard(shard, |state| take_hits(state, &search, best, &rest, privacy, limits.now, limit));
+            let taken = taken.unwrap_or_default();
+            if taken.len() >= limit || exhausted {
+                found.extend(taken);
+                break;
             }
-            taken
-        });
-        found.extend(taken.unwrap_or_default());
+            top = top.saturating_mul(SEARCH_OVERFETCH_FACTOR).min(SEARCH_HITS_MAX);
+        }
     }
     let mut best = merge_by_score(vec![found], limit);
     let mut bytes = 0;
@@ -133,6 +121,39 @@ pub async fn hits(storage: &Rc<Storage>, filter: &Filter, limits: QueryLimits, p
         bytes <= limits.bytes_max
     });
     best
+}
+
+/// The first `limit` of the index's `best` that the store serves to this reader: visible
+/// now, matching the filter's other fields (`rest`), allowed by `privacy`.
+fn take_hits(
+    state: &crate::store::ShardState,
+    search: &ShardSearch,
+    best: Vec<(f32, [u8; 32])>,
+    rest: &Filter,
+    privacy: &Privacy,
+    now: u64,
+    limit: usize,
+) -> Vec<WireHit> {
+    let mut taken = Vec::new();
+    for (score, id) in best {
+        let visible = state.index.lookup_id(&id).filter(|&no| state.index.is_visible(no, now));
+        let Some(no) = visible else {
+            // Retired since it was indexed (deleted, replaced, expired, banned).
+            forget_unless_pending(state, search, id);
+            continue;
+        };
+        let allowed = state.with_record(no, |record| {
+            rest.matches(record) && privacy.allows(record.kind(), record.pubkey(), |v| record.has_tag(b'p', v))
+        });
+        if allowed == Some(true) {
+            let json = state.event_json(no).unwrap_or_default();
+            taken.push(WireHit { created_at: state.index.created_at(no), id, json: json.into(), score });
+        }
+        if taken.len() == limit {
+            break;
+        }
+    }
+    taken
 }
 
 /// Forget `id` in the index unless the store still holds it and it may become visible

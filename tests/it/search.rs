@@ -98,6 +98,20 @@ fn what_the_store_retires_or_hides_is_never_found_and_live_events_match() {
     assert_eq!(found, [id_of(&kept)], "deleted and private events are not found");
     assert_eq!(search_until(&mut client, json!({"search": "painter"}), &[id_of(&new_profile)]), [id_of(&new_profile)]);
     assert!(client.req("s", &[json!({"search": "builder"})]).is_empty(), "a replaced version is not found");
+    // Versions retired after they were indexed, ranked above the live one: a search with
+    // `limit: 1` still finds the live one (the index is asked again for more).
+    let writer = keys(1612);
+    for version in 0..5u64 {
+        let words = if version < 4 { "zanzibar zanzibar zanzibar" } else { "zanzibar" };
+        let content = json!({"name": format!("{words} version{version}")}).to_string();
+        let profile = signed(&writer, 0, t - 100 + version, &[], &content);
+        assert!(client.publish(&profile).0);
+        let unique = json!({"search": format!("version{version}")});
+        assert_eq!(search_until(&mut client, unique, &[id_of(&profile)]), [id_of(&profile)]);
+        if version == 4 {
+            assert_eq!(ids(&client.req("s", &[json!({"search": "zanzibar", "limit": 1})])), [id_of(&profile)]);
+        }
+    }
     // A live subscription with a search gets new events that match, and only those.
     assert!(client.req("live", &[json!({"search": "breaking news"})]).is_empty());
     let mut publisher = relay.connect();
