@@ -307,8 +307,8 @@ fn commit(writer: &mut IndexWriter, checkpoint: Option<LogPosition>) -> tantivy:
 }
 
 impl Searching {
-    /// The `top` best events for `query`, best first: (score, id). The text score (BM25)
-    /// is weighed by recency, 0.5 + 0.5 × 2^(−age / 30 days).
+    /// The `top` best events for `query`, best first: (score, id). The text score (BM25,
+    /// with [`FixedStatistics`]) is weighed by recency, 0.5 + 0.5 × 2^(−age / 30 days).
     pub fn search(&self, query: &SearchQuery, top: usize, now: u64) -> tantivy::Result<Vec<(Score, [u8; 32])>> {
         let text = self.fields.text;
         let groups: Vec<(Occur, Box<dyn Query>)> = query
@@ -333,7 +333,8 @@ impl Searching {
             }
         });
         let searcher = self.reader.searcher();
-        let hits: Vec<(Score, DocAddress)> = searcher.search(&query, &collector)?;
+        let hits: Vec<(Score, DocAddress)> =
+            searcher.search_with_statistics_provider(&query, &collector, &FixedStatistics)?;
         let mut found = Vec::with_capacity(hits.len());
         for (score, address) in hits {
             let document: TantivyDocument = searcher.doc(address)?;
@@ -349,6 +350,29 @@ impl Searching {
     /// Documents in the index as last committed (dead ones not yet merged away included).
     pub fn doc_count(&self) -> u64 {
         self.reader.searcher().num_docs()
+    }
+}
+
+/// The collection statistics BM25 is computed with: the same for every shard, so that the
+/// scores of hits from different shards and cores compare (each shard's own would weigh
+/// the same note differently by what else that shard holds). Every term weighs the same
+/// (a search needs all its terms anyway), and a note's length is measured against
+/// [`TYPICAL_NOTE_TERMS`].
+struct FixedStatistics;
+
+/// The length, in terms, against which BM25 measures a note's.
+const TYPICAL_NOTE_TERMS: u64 = 32;
+const NOMINAL_DOCS: u64 = 1_000_000;
+
+impl tantivy::query::Bm25StatisticsProvider for FixedStatistics {
+    fn total_num_tokens(&self, _field: Field) -> tantivy::Result<u64> {
+        Ok(NOMINAL_DOCS * TYPICAL_NOTE_TERMS)
+    }
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(NOMINAL_DOCS)
+    }
+    fn doc_freq(&self, _term: &Term) -> tantivy::Result<u64> {
+        Ok(NOMINAL_DOCS / 100)
     }
 }
 
@@ -407,6 +431,24 @@ mod tests {
         let searching = search.searching();
         assert_eq!(searching.doc_count(), 4);
         assert_eq!(ids(&searching.search(&SearchQuery::parse("relay").unwrap(), 10, now).unwrap()), [2, 3]);
+    }
+
+    #[test]
+    fn scores_from_shards_that_hold_different_notes_compare() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        let open = |name: &str| ShardSearch::open(&dir.path().join(name), 0, 1 << 20).unwrap().0;
+        let (crowded, alone) = (open("a"), open("b"));
+        // The better note sits among many that share its words; the weaker one alone.
+        crowded.add(doc(1, now, "wombats dig burrows, wombats dig all night"));
+        for n in 2..120 {
+            crowded.add(doc(n, now, &format!("wombats dig number {n} with a long tail of other words")));
+        }
+        alone.add(doc(200, now, "wombats never dig on sundays"));
+        drop((crowded, alone));
+        let query = SearchQuery::parse("wombats dig").unwrap();
+        let best = |name: &str| open(name).searching().search(&query, 1, now).unwrap()[0].0;
+        assert!(best("a") > best("b"), "{} vs {}", best("a"), best("b"));
     }
 
     #[test]
