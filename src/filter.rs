@@ -64,9 +64,9 @@ pub trait Matchable {
     fn kind(&self) -> u16;
     /// Whether a tag named `letter` has `value` as its first value.
     fn has_tag(&self, letter: u8, value: &[u8]) -> bool;
-    /// What a search reads of the event (`search::text::searchable_text`); `None` when it
-    /// cannot be read, and then no search matches it.
-    fn search_text(&self) -> Option<String>;
+    /// The terms a search reads in the event (`search::text::searchable_text`, analyzed),
+    /// in order; `None` when it cannot be read, and then no search matches it.
+    fn search_terms(&self) -> Option<std::borrow::Cow<'_, [String]>>;
 }
 
 impl Filter {
@@ -107,7 +107,10 @@ impl Filter {
             && self.ids.as_ref().is_none_or(|ids| ids.iter().any(|id| &id.0 == event.id()))
             && self.authors.as_ref().is_none_or(|authors| authors.iter().any(|a| &a.0 == event.pubkey()))
             && self.matches_tags(event)
-            && self.search.as_ref().is_none_or(|query| event.search_text().is_some_and(|text| query.matches(&text)))
+            && self
+                .search
+                .as_ref()
+                .is_none_or(|query| event.search_terms().is_some_and(|terms| query.matches_terms(&terms)))
     }
 
     /// The filter without its search: what a search's hits must also pass.
@@ -187,8 +190,8 @@ impl Matchable for crate::event::VerifiedEvent {
     fn has_tag(&self, letter: u8, value: &[u8]) -> bool {
         self.index_tags().iter().any(|tag| tag.letter == letter && &tag.value[..] == value)
     }
-    fn search_text(&self) -> Option<String> {
-        crate::search::text::searchable_text_of_json(self.json())
+    fn search_terms(&self) -> Option<std::borrow::Cow<'_, [String]>> {
+        crate::search::text::search_terms_of_json(self.json()).map(std::borrow::Cow::Owned)
     }
 }
 

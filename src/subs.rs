@@ -26,6 +26,8 @@ pub struct LiveEvent {
     /// `<json>]` deflated on its own, once, for every recipient that takes compressed
     /// frames (permessage-deflate's shared mode); `None` when it would not be smaller.
     packed: OnceLock<Option<Box<[u8]>>>,
+    /// Its search terms (NIP-50), for live search subscriptions.
+    search_terms: OnceLock<Option<Vec<String>>>,
 }
 
 impl LiveEvent {
@@ -49,13 +51,16 @@ impl LiveEvent {
             kind: event.kind(),
             tags: event.index_tags().iter().map(|t| (t.letter, t.value.clone())).collect(),
             packed: OnceLock::new(),
+            search_terms: OnceLock::new(),
         }
     }
 }
 
 impl Matchable for LiveEvent {
-    fn search_text(&self) -> Option<String> {
-        crate::search::text::searchable_text_of_json(&self.json)
+    /// Analyzed once, by the first search subscription that looks, for all of them.
+    fn search_terms(&self) -> Option<std::borrow::Cow<'_, [String]>> {
+        let terms = self.search_terms.get_or_init(|| crate::search::text::search_terms_of_json(&self.json));
+        terms.as_deref().map(std::borrow::Cow::Borrowed)
     }
     fn id(&self) -> &[u8; 32] {
         &self.id
@@ -300,6 +305,7 @@ mod tests {
                             .map(|_| (b"tp"[rng.below(2) as usize], vec![b'a' + rng.below(3) as u8].into()))
                             .collect(),
                         packed: OnceLock::new(),
+                        search_terms: OnceLock::new(),
                     };
                     let mut got = Vec::new();
                     index.matches(&event, &mut got);

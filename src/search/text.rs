@@ -185,7 +185,11 @@ impl SearchQuery {
 
     /// Whether `text` (an event's [`searchable_text`]) holds every group.
     pub fn matches(&self, text: &str) -> bool {
-        let found = terms(&mut analyzer(), text);
+        self.matches_terms(&terms(&mut analyzer(), text))
+    }
+
+    /// Whether an event's analyzed terms, in order, hold every group.
+    pub fn matches_terms(&self, found: &[String]) -> bool {
         self.groups.iter().all(|group| found.windows(group.len()).any(|window| window == group.as_slice()))
     }
 }
@@ -212,6 +216,11 @@ fn profile_text(content: &str) -> String {
         .filter_map(|key| profile.get(*key).and_then(|value| value.as_str()))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The analyzed terms of an event's JSON's [`searchable_text`]; `None` when it does not parse.
+pub fn search_terms_of_json(json: &str) -> Option<Vec<String>> {
+    Some(terms(&mut analyzer(), &searchable_text_of_json(json)?))
 }
 
 /// [`searchable_text`] of an event's JSON; `None` when it does not parse.

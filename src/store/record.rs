@@ -74,8 +74,9 @@ impl Matchable for ArchivedRecord {
     fn has_tag(&self, letter: u8, value: &[u8]) -> bool {
         self.tags.iter().any(|tag| tag.letter == letter && tag.value.as_slice() == value)
     }
-    fn search_text(&self) -> Option<String> {
-        crate::search::text::searchable_text_of_json(std::str::from_utf8(self.json.as_slice()).ok()?)
+    fn search_terms(&self) -> Option<std::borrow::Cow<'_, [String]>> {
+        let json = std::str::from_utf8(self.json.as_slice()).ok()?;
+        crate::search::text::search_terms_of_json(json).map(std::borrow::Cow::Owned)
     }
 }
 
