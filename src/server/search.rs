@@ -97,8 +97,14 @@ pub async fn hits(storage: &Rc<Storage>, filter: &Filter, limits: QueryLimits, p
             let searching = search.searching();
             let query = query.clone();
             // At the lowest priority: on the core's CPU, the core goes first.
-            let search_off_core =
-                move || crate::store::background::at_lowest_priority(|| searching.search(&query, top, limits.now));
+            // A panic inside tantivy is this search's failure, not the core's.
+            let search_off_core = move || {
+                crate::store::background::at_lowest_priority(|| {
+                    let search = || searching.search(&query, top, limits.now).map_err(|error| error.to_string());
+                    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(search));
+                    caught.unwrap_or_else(|_| Err("panicked".to_owned()))
+                })
+            };
             let Ok(best) = glommio::executor().spawn_blocking(search_off_core).await else {
                 tracing::warn!(shard = shard.0, "a search of the shard's index failed");
                 break;
