@@ -156,6 +156,9 @@ pub const SEARCH_TERMS_MAX: usize = 16;
 pub const SEARCH_OVERFETCH_FACTOR: usize = 4;
 /// The most hits one search asks of a shard's index, however many the store turns away.
 pub const SEARCH_HITS_MAX: usize = 20_000;
+/// Retired events a shard remembers for its search index to forget (4 bytes each); past it
+/// the oldest are let go, and the index forgets them when a search meets them instead.
+pub const RETIRED_LOG_COUNT_MAX: usize = 1 << 20;
 /// Most documents a shard's search indexer holds before it commits them.
 pub const SEARCH_COMMIT_COUNT: usize = 10_000;
 /// Longest an indexed event waits to be committed (searchable).

@@ -81,6 +81,8 @@ pub struct SearchFigures {
     pub indexed: AtomicU64,
     /// Commits or writes that failed (the index lags; a restart rebuilds what it lacks).
     pub failures: AtomicU64,
+    /// Documents in the index as of its last commit.
+    pub documents: AtomicU64,
 }
 
 /// A shard's index: searched through [`Searching`], fed through [`ShardSearch::add`].
@@ -170,8 +172,9 @@ impl ShardSearch {
         self.send(Job::Add(doc));
     }
 
-    /// Forget event `id` (a hit the store no longer serves).
+    /// Forget event `id` (one the store retired).
     pub fn delete(&self, id: [u8; 32]) {
+        self.figures.queued_bytes.fetch_add(DOC_OVERHEAD_SIZE, Ordering::Relaxed);
         self.send(Job::Delete(id));
     }
 
@@ -269,6 +272,7 @@ fn write(mut writer: IndexWriter, searching: Searching, jobs: mpsc::Receiver<Job
                 false
             }
             Ok(Job::Delete(id)) => {
+                figures.queued_bytes.fetch_sub(DOC_OVERHEAD_SIZE, Ordering::Relaxed);
                 writer.delete_term(Term::from_field_bytes(searching.fields.id, &id));
                 pending += 1;
                 false
@@ -283,6 +287,7 @@ fn write(mut writer: IndexWriter, searching: Searching, jobs: mpsc::Receiver<Job
                 Ok(()) => {
                     figures.indexed.fetch_add(added, Ordering::Relaxed);
                     let _ = searching.reader.reload();
+                    figures.documents.store(searching.doc_count(), Ordering::Relaxed);
                 }
                 Err(error) => {
                     figures.failures.fetch_add(1, Ordering::Relaxed);

@@ -36,6 +36,14 @@ pub async fn feed(
     let Some(search) = storage.search_of(shard) else { return };
     let mut next = 0;
     loop {
+        // What the store retired (deleted, replaced, vanished, banned, swept) leaves the index.
+        let retired =
+            if search.has_room() { storage.take_retired(shard, FEED_STEP_COUNT as usize) } else { Vec::new() };
+        for (id, kind) in retired {
+            if config.kinds.contains(&kind) {
+                search.delete(id);
+            }
+        }
         let step = storage.with_shard(shard, |state| {
             let durable = state.index.durable_count();
             let end = durable.min(next + FEED_STEP_COUNT);

@@ -496,6 +496,8 @@ figures! {
         search_queue_bytes => "search_queue_bytes", Gauge;
         /// Search index writes or commits that failed (the index lags; a restart feeds it again).
         search_failures => "search_failures", Counter;
+        /// Documents in the search indexes as of their last commits.
+        search_documents => "search_documents", Gauge;
     }
     labelled {
         /// Connections ended, by cause (address_limit, rate_limited: refused at the upgrade; blocked: a blocked address, refused or closed).

@@ -63,6 +63,9 @@ impl Storage {
             let Some(dir) = self.with_shard(id, |state| search::index::dir_of(&state.dir)) else { continue };
             match ShardSearch::open(&dir, config.writer_memory_bytes, config.queue_bytes_max) {
                 Ok((search, checkpoint)) => {
+                    if let Some(shard) = self.shards.borrow().get(&id) {
+                        shard.state_mut().index.track_retired();
+                    }
                     self.search.borrow_mut().insert(id, Rc::new(search));
                     opened.push((id, checkpoint));
                 }
@@ -74,20 +77,31 @@ impl Storage {
         opened
     }
 
+    /// Up to `max` of a shard's events retired since the last call (see
+    /// `Index::take_retired`): their ids and kinds.
+    pub fn take_retired(&self, shard: ShardId, max: usize) -> Vec<([u8; 32], u16)> {
+        let shards = self.shards.borrow();
+        let Some(shard) = shards.get(&shard) else { return Vec::new() };
+        let mut state = shard.state_mut();
+        let retired = state.index.take_retired(max);
+        retired.into_iter().map(|no| state.index.entry(no)).map(|entry| (entry.id, entry.kind)).collect()
+    }
+
     /// A shard's search index, when it has one.
     pub fn search_of(&self, shard: ShardId) -> Option<Rc<ShardSearch>> {
         self.search.borrow().get(&shard).cloned()
     }
 
-    /// The search indexes' figures, summed: (indexed, queued bytes, failures).
-    pub fn search_figures(&self) -> (u64, u64, u64) {
+    /// The search indexes' figures, summed: (indexed, queued bytes, failures, documents).
+    pub fn search_figures(&self) -> (u64, u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.search.borrow().values().fold((0, 0, 0), |(indexed, queued, failed), search| {
+        self.search.borrow().values().fold((0, 0, 0, 0), |(indexed, queued, failed, documents), search| {
             let figures = &search.figures;
             (
                 indexed + figures.indexed.load(Relaxed),
                 queued + figures.queued_bytes.load(Relaxed) as u64,
                 failed + figures.failures.load(Relaxed),
+                documents + figures.documents.load(Relaxed),
             )
         })
     }

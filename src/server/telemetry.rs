@@ -21,7 +21,8 @@ pub fn local_metrics(core: &Core) -> CoreMetrics {
     snapshot.plugin_starts = plugin.map_or(0, |plugin| plugin.figures.starts.get());
     snapshot.plugin_failures = plugin.map_or(0, |plugin| plugin.figures.failures.get());
     let search = core.storage.search_figures();
-    (snapshot.search_indexed, snapshot.search_queue_bytes, snapshot.search_failures) = search;
+    (snapshot.search_indexed, snapshot.search_queue_bytes, snapshot.search_failures, snapshot.search_documents) =
+        search;
     CoreMetrics {
         core: core.id(),
         stats: snapshot,

@@ -169,6 +169,10 @@ pub struct Index {
     bulk: bool,
     /// Heap bytes of the versions' `d` values, kept as they grow.
     version_d_bytes: usize,
+    /// The events retired since the last [`Index::take_retired`], oldest first, when
+    /// someone follows them (the search index): at most `RETIRED_LOG_COUNT_MAX`, the oldest
+    /// let go past it.
+    retired_log: Option<std::collections::VecDeque<EventNo>>,
 }
 
 /// The layer holding event `no`.
@@ -616,10 +620,27 @@ impl Index {
         }
     }
 
+    /// Keep a log of the events retired from now on, for [`Index::take_retired`].
+    pub fn track_retired(&mut self) {
+        self.retired_log.get_or_insert_with(Default::default);
+    }
+
+    /// Up to `max` of the events retired since the last call, oldest first.
+    pub fn take_retired(&mut self, max: usize) -> Vec<EventNo> {
+        let Some(log) = &mut self.retired_log else { return Vec::new() };
+        log.drain(..max.min(log.len())).collect()
+    }
+
     /// Retire a record: never served again, dropped by compaction.
     pub fn kill(&mut self, no: EventNo) {
         if self.is_dead(no) {
             return;
+        }
+        if let Some(log) = &mut self.retired_log {
+            if log.len() == crate::limits::RETIRED_LOG_COUNT_MAX {
+                log.pop_front();
+            }
+            log.push_back(no);
         }
         let entry = self.entry(no);
         let (kind, author) = (entry.kind, entry.author as usize);
