@@ -521,6 +521,8 @@ async fn run_joined(
     let neg_opens = negentropy.items_per_core_max / negentropy.items_max;
     let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
     let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries, peers);
+    // Before anything is retired at start, so that the search indexes hear of it.
+    let searches = open_search(&core);
     // Again, now that the shards are open: banned events are retired from them, and so is
     // what outlived its kind's time (`[retention]`) before anything is served (for at most
     // `RETENTION_AT_START`: a larger backlog is left to the sweep, within the startup
@@ -539,7 +541,7 @@ async fn run_joined(
         core.gate.watch_reloads(start.reload.clone());
     }
     dispatch::start_tasks(&core);
-    start_search(&core);
+    feed_search(&core, searches);
     let receiving = receive_from_peers(&core, &mut receivers);
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
@@ -670,14 +672,19 @@ async fn stop_core(core: &Rc<Core>, handover: bool, closing: &ClosingStores) {
     core.storage.close_search();
 }
 
-/// Open each shard's search index and keep it fed (NIP-50), when search is on.
-fn start_search(core: &Rc<Core>) {
-    if !core.config.search_on() {
-        return;
+/// Open each shard's search index (NIP-50), when search is on; their checkpoints.
+fn open_search(core: &Rc<Core>) -> Vec<(ShardId, Option<crate::search::LogPosition>)> {
+    match core.config.search_on() {
+        true => core.storage.open_search(&core.config.search),
+        false => Vec::new(),
     }
+}
+
+/// Keep each opened search index fed from its shard's log.
+fn feed_search(core: &Rc<Core>, searches: Vec<(ShardId, Option<crate::search::LogPosition>)>) {
     let config = Rc::new(core.config.search.clone());
     let private: Rc<[u16]> = core.config.policy.private_kinds.clone().into();
-    for (shard, checkpoint) in core.storage.open_search(&config) {
+    for (shard, checkpoint) in searches {
         let feeding = search::feed(core.storage.clone(), shard, checkpoint, config.clone(), private.clone());
         core.own_task(glommio::spawn_local(feeding).detach());
     }
