@@ -522,7 +522,7 @@ async fn run_joined(
     let queries = Queries::new(limits.queries_per_core_max, neg_opens, queues, stats.clone());
     let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries, peers);
     // Before anything is retired at start, so that the search indexes hear of it.
-    let searches = open_search(&core);
+    let searches = search::open_all(&core.storage, &core.config);
     // Again, now that the shards are open: banned events are retired from them, and so is
     // what outlived its kind's time (`[retention]`) before anything is served (for at most
     // `RETENTION_AT_START`: a larger backlog is left to the sweep, within the startup
@@ -541,7 +541,9 @@ async fn run_joined(
         core.gate.watch_reloads(start.reload.clone());
     }
     dispatch::start_tasks(&core);
-    feed_search(&core, searches);
+    for feeding in search::feed_all(&core.storage, &core.config, searches) {
+        core.own_task(glommio::spawn_local(feeding).detach());
+    }
     let receiving = receive_from_peers(&core, &mut receivers);
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
@@ -670,24 +672,6 @@ async fn stop_core(core: &Rc<Core>, handover: bool, closing: &ClosingStores) {
     core.stop_tasks();
     // Each index commits what it holds; what it had not taken is fed again at the next start.
     core.storage.close_search();
-}
-
-/// Open each shard's search index (NIP-50), when search is on; their checkpoints.
-fn open_search(core: &Rc<Core>) -> Vec<(ShardId, Option<crate::search::LogPosition>)> {
-    match core.config.search_on() {
-        true => core.storage.open_search(&core.config.search),
-        false => Vec::new(),
-    }
-}
-
-/// Keep each opened search index fed from its shard's log.
-fn feed_search(core: &Rc<Core>, searches: Vec<(ShardId, Option<crate::search::LogPosition>)>) {
-    let config = Rc::new(core.config.search.clone());
-    let private: Rc<[u16]> = core.config.policy.private_kinds.clone().into();
-    for (shard, checkpoint) in searches {
-        let feeding = search::feed(core.storage.clone(), shard, checkpoint, config.clone(), private.clone());
-        core.own_task(glommio::spawn_local(feeding).detach());
-    }
 }
 
 /// Close the shards a core opened before its startup was abandoned.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::parts::{QueryLimits, WireHit};
 use super::storage::Storage;
+use crate::config::Config;
 use crate::filter::{Filter, Matchable};
 use crate::limits::{SEARCH_HITS_MAX, SEARCH_OVERFETCH_FACTOR};
 use crate::search::{Doc, LogPosition, SearchConfig, ShardSearch};
@@ -23,6 +24,27 @@ use crate::store::{effective_limit, Privacy, ShardId};
 const FEED_STEP_COUNT: u32 = 256;
 /// How often feeding looks for new durable events, or for room in the indexer's queue.
 const FEED_PAUSE: Duration = Duration::from_millis(20);
+
+/// Open each shard's search index, when search is on (`Config::search_on`); their
+/// checkpoints, for [`feed_all`].
+pub fn open_all(storage: &Storage, config: &Config) -> Vec<(ShardId, Option<LogPosition>)> {
+    match config.search_on() {
+        true => storage.open_search(&config.search),
+        false => Vec::new(),
+    }
+}
+
+/// The tasks that keep each opened index fed ([`feed`]), for the core to own.
+pub fn feed_all(
+    storage: &Rc<Storage>,
+    config: &Config,
+    searches: Vec<(ShardId, Option<LogPosition>)>,
+) -> Vec<impl std::future::Future<Output = ()>> {
+    let search = Rc::new(config.search.clone());
+    let private: Rc<[u16]> = config.policy.private_kinds.clone().into();
+    let feed_one = |(shard, checkpoint)| feed(storage.clone(), shard, checkpoint, search.clone(), private.clone());
+    searches.into_iter().map(feed_one).collect()
+}
 
 /// Keep `shard`'s index fed from its log, from the start (skipping what the checkpoint
 /// says it has), until the shard closes.
