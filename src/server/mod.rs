@@ -523,10 +523,9 @@ async fn run_joined(
     let core = Core::new(config.clone(), mesh, stats, sessions, storage, gate, queries, peers);
     // Before anything is retired at start, so that the search indexes hear of it.
     let searches = search::open_all(&core.storage, &core.config);
-    // Again, now that the shards are open: banned events are retired from them, and so is
-    // what outlived its kind's time (`[retention]`) before anything is served (for at most
-    // `RETENTION_AT_START`: a larger backlog is left to the sweep, within the startup
-    // deadline).
+    // Again, now that the shards are open: banned events are retired, and what outlived its
+    // kind's time (`[retention]`), before anything is served (for at most `RETENTION_AT_START`:
+    // a larger backlog is left to the sweep, within the startup deadline).
     core.apply_lists(at_start);
     let retiring = std::time::Instant::now();
     loop {
@@ -541,9 +540,8 @@ async fn run_joined(
         core.gate.watch_reloads(start.reload.clone());
     }
     dispatch::start_tasks(&core);
-    for feeding in search::feed_all(&core.storage, &core.config, searches) {
-        core.own_task(glommio::spawn_local(feeding).detach());
-    }
+    let feeding = search::feed_all(&core.storage, &core.config, searches);
+    feeding.into_iter().for_each(|feed| core.own_task(glommio::spawn_local(feed).detach()));
     let receiving = receive_from_peers(&core, &mut receivers);
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");
