@@ -49,6 +49,10 @@ pub struct CompressionConfig {
     /// The context mode's window: 2^window_bits bytes of history, 9 to 15. The context
     /// costs about 2^(window_bits+3) + 128 KiB per connection (docs/benchmarks.md).
     pub window_bits: u8,
+    /// Compressed connections one core may hold; past it an offer is declined (the
+    /// connection goes uncompressed): what the shared mode costs is a deflate per stored
+    /// event answered to each of them.
+    pub connections_per_core_max: usize,
     /// Connections of one core that may hold a deflate context (context mode); past it a
     /// connection gets the shared mode.
     pub contexts_per_core_max: usize,
@@ -64,6 +68,7 @@ impl Default for CompressionConfig {
             mode: Mode::Shared,
             level: 6,
             window_bits: 12,
+            connections_per_core_max: 50_000,
             contexts_per_core_max: 1024,
             size_min: 128,
         }
@@ -76,6 +81,10 @@ impl CompressionConfig {
         anyhow::ensure!(
             (CONTEXT_WINDOW_BITS_MIN..=WINDOW_BITS_MAX).contains(&self.window_bits),
             "compression.window_bits must be 9 to 15"
+        );
+        anyhow::ensure!(
+            self.contexts_per_core_max <= self.connections_per_core_max,
+            "compression.contexts_per_core_max must be at most compression.connections_per_core_max"
         );
         Ok(())
     }

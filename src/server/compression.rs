@@ -10,7 +10,7 @@ use async_tungstenite::tungstenite::protocol::frame::Frame;
 use async_tungstenite::tungstenite::Message;
 
 use super::outbox::Out;
-use super::stats::Stats;
+use super::stats::{Gauge, Stats};
 use crate::deflate::{self, Agreement, Codec, CompressionConfig, Deflater, InflateError, Mode};
 use crate::proto;
 
@@ -21,11 +21,13 @@ pub enum Wire {
     /// than `size_max` (the client's window) go uncompressed.
     Shared {
         size_max: usize,
+        _slot: Held,
     },
     /// Compressed in the connection's own context, counted in the core's budget while held.
     Context {
         deflater: Deflater,
-        _slot: ContextSlot,
+        _slot: Held,
+        _context: Held,
     },
 }
 
@@ -35,12 +37,23 @@ impl Wire {
     }
 }
 
-/// One of the core's `contexts_per_core_max`, held while a connection keeps a context.
-pub struct ContextSlot(Rc<Stats>);
+/// One of a core's compressed connections (`connections_per_core_max`) or deflate
+/// contexts (`contexts_per_core_max`), counted in its gauge while the connection holds it.
+pub struct Held {
+    stats: Rc<Stats>,
+    gauge: fn(&Stats) -> &Gauge,
+}
 
-impl Drop for ContextSlot {
+impl Held {
+    fn take(stats: &Rc<Stats>, gauge: fn(&Stats) -> &Gauge) -> Held {
+        gauge(stats).add(1);
+        Held { stats: stats.clone(), gauge }
+    }
+}
+
+impl Drop for Held {
     fn drop(&mut self) {
-        self.0.deflate_contexts.sub(1);
+        (self.gauge)(&self.stats).sub(1);
     }
 }
 
@@ -70,6 +83,10 @@ impl Compression {
         let Some(agreement) = offers.and_then(|offers| deflate::negotiate(offers, &self.config, room)) else {
             return (None, Wire::Plain);
         };
+        if self.stats.deflate_connections.get() >= self.config.connections_per_core_max as u64 {
+            self.stats.deflate_declined.inc();
+            return (None, Wire::Plain);
+        }
         self.stats.compressed_connections.inc();
         if self.config.mode == Mode::Context && agreement.mode == Mode::Shared {
             self.stats.deflate_contexts_declined.inc();
@@ -78,21 +95,20 @@ impl Compression {
     }
 
     fn wire(&self, agreement: &Agreement) -> Wire {
+        let slot = Held::take(&self.stats, |stats| &stats.deflate_connections);
         match agreement.mode {
-            Mode::Shared => Wire::Shared { size_max: agreement.shared_size_max() },
-            Mode::Context => {
-                self.stats.deflate_contexts.add(1);
-                Wire::Context {
-                    deflater: Deflater::new(self.config.level, agreement.window_bits),
-                    _slot: ContextSlot(self.stats.clone()),
-                }
-            }
+            Mode::Shared => Wire::Shared { size_max: agreement.shared_size_max(), _slot: slot },
+            Mode::Context => Wire::Context {
+                deflater: Deflater::new(self.config.level, agreement.window_bits),
+                _slot: slot,
+                _context: Held::take(&self.stats, |stats| &stats.deflate_contexts),
+            },
         }
     }
 
     /// `out` as the message to write on `wire`; `None` for a close.
     pub fn encode(&self, wire: &mut Wire, out: Out) -> Option<Encoded> {
-        if let (Wire::Shared { size_max }, Out::Event { sub, event }) = (&*wire, &out) {
+        if let (Wire::Shared { size_max, .. }, Out::Event { sub, event }) = (&*wire, &out) {
             let head = proto::frame_event_head(sub);
             let size = head.len() + event.json.len() + 1;
             if (self.config.size_min..=*size_max).contains(&size) {
@@ -114,7 +130,7 @@ impl Compression {
         }
         match wire {
             Wire::Plain => Some(plain(text)),
-            Wire::Shared { size_max } if size > *size_max => Some(plain(text)),
+            Wire::Shared { size_max, .. } if size > *size_max => Some(plain(text)),
             Wire::Shared { .. } => Some(match self.deflated(text.as_bytes(), size) {
                 Some(payload) => compressed(payload.into_vec(), size),
                 None => plain(text),

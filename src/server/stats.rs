@@ -434,6 +434,8 @@ figures! {
         sent_wire_bytes => "sent_wire", bytes;
         /// Connections that agreed to permessage-deflate.
         compressed_connections => "compressed_connections";
+        /// permessage-deflate offers declined: the core held compression.connections_per_core_max compressed connections.
+        deflate_declined => "deflate_declined";
         /// Connections given the shared mode because the core held compression.contexts_per_core_max deflate contexts (or the client's terms ruled a context out).
         deflate_contexts_declined => "deflate_contexts_declined";
         /// Queries stopped before they finished (replaced, closed, or their connection gone).
@@ -478,6 +480,8 @@ figures! {
         neg_items, neg_items_max_seen => "";
         /// Connections holding a deflate context (compression.contexts_per_core_max).
         deflate_contexts, deflate_contexts_max_seen => "deflate_contexts";
+        /// Connections that agreed to permessage-deflate, open (compression.connections_per_core_max).
+        deflate_connections, deflate_connections_max_seen => "deflate_connections";
     }
     read {
         /// Open subscriptions.

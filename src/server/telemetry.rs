@@ -35,6 +35,8 @@ pub fn local_metrics(core: &Core) -> CoreMetrics {
             ("queries", limits.queries_per_core_max as u64),
             ("handshakes", crate::limits::HANDSHAKES_PER_CORE_MAX as u64),
             ("neg_items", core.config.negentropy.items_per_core_max as u64),
+            ("deflate_connections", core.config.compression.connections_per_core_max as u64),
+            ("deflate_contexts", core.config.compression.contexts_per_core_max as u64),
         ],
         shards: core.storage.figures(),
         peers: core.peers.figures(),

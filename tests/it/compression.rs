@@ -217,7 +217,7 @@ fn compressed_and_plain_clients_read_the_same_broadcasts_and_answers() {
 #[test]
 fn a_deflate_context_per_connection_within_the_cores_budget() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "[compression]\nmode = \"context\"\nwindow_bits = 11\ncontexts_per_core_max = 1\n";
+    let config = "[compression]\nmode = \"context\"\nwindow_bits = 11\nconnections_per_core_max = 2\ncontexts_per_core_max = 1\n";
     let relay = Relay::start_with_config(dir.path(), 1, config);
     let mut first = Deflating::connect(&relay, Some("permessage-deflate"));
     let mut second = Deflating::connect(&relay, Some("permessage-deflate"));
@@ -226,8 +226,14 @@ fn a_deflate_context_per_connection_within_the_cores_budget() {
         Some("permessage-deflate; client_no_context_takeover; server_max_window_bits=11")
     );
     assert!(second.agreed.as_deref().unwrap().contains("server_no_context_takeover"), "{:?}", second.agreed);
+    // Past the core's compressed connections, an offer is declined: served uncompressed.
+    let mut extra = Deflating::connect(&relay, Some("permessage-deflate"));
+    assert_eq!(extra.agreed, None);
+    assert!(extra.req("x", json!({"kinds": [1]})).is_empty());
+    drop(extra);
     let stats = relay.stats();
     assert_eq!((stats["deflate_contexts"].as_u64(), stats["deflate_contexts_declined"].as_u64()), (Some(1), Some(1)));
+    assert_eq!((stats["deflate_connections"].as_u64(), stats["deflate_declined"].as_u64()), (Some(2), Some(1)));
     // Later messages refer back to earlier ones: the first client's inflater keeps its
     // window, and what it reads is every note, each smaller than the one alone would be.
     let notes: Vec<String> = (0..30)
