@@ -67,6 +67,10 @@ pub async fn feed(
             }
         }
         let step = storage.with_shard(shard, |state| {
+            // The free-space reserve is the store's: the index waits while the disk is under it.
+            if state.space_below_reserve().is_some() {
+                return false;
+            }
             let durable = state.index.durable_count();
             let end = durable.min(next + FEED_STEP_COUNT);
             while next < end && search.has_room() {
