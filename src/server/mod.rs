@@ -659,6 +659,8 @@ async fn stop_core(core: &Rc<Core>, handover: bool, closing: &ClosingStores) {
     core.peers.stop();
     core.storage.close().await;
     closing.closed_one();
+    // The search indexes next: a relay taking over opens them once this one lets go.
+    core.storage.close_search();
     core.storage.acks_settled(Duration::from_secs(1)).await;
     if handover {
         core.sessions.close_all(CloseCode::Restart, "relay restarting; reconnect");
@@ -668,8 +670,6 @@ async fn stop_core(core: &Rc<Core>, handover: bool, closing: &ClosingStores) {
     // A client that reads nothing gets its close frame dropped after CLOSE_FRAME_WAIT.
     core.sessions.ended(CLOSE_GRACE, CLOSE_FRAME_WAIT).await;
     core.stop_tasks();
-    // Each index commits what it holds; what it had not taken is fed again at the next start.
-    core.storage.close_search();
 }
 
 /// Close the shards a core opened before its startup was abandoned.

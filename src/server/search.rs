@@ -20,6 +20,9 @@ use crate::search::{Doc, LogPosition, SearchConfig, ShardSearch};
 use crate::store::query::RecordSource;
 use crate::store::{effective_limit, Privacy, ShardId};
 
+/// How often opening a shard's index is tried again, and for how long.
+const SEARCH_OPEN_RETRY: Duration = Duration::from_millis(200);
+const SEARCH_OPEN_WAIT: Duration = Duration::from_secs(60);
 /// Events looked at per step of feeding, between yields.
 const FEED_STEP_COUNT: u32 = 256;
 /// How often feeding looks for new durable events, or for room in the indexer's queue.
@@ -27,7 +30,7 @@ const FEED_PAUSE: Duration = Duration::from_millis(20);
 
 /// Open each shard's search index, when search is on (`Config::search_on`); their
 /// checkpoints, for [`feed_all`].
-pub fn open_all(storage: &Storage, config: &Config) -> Vec<(ShardId, Option<LogPosition>)> {
+pub fn open_all(storage: &Storage, config: &Config) -> Vec<(ShardId, anyhow::Result<Option<LogPosition>>)> {
     match config.search_on() {
         true => storage.open_search(&config.search),
         false => Vec::new(),
@@ -38,7 +41,7 @@ pub fn open_all(storage: &Storage, config: &Config) -> Vec<(ShardId, Option<LogP
 pub fn feed_all(
     storage: &Rc<Storage>,
     config: &Config,
-    searches: Vec<(ShardId, Option<LogPosition>)>,
+    searches: Vec<(ShardId, anyhow::Result<Option<LogPosition>>)>,
 ) -> Vec<impl std::future::Future<Output = ()>> {
     let search = Rc::new(config.search.clone());
     let private: Rc<[u16]> = config.policy.private_kinds.clone().into();
@@ -51,13 +54,16 @@ pub fn feed_all(
 pub async fn feed(
     storage: Rc<Storage>,
     shard: ShardId,
-    checkpoint: Option<LogPosition>,
+    opened: anyhow::Result<Option<LogPosition>>,
     config: Rc<SearchConfig>,
     private_kinds: Rc<[u16]>,
 ) {
-    let Some(search) = storage.search_of(shard) else { return };
+    let Some(checkpoint) = opened_in_time(&storage, shard, opened, &config).await else { return };
     let mut next = 0;
     loop {
+        // Held only within a step: the core lets go of the index when it stops (each index
+        // commits what it holds; what it had not taken is fed again at the next start).
+        let Some(search) = storage.search_of(shard) else { return };
         // What the store retired (deleted, replaced, vanished, banned, swept) leaves the index.
         let retired =
             if search.has_room() { storage.take_retired(shard, FEED_STEP_COUNT as usize) } else { Vec::new() };
@@ -81,11 +87,36 @@ pub async fn feed(
             }
             next < durable
         });
+        let more = step == Some(true) && search.has_room();
+        drop(search);
         match step {
             None => return,
-            Some(true) if search.has_room() => glommio::executor().yield_if_needed().await,
+            Some(_) if more => glommio::executor().yield_if_needed().await,
             Some(_) => glommio::timer::sleep(FEED_PAUSE).await,
         }
+    }
+}
+
+/// The index's checkpoint once it is open: at once, or after the relay this one took over
+/// from has let go of it (tantivy's writer lock), tried again every
+/// [`SEARCH_OPEN_RETRY`] for [`SEARCH_OPEN_WAIT`]; `None` when it could not be opened.
+async fn opened_in_time(
+    storage: &Storage,
+    shard: ShardId,
+    mut opened: anyhow::Result<Option<LogPosition>>,
+    config: &SearchConfig,
+) -> Option<Option<LogPosition>> {
+    let deadline = std::time::Instant::now() + SEARCH_OPEN_WAIT;
+    loop {
+        match opened {
+            Ok(checkpoint) => return Some(checkpoint),
+            Err(error) if std::time::Instant::now() >= deadline => {
+                tracing::error!(shard = shard.0, %error, "cannot open the shard's search index; searches leave it out");
+                return None;
+            }
+            Err(_) => glommio::timer::sleep(SEARCH_OPEN_RETRY).await,
+        }
+        opened = storage.open_search_of(shard, config);
     }
 }
 

@@ -55,26 +55,23 @@ impl Storage {
         }
     }
 
-    /// Open each shard's search index (`[search]`); a shard whose index cannot be opened is
-    /// served without search, and says so. Returns each opened index's checkpoint.
-    pub fn open_search(&self, config: &SearchConfig) -> Vec<(ShardId, Option<LogPosition>)> {
-        let mut opened = Vec::new();
-        for id in self.shard_ids() {
-            let Some(dir) = self.with_shard(id, |state| search::index::dir_of(&state.dir)) else { continue };
-            match ShardSearch::open(&dir, config.writer_memory_bytes, config.queue_bytes_max) {
-                Ok((search, checkpoint)) => {
-                    if let Some(shard) = self.shards.borrow().get(&id) {
-                        shard.state_mut().index.track_retired();
-                    }
-                    self.search.borrow_mut().insert(id, Rc::new(search));
-                    opened.push((id, checkpoint));
-                }
-                Err(error) => {
-                    tracing::error!(shard = id.0, %error, "cannot open the shard's search index; searches leave it out")
-                }
-            }
+    /// Open each shard's search index (`[search]`), after the shards begin logging what
+    /// they retire for it; per shard, its checkpoint, or an error (a relay handing over may
+    /// still hold the index: `search::feed` tries again).
+    pub fn open_search(&self, config: &SearchConfig) -> Vec<(ShardId, anyhow::Result<Option<LogPosition>>)> {
+        for shard in self.shards.borrow().values() {
+            shard.state_mut().index.track_retired();
         }
-        opened
+        self.shard_ids().into_iter().map(|id| (id, self.open_search_of(id, config))).collect()
+    }
+
+    /// Open one shard's search index; its checkpoint.
+    pub fn open_search_of(&self, id: ShardId, config: &SearchConfig) -> anyhow::Result<Option<LogPosition>> {
+        let dir = self.with_shard(id, |state| search::index::dir_of(&state.dir));
+        let dir = dir.ok_or_else(|| anyhow::anyhow!("the shard is closed"))?;
+        let (search, checkpoint) = ShardSearch::open(&dir, config.writer_memory_bytes, config.queue_bytes_max)?;
+        self.search.borrow_mut().insert(id, Rc::new(search));
+        Ok(checkpoint)
     }
 
     /// Up to `max` of a shard's events retired since the last call (see

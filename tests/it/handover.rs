@@ -152,4 +152,17 @@ fn a_relay_taking_over_refuses_no_connection_and_loses_no_acknowledged_event() {
         let found = reader.req("check", &[json!({"ids": chunk})]);
         assert_eq!(found.len(), chunk.len(), "acknowledged events missing after the handover");
     }
+    // Search works on the new relay, for what either relay took: it opens each shard's
+    // index once the old one lets go of it, and goes on from its checkpoint.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let expected = ids.len().min(5000);
+    let filter = json!({"search": "handover", "limit": expected});
+    let searched = loop {
+        let found = reader.req("search", std::slice::from_ref(&filter)).len();
+        if found >= expected || Instant::now() >= deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(searched, expected, "acknowledged notes found by a search");
 }
