@@ -292,10 +292,29 @@ fn hostile_compressed_messages_are_refused_and_the_relay_keeps_serving() {
     let mut unagreed = Deflating::connect(&relay, None);
     unagreed.send_frame(deflate(br#"["REQ","x",{}]"#), true);
     assert_eq!(unagreed.until_close().1, Some(1002));
+    // A compressed message in fragments (RSV1 on the first only) is read whole; RSV1 on a
+    // continuation is a protocol error.
+    let mut fragmented = Deflating::connect(&relay, offer);
+    let note = signed(&keys(1521), 1, now(), &[], &"fragments ".repeat(50));
+    let payload = deflate(format!(r#"["EVENT",{note}]"#).as_bytes());
+    let (head, tail) = payload.split_at(payload.len() / 2);
+    let mut first = Frame::message(head.to_vec(), OpCode::Data(OpData::Text), false);
+    first.header_mut().rsv1 = true;
+    fragmented.ws.send(Message::Frame(first)).unwrap();
+    fragmented.ws.send(Message::Frame(Frame::message(tail.to_vec(), OpCode::Data(OpData::Continue), true))).unwrap();
+    let ok = fragmented.recv();
+    assert_eq!((ok[0].as_str(), ok[2].as_bool()), (Some("OK"), Some(true)), "{ok}");
+    let mut bad = Frame::message(head.to_vec(), OpCode::Data(OpData::Text), false);
+    bad.header_mut().rsv1 = true;
+    fragmented.ws.send(Message::Frame(bad)).unwrap();
+    let mut continuation = Frame::message(tail.to_vec(), OpCode::Data(OpData::Continue), true);
+    continuation.header_mut().rsv1 = true;
+    fragmented.ws.send(Message::Frame(continuation)).unwrap();
+    assert_eq!(fragmented.until_close().1, Some(1002));
     // Everyone else is served, compressed or not.
     let mut fine = Deflating::connect(&relay, offer);
     let note = signed(&keys(1520), 1, now(), &[], &"fine ".repeat(100));
     fine.publish(&note, true);
     assert_eq!(fine.req("back", json!({"ids": [id_of(&note)]})).len(), 1);
-    assert!(stat(&relay, "protocol_error_closes") >= 4);
+    assert!(stat(&relay, "protocol_error_closes") >= 5);
 }
