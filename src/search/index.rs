@@ -386,6 +386,16 @@ pub fn dir_of(shard_dir: &Path) -> PathBuf {
     shard_dir.join("search")
 }
 
+/// Remove a shard's search index, for a tool that rewrites the shard's segments (its
+/// records move to new places the index's checkpoint does not know): the relay rebuilds it
+/// at its next start.
+pub fn forget(shard_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(dir_of(shard_dir)) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

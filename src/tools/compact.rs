@@ -56,6 +56,7 @@ async fn compact(options: &StoreOptions) -> anyhow::Result<CompactSummary> {
         }
         summary.records_after += live_by_arrival.len() as u64;
         let state = Shard::start(state).close().await?;
+        crate::search::index::forget(&dir.shard_dir(shard))?;
         for path in &old {
             std::fs::remove_file(path)?;
             crate::store::part::remove(path)?;

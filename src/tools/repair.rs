@@ -97,6 +97,7 @@ pub fn run(options: &StoreOptions) -> anyhow::Result<RepairReport> {
             }
         }
         if report.repaired.iter().any(|r| r.path.parent() == Some(&shard_dir)) {
+            crate::search::index::forget(&shard_dir)?;
             remove_clean_mark(&shard_dir)?;
             segment::sync_dir(&shard_dir)?;
         }

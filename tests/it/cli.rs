@@ -153,8 +153,13 @@ fn compact_drops_dead_records_and_keeps_live_ones() {
     let output = ringrelay(&["import", "--data-dir", data, "--shards", "1", "-"], Some(lines.join("\n").as_bytes()));
     assert!(output.status.success(), "{}", text(&output.stderr));
     let before = text(&ringrelay(&["export", "--data-dir", data], None).stdout);
+    // A search index the relay kept: its checkpoint would not know the rewritten segments.
+    let search = std::path::Path::new(data).join("shard-000/search");
+    std::fs::create_dir_all(&search).unwrap();
+    std::fs::write(search.join("meta.json"), b"{}").unwrap();
 
     let output = ringrelay(&["compact", "--data-dir", data], None);
+    assert!(!search.exists(), "compaction removes the search index, rebuilt at the next start");
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(stdout.contains("(23 records) into 1 segments (3 records)"), "{stdout}");
@@ -283,11 +288,14 @@ fn damage_in_the_newest_segment_stops_serve_until_repair() {
             assert!(text(&output.stdout).contains(&expected), "{}", text(&output.stdout));
         }
 
+        let search = data.join("shard-000/search");
+        std::fs::create_dir_all(&search).unwrap();
         let mut args = vec!["repair", data_str];
         args.extend(&key_args);
         let output = ringrelay(&args, None);
         let report = text(&output.stdout);
         assert!(output.status.success(), "{report}{}", text(&output.stderr));
+        assert!(!search.exists(), "a repaired shard's search index is removed, rebuilt at the next start");
         assert!(report.contains(&format!("{} @ {}: ", newest.display(), victim.offset)), "{report}");
         assert!(report.contains(&format!("{} valid records kept", spans.len() - 1)), "{report}");
         assert!(report.contains("1 repaired"), "{report}");
