@@ -212,7 +212,9 @@ impl Codec {
                     if out.len() > size_max {
                         return Err(InflateError::TooLarge);
                     }
-                    out.reserve_exact((size_max.saturating_add(1) - out.len()).min(out.len().max(64)).min(INFLATE_STEP_SIZE));
+                    out.reserve_exact(
+                        (size_max.saturating_add(1) - out.len()).min(out.len().max(64)).min(INFLATE_STEP_SIZE),
+                    );
                 }
                 let read = self.inflate.total_in();
                 let status = self
