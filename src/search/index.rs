@@ -83,6 +83,17 @@ pub struct SearchFigures {
     pub failures: AtomicU64,
     /// Documents in the index as of its last commit.
     pub documents: AtomicU64,
+    /// The segment of the first document taken since the last commit, plus one (0: none).
+    pub pending_segment: AtomicU64,
+}
+
+impl SearchFigures {
+    /// The segment of the first document not yet committed: a crash now would have the
+    /// next start look for it (and what follows) by its place in the log.
+    pub fn pending_segment(&self) -> Option<u32> {
+        let stored = self.pending_segment.load(Ordering::Relaxed);
+        (stored > 0).then(|| (stored - 1) as u32)
+    }
 }
 
 /// A shard's index: searched through [`Searching`], fed through [`ShardSearch::add`].
@@ -256,6 +267,8 @@ fn write(mut writer: IndexWriter, searching: Searching, jobs: mpsc::Receiver<Job
         let ended = match job {
             Ok(Job::Add(doc)) => {
                 figures.queued_bytes.fetch_sub(doc.text.len() + DOC_OVERHEAD_SIZE, Ordering::Relaxed);
+                let first = u64::from(doc.at.segment) + 1;
+                let _ = figures.pending_segment.compare_exchange(0, first, Ordering::Relaxed, Ordering::Relaxed);
                 checkpoint = Some(doc.at);
                 let id_term = Term::from_field_bytes(searching.fields.id, &doc.id);
                 if !(doc.dedupe && searcher().doc_freq(&id_term).unwrap_or(0) > 0) {
@@ -285,6 +298,7 @@ fn write(mut writer: IndexWriter, searching: Searching, jobs: mpsc::Receiver<Job
         if pending > 0 && (due || ended) {
             match commit(&mut writer, checkpoint) {
                 Ok(()) => {
+                    figures.pending_segment.store(0, Ordering::Relaxed);
                     figures.indexed.fetch_add(added, Ordering::Relaxed);
                     let _ = searching.reader.reload();
                     figures.documents.store(searching.doc_count(), Ordering::Relaxed);

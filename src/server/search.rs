@@ -60,6 +60,7 @@ pub async fn feed(
 ) {
     let Some(checkpoint) = opened_in_time(&storage, shard, opened, &config).await else { return };
     let mut next = 0;
+    let mut caught_up = false;
     loop {
         // Held only within a step: the core lets go of the index when it stops (each index
         // commits what it holds; what it had not taken is fed again at the next start).
@@ -75,7 +76,7 @@ pub async fn feed(
         let step = storage.with_shard(shard, |state| {
             // The free-space reserve is the store's: the index waits while the disk is under it.
             if state.space_below_reserve().is_some() {
-                return false;
+                return Fed::Waiting;
             }
             let durable = state.index.durable_count();
             let end = durable.min(next + FEED_STEP_COUNT);
@@ -85,9 +86,20 @@ pub async fn feed(
                 }
                 next += 1;
             }
-            next < durable
+            if next < durable {
+                Fed::More
+            } else {
+                Fed::All
+            }
         });
-        let more = step == Some(true) && search.has_room();
+        // Compaction moves records to earlier places. Until feeding has passed the
+        // checkpoint's segment, and while documents wait for their commit, the segments from
+        // there on stay where a restart would look for them.
+        caught_up |= step == Some(Fed::All);
+        let catching_up = (!caught_up).then(|| checkpoint.map_or(0, |at| at.segment));
+        let hold = catching_up.into_iter().chain(search.figures.pending_segment()).min();
+        storage.hold_compaction(shard, hold);
+        let more = step == Some(Fed::More) && search.has_room();
         drop(search);
         match step {
             None => return,
@@ -95,6 +107,16 @@ pub async fn feed(
             Some(_) => glommio::timer::sleep(FEED_PAUSE).await,
         }
     }
+}
+
+/// Where one step of feeding left a shard's log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fed {
+    /// Every durable event is fed.
+    All,
+    More,
+    /// Free space is under the store's reserve: nothing was fed.
+    Waiting,
 }
 
 /// The index's checkpoint once it is open: at once, or after the relay this one took over

@@ -84,6 +84,13 @@ impl Storage {
         retired.into_iter().map(|no| state.index.entry(no)).map(|entry| (entry.id, entry.kind)).collect()
     }
 
+    /// Keep online compaction of `shard` off its segments from `segment` on (`None`: free).
+    pub fn hold_compaction(&self, shard: ShardId, segment: Option<u32>) {
+        if let Some(shard) = self.shards.borrow().get(&shard) {
+            shard.state_mut().hold_compaction_from(segment);
+        }
+    }
+
     /// A shard's search index, when it has one.
     pub fn search_of(&self, shard: ShardId) -> Option<Rc<ShardSearch>> {
         self.search.borrow().get(&shard).cloned()

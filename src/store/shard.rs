@@ -225,6 +225,9 @@ pub struct ShardState {
     pub(super) compactions: CompactionStats,
     /// Set when a compaction failed before it replaced anything: none until then.
     compaction_pause: Option<std::time::Instant>,
+    /// Segments with this id or higher are not compacted: a search index has not committed
+    /// past them, and finds its place in them by offset (`hold_compaction_from`).
+    compaction_held_from: Option<u32>,
 }
 
 /// The committer's figures for one shard.
@@ -564,6 +567,11 @@ impl ShardState {
     /// was written).
     pub fn event_json(&self, no: EventNo) -> Option<Vec<u8>> {
         self.with_record(no, |record| record.json.to_vec())
+    }
+
+    /// Keep online compaction off the segments from `segment` on (`None`: no hold).
+    pub fn hold_compaction_from(&mut self, segment: Option<u32>) {
+        self.compaction_held_from = segment;
     }
 
     /// Where event `no` lies in the shard's log: (segment id, offset); `None` for a number

@@ -1171,6 +1171,11 @@ fn online_compaction_keeps_every_answer_and_survives_a_crash_at_every_step() {
     let mut state = open_one(&path, None, OpenMode::ReadWrite).unwrap();
     let dead_before = state.figures().dead_bytes;
     assert!(dead_before > 0, "the events retire some of their own");
+    // A hold from the first segment on (a search index catching up) keeps compaction off.
+    let first = state.segment_ids()[0];
+    state.hold_compaction_from(Some(first));
+    assert_eq!(state.compact_now(policy), 0, "held segments are not compacted");
+    state.hold_compaction_from(None);
     let compacted = state.compact_now(policy);
     assert!(compacted >= 1, "a sealed run of segments is compacted");
     let figures = state.figures();

@@ -101,7 +101,10 @@ impl ShardState {
             .filter(|c| !c.slots.clone().any(|slot| self.part_failures.contains(&slot)))
             .filter(|c| {
                 let segments = &self.segments[c.slots.start as usize..c.slots.end as usize];
-                segments.iter().all(|s| !self.damaged.contains(&s.id) && matches!(s.bytes, SegmentBytes::Mapped(_)))
+                let held = |id: u32| self.compaction_held_from.is_some_and(|from| id >= from);
+                segments
+                    .iter()
+                    .all(|s| !self.damaged.contains(&s.id) && matches!(s.bytes, SegmentBytes::Mapped(_)) && !held(s.id))
             })
             .filter(|c| {
                 let kept_bytes = bytes_of(&c.slots) * (c.records - c.dead) / c.records.max(1);

@@ -63,6 +63,7 @@ impl ShardState {
             damaged: Vec::new(),
             compactions: CompactionStats::default(),
             compaction_pause: None,
+            compaction_held_from: None,
             seal_hash: SealHasher::new(),
             active_sealed: false,
             commits: CommitStats::default(),
