@@ -541,7 +541,7 @@ async fn run_joined(
     }
     dispatch::start_tasks(&core);
     let feeding = search::feed_all(&core.storage, &core.config, searches);
-    feeding.into_iter().for_each(|feed| core.own_task(glommio::spawn_local(feed).detach()));
+    feeding.into_iter().for_each(|feed| core.own_task(core.queries.spawn_background(feed)));
     let receiving = receive_from_peers(&core, &mut receivers);
     let sessions =
         glommio::executor().create_task_queue(Shares::default(), Latency::Matters(SESSION_LATENCY), "sessions");

@@ -70,6 +70,12 @@ impl Queries {
         glommio::spawn_local_into(work, self.queues.queries).expect("the queries task queue exists").detach()
     }
 
+    /// Run background work that reads the shards (feeding the search indexes) in the long
+    /// scans' queue, with its small share of a busy core; the handle cancels it.
+    pub fn spawn_background(&self, work: impl Future<Output = ()> + 'static) -> JoinHandle<()> {
+        glommio::spawn_local_into(work, self.queues.long_scans).expect("the long scans task queue exists").detach()
+    }
+
     /// Run the rest of a long scan in the long scans' queue; dropping the task cancels it.
     pub fn spawn_long<T: 'static>(&self, work: impl Future<Output = T> + 'static) -> Task<T> {
         self.stats.long_scans.inc();
