@@ -159,6 +159,9 @@ pub const SEARCH_HITS_MAX: usize = 20_000;
 /// Retired events a shard remembers for its search index to forget (4 bytes each); past it
 /// the oldest are let go, and the index forgets them when a search meets them instead.
 pub const RETIRED_LOG_COUNT_MAX: usize = 1 << 20;
+/// Documents a second a shard's search index takes while it catches up (a rebuild, or a
+/// restart after a long stop): its writes would otherwise crowd the store's commits.
+pub const SEARCH_CATCH_UP_RATE: u32 = 20_000;
 /// Most documents a shard's search indexer holds before it commits them.
 pub const SEARCH_COMMIT_COUNT: usize = 10_000;
 /// Longest an indexed event waits to be committed (searchable).

@@ -15,7 +15,7 @@ use super::parts::{QueryLimits, WireHit};
 use super::storage::Storage;
 use crate::config::Config;
 use crate::filter::{Filter, Matchable};
-use crate::limits::{SEARCH_HITS_MAX, SEARCH_OVERFETCH_FACTOR};
+use crate::limits::{SEARCH_CATCH_UP_RATE, SEARCH_HITS_MAX, SEARCH_OVERFETCH_FACTOR};
 use crate::search::{Doc, LogPosition, SearchConfig, ShardSearch};
 use crate::store::query::RecordSource;
 use crate::store::{effective_limit, Privacy, ShardId};
@@ -61,6 +61,9 @@ pub async fn feed(
     let Some(checkpoint) = opened_in_time(&storage, shard, opened, &config).await else { return };
     let mut next = 0;
     let mut caught_up = false;
+    // While catching up (a rebuild), what is indexed is paced, so that the index's writes
+    // leave the disk to the store's commits.
+    let mut pace = Pace::new(SEARCH_CATCH_UP_RATE);
     loop {
         // Held only within a step: the core lets go of the index when it stops (each index
         // commits what it holds; what it had not taken is fed again at the next start).
@@ -80,9 +83,10 @@ pub async fn feed(
             }
             let durable = state.index.durable_count();
             let end = durable.min(next + FEED_STEP_COUNT);
-            while next < end && search.has_room() {
+            while next < end && search.has_room() && (caught_up || pace.allows()) {
                 if let Some(doc) = doc_of(state, next, checkpoint, &config, &private_kinds) {
                     search.add(doc);
+                    pace.took();
                 }
                 next += 1;
             }
@@ -99,13 +103,37 @@ pub async fn feed(
         let catching_up = (!caught_up).then(|| checkpoint.map_or(0, |at| at.segment));
         let hold = catching_up.into_iter().chain(search.figures.pending_segment()).min();
         storage.hold_compaction(shard, hold);
-        let more = step == Some(Fed::More) && search.has_room();
+        let more = step == Some(Fed::More) && search.has_room() && (caught_up || pace.allows());
         drop(search);
         match step {
             None => return,
             Some(_) if more => glommio::executor().yield_if_needed().await,
             Some(_) => glommio::timer::sleep(FEED_PAUSE).await,
         }
+    }
+}
+
+/// A rate in documents a second, as a bucket refilled by the time that passed.
+struct Pace {
+    rate: f64,
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+impl Pace {
+    fn new(rate: u32) -> Pace {
+        Pace { rate: f64::from(rate), tokens: 0.0, at: std::time::Instant::now() }
+    }
+
+    fn allows(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.rate / 10.0);
+        self.at = now;
+        self.tokens >= 1.0
+    }
+
+    fn took(&mut self) {
+        self.tokens -= 1.0;
     }
 }
 
