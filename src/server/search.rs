@@ -32,7 +32,7 @@ const FEED_PAUSE: Duration = Duration::from_millis(20);
 /// checkpoints, for [`feed_all`].
 pub fn open_all(storage: &Storage, config: &Config) -> Vec<(ShardId, anyhow::Result<Option<LogPosition>>)> {
     match config.search_on() {
-        true => storage.open_search(&config.search),
+        true => storage.open_search(&config.search, &config.policy.private_kinds),
         false => Vec::new(),
     }
 }
@@ -58,7 +58,7 @@ pub async fn feed(
     config: Rc<SearchConfig>,
     private_kinds: Rc<[u16]>,
 ) {
-    let Some(checkpoint) = opened_in_time(&storage, shard, opened, &config).await else { return };
+    let Some(checkpoint) = opened_in_time(&storage, shard, opened, &config, &private_kinds).await else { return };
     let mut next = 0;
     let mut caught_up = false;
     // While catching up (a rebuild), what is indexed is paced, so that the index's writes
@@ -155,6 +155,7 @@ async fn opened_in_time(
     shard: ShardId,
     mut opened: anyhow::Result<Option<LogPosition>>,
     config: &SearchConfig,
+    private: &[u16],
 ) -> Option<Option<LogPosition>> {
     let deadline = std::time::Instant::now() + SEARCH_OPEN_WAIT;
     loop {
@@ -166,7 +167,7 @@ async fn opened_in_time(
             }
             Err(_) => glommio::timer::sleep(SEARCH_OPEN_RETRY).await,
         }
-        opened = storage.open_search_of(shard, config);
+        opened = storage.open_search_of(shard, config, private);
     }
 }
 

@@ -13,6 +13,9 @@ use super::ids::CoreId;
 use super::throttle::{LogThrottle, REPEATED_ERROR_LOG_INTERVAL};
 use crate::event::{ParsedEvent, VerifiedEvent};
 use crate::search::{self, LogPosition, SearchConfig, ShardSearch};
+
+/// In a shard's search index directory: the kinds it was built for.
+const SEARCH_KINDS_FILE: &str = "ringrelay-kinds";
 use crate::store::{Admission, Retirements, Router, Shard, ShardFigures, ShardId, ShardState, StoreError};
 
 pub struct Storage {
@@ -58,18 +61,38 @@ impl Storage {
     /// Open each shard's search index (`[search]`), after the shards begin logging what
     /// they retire for it; per shard, its checkpoint, or an error (a relay handing over may
     /// still hold the index: `search::feed` tries again).
-    pub fn open_search(&self, config: &SearchConfig) -> Vec<(ShardId, anyhow::Result<Option<LogPosition>>)> {
+    pub fn open_search(
+        &self,
+        config: &SearchConfig,
+        private: &[u16],
+    ) -> Vec<(ShardId, anyhow::Result<Option<LogPosition>>)> {
         for shard in self.shards.borrow().values() {
             shard.state_mut().index.track_retired();
         }
-        self.shard_ids().into_iter().map(|id| (id, self.open_search_of(id, config))).collect()
+        self.shard_ids().into_iter().map(|id| (id, self.open_search_of(id, config, private))).collect()
     }
 
-    /// Open one shard's search index; its checkpoint.
-    pub fn open_search_of(&self, id: ShardId, config: &SearchConfig) -> anyhow::Result<Option<LogPosition>> {
-        let dir = self.with_shard(id, |state| search::index::dir_of(&state.dir));
-        let dir = dir.ok_or_else(|| anyhow::anyhow!("the shard is closed"))?;
+    /// Open one shard's search index for `config`'s kinds less the `private` ones; its
+    /// checkpoint.
+    pub fn open_search_of(
+        &self,
+        id: ShardId,
+        config: &SearchConfig,
+        private: &[u16],
+    ) -> anyhow::Result<Option<LogPosition>> {
+        let shard_dir = self.with_shard(id, |state| state.dir.clone());
+        let shard_dir = shard_dir.ok_or_else(|| anyhow::anyhow!("the shard is closed"))?;
+        let dir = search::index::dir_of(&shard_dir);
+        // An index built for other kinds is built again: its checkpoint says it has read
+        // events it did not keep.
+        let marker = dir.join(SEARCH_KINDS_FILE);
+        let kinds = format!("kinds {:?} private {private:?}\n", config.kinds);
+        if dir.exists() && std::fs::read_to_string(&marker).ok().as_deref() != Some(kinds.as_str()) {
+            tracing::info!(shard = id.0, "the search index was built for other kinds; rebuilding it");
+            search::index::forget(&shard_dir)?;
+        }
         let (search, checkpoint) = ShardSearch::open(&dir, config.writer_memory_bytes, config.queue_bytes_max)?;
+        std::fs::write(&marker, kinds)?;
         self.search.borrow_mut().insert(id, Rc::new(search));
         Ok(checkpoint)
     }

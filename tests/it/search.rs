@@ -173,6 +173,19 @@ fn the_index_survives_restarts_and_is_rebuilt_when_removed() {
     let mut client = relay.connect();
     let with_later = search_until(&mut client, json!({"search": "aardvark restart"}), &[id_of(&later)]);
     assert_eq!(with_later, [id_of(&later)]);
+    // Kinds the index was not built for: it is built again, and finds them.
+    let reaction = signed(&keys(1631), 7, now(), &[], "aardvark reaction");
+    assert!(client.publish(&reaction).0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(client.req("s", &[json!({"search": "reaction"})]).is_empty(), "kind 7 is not indexed by default");
+    drop(client);
+    assert!(relay.terminate().success());
+    let relay = Relay::start_on(dir.path(), 2, "[search]\nkinds = [1, 7]\n", port);
+    let mut client = relay.connect();
+    let found = search_until(&mut client, json!({"search": "aardvark reaction"}), &[id_of(&reaction)]);
+    assert_eq!(found, [id_of(&reaction)]);
+    let notes_found = search_until(&mut client, json!({"search": "restart"}), &[id_of(&later)]);
+    assert_eq!(notes_found, [id_of(&later)], "the notes are indexed again too");
     drop(client);
     assert!(relay.terminate().success());
     // Removed: rebuilt from the segments while the relay serves.
