@@ -2,15 +2,16 @@
 //! SO_REUSEPORT listener, connections, subscriptions and storage shards.
 //!
 //! Reading order, along the data path: [`startup`] (the cores' startup and stop, as the
-//! main thread follows them), [`http`] (request head, NIP-11), [`conn`] (the socket loop of
-//! a connection; [`compression`] its permessage-deflate), [`sessions`] and [`session`] (a core's connections, and what one owns),
+//! main thread follows them), [`listen`] (listeners and the accept loop), [`http`] (request
+//! head, NIP-11), [`conn`] (the socket loop of a connection; [`compression`] its
+//! permessage-deflate), [`sessions`] and [`session`] (a core's connections, and what one owns),
 //! [`outbox`] (its bounded queue), [`verbs`] (one module per client verb: a sans-IO decision
 //! over a [`peer::Peer`], and its effects), [`gate`] (policy, lists, rates, keys),
 //! [`ingest`] (an event's stages to its OK, each refusing with one [`refusal::Refusal`]),
 //! [`storage`] and [`acks`] (a core's shards and their ack pipelines), [`queries`] and
 //! [`slots`] (where queries run, given in turn), [`gather`] (a query's fan-in over every
 //! core), [`mesh`] (core-to-core messages and the one typed scatter/gather), [`parts`] (what
-//! a query asks and a core answers), [`scan`] (a core's side of a query), [`fanout`] (live
+//! a query asks and a core answers), [`scan`] (a core's side of a query; [`search`] its NIP-50 side), [`fanout`] (live
 //! events), [`dispatch`] (messages from other cores, long-lived tasks), [`core`] (one core's
 //! subsystems), [`stats`], [`telemetry`] and [`metrics`] (its figures).
 
@@ -26,6 +27,7 @@ pub mod http;
 pub mod ids;
 pub mod ingest;
 pub mod ip_slots;
+pub mod listen;
 pub mod lists;
 pub mod manage;
 pub mod mesh;
@@ -66,17 +68,18 @@ use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::net::TcpListener;
-use glommio::{Latency, LocalExecutorBuilder, Placement, Shares, TaskQueueHandle};
+use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
 
 use self::core::Core;
 use self::gate::{Gate, GateStart};
 use self::ids::CoreId;
 use self::ip_slots::IpSlots;
+use self::listen::{accept_until_stopped, bind_listeners, bind_when_free, listen, raise_open_files_limit};
 use self::mesh::{CoreMsg, Mesh};
 use self::queries::{Queries, QueryQueues};
 use self::sessions::{SessionLimits, Sessions};
 use self::startup::{CoreLink, Phase, Started, Supervisor};
-use self::stats::{Handshake, Stats};
+use self::stats::Stats;
 use self::storage::Storage;
 use crate::config::Config;
 use crate::event::sign::Signer;
@@ -88,8 +91,6 @@ use crate::store::{CompactionPolicy, DataDir, OpenMode, Prepared, Router, Shard,
 const RETENTION_AT_START: Duration = Duration::from_secs(5);
 /// Capacity of each core-to-core channel.
 const MESH_CHANNEL_SIZE: usize = 4_096;
-/// How often a core looks for a shutdown request.
-const SHUTDOWN_POLL: Duration = Duration::from_millis(50);
 /// How long a relay taking over waits for the running one to let go of the data directory:
 /// its shutdown deadline, and a margin.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
@@ -677,135 +678,6 @@ async fn close_opened(shards: HashMap<ShardId, Shard>) {
     for (shard_id, shard) in shards {
         if let Err(error) = shard.close().await {
             tracing::warn!(shard = shard_id.0, %error, "closing a shard after an abandoned startup");
-        }
-    }
-}
-
-/// How long a start waits for its port to be let go: a relay killed with SIGKILL keeps its
-/// listening socket until the kernel has torn down its io_uring rings, which takes a moment
-/// after the process is gone, so a restart right after a crash would otherwise fail.
-const PORT_RELEASE_WAIT: Duration = Duration::from_secs(5);
-
-/// Bind `address`, retrying while it is in use for up to `PORT_RELEASE_WAIT` (or until
-/// `stop` is set).
-fn bind_when_free(address: std::net::SocketAddr, stop: &AtomicBool) -> std::io::Result<std::net::TcpListener> {
-    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
-    let mut said = false;
-    loop {
-        match std::net::TcpListener::bind(address) {
-            Err(error)
-                if error.kind() == std::io::ErrorKind::AddrInUse
-                    && std::time::Instant::now() < deadline
-                    && !stop.load(Ordering::SeqCst) =>
-            {
-                if !said {
-                    tracing::info!(%address, "the address is in use; waiting up to 5 s for it to be let go");
-                    said = true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return other,
-        }
-    }
-}
-
-/// Every connection is a descriptor: take the hard limit on open files, as a login shell's
-/// soft limit (often 1,024) would refuse connections long before memory runs out. Returns
-/// the limit in force.
-fn raise_open_files_limit() -> u64 {
-    // SAFETY: get/setrlimit on a local struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-        limit.rlim_cur
-    }
-}
-
-/// Pending connections a listener queues (the kernel caps it at `net.core.somaxconn`).
-const LISTEN_BACKLOG: i32 = 4_096;
-
-/// A listener for one core. SO_REUSEPORT lets every core (and a relay taking over) listen on
-/// the address; SO_REUSEADDR, which glommio's own `bind` leaves out, is inherited by accepted
-/// sockets so that their TIME_WAIT remains do not stop a restarted relay from binding for a
-/// minute.
-fn reuseport_listener(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// One listener per core on `address`, bound before the cores start.
-fn bind_listeners(address: std::net::SocketAddr, count: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
-    (0..count).map(|_| reuseport_listener(address).with_context(|| format!("cannot listen on {address}"))).collect()
-}
-
-/// The admin listener (`metrics_listen`), on core 0.
-fn listen(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
-    use std::os::fd::{FromRawFd, IntoRawFd};
-    let listener = reuseport_listener(address)?;
-    // SAFETY: the descriptor is a bound, listening TCP socket that we own and hand over.
-    Ok(unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) })
-}
-
-/// Accept until the stop flag is set, serving each connection with `serve` in its own task.
-async fn accept_until_stopped<F: std::future::Future<Output = ()> + 'static>(
-    core: &Rc<Core>,
-    listener: &TcpListener,
-    stop: &AtomicBool,
-    sessions: TaskQueueHandle,
-    serve: fn(Rc<Core>, glommio::net::TcpStream, Handshake) -> F,
-) {
-    enum Step {
-        Accepted(glommio::Result<glommio::net::TcpStream, ()>),
-        Stop,
-    }
-    let accept_errors = throttle::LogThrottle::new(throttle::REPEATED_ERROR_LOG_INTERVAL);
-    loop {
-        let step = futures_lite::future::or(async { Step::Accepted(listener.accept().await) }, async {
-            while !stop.load(Ordering::SeqCst) {
-                glommio::timer::sleep(SHUTDOWN_POLL).await;
-            }
-            Step::Stop
-        })
-        .await;
-        match step {
-            Step::Accepted(Ok(stream)) => {
-                if core.stats.handshakes.get() as usize >= crate::limits::HANDSHAKES_PER_CORE_MAX {
-                    core.stats.handshakes_shed.inc();
-                    drop(stream);
-                    continue;
-                }
-                let handshake = Handshake::begin(core.stats.clone());
-                match glommio::spawn_local_into(serve(core.clone(), stream, handshake), sessions) {
-                    // The connection's task is owned through its `Session` once upgraded (the
-                    // core closes it through its outbox, and `connections_per_ip_max` bounds
-                    // them); before that it is counted as a `Handshake`, at most
-                    // `HANDSHAKES_PER_CORE_MAX` per core, each for at most the 10 s handshake
-                    // timeout.
-                    Ok(task) => {
-                        task.detach();
-                    }
-                    Err(error) => tracing::error!(core = core.id().0, %error, "cannot start a session"),
-                }
-            }
-            Step::Accepted(Err(error)) => {
-                if let Some(held_back) = accept_errors.admit() {
-                    tracing::warn!(core = core.id().0, %error, held_back, "accept failed");
-                }
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
-            Step::Stop => return,
         }
     }
 }

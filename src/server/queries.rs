@@ -67,13 +67,13 @@ impl Queries {
 
     /// Run `work` in the queries' queue; the handle cancels it.
     pub fn spawn(&self, work: impl Future<Output = ()> + 'static) -> JoinHandle<()> {
-        glommio::spawn_local_into(work, self.queues.queries).expect("the queries task queue exists").detach()
+        spawn_into(work, self.queues.queries)
     }
 
     /// Run background work that reads the shards (feeding the search indexes) in the long
     /// scans' queue, with its small share of a busy core; the handle cancels it.
     pub fn spawn_background(&self, work: impl Future<Output = ()> + 'static) -> JoinHandle<()> {
-        glommio::spawn_local_into(work, self.queues.long_scans).expect("the long scans task queue exists").detach()
+        spawn_into(work, self.queues.long_scans)
     }
 
     /// Run the rest of a long scan in the long scans' queue; dropping the task cancels it.
@@ -128,4 +128,9 @@ impl Queries {
             self.stats.queries_cancelled.inc();
         }
     }
+}
+
+/// Run `work` in `queue`; the caller owns it through the handle (which cancels it).
+fn spawn_into(work: impl Future<Output = ()> + 'static, queue: TaskQueueHandle) -> JoinHandle<()> {
+    glommio::spawn_local_into(work, queue).expect("the core's task queues exist").detach()
 }
