@@ -11,6 +11,7 @@ relay=$1 loadgen=$2 scenario=$3 port=${4:-7998}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 printf '[limits]\nconnections_per_ip_max = 100000\n' >"$work/relay.toml"
+printf '%s\n' "${EXTRA_CONFIG:-}" >>"$work/relay.toml" # more TOML for the relay
 taskset -c 0 "$relay" serve --cores 1 --config "$work/relay.toml" --listen "127.0.0.1:$port" --data-dir "$work/data" 2>"$work/relay.log" &
 pid=$!
 sleep 1
