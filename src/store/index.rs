@@ -302,7 +302,7 @@ impl Index {
         if no >= self.durable_count || self.is_dead(no) {
             return false;
         }
-        self.expiration_of.get(&no).is_none_or(|&at| at > now)
+        self.expiration_of.is_empty() || self.expiration_of.get(&no).is_none_or(|&at| at > now)
     }
 
     /// Decide what to do with an event, without changing anything.

@@ -829,6 +829,56 @@ fn scans_are_time_bounded_and_resumable() {
     }
 }
 
+/// A counting scan counts exactly what a REQ of the same filter finds, whatever its budget
+/// per step: counts of kinds, authors or everything (counted run by run, without merging),
+/// and random filters (counted through the merge), over random events with versions,
+/// deletions and expirations spread over several segments.
+#[test]
+fn counting_scans_count_what_a_req_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = open_one(dir.path(), None, OpenMode::ReadWrite).unwrap();
+    let now = now();
+    let (events, _) = events_and_requests(0xc0417, 6_000, 0, now);
+    for event in &events {
+        state.append(event, now).unwrap();
+    }
+    state.index.set_durable(state.index.len());
+    assert!(state.index.layers().len() >= 2, "several segments");
+    let (one, two) = (keys(101).public_key().to_hex(), keys(104).public_key().to_hex());
+    let mut filters: Vec<Filter> = [
+        "{}".to_string(),
+        format!(r#"{{"since":{}}}"#, BASE_TIME + 13),
+        r#"{"kinds":[1]}"#.to_string(),
+        format!(r#"{{"kinds":[1,7,0],"since":{},"until":{}}}"#, BASE_TIME + 5, BASE_TIME + 31),
+        r#"{"kinds":[1,1]}"#.to_string(),
+        format!(r#"{{"authors":["{one}","{two}"],"until":{}}}"#, BASE_TIME + 20),
+        format!(r#"{{"authors":["{one}"],"kinds":[1]}}"#),
+    ]
+    .iter()
+    .map(|text| filter(text))
+    .collect();
+    let mut rng = StdRng::seed_from_u64(11);
+    filters.extend((0..60).map(|_| random_filter(&mut rng, &events)));
+    let limit = 1_000_000;
+    for filter in &filters {
+        let mut req = ringrelay::store::FilterScan::new(filter, limit, &state.index);
+        assert!(req.step(&state.index, &state, now, usize::MAX));
+        let expected = req.into_hits().len();
+        for budget in [1, 7, 100, usize::MAX] {
+            let mut count = ringrelay::store::FilterScan::new_count(filter, limit, &state.index);
+            let mut steps = 0;
+            while !count.step(&state.index, &state, now, budget) {
+                steps += 1;
+                assert!(steps <= events.len() + 10, "{filter:?} makes progress");
+            }
+            assert_eq!(count.count(), expected, "{filter:?}, budget {budget}");
+        }
+    }
+    let mut capped = ringrelay::store::FilterScan::new_count(&filters[0], 10, &state.index);
+    while !capped.step(&state.index, &state, now, 3) {}
+    assert_eq!(capped.count(), 10, "a count stops at its limit");
+}
+
 /// A segment file moved under another name is refused at open, not misread later.
 #[test]
 fn renamed_segment_is_refused() {
