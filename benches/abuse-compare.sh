@@ -4,7 +4,10 @@
 # section, and against it with a COUNT flood from many addresses instead (59 flooders, one
 # per loopback address from 127.0.0.2, so per-address rate limits do not bind: the flood
 # from many hosts), interleaved, the relay on CPU 0 (one core), loadgen on CPU 1.
-# Usage: bash benches/abuse-compare.sh [runs] [duration]   (KINDS="healthy many": only those)
+# KINDS=... picks among healthy, abuse, many and reading (the many-address flood reading its
+# answers; needs a loadgen with `[abuse] reading`).
+# Usage: bash benches/abuse-compare.sh [runs] [duration]   (KINDS="healthy many": only those;
+# EXTRA_CONFIG: TOML added to the relay's config)
 # ABUSE_SOURCE=127.0.0.2: the abusers connect from that address, so the relay's default
 # per-address rate limits (loopback, where the healthy clients come from, is exempt) meet
 # them, as they would hostile clients on the internet.
@@ -20,11 +23,17 @@ sed '/^\[abuse\]/,$d' loadgen/scenarios/abuse.toml >"$work/healthy.toml"
 cp loadgen/scenarios/abuse.toml "$work/abuse.toml"
 cp "$work/healthy.toml" "$work/many.toml"
 printf '[abuse]\ncount_flooders = 59\nsource = "127.0.0.2"\nsource_count = 59\n' >>"$work/many.toml"
+# `reading`: the same flood, its connections reading (and dropping) their answers, so that
+# their outbound budgets do not hold them back: ~35k COUNTs a second offered.
+cp "$work/many.toml" "$work/reading.toml"
+printf 'reading = true\n' >>"$work/reading.toml"
 # Every client comes from 127.0.0.1: the per-address cap (256) would refuse most of them.
 printf '[limits]\nconnections_per_ip_max = 100000\n' >"$work/relay.toml"
+# EXTRA_CONFIG: more TOML for the relay, e.g. $'[search]\nenabled = false'.
+printf '%s\n' "${EXTRA_CONFIG:-}" >>"$work/relay.toml"
 port=7870
 for run in $(seq "$runs"); do
-  for kind in ${KINDS:-healthy abuse many}; do
+  for kind in ${KINDS:-healthy abuse many reading}; do
     port=$((port + 1))
     taskset -c 0 "$relay" serve --cores 1 --config "$work/relay.toml" --listen "127.0.0.1:$port" --data-dir "$work/data-$kind-$run" \
       2>"$work/relay-$kind-$run.log" &

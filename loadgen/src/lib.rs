@@ -93,6 +93,10 @@ pub struct Args {
     /// 127.0.0.3, ...), a flood from many hosts that per-address limits do not bind.
     #[arg(long, value_name = "N", requires = "abuse_source")]
     pub abuse_sources: Option<u32>,
+    /// abuse: flooders and churners read (and drop) their answers, so that the relay's
+    /// outbound budget does not hold them back.
+    #[arg(long)]
+    pub abuse_reading: bool,
     /// The measured phase (e.g. 30s).
     #[arg(short, long, value_parser = plan::parse_duration)]
     pub duration: Option<std::time::Duration>,
@@ -190,6 +194,9 @@ impl Args {
             a.count_flooders = self.count_flooders.unwrap_or(a.count_flooders);
             a.req_churners = self.req_churners.unwrap_or(a.req_churners);
             a.stalled_readers = self.stalled_readers.unwrap_or(a.stalled_readers);
+        }
+        if let (true, Some(a)) = (self.abuse_reading, plan.abuse.as_mut()) {
+            a.reading = true;
         }
         if let (Some(source), Some(a)) = (self.abuse_source, plan.abuse.as_mut()) {
             a.source = Some(source);

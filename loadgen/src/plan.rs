@@ -139,10 +139,11 @@ impl Default for ConnectPlan {
 #[serde(deny_unknown_fields, default)]
 pub struct AbusePlan {
     /// Connections that each send COUNTs needing a full scan (kind 1 since 1) as fast as the
-    /// relay takes them, and never read.
+    /// relay takes them, and never read (unless `reading`).
     pub count_flooders: usize,
     /// Connections that each re-send one REQ of `churn_filters` filters (kind 1, limit 500)
-    /// under the same subscription id as fast as the relay takes it, and never read.
+    /// under the same subscription id as fast as the relay takes it, and never read (unless
+    /// `reading`).
     pub req_churners: usize,
     pub churn_filters: usize,
     /// Connections subscribed to every event that never read, on a small receive buffer.
@@ -154,6 +155,10 @@ pub struct AbusePlan {
     /// i uses the i-th modulo this), so that per-address limits do not bind: a flood from
     /// many hosts. 1: all from `source`.
     pub source_count: u32,
+    /// Flooders and churners read (and drop) what comes back, as a hostile client that
+    /// means to keep flooding would: one that never reads is held back by the relay's
+    /// outbound budget and closed once its socket buffers fill.
+    pub reading: bool,
 }
 
 impl Default for AbusePlan {
@@ -165,6 +170,7 @@ impl Default for AbusePlan {
             stalled_readers: 0,
             source: None,
             source_count: 1,
+            reading: false,
         }
     }
 }

@@ -231,15 +231,20 @@ async fn socket_loop(
         // would otherwise hold the core: other clients, and the group commit whose fsync has
         // finished, would wait until it paused.
         glommio::yield_if_needed().await;
-        // A client over its budgets is not read until its replies drain and its queries finish.
-        let next = if outbound.accepts_input() {
+        // A client over its budgets is not read until its replies drain and its queries
+        // finish, nor for a while after a rate limit refused it; what it is sent goes on.
+        let held = outbound.input_held();
+        let next = if held.is_none() && outbound.accepts_input() {
             futures_lite::future::race(async { Next::Incoming(ws.next().await) }, async {
                 Next::Outgoing(outbound.recv().await)
             })
             .await
         } else {
             futures_lite::future::race(async { Next::Outgoing(outbound.recv().await) }, async {
-                outbound.changed().await;
+                match held {
+                    Some(pause) => glommio::timer::sleep(pause).await,
+                    None => outbound.changed().await,
+                }
                 Next::Changed
             })
             .await

@@ -31,6 +31,7 @@ use super::stats::Stats;
 use super::storage::Storage;
 use crate::auth::RelayAddress;
 use crate::config::Config;
+use crate::limits::RATE_LIMITED_READ_PAUSE;
 use crate::proto::SubId;
 use crate::store::Privacy;
 use crate::subs::ConnId;
@@ -156,13 +157,15 @@ impl Core {
         self.gate.addresses(host)
     }
 
-    /// Whether `conn` is over its rate for `work` (one token is taken when it is not).
+    /// Whether `conn` is over its rate for `work` (one token is taken when it is not). When
+    /// it is, nothing more is read from it for [`RATE_LIMITED_READ_PAUSE`].
     pub fn over_rate(&self, conn: ConnId, work: Work) -> bool {
         let key = self.sessions.with(conn, |session| self.gate.rate_key(session.ip, &session.auth.pubkeys));
-        match key.flatten() {
-            Some(key) => self.gate.over_rate_of(key, work),
-            None => false,
+        let over = key.flatten().is_some_and(|key| self.gate.over_rate_of(key, work));
+        if over {
+            self.sessions.with(conn, |session| session.outbound.hold_input(RATE_LIMITED_READ_PAUSE));
         }
+        over
     }
 
     pub fn query_limits(&self) -> QueryLimits {

@@ -22,6 +22,7 @@ use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -110,6 +111,8 @@ struct Shared {
     farewell_sent: Cell<bool>,
     /// Replies owed for messages already read (EVENTs waiting for their fsync).
     owed: Cell<usize>,
+    /// Nothing more is read from the client before this: it went over a rate limit.
+    held_until: Cell<Option<Instant>>,
 }
 
 impl Shared {
@@ -184,6 +187,7 @@ pub fn outbox(budget: Budget, core: Rc<CoreOutboxes>) -> (OutboxSender, Outbox) 
         closed: Cell::new(false),
         farewell_sent: Cell::new(false),
         owed: Cell::new(0),
+        held_until: Cell::new(None),
     });
     (OutboxSender(shared.clone()), Outbox(shared))
 }
@@ -247,6 +251,13 @@ impl OutboxSender {
     pub fn shut(&self, code: CloseCode, reason: String) {
         self.0.clear();
         self.0.push(Out::Close(code, reason));
+    }
+
+    /// Read nothing more from the client for `pause` (it went over a rate limit): TCP holds
+    /// it back, where answering every message it keeps sending would cost the core as much
+    /// as serving it.
+    pub fn hold_input(&self, pause: Duration) {
+        self.0.held_until.set(Some(Instant::now() + pause));
     }
 
     /// The connection now has `count` queries running; the session reads again once it is
@@ -339,6 +350,16 @@ impl Outbox {
         let shared = &self.0;
         shared.queued_size.get() + shared.owed.get() * OWED_REPLY_SIZE < shared.budget.get().capacity_size
             && shared.queries.get() < shared.budget.get().queries_max
+    }
+
+    /// How much longer input is held ([`OutboxSender::hold_input`]); `None` once it is not.
+    pub fn input_held(&self) -> Option<Duration> {
+        let until = self.0.held_until.get()?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.0.held_until.set(None);
+        }
+        (!left.is_zero()).then_some(left)
     }
 
     /// A write has to wait for the socket: time it from now.

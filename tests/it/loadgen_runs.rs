@@ -143,6 +143,7 @@ fn hostile_clients_run_beside_healthy_ones_and_the_healthy_ones_are_served() {
         stalled_readers: 20,
         source: Some(std::net::Ipv4Addr::new(127, 0, 0, 2).into()),
         source_count: 3,
+        ..AbusePlan::default()
     });
     // The flooders keep both cores busy besides: the drain stays `short_plan`'s 20 s.
     let report = run(relay.port, &plan);

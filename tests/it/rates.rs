@@ -70,6 +70,40 @@ fn queries_over_the_burst_are_closed_rate_limited() {
     assert!(closed[2].as_str().unwrap().starts_with("rate-limited:"), "{closed}");
 }
 
+/// A client refused for its rate is not read for a while (`RATE_LIMITED_READ_PAUSE`,
+/// 100 ms) after each refusal: what it keeps sending waits in TCP, then every message is
+/// still answered. Meanwhile the relay serves everyone else.
+#[test]
+fn a_client_over_its_rate_is_read_again_only_after_a_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with_config(dir.path(), 1, TIGHT);
+    let mut client = relay.connect();
+    let sent = std::time::Instant::now();
+    for i in 0..8 {
+        client.send(&json!(["COUNT", format!("c{i}"), {"kinds": [1]}]).to_string());
+    }
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push((client.recv(), sent.elapsed()));
+    }
+    // Each answer by its subscription: the first two counted, the rest refused.
+    let answer = |sub: &str| answers.iter().find(|(message, _)| message[1] == sub).expect(sub);
+    for i in 0..8 {
+        let verb = if i < 2 { "COUNT" } else { "CLOSED" };
+        assert_eq!(answer(&format!("c{i}")).0[0], verb, "c{i}: {answers:?}");
+    }
+    // Six refusals, each followed by a pause before the next message is read: the sixth
+    // came at least five pauses after the first.
+    let between = answer("c7").1 - answer("c2").1;
+    assert!(between >= std::time::Duration::from_millis(500), "refusals {between:?} apart");
+    // Another client (another address) is served at once meanwhile.
+    client.send(&json!(["COUNT", "again", {"kinds": [1]}]).to_string());
+    let mut other = relay.connect_from(std::net::Ipv4Addr::new(127, 0, 0, 3));
+    other.send(&json!(["COUNT", "other", {"kinds": [1]}]).to_string());
+    assert_eq!(other.expect("COUNT")[1], "other");
+    assert_eq!(client.expect("CLOSED")[1], "again");
+}
+
 #[test]
 fn new_connections_over_the_burst_are_closed_with_1013() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
 //! Hostile clients beside the measured scenarios: COUNT flooders, REQ churners and readers
 //! that never read. They are not measured; what they sent and whether the relay closed them
 //! are counted (`abuse.*`), so a report shows the relay held them off rather than that they
-//! never ran.
+//! never ran. With `reading`, flooders and churners read (and drop) what comes back, as a
+//! hostile client that means to keep flooding would; otherwise the relay holds them back
+//! by their outbound budget.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_tungstenite::tungstenite::Message;
+use futures_lite::StreamExt;
 use serde_json::{json, Value};
 
 use crate::plan::AbusePlan;
@@ -53,8 +56,27 @@ fn message(plan: &AbusePlan, kind: Abuser) -> String {
     }
 }
 
-/// Run one abuser from t0 until the run finishes, never reading.
-pub(super) async fn abuse(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>, mut ws: Ws, kind: Abuser) {
+/// Run one abuser from t0 until the run finishes: a stalled reader never reads; the others
+/// drop what they read when the plan says `reading`.
+pub(super) async fn abuse(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>, ws: Ws, kind: Abuser) {
+    let (mut sender, mut receiver) = ws.split();
+    let reading = shared.plan.abuse.as_ref().is_some_and(|plan| plan.reading);
+    let draining = reading && kind != Abuser::StalledReader;
+    let drain = async move {
+        while draining && receiver.next().await.is_some_and(|read| read.is_ok()) {}
+        // A stalled reader (or a closed socket) waits here for the run's end; `receiver`
+        // stays held, so the socket stays open.
+        std::future::pending::<()>().await
+    };
+    futures_lite::future::or(drain, send_until_finished(shared, stats, &mut sender, kind)).await;
+}
+
+async fn send_until_finished(
+    shared: Arc<Shared>,
+    stats: Rc<RefCell<Sample>>,
+    ws: &mut async_tungstenite::WebSocketSender<super::net::Stream>,
+    kind: Abuser,
+) {
     let plan = shared.plan.abuse.clone().unwrap_or_default();
     let text = message(&plan, kind);
     let repeat = kind != Abuser::StalledReader;
@@ -92,5 +114,4 @@ pub(super) async fn abuse(shared: Arc<Shared>, stats: Rc<RefCell<Sample>>, mut w
     while !shared.finishing() {
         glommio::timer::sleep(Duration::from_millis(50)).await;
     }
-    drop(ws);
 }
