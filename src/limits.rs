@@ -51,6 +51,10 @@ pub const PART_MERGE_FAN_IN: usize = 4;
 /// events; ~400 MB at 64 MiB segments of ~90k events; one merge at a time in the process).
 pub const PART_SEGMENTS_MAX: usize = 16;
 const _: () = assert!(PART_SEGMENTS_MAX <= u16::MAX as usize && PART_MERGE_FAN_IN >= 2);
+/// A part's size is about this fraction (1/N) of its segments' bytes (12% measured on
+/// `build_store`'s mix): what must be free beside `storage_reserve_bytes` before one is
+/// built.
+pub const PART_SIZE_SHARE_OF_SEGMENTS: u64 = 8;
 /// Most shards one data directory may have (the nonce carries the shard as `u16`).
 pub const SHARD_COUNT_MAX: usize = 256;
 

@@ -44,6 +44,14 @@ fn fill(path: &Path, bytes: usize) {
     std::fs::write(path, vec![0x5a; bytes]).unwrap();
 }
 
+/// Write to `path` until the file system is full (what a restart freed, such as a part file
+/// left half-written by the kill, is taken again).
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    while file.write_all(&[0x5a; 4096]).is_ok() {}
+}
+
 /// An event of ~8 KiB, a different one for every `i`.
 fn event(i: u32) -> String {
     signed(&keys(500 + i % 7), 1, now() - 1000 + u64::from(i % 900), &[], &format!("{i:08} {}", "y".repeat(8000)))
@@ -97,6 +105,12 @@ fn run(config: &str, expected_reason: &str, only_that_reason: bool, still_full: 
     // Restart on the still-full disk: it starts, serves everything acknowledged, and
     // refuses writes cleanly, however many retry periods the disk stays full.
     let mut relay = Relay::start_with_config(&data, 1, config);
+    let topped_up = fs.path.join("filler-2");
+    if still_full {
+        // Opening removes what the kill left half-written (an index part being built):
+        // that space is filled again, so the disk really is still full.
+        fill_up(&topped_up);
+    }
     let mut client = relay.connect();
     for period in 0..4 {
         let lost = missing(&relay, &acked);
@@ -116,6 +130,7 @@ fn run(config: &str, expected_reason: &str, only_that_reason: bool, still_full: 
 
     // Space comes back: writes resume by themselves.
     std::fs::remove_file(&filler).unwrap();
+    let _ = std::fs::remove_file(&topped_up);
     let deadline = Instant::now() + Duration::from_secs(15);
     let resumed = loop {
         i += 1;

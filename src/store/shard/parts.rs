@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{io_error, OpenMode, Segment, ShardState, StoreError};
-use crate::limits::{PART_MERGE_FAN_IN, PART_SEGMENTS_MAX};
+use crate::limits::{PART_MERGE_FAN_IN, PART_SEGMENTS_MAX, PART_SIZE_SHARE_OF_SEGMENTS};
 use crate::store::format::SegmentHeader;
 use crate::store::part::{self, Part};
 use crate::store::segment::{self, SegmentBytes};
@@ -103,6 +103,14 @@ impl ShardState {
                 .parts_to_merge(PART_MERGE_FAN_IN, PART_SEGMENTS_MAX)
                 .filter(|slots| !self.part_failures.contains(&slots.start))?,
         };
+        // A part is derived data: it is built only where it fits beside the free-space
+        // reserve, so it never takes the room commits need, nor takes a full disk's last
+        // bytes only to give them back when it fails. It is tried again at the next seal.
+        let bytes: u64 = slots.clone().map(|slot| self.segments[slot as usize].len as u64).sum();
+        let free = super::free_bytes(&self.dir).map(|free| free.saturating_sub(self.config.reserve_bytes));
+        if free.is_some_and(|free| free < bytes / PART_SIZE_SHARE_OF_SEGMENTS) {
+            return None;
+        }
         let first = &self.segments[slots.start as usize];
         let paths = slots.clone().map(|slot| self.segments[slot as usize].path.clone()).collect();
         Some(PartJob { slot: slots.start, id: first.id, paths })
