@@ -137,6 +137,9 @@ pub struct FilterScan {
     hits: Vec<Hit>,
     /// A counting scan keeps no hits: it counts them, up to `limit`.
     counted: Option<usize>,
+    /// [`FilterScan::counts_by_lists`], worked out at the first step (`hiding` may change
+    /// it until then).
+    by_lists: Option<bool>,
     done: bool,
 }
 
@@ -153,6 +156,7 @@ impl FilterScan {
             resume_below: (filter.until.unwrap_or(u64::MAX), EventNo::MAX),
             hits: Vec::new(),
             counted: None,
+            by_lists: None,
             done: limit == 0 || filter.since.zip(filter.until).is_some_and(|(since, until)| since > until),
         };
         if let Some(authors) = &filter.authors {
@@ -224,7 +228,10 @@ impl FilterScan {
         if self.done {
             return true;
         }
-        if self.counts_by_lists() {
+        if self.by_lists.is_none() {
+            self.by_lists = Some(self.counts_by_lists());
+        }
+        if self.by_lists == Some(true) {
             return self.count_step(index, now, budget);
         }
         let since = self.filter.since.unwrap_or(0);
