@@ -2,7 +2,9 @@
 # One run of a loadgen scenario against a one-core relay (relay on CPU 0, loadgen on CPU 1),
 # with the relay's own figures scraped over 4 s of the measured phase: mean EVENT-to-OK time
 # (ingest_duration), mean fdatasync time and events per commit, beside loadgen's publish
-# p50/p99. Used to tell a slow relay from a slow generator or host disk.
+# p50/p99; then how many EVENT-to-OK times were over 2.5 and 5 ms and fdatasyncs over
+# 0.5 ms (of how many), and the relay's and loadgen's CPU use over those 4 s. Used to tell
+# a slow relay from a slow generator or host disk.
 #   benches/abuse-probe.sh RELAY LOADGEN SCENARIO.toml [PORT]
 #   e.g. sed '/^\[abuse\]/,$d' loadgen/scenarios/abuse.toml >/tmp/healthy.toml, then
 #        benches/abuse-probe.sh target/release/ringrelay target/release/loadgen /tmp/healthy.toml
@@ -18,21 +20,26 @@ sleep 1
 taskset -c 1 "$loadgen" "ws://127.0.0.1:$port" --scenario "$scenario" -d 15s -t 1 --quiet --relay-pid "$pid" \
   --json "$work/out.json" >/dev/null &
 loadgen_pid=$!
-figures='^ringrelay_(fsync_duration_seconds|ingest_duration_seconds|commit_batch_events)_(sum|count)'
+figures='^ringrelay_(fsync_duration_seconds|ingest_duration_seconds|commit_batch_events)_(sum|count|bucket)'
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sleep 9
 curl -s "127.0.0.1:$port/metrics" | grep -E "$figures" >"$work/a.txt"
+relay_a=$(ticks "$pid") loadgen_a=$(ticks "$loadgen_pid")
 sleep 4
 curl -s "127.0.0.1:$port/metrics" | grep -E "$figures" >"$work/b.txt"
+relay_b=$(ticks "$pid") loadgen_b=$(ticks "$loadgen_pid")
+cpu="relay CPU $(( (relay_b - relay_a) / 4 ))%, loadgen CPU $(( (loadgen_b - loadgen_a) / 4 ))%"
 wait "$loadgen_pid" || true
 kill "$pid"; wait "$pid" 2>/dev/null || true
-python3 - "$work" <<'PY'
+python3 - "$work" "$cpu" <<'PY'
 import json, re, sys
-work = sys.argv[1]
+work, cpu = sys.argv[1], sys.argv[2]
 def load(name):
     totals = {}
     for line in open(f"{work}/{name}"):
         key, value = line.rsplit(" ", 1)
-        key = re.sub(r"\{.*\}", "", key)
+        le = re.search(r'le="([^"]+)"', key)
+        key = re.sub(r"\{.*\}", "", key) + (f"@{le.group(1)}" if le else "")
         totals[key] = totals.get(key, 0) + float(value)
     return totals
 a, b = load("a.txt"), load("b.txt")
@@ -42,4 +49,9 @@ publish = next(s for s in json.load(open(f"{work}/out.json"))["report"]["scenari
 print(f"publish p50 {publish['latency']['p50_ms']:.2f} p99 {publish['latency']['p99_ms']:.2f} ms | "
       f"relay EVENT-to-OK mean {mean('ingest_duration_seconds') * 1000:.2f} ms | "
       f"fdatasync mean {mean('fsync_duration_seconds') * 1000:.2f} ms | events per commit {mean('commit_batch_events'):.1f}")
+over = lambda name, le: int(delta[f"ringrelay_{name}_count"] - delta[f"ringrelay_{name}_bucket@{le}"])
+print(f"  EVENT-to-OK over 2.5 ms {over('ingest_duration_seconds', '0.0025')}, over 5 ms "
+      f"{over('ingest_duration_seconds', '0.005')} of {int(delta['ringrelay_ingest_duration_seconds_count'])} | "
+      f"fdatasync over 0.5 ms {over('fsync_duration_seconds', '0.0005')} of "
+      f"{int(delta['ringrelay_fsync_duration_seconds_count'])} | {cpu}")
 PY
