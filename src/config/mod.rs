@@ -465,6 +465,9 @@ pub struct RelayLimits {
     /// The kernel send buffer of each client socket (SO_SNDBUF), in bytes; the kernel doubles
     /// it for its bookkeeping. 0 leaves the kernel's autotuning.
     pub socket_send_buffer_size: usize,
+    /// The kernel receive buffer of each client socket (SO_RCVBUF), in bytes; the kernel
+    /// doubles it for its bookkeeping. 0 leaves the kernel's autotuning.
+    pub socket_receive_buffer_size: usize,
 }
 
 impl Default for Config {
@@ -537,6 +540,7 @@ impl Default for RelayLimits {
             pending_live_max: 1_024,
             write_stall_secs: 5,
             socket_send_buffer_size: 128 * 1024,
+            socket_receive_buffer_size: 64 * 1024,
         }
     }
 }

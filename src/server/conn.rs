@@ -57,16 +57,8 @@ pub async fn serve_connection(core: Rc<Core>, mut stream: TcpStream, handshake: 
         Ok(peer) => peer,
         Err(_) => return,
     };
-    // Replies are small frames written as soon as they are ready; Nagle would hold them
-    // back behind the client's delayed ACKs.
-    if stream.set_nodelay(true).is_err() {
+    if !set_socket_options(&core, &stream) {
         return;
-    }
-    // A reader that stops reading holds at most this much in the kernel (autotuning would
-    // let it grow to megabytes per socket).
-    let send_buffer_size = core.config.limits.socket_send_buffer_size;
-    if send_buffer_size > 0 {
-        with_socket(&stream, |socket| socket.set_send_buffer_size(send_buffer_size));
     }
     let head = glommio::timer::timeout(HANDSHAKE_TIMEOUT, async { Ok(read_head(&mut stream).await) }).await;
     let Ok(Some((http::Head { route, forwarded_for }, mut leftover))) = head else { return };
@@ -511,6 +503,31 @@ fn ack_now(stream: &TcpStream) {
 /// kernel retries them.
 fn reset_on_close(stream: &TcpStream) {
     with_socket(stream, |socket| socket.set_linger(Some(Duration::ZERO)));
+}
+
+/// The client socket's options: no Nagle, and kernel buffers within the configured sizes.
+/// `false` when the socket is already unusable.
+fn set_socket_options(core: &Core, stream: &TcpStream) -> bool {
+    // Replies are small frames written as soon as they are ready; Nagle would hold them
+    // back behind the client's delayed ACKs.
+    if stream.set_nodelay(true).is_err() {
+        return false;
+    }
+    // A reader that stops reading holds at most this much in the kernel (autotuning would
+    // let it grow to megabytes per socket).
+    let send_buffer_size = core.config.limits.socket_send_buffer_size;
+    if send_buffer_size > 0 {
+        with_socket(stream, |socket| socket.set_send_buffer_size(send_buffer_size));
+    }
+    // A client the relay stops reading (over its rate, or its outbound budget) fills this
+    // buffer, and a full one is compacted by the kernel under the socket's lock, in the
+    // sender's softirq: at autotuning's megabytes that took 20 ms, and this core's next
+    // send or read on the socket spun on the lock meanwhile.
+    let receive_buffer_size = core.config.limits.socket_receive_buffer_size;
+    if receive_buffer_size > 0 {
+        with_socket(stream, |socket| socket.set_recv_buffer_size(receive_buffer_size));
+    }
+    true
 }
 
 /// Set a socket option glommio does not expose, through socket2; a failure changes nothing

@@ -231,6 +231,31 @@ fn a_reader_whose_socket_takes_nothing_is_closed_after_the_write_stall_limit() {
     assert_eq!(count_of(&stats, "connections"), 1, "{stats}");
 }
 
+#[test]
+fn client_sockets_get_the_configured_kernel_buffers() {
+    // The kernel doubles what it is asked for, for its bookkeeping.
+    assert_eq!(relay_socket_buffers(24_576, 20_480), (2 * 24_576, 2 * 20_480));
+    // With 0, autotuning is left alone: the buffers start at the kernel's defaults
+    // (net.ipv4.tcp_rmem and tcp_wmem, whose second field is the initial size).
+    let initial = |path: &str| -> usize {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (receive, send) = relay_socket_buffers(0, 0);
+    assert!(receive >= initial("/proc/sys/net/ipv4/tcp_rmem") && receive != 2 * 24_576, "{receive}");
+    assert!(send >= initial("/proc/sys/net/ipv4/tcp_wmem") && send != 2 * 20_480, "{send}");
+}
+
+/// The kernel buffers of the relay's socket for a client, with these sizes configured.
+fn relay_socket_buffers(receive: usize, send: usize) -> (usize, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("[limits]\nsocket_receive_buffer_size = {receive}\nsocket_send_buffer_size = {send}\n");
+    let relay = Relay::start_with_config(dir.path(), 1, &config);
+    let mut client = relay.connect();
+    assert!(client.req("s", &[json!({"kinds": [1]})]).is_empty());
+    relay.socket_buffers_of(&client)
+}
+
 /// A client text frame (masked with the all-zero key), written raw beside the client library.
 fn masked_text_frame(text: &str) -> Vec<u8> {
     let payload = text.as_bytes();

@@ -206,6 +206,38 @@ impl Relay {
         }
     }
 
+    /// The kernel buffer sizes (SO_RCVBUF, SO_SNDBUF) of the relay's own socket for
+    /// `client`'s connection, read from a copy of the relay's descriptor (pidfd_getfd).
+    pub fn socket_buffers_of(&self, client: &Client) -> (usize, usize) {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let client_address = client.raw().local_addr().unwrap();
+        // SAFETY: pidfd_open and pidfd_getfd on our own child; each descriptor they return
+        // is owned here and closed on drop.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.child.id() as libc::c_int, 0) };
+        assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).unwrap().flatten() {
+            let is_socket =
+                std::fs::read_link(entry.path()).is_ok_and(|link| link.to_string_lossy().starts_with("socket:"));
+            let Some(number) = entry.file_name().to_str().and_then(|name| name.parse::<libc::c_int>().ok()) else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), number, 0) };
+            if copy < 0 {
+                continue;
+            }
+            let copy = unsafe { OwnedFd::from_raw_fd(copy as i32) };
+            let socket = socket2::SockRef::from(&copy);
+            if socket.peer_addr().ok().and_then(|peer| peer.as_socket()) == Some(client_address) {
+                return (socket.recv_buffer_size().unwrap(), socket.send_buffer_size().unwrap());
+            }
+        }
+        panic!("the relay holds no socket connected to {client_address}");
+    }
+
     /// Client sockets the relay holds ESTABLISHED on its port (from /proc/net/tcp and tcp6).
     pub fn established_count(&self) -> usize {
         let port = format!(":{:04X} ", self.port);

@@ -35,7 +35,7 @@ pub use self::net::Target;
 pub use self::query::check_answer;
 use self::query::preload_store;
 use self::scenario::Scenario;
-use self::shared::{Shared, Tick, IO_MEMORY_SIZE};
+use self::shared::{Shared, Tick, IO_MEMORY_SIZE, PREEMPT_TIMER};
 use self::worker::worker;
 
 /// A generator thread busier than this during the measured phase is saturated.
@@ -224,6 +224,7 @@ fn start_workers(shared: &Arc<Shared>) -> anyhow::Result<(Vec<glommio::ExecutorJ
         let handle = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("loadgen-{worker_index}"))
             .io_memory(IO_MEMORY_SIZE)
+            .preempt_timer(PREEMPT_TIMER)
             .spawn(move || worker(shared, worker_index, ticks, ready))
             .map_err(|e| {
                 anyhow::anyhow!(

@@ -20,6 +20,12 @@ use crate::workload::{status, EventTable, Follow};
 /// io_uring memory locked per generator executor; the generator does no file I/O.
 pub(super) const IO_MEMORY_SIZE: usize = 256 * 1024;
 
+/// The longest a generator thread runs one task queue while another has work: the
+/// abusers' queue (or a burst of measured clients) gives the measured clients their turn
+/// at least this often. glommio's default, 100 ms, let a flooder whose sends the kernel
+/// took at once hold the thread that long, and its lateness showed in every measured p99.
+pub(super) const PREEMPT_TIMER: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// CPU time (user + system) of the calling thread.
 pub(super) fn thread_cpu() -> Duration {
     // SAFETY: getrusage fills the struct we pass; RUSAGE_THREAD is the calling thread.
